@@ -1,0 +1,413 @@
+//! The one compile step: raw YAML trees → validated, immutable [`Snapshot`]. Each route is
+//! read and compiled on its own so every error in every file is reported together.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use super::env::{expand_tree, Lookup};
+use super::model::{RawConfig, RawInclude, RawRoute};
+use super::units::{parse_duration, parse_size};
+use super::{serde_error, ConfigError, ConfigErrors, Problems, SourceFile};
+use crate::delivery::target::{self, valid_name, CompileCtx, TargetDefaults};
+use crate::routing::condition::compile_match;
+use crate::routing::path::PathPattern;
+use crate::routing::source::{Extractor, Source, SourceKind};
+use crate::routing::Route;
+use crate::template::TemplateEngine;
+use crate::verify;
+
+/// The service hookrelay sits beside.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub base: url::Url,
+}
+
+impl Upstream {
+    /// Joins an `upstream:` target path (with optional query) onto the base URL.
+    pub fn join(&self, path_and_query: &str) -> Result<url::Url, String> {
+        let mut joined = self.base.clone();
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let base_path = self.base.path().trim_end_matches('/');
+        joined.set_path(&format!("{base_path}/{}", path.trim_start_matches('/')));
+        joined.set_query(query);
+        Ok(joined)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body: u64,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub queue_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin: Option<AdminSettings>,
+    pub upstream: Option<Upstream>,
+    pub limits: Limits,
+    pub store_path: PathBuf,
+}
+
+/// Everything the hot path reads, compiled and validated. Immutable once built.
+pub struct Snapshot {
+    pub settings: Settings,
+    pub routes: Vec<Route>,
+    pub templates: TemplateEngine,
+    /// Every file that went into this snapshot (main file first), for the watcher.
+    pub files: Vec<PathBuf>,
+    /// True when some template reads `raw`, so the context must carry the body text.
+    pub templates_use_raw: bool,
+}
+
+impl Snapshot {
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+struct ParsedFile {
+    file: SourceFile,
+    tree: serde_yaml::Value,
+}
+
+fn read_file(path: &Path, env: &dyn Lookup, errors: &mut Vec<ConfigError>) -> Option<ParsedFile> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                position: None,
+                path: String::new(),
+                message: format!("cannot read: {err}"),
+            });
+            return None;
+        }
+    };
+    let file = SourceFile::new(path, &text);
+    let mut tree: serde_yaml::Value = match serde_yaml::from_str(&text) {
+        Ok(serde_yaml::Value::Null) => serde_yaml::Value::Mapping(Default::default()),
+        Ok(tree) => tree,
+        Err(err) => {
+            let position = err.location().map(|l| super::locate::Position { line: l.line(), column: l.column() });
+            let message = err.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                position,
+                path: String::new(),
+                message: format!("YAML syntax error: {message}"),
+            });
+            return None;
+        }
+    };
+    let mut expand_errors = Vec::new();
+    expand_tree(&mut tree, "", env, &mut expand_errors);
+    errors.extend(expand_errors.into_iter().map(|e| file.error(&e.path, e.message)));
+    Some(ParsedFile { file, tree })
+}
+
+/// Takes `routes:` out of a file's tree so the rest can be read even when a route is broken.
+fn take_routes(tree: &mut serde_yaml::Value) -> Vec<serde_yaml::Value> {
+    match tree.as_mapping_mut().and_then(|m| m.remove("routes")) {
+        Some(serde_yaml::Value::Sequence(routes)) => routes,
+        Some(other) => {
+            if let Some(map) = tree.as_mapping_mut() {
+                map.insert("routes".into(), other);
+            }
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
+}
+
+pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let Some(mut main) = read_file(path, env, &mut errors) else {
+        return Err(ConfigErrors(errors));
+    };
+    let main_routes = take_routes(&mut main.tree);
+    let raw: Option<RawConfig> = match serde_path_to_error::deserialize(main.tree.clone()) {
+        Ok(raw) => Some(raw),
+        Err(err) => {
+            errors.push(serde_error(&main.file, "", err));
+            None
+        }
+    };
+    let mut problems = Problems::default();
+    let settings = raw.as_ref().map(|raw| compile_settings(raw, path, &mut problems));
+    let defaults = raw
+        .as_ref()
+        .map(|raw| compile_defaults(raw, &mut problems))
+        .unwrap_or(TargetDefaults { timeout: Duration::from_secs(10), retry: Default::default() });
+    main.file.collect(problems, &mut errors);
+
+    let mut files = vec![path.to_path_buf()];
+    let mut route_sources: Vec<(SourceFile, Vec<serde_yaml::Value>)> = Vec::new();
+    let includes = raw.as_ref().map(|r| r.include.clone()).unwrap_or_default();
+    route_sources.push((main.file, main_routes));
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for (index, pattern) in includes.iter().enumerate() {
+        let full = base_dir.join(pattern);
+        let matches = match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => {
+                let mut found: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+                found.sort();
+                found
+            }
+            Err(err) => {
+                errors.push(route_sources[0].0.error(&format!("include[{index}]"), format!("bad glob {pattern:?}: {err}")));
+                continue;
+            }
+        };
+        for included in matches {
+            let Some(mut parsed) = read_file(&included, env, &mut errors) else {
+                continue;
+            };
+            let routes = take_routes(&mut parsed.tree);
+            if let Err(err) = serde_path_to_error::deserialize::<_, RawInclude>(parsed.tree.clone()) {
+                errors.push(serde_error(&parsed.file, "", err));
+            }
+            files.push(included);
+            route_sources.push((parsed.file, routes));
+        }
+    }
+
+    let mut templates = TemplateEngine::new();
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    let mut templates_use_raw = false;
+    for (file, trees) in route_sources {
+        for (index, tree) in trees.into_iter().enumerate() {
+            let at = format!("routes[{index}]");
+            templates_use_raw |= mentions_raw(&tree);
+            let raw_route: RawRoute = match serde_path_to_error::deserialize(tree) {
+                Ok(route) => route,
+                Err(err) => {
+                    errors.push(serde_error(&file, &at, err));
+                    continue;
+                }
+            };
+            let mut problems = Problems::default();
+            if !names.insert(raw_route.name.clone()) {
+                problems.push(format!("{at}.name"), format!("route name {:?} is used twice", raw_route.name));
+            }
+            let route = compile_route(&raw_route, &at, &file.path, &defaults, &mut templates, &mut problems);
+            file.collect(problems, &mut errors);
+            routes.extend(route);
+        }
+    }
+    match (settings, errors.is_empty()) {
+        (Some(settings), true) => Ok(Snapshot { settings, routes, templates, files, templates_use_raw }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// A cheap over-approximation: any string mentioning `raw` in a route's templates.
+fn mentions_raw(tree: &serde_yaml::Value) -> bool {
+    match tree {
+        serde_yaml::Value::String(text) => text.contains("{{") && text.contains("raw"),
+        serde_yaml::Value::Sequence(items) => items.iter().any(mentions_raw),
+        serde_yaml::Value::Mapping(map) => map.values().any(mentions_raw),
+        serde_yaml::Value::Tagged(tagged) => mentions_raw(&tagged.value),
+        _ => false,
+    }
+}
+
+fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems) -> Settings {
+    let listen = parse_addr(raw.listen.as_deref().unwrap_or("0.0.0.0:8080"), "listen", problems);
+    let admin = raw.admin.as_ref().map(|admin| AdminSettings {
+        listen: parse_addr(&admin.listen, "admin.listen", problems),
+        token: admin.token.clone().filter(|t| !t.is_empty()),
+    });
+    if let Some(admin) = &admin {
+        if admin.token.is_none() && !admin.listen.ip().is_loopback() {
+            problems.push("admin.listen", "an admin listener without a token may only bind a loopback address: set admin.token");
+        }
+    }
+    let upstream = raw.upstream.as_ref().and_then(|text| match url::Url::parse(text) {
+        Ok(base) if matches!(base.scheme(), "http" | "https") => Some(Upstream { base }),
+        Ok(_) => {
+            problems.push("upstream", "upstream must be an http:// or https:// URL");
+            None
+        }
+        Err(err) => {
+            problems.push("upstream", format!("invalid URL {text:?}: {err}"));
+            None
+        }
+    });
+    let defaults = Limits::default();
+    let mut duration = |value: &Option<String>, at: &str, fallback: Duration| match value {
+        Some(text) => parse_duration(text).unwrap_or_else(|m| {
+            problems.push(at, m);
+            fallback
+        }),
+        None => fallback,
+    };
+    let header_timeout = duration(&raw.limits.header_timeout, "limits.header_timeout", defaults.header_timeout);
+    let request_timeout = duration(&raw.limits.request_timeout, "limits.request_timeout", defaults.request_timeout);
+    let max_body = match &raw.limits.max_body {
+        Some(text) => parse_size(text).unwrap_or_else(|m| {
+            problems.push("limits.max_body", m);
+            defaults.max_body
+        }),
+        None => defaults.max_body,
+    };
+    let store_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let store_path =
+        raw.store.as_ref().and_then(|s| s.path.clone()).map(|p| store_dir.join(p)).unwrap_or_else(|| store_dir.join("data/hookrelay.db"));
+    if let Some(Some(retention)) = raw.store.as_ref().map(|s| &s.retention) {
+        if let Err(message) = parse_duration(retention) {
+            problems.push("store.retention", message);
+        }
+    }
+    Settings {
+        listen,
+        admin,
+        upstream,
+        limits: Limits {
+            max_body,
+            header_timeout,
+            request_timeout,
+            queue_capacity: raw.limits.queue_capacity.unwrap_or(defaults.queue_capacity).max(1),
+        },
+        store_path,
+    }
+}
+
+fn compile_defaults(raw: &RawConfig, problems: &mut Problems) -> TargetDefaults {
+    let timeout = match &raw.defaults.timeout {
+        Some(text) => parse_duration(text).unwrap_or_else(|m| {
+            problems.push("defaults.timeout", m);
+            Duration::from_secs(10)
+        }),
+        None => Duration::from_secs(10),
+    };
+    target::compile_retry(None, &raw.defaults.retry, "defaults.retry", problems);
+    TargetDefaults { timeout, retry: raw.defaults.retry.clone() }
+}
+
+fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| {
+        problems.push(at, format!("{text:?} is not an address like 127.0.0.1:8080 or [::]:8080"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn compile_route(
+    raw: &RawRoute,
+    at: &str,
+    file: &Path,
+    defaults: &TargetDefaults,
+    templates: &mut TemplateEngine,
+    problems: &mut Problems,
+) -> Option<Route> {
+    if !valid_name(&raw.name) {
+        problems.push(format!("{at}.name"), format!("route name {:?} must match [a-z0-9_-]+", raw.name));
+    }
+    let kind = match raw.source.as_deref() {
+        None => SourceKind::Generic,
+        Some(name) => SourceKind::parse(name).unwrap_or_else(|| {
+            problems.push(format!("{at}.source"), format!("unknown source {name:?} (one of {})", SourceKind::NAMES));
+            SourceKind::Generic
+        }),
+    };
+    let mut extractor = |spec: &Option<String>, field: &str| {
+        spec.as_ref().and_then(|s| {
+            Extractor::parse(s)
+                .map_err(|message| {
+                    problems.push(format!("{at}.{field}"), message);
+                })
+                .ok()
+        })
+    };
+    let event_from = extractor(&raw.event_from, "event_from");
+    let id_from = extractor(&raw.id_from, "id_from");
+    let source = if kind == SourceKind::Generic {
+        Source::generic(event_from, id_from)
+    } else {
+        if raw.event_from.is_some() || raw.id_from.is_some() {
+            problems.push(
+                format!("{at}.event_from"),
+                "event_from / id_from are for `source: generic`; presets read their platform's own fields",
+            );
+        }
+        Source::preset(kind)
+    };
+    let match_at = format!("{at}.match");
+    let path = match PathPattern::parse(raw.matcher.path.as_deref().unwrap_or("/")) {
+        Ok(path) => Some(path),
+        Err(message) => {
+            problems.push(format!("{match_at}.path"), message);
+            None
+        }
+    };
+    if raw.matcher.path.is_none() {
+        problems.push(format!("{match_at}.path"), "every route needs match.path (e.g. /hooks/codeup)");
+    }
+    let mut methods = Vec::new();
+    for (index, text) in raw.matcher.methods.clone().unwrap_or_else(|| vec!["POST".to_string()]).iter().enumerate() {
+        match Method::from_bytes(text.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => problems.push(format!("{match_at}.methods[{index}]"), format!("invalid method {text:?}")),
+        }
+    }
+    let condition = compile_match(&raw.matcher, &match_at, false, problems);
+    let verify = raw.verify.as_ref().map(|v| verify::compile(v, kind, &format!("{at}.verify"), problems)).unwrap_or_default();
+    if raw.forward.is_empty() {
+        problems.push(format!("{at}.forward"), "a route needs at least one forward target");
+    }
+    let mut target_names = HashSet::new();
+    let mut targets = Vec::new();
+    let mut ctx = CompileCtx { templates, defaults, problems };
+    for (index, raw_target) in raw.forward.iter().enumerate() {
+        let target_at = format!("{at}.forward[{index}]");
+        if let Some(target) = target::compile(raw_target, index, &target_at, &mut ctx) {
+            if !target_names.insert(target.name.clone()) {
+                ctx.problems.push(format!("{target_at}.name"), format!("target name {:?} is used twice in this route", target.name));
+            }
+            targets.push(target);
+        }
+    }
+    Some(Route {
+        name: raw.name.clone(),
+        file: file.display().to_string(),
+        source,
+        path: path?,
+        methods,
+        needs_body: condition.needs_body(),
+        condition,
+        verify,
+        vars: Value::Object(raw.vars.clone()),
+        respond: raw.respond,
+        is_final: raw.is_final,
+        targets,
+    })
+}

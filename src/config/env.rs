@@ -1,0 +1,154 @@
+//! `${VAR}` and `${VAR:-default}` expansion of config strings, from the environment at
+//! load time. Works on the parsed YAML tree (not the text) so that positions stay right
+//! and a value can never inject YAML structure.
+
+use serde_yaml::Value;
+
+/// Looks a variable up; a function so tests need not touch the process environment.
+pub trait Lookup {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Lookup for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// One expansion failure, with the YAML path of the string that held it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpandError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Expands every string scalar under `value` in place, collecting every failure.
+/// A scalar that is exactly one `${…}` and expands to a number or boolean takes that
+/// type, so `max_attempts: ${RETRIES:-5}` works.
+pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, errors: &mut Vec<ExpandError>) {
+    match value {
+        Value::String(text) => {
+            if !text.contains("${") {
+                return;
+            }
+            let whole_reference = text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1;
+            match expand_str(text, env) {
+                Ok(expanded) => {
+                    *value = if whole_reference { retype_scalar(expanded) } else { Value::String(expanded) };
+                }
+                Err(message) => errors.push(ExpandError { path: path.to_string(), message }),
+            }
+        }
+        Value::Sequence(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                expand_tree(item, &format!("{path}[{index}]"), env, errors);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, item) in map.iter_mut() {
+                let key_text = match key {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                };
+                let child = if path.is_empty() { key_text } else { format!("{path}.{key_text}") };
+                expand_tree(item, &child, env, errors);
+            }
+        }
+        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, errors),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn retype_scalar(expanded: String) -> Value {
+    if let Ok(number) = expanded.parse::<i64>() {
+        return Value::Number(number.into());
+    }
+    if let Ok(number) = expanded.parse::<f64>() {
+        if number.is_finite() {
+            return Value::Number(number.into());
+        }
+    }
+    match expanded.as_str() {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(expanded),
+    }
+}
+
+/// Expands one string. `$${` writes a literal `${`.
+pub fn expand_str(text: &str, env: &dyn Lookup) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed `${{` in {text:?}"));
+        };
+        let reference = &after[..end];
+        let (name, default) = match reference.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (reference, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("bad variable name {name:?} in `${{{reference}}}`"));
+        }
+        match env.get(name) {
+            Some(found) => out.push_str(&found),
+            None => match default {
+                Some(default) => out.push_str(default),
+                None => return Err(format!("environment variable {name} is not set and has no default (write ${{{name}:-default}})")),
+            },
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Fixed(HashMap<&'static str, &'static str>);
+    impl Lookup for Fixed {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    fn env() -> Fixed {
+        Fixed(HashMap::from([("TOKEN", "s3cr3t"), ("N", "5"), ("EMPTY", "")]))
+    }
+
+    #[test]
+    fn expands_defaults_and_literals() {
+        assert_eq!(expand_str("a ${TOKEN} b", &env()).unwrap(), "a s3cr3t b");
+        assert_eq!(expand_str("${MISSING:-x:y}", &env()).unwrap(), "x:y");
+        assert_eq!(expand_str("${EMPTY:-d}", &env()).unwrap(), "");
+        assert_eq!(expand_str("${MISSING:-}", &env()).unwrap(), "");
+        assert_eq!(expand_str("cost $${TOKEN}", &env()).unwrap(), "cost ${TOKEN}");
+        assert!(expand_str("${MISSING}", &env()).unwrap_err().contains("MISSING"));
+        assert!(expand_str("${OPEN", &env()).is_err());
+    }
+
+    #[test]
+    fn tree_collects_every_error_with_paths_and_retypes_whole_references() {
+        let mut value: Value = serde_yaml::from_str("a: ${N}\nb: [x, '${NOPE}']\nc: {d: '${ALSO_NOPE}', e: 'n=${N}'}").unwrap();
+        let mut errors = Vec::new();
+        expand_tree(&mut value, "", &env(), &mut errors);
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["b[1]", "c.d"]);
+        assert_eq!(value["a"], Value::Number(5.into()));
+        assert_eq!(value["c"]["e"], Value::String("n=5".into()));
+    }
+}

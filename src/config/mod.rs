@@ -1,0 +1,121 @@
+//! Configuration: reads `hookrelay.yaml` and its includes, expands `${VAR}`, and compiles
+//! everything into one immutable [`Snapshot`]. Startup, `hookrelay check` and reloads all
+//! go through [`load`], which reports every error at once with file, line:column and
+//! YAML path.
+
+pub mod compile;
+pub mod env;
+pub mod locate;
+pub mod model;
+pub mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use compile::{AdminSettings, Limits, Settings, Snapshot, Upstream};
+use locate::{Locator, Position};
+
+/// Problems found while compiling one file, as (YAML path, message) pairs; turned into
+/// [`ConfigError`]s with positions once the file's locator is at hand.
+#[derive(Debug, Default)]
+pub struct Problems {
+    items: Vec<(String, String)>,
+}
+
+impl Problems {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.items.push((path.into(), message.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.items.iter().map(|(p, m)| (p.as_str(), m.as_str()))
+    }
+}
+
+/// One config error, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub position: Option<Position>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(position) = self.position {
+            write!(f, ":{position}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error of one load.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        writeln!(f, "{count} config error{}:", if count == 1 { "" } else { "s" })?;
+        for error in &self.0 {
+            writeln!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A config file's text with its position index.
+pub struct SourceFile {
+    pub path: PathBuf,
+    locator: Locator,
+}
+
+impl SourceFile {
+    fn new(path: &Path, text: &str) -> SourceFile {
+        SourceFile { path: path.to_path_buf(), locator: Locator::new(text) }
+    }
+
+    pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.path.clone(), position: self.locator.find(path), path: path.to_string(), message: message.into() }
+    }
+
+    fn collect(&self, problems: Problems, errors: &mut Vec<ConfigError>) {
+        errors.extend(problems.items.into_iter().map(|(path, message)| self.error(&path, message)));
+    }
+}
+
+/// Loads and compiles the config at `path`, reading `${VAR}` from `env`.
+pub fn load(path: &Path, env: &dyn env::Lookup) -> Result<Snapshot, ConfigErrors> {
+    compile::load_and_compile(path, env)
+}
+
+/// Turns a serde error from reading a YAML tree into a located config error. serde's
+/// "unknown field" errors name the field but point at its parent, so the field is added
+/// to the path to point at the offending key.
+fn serde_error(file: &SourceFile, prefix: &str, err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let inner = err.inner().to_string();
+    let mut path = join_path(prefix, &err.path().to_string());
+    if let Some(field) = inner.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+        path = join_path(&path, field);
+    }
+    let message = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+    file.error(&path, message)
+}
+
+fn join_path(prefix: &str, rest: &str) -> String {
+    match (prefix.is_empty(), rest.is_empty() || rest == ".") {
+        (_, true) => prefix.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{prefix}{rest}"),
+        (false, false) => format!("{prefix}.{rest}"),
+    }
+}

@@ -1,0 +1,199 @@
+//! Raw configuration types: exactly what `hookrelay.yaml` says, as serde reads it.
+//! Nothing here is validated beyond its shape; `config::compile` turns these into the
+//! snapshot the hot path uses. Durations and sizes stay strings so that a bad value is
+//! reported with its YAML path alongside every other error.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// The main file. Routes stay untyped here so that each one is read and compiled on its
+/// own: one broken route must not hide the errors of the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub admin: Option<RawAdmin>,
+    pub upstream: Option<String>,
+    pub store: Option<RawStore>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<serde_yaml::Value>,
+}
+
+/// An included file: it may hold only routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInclude {
+    #[serde(default)]
+    pub routes: Vec<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<String>,
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body: Option<String>,
+    pub header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_attempts: Option<u32>,
+    pub initial: Option<String>,
+    pub max: Option<String>,
+    pub factor: Option<f64>,
+    pub jitter: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub source: Option<String>,
+    /// `generic` source: a header name or a JSONPath (`$.…`) naming the event.
+    pub event_from: Option<String>,
+    /// `generic` source: a header name or a JSONPath naming the delivery id.
+    pub id_from: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub verify: Option<RawVerify>,
+    #[serde(default)]
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub respond: Respond,
+    #[serde(rename = "final", default)]
+    pub is_final: bool,
+    pub forward: Vec<RawTarget>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Respond {
+    #[default]
+    Async,
+    Sync,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub path: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub event: Option<OneOrMany>,
+    #[serde(default)]
+    pub headers: IndexMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub query: IndexMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub body: Vec<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub any: Vec<RawMatch>,
+    pub not: Option<Box<RawMatch>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub basic_auth: Option<RawBasicAuth>,
+    pub token: Option<RawToken>,
+    pub hmac: Option<RawHmac>,
+    /// The source's own scheme (`github`: HMAC-SHA256, `gitlab`: token header, …).
+    pub secret: Option<String>,
+    pub ip_allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub header: Option<String>,
+    pub field: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHmac {
+    pub header: String,
+    pub secret: String,
+    pub algorithm: Option<String>,
+    pub encoding: Option<String>,
+    pub prefix: Option<String>,
+    pub message: Option<String>,
+    pub tolerance: Option<String>,
+    pub timestamp_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Option<String>,
+    pub url: String,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub query: IndexMap<String, String>,
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub bearer: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Option<serde_json::Value>,
+    pub success: Option<Vec<u16>>,
+    pub timeout: Option<String>,
+    pub retry: Option<RawRetry>,
+    pub when: Option<String>,
+    #[serde(default)]
+    pub strict: bool,
+}

@@ -1,0 +1,58 @@
+//! The template context for one event (DESIGN §4): built once per request, then the
+//! route-specific fields are swapped in for each matched route, so the parsed body is
+//! never copied per route.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use handlebars::Context;
+use serde_json::{Map, Value};
+
+use crate::inbound::{InboundRequest, ParsedBody};
+use crate::routing::RouteMatch;
+
+/// The fields shared by every route of one request. `raw` is included only when some
+/// template needs it, to avoid a copy of the body otherwise.
+pub fn base(request: &InboundRequest, event_id: &str, received_at: DateTime<Utc>, include_raw: bool) -> Context {
+    let mut root = Map::with_capacity(14);
+    let body = match &request.body {
+        ParsedBody::Parsed(value) => value.clone(),
+        ParsedBody::Unparsed | ParsedBody::Invalid => Value::Null,
+    };
+    root.insert("body".into(), body);
+    let raw = if include_raw { Value::String(String::from_utf8_lossy(&request.raw).into_owned()) } else { Value::String(String::new()) };
+    root.insert("raw".into(), raw);
+    root.insert("headers".into(), Value::Object(headers_object(&request.headers)));
+    let mut query = Map::new();
+    for (name, value) in &request.query {
+        query.entry(name.clone()).or_insert_with(|| Value::String(value.clone()));
+    }
+    root.insert("query".into(), Value::Object(query));
+    root.insert("method".into(), Value::String(request.method.as_str().to_string()));
+    root.insert("path".into(), Value::String(request.path.clone()));
+    root.insert("id".into(), Value::String(event_id.to_string()));
+    root.insert("received_at".into(), Value::String(received_at.to_rfc3339_opts(SecondsFormat::Millis, true)));
+    Context::from(Value::Object(root))
+}
+
+/// Lower-cased names; repeated headers joined with `, `.
+fn headers_object(headers: &http::HeaderMap) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in headers.keys() {
+        let joined =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>().join(", ");
+        out.insert(name.as_str().to_string(), Value::String(joined));
+    }
+    out
+}
+
+/// Sets `route`, `params`, `event`, `delivery_id` and `vars` for one matched route.
+pub fn set_route(context: &mut Context, matched: &RouteMatch<'_>) {
+    let Value::Object(root) = context.data_mut() else {
+        return;
+    };
+    root.insert("route".into(), Value::String(matched.route.name.clone()));
+    let params: Map<String, Value> = matched.params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    root.insert("params".into(), Value::Object(params));
+    root.insert("event".into(), matched.info.event.clone().map(Value::String).unwrap_or(Value::Null));
+    root.insert("delivery_id".into(), matched.info.delivery_id.clone().map(Value::String).unwrap_or(Value::Null));
+    root.insert("vars".into(), matched.route.vars.clone());
+}

@@ -1,0 +1,127 @@
+//! The one pooled HTTP(S) client shared by every target and by the sidecar proxy:
+//! keep-alive, HTTP/1.1 and HTTP/2 (ALPN), rustls with the ring provider.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::delivery::target::OutgoingRequest;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Answer bodies kept for the record are cut here.
+pub const MAX_RECORDED_ANSWER: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+pub fn build() -> Result<HttpClient, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().enable_http2().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector))
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Why a send did not produce an answer; all of these are worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends one rendered request, answering with the streaming response.
+pub async fn send(client: &HttpClient, outgoing: &OutgoingRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
+    let mut builder = http::Request::builder().method(outgoing.method.clone()).uri(outgoing.url.as_str());
+    if let Some(headers) = builder.headers_mut() {
+        headers.extend(outgoing.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let request = builder.body(full(outgoing.body.clone())).map_err(|err| SendError::Invalid(err.to_string()))?;
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(err)) => Err(SendError::Connect(error_chain(&err))),
+        Err(_) => Err(SendError::Timeout(timeout)),
+    }
+}
+
+/// The outcome of one attempt, with the answer body read (and cut) for the record.
+#[derive(Debug)]
+pub struct Attempt {
+    pub status: Option<u16>,
+    pub answer: Bytes,
+    pub retry_after: Option<Duration>,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: Duration) -> Attempt {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let response = match send(client, outgoing, timeout).await {
+        Ok(response) => response,
+        Err(err) => {
+            return Attempt {
+                status: None,
+                answer: Bytes::new(),
+                retry_after: None,
+                error: Some(err.to_string()),
+                duration: started.elapsed(),
+            }
+        }
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let body = Limited::new(response.into_body(), MAX_RECORDED_ANSWER);
+    let (answer, error) = match tokio::time::timeout(remaining, body.collect()).await {
+        Ok(Ok(collected)) => (collected.to_bytes(), None),
+        Ok(Err(err)) => (Bytes::new(), Some(format!("answer body not fully read: {err}"))),
+        Err(_) => (Bytes::new(), Some(format!("answer body timed out after {timeout:?}"))),
+    };
+    Attempt { status: Some(status), answer, retry_after, error, duration: started.elapsed() }
+}
+
+/// The error and its causes on one line: hyper's top-level messages alone say little.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

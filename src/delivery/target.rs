@@ -1,0 +1,518 @@
+//! Forward targets: compiled from `forward:` entries, and rendered against one event's
+//! context into the exact [`OutgoingRequest`] that would be sent. Rendering is pure; the
+//! same function serves live delivery, `hookrelay render` and the admin dry run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use handlebars::Context;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::model::{RawRetry, RawTarget};
+use crate::config::units::parse_duration;
+use crate::config::{Problems, Upstream};
+use crate::delivery::queue::Job;
+use crate::delivery::retry::RetryPolicy;
+use crate::inbound::InboundRequest;
+use crate::template::{Escape, TemplateEngine, TemplateId};
+use crate::verify::basic_auth_header;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    Json,
+    Form,
+    Text,
+    Raw,
+}
+
+#[derive(Debug)]
+enum UrlSpec {
+    Absolute(TemplateId),
+    /// `upstream:/path`: the path part, joined to `upstream` at render time.
+    Upstream(TemplateId),
+}
+
+/// A structured (YAML mapping/sequence) body, rendered leaf by leaf.
+#[derive(Debug)]
+enum Structured {
+    Literal(Value),
+    Text(TemplateId),
+    /// A leaf that is exactly one `{{x}}` / `{{json x}}`: rendered through `json` so the
+    /// value keeps its JSON type.
+    Typed(TemplateId),
+    Array(Vec<Structured>),
+    Object(Vec<(String, Structured)>),
+}
+
+#[derive(Debug)]
+enum BodySpec {
+    /// No `body:`: the original body is sent as it came.
+    Original,
+    Template(TemplateId),
+    Structured(Structured),
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    url: UrlSpec,
+    url_source: String,
+    pub method: Method,
+    query: Vec<(String, TemplateId)>,
+    headers: Vec<(HeaderName, TemplateId)>,
+    authorization: Option<HeaderValue>,
+    content: ContentKind,
+    body: BodySpec,
+    success: Option<Vec<u16>>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    when: Option<TemplateId>,
+}
+
+/// What the admin API shows of a target.
+#[derive(Debug, Serialize)]
+pub struct TargetSummary<'a> {
+    pub name: &'a str,
+    pub method: &'a str,
+    pub url: &'a str,
+}
+
+/// One request ready to send, exactly as it will go on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingRequest {
+    pub route: String,
+    pub target: String,
+    pub method: Method,
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("route {route:?}, target {target:?}, {field}: {message}")]
+pub struct RenderError {
+    pub route: String,
+    pub target: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Target-wide defaults from `defaults:`.
+#[derive(Debug, Clone)]
+pub struct TargetDefaults {
+    pub timeout: Duration,
+    pub retry: RawRetry,
+}
+
+pub struct CompileCtx<'a> {
+    pub templates: &'a mut TemplateEngine,
+    pub defaults: &'a TargetDefaults,
+    pub problems: &'a mut Problems,
+}
+
+impl Target {
+    pub fn summary(&self) -> TargetSummary<'_> {
+        TargetSummary { name: &self.name, method: self.method.as_str(), url: &self.url_source }
+    }
+
+    /// Whether an answer's status counts as delivered.
+    pub fn is_success(&self, status: u16) -> bool {
+        is_success(self.success.as_deref(), status)
+    }
+
+    /// The queue job for one rendered request of this target.
+    pub fn job(&self, request: OutgoingRequest) -> Job {
+        Job { request, timeout: self.timeout, retry: self.retry.clone(), success: self.success.as_deref().map(Arc::from) }
+    }
+
+    /// Renders the request for one event, or `None` when `when` says to skip it.
+    pub fn render(
+        &self,
+        route: &str,
+        engine: &TemplateEngine,
+        context: &Context,
+        request: &InboundRequest,
+        upstream: Option<&Upstream>,
+        event_id: &str,
+    ) -> Result<Option<OutgoingRequest>, RenderError> {
+        let fail = |field: &str, message: String| RenderError {
+            route: route.to_string(),
+            target: self.name.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let render = |id: &TemplateId, field: &str| engine.render(id, context).map_err(|err| fail(field, err.to_string()));
+
+        if let Some(when) = &self.when {
+            if render(when, "when")?.trim() != "true" {
+                return Ok(None);
+            }
+        }
+
+        let mut url = match &self.url {
+            UrlSpec::Absolute(id) => {
+                url::Url::parse(render(id, "url")?.trim()).map_err(|err| fail("url", format!("rendered URL is not valid: {err}")))?
+            }
+            UrlSpec::Upstream(id) => {
+                let upstream = upstream.ok_or_else(|| fail("url", "`upstream:` URL but no `upstream` is configured".to_string()))?;
+                upstream.join(render(id, "url")?.trim()).map_err(|message| fail("url", message))?
+            }
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(fail("url", format!("scheme {:?} is not http or https", url.scheme())));
+        }
+
+        let mut headers = HeaderMap::new();
+        // Userinfo in the URL means Basic Auth, as Codeup documents; it never goes on the wire in the URL.
+        if !url.username().is_empty() {
+            let username = percent_encoding::percent_decode_str(url.username()).decode_utf8_lossy().into_owned();
+            let password =
+                url.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned()).unwrap_or_default();
+            let value = basic_auth_header(&crate::config::model::RawBasicAuth { username, password });
+            headers.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&value).map_err(|_| fail("url", "userinfo is not a valid credential".to_string()))?,
+            );
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        if !self.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (name, id) in &self.query {
+                pairs.append_pair(name, &render(id, &format!("query.{name}"))?);
+            }
+        }
+
+        let (body, content_type) = self.render_body(engine, context, request, &fail)?;
+        if let Some(content_type) = content_type {
+            headers.insert(http::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(authorization) = &self.authorization {
+            headers.insert(http::header::AUTHORIZATION, authorization.clone());
+        }
+        headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("hookrelay/", env!("CARGO_PKG_VERSION"))));
+        let idempotency = format!("{event_id}.{}", self.name);
+        if let Ok(value) = HeaderValue::from_str(&idempotency) {
+            headers.insert(HeaderName::from_static("idempotency-key"), value);
+        }
+        for (name, id) in &self.headers {
+            let field = format!("headers.{name}");
+            let text = render(id, &field)?;
+            if text.contains(['\r', '\n']) {
+                return Err(fail(&field, "rendered header value contains CR or LF".to_string()));
+            }
+            let value = HeaderValue::from_str(&text)
+                .map_err(|_| fail(&field, "rendered header value has characters not allowed in a header".to_string()))?;
+            headers.insert(name.clone(), value);
+        }
+        Ok(Some(OutgoingRequest {
+            route: route.to_string(),
+            target: self.name.clone(),
+            method: self.method.clone(),
+            url: url.to_string(),
+            headers,
+            body,
+        }))
+    }
+
+    fn render_body(
+        &self,
+        engine: &TemplateEngine,
+        context: &Context,
+        request: &InboundRequest,
+        fail: &dyn Fn(&str, String) -> RenderError,
+    ) -> Result<(Bytes, Option<HeaderValue>), RenderError> {
+        let original_type = || request.headers.get(http::header::CONTENT_TYPE).cloned();
+        match (&self.body, self.content) {
+            (BodySpec::Original, _) | (_, ContentKind::Raw) => Ok((request.raw.clone(), original_type())),
+            (BodySpec::Template(id), kind) => {
+                let text = engine.render(id, context).map_err(|err| fail("body", err.to_string()))?;
+                if kind == ContentKind::Json {
+                    if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+                        return Err(fail(
+                            "body",
+                            format!("rendered body is not valid JSON at line {}, column {}: {err}", err.line(), err.column()),
+                        ));
+                    }
+                }
+                Ok((Bytes::from(text), Some(content_header(kind))))
+            }
+            (BodySpec::Structured(tree), kind) => {
+                let value = render_structured(tree, engine, context).map_err(|message| fail("body", message))?;
+                let bytes = if kind == ContentKind::Form {
+                    let Value::Object(fields) = &value else {
+                        return Err(fail("body", "a form body must be a mapping".to_string()));
+                    };
+                    let mut form = form_urlencoded::Serializer::new(String::new());
+                    for (name, field) in fields {
+                        match field {
+                            Value::String(text) => form.append_pair(name, text),
+                            Value::Null => form.append_pair(name, ""),
+                            other => form.append_pair(name, &other.to_string()),
+                        };
+                    }
+                    Bytes::from(form.finish())
+                } else {
+                    Bytes::from(serde_json::to_vec(&value).map_err(|err| fail("body", err.to_string()))?)
+                };
+                Ok((bytes, Some(content_header(kind))))
+            }
+        }
+    }
+}
+
+/// `success:` statuses when given, else any 2xx.
+pub fn is_success(success: Option<&[u16]>, status: u16) -> bool {
+    match success {
+        Some(list) => list.contains(&status),
+        None => (200..300).contains(&status),
+    }
+}
+
+fn content_header(kind: ContentKind) -> HeaderValue {
+    HeaderValue::from_static(match kind {
+        ContentKind::Json | ContentKind::Raw => "application/json",
+        ContentKind::Form => "application/x-www-form-urlencoded",
+        ContentKind::Text => "text/plain; charset=utf-8",
+    })
+}
+
+fn render_structured(tree: &Structured, engine: &TemplateEngine, context: &Context) -> Result<Value, String> {
+    Ok(match tree {
+        Structured::Literal(value) => value.clone(),
+        Structured::Text(id) => Value::String(engine.render(id, context).map_err(|e| e.to_string())?),
+        Structured::Typed(id) => {
+            let text = engine.render(id, context).map_err(|e| e.to_string())?;
+            serde_json::from_str(&text).map_err(|err| format!("typed value is not JSON: {err}"))?
+        }
+        Structured::Array(items) => {
+            Value::Array(items.iter().map(|item| render_structured(item, engine, context)).collect::<Result<_, _>>()?)
+        }
+        Structured::Object(fields) => Value::Object(
+            fields.iter().map(|(k, v)| Ok((k.clone(), render_structured(v, engine, context)?))).collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// `{{x.y}}`, `{{{x.y}}}` or `{{json x.y}}` alone: the path inside, for a typed leaf.
+fn single_expression(text: &str) -> Option<&str> {
+    let trimmed = text.trim();
+    let inner = trimmed
+        .strip_prefix("{{{")
+        .and_then(|t| t.strip_suffix("}}}"))
+        .or_else(|| trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")))?;
+    let inner = inner.trim();
+    let inner = inner.strip_prefix("json ").map(str::trim).unwrap_or(inner);
+    let is_path = !inner.is_empty() && inner.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '[' | ']' | '@' | '/'));
+    (is_path && inner != "else").then_some(inner)
+}
+
+fn compile_structured(value: &Value, at: &str, strict: bool, ctx: &mut CompileCtx<'_>) -> Structured {
+    match value {
+        Value::String(text) if text.contains("{{") => {
+            if let Some(path) = single_expression(text) {
+                return compile_template(&format!("{{{{json {path}}}}}"), Escape::Plain, strict, at, ctx)
+                    .map(Structured::Typed)
+                    .unwrap_or(Structured::Literal(Value::Null));
+            }
+            compile_template(text, Escape::Plain, strict, at, ctx).map(Structured::Text).unwrap_or(Structured::Literal(Value::Null))
+        }
+        Value::Array(items) => Structured::Array(
+            items.iter().enumerate().map(|(i, item)| compile_structured(item, &format!("{at}[{i}]"), strict, ctx)).collect(),
+        ),
+        Value::Object(fields) => {
+            Structured::Object(fields.iter().map(|(k, v)| (k.clone(), compile_structured(v, &format!("{at}.{k}"), strict, ctx))).collect())
+        }
+        other => Structured::Literal(other.clone()),
+    }
+}
+
+fn compile_template(source: &str, escape: Escape, strict: bool, at: &str, ctx: &mut CompileCtx<'_>) -> Option<TemplateId> {
+    match ctx.templates.compile(source, escape, strict) {
+        Ok(id) => Some(id),
+        Err(err) => {
+            ctx.problems.push(at, err.to_string());
+            None
+        }
+    }
+}
+
+pub fn compile_retry(overrides: Option<&RawRetry>, defaults: &RawRetry, at: &str, problems: &mut Problems) -> RetryPolicy {
+    let base = RetryPolicy::default();
+    let pick = |field: fn(&RawRetry) -> Option<String>| overrides.and_then(field).or_else(|| field(defaults));
+    let duration = |name: &str, value: Option<String>, fallback: Duration, problems: &mut Problems| match value {
+        Some(text) => parse_duration(&text).unwrap_or_else(|message| {
+            problems.push(format!("{at}.{name}"), message);
+            fallback
+        }),
+        None => fallback,
+    };
+    let policy = RetryPolicy {
+        max_attempts: overrides.and_then(|r| r.max_attempts).or(defaults.max_attempts).unwrap_or(base.max_attempts),
+        initial: duration("initial", pick(|r| r.initial.clone()), base.initial, problems),
+        max: duration("max", pick(|r| r.max.clone()), base.max, problems),
+        factor: overrides.and_then(|r| r.factor).or(defaults.factor).unwrap_or(base.factor),
+        jitter: overrides.and_then(|r| r.jitter).or(defaults.jitter).unwrap_or(base.jitter),
+    };
+    if policy.max_attempts == 0 {
+        problems.push(format!("{at}.max_attempts"), "max_attempts must be at least 1");
+    }
+    if !(policy.factor >= 1.0 && policy.factor.is_finite()) {
+        problems.push(format!("{at}.factor"), "factor must be a number ≥ 1");
+    }
+    policy
+}
+
+pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>) -> Option<Target> {
+    let name = raw.name.clone().unwrap_or_else(|| index.to_string());
+    if !valid_name(&name) {
+        ctx.problems.push(format!("{at}.name"), format!("target name {name:?} must match [a-z0-9_-]+"));
+    }
+    let url = match raw.url.strip_prefix("upstream:") {
+        Some(path) => compile_template(path, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
+        None => {
+            if !raw.url.contains("{{") {
+                match url::Url::parse(&raw.url) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                    Ok(parsed) => ctx.problems.push(format!("{at}.url"), format!("scheme {:?} is not http or https", parsed.scheme())),
+                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", raw.url)),
+                }
+            }
+            compile_template(&raw.url, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
+        }
+    };
+    let method = match Method::from_bytes(raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().as_bytes()) {
+        Ok(method) => method,
+        Err(_) => {
+            ctx.problems.push(format!("{at}.method"), format!("invalid method {:?}", raw.method));
+            Method::POST
+        }
+    };
+    let query = raw
+        .query
+        .iter()
+        .filter_map(|(k, v)| compile_template(v, Escape::Plain, raw.strict, &format!("{at}.query.{k}"), ctx).map(|id| (k.clone(), id)))
+        .collect();
+    let mut headers = Vec::new();
+    for (name, value) in &raw.headers {
+        let here = format!("{at}.headers.{name}");
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            ctx.problems.push(here, format!("{name:?} is not a valid header name"));
+            continue;
+        };
+        if value.contains(['\r', '\n']) {
+            ctx.problems.push(here, "header values may not contain CR or LF");
+            continue;
+        }
+        if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
+            headers.push((header, id));
+        }
+    }
+    let authorization = match (&raw.basic_auth, &raw.bearer) {
+        (Some(_), Some(_)) => {
+            ctx.problems.push(format!("{at}.bearer"), "give either basic_auth or bearer, not both");
+            None
+        }
+        (Some(auth), None) => HeaderValue::from_str(&basic_auth_header(auth)).ok(),
+        (None, Some(token)) => match HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                ctx.problems.push(format!("{at}.bearer"), "the token has characters not allowed in a header");
+                None
+            }
+        },
+        (None, None) => None,
+    }
+    .map(|mut value| {
+        value.set_sensitive(true);
+        value
+    });
+    let content = match raw.content_type.as_deref() {
+        None if raw.body.is_none() => ContentKind::Raw,
+        None | Some("json") => ContentKind::Json,
+        Some("form") => ContentKind::Form,
+        Some("text") => ContentKind::Text,
+        Some("raw") => ContentKind::Raw,
+        Some(other) => {
+            ctx.problems.push(format!("{at}.content_type"), format!("unknown content_type {other:?} (json, form, text, raw)"));
+            ContentKind::Json
+        }
+    };
+    let body_at = format!("{at}.body");
+    let body = match (&raw.body, content) {
+        (None, _) => BodySpec::Original,
+        (Some(_), ContentKind::Raw) => {
+            ctx.problems.push(body_at, "content_type raw sends the original body: remove `body` or pick json, form or text");
+            BodySpec::Original
+        }
+        (Some(Value::String(text)), kind) => {
+            let escape = match kind {
+                ContentKind::Json => Escape::Json,
+                ContentKind::Form => Escape::UrlPath,
+                ContentKind::Text | ContentKind::Raw => Escape::Plain,
+            };
+            compile_template(text, escape, raw.strict, &body_at, ctx).map(BodySpec::Template).unwrap_or(BodySpec::Original)
+        }
+        (Some(tree @ (Value::Object(_) | Value::Array(_))), ContentKind::Json | ContentKind::Form) => {
+            if content == ContentKind::Form && !tree.is_object() {
+                ctx.problems.push(body_at.clone(), "a form body must be a mapping");
+            }
+            BodySpec::Structured(compile_structured(tree, &body_at, raw.strict, ctx))
+        }
+        (Some(_), _) => {
+            ctx.problems.push(body_at, "body must be a string template, or a mapping/sequence for json and form");
+            BodySpec::Original
+        }
+    };
+    let when = raw.when.as_ref().and_then(|w| compile_template(w, Escape::Plain, raw.strict, &format!("{at}.when"), ctx));
+    let timeout = match &raw.timeout {
+        Some(text) => parse_duration(text).unwrap_or_else(|message| {
+            ctx.problems.push(format!("{at}.timeout"), message);
+            ctx.defaults.timeout
+        }),
+        None => ctx.defaults.timeout,
+    };
+    if let Some(statuses) = &raw.success {
+        if statuses.is_empty() || statuses.iter().any(|s| !(100..=599).contains(s)) {
+            ctx.problems.push(format!("{at}.success"), "success must list HTTP statuses between 100 and 599");
+        }
+    }
+    let retry = compile_retry(raw.retry.as_ref(), &ctx.defaults.retry, &format!("{at}.retry"), ctx.problems);
+    Some(Target {
+        name,
+        url: url?,
+        url_source: raw.url.clone(),
+        method,
+        query,
+        headers,
+        authorization,
+        content,
+        body,
+        success: raw.success.clone(),
+        timeout,
+        retry,
+        when,
+    })
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_expressions_are_recognised() {
+        assert_eq!(single_expression("{{body.commits}}"), Some("body.commits"));
+        assert_eq!(single_expression(" {{json body.a.[0]}} "), Some("body.a.[0]"));
+        assert_eq!(single_expression("{{{body.x}}}"), Some("body.x"));
+        assert_eq!(single_expression("{{upper body.x}}"), None);
+        assert_eq!(single_expression("a {{body.x}}"), None);
+        assert_eq!(single_expression("{{body.x}} {{body.y}}"), None);
+    }
+}

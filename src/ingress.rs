@@ -1,0 +1,217 @@
+//! The webhook listener: accepts connections, enforces body and time limits, selects
+//! routes on one config snapshot, verifies, renders, and answers (sync: the target's
+//! answer; async: 202 after queueing). Requests no route can take are proxied.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::Utc;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::Relay;
+use crate::config::Snapshot;
+use crate::context;
+use crate::delivery::client::{self, Body};
+use crate::delivery::queue::Job;
+use crate::delivery::target::OutgoingRequest;
+use crate::inbound::InboundRequest;
+use crate::metrics::count_request;
+use crate::proxy;
+use crate::respond::{json_error, json_response, retry_later};
+use crate::routing::{self, RouteMatch};
+use crate::verify::VerifyInput;
+
+/// Serves the ingress listener until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
+    let header_timeout = relay.snapshot().settings.limits.header_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let relay = relay.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let relay = relay.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&relay, request, peer).await) }
+            });
+            if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Handles one request on one config snapshot.
+pub async fn handle(relay: &Relay, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let snapshot = relay.snapshot();
+    if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
+        return unmatched(relay, &snapshot, request.map(|b| b.map_err(Into::into).boxed()), peer).await;
+    }
+    let limits = &snapshot.settings.limits;
+    match tokio::time::timeout(limits.request_timeout, buffered(relay, &snapshot, request, peer)).await {
+        Ok(response) => response,
+        Err(_) => {
+            count_request("", "timeout");
+            json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request timed out",
+                Some(json!(format!("the request did not complete within {:?}", limits.request_timeout))),
+            )
+        }
+    }
+}
+
+async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+    match &snapshot.settings.upstream {
+        Some(upstream) => {
+            count_request("", "proxied");
+            proxy::forward(&relay.client, upstream, request, peer, "http").await
+        }
+        None => {
+            count_request("", "unmatched");
+            json_error(StatusCode::NOT_FOUND, "no route matched", None)
+        }
+    }
+}
+
+async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let max_body = snapshot.settings.limits.max_body;
+    let declared = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        count_request("", "too_large");
+        return too_large(max_body);
+    }
+    let (parts, body) = request.into_parts();
+    let raw = match Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            count_request("", "too_large");
+            return too_large(max_body);
+        }
+        Err(err) => {
+            count_request("", "bad_request");
+            return json_error(StatusCode::BAD_REQUEST, "could not read the request body", Some(json!(err.to_string())));
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let inbound = InboundRequest::new(parts.method.clone(), path_and_query, parts.headers.clone(), raw.clone(), peer.ip());
+    let matched = routing::select(&snapshot.routes, &inbound);
+    if matched.is_empty() {
+        let request = Request::from_parts(parts, client::full(raw));
+        return unmatched(relay, snapshot, request, peer).await;
+    }
+    let now_unix = Utc::now().timestamp();
+    let verify_input =
+        VerifyInput { headers: &inbound.headers, raw_body: &inbound.raw, body: inbound.body.as_matchable(), peer: peer.ip(), now_unix };
+    let (passed, failed): (Vec<RouteMatch<'_>>, Vec<RouteMatch<'_>>) =
+        matched.into_iter().partition(|m| m.route.verify.iter().all(|check| check.check(&verify_input).is_ok()));
+    for route in &failed {
+        count_request(&route.route.name, "unauthorized");
+        tracing::info!(route = %route.route.name, peer = %peer.ip(), "verification failed");
+    }
+    if passed.is_empty() {
+        return json_error(StatusCode::UNAUTHORIZED, "verification failed", None);
+    }
+    accept(relay, snapshot, &inbound, passed).await
+}
+
+fn too_large(max_body: u64) -> Response<Body> {
+    json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", Some(json!({ "max_body": max_body })))
+}
+
+/// Renders every target of every passing route, queues the async ones and answers.
+async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
+    let event_id = ulid::Ulid::generate().to_string();
+    let mut context = context::base(inbound, &event_id, Utc::now(), snapshot.templates_use_raw);
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut sync_send: Option<(OutgoingRequest, &crate::delivery::target::Target)> = None;
+    let mut sync_failure = None;
+    for matched in &passed {
+        context::set_route(&mut context, matched);
+        let route = matched.route;
+        let wants_sync = route.respond == crate::config::model::Respond::Sync && sync_send.is_none() && sync_failure.is_none();
+        for (index, target) in route.targets.iter().enumerate() {
+            let rendered =
+                target.render(&route.name, &snapshot.templates, &context, inbound, snapshot.settings.upstream.as_ref(), &event_id);
+            let first_sync = wants_sync && index == 0;
+            match rendered {
+                Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target)),
+                Ok(Some(outgoing)) => jobs.push(target.job(outgoing)),
+                Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
+                Err(err) => {
+                    crate::metrics::count_delivery(&route.name, &target.name, "render_error", None);
+                    tracing::warn!(error = %err, "render failed");
+                    if first_sync {
+                        sync_failure = Some(err);
+                    }
+                }
+            }
+        }
+    }
+    if relay.queue.enqueue_all(jobs).is_err() {
+        for matched in &passed {
+            count_request(&matched.route.name, "queue_full");
+        }
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "delivery queue is full", 1);
+    }
+    let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
+    if let Some(err) = sync_failure {
+        count_request(route_names[0], "render_error");
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "could not build the outgoing request", Some(json!(err.to_string())));
+    }
+    let Some((outgoing, target)) = sync_send else {
+        for name in &route_names {
+            count_request(name, "accepted");
+        }
+        return json_response(StatusCode::ACCEPTED, &json!({ "id": event_id, "routes": route_names }));
+    };
+    for name in &route_names {
+        count_request(name, "forwarded");
+    }
+    forward_sync(relay, &outgoing, target).await
+}
+
+/// Sends the sync target now and relays its answer, status, headers and body.
+async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &crate::delivery::target::Target) -> Response<Body> {
+    let started = std::time::Instant::now();
+    match client::send(&relay.client, outgoing, target.timeout).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let result = if target.is_success(status) { "succeeded" } else { "failed" };
+            crate::metrics::count_delivery(&outgoing.route, &outgoing.target, result, Some(started.elapsed().as_secs_f64()));
+            let (mut parts, body) = response.into_parts();
+            proxy::strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.map_err(Into::into).boxed())
+        }
+        Err(err) => {
+            crate::metrics::count_delivery(&outgoing.route, &outgoing.target, "failed", Some(started.elapsed().as_secs_f64()));
+            tracing::warn!(route = %outgoing.route, target = %outgoing.target, error = %err, "sync delivery failed");
+            let status = match err {
+                client::SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            json_error(status, "target unavailable", Some(json!(err.to_string())))
+        }
+    }
+}

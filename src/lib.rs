@@ -1,0 +1,18 @@
+//! hookrelay: a sidecar reverse-proxy webhook relay. Receives webhooks, matches them against
+//! YAML routes, rewrites them with handlebars templates and forwards them; everything else
+//! is proxied untouched to the service beside it.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod context;
+pub mod delivery;
+pub mod inbound;
+pub mod ingress;
+pub mod metrics;
+pub mod proxy;
+pub mod render;
+pub mod respond;
+pub mod routing;
+pub mod template;
+pub mod verify;

@@ -1,0 +1,146 @@
+//! The `hookrelay` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use hookrelay::config::{self, env::ProcessEnv};
+
+#[derive(Parser)]
+#[command(name = "hookrelay", version, about = "Sidecar reverse-proxy webhook relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve webhooks with the given config.
+    Run {
+        #[arg(short, long, default_value = "hookrelay.yaml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config; print every error with file:line:col; exit 1 on error.
+    Check {
+        #[arg(short, long, default_value = "hookrelay.yaml")]
+        config: PathBuf,
+    },
+    /// Show which routes a request matches and the exact requests they would send. Nothing is sent.
+    Render {
+        #[arg(short, long, default_value = "hookrelay.yaml")]
+        config: PathBuf,
+        /// Render only this route, whether or not it matches.
+        #[arg(long)]
+        route: Option<String>,
+        /// File holding the request body.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// A request header, `Name: value`; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Request path (default: the route's own when --route names a literal path, else /).
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Show Authorization and signature headers instead of `[redacted]`.
+        #[arg(long)]
+        show_secrets: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn try_main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Run { config, log_format } => {
+            init_logs(log_format);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let running = hookrelay::app::start(&config).await?;
+                tokio::signal::ctrl_c().await.context("waiting for a shutdown signal")?;
+                tracing::info!("shutting down");
+                running.stop();
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match config::load(&config, &ProcessEnv) {
+            Ok(snapshot) => {
+                let targets: usize = snapshot.routes.iter().map(|r| r.targets.len()).sum();
+                println!(
+                    "{}: ok ({} routes, {} targets, {} files)",
+                    config.display(),
+                    snapshot.routes.len(),
+                    targets,
+                    snapshot.files.len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Render { config, route, body, headers, path, method, show_secrets } => {
+            let snapshot = match config::load(&config, &ProcessEnv) {
+                Ok(snapshot) => snapshot,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let raw = match &body {
+                Some(file) => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+                None => Vec::new(),
+            };
+            let mut header_map = http::HeaderMap::new();
+            for line in &headers {
+                let (name, value) = line.split_once(':').with_context(|| format!("header {line:?} is not `Name: value`"))?;
+                let name = http::HeaderName::from_bytes(name.trim().as_bytes()).with_context(|| format!("bad header name in {line:?}"))?;
+                header_map.append(name, value.trim().parse().with_context(|| format!("bad header value in {line:?}"))?);
+            }
+            if !header_map.contains_key(http::header::CONTENT_TYPE) && !raw.is_empty() {
+                header_map.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            }
+            let route_path = route
+                .as_deref()
+                .and_then(|name| snapshot.route(name))
+                .map(|r| r.path.as_str().to_string())
+                .filter(|p| !p.contains(['{', '*']));
+            let path = path.or(route_path).unwrap_or_else(|| "/".to_string());
+            let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).context("bad --method")?;
+            let request =
+                hookrelay::inbound::InboundRequest::new(method, &path, header_map, raw.into(), std::net::IpAddr::from([127, 0, 0, 1]));
+            let report = hookrelay::render::dry_run(&snapshot, &request, route.as_deref(), show_secrets).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Prometheus metrics (DESIGN §9): one process-wide recorder, rendered as text by the admin
+//! listener. The names and labels used across the crate are defined here, in one place.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "hookrelay_requests_total";
+pub const DELIVERIES: &str = "hookrelay_deliveries_total";
+pub const DELIVERY_DURATION: &str = "hookrelay_delivery_duration_seconds";
+pub const QUEUE_DEPTH: &str = "hookrelay_queue_depth";
+pub const CONFIG_RELOADS: &str = "hookrelay_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "hookrelay_config_generation";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder on first use; several relays in one process (tests) share it.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DELIVERY_DURATION.to_string()), &buckets)
+                .and_then(|builder| builder.install_recorder())
+                .map_err(|err| tracing::warn!(error = %err, "metrics recorder not installed"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> String {
+    match handle() {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// `hookrelay_requests_total{route,outcome}`; requests that matched no route use route "".
+pub fn count_request(route: &str, outcome: &'static str) {
+    metrics::counter!(REQUESTS, "route" => route.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn count_delivery(route: &str, target: &str, result: &'static str, seconds: Option<f64>) {
+    metrics::counter!(DELIVERIES, "route" => route.to_string(), "target" => target.to_string(), "result" => result).increment(1);
+    if let Some(seconds) = seconds {
+        metrics::histogram!(DELIVERY_DURATION).record(seconds);
+    }
+}

@@ -1,0 +1,124 @@
+//! Dry runs: which routes a request matches and the exact requests they would send,
+//! through the same selection and rendering as live traffic, with nothing sent. Used by
+//! `hookrelay render` (and the admin API's render call).
+
+use chrono::Utc;
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Snapshot;
+use crate::context;
+use crate::delivery::target::OutgoingRequest;
+use crate::inbound::InboundRequest;
+use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
+use crate::verify::VerifyInput;
+
+/// Headers whose values are secrets; shown as `[redacted]` unless asked otherwise.
+pub const SENSITIVE_HEADERS: [&str; 6] =
+    ["authorization", "cookie", "x-hub-signature-256", "x-gitlab-token", "proxy-authorization", "webhook-signature"];
+
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    pub routes: Vec<RouteReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteReport {
+    pub route: String,
+    pub matched: bool,
+    /// Verification failures; a route that fails verification would answer 401.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verify_errors: Vec<String>,
+    pub event: Option<String>,
+    pub delivery_id: Option<String>,
+    pub requests: Vec<TargetReport>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum TargetReport {
+    Request(RequestView),
+    Skipped { target: String, skipped: String },
+    Error { target: String, error: String },
+}
+
+/// An outgoing request in readable form: the body as JSON when it is JSON, else text.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RequestView {
+    pub target: String,
+    pub method: String,
+    pub url: String,
+    pub headers: IndexMap<String, String>,
+    pub body: Value,
+}
+
+impl RequestView {
+    pub fn new(request: &OutgoingRequest, show_secrets: bool) -> RequestView {
+        let mut headers = IndexMap::new();
+        for (name, value) in &request.headers {
+            let text = if !show_secrets && SENSITIVE_HEADERS.contains(&name.as_str()) {
+                "[redacted]".to_string()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            headers.insert(name.as_str().to_string(), text);
+        }
+        let body =
+            serde_json::from_slice(&request.body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&request.body).into_owned()));
+        RequestView { target: request.target.clone(), method: request.method.to_string(), url: request.url.clone(), headers, body }
+    }
+}
+
+/// Matches `request` against every route (or only `only_route`, rendered whether or not
+/// it matches) and renders each target.
+pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option<&str>, show_secrets: bool) -> Result<DryRun, String> {
+    let matched = routing::select(&snapshot.routes, request);
+    let mut candidates: Vec<(RouteMatch<'_>, bool)> = matched.into_iter().map(|m| (m, true)).collect();
+    if let Some(name) = only_route {
+        let route = snapshot.route(name).ok_or_else(|| format!("no route named {name:?}"))?;
+        candidates.retain(|(m, _)| m.route.name == name);
+        if candidates.is_empty() {
+            let params: Params = route.path.matches(&request.path).unwrap_or_default();
+            let info: EventInfo = route.source.extract(&request.headers, request.body.as_matchable());
+            candidates.push((RouteMatch { route, params, info }, false));
+        }
+    }
+    let event_id = "dry-run";
+    let mut context = context::base(request, event_id, Utc::now(), snapshot.templates_use_raw);
+    let verify_input = VerifyInput {
+        headers: &request.headers,
+        raw_body: &request.raw,
+        body: request.body.as_matchable(),
+        peer: request.peer,
+        now_unix: Utc::now().timestamp(),
+    };
+    let mut routes = Vec::new();
+    for (matched, did_match) in candidates {
+        context::set_route(&mut context, &matched);
+        let route = matched.route;
+        let verify_errors = route.verify.iter().filter_map(|check| check.check(&verify_input).err()).map(|e| e.to_string()).collect();
+        let requests = route
+            .targets
+            .iter()
+            .map(|target| {
+                match target.render(&route.name, &snapshot.templates, &context, request, snapshot.settings.upstream.as_ref(), event_id) {
+                    Ok(Some(outgoing)) => TargetReport::Request(RequestView::new(&outgoing, show_secrets)),
+                    Ok(None) => {
+                        TargetReport::Skipped { target: target.name.clone(), skipped: "`when` did not render \"true\"".to_string() }
+                    }
+                    Err(err) => TargetReport::Error { target: target.name.clone(), error: err.to_string() },
+                }
+            })
+            .collect();
+        routes.push(RouteReport {
+            route: route.name.clone(),
+            matched: did_match,
+            verify_errors,
+            event: matched.info.event.clone(),
+            delivery_id: matched.info.delivery_id.clone(),
+            requests,
+        });
+    }
+    Ok(DryRun { routes })
+}

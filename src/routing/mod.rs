@@ -1,0 +1,80 @@
+//! The compiled route table and the pure selection of routes for one request: path and
+//! method, source event extraction, conditions, `final`. No I/O happens here.
+
+pub mod condition;
+pub mod path;
+pub mod source;
+
+use http::Method;
+use serde_json::Value;
+
+use crate::config::model::Respond;
+use crate::delivery::target::Target;
+use crate::inbound::InboundRequest;
+use crate::verify::Check;
+use condition::{Condition, MatchInput};
+use path::{Params, PathPattern};
+use source::{EventInfo, Source};
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// The file that defined the route.
+    pub file: String,
+    pub source: Source,
+    pub path: PathPattern,
+    pub methods: Vec<Method>,
+    pub condition: Condition,
+    pub needs_body: bool,
+    pub verify: Vec<Check>,
+    pub vars: Value,
+    pub respond: Respond,
+    pub is_final: bool,
+    pub targets: Vec<Target>,
+}
+
+/// A route that matched one request, with what matching learned about it.
+#[derive(Debug)]
+pub struct RouteMatch<'a> {
+    pub route: &'a Route,
+    pub params: Params,
+    pub info: EventInfo,
+}
+
+impl Route {
+    fn takes(&self, method: &Method, path: &str) -> Option<Params> {
+        if !self.methods.contains(method) {
+            return None;
+        }
+        self.path.matches(path)
+    }
+}
+
+/// True when some route could take a request with this method and path; only such
+/// requests are buffered and parsed, everything else is streamed to `upstream`.
+pub fn may_take(routes: &[Route], method: &Method, path: &str) -> bool {
+    routes.iter().any(|route| route.takes(method, path).is_some())
+}
+
+/// Every route that matches, in file order, stopping after a matching `final` route.
+pub fn select<'a>(routes: &'a [Route], request: &InboundRequest) -> Vec<RouteMatch<'a>> {
+    let mut matched = Vec::new();
+    for route in routes {
+        let Some(params) = route.takes(&request.method, &request.path) else {
+            continue;
+        };
+        let body = request.body.as_matchable();
+        if route.needs_body && body.is_none() {
+            continue;
+        }
+        let info = route.source.extract(&request.headers, body);
+        let input = MatchInput { headers: &request.headers, query: &request.query, body, event: info.event.as_deref() };
+        if route.condition.eval(&input) {
+            matched.push(RouteMatch { route, params, info });
+            if route.is_final {
+                break;
+            }
+        }
+    }
+    matched
+}

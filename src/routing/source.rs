@@ -1,0 +1,156 @@
+//! Source presets (DESIGN §3): where each platform puts the event name and the delivery id.
+//! Event names keep the platform's own spelling.
+
+use http::{HeaderMap, HeaderName};
+use serde_json::Value;
+use serde_json_path::JsonPath;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Generic,
+    Github,
+    Gitlab,
+    Codeup,
+    Gitee,
+    Tapd,
+    Codearts,
+    Bkrepo,
+    Standard,
+}
+
+impl SourceKind {
+    pub const NAMES: &'static str = "github, gitlab, codeup, gitee, tapd, codearts, bkrepo, standard, generic";
+
+    pub fn parse(name: &str) -> Option<SourceKind> {
+        Some(match name {
+            "generic" => SourceKind::Generic,
+            "github" => SourceKind::Github,
+            "gitlab" => SourceKind::Gitlab,
+            "codeup" => SourceKind::Codeup,
+            "gitee" => SourceKind::Gitee,
+            "tapd" => SourceKind::Tapd,
+            "codearts" => SourceKind::Codearts,
+            "bkrepo" => SourceKind::Bkrepo,
+            "standard" => SourceKind::Standard,
+            _ => return None,
+        })
+    }
+}
+
+/// Where one value is read from: a header, or a JSONPath into the parsed body.
+#[derive(Debug, Clone)]
+pub enum Extractor {
+    Header(HeaderName),
+    Body(JsonPath),
+}
+
+impl Extractor {
+    /// `$…` is a JSONPath, anything else a header name.
+    pub fn parse(spec: &str) -> Result<Extractor, String> {
+        if spec.starts_with('$') {
+            JsonPath::parse(spec).map(Extractor::Body).map_err(|err| format!("invalid JSONPath {spec:?}: {err}"))
+        } else {
+            HeaderName::from_bytes(spec.as_bytes())
+                .map(Extractor::Header)
+                .map_err(|_| format!("{spec:?} is neither a header name nor a JSONPath ($.…)"))
+        }
+    }
+
+    fn header(name: &'static str) -> Extractor {
+        Extractor::Header(HeaderName::from_static(name))
+    }
+
+    fn body(path: &str) -> Extractor {
+        // Only called with the literal paths below, which are valid RFC 9535; an empty
+        // path can never match, so a failure would only disable extraction, never panic.
+        Extractor::Body(JsonPath::parse(path).unwrap_or_else(|_| JsonPath::parse("$.__never__").unwrap_or_default()))
+    }
+
+    pub fn read(&self, headers: &HeaderMap, body: Option<&Value>) -> Option<String> {
+        match self {
+            Extractor::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string),
+            Extractor::Body(path) => body.and_then(|b| path.query(b).first()).and_then(|node| match node {
+                Value::String(text) => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                Value::Bool(flag) => Some(flag.to_string()),
+                Value::Null | Value::Array(_) | Value::Object(_) => None,
+            }),
+        }
+    }
+}
+
+/// A route's compiled source: an ordered list of places to look for each value.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub kind: SourceKind,
+    event: Vec<Extractor>,
+    delivery_id: Vec<Extractor>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventInfo {
+    pub event: Option<String>,
+    pub delivery_id: Option<String>,
+}
+
+impl Source {
+    pub fn preset(kind: SourceKind) -> Source {
+        use Extractor as E;
+        let (event, delivery_id) = match kind {
+            SourceKind::Generic => (vec![], vec![]),
+            SourceKind::Github => (vec![E::header("x-github-event")], vec![E::header("x-github-delivery")]),
+            SourceKind::Gitlab => (vec![E::body("$.object_kind"), E::header("x-gitlab-event")], vec![E::header("x-gitlab-event-uuid")]),
+            SourceKind::Codeup => (vec![E::body("$.object_kind"), E::header("codeup-event")], vec![]),
+            SourceKind::Gitee => (vec![E::header("x-gitee-event")], vec![]),
+            SourceKind::Tapd => (vec![E::body("$.event")], vec![E::body("$.id")]),
+            SourceKind::Codearts => (vec![E::body("$.eventCode")], vec![E::body("$.event.id")]),
+            SourceKind::Bkrepo => (vec![E::body("$.type"), E::header("x-bkrepo-event")], vec![]),
+            SourceKind::Standard => (vec![E::body("$.type")], vec![E::header("webhook-id")]),
+        };
+        Source { kind, event, delivery_id }
+    }
+
+    /// A `generic` source with the user's `event_from` / `id_from`.
+    pub fn generic(event_from: Option<Extractor>, id_from: Option<Extractor>) -> Source {
+        Source { kind: SourceKind::Generic, event: event_from.into_iter().collect(), delivery_id: id_from.into_iter().collect() }
+    }
+
+    pub fn extract(&self, headers: &HeaderMap, body: Option<&Value>) -> EventInfo {
+        let first = |list: &[Extractor]| list.iter().find_map(|e| e.read(headers, body));
+        EventInfo { event: first(&self.event), delivery_id: first(&self.delivery_id) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn presets_read_their_platforms_fields() {
+        let body = json!({"object_kind": "push"});
+        let info = Source::preset(SourceKind::Codeup).extract(&headers(&[("codeup-event", "Push Hook")]), Some(&body));
+        assert_eq!(info, EventInfo { event: Some("push".into()), delivery_id: None });
+        let info = Source::preset(SourceKind::Codeup).extract(&headers(&[("codeup-event", "Push Hook")]), None);
+        assert_eq!(info.event.as_deref(), Some("Push Hook"));
+        let info = Source::preset(SourceKind::Github).extract(&headers(&[("x-github-event", "push"), ("x-github-delivery", "d-1")]), None);
+        assert_eq!(info, EventInfo { event: Some("push".into()), delivery_id: Some("d-1".into()) });
+        let info = Source::preset(SourceKind::Tapd).extract(&HeaderMap::new(), Some(&json!({"event": "bug::create", "id": 1234})));
+        assert_eq!(info, EventInfo { event: Some("bug::create".into()), delivery_id: Some("1234".into()) });
+        let info = Source::preset(SourceKind::Bkrepo).extract(&headers(&[("x-bkrepo-event", "NODE_CREATED")]), Some(&json!({})));
+        assert_eq!(info.event.as_deref(), Some("NODE_CREATED"));
+    }
+
+    #[test]
+    fn generic_extractors() {
+        let source = Source::generic(Some(Extractor::parse("$.kind").unwrap()), Some(Extractor::parse("X-Id").unwrap()));
+        let info = source.extract(&headers(&[("x-id", "42")]), Some(&json!({"kind": "deploy"})));
+        assert_eq!(info, EventInfo { event: Some("deploy".into()), delivery_id: Some("42".into()) });
+        assert!(Extractor::parse("$[").is_err());
+        assert!(Extractor::parse("bad header").is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! Inbound verification (DESIGN §2 `verify`, §3 `secret:` shorthands): Basic Auth, shared
+//! tokens in a header or body field, HMAC signatures, and source IP allow-lists. Every
+//! secret comparison is constant-time. All configured checks must pass.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use http::{HeaderMap, HeaderName};
+use serde_json::Value;
+use serde_json_path::JsonPath;
+use subtle::ConstantTimeEq;
+
+use crate::config::model::{RawBasicAuth, RawHmac, RawToken, RawVerify};
+use crate::config::units::parse_duration;
+use crate::config::Problems;
+use crate::routing::source::SourceKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+/// Which bytes are signed.
+#[derive(Debug, Clone)]
+pub enum SignedMessage {
+    /// The raw body, as GitHub and most platforms do.
+    Body,
+    /// `{{timestamp}}` and `{{raw}}` placeholders, e.g. `"{{timestamp}}.{{raw}}"`.
+    Pattern(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HmacCheck {
+    pub header: HeaderName,
+    pub secret: Vec<u8>,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    pub prefix: String,
+    pub message: SignedMessage,
+    pub tolerance: Option<Duration>,
+    pub timestamp_header: Option<HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Check {
+    BasicAuth { expected: String },
+    HeaderToken { header: HeaderName, value: String },
+    FieldToken { path: JsonPath, value: String },
+    Hmac(Box<HmacCheck>),
+    IpAllow(Vec<ipnet::IpNet>),
+}
+
+/// The parts of a request a check may read.
+pub struct VerifyInput<'a> {
+    pub headers: &'a HeaderMap,
+    pub raw_body: &'a [u8],
+    pub body: Option<&'a Value>,
+    pub peer: IpAddr,
+    /// Seconds since the Unix epoch, passed in so tests control the clock.
+    pub now_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing or wrong credentials")]
+    BadCredentials,
+    #[error("missing or wrong token")]
+    BadToken,
+    #[error("missing or wrong signature in {0}")]
+    BadSignature(String),
+    #[error("timestamp missing or outside the allowed tolerance")]
+    StaleTimestamp,
+    #[error("source address not allowed")]
+    AddressNotAllowed,
+}
+
+impl Check {
+    pub fn check(&self, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+        match self {
+            Check::BasicAuth { expected } => {
+                let given = input.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+                ct_equal(given, expected.as_bytes()).then_some(()).ok_or(VerifyError::BadCredentials)
+            }
+            Check::HeaderToken { header, value } => {
+                let given = input.headers.get(header).map(|v| v.as_bytes()).unwrap_or_default();
+                ct_equal(given, value.as_bytes()).then_some(()).ok_or(VerifyError::BadToken)
+            }
+            Check::FieldToken { path, value } => {
+                let given = input.body.and_then(|b| path.query(b).first()).and_then(Value::as_str).unwrap_or_default();
+                ct_equal(given.as_bytes(), value.as_bytes()).then_some(()).ok_or(VerifyError::BadToken)
+            }
+            Check::Hmac(hmac) => hmac.check(input),
+            Check::IpAllow(nets) => {
+                nets.iter().any(|net| net.contains(&canonical(input.peer))).then_some(()).ok_or(VerifyError::AddressNotAllowed)
+            }
+        }
+    }
+}
+
+impl HmacCheck {
+    fn check(&self, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+        let bad = || VerifyError::BadSignature(self.header.to_string());
+        let timestamp = match &self.timestamp_header {
+            Some(name) => {
+                let text = input.headers.get(name).and_then(|v| v.to_str().ok()).ok_or(VerifyError::StaleTimestamp)?;
+                if let Some(tolerance) = self.tolerance {
+                    let seconds = parse_timestamp_seconds(text).ok_or(VerifyError::StaleTimestamp)?;
+                    if input.now_unix.abs_diff(seconds) > tolerance.as_secs() {
+                        return Err(VerifyError::StaleTimestamp);
+                    }
+                }
+                text
+            }
+            None => "",
+        };
+        let given = input.headers.get(&self.header).and_then(|v| v.to_str().ok()).ok_or_else(bad)?;
+        let given = given.strip_prefix(self.prefix.as_str()).ok_or_else(bad)?;
+        let message: std::borrow::Cow<'_, [u8]> = match &self.message {
+            SignedMessage::Body => input.raw_body.into(),
+            SignedMessage::Pattern(pattern) => {
+                let text = pattern.replace("{{timestamp}}", timestamp);
+                let mut bytes = Vec::with_capacity(text.len() + input.raw_body.len());
+                let mut parts = text.split("{{raw}}");
+                if let Some(first) = parts.next() {
+                    bytes.extend_from_slice(first.as_bytes());
+                }
+                for part in parts {
+                    bytes.extend_from_slice(input.raw_body);
+                    bytes.extend_from_slice(part.as_bytes());
+                }
+                bytes.into()
+            }
+        };
+        let expected = hmac_digest(self.algorithm, &self.secret, &message);
+        let decoded = match self.encoding {
+            SignatureEncoding::Hex => decode_hex(given.trim()),
+            SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(given.trim()).ok(),
+        }
+        .ok_or_else(bad)?;
+        ct_equal(&decoded, &expected).then_some(()).ok_or_else(bad)
+    }
+}
+
+pub fn hmac_digest(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Vec<u8> {
+    fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+        // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
+        match <M as KeyInit>::new_from_slice(key) {
+            Ok(mut mac) => {
+                mac.update(message);
+                mac.finalize().into_bytes().to_vec()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+    match algorithm {
+        HmacAlgorithm::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(key, message),
+        HmacAlgorithm::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
+        HmacAlgorithm::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
+    }
+}
+
+fn ct_equal(given: &[u8], expected: &[u8]) -> bool {
+    // Length is not secret for these schemes; the content comparison is constant-time.
+    given.len() == expected.len() && bool::from(given.ct_eq(expected))
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
+}
+
+/// Unix seconds, or milliseconds when the number is that large.
+fn parse_timestamp_seconds(text: &str) -> Option<i64> {
+    let number: i64 = text.trim().parse().ok()?;
+    Some(if number > 100_000_000_000 { number / 1000 } else { number })
+}
+
+/// IPv4-mapped IPv6 peers (from a dual-stack listener) match IPv4 allow-lists.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+pub fn basic_auth_header(auth: &RawBasicAuth) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.username, auth.password));
+    format!("Basic {encoded}")
+}
+
+fn header_name(name: &str, at: String, problems: &mut Problems) -> Option<HeaderName> {
+    let parsed = HeaderName::from_bytes(name.as_bytes()).ok();
+    if parsed.is_none() {
+        problems.push(at, format!("{name:?} is not a valid header name"));
+    }
+    parsed
+}
+
+/// Compiles a route's `verify:` block; `source` decides what `secret:` means.
+pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Problems) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let Some(auth) = &raw.basic_auth {
+        checks.push(Check::BasicAuth { expected: basic_auth_header(auth) });
+    }
+    if let Some(token) = &raw.token {
+        checks.extend(compile_token(token, &format!("{at}.token"), problems));
+    }
+    if let Some(hmac) = &raw.hmac {
+        checks.extend(compile_hmac(hmac, &format!("{at}.hmac"), problems).map(|h| Check::Hmac(Box::new(h))));
+    }
+    if let Some(secret) = &raw.secret {
+        match secret_scheme(source, secret) {
+            Ok(check) => checks.push(check),
+            Err(message) => problems.push(format!("{at}.secret"), message),
+        }
+    }
+    if let Some(list) = &raw.ip_allow {
+        let mut nets = Vec::new();
+        for (index, entry) in list.iter().enumerate() {
+            let parsed = entry.parse::<ipnet::IpNet>().or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => problems.push(format!("{at}.ip_allow[{index}]"), format!("{entry:?} is not an IP address or CIDR range")),
+            }
+        }
+        checks.push(Check::IpAllow(nets));
+    }
+    if checks.is_empty() {
+        problems.push(at, "`verify` is empty: give basic_auth, token, hmac, secret or ip_allow");
+    }
+    checks
+}
+
+fn compile_token(token: &RawToken, at: &str, problems: &mut Problems) -> Option<Check> {
+    match (&token.header, &token.field) {
+        (Some(header), None) => {
+            header_name(header, format!("{at}.header"), problems).map(|header| Check::HeaderToken { header, value: token.value.clone() })
+        }
+        (None, Some(field)) => match JsonPath::parse(field) {
+            Ok(path) => Some(Check::FieldToken { path, value: token.value.clone() }),
+            Err(err) => {
+                problems.push(format!("{at}.field"), format!("invalid JSONPath {field:?}: {err}"));
+                None
+            }
+        },
+        _ => {
+            problems.push(at, "a token check needs exactly one of `header` or `field`");
+            None
+        }
+    }
+}
+
+fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> Option<HmacCheck> {
+    let header = header_name(&raw.header, format!("{at}.header"), problems);
+    let algorithm = match raw.algorithm.as_deref().unwrap_or("sha256") {
+        "sha1" => Some(HmacAlgorithm::Sha1),
+        "sha256" => Some(HmacAlgorithm::Sha256),
+        "sha512" => Some(HmacAlgorithm::Sha512),
+        other => {
+            problems.push(format!("{at}.algorithm"), format!("unknown algorithm {other:?} (sha1, sha256, sha512)"));
+            None
+        }
+    };
+    let encoding = match raw.encoding.as_deref().unwrap_or("hex") {
+        "hex" => Some(SignatureEncoding::Hex),
+        "base64" => Some(SignatureEncoding::Base64),
+        other => {
+            problems.push(format!("{at}.encoding"), format!("unknown encoding {other:?} (hex, base64)"));
+            None
+        }
+    };
+    let tolerance = match &raw.tolerance {
+        Some(text) => match parse_duration(text) {
+            Ok(duration) => Some(duration),
+            Err(message) => {
+                problems.push(format!("{at}.tolerance"), message);
+                None
+            }
+        },
+        None => None,
+    };
+    let timestamp_header = match &raw.timestamp_header {
+        Some(name) => Some(header_name(name, format!("{at}.timestamp_header"), problems)?),
+        None => None,
+    };
+    if tolerance.is_some() && timestamp_header.is_none() {
+        problems.push(format!("{at}.tolerance"), "`tolerance` needs `timestamp_header`");
+    }
+    let message = match raw.message.as_deref() {
+        None | Some("{{raw}}") => SignedMessage::Body,
+        Some(pattern) => SignedMessage::Pattern(pattern.to_string()),
+    };
+    Some(HmacCheck {
+        header: header?,
+        secret: raw.secret.as_bytes().to_vec(),
+        algorithm: algorithm?,
+        encoding: encoding?,
+        prefix: raw.prefix.clone().unwrap_or_default(),
+        message,
+        tolerance,
+        timestamp_header,
+    })
+}
+
+fn secret_scheme(source: SourceKind, secret: &str) -> Result<Check, String> {
+    let header_token = |name: &'static str| Check::HeaderToken { header: HeaderName::from_static(name), value: secret.to_string() };
+    match source {
+        SourceKind::Github => Ok(Check::Hmac(Box::new(HmacCheck {
+            header: HeaderName::from_static("x-hub-signature-256"),
+            secret: secret.as_bytes().to_vec(),
+            algorithm: HmacAlgorithm::Sha256,
+            encoding: SignatureEncoding::Hex,
+            prefix: "sha256=".to_string(),
+            message: SignedMessage::Body,
+            tolerance: None,
+            timestamp_header: None,
+        }))),
+        SourceKind::Gitlab => Ok(header_token("x-gitlab-token")),
+        SourceKind::Codeup => Ok(header_token("x-codeup-token")),
+        SourceKind::Tapd => match JsonPath::parse("$.secret") {
+            Ok(path) => Ok(Check::FieldToken { path, value: secret.to_string() }),
+            Err(err) => Err(err.to_string()),
+        },
+        other => Err(format!("`secret:` is not available for source {other:?} yet; use verify.token, verify.hmac or verify.basic_auth")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile_yaml(yaml: &str, source: SourceKind) -> Vec<Check> {
+        let raw: RawVerify = serde_yaml::from_str(yaml).unwrap();
+        let mut problems = Problems::default();
+        let checks = compile(&raw, source, "verify", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        checks
+    }
+
+    fn run(checks: &[Check], headers: &[(&'static str, &str)], body: &[u8], peer: &str) -> Result<(), VerifyError> {
+        let map: HeaderMap = headers.iter().map(|(k, v)| (HeaderName::from_static(k), v.parse().unwrap())).collect();
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        let input =
+            VerifyInput { headers: &map, raw_body: body, body: parsed.as_ref(), peer: peer.parse().unwrap(), now_unix: 1_700_000_000 };
+        checks.iter().try_for_each(|c| c.check(&input))
+    }
+
+    #[test]
+    fn basic_auth() {
+        let checks = compile_yaml("basic_auth: { username: codeup, password: pw }", SourceKind::Codeup);
+        assert_eq!(run(&checks, &[("authorization", "Basic Y29kZXVwOnB3")], b"", "127.0.0.1"), Ok(()));
+        assert_eq!(run(&checks, &[("authorization", "Basic Y29kZXVwOnB4")], b"", "127.0.0.1"), Err(VerifyError::BadCredentials));
+        assert_eq!(run(&checks, &[], b"", "127.0.0.1"), Err(VerifyError::BadCredentials));
+    }
+
+    #[test]
+    fn github_secret_matches_an_independent_signature() {
+        // Signature from GitHub's documentation example: secret "It's a Secret to Everybody", payload "Hello, World!".
+        let checks = compile_yaml("secret: \"It's a Secret to Everybody\"", SourceKind::Github);
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(run(&checks, &[("x-hub-signature-256", good)], b"Hello, World!", "127.0.0.1"), Ok(()));
+        assert!(run(&checks, &[("x-hub-signature-256", good)], b"Hello, World?", "127.0.0.1").is_err());
+        assert!(run(&checks, &[], b"Hello, World!", "127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn generic_hmac_with_timestamp_tolerance() {
+        let checks = compile_yaml(
+            "hmac: { header: X-Sig, secret: k, encoding: base64, message: '{{timestamp}}.{{raw}}', tolerance: 5m, timestamp_header: X-Ts }",
+            SourceKind::Generic,
+        );
+        let signature = base64::engine::general_purpose::STANDARD.encode(hmac_digest(HmacAlgorithm::Sha256, b"k", b"1700000000.{}"));
+        assert_eq!(run(&checks, &[("x-sig", &signature), ("x-ts", "1700000000")], b"{}", "127.0.0.1"), Ok(()));
+        assert_eq!(run(&checks, &[("x-sig", &signature), ("x-ts", "1699990000")], b"{}", "127.0.0.1"), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn tokens_and_ip_allow() {
+        let checks = compile_yaml("secret: t0k", SourceKind::Gitlab);
+        assert_eq!(run(&checks, &[("x-gitlab-token", "t0k")], b"", "127.0.0.1"), Ok(()));
+        assert_eq!(run(&checks, &[("x-gitlab-token", "t0")], b"", "127.0.0.1"), Err(VerifyError::BadToken));
+        let checks = compile_yaml("token: { field: $.secret, value: s }", SourceKind::Tapd);
+        assert_eq!(run(&checks, &[], &serde_json::to_vec(&json!({"secret": "s"})).unwrap(), "127.0.0.1"), Ok(()));
+        let checks = compile_yaml("ip_allow: [10.0.0.0/8, 127.0.0.1]", SourceKind::Generic);
+        assert_eq!(run(&checks, &[], b"", "::ffff:127.0.0.1"), Ok(()));
+        assert_eq!(run(&checks, &[], b"", "10.2.3.4"), Ok(()));
+        assert_eq!(run(&checks, &[], b"", "192.0.2.1"), Err(VerifyError::AddressNotAllowed));
+    }
+
+    #[test]
+    fn bad_settings_are_reported() {
+        let raw: RawVerify =
+            serde_yaml::from_str("hmac: { header: 'a b', secret: k, algorithm: md5 }\nip_allow: [nope]\ntoken: { value: x }").unwrap();
+        let mut problems = Problems::default();
+        compile(&raw, SourceKind::Generic, "verify", &mut problems);
+        let paths: Vec<String> = problems.iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(paths, ["verify.token", "verify.hmac.header", "verify.hmac.algorithm", "verify.ip_allow[0]"]);
+    }
+}
