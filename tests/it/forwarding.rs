@@ -1,0 +1,268 @@
+//! Webhooks in, transformed requests out: what reaches the sink, byte for byte.
+
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::support::{fixture, Answer, Relay, TestSink};
+
+fn codeup_config(sink: &TestSink, respond: &str) -> String {
+    format!(
+        r#"
+listen: 127.0.0.1:0
+routes:
+  - name: codeup-push-to-codearts
+    source: codeup
+    match:
+      path: /hooks/codeup/{{project}}
+      headers: {{ Codeup-Event: Push Hook }}
+      event: push
+      body:
+        - {{ path: $.ref, regex: "^refs/heads/(master|main|release/.+)$" }}
+        - {{ path: $.total_commits_count, gt: 0 }}
+    verify:
+      basic_auth: {{ username: codeup, password: hook-pw }}
+    vars: {{ webhook_id: 0a1b2c3d }}
+    respond: {respond}
+    forward:
+      - name: codearts
+        url: "{sink}/v2/manage/webhooks/{{{{vars.webhook_id}}}}"
+        query:
+          branch: "{{{{regex_capture body.ref '^refs/heads/(.+)$' 1}}}}"
+          commit: "{{{{body.after}}}}"
+          project: "{{{{params.project}}}}"
+        basic_auth: {{ username: ci, password: "p@ss:word" }}
+        success: [201]
+        body:
+          ref: "{{{{body.ref}}}}"
+          commits: "{{{{json body.commits}}}}"
+          count: "{{{{body.total_commits_count}}}}"
+          pusher: "pushed by {{{{body.user_name}}}}"
+"#,
+        sink = sink.url()
+    )
+}
+
+fn codeup_auth() -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("codeup:hook-pw"))
+}
+
+#[tokio::test]
+async fn codeup_push_triggers_codearts_pipeline_with_basic_auth_and_201() {
+    let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
+    let relay = Relay::start(&codeup_config(&sink, "sync")).await;
+    let auth = codeup_auth();
+    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], fixture("codeup-push.json")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.text(), "{}");
+
+    let seen = sink.wait_for(1).await;
+    assert_eq!(seen.len(), 1);
+    let request = &seen[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.uri, "/v2/manage/webhooks/0a1b2c3d?branch=master&commit=eb63d0277e64684236ebf8394b919230c4b8a286&project=demo");
+    let expected_auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci:p@ss:word"));
+    assert_eq!(request.header("authorization"), Some(expected_auth.as_str()));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    let payload: serde_json::Value = serde_json::from_slice(&fixture("codeup-push.json")).unwrap();
+    assert_eq!(request.json(), json!({ "ref": "refs/heads/master", "commits": payload["commits"], "count": 2, "pusher": "pushed by Codeup" }));
+}
+
+#[tokio::test]
+async fn async_route_answers_202_then_delivers_with_idempotency_key() {
+    let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
+    let relay = Relay::start(&codeup_config(&sink, "async")).await;
+    let auth = codeup_auth();
+    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], fixture("codeup-push.json")).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["routes"], json!(["codeup-push-to-codearts"]));
+    let id = answer["id"].as_str().expect("event id");
+    let seen = sink.wait_for(1).await;
+    assert_eq!(seen[0].header("idempotency-key"), Some(format!("{id}.codearts").as_str()));
+    assert!(seen[0].uri.starts_with("/v2/manage/webhooks/0a1b2c3d?branch=master"));
+}
+
+#[tokio::test]
+async fn non_matching_branch_and_wrong_event_do_not_fire() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&codeup_config(&sink, "sync")).await;
+    let auth = codeup_auth();
+    let mut body: serde_json::Value = serde_json::from_slice(&fixture("codeup-push.json")).unwrap();
+    body["ref"] = json!("refs/heads/feature/x");
+    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], body.to_string()).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json(), json!({ "error": "no route matched" }));
+    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Tag Push Hook"), ("authorization", &auth)], fixture("codeup-tag-push.json")).await;
+    assert_eq!(reply.status, 404);
+    assert!(sink.seen().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_basic_auth_is_401_and_nothing_is_sent() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&codeup_config(&sink, "async")).await;
+    let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("codeup:nope"));
+    for headers in [vec![("codeup-event", "Push Hook"), ("authorization", wrong.as_str())], vec![("codeup-event", "Push Hook")]] {
+        let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &headers, fixture("codeup-push.json")).await;
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.json()["error"], "verification failed");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(sink.seen().is_empty());
+}
+
+#[tokio::test]
+async fn github_hmac_is_verified() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: gh\n    source: github\n    match: {{ path: /hooks/github, event: push }}\n    verify: {{ secret: s3cret }}\n    respond: sync\n    forward:\n      - url: {}/gh\n",
+        sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    // Signature computed independently: printf '%s' '{"ref":"refs/heads/main"}' | openssl dgst -sha256 -hmac s3cret
+    let good = format!("sha256={}", hex_hmac(b"s3cret", body));
+    let reply = relay.client.post_json(&relay.url("/hooks/github"), &[("x-github-event", "push"), ("x-hub-signature-256", "sha256=00ff")], &body[..]).await;
+    assert_eq!(reply.status, 401);
+    assert!(sink.seen().is_empty());
+    let reply = relay.client.post_json(&relay.url("/hooks/github"), &[("x-github-event", "push"), ("x-hub-signature-256", &good)], &body[..]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = sink.wait_for(1).await;
+    assert_eq!(&seen[0].body[..], &body[..], "content_type raw by default: the original bytes");
+}
+
+fn hex_hmac(key: &[u8], message: &[u8]) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", std::str::from_utf8(key).unwrap(), "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(message)?;
+            child.wait_with_output()
+        })
+        .expect("openssl");
+    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn tapd_form_bug_becomes_dingtalk_markdown() {
+    let sink = TestSink::scripted(vec![Answer::with_body(200, r#"{"errcode":0,"errmsg":"ok"}"#)]).await;
+    let yaml = format!(
+        r####"
+listen: 127.0.0.1:0
+routes:
+  - name: tapd-bug-to-dingtalk
+    source: tapd
+    match: {{ path: /hooks/tapd, event: "bug::*" }}
+    verify: {{ secret: tapd-secret }}
+    respond: sync
+    forward:
+      - name: dingtalk
+        url: "{sink}/robot/send?access_token=abc123"
+        body: |
+          {{"msgtype": "markdown", "markdown": {{"title": "TAPD {{{{event}}}}", "text": "### {{{{body.title}}}}\n- 处理人: {{{{body.current_owner}}}}\n- 优先级: {{{{upper body.priority}}}}"}}}}
+"####,
+        sink = sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.send("POST", &relay.url("/hooks/tapd"), &[("content-type", "application/x-www-form-urlencoded")], fixture("tapd-bug-create.form")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json(), json!({"errcode": 0, "errmsg": "ok"}));
+    let seen = sink.wait_for(1).await;
+    assert_eq!(seen[0].uri, "/robot/send?access_token=abc123");
+    assert_eq!(
+        seen[0].json(),
+        json!({
+            "msgtype": "markdown",
+            "markdown": { "title": "TAPD bug::create", "text": "### 登录页 \"crash\" on <submit>\n- 处理人: alice;bob;\n- 优先级: HIGH" }
+        })
+    );
+    let wrong = String::from_utf8(fixture("tapd-bug-create.form")).unwrap().replace("secret=tapd-secret", "secret=guess");
+    let reply = relay.client.send("POST", &relay.url("/hooks/tapd"), &[("content-type", "application/x-www-form-urlencoded")], wrong).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(sink.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn hostile_text_survives_a_json_string_template_exactly() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: echo\n    match: {{ path: /hooks/echo }}\n    respond: sync\n    forward:\n      - url: {}/echo\n        headers: {{ X-Title: '{{{{body.title}}}}' }}\n        body: '{{\"text\": \"{{{{body.msg}}}}\", \"n\": {{{{json body.n}}}}, \"missing\": \"{{{{body.nope}}}}\", \"m\": {{{{json body.nope}}}}}}'\n",
+        sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let hostile = "quo\"te \\ back\\slash\nnew\r\nline\ttab \u{1} 🚀 中文 </script><script>alert(1)</script> {{body}} ${HOME}";
+    let body = json!({ "msg": hostile, "n": 12.5, "title": "plain title" });
+    let reply = relay.client.post_json(&relay.url("/hooks/echo"), &[], body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = sink.wait_for(1).await;
+    assert_eq!(seen[0].json(), json!({ "text": hostile, "n": 12.5, "missing": "", "m": null }));
+    assert_eq!(seen[0].header("x-title"), Some("plain title"));
+
+    // A header template that would carry CR/LF is refused, never sent.
+    let body = json!({ "msg": "x", "n": 1, "title": "evil\r\nX-Injected: 1" });
+    let reply = relay.client.post_json(&relay.url("/hooks/echo"), &[], body.to_string()).await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.json()["detail"].as_str().unwrap().contains("headers.x-title"));
+    assert_eq!(sink.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn fan_out_when_and_final() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+routes:
+  - name: first
+    match: {{ path: /hooks/multi }}
+    forward:
+      - {{ name: a, url: "{sink}/a", body: {{ n: "{{{{json body.n}}}}" }} }}
+      - {{ name: b, url: "{sink}/b", content_type: form, body: {{ text: "{{{{body.s}}}}", n: "{{{{body.n}}}}" }} }}
+      - {{ name: skipped, url: "{sink}/never", when: "{{{{#if body.flag}}}}true{{{{/if}}}}" }}
+  - name: second
+    final: true
+    match: {{ path: /hooks/multi }}
+    forward:
+      - {{ url: "upstream:/internal/{{{{body.s}}}}?from=relay", method: PUT, content_type: text, body: "s={{{{body.s}}}}" }}
+  - name: never
+    match: {{ path: /hooks/multi }}
+    forward:
+      - {{ url: "{sink}/after-final" }}
+upstream: {sink}/base
+"#,
+        sink = sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/hooks/multi"), &[], r#"{"n": 7, "s": "a b&c/d"}"#).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.json()["routes"], json!(["first", "second"]));
+    let mut seen = sink.wait_for(3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(sink.seen().len(), 3, "{:#?}", sink.seen());
+    seen.sort_by(|a, b| a.uri.cmp(&b.uri));
+    assert_eq!(seen[0].uri, "/a");
+    assert_eq!(seen[0].json(), json!({ "n": 7 }));
+    assert_eq!(seen[1].uri, "/b");
+    assert_eq!(seen[1].header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert_eq!(&seen[1].body[..], b"text=a+b%26c%2Fd&n=7");
+    assert_eq!(seen[2].method, "PUT");
+    assert_eq!(seen[2].uri, "/base/internal/a%20b%26c%2Fd?from=relay");
+    assert_eq!(&seen[2].body[..], b"s=a b&c/d");
+    assert_eq!(seen[2].header("content-type"), Some("text/plain; charset=utf-8"));
+}
+
+#[tokio::test]
+async fn url_userinfo_becomes_basic_auth() {
+    let sink = TestSink::start().await;
+    let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: u\n    match: {{ path: /u }}\n    respond: sync\n    forward:\n      - url: http://ci%40corp:pa%3Ass@{}/trigger\n", sink.addr);
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/u"), &[], "{}").await;
+    assert_eq!(reply.status, 200);
+    let seen = sink.wait_for(1).await;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ci@corp:pa:ss"));
+    assert_eq!(seen[0].header("authorization"), Some(expected.as_str()));
+    assert_eq!(seen[0].uri, "/trigger");
+}

@@ -1,0 +1,231 @@
+//! Test support: a real relay started from a YAML file on disk, and a `TestSink` HTTP
+//! server that records what reaches it and answers from a script.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// One request as the sink saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query exactly as sent.
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| panic!("sink body is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer { status, headers: Vec::new(), body: String::new() }
+    }
+
+    pub fn with_body(status: u16, body: &str) -> Answer {
+        Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: body.to_string() }
+    }
+}
+
+#[derive(Default)]
+struct SinkState {
+    seen: Vec<Seen>,
+    script: VecDeque<Answer>,
+}
+
+/// A real HTTP server on 127.0.0.1:0 that records requests. Answers come from the script
+/// in order, then `200 {}`.
+#[derive(Clone)]
+pub struct TestSink {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<SinkState>>,
+    arrived: Arc<Notify>,
+}
+
+impl TestSink {
+    pub async fn start() -> TestSink {
+        Self::scripted(Vec::new()).await
+    }
+
+    pub async fn scripted(script: Vec<Answer>) -> TestSink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(SinkState { seen: Vec::new(), script: script.into() }));
+        let arrived = Arc::new(Notify::new());
+        let sink = TestSink { addr, state: state.clone(), arrived: arrived.clone() };
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let state = state.clone();
+                let arrived = arrived.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: http::Request<Incoming>| {
+                        let state = state.clone();
+                        let arrived = arrived.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let uri = parts.uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_default();
+                            let answer = {
+                                let mut state = state.lock().unwrap();
+                                state.seen.push(Seen { method: parts.method.to_string(), uri, headers: parts.headers, body });
+                                state.script.pop_front().unwrap_or_else(|| Answer::with_body(200, "{}"))
+                            };
+                            arrived.notify_waiters();
+                            let mut response = http::Response::builder().status(answer.status);
+                            for (name, value) in &answer.headers {
+                                response = response.header(name, value);
+                            }
+                            Ok::<_, std::convert::Infallible>(response.body(Full::new(Bytes::from(answer.body))).unwrap())
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        sink
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Waits (bounded) until at least `count` requests have arrived.
+    pub async fn wait_for(&self, count: usize) -> Vec<Seen> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.arrived.notified();
+            let seen = self.seen();
+            if seen.len() >= count {
+                return seen;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("sink saw {} requests, expected {count}: {:#?}", self.seen().len(), self.seen());
+            }
+        }
+    }
+}
+
+/// A relay started from a config written to a temporary directory.
+pub struct Relay {
+    pub running: hookrelay::app::Running,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest_like::Client,
+}
+
+impl Relay {
+    /// Writes `yaml` (after replacing `{sink}` with `sink_url`) and starts the relay on 127.0.0.1:0.
+    pub async fn start(yaml: &str) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookrelay.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let running = hookrelay::app::start(&path).await.unwrap_or_else(|err| panic!("relay did not start: {err}"));
+        Relay { running, dir, client: reqwest_like::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.ingress_addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr.expect("admin listener"))
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("hookrelay.yaml")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.running.stop();
+    }
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    std::fs::read(&path).unwrap_or_else(|err| panic!("fixture {}: {err}", path.display()))
+}
+
+/// A minimal HTTP client over hyper for the tests.
+pub mod reqwest_like {
+    use super::*;
+    use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
+
+    #[derive(Debug)]
+    pub struct Reply {
+        pub status: u16,
+        pub headers: http::HeaderMap,
+        pub body: Bytes,
+    }
+
+    impl Reply {
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).unwrap_or_else(|err| panic!("reply is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
+        }
+
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct Client(HyperClient<HttpConnector, Full<Bytes>>);
+
+    impl Client {
+        pub fn new() -> Client {
+            Client(HyperClient::builder(TokioExecutor::new()).build_http())
+        }
+
+        pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+            let mut request = http::Request::builder().method(method).uri(url);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = self.0.request(request.body(Full::new(body.into())).unwrap()).await.unwrap_or_else(|err| panic!("{method} {url}: {err}"));
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            Reply { status, headers, body }
+        }
+
+        pub async fn post_json(&self, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+            let mut all = vec![("content-type", "application/json")];
+            all.extend_from_slice(headers);
+            self.send("POST", url, &all, body).await
+        }
+
+        pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
+            self.send("GET", url, headers, Bytes::new()).await
+        }
+    }
+}
