@@ -2,6 +2,8 @@
 //! YAML routes, rewrites them with handlebars templates and forwards them; everything else
 //! is proxied untouched to the service beside it.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,10 +43,6 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn status(status: u16) -> Answer {
-        Answer { status, headers: Vec::new(), body: String::new() }
-    }
-
     pub fn with_body(status: u16, body: &str) -> Answer {
         Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: body.to_string() }
     }
@@ -138,7 +134,8 @@ impl TestSink {
 /// A relay started from a config written to a temporary directory.
 pub struct Relay {
     pub running: hookrelay::app::Running,
-    pub dir: tempfile::TempDir,
+    /// Holds the config file for as long as the relay runs.
+    _dir: tempfile::TempDir,
     pub client: reqwest_like::Client,
 }
 
@@ -149,7 +146,7 @@ impl Relay {
         let path = dir.path().join("hookrelay.yaml");
         std::fs::write(&path, yaml).unwrap();
         let running = hookrelay::app::start(&path).await.unwrap_or_else(|err| panic!("relay did not start: {err}"));
-        Relay { running, dir, client: reqwest_like::Client::new() }
+        Relay { running, _dir: dir, client: reqwest_like::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -158,10 +155,6 @@ impl Relay {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.admin_addr.expect("admin listener"))
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("hookrelay.yaml")
     }
 }
 
