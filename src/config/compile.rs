@@ -111,7 +111,7 @@ fn read_file(path: &Path, env: &dyn Lookup, errors: &mut Vec<ConfigError>) -> Op
             return None;
         }
     };
-    let file = SourceFile::new(path, &text);
+    let mut file = SourceFile::new(path, &text);
     let mut tree: serde_yaml::Value = match serde_yaml::from_str(&text) {
         Ok(serde_yaml::Value::Null) => serde_yaml::Value::Mapping(Default::default()),
         Ok(tree) => tree,
@@ -130,7 +130,8 @@ fn read_file(path: &Path, env: &dyn Lookup, errors: &mut Vec<ConfigError>) -> Op
     };
     let mut expand_errors = Vec::new();
     expand_tree(&mut tree, "", env, &mut expand_errors);
-    errors.extend(expand_errors.into_iter().map(|e| file.error(&e.path, e.message)));
+    errors.extend(expand_errors.iter().map(|e| file.error(&e.path, e.message.clone())));
+    file.unexpanded = expand_errors.into_iter().map(|e| e.path).collect();
     Some(ParsedFile { file, tree })
 }
 
@@ -224,6 +225,8 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
             routes.extend(route);
         }
     }
+    // Main file first, then includes in order; within a file, by position.
+    errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.position.map(|p| (p.line, p.column))));
     match (settings, errors.is_empty()) {
         (Some(settings), true) => Ok(Snapshot { settings, routes, templates, files, templates_use_raw }),
         _ => Err(ConfigErrors(errors)),

@@ -77,19 +77,27 @@ impl fmt::Display for ConfigErrors {
 pub struct SourceFile {
     pub path: PathBuf,
     locator: Locator,
+    /// YAML paths whose `${VAR}` expansion failed.
+    unexpanded: Vec<String>,
 }
 
 impl SourceFile {
     fn new(path: &Path, text: &str) -> SourceFile {
-        SourceFile { path: path.to_path_buf(), locator: Locator::new(text) }
+        SourceFile { path: path.to_path_buf(), locator: Locator::new(text), unexpanded: Vec::new() }
     }
 
     pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
         ConfigError { file: self.path.clone(), position: self.locator.find(path), path: path.to_string(), message: message.into() }
     }
 
+    /// Adds located problems, except those under a value whose `${VAR}` failed to expand:
+    /// that error is already reported, and the unexpanded text would only add noise.
     fn collect(&self, problems: Problems, errors: &mut Vec<ConfigError>) {
-        errors.extend(problems.items.into_iter().map(|(path, message)| self.error(&path, message)));
+        let fresh = problems
+            .items
+            .into_iter()
+            .filter(|(path, _)| !self.unexpanded.iter().any(|bad| path == bad || path.starts_with(&format!("{bad}."))));
+        errors.extend(fresh.map(|(path, message)| self.error(&path, message)).collect::<Vec<_>>());
     }
 }
 
@@ -105,7 +113,9 @@ fn serde_error(file: &SourceFile, prefix: &str, err: serde_path_to_error::Error<
     let inner = err.inner().to_string();
     let mut path = join_path(prefix, &err.path().to_string());
     if let Some(field) = inner.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
-        path = join_path(&path, field);
+        if !path.ends_with(field) {
+            path = join_path(&path, field);
+        }
     }
     let message = inner.split(" at line ").next().unwrap_or(&inner).to_string();
     file.error(&path, message)

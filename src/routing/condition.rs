@@ -141,6 +141,14 @@ fn as_number(value: &Value) -> Option<f64> {
     }
 }
 
+/// regex's syntax errors span several lines (pattern, caret, message); config errors are
+/// one line each, and the position already points at the pattern.
+fn regex_error(err: &regex::Error) -> String {
+    let text = err.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
 /// Compiles the non-path parts of a `match:` block. `path`/`methods` are handled by the
 /// caller at the top level and rejected in nested blocks.
 pub fn compile_match(raw: &RawMatch, at: &str, nested: bool, problems: &mut Problems) -> Condition {
@@ -245,7 +253,7 @@ pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems) -> Vec<Test
                 if let Some(pattern) = text(problems) {
                     match regex::Regex::new(&pattern) {
                         Ok(regex) => tests.push(Test::Regex(regex)),
-                        Err(err) => problems.push(here, format!("invalid regex: {err}")),
+                        Err(err) => problems.push(here, format!("invalid regex: {}", regex_error(&err))),
                     }
                 }
             }

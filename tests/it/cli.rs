@@ -1,1 +1,90 @@
+//! The `hookrelay` binary's `check` and `render` commands, run as a user would.
 
+use std::path::Path;
+use std::process::Command;
+
+fn hookrelay(args: &[&str]) -> (i32, String, String) {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_hookrelay")).env_clear().current_dir(env!("CARGO_MANIFEST_DIR")).args(args).output().unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+}
+
+#[test]
+fn check_lists_every_error_with_file_line_and_column() {
+    let (code, _, stderr) = hookrelay(&["check", "-c", "tests/fixtures/broken/hookrelay.yaml"]);
+    assert_eq!(code, 1, "{stderr}");
+    let expected = [
+        "9 config errors:",
+        "  tests/fixtures/broken/hookrelay.yaml:4:3: limits.max_body: unknown size unit \"parsec\" in \"1 parsec\" (use B, KiB, MiB, GiB)",
+        "  tests/fixtures/broken/hookrelay.yaml:10:26: routes[0].match.body[0].regex: invalid regex: unclosed character class",
+        "  tests/fixtures/broken/hookrelay.yaml:16:9: routes[1].forward[0].url: scheme \"ftp\" is not http or https",
+        "  tests/fixtures/broken/hookrelay.yaml:17:9: routes[1].forward[0].timeout: invalid duration \"soon\": expected number at 0 (examples: 500ms, 10s, 5m)",
+        "  tests/fixtures/broken/hookrelay.yaml:22:9: routes[2].forward[0].colour: unknown field `colour`, expected one of `name`, `url`, `method`, `query`, `headers`, `basic_auth`, `bearer`, `content_type`, `body`, `success`, `timeout`, `retry`, `when`, `strict`",
+        "  tests/fixtures/broken/routes/extra.yaml:5:9: routes[0].forward[0].url: environment variable HOOKRELAY_TEST_UNSET_VAR is not set and has no default (write ${HOOKRELAY_TEST_UNSET_VAR:-default})",
+        "  tests/fixtures/broken/routes/extra.yaml:6:5: routes[1].name: route name \"good\" is used twice",
+        "  tests/fixtures/broken/routes/extra.yaml:7:48: routes[1].match.headers.X-A.regex: invalid regex: unclosed group",
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    for line in expected {
+        assert!(lines.contains(&line), "missing line:\n{line}\nin:\n{stderr}");
+    }
+    let template_error = lines.iter().find(|l| l.contains("routes[3].forward[0].body")).expect("template error reported");
+    assert!(
+        template_error.starts_with(
+            "  tests/fixtures/broken/hookrelay.yaml:27:9: routes[3].forward[0].body: template syntax error at line 1, column 24"
+        ),
+        "{template_error}"
+    );
+    assert_eq!(lines.len(), 10, "{stderr}");
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs = vec!["config.example.yaml".to_string()];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path().join("hookrelay.yaml");
+        if path.exists() {
+            configs.push(path.strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+    assert!(configs.len() >= 3);
+    for config in configs {
+        let (code, stdout, stderr) = hookrelay(&["check", "-c", &config]);
+        assert_eq!(code, 0, "{config}: {stderr}");
+        assert!(stdout.contains(": ok"), "{stdout}");
+    }
+}
+
+#[test]
+fn check_reports_yaml_syntax_errors_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "listen: 127.0.0.1:0\nroutes:\n  - name: x\n    match: { path: /a\n").unwrap();
+    let (code, _, stderr) = hookrelay(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad.yaml:5:1: YAML syntax error"), "{stderr}");
+    let (code, _, stderr) = hookrelay(&["check", "-c", "does/not/exist.yaml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("does/not/exist.yaml: cannot read"), "{stderr}");
+}
+
+#[test]
+fn render_on_a_named_route_shows_requests_even_when_it_does_not_match() {
+    let (code, stdout, stderr) = hookrelay(&[
+        "render",
+        "-c",
+        "examples/codeup-to-codearts/hookrelay.yaml",
+        "--route",
+        "codeup-push-to-codearts",
+        "--body",
+        "examples/codeup-to-codearts/push.json",
+        "--path",
+        "/elsewhere",
+        "--show-secrets",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["routes"][0]["matched"], false);
+    assert_eq!(report["routes"][0]["requests"][0]["headers"]["authorization"], "Basic Y2k6c2VjcmV0");
+}

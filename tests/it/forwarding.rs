@@ -51,7 +51,14 @@ async fn codeup_push_triggers_codearts_pipeline_with_basic_auth_and_201() {
     let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
     let relay = Relay::start(&codeup_config(&sink, "sync")).await;
     let auth = codeup_auth();
-    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], fixture("codeup-push.json")).await;
+    let reply = relay
+        .client
+        .post_json(
+            &relay.url("/hooks/codeup/demo"),
+            &[("codeup-event", "Push Hook"), ("authorization", &auth)],
+            fixture("codeup-push.json"),
+        )
+        .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(reply.text(), "{}");
 
@@ -64,7 +71,10 @@ async fn codeup_push_triggers_codearts_pipeline_with_basic_auth_and_201() {
     assert_eq!(request.header("authorization"), Some(expected_auth.as_str()));
     assert_eq!(request.header("content-type"), Some("application/json"));
     let payload: serde_json::Value = serde_json::from_slice(&fixture("codeup-push.json")).unwrap();
-    assert_eq!(request.json(), json!({ "ref": "refs/heads/master", "commits": payload["commits"], "count": 2, "pusher": "pushed by Codeup" }));
+    assert_eq!(
+        request.json(),
+        json!({ "ref": "refs/heads/master", "commits": payload["commits"], "count": 2, "pusher": "pushed by Codeup" })
+    );
 }
 
 #[tokio::test]
@@ -72,7 +82,14 @@ async fn async_route_answers_202_then_delivers_with_idempotency_key() {
     let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
     let relay = Relay::start(&codeup_config(&sink, "async")).await;
     let auth = codeup_auth();
-    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], fixture("codeup-push.json")).await;
+    let reply = relay
+        .client
+        .post_json(
+            &relay.url("/hooks/codeup/demo"),
+            &[("codeup-event", "Push Hook"), ("authorization", &auth)],
+            fixture("codeup-push.json"),
+        )
+        .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let answer = reply.json();
     assert_eq!(answer["routes"], json!(["codeup-push-to-codearts"]));
@@ -89,10 +106,20 @@ async fn non_matching_branch_and_wrong_event_do_not_fire() {
     let auth = codeup_auth();
     let mut body: serde_json::Value = serde_json::from_slice(&fixture("codeup-push.json")).unwrap();
     body["ref"] = json!("refs/heads/feature/x");
-    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], body.to_string()).await;
+    let reply = relay
+        .client
+        .post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Push Hook"), ("authorization", &auth)], body.to_string())
+        .await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.json(), json!({ "error": "no route matched" }));
-    let reply = relay.client.post_json(&relay.url("/hooks/codeup/demo"), &[("codeup-event", "Tag Push Hook"), ("authorization", &auth)], fixture("codeup-tag-push.json")).await;
+    let reply = relay
+        .client
+        .post_json(
+            &relay.url("/hooks/codeup/demo"),
+            &[("codeup-event", "Tag Push Hook"), ("authorization", &auth)],
+            fixture("codeup-tag-push.json"),
+        )
+        .await;
     assert_eq!(reply.status, 404);
     assert!(sink.seen().is_empty());
 }
@@ -122,10 +149,14 @@ async fn github_hmac_is_verified() {
     let body = br#"{"ref":"refs/heads/main"}"#;
     // Signature computed independently: printf '%s' '{"ref":"refs/heads/main"}' | openssl dgst -sha256 -hmac s3cret
     let good = format!("sha256={}", hex_hmac(b"s3cret", body));
-    let reply = relay.client.post_json(&relay.url("/hooks/github"), &[("x-github-event", "push"), ("x-hub-signature-256", "sha256=00ff")], &body[..]).await;
+    let reply = relay
+        .client
+        .post_json(&relay.url("/hooks/github"), &[("x-github-event", "push"), ("x-hub-signature-256", "sha256=00ff")], &body[..])
+        .await;
     assert_eq!(reply.status, 401);
     assert!(sink.seen().is_empty());
-    let reply = relay.client.post_json(&relay.url("/hooks/github"), &[("x-github-event", "push"), ("x-hub-signature-256", &good)], &body[..]).await;
+    let reply =
+        relay.client.post_json(&relay.url("/hooks/github"), &[("x-github-event", "push"), ("x-hub-signature-256", &good)], &body[..]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let seen = sink.wait_for(1).await;
     assert_eq!(&seen[0].body[..], &body[..], "content_type raw by default: the original bytes");
@@ -167,7 +198,10 @@ routes:
         sink = sink.url()
     );
     let relay = Relay::start(&yaml).await;
-    let reply = relay.client.send("POST", &relay.url("/hooks/tapd"), &[("content-type", "application/x-www-form-urlencoded")], fixture("tapd-bug-create.form")).await;
+    let reply = relay
+        .client
+        .send("POST", &relay.url("/hooks/tapd"), &[("content-type", "application/x-www-form-urlencoded")], fixture("tapd-bug-create.form"))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json(), json!({"errcode": 0, "errmsg": "ok"}));
     let seen = sink.wait_for(1).await;

@@ -19,7 +19,8 @@ struct Case {
 fn golden_transforms() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/fixtures/golden");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
+    let mut cases: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
     cases.sort();
     assert!(cases.len() >= 5, "golden cases missing: {cases:?}");
     let mut failures = Vec::new();
@@ -38,7 +39,8 @@ fn golden_transforms() {
             std::fs::write(&expected_path, &actual).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("missing {} (run with UPDATE_GOLDEN=1)", expected_path.display()));
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("missing {} (run with UPDATE_GOLDEN=1)", expected_path.display()));
         if actual != expected {
             failures.push(format!("{}:\n--- expected\n{expected}\n--- actual\n{actual}", case_path.display()));
         }

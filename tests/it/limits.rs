@@ -61,7 +61,10 @@ async fn slow_body_hits_request_timeout() {
     let relay = Relay::start(&config(&sink, ", request_timeout: 300ms")).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(relay.running.ingress_addr).await.unwrap();
-    stream.write_all(b"POST /hooks/body HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"kind\"").await.unwrap();
+    stream
+        .write_all(b"POST /hooks/body HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"kind\"")
+        .await
+        .unwrap();
     let mut answer = vec![0u8; 1024];
     let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer)).await.expect("answered").unwrap();
     let text = String::from_utf8_lossy(&answer[..read]);

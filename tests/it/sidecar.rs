@@ -6,12 +6,26 @@ use crate::support::{Answer, Relay, TestSink};
 
 #[tokio::test]
 async fn put_with_query_passes_through_and_418_comes_back() {
-    let upstream = TestSink::scripted(vec![Answer { status: 418, headers: vec![("x-teapot".into(), "short and stout".into())], body: "I'm a teapot".into() }]).await;
-    let yaml = format!("listen: 127.0.0.1:0\nupstream: {}\nroutes:\n  - name: only\n    match: {{ path: /hooks/only }}\n    forward:\n      - url: {}/x\n", upstream.url(), upstream.url());
+    let upstream = TestSink::scripted(vec![Answer {
+        status: 418,
+        headers: vec![("x-teapot".into(), "short and stout".into())],
+        body: "I'm a teapot".into(),
+    }])
+    .await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nupstream: {}\nroutes:\n  - name: only\n    match: {{ path: /hooks/only }}\n    forward:\n      - url: {}/x\n",
+        upstream.url(),
+        upstream.url()
+    );
     let relay = Relay::start(&yaml).await;
     let reply = relay
         .client
-        .send("PUT", &relay.url("/api/items/42?force=true&tag=a%20b"), &[("content-type", "text/plain"), ("x-custom", "kept"), ("connection", "keep-alive, x-hop"), ("x-hop", "dropped")], "body bytes \u{1F680}")
+        .send(
+            "PUT",
+            &relay.url("/api/items/42?force=true&tag=a%20b"),
+            &[("content-type", "text/plain"), ("x-custom", "kept"), ("connection", "keep-alive, x-hop"), ("x-hop", "dropped")],
+            "body bytes \u{1F680}",
+        )
         .await;
     assert_eq!(reply.status, 418);
     assert_eq!(reply.text(), "I'm a teapot");

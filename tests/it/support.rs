@@ -31,7 +31,8 @@ impl Seen {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| panic!("sink body is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("sink body is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -100,7 +101,9 @@ impl TestSink {
                             Ok::<_, std::convert::Infallible>(response.body(Full::new(Bytes::from(answer.body))).unwrap())
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -183,7 +186,8 @@ pub mod reqwest_like {
 
     impl Reply {
         pub fn json(&self) -> serde_json::Value {
-            serde_json::from_slice(&self.body).unwrap_or_else(|err| panic!("reply is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
+            serde_json::from_slice(&self.body)
+                .unwrap_or_else(|err| panic!("reply is not JSON ({err}): {:?}", String::from_utf8_lossy(&self.body)))
         }
 
         pub fn text(&self) -> String {
@@ -204,7 +208,8 @@ pub mod reqwest_like {
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
-            let response = self.0.request(request.body(Full::new(body.into())).unwrap()).await.unwrap_or_else(|err| panic!("{method} {url}: {err}"));
+            let response =
+                self.0.request(request.body(Full::new(body.into())).unwrap()).await.unwrap_or_else(|err| panic!("{method} {url}: {err}"));
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = response.into_body().collect().await.unwrap().to_bytes();
