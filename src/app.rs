@@ -77,7 +77,7 @@ pub async fn start(path: &Path) -> Result<Running, StartError> {
 
 pub async fn start_with(path: &Path, snapshot: Snapshot) -> Result<Running, StartError> {
     metrics::handle();
-    let client = client::build()?;
+    let client = client::build(&snapshot.settings.extra_roots)?;
     let queue = Queue::start(client.clone(), snapshot.settings.limits.queue_capacity, 64);
     let listen = snapshot.settings.listen;
     let admin_listen = snapshot.settings.admin.as_ref().map(|a| a.listen);

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Method;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::env::{expand_tree, Lookup};
@@ -74,6 +76,9 @@ pub struct Settings {
     pub upstream: Option<Upstream>,
     pub limits: Limits,
     pub store_path: PathBuf,
+    /// Extra CAs for HTTPS targets (`outbound.ca_file`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub allow_private: bool,
 }
 
 /// Everything the hot path reads, compiled and validated. Immutable once built.
@@ -291,6 +296,24 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
             problems.push("store.retention", message);
         }
     }
+    let extra_roots = match &raw.outbound.ca_file {
+        Some(file) => {
+            let full = store_dir.join(file);
+            let loaded: Result<Vec<_>, _> = CertificateDer::pem_file_iter(&full).and_then(|certs| certs.collect());
+            match loaded {
+                Ok(certs) if !certs.is_empty() => certs,
+                Ok(_) => {
+                    problems.push("outbound.ca_file", format!("{} holds no PEM certificate", full.display()));
+                    Vec::new()
+                }
+                Err(err) => {
+                    problems.push("outbound.ca_file", format!("cannot read certificates from {}: {err}", full.display()));
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
     Settings {
         listen,
         admin,
@@ -302,6 +325,8 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
             queue_capacity: raw.limits.queue_capacity.unwrap_or(defaults.queue_capacity).max(1),
         },
         store_path,
+        extra_roots,
+        allow_private: raw.outbound.allow_private,
     }
 }
 

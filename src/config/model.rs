@@ -20,9 +20,21 @@ pub struct RawConfig {
     #[serde(default)]
     pub defaults: RawDefaults,
     #[serde(default)]
+    pub outbound: RawOutbound,
+    #[serde(default)]
     pub include: Vec<String>,
     #[serde(default)]
     pub routes: Vec<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    /// Routes created through the admin API may target private addresses only when true.
+    #[serde(default)]
+    pub allow_private: bool,
+    /// Extra CA certificates (PEM) trusted for HTTPS targets, beside the public roots.
+    pub ca_file: Option<String>,
 }
 
 /// An included file: it may hold only routes.

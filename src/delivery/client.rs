@@ -11,6 +11,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
 
 use crate::delivery::target::OutgoingRequest;
 
@@ -27,9 +28,13 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-pub fn build() -> Result<HttpClient, ClientError> {
+/// Builds the client trusting the public web roots plus `extra_roots` (an internal CA).
+pub fn build(extra_roots: &[CertificateDer<'static>]) -> Result<HttpClient, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for root in extra_roots {
+        roots.add(root.clone())?;
+    }
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -300,3 +300,34 @@ async fn url_userinfo_becomes_basic_auth() {
     assert_eq!(seen[0].header("authorization"), Some(expected.as_str()));
     assert_eq!(seen[0].uri, "/trigger");
 }
+
+#[tokio::test]
+async fn https_target_trusted_through_outbound_ca_file() {
+    let (sink, ca_pem) = TestSink::tls(vec![Answer::with_body(201, r#"{"ok":true}"#)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\noutbound: {{ ca_file: {} }}\nroutes:\n  - name: tls\n    match: {{ path: /hooks/tls }}\n    respond: sync\n    forward:\n      - url: https://localhost:{}/secure\n        body: {{ a: '{{{{body.a}}}}' }}\n",
+        ca_path.display(),
+        sink.addr.port()
+    );
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/hooks/tls"), &[], r#"{"a":"b"}"#).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json(), json!({ "ok": true }));
+    let seen = sink.wait_for(1).await;
+    assert_eq!(seen[0].uri, "/secure");
+    assert_eq!(seen[0].json(), json!({ "a": "b" }));
+}
+
+#[tokio::test]
+async fn https_target_with_an_untrusted_certificate_is_refused() {
+    let (sink, _ca) = TestSink::tls(vec![]).await;
+    let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: tls\n    match: {{ path: /hooks/tls }}\n    respond: sync\n    forward:\n      - url: https://localhost:{}/secure\n", sink.addr.port());
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/hooks/tls"), &[], "{}").await;
+    assert_eq!(reply.status, 502);
+    assert!(reply.json()["detail"].as_str().unwrap().contains("certificate"), "{}", reply.text());
+    assert!(sink.seen().is_empty());
+}

@@ -100,3 +100,54 @@ async fn admin_listener_probes_metrics_and_api_with_token() {
     assert!(metrics.contains(r#"hookrelay_requests_total{route="any-body",outcome="accepted"}"#), "{metrics}");
     assert!(metrics.contains("hookrelay_config_generation"), "{metrics}");
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_by_header_timeout() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink, ", header_timeout: 300ms")).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+    stream.write_all(b"POST /hooks/body HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("the relay must not wait forever for headers");
+    let text = String::from_utf8_lossy(&answer[..read.unwrap_or(0)]).into_owned();
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // The listener still serves others.
+    let reply = relay.client.post_json(&relay.url("/hooks/any"), &[], r#"{"kind":"x"}"#).await;
+    assert_eq!(reply.status, 202);
+}
+
+#[tokio::test]
+async fn full_queue_answers_503_with_retry_after_instead_of_dropping() {
+    // A target that accepts connections and never answers keeps every delivery in flight.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = black_hole.accept().await {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let yaml = format!("listen: 127.0.0.1:0\nlimits: {{ queue_capacity: 1 }}\nroutes:\n  - name: slow\n    match: {{ path: /hooks/slow }}\n    forward:\n      - url: http://{hole}/x\n        timeout: 20s\n");
+    let relay = Relay::start(&yaml).await;
+    let mut accepted = 0;
+    let mut refused = None;
+    for _ in 0..100 {
+        let reply = relay.client.post_json(&relay.url("/hooks/slow"), &[], "{}").await;
+        match reply.status {
+            202 => accepted += 1,
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    let refused = refused.expect("a full queue must refuse with 503");
+    assert_eq!(refused.headers.get("retry-after").unwrap(), "1");
+    assert_eq!(refused.json(), json!({ "error": "delivery queue is full" }));
+    assert!(accepted >= 2, "accepted {accepted}");
+}

@@ -70,6 +70,32 @@ impl TestSink {
     }
 
     pub async fn scripted(script: Vec<Answer>) -> TestSink {
+        Self::serve(script, None).await
+    }
+
+    /// A sink serving HTTPS (HTTP/1.1 and HTTP/2) with a certificate for `localhost` and
+    /// 127.0.0.1 issued by a fresh test CA; returns the CA in PEM for the relay to trust.
+    pub async fn tls(script: Vec<Answer>) -> (TestSink, String) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()))
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let sink = Self::serve(script, Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))).await;
+        (sink, ca.pem())
+    }
+
+    async fn serve(script: Vec<Answer>, tls: Option<tokio_rustls::TlsAcceptor>) -> TestSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(SinkState { seen: Vec::new(), script: script.into() }));
@@ -80,31 +106,19 @@ impl TestSink {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let state = state.clone();
                 let arrived = arrived.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: http::Request<Incoming>| {
-                        let state = state.clone();
-                        let arrived = arrived.clone();
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            let uri = parts.uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_default();
-                            let answer = {
-                                let mut state = state.lock().unwrap();
-                                state.seen.push(Seen { method: parts.method.to_string(), uri, headers: parts.headers, body });
-                                state.script.pop_front().unwrap_or_else(|| Answer::with_body(200, "{}"))
-                            };
-                            arrived.notify_waiters();
-                            let mut response = http::Response::builder().status(answer.status);
-                            for (name, value) in &answer.headers {
-                                response = response.header(name, value);
+                match &tls {
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_connection(stream, state, arrived).await;
                             }
-                            Ok::<_, std::convert::Infallible>(response.body(Full::new(Bytes::from(answer.body))).unwrap())
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                        });
+                    }
+                    None => {
+                        tokio::spawn(serve_connection(stream, state, arrived));
+                    }
+                }
             }
         });
         sink
@@ -132,6 +146,33 @@ impl TestSink {
             }
         }
     }
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<Mutex<SinkState>>, arrived: Arc<Notify>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: http::Request<Incoming>| {
+        let state = state.clone();
+        let arrived = arrived.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let uri = parts.uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_default();
+            let answer = {
+                let mut state = state.lock().unwrap();
+                state.seen.push(Seen { method: parts.method.to_string(), uri, headers: parts.headers, body });
+                state.script.pop_front().unwrap_or_else(|| Answer::with_body(200, "{}"))
+            };
+            arrived.notify_waiters();
+            let mut response = http::Response::builder().status(answer.status);
+            for (name, value) in &answer.headers {
+                response = response.header(name, value);
+            }
+            Ok::<_, std::convert::Infallible>(response.body(Full::new(Bytes::from(answer.body))).unwrap())
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
 }
 
 /// A relay started from a config written to a temporary directory.
