@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::config::{self, env::ProcessEnv, ConfigErrors, Snapshot};
 use crate::delivery::client::{self, HttpClient};
 use crate::delivery::queue::Queue;
+use crate::ratelimit::{IngressLimiters, OutboundLimiters};
 use crate::{admin, ingress, metrics};
 
 /// What `GET /api/status` reports about the config.
@@ -28,6 +29,9 @@ pub struct Relay {
     pub config_path: PathBuf,
     pub client: HttpClient,
     pub queue: Queue,
+    /// Rate-limit buckets outlive config snapshots: a reload keeps unchanged ones.
+    pub outbound_limits: Arc<OutboundLimiters>,
+    pub ingress_limits: IngressLimiters,
     status: Mutex<ConfigStatus>,
 }
 
@@ -78,7 +82,8 @@ pub async fn start(path: &Path) -> Result<Running, StartError> {
 pub async fn start_with(path: &Path, snapshot: Snapshot) -> Result<Running, StartError> {
     metrics::handle();
     let client = client::build(&snapshot.settings.extra_roots)?;
-    let queue = Queue::start(client.clone(), snapshot.settings.limits.queue_capacity, 64);
+    let outbound_limits = Arc::new(OutboundLimiters::default());
+    let queue = Queue::start(client.clone(), outbound_limits.clone(), snapshot.settings.limits.queue_capacity, 64);
     let listen = snapshot.settings.listen;
     let admin_listen = snapshot.settings.admin.as_ref().map(|a| a.listen);
     let ingress_listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
@@ -93,6 +98,8 @@ pub async fn start_with(path: &Path, snapshot: Snapshot) -> Result<Running, Star
         config_path: path.to_path_buf(),
         client,
         queue,
+        outbound_limits,
+        ingress_limits: IngressLimiters::default(),
         status: Mutex::new(ConfigStatus { generation: 1, loaded_at: Utc::now(), last_error: None }),
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);

@@ -6,17 +6,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use handlebars::Context;
 use serde_json::{Map, Value};
 
-use crate::inbound::{InboundRequest, ParsedBody};
+use crate::inbound::InboundRequest;
 use crate::routing::RouteMatch;
 
 /// The fields shared by every route of one request. `raw` is included only when some
 /// template needs it, to avoid a copy of the body otherwise.
-pub fn base(request: &InboundRequest, event_id: &str, received_at: DateTime<Utc>, include_raw: bool) -> Context {
+/// `body` is the parsed body, moved in (see [`InboundRequest::take_body`]).
+pub fn base(request: &InboundRequest, body: Value, event_id: &str, received_at: DateTime<Utc>, include_raw: bool) -> Context {
     let mut root = Map::with_capacity(14);
-    let body = match &request.body {
-        ParsedBody::Parsed(value) => value.clone(),
-        ParsedBody::Unparsed | ParsedBody::Invalid => Value::Null,
-    };
     root.insert("body".into(), body);
     let raw = if include_raw { Value::String(String::from_utf8_lossy(&request.raw).into_owned()) } else { Value::String(String::new()) };
     root.insert("raw".into(), raw);

@@ -30,6 +30,14 @@ impl ParsedBody {
         ParsedBody::Unparsed
     }
 
+    /// The body as templates see it: the parsed value, or null.
+    pub fn to_value(&self) -> Value {
+        match self {
+            ParsedBody::Parsed(value) => value.clone(),
+            ParsedBody::Unparsed | ParsedBody::Invalid => Value::Null,
+        }
+    }
+
     /// The body for conditions and event extraction: only a parsed one.
     pub fn as_matchable(&self) -> Option<&Value> {
         match self {
@@ -70,6 +78,15 @@ pub struct InboundRequest {
 }
 
 impl InboundRequest {
+    /// Moves the parsed body out for the template context once matching and verification
+    /// are done, so it is never copied.
+    pub fn take_body(&mut self) -> Value {
+        match std::mem::replace(&mut self.body, ParsedBody::Unparsed) {
+            ParsedBody::Parsed(value) => value,
+            ParsedBody::Unparsed | ParsedBody::Invalid => Value::Null,
+        }
+    }
+
     pub fn new(method: Method, path_and_query: &str, headers: HeaderMap, raw: Bytes, peer: IpAddr) -> InboundRequest {
         let (path, query) = match path_and_query.split_once('?') {
             Some((path, query)) => (path, query),

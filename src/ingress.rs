@@ -12,19 +12,21 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::Relay;
+use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::client::{self, Body};
 use crate::delivery::queue::Job;
-use crate::delivery::target::OutgoingRequest;
+use crate::delivery::target::{OutgoingRequest, Target};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
+use crate::ratelimit::Throttled;
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
 use crate::verify::VerifyInput;
@@ -102,7 +104,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         count_request("", "too_large");
         return too_large(max_body);
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let raw = match Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
@@ -115,11 +117,31 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         }
     };
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    let inbound = InboundRequest::new(parts.method.clone(), path_and_query, parts.headers.clone(), raw.clone(), peer.ip());
+    let headers = std::mem::take(&mut parts.headers);
+    let mut inbound = InboundRequest::new(parts.method.clone(), path_and_query, headers, raw, peer.ip());
     let matched = routing::select(&snapshot.routes, &inbound);
     if matched.is_empty() {
-        let request = Request::from_parts(parts, client::full(raw));
+        parts.headers = inbound.headers;
+        let request = Request::from_parts(parts, client::full(inbound.raw));
         return unmatched(relay, snapshot, request, peer).await;
+    }
+    let mut retry_after = None;
+    let matched: Vec<RouteMatch<'_>> = matched
+        .into_iter()
+        .filter(|m| {
+            let Some(limit) = &m.route.ingress_limit else { return true };
+            match relay.ingress_limits.check(&m.route.name, limit.spec, &limit.sender(&inbound)) {
+                Ok(()) => true,
+                Err(Throttled(wait)) => {
+                    count_request(&m.route.name, "rate_limited");
+                    retry_after = retry_after.max(Some(wait));
+                    false
+                }
+            }
+        })
+        .collect();
+    if let (true, Some(wait)) = (matched.is_empty(), retry_after) {
+        return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
     }
     let now_unix = Utc::now().timestamp();
     let verify_input =
@@ -133,7 +155,13 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     if passed.is_empty() {
         return json_error(StatusCode::UNAUTHORIZED, "verification failed", None);
     }
-    accept(relay, snapshot, &inbound, passed).await
+    let body = inbound.take_body();
+    accept(relay, snapshot, &inbound, body, passed).await
+}
+
+/// Retry-After is in whole seconds; round up so the sender never comes back too early.
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 fn too_large(max_body: u64) -> Response<Body> {
@@ -141,16 +169,16 @@ fn too_large(max_body: u64) -> Response<Body> {
 }
 
 /// Renders every target of every passing route, queues the async ones and answers.
-async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
+async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
     let event_id = ulid::Ulid::generate().to_string();
-    let mut context = context::base(inbound, &event_id, Utc::now(), snapshot.templates_use_raw);
+    let mut context = context::base(inbound, body, &event_id, Utc::now(), snapshot.templates_use_raw);
     let mut jobs: Vec<Job> = Vec::new();
-    let mut sync_send: Option<(OutgoingRequest, &crate::delivery::target::Target)> = None;
+    let mut sync_send: Option<(OutgoingRequest, &Target)> = None;
     let mut sync_failure = None;
     for matched in &passed {
         context::set_route(&mut context, matched);
         let route = matched.route;
-        let wants_sync = route.respond == crate::config::model::Respond::Sync && sync_send.is_none() && sync_failure.is_none();
+        let wants_sync = route.respond == Respond::Sync && sync_send.is_none() && sync_failure.is_none();
         for (index, target) in route.targets.iter().enumerate() {
             let rendered =
                 target.render(&route.name, &snapshot.templates, &context, inbound, snapshot.settings.upstream.as_ref(), &event_id);
@@ -163,11 +191,17 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, pa
                     crate::metrics::count_delivery(&route.name, &target.name, "render_error", None);
                     tracing::warn!(error = %err, "render failed");
                     if first_sync {
-                        sync_failure = Some(err);
+                        sync_failure = Some((route.name.as_str(), err));
                     }
                 }
             }
         }
+    }
+    // The sender of a sync route will retry after an error: queue nothing, or the
+    // other targets would receive the event twice.
+    if let Some((route, err)) = sync_failure {
+        count_request(route, "render_error");
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "could not build the outgoing request", Some(json!(err.to_string())));
     }
     if relay.queue.enqueue_all(jobs).is_err() {
         for matched in &passed {
@@ -176,10 +210,6 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, pa
         return retry_later(StatusCode::SERVICE_UNAVAILABLE, "delivery queue is full", 1);
     }
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
-    if let Some(err) = sync_failure {
-        count_request(route_names[0], "render_error");
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "could not build the outgoing request", Some(json!(err.to_string())));
-    }
     let Some((outgoing, target)) = sync_send else {
         for name in &route_names {
             count_request(name, "accepted");
@@ -193,7 +223,13 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, pa
 }
 
 /// Sends the sync target now and relays its answer, status, headers and body.
-async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &crate::delivery::target::Target) -> Response<Body> {
+async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target) -> Response<Body> {
+    if let Some(limit) = &target.rate_limit {
+        if let Err(Throttled(wait)) = relay.outbound_limits.bucket(&limit.key, limit.spec).acquire(Some(limit.max_wait)).await {
+            count_request(&outgoing.route, "rate_limited");
+            return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
+        }
+    }
     let started = std::time::Instant::now();
     match client::send(&relay.client, outgoing, target.timeout).await {
         Ok(response) => {

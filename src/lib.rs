@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod ingress;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod render;
 pub mod respond;
 pub mod routing;

@@ -11,6 +11,7 @@ pub const DELIVERY_DURATION: &str = "hookrelay_delivery_duration_seconds";
 pub const QUEUE_DEPTH: &str = "hookrelay_queue_depth";
 pub const CONFIG_RELOADS: &str = "hookrelay_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "hookrelay_config_generation";
+pub const RATE_LIMITED: &str = "hookrelay_rate_limited_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -85,7 +85,7 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         }
     }
     let event_id = "dry-run";
-    let mut context = context::base(request, event_id, Utc::now(), snapshot.templates_use_raw);
+    let mut context = context::base(request, request.body.to_value(), event_id, Utc::now(), snapshot.templates_use_raw);
     let verify_input = VerifyInput {
         headers: &request.headers,
         raw_body: &request.raw,

@@ -1,12 +1,12 @@
 //! The one compile step: raw YAML trees → validated, immutable [`Snapshot`]. Each route is
 //! read and compiled on its own so every error in every file is reported together.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderName, Method};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
@@ -16,10 +16,11 @@ use super::model::{RawConfig, RawInclude, RawRoute};
 use super::units::{parse_duration, parse_size};
 use super::{serde_error, ConfigError, ConfigErrors, Problems, SourceFile};
 use crate::delivery::target::{self, valid_name, CompileCtx, TargetDefaults};
+use crate::ratelimit::LimitSpec;
 use crate::routing::condition::compile_match;
 use crate::routing::path::PathPattern;
 use crate::routing::source::{Extractor, Source, SourceKind};
-use crate::routing::Route;
+use crate::routing::{IngressLimit, LimitBy, Route};
 use crate::template::TemplateEngine;
 use crate::verify;
 
@@ -169,10 +170,11 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
     };
     let mut problems = Problems::default();
     let settings = raw.as_ref().map(|raw| compile_settings(raw, path, &mut problems));
-    let defaults = raw
-        .as_ref()
-        .map(|raw| compile_defaults(raw, &mut problems))
-        .unwrap_or(TargetDefaults { timeout: Duration::from_secs(10), retry: Default::default() });
+    let defaults = raw.as_ref().map(|raw| compile_defaults(raw, &mut problems)).unwrap_or(TargetDefaults {
+        timeout: Duration::from_secs(10),
+        retry: Default::default(),
+        rate_limit: None,
+    });
     main.file.collect(problems, &mut errors);
 
     let mut files = vec![path.to_path_buf()];
@@ -210,6 +212,7 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     let mut templates_use_raw = false;
+    let mut limit_keys = HashMap::new();
     for (file, trees) in route_sources {
         for (index, tree) in trees.into_iter().enumerate() {
             let at = format!("routes[{index}]");
@@ -225,7 +228,7 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
             if !names.insert(raw_route.name.clone()) {
                 problems.push(format!("{at}.name"), format!("route name {:?} is used twice", raw_route.name));
             }
-            let route = compile_route(&raw_route, &at, &file.path, &defaults, &mut templates, &mut problems);
+            let route = compile_route(&raw_route, &at, &file.path, &defaults, &mut templates, &mut limit_keys, &mut problems);
             file.collect(problems, &mut errors);
             routes.extend(route);
         }
@@ -339,7 +342,10 @@ fn compile_defaults(raw: &RawConfig, problems: &mut Problems) -> TargetDefaults 
         None => Duration::from_secs(10),
     };
     target::compile_retry(None, &raw.defaults.retry, "defaults.retry", problems);
-    TargetDefaults { timeout, retry: raw.defaults.retry.clone() }
+    if let Some(limit) = &raw.defaults.rate_limit {
+        crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, "defaults.rate_limit", problems);
+    }
+    TargetDefaults { timeout, retry: raw.defaults.retry.clone(), rate_limit: raw.defaults.rate_limit.clone() }
 }
 
 fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {
@@ -355,6 +361,7 @@ fn compile_route(
     file: &Path,
     defaults: &TargetDefaults,
     templates: &mut TemplateEngine,
+    limit_keys: &mut HashMap<String, LimitSpec>,
     problems: &mut Problems,
 ) -> Option<Route> {
     if !valid_name(&raw.name) {
@@ -414,7 +421,22 @@ fn compile_route(
     }
     let mut target_names = HashSet::new();
     let mut targets = Vec::new();
-    let mut ctx = CompileCtx { templates, defaults, problems };
+    let ingress_limit = raw.ingress_limit.as_ref().and_then(|limit| {
+        let here = format!("{at}.ingress_limit");
+        let by = match limit.by.as_deref().unwrap_or("ip") {
+            "ip" => Some(LimitBy::Ip),
+            other => match other.strip_prefix("header:").map(|name| HeaderName::from_bytes(name.trim().as_bytes())) {
+                Some(Ok(name)) => Some(LimitBy::Header(name)),
+                _ => {
+                    problems.push(format!("{here}.by"), format!("`by` is `ip` or `header:NAME`, not {other:?}"));
+                    None
+                }
+            },
+        };
+        let spec = crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, &here, problems);
+        Some(IngressLimit { spec: spec?, by: by? })
+    });
+    let mut ctx = CompileCtx { templates, defaults, problems, limit_keys, route: &raw.name };
     for (index, raw_target) in raw.forward.iter().enumerate() {
         let target_at = format!("{at}.forward[{index}]");
         if let Some(target) = target::compile(raw_target, index, &target_at, &mut ctx) {
@@ -433,6 +455,7 @@ fn compile_route(
         needs_body: condition.needs_body(),
         condition,
         verify,
+        ingress_limit,
         vars: Value::Object(raw.vars.clone()),
         respond: raw.respond,
         is_final: raw.is_final,

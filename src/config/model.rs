@@ -75,6 +75,32 @@ pub struct RawDefaults {
     pub timeout: Option<String>,
     #[serde(default)]
     pub retry: RawRetry,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// Outbound: `per_second` / `per_minute` / `per_hour` (one of them), `burst`, a shared `key`
+/// and, for sync routes, how long to wait for a permit.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
+    pub burst: Option<u32>,
+    pub key: Option<String>,
+    pub max_wait: Option<String>,
+}
+
+/// Inbound, per route: over it the sender gets 429.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngressLimit {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    pub per_hour: Option<u32>,
+    pub burst: Option<u32>,
+    /// `ip` (default) or `header:NAME`.
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -99,6 +125,7 @@ pub struct RawRoute {
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     pub verify: Option<RawVerify>,
+    pub ingress_limit: Option<RawIngressLimit>,
     #[serde(default)]
     pub vars: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
@@ -205,6 +232,7 @@ pub struct RawTarget {
     pub success: Option<Vec<u16>>,
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
+    pub rate_limit: Option<RawRateLimit>,
     pub when: Option<String>,
     #[serde(default)]
     pub strict: bool,

@@ -52,7 +52,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
-/// Why a send did not produce an answer; all of these are worth retrying.
+/// Why a send did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("invalid request: {0}")]
@@ -61,6 +61,13 @@ pub enum SendError {
     Connect(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl SendError {
+    /// A request that could not even be built will not improve by waiting.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, SendError::Invalid(_))
+    }
 }
 
 /// Sends one rendered request, answering with the streaming response.
@@ -84,6 +91,8 @@ pub struct Attempt {
     pub answer: Bytes,
     pub retry_after: Option<Duration>,
     pub error: Option<String>,
+    /// Without an answer: whether trying again can help.
+    pub retryable: bool,
     pub duration: Duration,
 }
 
@@ -97,6 +106,7 @@ pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: D
                 status: None,
                 answer: Bytes::new(),
                 retry_after: None,
+                retryable: err.retryable(),
                 error: Some(err.to_string()),
                 duration: started.elapsed(),
             }
@@ -116,7 +126,7 @@ pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: D
         Ok(Err(err)) => (Bytes::new(), Some(format!("answer body not fully read: {err}"))),
         Err(_) => (Bytes::new(), Some(format!("answer body timed out after {timeout:?}"))),
     };
-    Attempt { status: Some(status), answer, retry_after, error, duration: started.elapsed() }
+    Attempt { status: Some(status), answer, retry_after, error, retryable: true, duration: started.elapsed() }
 }
 
 /// The error and its causes on one line: hyper's top-level messages alone say little.

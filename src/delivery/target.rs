@@ -11,12 +11,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::model::{RawRetry, RawTarget};
+use crate::config::model::{RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
 use crate::delivery::queue::Job;
 use crate::delivery::retry::RetryPolicy;
 use crate::inbound::InboundRequest;
+use crate::ratelimit::{compile_spec, LimitSpec};
 use crate::template::{Escape, TemplateEngine, TemplateId};
 use crate::verify::basic_auth_header;
 
@@ -66,10 +67,20 @@ pub struct Target {
     authorization: Option<HeaderValue>,
     content: ContentKind,
     body: BodySpec,
-    success: Option<Vec<u16>>,
+    success: Option<Arc<[u16]>>,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    pub rate_limit: Option<TargetLimit>,
     when: Option<TemplateId>,
+}
+
+/// A target's outbound rate limit: its bucket key and settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetLimit {
+    pub key: String,
+    pub spec: LimitSpec,
+    /// How long a sync route waits for a permit before answering 429.
+    pub max_wait: Duration,
 }
 
 /// What the admin API shows of a target.
@@ -105,12 +116,16 @@ pub struct RenderError {
 pub struct TargetDefaults {
     pub timeout: Duration,
     pub retry: RawRetry,
+    pub rate_limit: Option<RawRateLimit>,
 }
 
 pub struct CompileCtx<'a> {
     pub templates: &'a mut TemplateEngine,
     pub defaults: &'a TargetDefaults,
     pub problems: &'a mut Problems,
+    /// Settings per rate-limit key across the whole config: one key, one bucket, one rate.
+    pub limit_keys: &'a mut std::collections::HashMap<String, LimitSpec>,
+    pub route: &'a str,
 }
 
 impl Target {
@@ -125,7 +140,13 @@ impl Target {
 
     /// The queue job for one rendered request of this target.
     pub fn job(&self, request: OutgoingRequest) -> Job {
-        Job { request, timeout: self.timeout, retry: self.retry.clone(), success: self.success.as_deref().map(Arc::from) }
+        Job {
+            request,
+            timeout: self.timeout,
+            retry: self.retry.clone(),
+            success: self.success.clone(),
+            rate_limit: self.rate_limit.clone(),
+        }
     }
 
     /// Renders the request for one event, or `None` when `when` says to skip it.
@@ -481,6 +502,10 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
     }
     let retry = compile_retry(raw.retry.as_ref(), &ctx.defaults.retry, &format!("{at}.retry"), ctx.problems);
+    let rate_limit = match raw.rate_limit.as_ref().or(ctx.defaults.rate_limit.as_ref()) {
+        Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
+        None => None,
+    };
     Some(Target {
         name,
         url: url?,
@@ -491,11 +516,34 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         authorization,
         content,
         body,
-        success: raw.success.clone(),
+        success: raw.success.as_deref().map(Arc::from),
         timeout,
         retry,
+        rate_limit,
         when,
     })
+}
+
+fn compile_limit(raw: &RawRateLimit, default_key: &str, at: &str, ctx: &mut CompileCtx<'_>) -> Option<TargetLimit> {
+    let spec = compile_spec(raw.per_second, raw.per_minute, raw.per_hour, raw.burst, at, ctx.problems)?;
+    let key = raw.key.clone().unwrap_or_else(|| default_key.to_string());
+    let max_wait = match &raw.max_wait {
+        Some(text) => parse_duration(text).map_err(|message| ctx.problems.push(format!("{at}.max_wait"), message)).ok()?,
+        None => Duration::from_secs(2),
+    };
+    match ctx.limit_keys.get(&key) {
+        Some(existing) if *existing != spec => {
+            ctx.problems.push(
+                format!("{at}.key"),
+                format!("rate-limit key {key:?} is used elsewhere with different settings; targets sharing a key share one bucket"),
+            );
+            None
+        }
+        _ => {
+            ctx.limit_keys.insert(key.clone(), spec);
+            Some(TargetLimit { key, spec, max_wait })
+        }
+    }
 }
 
 pub fn valid_name(name: &str) -> bool {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::config::model::Respond;
 use crate::delivery::target::Target;
 use crate::inbound::InboundRequest;
+use crate::ratelimit::LimitSpec;
 use crate::verify::Check;
 use condition::{Condition, MatchInput};
 use path::{Params, PathPattern};
@@ -27,10 +28,36 @@ pub struct Route {
     pub condition: Condition,
     pub needs_body: bool,
     pub verify: Vec<Check>,
+    pub ingress_limit: Option<IngressLimit>,
     pub vars: Value,
     pub respond: Respond,
     pub is_final: bool,
     pub targets: Vec<Target>,
+}
+
+/// Who an `ingress_limit` budget belongs to.
+#[derive(Debug, Clone)]
+pub enum LimitBy {
+    Ip,
+    Header(http::HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct IngressLimit {
+    pub spec: LimitSpec,
+    pub by: LimitBy,
+}
+
+impl IngressLimit {
+    /// The sender's key: its IP, or the header's value (absent header: one shared bucket).
+    pub fn sender(&self, request: &InboundRequest) -> String {
+        match &self.by {
+            LimitBy::Ip => request.peer.to_string(),
+            LimitBy::Header(name) => {
+                request.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// A route that matched one request, with what matching learned about it.

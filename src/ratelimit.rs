@@ -1,0 +1,280 @@
+//! Rate limits (GCRA, via governor): outbound buckets per `rate_limit.key` and inbound
+//! `ingress_limit` per route and sender. Buckets live in registries owned by the running
+//! relay, not by a config snapshot, so a reload keeps a bucket whose settings did not
+//! change (no burst refill on every reload). Time comes from tokio's clock so tests can
+//! run on paused time and be exact.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::ops::Add;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+use crate::config::Problems;
+use crate::metrics;
+
+/// A rate: `cells` per `per`, with up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitSpec {
+    pub cells: NonZeroU32,
+    pub per: Duration,
+    pub burst: NonZeroU32,
+}
+
+impl LimitSpec {
+    fn quota(&self) -> Quota {
+        let period = self.per / self.cells.get();
+        // A zero period cannot come from a validated spec (cells ≤ 1e6 per second and up);
+        // fall back to the per-second quota rather than panic.
+        Quota::with_period(period.max(Duration::from_nanos(1))).unwrap_or_else(|| Quota::per_second(self.cells)).allow_burst(self.burst)
+    }
+}
+
+/// Reads the one-of `per_second` / `per_minute` / `per_hour` and `burst` (default: the
+/// rate's count, as governor's own quotas do).
+pub fn compile_spec(
+    per_second: Option<u32>,
+    per_minute: Option<u32>,
+    per_hour: Option<u32>,
+    burst: Option<u32>,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<LimitSpec> {
+    let rates: Vec<(u32, Duration)> = [(per_second, 1), (per_minute, 60), (per_hour, 3600)]
+        .into_iter()
+        .filter_map(|(count, seconds)| count.map(|c| (c, Duration::from_secs(seconds))))
+        .collect();
+    let [(count, per)] = rates[..] else {
+        problems.push(at, "give exactly one of per_second, per_minute or per_hour");
+        return None;
+    };
+    let Some(cells) = NonZeroU32::new(count).filter(|c| c.get() <= 1_000_000) else {
+        problems.push(at, "the rate must be between 1 and 1000000");
+        return None;
+    };
+    let Some(burst) = NonZeroU32::new(burst.unwrap_or(count)) else {
+        problems.push(format!("{at}.burst"), "burst must be at least 1");
+        return None;
+    };
+    Some(LimitSpec { cells, per, burst })
+}
+
+/// tokio's clock for governor, so paused-time tests see exact waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokioInstant(Instant);
+
+impl Add<Nanos> for TokioInstant {
+    type Output = TokioInstant;
+    fn add(self, other: Nanos) -> TokioInstant {
+        TokioInstant(self.0 + Duration::from(other))
+    }
+}
+
+impl Reference for TokioInstant {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        self.0.saturating_duration_since(earlier.0).into()
+    }
+
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        TokioInstant(self.0.checked_sub(duration.into()).unwrap_or(self.0))
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = TokioInstant;
+    fn now(&self) -> TokioInstant {
+        TokioInstant(Instant::now())
+    }
+}
+
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
+type KeyedLimiter = RateLimiter<String, governor::state::keyed::DefaultKeyedStateStore<String>, TokioClock, NoOpMiddleware<TokioInstant>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps stay consistent even if a holder panicked: every update is one insert.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One outbound bucket, shared by every target with the same key.
+pub struct Bucket {
+    key: String,
+    spec: LimitSpec,
+    limiter: DirectLimiter,
+    /// Set when the receiver answered 429 with Retry-After: nobody sends before then.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+/// The caller waited as long as it may; try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled(pub Duration);
+
+impl Bucket {
+    /// Waits for a permit. `max_wait: None` waits as long as it takes (async deliveries are
+    /// never dropped); otherwise gives up when the wait would pass `max_wait`.
+    pub async fn acquire(&self, max_wait: Option<Duration>) -> Result<(), Throttled> {
+        let started = Instant::now();
+        let mut counted = false;
+        loop {
+            let now = Instant::now();
+            let paused = (*lock(&self.paused_until)).filter(|until| *until > now);
+            let wait = match paused {
+                Some(until) => until - now,
+                None => match self.limiter.check() {
+                    Ok(()) => return Ok(()),
+                    Err(not_until) => not_until.wait_time_from(TokioClock.now()),
+                },
+            };
+            if let Some(max) = max_wait {
+                if now + wait > started + max {
+                    ::metrics::counter!(metrics::RATE_LIMITED, "key" => self.key.clone()).increment(1);
+                    return Err(Throttled(wait));
+                }
+            }
+            if !counted {
+                ::metrics::counter!(metrics::RATE_LIMITED, "key" => self.key.clone()).increment(1);
+                counted = true;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Holds every sender on this key back for `duration` (a 429 with Retry-After).
+    pub fn pause(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut paused = lock(&self.paused_until);
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+}
+
+/// Outbound buckets by key.
+#[derive(Default)]
+pub struct OutboundLimiters {
+    buckets: Mutex<HashMap<String, Arc<Bucket>>>,
+}
+
+impl OutboundLimiters {
+    /// The bucket for `key`; a new one only when the key is new or its settings changed.
+    pub fn bucket(&self, key: &str, spec: LimitSpec) -> Arc<Bucket> {
+        let mut buckets = lock(&self.buckets);
+        if let Some(existing) = buckets.get(key).filter(|b| b.spec == spec) {
+            return existing.clone();
+        }
+        let bucket = Arc::new(Bucket {
+            key: key.to_string(),
+            spec,
+            limiter: RateLimiter::direct_with_clock(spec.quota(), TokioClock),
+            paused_until: Mutex::new(None),
+        });
+        buckets.insert(key.to_string(), bucket.clone());
+        bucket
+    }
+}
+
+/// Inbound limiters, one keyed limiter per route.
+#[derive(Default)]
+pub struct IngressLimiters {
+    routes: Mutex<HashMap<String, (LimitSpec, Arc<KeyedLimiter>)>>,
+}
+
+impl IngressLimiters {
+    /// Takes one request from `route`'s budget for `sender`, or says how long to wait.
+    pub fn check(&self, route: &str, spec: LimitSpec, sender: &str) -> Result<(), Throttled> {
+        let limiter = {
+            let mut routes = lock(&self.routes);
+            match routes.get(route).filter(|(existing, _)| *existing == spec) {
+                Some((_, limiter)) => limiter.clone(),
+                None => {
+                    let limiter = Arc::new(RateLimiter::dashmap_with_clock(spec.quota(), TokioClock));
+                    routes.insert(route.to_string(), (spec, limiter.clone()));
+                    limiter
+                }
+            }
+        };
+        let outcome = limiter.check_key(&sender.to_string()).map_err(|not_until| Throttled(not_until.wait_time_from(TokioClock.now())));
+        if limiter.len() > 10_000 {
+            // Forget senders whose buckets are full again, so memory tracks active senders.
+            limiter.retain_recent();
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cells: u32, per: Duration, burst: u32) -> LimitSpec {
+        LimitSpec { cells: NonZeroU32::new(cells).unwrap(), per, burst: NonZeroU32::new(burst).unwrap() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_per_second_with_burst_one_spaces_eleven_events_over_two_seconds() {
+        let limiters = OutboundLimiters::default();
+        let bucket = limiters.bucket("k", spec(5, Duration::from_secs(1), 1));
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..11 {
+            bucket.acquire(None).await.unwrap();
+            times.push(start.elapsed());
+        }
+        assert_eq!(times.first(), Some(&Duration::ZERO));
+        assert_eq!(times.last(), Some(&Duration::from_secs(2)));
+        for pair in times.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(200));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_key_shares_one_bucket_and_survives_an_unchanged_lookup() {
+        let limiters = OutboundLimiters::default();
+        let every_3s = spec(20, Duration::from_secs(60), 2);
+        let a = limiters.bucket("robot", every_3s);
+        let b = limiters.bucket("robot", every_3s);
+        a.acquire(None).await.unwrap();
+        b.acquire(None).await.unwrap();
+        let start = Instant::now();
+        a.acquire(None).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3), "burst of 2 used by two targets on one key");
+        // Changed settings make a fresh bucket.
+        let c = limiters.bucket("robot", spec(1, Duration::from_secs(1), 1));
+        let start = Instant::now();
+        c.acquire(None).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_pauses_the_key_and_max_wait_gives_up() {
+        let limiters = OutboundLimiters::default();
+        let bucket = limiters.bucket("k", spec(100, Duration::from_secs(1), 100));
+        bucket.pause(Duration::from_secs(3));
+        assert_eq!(bucket.acquire(Some(Duration::from_secs(2))).await, Err(Throttled(Duration::from_secs(3))));
+        let start = Instant::now();
+        bucket.acquire(None).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ingress_limit_is_per_sender() {
+        let limiters = IngressLimiters::default();
+        let two_per_second = spec(2, Duration::from_secs(1), 2);
+        assert!(limiters.check("r", two_per_second, "10.0.0.1").is_ok());
+        assert!(limiters.check("r", two_per_second, "10.0.0.1").is_ok());
+        let Err(Throttled(wait)) = limiters.check("r", two_per_second, "10.0.0.1") else { panic!("third request must be limited") };
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(limiters.check("r", two_per_second, "10.0.0.2").is_ok(), "another sender has its own budget");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(limiters.check("r", two_per_second, "10.0.0.1").is_ok());
+    }
+}
