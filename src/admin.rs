@@ -9,7 +9,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -17,6 +16,7 @@ use crate::app::Relay;
 use crate::delivery::client::{full, Body};
 use crate::respond::{json_error, json_response};
 use crate::routing::Route;
+use crate::values::secret_eq;
 
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -54,7 +54,7 @@ fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    secret_eq(given.as_bytes(), token.as_bytes())
 }
 
 pub fn handle(relay: &Relay, request: Request<Incoming>) -> Response<Body> {

@@ -18,4 +18,5 @@ pub mod render;
 pub mod respond;
 pub mod routing;
 pub mod template;
+pub mod values;
 pub mod verify;

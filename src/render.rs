@@ -15,8 +15,16 @@ use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
 use crate::verify::VerifyInput;
 
 /// Headers whose values are secrets; shown as `[redacted]` unless asked otherwise.
-pub const SENSITIVE_HEADERS: [&str; 6] =
-    ["authorization", "cookie", "x-hub-signature-256", "x-gitlab-token", "proxy-authorization", "webhook-signature"];
+pub const SENSITIVE_HEADERS: [&str; 8] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-hub-signature-256",
+    "x-gitlab-token",
+    "x-codeup-token",
+    "x-gitee-token",
+    "webhook-signature",
+];
 
 #[derive(Debug, Serialize)]
 pub struct DryRun {
@@ -57,11 +65,9 @@ impl RequestView {
     pub fn new(request: &OutgoingRequest, show_secrets: bool) -> RequestView {
         let mut headers = IndexMap::new();
         for (name, value) in &request.headers {
-            let text = if !show_secrets && SENSITIVE_HEADERS.contains(&name.as_str()) {
-                "[redacted]".to_string()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
+            let secret = value.is_sensitive() || SENSITIVE_HEADERS.contains(&name.as_str());
+            let text =
+                if !show_secrets && secret { "[redacted]".to_string() } else { String::from_utf8_lossy(value.as_bytes()).into_owned() };
             headers.insert(name.as_str().to_string(), text);
         }
         let body =

@@ -19,6 +19,8 @@ use serde_json::Value as Json;
 use serde_json_path::JsonPath;
 use sha2::{Digest, Sha256};
 
+use crate::values::MILLIS_THRESHOLD;
+
 /// How `{{expr}}` output is escaped; `{{{expr}}}` is always raw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escape {
@@ -167,6 +169,8 @@ fn build_registry(escape: Escape, strict: bool) -> Handlebars<'static> {
         Escape::Plain => hb.register_escape_fn(handlebars::no_escape),
         Escape::UrlPath => hb.register_escape_fn(url_escape),
     }
+    // `log` would let a template copy payloads or credentials into the relay's own logs.
+    hb.unregister_helper("log");
     hb.register_helper("json", Box::new(JsonHelper));
     for &(name, min, max, func) in VALUE_HELPERS {
         let helper = ValueHelper {
@@ -468,16 +472,13 @@ fn date_helper(a: &[&Json]) -> Result<Json, String> {
     strftime(&t, &text(a[1])).map(Json::from)
 }
 
-/// Numbers above this are taken as milliseconds (10^11 s is the year 5138).
-const MILLIS_THRESHOLD: u64 = 100_000_000_000;
-
 fn parse_timestamp(v: &Json) -> Option<DateTime<FixedOffset>> {
     let millis = match v {
         Json::Number(n) => match n.as_i64() {
             Some(i) if i.unsigned_abs() > MILLIS_THRESHOLD => Some(i),
             Some(i) => i.checked_mul(1000),
             // Saturating float casts turn absurd values into out-of-range errors below.
-            None => n.as_f64().map(|f| if f.abs() > 1e11 { f } else { f * 1000.0 } as i64),
+            None => n.as_f64().map(|f| if f.abs() > MILLIS_THRESHOLD as f64 { f } else { f * 1000.0 } as i64),
         },
         Json::String(s) => return parse_timestamp_str(s.trim()),
         _ => None,
@@ -677,6 +678,7 @@ mod tests {
         assert_eq!(err, TemplateError::Render { message: "upper: expects 1 argument(s), got 2".into(), line: Some(2), column: Some(1) });
         assert_eq!(err.to_string(), "render error at line 2, column 1: upper: expects 1 argument(s), got 2");
         assert!(render("{{env \"HOME\"}}", Escape::Plain, false, json!({})).is_err());
+        assert!(render("{{log body level=\"error\"}}", Escape::Plain, false, json!({"body": "secret"})).is_err(), "no `log` helper");
         let other = TemplateEngine::new();
         let id = TemplateEngine::new().compile("x", Escape::Plain, false).unwrap();
         assert_eq!(other.render(&id, &Context::from(json!({}))), Err(render_err("unknown template id")));

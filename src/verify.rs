@@ -10,12 +10,12 @@ use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 use serde_json_path::JsonPath;
-use subtle::ConstantTimeEq;
 
 use crate::config::model::{RawBasicAuth, RawHmac, RawToken, RawVerify};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
 use crate::routing::source::SourceKind;
+use crate::values::{secret_eq, unix_seconds};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HmacAlgorithm {
@@ -89,15 +89,15 @@ impl Check {
         match self {
             Check::BasicAuth { expected } => {
                 let given = input.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
-                ct_equal(given, expected.as_bytes()).then_some(()).ok_or(VerifyError::BadCredentials)
+                secret_eq(given, expected.as_bytes()).then_some(()).ok_or(VerifyError::BadCredentials)
             }
             Check::HeaderToken { header, value } => {
                 let given = input.headers.get(header).map(|v| v.as_bytes()).unwrap_or_default();
-                ct_equal(given, value.as_bytes()).then_some(()).ok_or(VerifyError::BadToken)
+                secret_eq(given, value.as_bytes()).then_some(()).ok_or(VerifyError::BadToken)
             }
             Check::FieldToken { path, value } => {
                 let given = input.body.and_then(|b| path.query(b).first()).and_then(Value::as_str).unwrap_or_default();
-                ct_equal(given.as_bytes(), value.as_bytes()).then_some(()).ok_or(VerifyError::BadToken)
+                secret_eq(given.as_bytes(), value.as_bytes()).then_some(()).ok_or(VerifyError::BadToken)
             }
             Check::Hmac(hmac) => hmac.check(input),
             Check::IpAllow(nets) => {
@@ -141,37 +141,29 @@ impl HmacCheck {
                 bytes.into()
             }
         };
-        let expected = hmac_digest(self.algorithm, &self.secret, &message);
+        let expected = hmac_digest(self.algorithm, &self.secret, &message).ok_or_else(bad)?;
         let decoded = match self.encoding {
             SignatureEncoding::Hex => decode_hex(given.trim()),
             SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(given.trim()).ok(),
         }
         .ok_or_else(bad)?;
-        ct_equal(&decoded, &expected).then_some(()).ok_or_else(bad)
+        secret_eq(&decoded, &expected).then_some(()).ok_or_else(bad)
     }
 }
 
-pub fn hmac_digest(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Vec<u8> {
-    fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
-        // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
-        match <M as KeyInit>::new_from_slice(key) {
-            Ok(mut mac) => {
-                mac.update(message);
-                mac.finalize().into_bytes().to_vec()
-            }
-            Err(_) => Vec::new(),
-        }
+/// `None` only if the key is refused, which HMAC never does (any key length is valid);
+/// callers treat it as a failed check, so an impossible error can only fail closed.
+pub fn hmac_digest(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+    fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+        let mut mac = <M as KeyInit>::new_from_slice(key).ok()?;
+        mac.update(message);
+        Some(mac.finalize().into_bytes().to_vec())
     }
     match algorithm {
         HmacAlgorithm::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(key, message),
         HmacAlgorithm::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
         HmacAlgorithm::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
     }
-}
-
-fn ct_equal(given: &[u8], expected: &[u8]) -> bool {
-    // Length is not secret for these schemes; the content comparison is constant-time.
-    given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -183,8 +175,7 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Unix seconds, or milliseconds when the number is that large.
 fn parse_timestamp_seconds(text: &str) -> Option<i64> {
-    let number: i64 = text.trim().parse().ok()?;
-    Some(if number > 100_000_000_000 { number / 1000 } else { number })
+    text.trim().parse().ok().map(unix_seconds)
 }
 
 /// IPv4-mapped IPv6 peers (from a dual-stack listener) match IPv4 allow-lists.
@@ -382,7 +373,8 @@ mod tests {
             "hmac: { header: X-Sig, secret: k, encoding: base64, message: '{{timestamp}}.{{raw}}', tolerance: 5m, timestamp_header: X-Ts }",
             SourceKind::Generic,
         );
-        let signature = base64::engine::general_purpose::STANDARD.encode(hmac_digest(HmacAlgorithm::Sha256, b"k", b"1700000000.{}"));
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(hmac_digest(HmacAlgorithm::Sha256, b"k", b"1700000000.{}").unwrap());
         assert_eq!(run(&checks, &[("x-sig", &signature), ("x-ts", "1700000000")], b"{}", "127.0.0.1"), Ok(()));
         assert_eq!(run(&checks, &[("x-sig", &signature), ("x-ts", "1699990000")], b"{}", "127.0.0.1"), Err(VerifyError::StaleTimestamp));
     }

@@ -15,6 +15,7 @@ use super::env::{expand_tree, Lookup};
 use super::model::{RawConfig, RawInclude, RawRoute};
 use super::units::{parse_duration, parse_size};
 use super::{serde_error, ConfigError, ConfigErrors, Problems, SourceFile};
+use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{self, valid_name, CompileCtx, TargetDefaults};
 use crate::ratelimit::LimitSpec;
 use crate::routing::condition::compile_match;
@@ -172,7 +173,7 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
     let settings = raw.as_ref().map(|raw| compile_settings(raw, path, &mut problems));
     let defaults = raw.as_ref().map(|raw| compile_defaults(raw, &mut problems)).unwrap_or(TargetDefaults {
         timeout: Duration::from_secs(10),
-        retry: Default::default(),
+        retry: RetryPolicy::default(),
         rate_limit: None,
     });
     main.file.collect(problems, &mut errors);
@@ -341,11 +342,11 @@ fn compile_defaults(raw: &RawConfig, problems: &mut Problems) -> TargetDefaults 
         }),
         None => Duration::from_secs(10),
     };
-    target::compile_retry(None, &raw.defaults.retry, "defaults.retry", problems);
+    let retry = target::compile_retry(&raw.defaults.retry, &RetryPolicy::default(), "defaults.retry", problems);
     if let Some(limit) = &raw.defaults.rate_limit {
         crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, "defaults.rate_limit", problems);
     }
-    TargetDefaults { timeout, retry: raw.defaults.retry.clone(), rate_limit: raw.defaults.rate_limit.clone() }
+    TargetDefaults { timeout, retry, rate_limit: raw.defaults.rate_limit.clone() }
 }
 
 fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {

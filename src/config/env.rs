@@ -24,20 +24,17 @@ pub struct ExpandError {
     pub message: String,
 }
 
-/// Expands every string scalar under `value` in place, collecting every failure.
-/// A scalar that is exactly one `${…}` and expands to a number or boolean takes that
-/// type, so `max_attempts: ${RETRIES:-5}` works.
+/// Expands every string scalar under `value` in place, collecting every failure. Expanded
+/// values stay strings: a secret that happens to look like a number must never change
+/// type (and end up quoted in a type error).
 pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, errors: &mut Vec<ExpandError>) {
     match value {
         Value::String(text) => {
             if !text.contains("${") {
                 return;
             }
-            let whole_reference = text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1;
             match expand_str(text, env) {
-                Ok(expanded) => {
-                    *value = if whole_reference { retype_scalar(expanded) } else { Value::String(expanded) };
-                }
+                Ok(expanded) => *text = expanded,
                 Err(message) => errors.push(ExpandError { path: path.to_string(), message }),
             }
         }
@@ -58,22 +55,6 @@ pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, errors: &mut
         }
         Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, errors),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
-fn retype_scalar(expanded: String) -> Value {
-    if let Ok(number) = expanded.parse::<i64>() {
-        return Value::Number(number.into());
-    }
-    if let Ok(number) = expanded.parse::<f64>() {
-        if number.is_finite() {
-            return Value::Number(number.into());
-        }
-    }
-    match expanded.as_str() {
-        "true" => Value::Bool(true),
-        "false" => Value::Bool(false),
-        _ => Value::String(expanded),
     }
 }
 
@@ -142,13 +123,13 @@ mod tests {
     }
 
     #[test]
-    fn tree_collects_every_error_with_paths_and_retypes_whole_references() {
+    fn tree_collects_every_error_with_paths_and_keeps_strings() {
         let mut value: Value = serde_yaml::from_str("a: ${N}\nb: [x, '${NOPE}']\nc: {d: '${ALSO_NOPE}', e: 'n=${N}'}").unwrap();
         let mut errors = Vec::new();
         expand_tree(&mut value, "", &env(), &mut errors);
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["b[1]", "c.d"]);
-        assert_eq!(value["a"], Value::Number(5.into()));
+        assert_eq!(value["a"], Value::String("5".into()));
         assert_eq!(value["c"]["e"], Value::String("n=5".into()));
     }
 }

@@ -115,7 +115,7 @@ pub struct RenderError {
 #[derive(Debug, Clone)]
 pub struct TargetDefaults {
     pub timeout: Duration,
-    pub retry: RawRetry,
+    pub retry: RetryPolicy,
     pub rate_limit: Option<RawRateLimit>,
 }
 
@@ -175,11 +175,15 @@ impl Target {
 
         let mut url = match &self.url {
             UrlSpec::Absolute(id) => {
-                url::Url::parse(render(id, "url")?.trim()).map_err(|err| fail("url", format!("rendered URL is not valid: {err}")))?
+                let text = render(id, "url")?;
+                reject_dot_segments(text.trim()).map_err(|message| fail("url", message))?;
+                url::Url::parse(text.trim()).map_err(|err| fail("url", format!("rendered URL is not valid: {err}")))?
             }
             UrlSpec::Upstream(id) => {
                 let upstream = upstream.ok_or_else(|| fail("url", "`upstream:` URL but no `upstream` is configured".to_string()))?;
-                upstream.join(render(id, "url")?.trim()).map_err(|message| fail("url", message))?
+                let text = render(id, "url")?;
+                reject_dot_segments(text.trim()).map_err(|message| fail("url", message))?;
+                upstream.join(text.trim()).map_err(|message| fail("url", message))?
             }
         };
         if !matches!(url.scheme(), "http" | "https") {
@@ -248,7 +252,7 @@ impl Target {
     ) -> Result<(Bytes, Option<HeaderValue>), RenderError> {
         let original_type = || request.headers.get(http::header::CONTENT_TYPE).cloned();
         match (&self.body, self.content) {
-            (BodySpec::Original, _) | (_, ContentKind::Raw) => Ok((request.raw.clone(), original_type())),
+            (BodySpec::Original, _) => Ok((request.raw.clone(), original_type())),
             (BodySpec::Template(id), kind) => {
                 let text = engine.render(id, context).map_err(|err| fail("body", err.to_string()))?;
                 if kind == ContentKind::Json {
@@ -283,6 +287,53 @@ impl Target {
             }
         }
     }
+}
+
+/// URL parsers resolve `.` and `..` segments (also as `%2e`), so a value rendered into the
+/// path could climb out of the configured prefix; such a request is refused instead.
+fn reject_dot_segments(url: &str) -> Result<(), String> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.split(['?', '#']).next().unwrap_or_default();
+    let dotted = path.split('/').any(|segment| {
+        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+        decoded == "." || decoded == ".."
+    });
+    if dotted {
+        return Err("rendered URL path has a `.` or `..` segment".to_string());
+    }
+    Ok(())
+}
+
+/// A URL for display: userinfo and literal query values (tokens, often) replaced by `***`;
+/// template expressions stay visible because they hold no secret themselves.
+pub fn redact_url(text: &str) -> String {
+    let (base, query) = match text.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (text, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => base.to_string(),
+            }
+        }
+        None => base.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value)) if !value.is_empty() && !(value.starts_with("{{") && value.ends_with("}}")) => format!("{name}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 /// `success:` statuses when given, else any 2xx.
@@ -361,22 +412,21 @@ fn compile_template(source: &str, escape: Escape, strict: bool, at: &str, ctx: &
     }
 }
 
-pub fn compile_retry(overrides: Option<&RawRetry>, defaults: &RawRetry, at: &str, problems: &mut Problems) -> RetryPolicy {
-    let base = RetryPolicy::default();
-    let pick = |field: fn(&RawRetry) -> Option<String>| overrides.and_then(field).or_else(|| field(defaults));
-    let duration = |name: &str, value: Option<String>, fallback: Duration, problems: &mut Problems| match value {
-        Some(text) => parse_duration(&text).unwrap_or_else(|message| {
+/// `overrides` merged field by field over `base` (the compiled `defaults.retry`).
+pub fn compile_retry(overrides: &RawRetry, base: &RetryPolicy, at: &str, problems: &mut Problems) -> RetryPolicy {
+    let duration = |name: &str, value: &Option<String>, fallback: Duration, problems: &mut Problems| match value {
+        Some(text) => parse_duration(text).unwrap_or_else(|message| {
             problems.push(format!("{at}.{name}"), message);
             fallback
         }),
         None => fallback,
     };
     let policy = RetryPolicy {
-        max_attempts: overrides.and_then(|r| r.max_attempts).or(defaults.max_attempts).unwrap_or(base.max_attempts),
-        initial: duration("initial", pick(|r| r.initial.clone()), base.initial, problems),
-        max: duration("max", pick(|r| r.max.clone()), base.max, problems),
-        factor: overrides.and_then(|r| r.factor).or(defaults.factor).unwrap_or(base.factor),
-        jitter: overrides.and_then(|r| r.jitter).or(defaults.jitter).unwrap_or(base.jitter),
+        max_attempts: overrides.max_attempts.unwrap_or(base.max_attempts),
+        initial: duration("initial", &overrides.initial, base.initial, problems),
+        max: duration("max", &overrides.max, base.max, problems),
+        factor: overrides.factor.unwrap_or(base.factor),
+        jitter: overrides.jitter.unwrap_or(base.jitter),
     };
     if policy.max_attempts == 0 {
         problems.push(format!("{at}.max_attempts"), "max_attempts must be at least 1");
@@ -399,7 +449,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
                 match url::Url::parse(&raw.url) {
                     Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
                     Ok(parsed) => ctx.problems.push(format!("{at}.url"), format!("scheme {:?} is not http or https", parsed.scheme())),
-                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", raw.url)),
+                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", redact_url(&raw.url))),
                 }
             }
             compile_template(&raw.url, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
@@ -501,7 +551,10 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
             ctx.problems.push(format!("{at}.success"), "success must list HTTP statuses between 100 and 599");
         }
     }
-    let retry = compile_retry(raw.retry.as_ref(), &ctx.defaults.retry, &format!("{at}.retry"), ctx.problems);
+    let retry = match &raw.retry {
+        Some(overrides) => compile_retry(overrides, &ctx.defaults.retry, &format!("{at}.retry"), ctx.problems),
+        None => ctx.defaults.retry.clone(),
+    };
     let rate_limit = match raw.rate_limit.as_ref().or(ctx.defaults.rate_limit.as_ref()) {
         Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
         None => None,
@@ -509,7 +562,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     Some(Target {
         name,
         url: url?,
-        url_source: raw.url.clone(),
+        url_source: redact_url(&raw.url),
         method,
         query,
         headers,
@@ -553,6 +606,20 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_display_and_dot_segments_refused() {
+        assert_eq!(
+            redact_url("https://ci:pw@host:8443/v2/{{x}}?token=abc&b={{body.b}}&flag"),
+            "https://***@host:8443/v2/{{x}}?token=***&b={{body.b}}&flag"
+        );
+        assert_eq!(redact_url("upstream:/a/b"), "upstream:/a/b");
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        assert!(reject_dot_segments("https://h/a/../b").is_err());
+        assert!(reject_dot_segments("https://h/a/%2E%2e/b").is_err());
+        assert!(reject_dot_segments("/internal/./x").is_err());
+        assert!(reject_dot_segments("https://h/a/..b/c?x=..").is_ok());
+    }
 
     #[test]
     fn single_expressions_are_recognised() {

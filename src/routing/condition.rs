@@ -8,6 +8,7 @@ use serde_json_path::JsonPath;
 
 use crate::config::model::RawMatch;
 use crate::config::Problems;
+use crate::values::scalar_text;
 
 /// One comparison applied to a header, query or body value.
 #[derive(Debug, Clone)]
@@ -101,7 +102,7 @@ impl Test {
             Test::Exists(_) => true,
             Test::Contains(needle) => match node {
                 Value::Array(items) => items.iter().any(|item| loosely_equal(item, needle)),
-                Value::String(text) => scalar_text(needle).is_some_and(|n| text.contains(n.as_str())),
+                Value::String(text) => scalar_text(needle).is_some_and(|n| text.contains(n.as_ref())),
                 _ => false,
             },
             Test::Greater(limit) => as_number(node).is_some_and(|n| n > *limit),
@@ -121,15 +122,6 @@ fn loosely_equal(node: &Value, expected: &Value) -> bool {
     match (node, expected) {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         _ => matches!((scalar_text(node), scalar_text(expected)), (Some(a), Some(b)) if a == b),
-    }
-}
-
-fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        Value::Bool(flag) => Some(flag.to_string()),
-        Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
 }
 
@@ -226,6 +218,10 @@ pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems) -> Vec<Test
             return Vec::new();
         }
     };
+    if ops.is_empty() {
+        problems.push(at, "an empty condition would always hold: give an operator such as {exists: true}");
+        return Vec::new();
+    }
     let mut tests = Vec::new();
     for (op, operand) in ops {
         let here = format!("{at}.{op}");

@@ -5,6 +5,8 @@ use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
+use crate::values::scalar_text;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Generic,
@@ -60,21 +62,16 @@ impl Extractor {
         Extractor::Header(HeaderName::from_static(name))
     }
 
-    fn body(path: &str) -> Extractor {
-        // Only called with the literal paths below, which are valid RFC 9535; an empty
-        // path can never match, so a failure would only disable extraction, never panic.
-        Extractor::Body(JsonPath::parse(path).unwrap_or_else(|_| JsonPath::parse("$.__never__").unwrap_or_default()))
+    /// Preset paths are literals checked by the tests below; one that failed to parse
+    /// would only disable that extraction (filtered out by the caller), never panic.
+    fn body(path: &str) -> Option<Extractor> {
+        JsonPath::parse(path).ok().map(Extractor::Body)
     }
 
     pub fn read(&self, headers: &HeaderMap, body: Option<&Value>) -> Option<String> {
         match self {
             Extractor::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string),
-            Extractor::Body(path) => body.and_then(|b| path.query(b).first()).and_then(|node| match node {
-                Value::String(text) => Some(text.clone()),
-                Value::Number(number) => Some(number.to_string()),
-                Value::Bool(flag) => Some(flag.to_string()),
-                Value::Null | Value::Array(_) | Value::Object(_) => None,
-            }),
+            Extractor::Body(path) => body.and_then(|b| path.query(b).first()).and_then(scalar_text).map(|t| t.into_owned()),
         }
     }
 }
@@ -96,17 +93,20 @@ pub struct EventInfo {
 impl Source {
     pub fn preset(kind: SourceKind) -> Source {
         use Extractor as E;
-        let (event, delivery_id) = match kind {
+        let (event, delivery_id): (Vec<Option<Extractor>>, Vec<Option<Extractor>>) = match kind {
             SourceKind::Generic => (vec![], vec![]),
-            SourceKind::Github => (vec![E::header("x-github-event")], vec![E::header("x-github-delivery")]),
-            SourceKind::Gitlab => (vec![E::body("$.object_kind"), E::header("x-gitlab-event")], vec![E::header("x-gitlab-event-uuid")]),
-            SourceKind::Codeup => (vec![E::body("$.object_kind"), E::header("codeup-event")], vec![]),
-            SourceKind::Gitee => (vec![E::header("x-gitee-event")], vec![]),
+            SourceKind::Github => (vec![Some(E::header("x-github-event"))], vec![Some(E::header("x-github-delivery"))]),
+            SourceKind::Gitlab => {
+                (vec![E::body("$.object_kind"), Some(E::header("x-gitlab-event"))], vec![Some(E::header("x-gitlab-event-uuid"))])
+            }
+            SourceKind::Codeup => (vec![E::body("$.object_kind"), Some(E::header("codeup-event"))], vec![]),
+            SourceKind::Gitee => (vec![Some(E::header("x-gitee-event"))], vec![]),
             SourceKind::Tapd => (vec![E::body("$.event")], vec![E::body("$.id")]),
             SourceKind::Codearts => (vec![E::body("$.eventCode")], vec![E::body("$.event.id")]),
-            SourceKind::Bkrepo => (vec![E::body("$.type"), E::header("x-bkrepo-event")], vec![]),
-            SourceKind::Standard => (vec![E::body("$.type")], vec![E::header("webhook-id")]),
+            SourceKind::Bkrepo => (vec![E::body("$.type"), Some(E::header("x-bkrepo-event"))], vec![]),
+            SourceKind::Standard => (vec![E::body("$.type")], vec![Some(E::header("webhook-id"))]),
         };
+        let (event, delivery_id) = (event.into_iter().flatten().collect(), delivery_id.into_iter().flatten().collect());
         Source { kind, event, delivery_id }
     }
 
