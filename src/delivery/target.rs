@@ -326,7 +326,7 @@ pub fn redact_url(text: &str) -> String {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((name, value)) if !value.is_empty() && !(value.starts_with("{{") && value.ends_with("}}")) => format!("{name}=***"),
+                Some((name, value)) if !value.is_empty() && !is_template(value) => format!("{name}=***"),
                 _ => pair.to_string(),
             })
             .collect();
@@ -334,6 +334,10 @@ pub fn redact_url(text: &str) -> String {
         out.push_str(&pairs.join("&"));
     }
     out
+}
+
+fn is_template(value: &str) -> bool {
+    value.starts_with("{{") && value.ends_with("}}")
 }
 
 /// `success:` statuses when given, else any 2xx.
