@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::Relay;
+use crate::app::{Relay, ReloadOutcome};
 use crate::delivery::client::{full, Body};
+use crate::reload::reload_now;
 use crate::respond::{json_error, json_response};
 use crate::routing::Route;
 use crate::values::secret_eq;
@@ -36,7 +37,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let relay = relay.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&relay, request)) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&relay, request).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
@@ -57,7 +58,7 @@ fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
     secret_eq(given.as_bytes(), token.as_bytes())
 }
 
-pub fn handle(relay: &Relay, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_string();
     let method = request.method().clone();
     match (method, path.as_str()) {
@@ -83,7 +84,14 @@ pub fn handle(relay: &Relay, request: Request<Incoming>) -> Response<Body> {
             json_response(
                 StatusCode::OK,
                 &json!({
-                    "config": { "path": relay.config_path.display().to_string(), "generation": status.generation, "loaded_at": status.loaded_at, "last_error": status.last_error },
+                    "config": {
+                        "path": relay.config_path.display().to_string(),
+                        "generation": status.generation,
+                        "loaded_at": status.loaded_at,
+                        "last_error": status.last_error,
+                        "last_error_at": status.last_error_at,
+                        "restart_required": status.restart_required,
+                    },
                     "routes": relay.snapshot().routes.len(),
                     "queue_depth": relay.queue.depth(),
                 }),
@@ -101,7 +109,21 @@ pub fn handle(relay: &Relay, request: Request<Incoming>) -> Response<Body> {
                 None => json_error(StatusCode::NOT_FOUND, "no such route", Some(json!(name))),
             }
         }
-        (_, "/metrics" | "/api/status" | "/api/routes") => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None),
+        (Method::POST, "/api/reload") => match reload_now(relay).await {
+            Ok(ReloadOutcome::Reloaded { generation }) => {
+                json_response(StatusCode::OK, &json!({ "reloaded": true, "generation": generation }))
+            }
+            Ok(ReloadOutcome::Unchanged { generation }) => {
+                json_response(StatusCode::OK, &json!({ "reloaded": false, "generation": generation }))
+            }
+            Err(errors) => {
+                let detail: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                json_error(StatusCode::UNPROCESSABLE_ENTITY, "config invalid; the previous config keeps serving", Some(json!(detail)))
+            }
+        },
+        (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
+        }
         _ => json_error(StatusCode::NOT_FOUND, "not found", None),
     }
 }

@@ -14,14 +14,27 @@ use crate::config::{self, env::ProcessEnv, ConfigErrors, Snapshot};
 use crate::delivery::client::{self, HttpClient};
 use crate::delivery::queue::Queue;
 use crate::ratelimit::{IngressLimiters, OutboundLimiters};
-use crate::{admin, ingress, metrics};
+use crate::{admin, ingress, metrics, reload};
 
 /// What `GET /api/status` reports about the config.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConfigStatus {
     pub generation: u64,
     pub loaded_at: DateTime<Utc>,
+    /// The last failed reload's errors, until a good reload clears them.
     pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Settings that changed in the file but only take effect after a restart.
+    pub restart_required: Vec<String>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new snapshot is serving.
+    Reloaded { generation: u64 },
+    /// The files hold the same bytes as the snapshot serving now.
+    Unchanged { generation: u64 },
 }
 
 pub struct Relay {
@@ -33,6 +46,7 @@ pub struct Relay {
     pub outbound_limits: Arc<OutboundLimiters>,
     pub ingress_limits: IngressLimiters,
     status: Mutex<ConfigStatus>,
+    started_with: StartupSettings,
 }
 
 impl Relay {
@@ -42,11 +56,95 @@ impl Relay {
     }
 
     pub fn status(&self) -> ConfigStatus {
-        match self.status.lock() {
-            Ok(status) => status.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
+        // Status updates are single assignments, consistent even after a panic elsewhere.
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads and compiles the config again with the same function as startup; swaps it in
+    /// only if it compiles completely. Blocking (file I/O): call from a blocking context.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigErrors> {
+        let current = self.snapshot();
+        let loaded = config::load(&self.config_path, &ProcessEnv);
+        let mut status = self.lock_status();
+        match loaded {
+            Ok(snapshot) if snapshot.content_hash == current.content_hash => {
+                status.last_error = None;
+                status.last_error_at = None;
+                Ok(ReloadOutcome::Unchanged { generation: status.generation })
+            }
+            Ok(snapshot) => {
+                status.restart_required = restart_required(&self.started_with, &snapshot.settings);
+                for note in &status.restart_required {
+                    tracing::warn!(note = %note, "config change needs a restart");
+                }
+                self.config.store(Arc::new(snapshot));
+                status.generation += 1;
+                status.loaded_at = Utc::now();
+                status.last_error = None;
+                status.last_error_at = None;
+                ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(1);
+                ::metrics::gauge!(metrics::CONFIG_GENERATION).set(status.generation as f64);
+                tracing::info!(generation = status.generation, "config reloaded");
+                Ok(ReloadOutcome::Reloaded { generation: status.generation })
+            }
+            Err(errors) => {
+                for error in &errors.0 {
+                    tracing::error!(error = %error, "config reload failed; the previous config keeps serving");
+                }
+                status.last_error = Some(errors.to_string());
+                status.last_error_at = Some(Utc::now());
+                ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "error").increment(1);
+                Err(errors)
+            }
         }
     }
+}
+
+/// Settings read once at startup: a reload cannot apply them to a running listener or client.
+#[derive(Debug, Clone, PartialEq)]
+struct StartupSettings {
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    header_timeout: std::time::Duration,
+    queue_capacity: usize,
+    ca_file_roots: usize,
+}
+
+impl StartupSettings {
+    fn of(settings: &config::Settings) -> StartupSettings {
+        StartupSettings {
+            listen: settings.listen,
+            admin_listen: settings.admin.as_ref().map(|a| a.listen),
+            header_timeout: settings.limits.header_timeout,
+            queue_capacity: settings.limits.queue_capacity,
+            ca_file_roots: settings.extra_roots.len(),
+        }
+    }
+}
+
+fn restart_required(started: &StartupSettings, new: &config::Settings) -> Vec<String> {
+    let new = StartupSettings::of(new);
+    let mut notes = Vec::new();
+    if new.listen != started.listen {
+        notes.push(format!("listen changed from {} to {}: restart to apply", started.listen, new.listen));
+    }
+    if new.admin_listen != started.admin_listen {
+        notes.push(format!("admin.listen changed from {:?} to {:?}: restart to apply", started.admin_listen, new.admin_listen));
+    }
+    if new.header_timeout != started.header_timeout {
+        notes.push("limits.header_timeout changed: restart to apply".to_string());
+    }
+    if new.queue_capacity != started.queue_capacity {
+        notes.push("limits.queue_capacity changed: restart to apply".to_string());
+    }
+    if new.ca_file_roots != started.ca_file_roots {
+        notes.push("outbound.ca_file changed: restart to apply".to_string());
+    }
+    notes
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +171,32 @@ impl Running {
     }
 }
 
-/// Loads the config at `path` and starts serving on its listeners.
-pub async fn start(path: &Path) -> Result<Running, StartError> {
-    let snapshot = config::load(path, &ProcessEnv)?;
-    start_with(path, snapshot).await
+/// How to run besides the config file.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Reload when the config files change (otherwise only SIGHUP and `POST /api/reload`).
+    pub watch_files: bool,
 }
 
-pub async fn start_with(path: &Path, snapshot: Snapshot) -> Result<Running, StartError> {
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions { watch_files: true }
+    }
+}
+
+/// Loads the config at `path` and starts serving on its listeners.
+pub async fn start(path: &Path) -> Result<Running, StartError> {
+    start_with_options(path, &StartOptions::default()).await
+}
+
+pub async fn start_with_options(path: &Path, options: &StartOptions) -> Result<Running, StartError> {
+    // Absolute, so the watcher can compare it with the paths file events carry.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let snapshot = config::load(&path, &ProcessEnv)?;
+    start_with(&path, snapshot, options).await
+}
+
+pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions) -> Result<Running, StartError> {
     metrics::handle();
     let client = client::build(&snapshot.settings.extra_roots)?;
     let outbound_limits = Arc::new(OutboundLimiters::default());
@@ -93,21 +210,32 @@ pub async fn start_with(path: &Path, snapshot: Snapshot) -> Result<Running, Star
     };
     let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let started_with = StartupSettings::of(&snapshot.settings);
     let relay = Arc::new(Relay {
+        started_with,
         config: ArcSwap::from_pointee(snapshot),
         config_path: path.to_path_buf(),
         client,
         queue,
         outbound_limits,
         ingress_limits: IngressLimiters::default(),
-        status: Mutex::new(ConfigStatus { generation: 1, loaded_at: Utc::now(), last_error: None }),
+        status: Mutex::new(ConfigStatus {
+            generation: 1,
+            loaded_at: Utc::now(),
+            last_error: None,
+            last_error_at: None,
+            restart_required: Vec::new(),
+        }),
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
     let (shutdown, receiver) = watch::channel(false);
     tokio::spawn(ingress::serve(ingress_listener, relay.clone(), receiver.clone()));
     if let Some(listener) = admin_listener {
-        tokio::spawn(admin::serve(listener, relay.clone(), receiver));
+        tokio::spawn(admin::serve(listener, relay.clone(), receiver.clone()));
+    }
+    if let Err(err) = reload::spawn(relay.clone(), receiver, options.watch_files) {
+        tracing::warn!(error = %err, "file watching unavailable; reload with SIGHUP or POST /api/reload");
     }
     tracing::info!(%ingress_addr, admin = ?admin_addr, "hookrelay listening");
     Ok(Running { ingress_addr, admin_addr, relay, shutdown })

@@ -29,6 +29,9 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Do not watch the config files; reload only on SIGHUP or `POST /api/reload`.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config; print every error with file:line:col; exit 1 on error.
     Check {
@@ -78,14 +81,31 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
 fn try_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Run { config, log_format } => {
+        Command::Run { config, log_format, no_watch } => {
             init_logs(log_format);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
-                let running = hookrelay::app::start(&config).await?;
-                tokio::signal::ctrl_c().await.context("waiting for a shutdown signal")?;
+                let options = hookrelay::app::StartOptions { watch_files: !no_watch };
+                let running = hookrelay::app::start_with_options(&config, &options).await?;
+                shutdown_signal().await?;
                 tracing::info!("shutting down");
                 running.stop();
                 anyhow::Ok(())

@@ -1,7 +1,9 @@
 //! The one compile step: raw YAML trees → validated, immutable [`Snapshot`]. Each route is
 //! read and compiled on its own so every error in every file is reported together.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,6 +92,10 @@ pub struct Snapshot {
     pub templates: TemplateEngine,
     /// Every file that went into this snapshot (main file first), for the watcher.
     pub files: Vec<PathBuf>,
+    /// `include:` globs resolved against the main file's folder: a new matching file is a change.
+    pub include_patterns: Vec<PathBuf>,
+    /// Hash of every file's path and text: a reload that reads the same bytes changes nothing.
+    pub content_hash: u64,
     /// True when some template reads `raw`, so the context must carry the body text.
     pub templates_use_raw: bool,
 }
@@ -105,9 +111,13 @@ struct ParsedFile {
     tree: serde_yaml::Value,
 }
 
-fn read_file(path: &Path, env: &dyn Lookup, errors: &mut Vec<ConfigError>) -> Option<ParsedFile> {
+fn read_file(path: &Path, env: &dyn Lookup, hasher: &mut DefaultHasher, errors: &mut Vec<ConfigError>) -> Option<ParsedFile> {
     let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+        Ok(text) => {
+            path.hash(hasher);
+            text.hash(hasher);
+            text
+        }
         Err(err) => {
             errors.push(ConfigError {
                 file: path.to_path_buf(),
@@ -158,7 +168,8 @@ fn take_routes(tree: &mut serde_yaml::Value) -> Vec<serde_yaml::Value> {
 
 pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
-    let Some(mut main) = read_file(path, env, &mut errors) else {
+    let mut hasher = DefaultHasher::new();
+    let Some(mut main) = read_file(path, env, &mut hasher, &mut errors) else {
         return Err(ConfigErrors(errors));
     };
     let main_routes = take_routes(&mut main.tree);
@@ -183,6 +194,7 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
     let includes = raw.as_ref().map(|r| r.include.clone()).unwrap_or_default();
     route_sources.push((main.file, main_routes));
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let include_patterns: Vec<PathBuf> = includes.iter().map(|pattern| base_dir.join(pattern)).collect();
     for (index, pattern) in includes.iter().enumerate() {
         let full = base_dir.join(pattern);
         let matches = match glob::glob(&full.to_string_lossy()) {
@@ -197,7 +209,7 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
             }
         };
         for included in matches {
-            let Some(mut parsed) = read_file(&included, env, &mut errors) else {
+            let Some(mut parsed) = read_file(&included, env, &mut hasher, &mut errors) else {
                 continue;
             };
             let routes = take_routes(&mut parsed.tree);
@@ -237,7 +249,9 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
     // Main file first, then includes in order; within a file, by position.
     errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.position.map(|p| (p.line, p.column))));
     match (settings, errors.is_empty()) {
-        (Some(settings), true) => Ok(Snapshot { settings, routes, templates, files, templates_use_raw }),
+        (Some(settings), true) => {
+            Ok(Snapshot { settings, routes, templates, files, include_patterns, content_hash: hasher.finish(), templates_use_raw })
+        }
         _ => Err(ConfigErrors(errors)),
     }
 }

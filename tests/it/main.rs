@@ -4,5 +4,6 @@ mod cli;
 mod forwarding;
 mod golden;
 mod limits;
+mod reload;
 mod sidecar;
 mod support;

@@ -179,7 +179,7 @@ where
 pub struct Relay {
     pub running: hookrelay::app::Running,
     /// Holds the config file for as long as the relay runs.
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub client: reqwest_like::Client,
 }
 
@@ -190,11 +190,38 @@ impl Relay {
         let path = dir.path().join("hookrelay.yaml");
         std::fs::write(&path, yaml).unwrap();
         let running = hookrelay::app::start(&path).await.unwrap_or_else(|err| panic!("relay did not start: {err}"));
-        Relay { running, _dir: dir, client: reqwest_like::Client::new() }
+        Relay { running, dir, client: reqwest_like::Client::new() }
+    }
+
+    /// Wraps a relay started some other way (its config lives elsewhere).
+    pub fn attach(running: hookrelay::app::Running) -> Relay {
+        Relay { running, dir: tempfile::tempdir().unwrap(), client: reqwest_like::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.ingress_addr)
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("hookrelay.yaml")
+    }
+
+    /// The config generation the relay reports.
+    pub async fn generation(&self) -> u64 {
+        self.client.get(&self.admin_url("/api/status"), &[]).await.json()["config"]["generation"].as_u64().expect("generation")
+    }
+
+    /// Waits (bounded) until the relay reports at least `generation`.
+    pub async fn wait_for_generation(&self, generation: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.generation().await < generation {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "generation {generation} not reached; status: {}",
+                self.client.get(&self.admin_url("/api/status"), &[]).await.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -245,16 +272,23 @@ pub mod reqwest_like {
         }
 
         pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+            self.try_send(method, url, headers, body).await.unwrap_or_else(|err| panic!("{method} {url}: {err}"))
+        }
+
+        pub async fn try_send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Result<Reply, String> {
             let mut request = http::Request::builder().method(method).uri(url);
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
-            let response =
-                self.0.request(request.body(Full::new(body.into())).unwrap()).await.unwrap_or_else(|err| panic!("{method} {url}: {err}"));
+            let response = self.0.request(request.body(Full::new(body.into())).unwrap()).await.map_err(|err| err.to_string())?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            Reply { status, headers, body }
+            let body = response.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
+            Ok(Reply { status, headers, body })
+        }
+
+        pub async fn try_get(&self, url: &str) -> Option<Reply> {
+            self.try_send("GET", url, &[], Bytes::new()).await.ok()
         }
 
         pub async fn post_json(&self, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {

@@ -1,0 +1,170 @@
+//! What triggers a reload: changes in the folders of the config and its includes (watched
+//! as folders, so rename-based saves, atomic `mv` and ConfigMap `..data` symlink swaps are
+//! all seen; bursts debounced), and SIGHUP. The reload itself is [`Relay::reload`].
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::app::{Relay, ReloadOutcome};
+use crate::config::{ConfigErrors, Snapshot};
+
+/// Quiet time after the last file event before reloading: editors and `kubectl` write in
+/// several steps.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Reloads on a blocking thread (config loading reads files).
+pub async fn reload_now(relay: &Arc<Relay>) -> Result<ReloadOutcome, ConfigErrors> {
+    let relay = relay.clone();
+    match tokio::task::spawn_blocking(move || relay.reload()).await {
+        Ok(outcome) => outcome,
+        Err(join) => Err(ConfigErrors(vec![crate::config::ConfigError {
+            file: PathBuf::new(),
+            position: None,
+            path: String::new(),
+            message: format!("reload task failed: {join}"),
+        }])),
+    }
+}
+
+/// Starts the SIGHUP handler and, with `watch_files`, the watcher; both stop when
+/// `shutdown` turns true.
+pub fn spawn(relay: Arc<Relay>, shutdown: watch::Receiver<bool>, watch_files: bool) -> Result<(), notify::Error> {
+    let (events, receiver) = mpsc::unbounded_channel::<PathBuf>();
+    let watcher = if watch_files {
+        Some(notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                for path in event.paths {
+                    let _ = events.send(path);
+                }
+            }
+        })?)
+    } else {
+        None
+    };
+    let mut watcher = watcher;
+    // Watch before returning, so a change made right after startup is not missed.
+    let mut watched = HashSet::new();
+    sync_watches(&mut watcher, &mut watched, &relay.snapshot());
+    tokio::spawn(run(relay, watcher, watched, receiver, shutdown));
+    Ok(())
+}
+
+async fn run(
+    relay: Arc<Relay>,
+    mut watcher: Option<RecommendedWatcher>,
+    mut watched: HashSet<PathBuf>,
+    mut events: mpsc::UnboundedReceiver<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut hangups = hangup_signals();
+    loop {
+        tokio::select! {
+            // Without a watcher the channel is closed and this branch is disabled.
+            Some(path) = events.recv() => {
+                if !is_config_change(&relay.snapshot(), &path) {
+                    continue;
+                }
+                // Wait for the burst to settle; every further event restarts the quiet time.
+                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                let _ = reload_now(&relay).await;
+            }
+            Some(()) = next_hangup(&mut hangups) => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = reload_now(&relay).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+        sync_watches(&mut watcher, &mut watched, &relay.snapshot());
+    }
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signals() -> Hangups {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|err| tracing::warn!(error = %err, "SIGHUP reload unavailable"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signals() -> Hangups {
+    None
+}
+
+async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(signal) = hangups {
+        return signal.recv().await;
+    }
+    let _ = hangups;
+    std::future::pending().await
+}
+
+/// Watches the folders that hold the config files and the include globs' fixed prefixes.
+fn sync_watches(watcher: &mut Option<RecommendedWatcher>, watched: &mut HashSet<PathBuf>, snapshot: &Snapshot) {
+    let Some(watcher) = watcher else { return };
+    let mut wanted: HashSet<PathBuf> = snapshot.files.iter().filter_map(|file| file.parent().map(Path::to_path_buf)).collect();
+    wanted.extend(snapshot.include_patterns.iter().map(|pattern| fixed_prefix(pattern)));
+    for dir in wanted.difference(&watched.clone()) {
+        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                watched.insert(dir.clone());
+            }
+            Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "cannot watch config folder"),
+        }
+    }
+    for dir in watched.difference(&wanted).cloned().collect::<Vec<_>>() {
+        let _ = watcher.unwatch(&dir);
+        watched.remove(&dir);
+    }
+}
+
+/// The folder part of a glob before its first wildcard: `/etc/hr/routes/*.yaml` → `/etc/hr/routes`.
+fn fixed_prefix(pattern: &Path) -> PathBuf {
+    let mut prefix = PathBuf::new();
+    for component in pattern.components() {
+        if let Component::Normal(part) = component {
+            if part.to_string_lossy().contains(['*', '?', '[', '{']) {
+                return prefix;
+            }
+        }
+        prefix.push(component);
+    }
+    prefix.parent().map(Path::to_path_buf).unwrap_or(prefix)
+}
+
+/// Events in a watched folder that may change the config: a config file by name (editors
+/// replace it by rename, so inode-based matching would miss it), a file an include glob
+/// matches, or a Kubernetes `..data`-style entry.
+fn is_config_change(snapshot: &Snapshot, path: &Path) -> bool {
+    let Some(name) = path.file_name() else { return false };
+    if name.to_string_lossy().starts_with("..") {
+        return true;
+    }
+    snapshot.files.iter().any(|file| file == path || file.file_name() == Some(name))
+        || snapshot
+            .include_patterns
+            .iter()
+            .any(|pattern| glob::Pattern::new(&pattern.to_string_lossy()).is_ok_and(|glob| glob.matches_path(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_prefixes() {
+        assert_eq!(fixed_prefix(Path::new("/etc/hr/routes/*.yaml")), PathBuf::from("/etc/hr/routes"));
+        assert_eq!(fixed_prefix(Path::new("/etc/hr/r*/x.yaml")), PathBuf::from("/etc/hr"));
+        assert_eq!(fixed_prefix(Path::new("/etc/hr/extra.yaml")), PathBuf::from("/etc/hr"));
+    }
+}

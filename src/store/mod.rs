@@ -1,0 +1,377 @@
+//! The durable store: received events, the deliveries they fan out to, every attempt, and
+//! the routes created through the admin API. [`Store`] speaks in domain types so another
+//! backend (PostgreSQL) can sit behind it later; [`SqliteStore`] is the embedded default.
+//!
+//! The store owns persistence and the delivery state machine — `pending` → `in_flight` →
+//! `succeeded` | `failed`, with leases for crash recovery and one-at-a-time ordering per
+//! `ordered_key`. It must not read the clock (every time is passed in, as milliseconds since
+//! the Unix epoch), decide retry schedules (the caller says when to retry), or redact: a
+//! stored request is the one that will be sent, credentials included, so the admin layer
+//! redacts views before showing them. Attempt records arrive already redacted.
+
+mod schema;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// Request and response bodies of an attempt are cut to this many bytes before storing.
+pub const MAX_STORED_BODY: usize = 64 * 1024;
+/// The largest page a list returns; a filter's `limit` is clamped to `1..=MAX_PAGE`.
+pub const MAX_PAGE: usize = 500;
+/// The page size of `EventFilter::default()` and `DeliveryFilter::default()`.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// A received webhook, as it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub received_at: i64,
+    pub route: String,
+    pub event: Option<String>,
+    /// The sender's own delivery id (e.g. `X-GitHub-Delivery`), used by `dedupe:` windows.
+    pub delivery_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A rendered outgoing request, exactly as it will be sent (credentials included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// One target's delivery of an event, created `pending` by [`Store::accept`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub id: String,
+    /// Must equal the id of the event it is accepted with.
+    pub event_id: String,
+    pub route: String,
+    pub target: String,
+    pub request: StoredRequest,
+    pub next_attempt_at: i64,
+    /// Deliveries sharing `(route, target, ordered_key)` go out one at a time, oldest first.
+    pub ordered_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    InFlight,
+    Succeeded,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::InFlight => "in_flight",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// Succeeded and failed deliveries are done: nothing happens to them unless retried by hand.
+    pub fn is_finished(self) -> bool {
+        matches!(self, DeliveryStatus::Succeeded | DeliveryStatus::Failed)
+    }
+}
+
+impl fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeliveryStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "pending" => Ok(DeliveryStatus::Pending),
+            "in_flight" => Ok(DeliveryStatus::InFlight),
+            "succeeded" => Ok(DeliveryStatus::Succeeded),
+            "failed" => Ok(DeliveryStatus::Failed),
+            other => Err(StoreError::InvalidInput(format!("unknown delivery status {other:?}"))),
+        }
+    }
+}
+
+/// A delivery handed to a worker by [`Store::claim_due`]; it stays leased until finished,
+/// released, or the lease runs out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub event_id: String,
+    pub route: String,
+    pub target: String,
+    pub request: StoredRequest,
+    /// Counted attempts so far, before this one.
+    pub attempts: u32,
+    pub created_at: i64,
+}
+
+/// What happened on one try. Headers are expected to be redacted already.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub request_url: String,
+    pub request_method: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Bytes,
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Bytes,
+    pub error: Option<String>,
+    /// False for a throttled (429) attempt, which does not use up one of `max_attempts`.
+    pub counted: bool,
+}
+
+/// What the worker decided after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    RetryAt(i64),
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum AcceptOutcome {
+    Accepted,
+    /// An event with the same route and sender delivery id was received inside the window.
+    Duplicate {
+        original_event_id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredRequestView {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// UTF-8, with invalid bytes replaced.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub event_id: String,
+    pub route: String,
+    pub target: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    /// None once finished; while in flight, the time it was due.
+    pub next_attempt_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub request: StoredRequestView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptView {
+    /// 1-based, counting throttled attempts too.
+    pub number: u32,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub request_url: String,
+    pub request_method: String,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: String,
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: String,
+    pub error: Option<String>,
+    pub counted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventView {
+    pub id: String,
+    pub received_at: i64,
+    pub route: String,
+    pub event: Option<String>,
+    pub delivery_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Filled by [`Store::get_event`] only; empty in lists.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as the filter's `cursor` for the next (older) page; None on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    pub route: Option<String>,
+    pub event: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+impl Default for EventFilter {
+    fn default() -> Self {
+        EventFilter { route: None, event: None, limit: DEFAULT_PAGE, cursor: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub route: Option<String>,
+    pub target: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+impl Default for DeliveryFilter {
+    fn default() -> Self {
+        DeliveryFilter { status: None, route: None, target: None, limit: DEFAULT_PAGE, cursor: None }
+    }
+}
+
+/// A route created through the admin API; `definition` has the YAML route schema, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredRoute {
+    pub name: String,
+    pub definition: serde_json::Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Clone so one failed commit can answer every write in its batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    #[error("{path}: {error}")]
+    Io { path: String, error: Arc<std::io::Error> },
+    #[error("the store is closed")]
+    Closed,
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("the store holds data this build cannot read: {0}")]
+    Corrupt(String),
+    #[error("the store's schema version {found} is newer than this build knows ({known}): upgrade hookrelay")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error {
+            // A stored value that does not parse (bad JSON, unknown status) is bad data, not a
+            // failing database.
+            rusqlite::Error::FromSqlConversionFailure(column, kind, cause) => {
+                StoreError::Corrupt(format!("column {column} ({kind}): {cause}"))
+            }
+            other => StoreError::Sqlite(Arc::new(other)),
+        }
+    }
+}
+
+/// Everything the relay keeps durably. Used as `Arc<dyn Store>`.
+///
+/// A write that has been queued runs to completion even if the caller stops waiting for it.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Commits the event and its pending deliveries durably before returning.
+    async fn accept(&self, event: NewEvent, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
+        self.accept_unless_duplicate(event, deliveries, None).await.map(|_| ())
+    }
+
+    /// Like [`Store::accept`], but when `dedupe_since` is given and an event with the same
+    /// route and `delivery_id` was received at or after it, stores nothing and says which
+    /// event came first. The check and the insert are one step, so of concurrent
+    /// duplicates exactly one is accepted.
+    async fn accept_unless_duplicate(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_since: Option<i64>,
+    ) -> Result<AcceptOutcome, StoreError>;
+
+    /// True if an event with this route and sender delivery id was received at or after `since`.
+    async fn seen_delivery_id(&self, route: &str, delivery_id: &str, since: i64) -> Result<bool, StoreError>;
+
+    /// Leases up to `limit` due deliveries until `now + lease_ms`, oldest due first. Deliveries
+    /// whose lease ran out (the worker died) are due again. Of the unfinished deliveries
+    /// sharing `(route, target, ordered_key)`, only the oldest is ever handed out, and only
+    /// while no other one of them holds a lease.
+    async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records an attempt on a claimed delivery and applies the outcome. Bodies are cut to
+    /// [`MAX_STORED_BODY`]. NotFound if missing, Conflict if the delivery is not in flight.
+    async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError>;
+
+    /// Hands a claim back untouched (shutdown, rate-limit wait): pending again, due at
+    /// `next_attempt_at`, no attempt recorded.
+    async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError>;
+
+    /// Makes a failed or pending delivery due now. NotFound if missing; Conflict if it
+    /// succeeded or is in flight. The attempt count is kept: the worker's retry policy
+    /// decides how many more tries a hand retry gets.
+    async fn retry_now(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError>;
+
+    async fn get_event(&self, id: &str) -> Result<Option<EventView>, StoreError>;
+    /// Newest first.
+    async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError>;
+    /// The delivery with its attempts, oldest attempt first.
+    async fn get_delivery(&self, id: &str) -> Result<Option<(DeliveryView, Vec<AttemptView>)>, StoreError>;
+    /// Newest first.
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Page<DeliveryView>, StoreError>;
+    /// Pending plus in-flight deliveries.
+    async fn queue_depth(&self) -> Result<u64, StoreError>;
+
+    /// Deletes events received before `older_than` whose deliveries are all finished, with
+    /// their deliveries and attempts. Returns how many events went.
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Ordered by name.
+    async fn list_routes(&self) -> Result<Vec<StoredRoute>, StoreError>;
+    async fn get_route(&self, name: &str) -> Result<Option<StoredRoute>, StoreError>;
+    /// Conflict if a route with that name exists.
+    async fn insert_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError>;
+    /// NotFound if missing.
+    async fn update_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError>;
+    /// False if there was no such route.
+    async fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Finishes queued writes and stops; every call after it answers `Closed`.
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Clamps a requested page size into `1..=MAX_PAGE`.
+fn page_size(limit: usize) -> usize {
+    limit.clamp(1, MAX_PAGE)
+}

@@ -1,0 +1,106 @@
+//! The SQLite schema as an ordered list of migrations, tracked by `PRAGMA user_version`.
+//! Owns the table layout and nothing else. A shipped migration is never edited: a change
+//! is a new entry at the end of [`MIGRATIONS`].
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[V1];
+
+// `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
+// cursors are `seq` values and must keep meaning the same place.
+const V1: &str = "
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    received_at INTEGER NOT NULL,
+    route       TEXT NOT NULL,
+    event       TEXT,
+    delivery_id TEXT,
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    headers     TEXT NOT NULL,   -- JSON [[name, value], ...]
+    body        BLOB NOT NULL
+);
+CREATE INDEX events_route ON events (route, seq);
+CREATE INDEX events_received ON events (received_at);
+CREATE INDEX events_dedupe ON events (route, delivery_id, received_at) WHERE delivery_id IS NOT NULL;
+
+CREATE TABLE deliveries (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    event_id        TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    route           TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    req_method      TEXT NOT NULL,
+    req_url         TEXT NOT NULL,
+    req_headers     TEXT NOT NULL,
+    req_body        BLOB NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'succeeded', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,          -- NULL once finished
+    lease_until     INTEGER,          -- set while in_flight
+    ordered_key     TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    last_status     INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX deliveries_event ON deliveries (event_id);
+CREATE INDEX deliveries_status ON deliveries (status, seq);
+CREATE INDEX deliveries_route ON deliveries (route, seq);
+CREATE INDEX deliveries_target ON deliveries (target, seq);
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, seq);
+CREATE INDEX deliveries_ordered ON deliveries (route, target, ordered_key, seq)
+    WHERE ordered_key IS NOT NULL AND status IN ('pending', 'in_flight');
+
+CREATE TABLE attempts (
+    delivery_seq     INTEGER NOT NULL REFERENCES deliveries (seq) ON DELETE CASCADE,
+    number           INTEGER NOT NULL,
+    started_at       INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    request_url      TEXT NOT NULL,
+    request_method   TEXT NOT NULL,
+    request_headers  TEXT NOT NULL,
+    request_body     BLOB NOT NULL,
+    status           INTEGER,
+    response_headers TEXT NOT NULL,
+    response_body    BLOB NOT NULL,
+    error            TEXT,
+    counted          INTEGER NOT NULL,
+    PRIMARY KEY (delivery_seq, number)
+) WITHOUT ROWID;
+
+CREATE TABLE api_routes (
+    name       TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,   -- JSON
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
+/// Brings the schema up to the last of `migrations`, one transaction per step. Each step
+/// re-reads the version under the write lock, so two processes opening one file at once
+/// cannot both apply a step.
+pub(super) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
+    let known = migrations.len() as i64;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        let Some(step) = usize::try_from(found).ok().and_then(|index| migrations.get(index)) else {
+            if found < 0 {
+                return Err(StoreError::Corrupt(format!("negative schema version {found}")));
+            }
+            return Ok(());
+        };
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+        tracing::info!(version = found + 1, "store schema migrated");
+    }
+}

@@ -1,0 +1,701 @@
+//! [`SqliteStore`]: the embedded [`Store`]. Owns the database file (its permissions and
+//! pragmas), the domain's SQL, and the split between the group-commit writer (every write)
+//! and a small pool of read-only connections (every read), both kept off the async threads.
+//!
+//! Durability: WAL with `synchronous = FULL`, so every commit fsyncs the log and an event
+//! acknowledged by `accept` survives power loss, not only a crash of the process. Group
+//! commit keeps that affordable.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql};
+
+use super::schema::{migrate, MIGRATIONS};
+use super::writer::Writer;
+use super::{
+    page_size, AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView,
+    EventFilter, EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRequest, StoredRequestView, StoredRoute, MAX_STORED_BODY,
+};
+
+/// How long a statement waits for a lock held by another connection (another process on
+/// the same file, or a checkpoint) before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections kept open between calls; more are opened when needed.
+const IDLE_READERS: usize = 4;
+/// Events deleted per write transaction by `prune`, so a large prune never holds up accepts.
+const PRUNE_CHUNK: u64 = 1000;
+
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<Readers>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Blocking: call it at startup or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, MIGRATIONS)
+    }
+
+    pub(super) fn open_with(path: &Path, migrations: &[&str]) -> Result<SqliteStore, StoreError> {
+        prepare_file(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!("{}: cannot use WAL mode (got {mode})", path.display())));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut conn, migrations)?;
+        let writer = Writer::start(conn).map_err(|error| io_error(path, error))?;
+        let readers = Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) });
+        Ok(SqliteStore { writer, readers, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write transactions committed since open; with group commit, far fewer than writes.
+    pub fn commit_count(&self) -> u64 {
+        self.writer.commits()
+    }
+
+    /// Reads a pragma on the write connection, where the durability settings live.
+    #[cfg(test)]
+    pub(super) async fn writer_pragma(&self, name: &'static str) -> Result<String, StoreError> {
+        self.writer
+            .write(move |conn| Ok(conn.pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))?))
+            .await
+            .map(|value| format!("{value:?}"))
+    }
+
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        match tokio::task::spawn_blocking(move || readers.read(op)).await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
+/// Creates the folder, and the file readable by its owner only: it holds rendered requests
+/// with their credentials. SQLite gives the -wal and -shm files the database file's mode.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|error| io_error(parent, error))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // append: never truncate an existing database.
+        fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|error| io_error(path, error))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|error| io_error(path, error))?;
+    }
+    Ok(())
+}
+
+fn io_error(path: &Path, error: std::io::Error) -> StoreError {
+    StoreError::Io { path: path.display().to_string(), error: Arc::new(error) }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    closed: AtomicBool,
+}
+
+impl Readers {
+    /// Runs `op` in one read transaction, so a view assembled from several queries is consistent.
+    fn read<T>(&self, op: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = Connection::open_with_flags(&self.path, flags)?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn
+            }
+        };
+        let result = conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| op(&tx));
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_READERS && !self.closed.load(Ordering::Acquire) {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept_unless_duplicate(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_since: Option<i64>,
+    ) -> Result<AcceptOutcome, StoreError> {
+        self.writer.write(move |conn| accept(conn, &event, &deliveries, dedupe_since)).await
+    }
+
+    async fn seen_delivery_id(&self, route: &str, delivery_id: &str, since: i64) -> Result<bool, StoreError> {
+        let (route, delivery_id) = (route.to_owned(), delivery_id.to_owned());
+        self.read(move |conn| Ok(first_with_delivery_id(conn, &route, &delivery_id, since)?.is_some())).await
+    }
+
+    async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.writer.write(move |conn| claim_due(conn, now, limit, lease_ms)).await
+    }
+
+    async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
+        let id = delivery_id.to_owned();
+        self.writer.write(move |conn| finish_attempt(conn, &id, &attempt, &outcome, now)).await
+    }
+
+    async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError> {
+        let id = delivery_id.to_owned();
+        self.writer
+            .write(move |conn| {
+                let (seq, status) = delivery_state(conn, &id)?;
+                if status != DeliveryStatus::InFlight {
+                    return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
+                }
+                conn.execute(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE seq = ?2",
+                    params![next_attempt_at, seq],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn retry_now(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError> {
+        let id = delivery_id.to_owned();
+        self.writer
+            .write(move |conn| {
+                let (seq, status) = delivery_state(conn, &id)?;
+                if matches!(status, DeliveryStatus::Succeeded | DeliveryStatus::InFlight) {
+                    return Err(StoreError::Conflict(format!("delivery {id} is {status}")));
+                }
+                conn.execute(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, updated_at = ?1 WHERE seq = ?2",
+                    params![now, seq],
+                )?;
+                delivery_by_id(conn, &id)?.map(|(_, view)| view).ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<EventView>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
+            let Some(mut event) = conn.query_row(&sql, [&id], event_view).optional()? else { return Ok(None) };
+            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY seq");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            event.deliveries = stmt.query_map([&id], delivery_view)?.map(|row| row.map(|(_, view)| view)).collect::<Result<_, _>>()?;
+            Ok(Some(event))
+        })
+        .await
+    }
+
+    async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError> {
+        self.read(move |conn| {
+            let mut query = PageQuery::new(filter.cursor.as_deref())?;
+            query.filter("route", filter.route);
+            query.filter("event", filter.event);
+            query.run(conn, &format!("SELECT {EVENT_COLUMNS} FROM events"), filter.limit, |row| Ok((row.get("seq")?, event_view(row)?)))
+        })
+        .await
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<(DeliveryView, Vec<AttemptView>)>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let Some((seq, view)) = delivery_by_id(conn, &id)? else { return Ok(None) };
+            let mut stmt = conn.prepare_cached(
+                "SELECT number, started_at, duration_ms, request_url, request_method, request_headers, request_body, status,
+                        response_headers, response_body, error, counted
+                 FROM attempts WHERE delivery_seq = ?1 ORDER BY number",
+            )?;
+            let attempts = stmt.query_map([seq], attempt_view)?.collect::<Result<_, _>>()?;
+            Ok(Some((view, attempts)))
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Page<DeliveryView>, StoreError> {
+        self.read(move |conn| {
+            let mut query = PageQuery::new(filter.cursor.as_deref())?;
+            query.filter("status", filter.status.map(|status| status.as_str().to_owned()));
+            query.filter("route", filter.route);
+            query.filter("target", filter.target);
+            query.run(conn, &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries"), filter.limit, delivery_view)
+        })
+        .await
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let depth: i64 =
+                conn.query_row("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'in_flight')", [], |row| row.get(0))?;
+            Ok(depth.unsigned_abs())
+        })
+        .await
+    }
+
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = self.writer.write(move |conn| prune_chunk(conn, older_than)).await?;
+            total += deleted;
+            if deleted < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn list_routes(&self) -> Result<Vec<StoredRoute>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {ROUTE_COLUMNS} FROM api_routes ORDER BY name"))?;
+            let routes = stmt.query_map([], stored_route)?.collect::<Result<_, _>>()?;
+            Ok(routes)
+        })
+        .await
+    }
+
+    async fn get_route(&self, name: &str) -> Result<Option<StoredRoute>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| route_by_name(conn, &name)).await
+    }
+
+    async fn insert_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |conn| {
+                if route_by_name(conn, &name)?.is_some() {
+                    return Err(StoreError::Conflict(format!("route {name} already exists")));
+                }
+                conn.execute(
+                    "INSERT INTO api_routes (name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                    params![name, definition.to_string(), now],
+                )?;
+                Ok(StoredRoute { name, definition, created_at: now, updated_at: now })
+            })
+            .await
+    }
+
+    async fn update_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError> {
+        let name = name.to_owned();
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE api_routes SET definition = ?2, updated_at = ?3 WHERE name = ?1",
+                    params![name, definition.to_string(), now],
+                )?;
+                route_by_name(conn, &name)?.ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.writer.write(move |conn| Ok(conn.execute("DELETE FROM api_routes WHERE name = ?1", [&name])? > 0)).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.readers.close();
+        self.writer.close().await;
+        Ok(())
+    }
+}
+
+// ---- writes (run on the writer thread, inside a savepoint of the batch transaction) ----
+
+fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedupe_since: Option<i64>) -> Result<AcceptOutcome, StoreError> {
+    if let (Some(since), Some(delivery_id)) = (dedupe_since, &event.delivery_id) {
+        if let Some(original_event_id) = first_with_delivery_id(conn, &event.route, delivery_id, since)? {
+            return Ok(AcceptOutcome::Duplicate { original_event_id });
+        }
+    }
+    if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
+        return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
+    }
+    conn.prepare_cached(
+        "INSERT INTO events (id, received_at, route, event, delivery_id, method, path, headers, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        event.id,
+        event.received_at,
+        event.route,
+        event.event,
+        event.delivery_id,
+        event.method,
+        event.path,
+        headers_json(&event.headers)?,
+        &event.body[..],
+    ])
+    .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
+                                 status, next_attempt_at, ordered_key, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11)",
+    )?;
+    for delivery in deliveries {
+        let request = &delivery.request;
+        insert
+            .execute(params![
+                delivery.id,
+                delivery.event_id,
+                delivery.route,
+                delivery.target,
+                request.method,
+                request.url,
+                headers_json(&request.headers)?,
+                &request.body[..],
+                delivery.next_attempt_at,
+                delivery.ordered_key,
+                event.received_at,
+            ])
+            .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+    }
+    Ok(AcceptOutcome::Accepted)
+}
+
+/// Which deliveries may be claimed, given `?1` = now. An ordered delivery must be the oldest
+/// unfinished one of its key, with no other one of its key holding a live lease (a failed
+/// one retried by hand can be older than one already in flight).
+const CLAIMABLE: &str = "
+    AND (d.ordered_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM deliveries o
+        WHERE o.route = d.route AND o.target = d.target AND o.ordered_key = d.ordered_key
+          AND o.status IN ('pending', 'in_flight') AND o.seq <> d.seq
+          AND (o.seq < d.seq OR (o.status = 'in_flight' AND o.lease_until >= ?1))))
+    ORDER BY d.next_attempt_at, d.seq
+    LIMIT ?2";
+
+fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    // Expired leases first: their worker died and they have waited longest. Each query walks
+    // the due index in due order and stops at the limit, however long the queue.
+    let expired = format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'in_flight' AND d.lease_until < ?1 {CLAIMABLE}");
+    let due = format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 {CLAIMABLE}");
+    let lease_until = now.saturating_add(lease_ms);
+    let mut claimed = Vec::new();
+    for (sql, recovering) in [(expired, true), (due, false)] {
+        let wanted = i64::try_from(limit - claimed.len()).unwrap_or(i64::MAX);
+        if wanted == 0 {
+            break;
+        }
+        let rows: Vec<(i64, ClaimedDelivery)> =
+            conn.prepare_cached(&sql)?.query_map(params![now, wanted], claimed_delivery)?.collect::<Result<_, _>>()?;
+        // Updated after each query, so the second sees the first's leases.
+        let mut lease =
+            conn.prepare_cached("UPDATE deliveries SET status = 'in_flight', lease_until = ?1, updated_at = ?2 WHERE seq = ?3")?;
+        for (seq, delivery) in rows {
+            if recovering {
+                tracing::warn!(delivery = %delivery.id, "delivery lease expired, handing it out again");
+            }
+            lease.execute(params![lease_until, now, seq])?;
+            claimed.push(delivery);
+        }
+    }
+    Ok(claimed)
+}
+
+fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome: &AttemptOutcome, now: i64) -> Result<(), StoreError> {
+    let (seq, status) = delivery_state(conn, id)?;
+    if status != DeliveryStatus::InFlight {
+        return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
+    }
+    let number: i64 =
+        conn.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_seq = ?1", [seq], |row| row.get(0))?;
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
+                               request_body, status, response_headers, response_body, error, counted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        seq,
+        number,
+        attempt.started_at,
+        attempt.duration_ms,
+        attempt.request_url,
+        attempt.request_method,
+        headers_json(&attempt.request_headers)?,
+        cut(&attempt.request_body),
+        attempt.status,
+        headers_json(&attempt.response_headers)?,
+        cut(&attempt.response_body),
+        attempt.error,
+        attempt.counted,
+    ])?;
+    let (status, next_attempt_at, last_error) = match outcome {
+        AttemptOutcome::Succeeded => (DeliveryStatus::Succeeded, None, attempt.error.clone()),
+        AttemptOutcome::RetryAt(at) => (DeliveryStatus::Pending, Some(*at), attempt.error.clone()),
+        AttemptOutcome::Failed { reason } => (DeliveryStatus::Failed, None, Some(reason.clone())),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, lease_until = NULL, attempts = attempts + ?3,
+                               updated_at = ?4, last_status = ?5, last_error = ?6
+         WHERE seq = ?7",
+    )?
+    .execute(params![status, next_attempt_at, i64::from(attempt.counted), now, attempt.status, last_error, seq])?;
+    Ok(())
+}
+
+fn prune_chunk(conn: &Connection, older_than: i64) -> Result<u64, StoreError> {
+    // Deliveries and attempts go with their event (ON DELETE CASCADE).
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM events WHERE seq IN (
+             SELECT e.seq FROM events e
+             WHERE e.received_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status IN ('pending', 'in_flight'))
+             LIMIT ?2)",
+        )?
+        .execute(params![older_than, PRUNE_CHUNK as i64])?;
+    Ok(deleted as u64)
+}
+
+fn cut(body: &Bytes) -> &[u8] {
+    &body[..body.len().min(MAX_STORED_BODY)]
+}
+
+fn unique_conflict(error: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(message()),
+        _ => error.into(),
+    }
+}
+
+// ---- queries shared by reads and writes ----
+
+fn first_with_delivery_id(conn: &Connection, route: &str, delivery_id: &str, since: i64) -> Result<Option<String>, StoreError> {
+    let id = conn
+        .prepare_cached("SELECT id FROM events WHERE route = ?1 AND delivery_id = ?2 AND received_at >= ?3 ORDER BY seq LIMIT 1")?
+        .query_row(params![route, delivery_id, since], |row| row.get(0))
+        .optional()?;
+    Ok(id)
+}
+
+fn delivery_state(conn: &Connection, id: &str) -> Result<(i64, DeliveryStatus), StoreError> {
+    let state = conn
+        .prepare_cached("SELECT seq, status FROM deliveries WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    state.ok_or(StoreError::NotFound)
+}
+
+fn delivery_by_id(conn: &Connection, id: &str) -> Result<Option<(i64, DeliveryView)>, StoreError> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row([id], delivery_view).optional()?)
+}
+
+fn route_by_name(conn: &Connection, name: &str) -> Result<Option<StoredRoute>, StoreError> {
+    let sql = format!("SELECT {ROUTE_COLUMNS} FROM api_routes WHERE name = ?1");
+    Ok(conn.prepare_cached(&sql)?.query_row([name], stored_route).optional()?)
+}
+
+/// A newest-first page over a table's `seq`, with optional equality filters.
+struct PageQuery {
+    conditions: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl PageQuery {
+    /// Cursors are the `seq` of the last item of the previous page, in base 10.
+    fn new(cursor: Option<&str>) -> Result<PageQuery, StoreError> {
+        let mut query = PageQuery { conditions: Vec::new(), values: Vec::new() };
+        if let Some(cursor) = cursor {
+            let seq: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
+            query.values.push(Value::Integer(seq));
+            query.conditions.push(format!("seq < ?{}", query.values.len()));
+        }
+        Ok(query)
+    }
+
+    /// `column` is always a literal from this file, never input.
+    fn filter(&mut self, column: &str, value: Option<String>) {
+        if let Some(value) = value {
+            self.values.push(Value::Text(value));
+            self.conditions.push(format!("{column} = ?{}", self.values.len()));
+        }
+    }
+
+    fn run<T>(
+        mut self,
+        conn: &Connection,
+        select: &str,
+        limit: usize,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<(i64, T)>,
+    ) -> Result<Page<T>, StoreError> {
+        let limit = page_size(limit);
+        // One extra row tells whether another page follows.
+        self.values.push(Value::Integer(limit as i64 + 1));
+        let filter = if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
+        let sql = format!("{select} {filter} ORDER BY seq DESC LIMIT ?{}", self.values.len());
+        let mut rows: Vec<(i64, T)> =
+            conn.prepare_cached(&sql)?.query_map(params_from_iter(self.values), map)?.collect::<Result<_, _>>()?;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(seq, _)| seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items: rows.into_iter().map(|(_, item)| item).collect(), next_cursor })
+    }
+}
+
+// ---- rows ----
+
+const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body";
+const DELIVERY_COLUMNS: &str = "seq, id, event_id, route, target, status, attempts, next_attempt_at, created_at, updated_at, \
+                                last_status, last_error, req_method, req_url, req_headers, req_body";
+const CLAIM_COLUMNS: &str = "d.seq, d.id, d.event_id, d.route, d.target, d.req_method, d.req_url, d.req_headers, d.req_body, \
+                             d.attempts, d.created_at";
+const ROUTE_COLUMNS: &str = "name, definition, created_at, updated_at";
+
+fn event_view(row: &Row<'_>) -> rusqlite::Result<EventView> {
+    Ok(EventView {
+        id: row.get("id")?,
+        received_at: row.get("received_at")?,
+        route: row.get("route")?,
+        event: row.get("event")?,
+        delivery_id: row.get("delivery_id")?,
+        method: row.get("method")?,
+        path: row.get("path")?,
+        headers: row.get::<_, Headers>("headers")?.0,
+        body: lossy(row.get("body")?),
+        deliveries: Vec::new(),
+    })
+}
+
+fn delivery_view(row: &Row<'_>) -> rusqlite::Result<(i64, DeliveryView)> {
+    let view = DeliveryView {
+        id: row.get("id")?,
+        event_id: row.get("event_id")?,
+        route: row.get("route")?,
+        target: row.get("target")?,
+        status: row.get("status")?,
+        attempts: row.get("attempts")?,
+        next_attempt_at: row.get("next_attempt_at")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+        last_status: row.get("last_status")?,
+        last_error: row.get("last_error")?,
+        request: StoredRequestView {
+            method: row.get("req_method")?,
+            url: row.get("req_url")?,
+            headers: row.get::<_, Headers>("req_headers")?.0,
+            body: lossy(row.get("req_body")?),
+        },
+    };
+    Ok((row.get("seq")?, view))
+}
+
+fn claimed_delivery(row: &Row<'_>) -> rusqlite::Result<(i64, ClaimedDelivery)> {
+    let delivery = ClaimedDelivery {
+        id: row.get("id")?,
+        event_id: row.get("event_id")?,
+        route: row.get("route")?,
+        target: row.get("target")?,
+        request: StoredRequest {
+            method: row.get("req_method")?,
+            url: row.get("req_url")?,
+            headers: row.get::<_, Headers>("req_headers")?.0,
+            body: Bytes::from(row.get::<_, Vec<u8>>("req_body")?),
+        },
+        attempts: row.get("attempts")?,
+        created_at: row.get("created_at")?,
+    };
+    Ok((row.get("seq")?, delivery))
+}
+
+fn attempt_view(row: &Row<'_>) -> rusqlite::Result<AttemptView> {
+    Ok(AttemptView {
+        number: row.get("number")?,
+        started_at: row.get("started_at")?,
+        duration_ms: row.get("duration_ms")?,
+        request_url: row.get("request_url")?,
+        request_method: row.get("request_method")?,
+        request_headers: row.get::<_, Headers>("request_headers")?.0,
+        request_body: lossy(row.get("request_body")?),
+        status: row.get("status")?,
+        response_headers: row.get::<_, Headers>("response_headers")?.0,
+        response_body: lossy(row.get("response_body")?),
+        error: row.get("error")?,
+        counted: row.get("counted")?,
+    })
+}
+
+fn stored_route(row: &Row<'_>) -> rusqlite::Result<StoredRoute> {
+    Ok(StoredRoute {
+        name: row.get("name")?,
+        definition: row.get::<_, Json>("definition")?.0,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+fn lossy(body: Vec<u8>) -> String {
+    String::from_utf8(body).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+}
+
+fn headers_json(headers: &[(String, String)]) -> Result<String, StoreError> {
+    serde_json::to_string(headers).map_err(|error| StoreError::InvalidInput(format!("headers: {error}")))
+}
+
+/// Headers as stored: JSON `[[name, value], ...]`, keeping order and repeats.
+struct Headers(Vec<(String, String)>);
+
+impl FromSql for Headers {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?).map(Headers).map_err(|error| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+struct Json(serde_json::Value);
+
+impl FromSql for Json {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?).map(Json).map_err(|error| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+impl FromSql for DeliveryStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(|error: StoreError| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+impl ToSql for DeliveryStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}

@@ -1,0 +1,590 @@
+//! Tests of the SQLite store against real database files in temporary folders. Time is
+//! passed in, so every schedule is exact.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::*;
+
+const T0: i64 = 1_700_000_000_000;
+const LEASE: i64 = 30_000;
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("data/hookrelay.db")).unwrap()
+}
+
+fn event(id: &str, route: &str, received_at: i64) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        received_at,
+        route: route.into(),
+        event: Some("push".into()),
+        delivery_id: None,
+        method: "POST".into(),
+        path: format!("/hooks/{route}"),
+        headers: vec![("content-type".into(), "application/json".into()), ("x-seq".into(), "1".into()), ("x-seq".into(), "2".into())],
+        body: Bytes::from_static(br#"{"ref":"main"}"#),
+    }
+}
+
+fn delivery(id: &str, event: &NewEvent, target: &str, next_attempt_at: i64) -> NewDelivery {
+    NewDelivery {
+        id: id.into(),
+        event_id: event.id.clone(),
+        route: event.route.clone(),
+        target: target.into(),
+        request: StoredRequest {
+            method: "POST".into(),
+            url: format!("https://{target}.example/hook"),
+            headers: vec![("authorization".into(), "Bearer secret".into())],
+            body: Bytes::from_static(b"{\"text\":\"hi\"}"),
+        },
+        next_attempt_at,
+        ordered_key: None,
+    }
+}
+
+/// Accepts one event with one delivery `d-<id>` to target `t`, due at `at`.
+async fn accept_one(store: &SqliteStore, id: &str, route: &str, at: i64) -> NewDelivery {
+    let event = event(id, route, at);
+    let delivery = delivery(&format!("d-{id}"), &event, "t", at);
+    store.accept(event, vec![delivery.clone()]).await.unwrap();
+    delivery
+}
+
+fn attempt(status: Option<u16>, counted: bool) -> AttemptRecord {
+    AttemptRecord {
+        started_at: T0,
+        duration_ms: 12,
+        request_url: "https://t.example/hook".into(),
+        request_method: "POST".into(),
+        request_headers: vec![("authorization".into(), "[redacted]".into())],
+        request_body: Bytes::from_static(b"{}"),
+        status,
+        response_headers: vec![("content-type".into(), "text/plain".into())],
+        response_body: Bytes::from_static(b"ok"),
+        error: None,
+        counted,
+    }
+}
+
+fn ids(claimed: &[ClaimedDelivery]) -> Vec<&str> {
+    claimed.iter().map(|delivery| delivery.id.as_str()).collect()
+}
+
+async fn status_of(store: &SqliteStore, id: &str) -> DeliveryView {
+    store.get_delivery(id).await.unwrap().unwrap().0
+}
+
+#[tokio::test]
+async fn accept_claim_finish_succeeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let sent = accept_one(&store, "e1", "github", T0).await;
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+
+    let claimed = store.claim_due(T0, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].request, sent.request);
+    assert_eq!((claimed[0].attempts, claimed[0].created_at, claimed[0].event_id.as_str()), (0, T0, "e1"));
+    assert_eq!(status_of(&store, "d-e1").await.status, DeliveryStatus::InFlight);
+    assert!(store.claim_due(T0 + 1, 10, LEASE).await.unwrap().is_empty(), "a leased delivery is not handed out twice");
+
+    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 50).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!(view.status, DeliveryStatus::Succeeded);
+    assert_eq!((view.attempts, view.next_attempt_at, view.last_status, view.updated_at), (1, None, Some(200), T0 + 50));
+    assert_eq!(view.request.headers, vec![("authorization".to_string(), "Bearer secret".to_string())]);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!((attempts[0].number, attempts[0].status, attempts[0].response_body.as_str()), (1, Some(200), "ok"));
+    assert_eq!(store.queue_depth().await.unwrap(), 0);
+
+    let event = store.get_event("e1").await.unwrap().unwrap();
+    assert_eq!(event.headers.len(), 3, "repeated headers keep their order");
+    assert_eq!(event.body, r#"{"ref":"main"}"#);
+    assert_eq!(event.deliveries, vec![view]);
+    assert!(store.get_event("nope").await.unwrap().is_none());
+    assert!(store.get_delivery("nope").await.unwrap().is_none());
+    assert!(matches!(
+        store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(store.finish_attempt("nope", attempt(None, true), AttemptOutcome::Succeeded, T0).await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn retry_at_is_not_claimed_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "e1", "github", T0).await;
+    assert!(store.claim_due(T0 - 1, 10, LEASE).await.unwrap().is_empty(), "not due yet");
+    store.claim_due(T0, 10, LEASE).await.unwrap();
+    let mut failed = attempt(Some(503), true);
+    failed.error = Some("status 503".into());
+    store.finish_attempt("d-e1", failed, AttemptOutcome::RetryAt(T0 + 5_000), T0 + 10).await.unwrap();
+
+    let view = status_of(&store, "d-e1").await;
+    assert_eq!(view.status, DeliveryStatus::Pending);
+    assert_eq!((view.attempts, view.next_attempt_at, view.last_error.as_deref()), (1, Some(T0 + 5_000), Some("status 503")));
+    assert!(store.claim_due(T0 + 4_999, 10, LEASE).await.unwrap().is_empty());
+    let claimed = store.claim_due(T0 + 5_000, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e1"]);
+    assert_eq!(claimed[0].attempts, 1);
+}
+
+#[tokio::test]
+async fn failed_then_retry_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "e1", "github", T0).await;
+    store.claim_due(T0, 10, LEASE).await.unwrap();
+    assert!(matches!(store.retry_now("d-e1", T0).await, Err(StoreError::Conflict(_))), "in flight");
+    store.finish_attempt("d-e1", attempt(Some(404), true), AttemptOutcome::Failed { reason: "404 is final".into() }, T0 + 1).await.unwrap();
+    let view = status_of(&store, "d-e1").await;
+    assert_eq!((view.status, view.last_error.as_deref(), view.next_attempt_at), (DeliveryStatus::Failed, Some("404 is final"), None));
+    assert!(store.claim_due(T0 + 100_000, 10, LEASE).await.unwrap().is_empty(), "failed is dead");
+
+    let view = store.retry_now("d-e1", T0 + 60_000).await.unwrap();
+    assert_eq!((view.status, view.next_attempt_at, view.attempts), (DeliveryStatus::Pending, Some(T0 + 60_000), 1));
+    assert_eq!(ids(&store.claim_due(T0 + 60_000, 10, LEASE).await.unwrap()), ["d-e1"]);
+    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 60_001).await.unwrap();
+    assert!(matches!(store.retry_now("d-e1", T0).await, Err(StoreError::Conflict(_))), "succeeded");
+    assert!(matches!(store.retry_now("nope", T0).await, Err(StoreError::NotFound)));
+    assert_eq!(store.get_delivery("d-e1").await.unwrap().unwrap().1.len(), 2);
+}
+
+#[tokio::test]
+async fn throttled_attempt_does_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "e1", "dingtalk", T0).await;
+    store.claim_due(T0, 1, LEASE).await.unwrap();
+    store.finish_attempt("d-e1", attempt(Some(429), false), AttemptOutcome::RetryAt(T0 + 1_000), T0).await.unwrap();
+    let claimed = store.claim_due(T0 + 1_000, 1, LEASE).await.unwrap();
+    assert_eq!(claimed[0].attempts, 0);
+    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1_001).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!(view.attempts, 1);
+    assert_eq!(attempts.iter().map(|a| (a.number, a.counted)).collect::<Vec<_>>(), [(1, false), (2, true)]);
+}
+
+#[tokio::test]
+async fn release_hands_the_claim_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "e1", "github", T0).await;
+    store.claim_due(T0, 1, LEASE).await.unwrap();
+    store.release("d-e1", T0 + 700).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!((view.status, view.attempts, view.next_attempt_at), (DeliveryStatus::Pending, 0, Some(T0 + 700)));
+    assert!(attempts.is_empty());
+    assert!(store.claim_due(T0 + 699, 1, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.claim_due(T0 + 700, 1, LEASE).await.unwrap().len(), 1);
+    assert!(matches!(store.release("nope", T0).await, Err(StoreError::NotFound)));
+}
+
+#[tokio::test]
+async fn claims_oldest_due_first_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "late", "r", T0 + 30).await;
+    accept_one(&store, "early", "r", T0 + 10).await;
+    accept_one(&store, "mid", "r", T0 + 20).await;
+    assert!(store.claim_due(T0 + 100, 0, LEASE).await.unwrap().is_empty());
+    assert_eq!(ids(&store.claim_due(T0 + 100, 2, LEASE).await.unwrap()), ["d-early", "d-mid"]);
+    assert_eq!(ids(&store.claim_due(T0 + 100, 2, LEASE).await.unwrap()), ["d-late"]);
+}
+
+#[tokio::test]
+async fn expired_lease_is_claimable_again_and_events_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/hookrelay.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        for n in 0..5 {
+            accept_one(&store, &format!("e{n}"), "github", T0 + n).await;
+        }
+        assert_eq!(store.claim_due(T0 + 10, 2, LEASE).await.unwrap().len(), 2);
+        // The worker holding those two dies here: no finish, no release.
+        store.close().await.unwrap();
+        assert!(matches!(store.queue_depth().await, Err(StoreError::Closed)));
+        assert!(matches!(store.release("d-e0", T0).await, Err(StoreError::Closed)));
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let page = store.list_events(EventFilter::default()).await.unwrap();
+    assert_eq!(page.items.len(), 5, "every accepted event is still there");
+    assert_eq!(store.queue_depth().await.unwrap(), 5);
+
+    let claimed = store.claim_due(T0 + 10 + LEASE - 1, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e2", "d-e3", "d-e4"], "leases still held");
+    let recovered = store.claim_due(T0 + 10 + LEASE + 1, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&recovered), ["d-e0", "d-e1"], "expired leases are handed out again");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ordered_key_goes_one_at_a_time_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for n in 1..=3 {
+        let event = event(&format!("e{n}"), "orders", T0 + n);
+        let mut ordered = delivery(&format!("d{n}"), &event, "erp", T0 + n);
+        ordered.ordered_key = Some("order-42".into());
+        let mut other_key = delivery(&format!("x{n}"), &event, "erp", T0 + n);
+        other_key.ordered_key = Some(format!("order-{n}"));
+        store.accept(event, vec![ordered, other_key]).await.unwrap();
+    }
+    let now = T0 + 100;
+    let first = store.claim_due(now, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&first), ["d1", "x1", "x2", "x3"], "one of key order-42, other keys unaffected");
+    assert!(store.claim_due(now, 10, LEASE).await.unwrap().is_empty(), "d2 waits while d1 is in flight");
+
+    store.finish_attempt("d1", attempt(Some(503), true), AttemptOutcome::RetryAt(now + 1_000), now).await.unwrap();
+    assert!(store.claim_due(now + 500, 10, LEASE).await.unwrap().is_empty(), "d2 never overtakes d1 waiting to retry");
+    assert_eq!(ids(&store.claim_due(now + 1_000, 10, LEASE).await.unwrap()), ["d1"]);
+    store.finish_attempt("d1", attempt(Some(200), true), AttemptOutcome::Succeeded, now + 1_001).await.unwrap();
+
+    assert_eq!(ids(&store.claim_due(now + 1_001, 10, LEASE).await.unwrap()), ["d2"]);
+    assert!(store.claim_due(now + 1_001, 10, LEASE).await.unwrap().is_empty());
+    store.finish_attempt("d2", attempt(Some(400), true), AttemptOutcome::Failed { reason: "400".into() }, now + 1_002).await.unwrap();
+    let third = store.claim_due(now + 1_002, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&third), ["d3"], "a failed delivery no longer holds the key");
+
+    // A failed delivery retried by hand is older than d3, but must not run beside it.
+    store.retry_now("d2", now + 1_003).await.unwrap();
+    assert!(store.claim_due(now + 1_003, 10, LEASE).await.unwrap().is_empty());
+    store.finish_attempt("d3", attempt(Some(200), true), AttemptOutcome::Succeeded, now + 1_004).await.unwrap();
+    assert_eq!(ids(&store.claim_due(now + 1_004, 10, LEASE).await.unwrap()), ["d2"]);
+}
+
+#[tokio::test]
+async fn dedupe_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut first = event("e1", "github", T0);
+    first.delivery_id = Some("gh-1".into());
+    let outcome = store.accept_unless_duplicate(first.clone(), vec![], Some(T0 - 60_000)).await.unwrap();
+    assert_eq!(outcome, AcceptOutcome::Accepted);
+    assert!(store.seen_delivery_id("github", "gh-1", T0).await.unwrap());
+    assert!(!store.seen_delivery_id("github", "gh-1", T0 + 1).await.unwrap(), "outside the window");
+    assert!(!store.seen_delivery_id("gitlab", "gh-1", T0).await.unwrap(), "other route");
+
+    let mut again = event("e2", "github", T0 + 1_000);
+    again.delivery_id = Some("gh-1".into());
+    let duplicate = store.accept_unless_duplicate(again.clone(), vec![delivery("d2", &again, "t", T0)], Some(T0 - 60_000)).await.unwrap();
+    assert_eq!(duplicate, AcceptOutcome::Duplicate { original_event_id: "e1".into() });
+    assert!(store.get_event("e2").await.unwrap().is_none());
+    assert_eq!(store.queue_depth().await.unwrap(), 0, "a duplicate's deliveries are not stored");
+
+    let later = store.accept_unless_duplicate(again, vec![], Some(T0 + 1)).await.unwrap();
+    assert_eq!(later, AcceptOutcome::Accepted, "the first one fell out of the window");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_accept_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let tasks: Vec<_> = (0..50)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut event = event(&format!("e{n}"), "github", T0 + n);
+                event.delivery_id = Some("gh-same".into());
+                let deliveries = vec![delivery(&format!("d{n}"), &event, "t", T0)];
+                store.accept_unless_duplicate(event, deliveries, Some(T0 - 60_000)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        if task.await.unwrap() == AcceptOutcome::Accepted {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(store.list_events(EventFilter::default()).await.unwrap().items.len(), 1);
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let before = store.commit_count();
+    let tasks: Vec<_> = (0..200)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let event = event(&format!("e{n}"), "github", T0 + n);
+                let deliveries = vec![delivery(&format!("d{n}"), &event, "t", T0)];
+                store.accept(event, deliveries).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let commits = store.commit_count() - before;
+    assert!(commits < 50, "200 accepts took {commits} transactions");
+    assert_eq!(store.queue_depth().await.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_does_not_spoil_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    accept_one(&store, "taken", "r", T0).await;
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Every fourth reuses a delivery id, so it fails after its event row went in.
+                let event = event(&format!("e{n}"), "r", T0 + n);
+                let delivery_id = if n % 4 == 0 { "d-taken".to_string() } else { format!("d{n}") };
+                let deliveries = vec![delivery(&delivery_id, &event, "t", T0)];
+                (n, store.accept(event, deliveries).await)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (n, result) = task.await.unwrap();
+        if n % 4 == 0 {
+            assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+        } else {
+            result.unwrap();
+        }
+    }
+    assert_eq!(store.list_events(EventFilter::default()).await.unwrap().items.len(), 31, "the rejected accepts left no event");
+    assert_eq!(store.queue_depth().await.unwrap(), 31);
+    assert!(matches!(store.accept(event("taken", "r", T0), vec![]).await, Err(StoreError::Conflict(_))), "event ids are unique too");
+
+    let event = event("stray", "r", T0);
+    let mut foreign = delivery("d-stray", &event, "t", T0);
+    foreign.event_id = "someone-else".into();
+    assert!(matches!(store.accept(event, vec![foreign]).await, Err(StoreError::InvalidInput(_))));
+}
+
+#[tokio::test]
+async fn pages_have_no_gaps_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for n in 0..25 {
+        let route = if n % 5 == 0 { "gitlab" } else { "github" };
+        accept_one(&store, &format!("e{n:02}"), route, T0 + n).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list_events(EventFilter { limit: 10, cursor, ..EventFilter::default() }).await.unwrap();
+        pages += 1;
+        seen.extend(page.items.iter().map(|event| event.id.clone()));
+        assert!(page.items.iter().all(|event| event.deliveries.is_empty()));
+        // An event arriving while paging shows up on no later page.
+        accept_one(&store, &format!("new{pages}"), "github", T0 + 1_000).await;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..25).rev().map(|n| format!("e{n:02}")).collect();
+    assert_eq!(seen, expected, "newest first, each once");
+
+    let gitlab = store.list_events(EventFilter { route: Some("gitlab".into()), ..EventFilter::default() }).await.unwrap();
+    assert_eq!(gitlab.items.iter().map(|event| event.id.as_str()).collect::<Vec<_>>(), ["e20", "e15", "e10", "e05", "e00"]);
+    assert_eq!(gitlab.next_cursor, None);
+    let none = store.list_events(EventFilter { event: Some("release".into()), ..EventFilter::default() }).await.unwrap();
+    assert!(none.items.is_empty());
+    assert!(matches!(
+        store.list_events(EventFilter { cursor: Some("not-a-cursor".into()), ..EventFilter::default() }).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+
+    store.claim_due(T0 + 2, 3, LEASE).await.unwrap();
+    store.finish_attempt("d-e00", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
+    store.finish_attempt("d-e01", attempt(Some(410), true), AttemptOutcome::Failed { reason: "gone".into() }, T0).await.unwrap();
+    let by_status = |status| DeliveryFilter { status: Some(status), ..DeliveryFilter::default() };
+    let failed = store.list_deliveries(by_status(DeliveryStatus::Failed)).await.unwrap();
+    assert_eq!(failed.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d-e01"]);
+    assert_eq!(store.list_deliveries(by_status(DeliveryStatus::InFlight)).await.unwrap().items.len(), 1);
+    let gitlab_pending =
+        DeliveryFilter { status: Some(DeliveryStatus::Pending), route: Some("gitlab".into()), ..DeliveryFilter::default() };
+    let gitlab_pending = store.list_deliveries(gitlab_pending).await.unwrap();
+    assert_eq!(gitlab_pending.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d-e20", "d-e15", "d-e10", "d-e05"]);
+    let all = store.list_deliveries(DeliveryFilter { limit: 0, ..DeliveryFilter::default() }).await.unwrap();
+    assert_eq!(all.items.len(), 1, "limit is clamped to at least 1");
+    let big = store.list_deliveries(DeliveryFilter { limit: 10_000, target: Some("t".into()), ..DeliveryFilter::default() }).await.unwrap();
+    assert_eq!(big.items.len(), 28);
+    assert_eq!(big.items.iter().map(|d| &d.id).collect::<HashSet<_>>().len(), 28);
+    assert!(store
+        .list_deliveries(DeliveryFilter { target: Some("other".into()), ..DeliveryFilter::default() })
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+#[tokio::test]
+async fn prune_keeps_events_with_unfinished_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for n in 0..4 {
+        accept_one(&store, &format!("e{n}"), "r", T0 + n).await;
+    }
+    let no_deliveries = event("bare", "r", T0);
+    store.accept(no_deliveries, vec![]).await.unwrap();
+    store.accept(event("recent", "r", T0 + 10_000), vec![]).await.unwrap();
+
+    store.claim_due(T0 + 3, 3, LEASE).await.unwrap(); // e0, e1, e2 in flight; e3 pending
+    store.finish_attempt("d-e0", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
+    store.finish_attempt("d-e1", attempt(Some(400), true), AttemptOutcome::Failed { reason: "400".into() }, T0).await.unwrap();
+
+    assert_eq!(store.prune(T0 + 5_000).await.unwrap(), 3, "e0, e1 and bare");
+    for gone in ["e0", "e1", "bare"] {
+        assert!(store.get_event(gone).await.unwrap().is_none(), "{gone}");
+    }
+    assert!(store.get_delivery("d-e0").await.unwrap().is_none(), "deliveries go with their event");
+    for kept in ["e2", "e3", "recent"] {
+        assert!(store.get_event(kept).await.unwrap().is_some(), "{kept}");
+    }
+    assert_eq!(store.prune(T0 + 5_000).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_works_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let tasks: Vec<_> = (0..2_500)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept(event(&format!("e{n}"), "r", T0), vec![]).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let before = store.commit_count();
+    assert_eq!(store.prune(T0 + 1).await.unwrap(), 2_500);
+    assert_eq!(store.commit_count() - before, 3);
+    assert!(store.list_events(EventFilter::default()).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn attempt_bodies_are_cut_to_64_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let event = event("e1", "r", T0);
+    let mut big = delivery("d1", &event, "t", T0);
+    big.request.body = Bytes::from(vec![b'a'; 200_000]);
+    store.accept(event, vec![big]).await.unwrap();
+    let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
+    assert_eq!(claimed[0].request.body.len(), 200_000, "the request to send is kept whole");
+
+    let mut record = attempt(Some(200), true);
+    record.request_body = Bytes::from(vec![b'q'; MAX_STORED_BODY + 1]);
+    record.response_body = Bytes::from(vec![b'r'; 1_000_000]);
+    store.finish_attempt("d1", record, AttemptOutcome::Succeeded, T0).await.unwrap();
+    let (_, attempts) = store.get_delivery("d1").await.unwrap().unwrap();
+    assert_eq!(attempts[0].request_body.len(), MAX_STORED_BODY);
+    assert_eq!(attempts[0].response_body.len(), MAX_STORED_BODY);
+}
+
+#[tokio::test]
+async fn api_route_crud() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let definition = json!({"path": "/hooks/b", "targets": [{"url": "https://b.example"}], "a": 1});
+    let created = store.insert_route("beta", definition.clone(), T0).await.unwrap();
+    assert_eq!(created, StoredRoute { name: "beta".into(), definition: definition.clone(), created_at: T0, updated_at: T0 });
+    store.insert_route("alpha", json!({"path": "/a"}), T0).await.unwrap();
+    assert!(matches!(store.insert_route("beta", json!({}), T0).await, Err(StoreError::Conflict(_))));
+
+    let fetched = store.get_route("beta").await.unwrap().unwrap();
+    assert_eq!(fetched.definition.as_object().unwrap().keys().collect::<Vec<_>>(), ["path", "targets", "a"], "key order kept");
+    let names: Vec<_> = store.list_routes().await.unwrap().into_iter().map(|route| route.name).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+
+    let updated = store.update_route("beta", json!({"path": "/b2"}), T0 + 5).await.unwrap();
+    assert_eq!((updated.definition, updated.created_at, updated.updated_at), (json!({"path": "/b2"}), T0, T0 + 5));
+    assert!(matches!(store.update_route("gamma", json!({}), T0).await, Err(StoreError::NotFound)));
+
+    assert!(store.delete_route("beta").await.unwrap());
+    assert!(!store.delete_route("beta").await.unwrap());
+    assert!(store.get_route("beta").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn migrations_apply_in_order_and_newer_schemas_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.db");
+    let store = SqliteStore::open(&path).unwrap();
+    accept_one(&store, "e1", "r", T0).await;
+    store.close().await.unwrap();
+
+    let version = |path: &Path| -> i64 {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap()
+    };
+    assert_eq!(version(&path), schema::MIGRATIONS.len() as i64);
+
+    let mut next: Vec<&str> = schema::MIGRATIONS.to_vec();
+    next.push("CREATE TABLE later (x INTEGER);");
+    let store = SqliteStore::open_with(&path, &next).unwrap();
+    assert!(store.get_event("e1").await.unwrap().is_some(), "data kept across a migration");
+    store.close().await.unwrap();
+    assert_eq!(version(&path), next.len() as i64);
+
+    match SqliteStore::open(&path) {
+        Err(StoreError::SchemaTooNew { found, known }) => assert_eq!((found, known), (next.len() as i64, schema::MIGRATIONS.len() as i64)),
+        other => panic!("expected SchemaTooNew, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn writes_are_fsynced_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // synchronous = FULL (2): a commit fsyncs the WAL, so an acknowledged event survives power loss.
+    assert_eq!(store.writer_pragma("synchronous").await.unwrap(), "Integer(2)");
+    assert_eq!(store.writer_pragma("journal_mode").await.unwrap(), r#"Text("wal")"#);
+    assert_eq!(store.writer_pragma("foreign_keys").await.unwrap(), "Integer(1)");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "e1", "r", T0).await;
+    for name in ["hookrelay.db", "hookrelay.db-wal"] {
+        let mode = std::fs::metadata(dir.path().join("data").join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn store_is_usable_as_a_trait_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open(&dir));
+    let event = event("e1", "r", T0);
+    store.accept(event.clone(), vec![delivery("d1", &event, "t", T0)]).await.unwrap();
+    assert_eq!(store.queue_depth().await.unwrap(), 1);
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(store.accept(event, vec![]).await, Err(StoreError::Closed)));
+}
+
+#[test]
+fn statuses_round_trip() {
+    for status in [DeliveryStatus::Pending, DeliveryStatus::InFlight, DeliveryStatus::Succeeded, DeliveryStatus::Failed] {
+        assert_eq!(status.as_str().parse::<DeliveryStatus>().unwrap(), status);
+        assert_eq!(serde_json::to_value(status).unwrap(), json!(status.as_str()));
+    }
+    assert!("dead".parse::<DeliveryStatus>().is_err());
+}

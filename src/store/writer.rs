@@ -1,0 +1,141 @@
+//! Group commit: one thread owns the only write connection. It takes every write queued
+//! (up to [`MAX_BATCH`]), runs them in one transaction, commits once and only then answers
+//! them all, so many concurrent writers share one fsync. Each write runs in its own
+//! savepoint, so a write that fails is undone alone and the rest of its batch still
+//! commits. Owns batching and the commit counter; knows nothing of the domain's SQL.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// The most writes one transaction takes; bounds how long a batch holds the others up.
+const MAX_BATCH: usize = 256;
+/// Writes waiting beyond this make callers wait (asynchronously) to queue theirs.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// One queued write: run inside the batch's transaction, answered once the batch's fate is known.
+trait Job: Send {
+    /// Runs the write. An error here means the savepoint machinery failed and the whole
+    /// transaction can no longer be trusted; the write's own errors are kept for `answer`.
+    fn run(&mut self, conn: &Connection) -> Result<(), StoreError>;
+    fn answer(self: Box<Self>, batch: Result<(), StoreError>);
+}
+
+struct Write<T, F> {
+    op: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let Some(op) = self.op.take() else { return Ok(()) };
+        conn.execute_batch("SAVEPOINT write")?;
+        let result = op(conn);
+        conn.execute_batch(if result.is_ok() { "RELEASE write" } else { "ROLLBACK TO write; RELEASE write" })?;
+        self.result = Some(result);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), StoreError>) {
+        let result = match (batch, self.result) {
+            (Err(error), _) => Err(error),
+            (Ok(()), Some(result)) => result,
+            // A batch only commits after running every job in it, so this is unreachable.
+            (Ok(()), None) => Err(StoreError::Closed),
+        };
+        // The caller may have stopped waiting; the write stands either way.
+        let _ = self.reply.send(result);
+    }
+}
+
+type Queue = mpsc::Sender<Box<dyn Job>>;
+
+pub(super) struct Writer {
+    queue: Mutex<Option<Queue>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    pub(super) fn start(conn: Connection) -> std::io::Result<Writer> {
+        let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || run(conn, jobs, &counter))?;
+        Ok(Writer { queue: Mutex::new(Some(queue)), thread: Mutex::new(Some(thread)), commits })
+    }
+
+    /// Queues `op` and waits until the transaction it ran in has committed (or failed).
+    pub(super) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        queue.send(Box::new(Write { op: Some(op), result: None, reply })).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Transactions committed so far.
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking writes, lets the thread finish what is queued, and waits for it.
+    pub(super) async fn close(&self) {
+        drop(self.queue.lock().unwrap_or_else(PoisonError::into_inner).take());
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the store writer thread panicked");
+            }
+        }
+    }
+}
+
+/// The writer thread: runs until every sender is gone and the queue is empty.
+fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = commit_batch(&mut conn, &mut batch);
+        match &outcome {
+            Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(writes = batch.len(), "store batch committed");
+            }
+            Err(error) => tracing::error!(writes = batch.len(), %error, "store batch failed"),
+        }
+        for job in batch.drain(..) {
+            job.answer(outcome.clone());
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in batch.iter_mut() {
+        // Dropping `tx` on the way out rolls the whole batch back.
+        job.run(&tx)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
