@@ -4,6 +4,7 @@ mod cli;
 mod forwarding;
 mod golden;
 mod limits;
+mod ratelimits;
 mod reload;
 mod sidecar;
 mod support;
