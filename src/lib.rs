@@ -18,6 +18,7 @@ pub mod reload;
 pub mod render;
 pub mod respond;
 pub mod routing;
+pub mod store;
 pub mod template;
 pub mod values;
 pub mod verify;
