@@ -14,6 +14,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redact;
 pub mod reload;
 pub mod render;
 pub mod respond;

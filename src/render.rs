@@ -11,20 +11,9 @@ use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::target::OutgoingRequest;
 use crate::inbound::InboundRequest;
+use crate::redact::is_sensitive_header;
 use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
 use crate::verify::VerifyInput;
-
-/// Headers whose values are secrets; shown as `[redacted]` unless asked otherwise.
-pub const SENSITIVE_HEADERS: [&str; 8] = [
-    "authorization",
-    "cookie",
-    "proxy-authorization",
-    "x-hub-signature-256",
-    "x-gitlab-token",
-    "x-codeup-token",
-    "x-gitee-token",
-    "webhook-signature",
-];
 
 #[derive(Debug, Serialize)]
 pub struct DryRun {
@@ -65,7 +54,7 @@ impl RequestView {
     pub fn new(request: &OutgoingRequest, show_secrets: bool) -> RequestView {
         let mut headers = IndexMap::new();
         for (name, value) in &request.headers {
-            let secret = value.is_sensitive() || SENSITIVE_HEADERS.contains(&name.as_str());
+            let secret = value.is_sensitive() || is_sensitive_header(name.as_str());
             let text =
                 if !show_secrets && secret { "[redacted]".to_string() } else { String::from_utf8_lossy(value.as_bytes()).into_owned() };
             headers.insert(name.as_str().to_string(), text);

@@ -18,6 +18,7 @@ use crate::delivery::queue::Job;
 use crate::delivery::retry::RetryPolicy;
 use crate::inbound::InboundRequest;
 use crate::ratelimit::{compile_spec, LimitSpec};
+use crate::redact::redact_url;
 use crate::template::{Escape, TemplateEngine, TemplateId};
 use crate::verify::basic_auth_header;
 
@@ -304,42 +305,6 @@ fn reject_dot_segments(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A URL for display: userinfo and literal query values (tokens, often) replaced by `***`;
-/// template expressions stay visible because they hold no secret themselves.
-pub fn redact_url(text: &str) -> String {
-    let (base, query) = match text.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (text, None),
-    };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
-                None => base.to_string(),
-            }
-        }
-        None => base.to_string(),
-    };
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, value)) if !value.is_empty() && !is_template(value) => format!("{name}=***"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&pairs.join("&"));
-    }
-    out
-}
-
-fn is_template(value: &str) -> bool {
-    value.starts_with("{{") && value.ends_with("}}")
-}
-
 /// `success:` statuses when given, else any 2xx.
 pub fn is_success(success: Option<&[u16]>, status: u16) -> bool {
     match success {
@@ -612,13 +577,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_redacted_for_display_and_dot_segments_refused() {
-        assert_eq!(
-            redact_url("https://ci:pw@host:8443/v2/{{x}}?token=abc&b={{body.b}}&flag"),
-            "https://***@host:8443/v2/{{x}}?token=***&b={{body.b}}&flag"
-        );
-        assert_eq!(redact_url("upstream:/a/b"), "upstream:/a/b");
-        assert_eq!(redact_url("http://h/p"), "http://h/p");
+    fn dot_segments_are_refused() {
         assert!(reject_dot_segments("https://h/a/../b").is_err());
         assert!(reject_dot_segments("https://h/a/%2E%2e/b").is_err());
         assert!(reject_dot_segments("/internal/./x").is_err());
