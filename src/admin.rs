@@ -93,7 +93,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                         "restart_required": status.restart_required,
                     },
                     "routes": relay.snapshot().routes.len(),
-                    "queue_depth": relay.queue.depth(),
+                    "queue_depth": relay.engine.depth(),
                 }),
             )
         }

@@ -1,4 +1,5 @@
-//! The running relay: shared state (config snapshot, client, queue, status) and startup
+//! The running relay: shared state (config snapshot, client, store and delivery engine,
+//! status) and startup
 //! of the ingress and admin listeners. `main` and the tests both start it through here.
 
 use std::net::SocketAddr;
@@ -12,8 +13,9 @@ use tokio::sync::watch;
 
 use crate::config::{self, env::ProcessEnv, ConfigErrors, Snapshot};
 use crate::delivery::client::{self, HttpClient};
-use crate::delivery::queue::Queue;
+use crate::delivery::engine::{now_ms, Engine};
 use crate::ratelimit::{IngressLimiters, OutboundLimiters};
+use crate::store::{SqliteStore, Store, StoreError};
 use crate::{admin, ingress, metrics, reload};
 
 /// What `GET /api/status` reports about the config.
@@ -38,10 +40,10 @@ pub enum ReloadOutcome {
 }
 
 pub struct Relay {
-    config: ArcSwap<Snapshot>,
+    config: Arc<ArcSwap<Snapshot>>,
     pub config_path: PathBuf,
     pub client: HttpClient,
-    pub queue: Queue,
+    pub engine: Arc<Engine>,
     /// Rate-limit buckets outlive config snapshots: a reload keeps unchanged ones.
     pub outbound_limits: Arc<OutboundLimiters>,
     pub ingress_limits: IngressLimiters,
@@ -155,6 +157,31 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+async fn open_store(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    let path = path.to_path_buf();
+    let opened =
+        tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await.map_err(|join| StoreError::Corrupt(join.to_string()))??;
+    Ok(Arc::new(opened))
+}
+
+/// Deletes finished events older than `store.retention`, at startup and then hourly.
+async fn prune_periodically(store: Arc<dyn Store>, retention: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        match store.prune(now_ms().saturating_sub(retention_ms)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned delivered events past store.retention"),
+            Err(err) => tracing::warn!(error = %err, "pruning the store failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// A started relay: its bound addresses, and the handle that stops it.
@@ -200,7 +227,6 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     metrics::handle();
     let client = client::build(&snapshot.settings.extra_roots)?;
     let outbound_limits = Arc::new(OutboundLimiters::default());
-    let queue = Queue::start(client.clone(), outbound_limits.clone(), snapshot.settings.limits.queue_capacity, 64);
     let listen = snapshot.settings.listen;
     let admin_listen = snapshot.settings.admin.as_ref().map(|a| a.listen);
     let ingress_listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
@@ -211,12 +237,18 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let started_with = StartupSettings::of(&snapshot.settings);
+    let store = open_store(&snapshot.settings.store_path).await?;
+    let retention = snapshot.settings.retention;
+    let config = Arc::new(ArcSwap::from_pointee(snapshot));
+    let (shutdown, receiver) = watch::channel(false);
+    let engine = Engine::start(store.clone(), config.clone(), client.clone(), outbound_limits.clone(), 64, receiver.clone()).await?;
+    tokio::spawn(prune_periodically(store, retention, receiver.clone()));
     let relay = Arc::new(Relay {
         started_with,
-        config: ArcSwap::from_pointee(snapshot),
+        config,
         config_path: path.to_path_buf(),
         client,
-        queue,
+        engine,
         outbound_limits,
         ingress_limits: IngressLimiters::default(),
         status: Mutex::new(ConfigStatus {
@@ -229,7 +261,6 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
-    let (shutdown, receiver) = watch::channel(false);
     tokio::spawn(ingress::serve(ingress_listener, relay.clone(), receiver.clone()));
     if let Some(listener) = admin_listener {
         tokio::spawn(admin::serve(listener, relay.clone(), receiver.clone()));

@@ -12,7 +12,7 @@ use crate::routing::RouteMatch;
 /// The fields shared by every route of one request. `raw` is included only when some
 /// template needs it, to avoid a copy of the body otherwise.
 /// `body` is the parsed body, moved in (see [`InboundRequest::take_body`]).
-pub fn base(request: &InboundRequest, body: Value, event_id: &str, received_at: DateTime<Utc>, include_raw: bool) -> Context {
+pub fn base(request: &InboundRequest, body: Value, received_at: DateTime<Utc>, include_raw: bool) -> Context {
     let mut root = Map::with_capacity(14);
     root.insert("body".into(), body);
     let raw = if include_raw { Value::String(String::from_utf8_lossy(&request.raw).into_owned()) } else { Value::String(String::new()) };
@@ -25,7 +25,6 @@ pub fn base(request: &InboundRequest, body: Value, event_id: &str, received_at: 
     root.insert("query".into(), Value::Object(query));
     root.insert("method".into(), Value::String(request.method.as_str().to_string()));
     root.insert("path".into(), Value::String(request.path.clone()));
-    root.insert("id".into(), Value::String(event_id.to_string()));
     root.insert("received_at".into(), Value::String(received_at.to_rfc3339_opts(SecondsFormat::Millis, true)));
     Context::from(Value::Object(root))
 }
@@ -41,11 +40,13 @@ fn headers_object(headers: &http::HeaderMap) -> Map<String, Value> {
     out
 }
 
-/// Sets `route`, `params`, `event`, `delivery_id` and `vars` for one matched route.
-pub fn set_route(context: &mut Context, matched: &RouteMatch<'_>) {
+/// Sets `id` (the route's event id), `route`, `params`, `event`, `delivery_id` and `vars`
+/// for one matched route.
+pub fn set_route(context: &mut Context, matched: &RouteMatch<'_>, event_id: &str) {
     let Value::Object(root) = context.data_mut() else {
         return;
     };
+    root.insert("id".into(), Value::String(event_id.to_string()));
     root.insert("route".into(), Value::String(matched.route.name.clone()));
     let params: Map<String, Value> = matched.params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     root.insert("params".into(), Value::Object(params));

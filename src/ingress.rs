@@ -1,6 +1,6 @@
 //! The webhook listener: accepts connections, enforces body and time limits, selects
 //! routes on one config snapshot, verifies, renders, and answers (sync: the target's
-//! answer; async: 202 after queueing). Requests no route can take are proxied.
+//! answer; async: 202 once stored). Requests no route can take are proxied.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::client::{self, Body};
-use crate::delivery::queue::Job;
+use crate::delivery::engine::{recorded_headers, stored, AcceptError, Accepted};
 use crate::delivery::target::{OutgoingRequest, Target};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
@@ -29,6 +29,7 @@ use crate::proxy;
 use crate::ratelimit::Throttled;
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
+use crate::store::{AcceptOutcome, NewDelivery, NewEvent};
 use crate::verify::VerifyInput;
 
 /// Serves the ingress listener until `shutdown` turns true.
@@ -168,24 +169,35 @@ fn too_large(max_body: u64) -> Response<Body> {
     json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", Some(json!({ "max_body": max_body })))
 }
 
-/// Renders every target of every passing route, queues the async ones and answers.
+/// Renders every target of every passing route, commits the event and its deliveries to
+/// the store (one event per route), and answers: 202, or the sync target's answer.
 async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
-    let event_id = ulid::Ulid::generate().to_string();
-    let mut context = context::base(inbound, body, &event_id, Utc::now(), snapshot.templates_use_raw);
-    let mut jobs: Vec<Job> = Vec::new();
+    let received_at = Utc::now();
+    let mut context = context::base(inbound, body, received_at, snapshot.templates_use_raw);
+    let mut events: Vec<Accepted> = Vec::with_capacity(passed.len());
     let mut sync_send: Option<(OutgoingRequest, &Target)> = None;
     let mut sync_failure = None;
     for matched in &passed {
-        context::set_route(&mut context, matched);
+        let event_id = ulid::Ulid::generate().to_string();
+        context::set_route(&mut context, matched, &event_id);
         let route = matched.route;
         let wants_sync = route.respond == Respond::Sync && sync_send.is_none() && sync_failure.is_none();
+        let mut deliveries = Vec::with_capacity(route.targets.len());
         for (index, target) in route.targets.iter().enumerate() {
             let rendered =
                 target.render(&route.name, &snapshot.templates, &context, inbound, snapshot.settings.upstream.as_ref(), &event_id);
             let first_sync = wants_sync && index == 0;
             match rendered {
                 Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target)),
-                Ok(Some(outgoing)) => jobs.push(target.job(outgoing)),
+                Ok(Some(outgoing)) => deliveries.push(NewDelivery {
+                    id: ulid::Ulid::generate().to_string(),
+                    event_id: event_id.clone(),
+                    route: route.name.clone(),
+                    target: target.name.clone(),
+                    request: stored(&outgoing),
+                    next_attempt_at: received_at.timestamp_millis(),
+                    ordered_key: outgoing.ordered_key,
+                }),
                 Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
                 Err(err) => {
                     crate::metrics::count_delivery(&route.name, &target.name, "render_error", None);
@@ -196,25 +208,64 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                 }
             }
         }
+        let event = NewEvent {
+            id: event_id,
+            received_at: received_at.timestamp_millis(),
+            route: route.name.clone(),
+            event: matched.info.event.clone(),
+            delivery_id: matched.info.delivery_id.clone(),
+            method: inbound.method.to_string(),
+            path: inbound.path.clone(),
+            headers: recorded_headers(&inbound.headers),
+            body: inbound.raw.clone(),
+        };
+        let dedupe_since =
+            route.dedupe.map(|window| received_at.timestamp_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2));
+        events.push(Accepted { event, deliveries, dedupe_since });
     }
-    // The sender of a sync route will retry after an error: queue nothing, or the
-    // other targets would receive the event twice.
+    // The sender of a sync route will retry after an error: store nothing, or the other
+    // targets would receive the event twice.
     if let Some((route, err)) = sync_failure {
         count_request(route, "render_error");
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "could not build the outgoing request", Some(json!(err.to_string())));
     }
-    if relay.queue.enqueue_all(jobs).is_err() {
-        for matched in &passed {
-            count_request(&matched.route.name, "queue_full");
+    let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+    let outcomes = match relay.engine.accept(events).await {
+        Ok(outcomes) => outcomes,
+        Err(AcceptError::Full) => {
+            for matched in &passed {
+                count_request(&matched.route.name, "queue_full");
+            }
+            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "delivery queue is full", 1);
         }
-        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "delivery queue is full", 1);
-    }
+        Err(AcceptError::Store(err)) => {
+            tracing::error!(error = %err, "could not store the event");
+            for matched in &passed {
+                count_request(&matched.route.name, "store_error");
+            }
+            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "could not store the event", 1);
+        }
+    };
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
     let Some((outgoing, target)) = sync_send else {
-        for name in &route_names {
-            count_request(name, "accepted");
+        let mut duplicates = Vec::new();
+        for ((name, outcome), id) in route_names.iter().zip(&outcomes).zip(&ids) {
+            match outcome {
+                AcceptOutcome::Accepted => count_request(name, "accepted"),
+                AcceptOutcome::Duplicate { original_event_id } => {
+                    count_request(name, "duplicate");
+                    duplicates.push(json!({ "route": name, "id": id, "original": original_event_id }));
+                }
+            }
         }
-        return json_response(StatusCode::ACCEPTED, &json!({ "id": event_id, "routes": route_names }));
+        let mut answer = json!({ "id": ids.first(), "routes": route_names });
+        if ids.len() > 1 {
+            answer["ids"] = json!(ids);
+        }
+        if !duplicates.is_empty() {
+            answer["duplicates"] = json!(duplicates);
+        }
+        return json_response(StatusCode::ACCEPTED, &answer);
     };
     for name in &route_names {
         count_request(name, "forwarded");

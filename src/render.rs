@@ -80,7 +80,7 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         }
     }
     let event_id = "dry-run";
-    let mut context = context::base(request, request.body.to_value(), event_id, Utc::now(), snapshot.templates_use_raw);
+    let mut context = context::base(request, request.body.to_value(), Utc::now(), snapshot.templates_use_raw);
     let verify_input = VerifyInput {
         headers: &request.headers,
         raw_body: &request.raw,
@@ -90,7 +90,7 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
     };
     let mut routes = Vec::new();
     for (matched, did_match) in candidates {
-        context::set_route(&mut context, &matched);
+        context::set_route(&mut context, &matched, event_id);
         let route = matched.route;
         let verify_errors = route.verify.iter().filter_map(|check| check.check(&verify_input).err()).map(|e| e.to_string()).collect();
         let requests = route

@@ -143,7 +143,7 @@ impl HmacCheck {
         };
         let expected = hmac_digest(self.algorithm, &self.secret, &message).ok_or_else(bad)?;
         let decoded = match self.encoding {
-            SignatureEncoding::Hex => decode_hex(given.trim()),
+            SignatureEncoding::Hex => hex::decode(given.trim()).ok(),
             SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(given.trim()).ok(),
         }
         .ok_or_else(bad)?;
@@ -164,13 +164,6 @@ pub fn hmac_digest(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Opti
         HmacAlgorithm::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
         HmacAlgorithm::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
     }
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
 }
 
 /// Unix seconds, or milliseconds when the number is that large.

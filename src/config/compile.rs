@@ -80,6 +80,8 @@ pub struct Settings {
     pub upstream: Option<Upstream>,
     pub limits: Limits,
     pub store_path: PathBuf,
+    /// How long finished events stay in the store.
+    pub retention: Duration,
     /// Extra CAs for HTTPS targets (`outbound.ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub allow_private: bool,
@@ -309,11 +311,13 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
     let store_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let store_path =
         raw.store.as_ref().and_then(|s| s.path.clone()).map(|p| store_dir.join(p)).unwrap_or_else(|| store_dir.join("data/hookrelay.db"));
-    if let Some(Some(retention)) = raw.store.as_ref().map(|s| &s.retention) {
-        if let Err(message) = parse_duration(retention) {
+    let retention = match raw.store.as_ref().and_then(|s| s.retention.as_ref()) {
+        Some(text) => parse_duration(text).unwrap_or_else(|message| {
             problems.push("store.retention", message);
-        }
-    }
+            Duration::from_secs(7 * 24 * 3600)
+        }),
+        None => Duration::from_secs(7 * 24 * 3600),
+    };
     let extra_roots = match &raw.outbound.ca_file {
         Some(file) => {
             let full = store_dir.join(file);
@@ -343,6 +347,7 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
             queue_capacity: raw.limits.queue_capacity.unwrap_or(defaults.queue_capacity).max(1),
         },
         store_path,
+        retention,
         extra_roots,
         allow_private: raw.outbound.allow_private,
     }
@@ -451,6 +456,11 @@ fn compile_route(
         let spec = crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, &here, problems);
         Some(IngressLimit { spec: spec?, by: by? })
     });
+    let dedupe =
+        raw.dedupe.as_ref().and_then(|text| parse_duration(text).map_err(|message| problems.push(format!("{at}.dedupe"), message)).ok());
+    if dedupe.is_some() && kind == SourceKind::Generic && raw.id_from.is_none() {
+        problems.push(format!("{at}.dedupe"), "dedupe needs a delivery id: use a source that has one, or id_from");
+    }
     let mut ctx = CompileCtx { templates, defaults, problems, limit_keys, route: &raw.name };
     for (index, raw_target) in raw.forward.iter().enumerate() {
         let target_at = format!("{at}.forward[{index}]");
@@ -471,6 +481,7 @@ fn compile_route(
         condition,
         verify,
         ingress_limit,
+        dedupe,
         vars: Value::Object(raw.vars.clone()),
         respond: raw.respond,
         is_final: raw.is_final,

@@ -111,6 +111,8 @@ pub struct RawRetry {
     pub max: Option<String>,
     pub factor: Option<f64>,
     pub jitter: Option<bool>,
+    /// Give up once the delivery is this old, whatever the attempt count.
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +128,8 @@ pub struct RawRoute {
     pub matcher: RawMatch,
     pub verify: Option<RawVerify>,
     pub ingress_limit: Option<RawIngressLimit>,
+    /// Drop a repeat of the same sender delivery id within this window (sender still gets 2xx).
+    pub dedupe: Option<String>,
     #[serde(default)]
     pub vars: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
@@ -234,6 +238,11 @@ pub struct RawTarget {
     pub retry: Option<RawRetry>,
     pub rate_limit: Option<RawRateLimit>,
     pub when: Option<String>,
+    /// Conditions on the answer's JSON body that must also hold for success.
+    #[serde(default)]
+    pub success_when: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// A template: deliveries with the same rendered key go out one at a time, in order.
+    pub ordered_by: Option<String>,
     #[serde(default)]
     pub strict: bool,
 }

@@ -88,6 +88,7 @@ pub async fn send(client: &HttpClient, outgoing: &OutgoingRequest, timeout: Dura
 #[derive(Debug)]
 pub struct Attempt {
     pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
     pub answer: Bytes,
     pub retry_after: Option<Duration>,
     pub error: Option<String>,
@@ -104,6 +105,7 @@ pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: D
         Err(err) => {
             return Attempt {
                 status: None,
+                headers: Vec::new(),
                 answer: Bytes::new(),
                 retry_after: None,
                 retryable: err.retryable(),
@@ -113,6 +115,8 @@ pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: D
         }
     };
     let status = response.status().as_u16();
+    let headers =
+        response.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let retry_after = response
         .headers()
         .get(http::header::RETRY_AFTER)
@@ -126,7 +130,7 @@ pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: D
         Ok(Err(err)) => (Bytes::new(), Some(format!("answer body not fully read: {err}"))),
         Err(_) => (Bytes::new(), Some(format!("answer body timed out after {timeout:?}"))),
     };
-    Attempt { status: Some(status), answer, retry_after, error, retryable: true, duration: started.elapsed() }
+    Attempt { status: Some(status), headers, answer, retry_after, error, retryable: true, duration: started.elapsed() }
 }
 
 /// The error and its causes on one line: hyper's top-level messages alone say little.

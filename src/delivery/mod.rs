@@ -1,7 +1,7 @@
 //! Delivery: compiled targets and their rendering, the shared HTTP client, the retry
-//! schedule and the queue that sends `respond: async` deliveries in the background.
+//! schedule, and the engine that sends stored deliveries in the background.
 
 pub mod client;
-pub mod queue;
+pub mod engine;
 pub mod retry;
 pub mod target;

@@ -10,11 +10,20 @@ pub struct RetryPolicy {
     pub max: Duration,
     pub factor: f64,
     pub jitter: bool,
+    /// A delivery older than this fails instead of retrying (throttled attempts included).
+    pub max_age: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 10, initial: Duration::from_secs(1), max: Duration::from_secs(600), factor: 2.0, jitter: true }
+        RetryPolicy {
+            max_attempts: 10,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+            factor: 2.0,
+            jitter: true,
+            max_age: Duration::from_secs(24 * 3600),
+        }
     }
 }
 

@@ -11,14 +11,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::model::{RawRateLimit, RawRetry, RawTarget};
+use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
-use crate::delivery::queue::Job;
 use crate::delivery::retry::RetryPolicy;
 use crate::inbound::InboundRequest;
 use crate::ratelimit::{compile_spec, LimitSpec};
 use crate::redact::redact_url;
+use crate::routing::condition::{compile_match, Condition};
 use crate::template::{Escape, TemplateEngine, TemplateId};
 use crate::verify::basic_auth_header;
 
@@ -73,6 +73,10 @@ pub struct Target {
     pub retry: RetryPolicy,
     pub rate_limit: Option<TargetLimit>,
     when: Option<TemplateId>,
+    /// Must hold on the answer's JSON body for a delivery to count as done (chat APIs answer
+    /// 200 with an error code).
+    pub success_when: Option<Condition>,
+    ordered_by: Option<TemplateId>,
 }
 
 /// A target's outbound rate limit: its bucket key and settings.
@@ -97,6 +101,8 @@ pub struct TargetSummary<'a> {
 pub struct OutgoingRequest {
     pub route: String,
     pub target: String,
+    /// The rendered `ordered_by` key, if the target has one.
+    pub ordered_key: Option<String>,
     pub method: Method,
     pub url: String,
     pub headers: HeaderMap,
@@ -139,15 +145,8 @@ impl Target {
         is_success(self.success.as_deref(), status)
     }
 
-    /// The queue job for one rendered request of this target.
-    pub fn job(&self, request: OutgoingRequest) -> Job {
-        Job {
-            request,
-            timeout: self.timeout,
-            retry: self.retry.clone(),
-            success: self.success.clone(),
-            rate_limit: self.rate_limit.clone(),
-        }
+    pub fn success_statuses(&self) -> Option<&[u16]> {
+        self.success.as_deref()
     }
 
     /// Renders the request for one event, or `None` when `when` says to skip it.
@@ -234,9 +233,14 @@ impl Target {
                 .map_err(|_| fail(&field, "rendered header value has characters not allowed in a header".to_string()))?;
             headers.insert(name.clone(), value);
         }
+        let ordered_key = match &self.ordered_by {
+            Some(id) => Some(render(id, "ordered_by")?),
+            None => None,
+        };
         Ok(Some(OutgoingRequest {
             route: route.to_string(),
             target: self.name.clone(),
+            ordered_key,
             method: self.method.clone(),
             url: url.to_string(),
             headers,
@@ -396,6 +400,7 @@ pub fn compile_retry(overrides: &RawRetry, base: &RetryPolicy, at: &str, problem
         max: duration("max", &overrides.max, base.max, problems),
         factor: overrides.factor.unwrap_or(base.factor),
         jitter: overrides.jitter.unwrap_or(base.jitter),
+        max_age: duration("max_age", &overrides.max_age, base.max_age, problems),
     };
     if policy.max_attempts == 0 {
         problems.push(format!("{at}.max_attempts"), "max_attempts must be at least 1");
@@ -524,6 +529,18 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         Some(overrides) => compile_retry(overrides, &ctx.defaults.retry, &format!("{at}.retry"), ctx.problems),
         None => ctx.defaults.retry.clone(),
     };
+    let success_when = (!raw.success_when.is_empty()).then(|| {
+        let conditions = RawMatch { body: raw.success_when.clone(), ..RawMatch::default() };
+        let mut found = Problems::default();
+        let condition = compile_match(&conditions, &format!("{at}.success_when"), true, &mut found);
+        // The conditions were compiled as a match's `body:` list; report them where they are written.
+        for (path, message) in found.iter() {
+            ctx.problems.push(path.replace(".success_when.body[", ".success_when["), message);
+        }
+        condition
+    });
+    let ordered_by =
+        raw.ordered_by.as_ref().and_then(|key| compile_template(key, Escape::Plain, raw.strict, &format!("{at}.ordered_by"), ctx));
     let rate_limit = match raw.rate_limit.as_ref().or(ctx.defaults.rate_limit.as_ref()) {
         Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
         None => None,
@@ -543,6 +560,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         retry,
         rate_limit,
         when,
+        success_when,
+        ordered_by,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct Route {
     pub needs_body: bool,
     pub verify: Vec<Check>,
     pub ingress_limit: Option<IngressLimit>,
+    /// Drop repeats of the same sender delivery id within this window.
+    pub dedupe: Option<std::time::Duration>,
     pub vars: Value,
     pub respond: Respond,
     pub is_final: bool,

@@ -1,0 +1,380 @@
+//! Durable delivery (DESIGN §6). Accepted events and their pending deliveries are committed
+//! to the store before the sender hears 202; workers claim due deliveries, take a
+//! rate-limit permit, send, record every attempt and schedule the next one. Claims are
+//! leased, so deliveries a crashed process held are sent again after a restart.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::future::join_all;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::config::Snapshot;
+use crate::delivery::client::{attempt, Attempt, HttpClient};
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::target::{is_success, OutgoingRequest, Target};
+use crate::metrics;
+use crate::ratelimit::{OutboundLimiters, Throttled};
+use crate::redact::redact_headers;
+use crate::routing::condition::{Condition, MatchInput};
+use crate::store::{
+    AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoredRequest,
+};
+
+/// How often workers look for due deliveries when nothing woke them.
+const POLL: Duration = Duration::from_millis(250);
+/// A claim outlives the longest target timeout by this much before another worker may take it.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("too many deliveries waiting")]
+    Full,
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One event to commit: the event and its deliveries, with the route's dedupe window.
+pub struct Accepted {
+    pub event: NewEvent,
+    pub deliveries: Vec<NewDelivery>,
+    /// Drop the event if the same route saw its sender delivery id since this time (ms).
+    pub dedupe_since: Option<i64>,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    config: Arc<ArcSwap<Snapshot>>,
+    client: HttpClient,
+    limiters: Arc<OutboundLimiters>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    /// Deliveries accepted and not finished; starts from the store's count.
+    depth: AtomicI64,
+    capacity: i64,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Engine {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: Arc<ArcSwap<Snapshot>>,
+        client: HttpClient,
+        limiters: Arc<OutboundLimiters>,
+        concurrency: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Engine>, StoreError> {
+        let waiting = store.queue_depth().await?;
+        let capacity = config.load().settings.limits.queue_capacity;
+        let engine = Arc::new(Engine {
+            store,
+            config,
+            client,
+            limiters,
+            wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            depth: AtomicI64::new(i64::try_from(waiting).unwrap_or(i64::MAX)),
+            capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
+        });
+        engine.publish_depth();
+        tokio::spawn(engine.clone().run(shutdown));
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn depth(&self) -> i64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    fn publish_depth(&self) {
+        ::metrics::gauge!(metrics::QUEUE_DEPTH).set(self.depth() as f64);
+    }
+
+    /// Commits every event with its deliveries; only after this returns may the sender be
+    /// told 202. Returns, per event, whether it was a duplicate.
+    pub async fn accept(&self, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
+        let count: i64 = events.iter().map(|e| e.deliveries.len() as i64).sum();
+        let depth = self.depth.fetch_add(count, Ordering::AcqRel) + count;
+        if depth > self.capacity {
+            self.depth.fetch_sub(count, Ordering::AcqRel);
+            return Err(AcceptError::Full);
+        }
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut committed = 0;
+        let mut failure = None;
+        // Each event commits on its own (the writer batches them into one transaction).
+        let results = join_all(events.into_iter().map(|accepted| {
+            let deliveries = accepted.deliveries.len() as i64;
+            let store = self.store.clone();
+            async move { (deliveries, store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await) }
+        }))
+        .await;
+        for (deliveries, result) in results {
+            match result {
+                Ok(AcceptOutcome::Accepted) => {
+                    committed += deliveries;
+                    outcomes.push(AcceptOutcome::Accepted);
+                }
+                Ok(duplicate) => outcomes.push(duplicate),
+                Err(err) => failure = Some(err),
+            }
+        }
+        self.depth.fetch_sub(count - committed, Ordering::AcqRel);
+        self.publish_depth();
+        if committed > 0 {
+            self.wake.notify_one();
+        }
+        match failure {
+            Some(err) => Err(AcceptError::Store(err)),
+            None => Ok(outcomes),
+        }
+    }
+
+    /// Wakes the workers now (after a manual retry, say).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let free = self.slots.available_permits();
+            let mut claimed_all = false;
+            if free > 0 {
+                let lease = self.lease();
+                match self.store.claim_due(now_ms(), free, lease).await {
+                    Ok(claimed) => {
+                        claimed_all = claimed.len() == free;
+                        for delivery in claimed {
+                            let Ok(slot) = self.slots.clone().acquire_owned().await else { return };
+                            let engine = self.clone();
+                            tokio::spawn(async move {
+                                engine.process(delivery).await;
+                                drop(slot);
+                                engine.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(err) => tracing::error!(error = %err, "claiming deliveries failed"),
+                }
+            }
+            if claimed_all {
+                // More may be due: look again as soon as a slot frees up.
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn lease(&self) -> i64 {
+        let snapshot = self.config.load();
+        let longest = snapshot.routes.iter().flat_map(|r| r.targets.iter()).map(|t| t.timeout).max().unwrap_or(Duration::from_secs(10));
+        i64::try_from((longest + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// One claimed delivery: permit, send, record, schedule.
+    async fn process(&self, delivery: ClaimedDelivery) {
+        let snapshot = self.config.load_full();
+        let target = snapshot.route(&delivery.route).and_then(|route| route.targets.iter().find(|t| t.name == delivery.target));
+        let settings = TargetSettings::of(target);
+        if let Some(limit) = &settings.rate_limit {
+            let bucket = self.limiters.bucket(&limit.key, limit.spec);
+            // Never hold a claim while waiting: hand it back, due when the permit will be.
+            if let Err(Throttled(wait)) = bucket.acquire(Some(Duration::ZERO)).await {
+                let due = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                if let Err(err) = self.store.release(&delivery.id, due).await {
+                    tracing::warn!(delivery = %delivery.id, error = %err, "could not hand a throttled delivery back");
+                }
+                return;
+            }
+        }
+        let outgoing = outgoing(&delivery);
+        let started_at = now_ms();
+        let result = attempt(&self.client, &outgoing, settings.timeout).await;
+        let decision = decide(&delivery, &result, &settings, started_at);
+        if let (Some(limit), Some(429), Some(after)) = (&settings.rate_limit, result.status, result.retry_after) {
+            self.limiters.bucket(&limit.key, limit.spec).pause(after.min(settings.retry.max));
+        }
+        let label = match &decision.outcome {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::RetryAt(_) => "retry",
+            AttemptOutcome::Failed { .. } => "failed",
+        };
+        metrics::count_delivery(&delivery.route, &delivery.target, label, Some(result.duration.as_secs_f64()));
+        match &decision.outcome {
+            AttemptOutcome::Succeeded => {
+                tracing::info!(delivery = %delivery.id, route = %delivery.route, target = %delivery.target, status = ?result.status, "delivered")
+            }
+            AttemptOutcome::RetryAt(at) => {
+                tracing::debug!(delivery = %delivery.id, status = ?result.status, error = ?result.error, retry_in_ms = at - started_at, "will retry")
+            }
+            AttemptOutcome::Failed { reason } => {
+                tracing::warn!(delivery = %delivery.id, route = %delivery.route, target = %delivery.target, reason = %reason, "delivery failed")
+            }
+        }
+        let finished = !matches!(decision.outcome, AttemptOutcome::RetryAt(_));
+        let record = AttemptRecord {
+            started_at,
+            duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
+            request_url: delivery.request.url.clone(),
+            request_method: delivery.request.method.clone(),
+            request_headers: redact_headers(&delivery.request.headers),
+            request_body: delivery.request.body.clone(),
+            status: result.status,
+            response_headers: result.headers.clone(),
+            response_body: result.answer.clone(),
+            error: result.error.clone(),
+            counted: decision.counted,
+        };
+        match self.store.finish_attempt(&delivery.id, record, decision.outcome, now_ms()).await {
+            Ok(()) if finished => {
+                self.depth.fetch_sub(1, Ordering::AcqRel);
+                self.publish_depth();
+            }
+            Ok(()) => {}
+            Err(err) => {
+                tracing::error!(delivery = %delivery.id, error = %err, "could not record the attempt; the lease will expire and it will be sent again")
+            }
+        }
+    }
+}
+
+/// What a delivery needs from its target's config; defaults when the target is gone
+/// (removed by a reload): it is still delivered, never dropped.
+struct TargetSettings<'a> {
+    timeout: Duration,
+    retry: RetryPolicy,
+    success: Option<&'a [u16]>,
+    success_when: Option<&'a Condition>,
+    rate_limit: Option<crate::delivery::target::TargetLimit>,
+}
+
+impl<'a> TargetSettings<'a> {
+    fn of(target: Option<&'a Target>) -> TargetSettings<'a> {
+        match target {
+            Some(target) => TargetSettings {
+                timeout: target.timeout,
+                retry: target.retry.clone(),
+                success: target.success_statuses(),
+                success_when: target.success_when.as_ref(),
+                rate_limit: target.rate_limit.clone(),
+            },
+            None => TargetSettings {
+                timeout: Duration::from_secs(10),
+                retry: RetryPolicy::default(),
+                success: None,
+                success_when: None,
+                rate_limit: None,
+            },
+        }
+    }
+}
+
+struct Decision {
+    outcome: AttemptOutcome,
+    counted: bool,
+}
+
+/// The retry rules of DESIGN §6 as a pure function of one attempt.
+fn decide(delivery: &ClaimedDelivery, result: &Attempt, settings: &TargetSettings<'_>, now: i64) -> Decision {
+    let throttled = result.status == Some(429);
+    let counted = !throttled;
+    let attempts = delivery.attempts + u32::from(counted);
+    let answer_ok = || match settings.success_when {
+        None => true,
+        Some(condition) => {
+            let body: Option<serde_json::Value> = serde_json::from_slice(&result.answer).ok();
+            let headers = HeaderMap::new();
+            body.as_ref().is_some_and(|body| condition.eval(&MatchInput { headers: &headers, query: &[], body: Some(body), event: None }))
+        }
+    };
+    let (retryable, reason) = match result.status {
+        Some(status) if is_success(settings.success, status) => {
+            if answer_ok() {
+                return Decision { outcome: AttemptOutcome::Succeeded, counted };
+            }
+            (
+                true,
+                format!(
+                    "answer {status} did not satisfy success_when: {}",
+                    String::from_utf8_lossy(&result.answer[..result.answer.len().min(200)])
+                ),
+            )
+        }
+        Some(status) => (status == 408 || status == 429 || status >= 500, format!("answer {status}")),
+        None => (result.retryable, result.error.clone().unwrap_or_else(|| "no answer".to_string())),
+    };
+    if !retryable {
+        return Decision { outcome: AttemptOutcome::Failed { reason }, counted };
+    }
+    let age = Duration::from_millis(u64::try_from(now - delivery.created_at).unwrap_or(0));
+    if attempts >= settings.retry.max_attempts && !throttled {
+        return Decision { outcome: AttemptOutcome::Failed { reason: format!("{reason}; gave up after {attempts} attempts") }, counted };
+    }
+    if age >= settings.retry.max_age {
+        return Decision { outcome: AttemptOutcome::Failed { reason: format!("{reason}; gave up after {age:?} (max_age)") }, counted };
+    }
+    let backoff = settings.retry.delay(attempts.max(1), fastrand::f64());
+    let wait = match result.retry_after {
+        Some(after) => after.min(settings.retry.max).max(if throttled { Duration::ZERO } else { backoff }),
+        None => backoff,
+    };
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+    Decision { outcome: AttemptOutcome::RetryAt(now + wait_ms), counted }
+}
+
+/// The stored request back in sendable form.
+fn outgoing(delivery: &ClaimedDelivery) -> OutgoingRequest {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &delivery.request.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(name, value);
+        }
+    }
+    OutgoingRequest {
+        route: delivery.route.clone(),
+        target: delivery.target.clone(),
+        ordered_key: None,
+        method: Method::from_bytes(delivery.request.method.as_bytes()).unwrap_or(Method::POST),
+        url: delivery.request.url.clone(),
+        headers,
+        body: delivery.request.body.clone(),
+    }
+}
+
+/// A rendered request in the store's form.
+pub fn stored(request: &OutgoingRequest) -> StoredRequest {
+    StoredRequest {
+        method: request.method.to_string(),
+        url: request.url.clone(),
+        headers: request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body: request.body.clone(),
+    }
+}
+
+/// Header pairs of an incoming request, secrets redacted (the event record is for people).
+pub fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let pairs: Vec<(String, String)> =
+        headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    redact_headers(&pairs)
+}
