@@ -14,9 +14,12 @@ use tokio::sync::watch;
 
 use crate::app::{Relay, ReloadOutcome};
 use crate::delivery::client::{full, Body};
+use crate::delivery::engine::now_ms;
+use crate::redact::{redact_headers, redact_url};
 use crate::reload::reload_now;
 use crate::respond::{json_error, json_response};
 use crate::routing::Route;
+use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, StoreError, DEFAULT_PAGE};
 use crate::values::secret_eq;
 
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
@@ -102,6 +105,71 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             let routes: Vec<Value> = snapshot.routes.iter().map(describe).collect();
             json_response(StatusCode::OK, &json!({ "routes": routes }))
         }
+        (Method::GET, "/api/events") => {
+            let query = Query::of(&request);
+            let filter =
+                EventFilter { route: query.get("route"), event: query.get("event"), limit: query.limit(), cursor: query.get("cursor") };
+            match relay.engine.store().list_events(filter).await {
+                Ok(page) => json_response(StatusCode::OK, &json!({ "items": page.items, "next_cursor": page.next_cursor })),
+                Err(err) => store_error(err),
+            }
+        }
+        (Method::GET, other) if other.starts_with("/api/events/") => {
+            let id = &other["/api/events/".len()..];
+            match relay.engine.store().get_event(id).await {
+                Ok(Some(mut event)) => {
+                    for delivery in &mut event.deliveries {
+                        redact_delivery(delivery);
+                    }
+                    json_response(StatusCode::OK, &json!(event))
+                }
+                Ok(None) => json_error(StatusCode::NOT_FOUND, "no such event", Some(json!(id))),
+                Err(err) => store_error(err),
+            }
+        }
+        (Method::GET, "/api/deliveries") => {
+            let query = Query::of(&request);
+            let status = match query.get("status").map(|s| s.parse::<DeliveryStatus>()).transpose() {
+                Ok(status) => status,
+                Err(err) => return store_error(err),
+            };
+            let filter = DeliveryFilter {
+                status,
+                route: query.get("route"),
+                target: query.get("target"),
+                limit: query.limit(),
+                cursor: query.get("cursor"),
+            };
+            match relay.engine.store().list_deliveries(filter).await {
+                Ok(mut page) => {
+                    page.items.iter_mut().for_each(redact_delivery);
+                    json_response(StatusCode::OK, &json!({ "items": page.items, "next_cursor": page.next_cursor }))
+                }
+                Err(err) => store_error(err),
+            }
+        }
+        (Method::POST, other) if other.starts_with("/api/deliveries/") && other.ends_with("/retry") => {
+            let id = &other["/api/deliveries/".len()..other.len() - "/retry".len()];
+            match relay.engine.store().retry_now(id, now_ms()).await {
+                Ok(mut delivery) => {
+                    relay.engine.wake();
+                    redact_delivery(&mut delivery);
+                    json_response(StatusCode::OK, &json!(delivery))
+                }
+                Err(err) => store_error(err),
+            }
+        }
+        (Method::GET, other) if other.starts_with("/api/deliveries/") => {
+            let id = &other["/api/deliveries/".len()..];
+            match relay.engine.store().get_delivery(id).await {
+                Ok(Some((mut delivery, attempts))) => {
+                    redact_delivery(&mut delivery);
+                    json_response(StatusCode::OK, &json!({ "delivery": delivery, "attempts": attempts }))
+                }
+                Ok(None) => json_error(StatusCode::NOT_FOUND, "no such delivery", Some(json!(id))),
+                Err(err) => store_error(err),
+            }
+        }
         (Method::GET, other) if other.starts_with("/api/routes/") => {
             let name = &other["/api/routes/".len()..];
             match relay.snapshot().route(name) {
@@ -121,10 +189,47 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 json_error(StatusCode::UNPROCESSABLE_ENTITY, "config invalid; the previous config keeps serving", Some(json!(detail)))
             }
         },
-        (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload") => {
+        (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
         }
         _ => json_error(StatusCode::NOT_FOUND, "not found", None),
+    }
+}
+
+/// The query string of an admin request.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(request: &Request<Incoming>) -> Query {
+        let text = request.uri().query().unwrap_or_default();
+        Query(form_urlencoded::parse(text.as_bytes()).into_owned().collect())
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.clone())
+    }
+
+    /// Page size; the store clamps it to its bounds, a non-number means the default.
+    fn limit(&self) -> usize {
+        self.get("limit").and_then(|l| l.parse().ok()).unwrap_or(DEFAULT_PAGE)
+    }
+}
+
+/// Stored requests hold the credentials they will be sent with; the API never shows them.
+fn redact_delivery(delivery: &mut DeliveryView) {
+    delivery.request.headers = redact_headers(&delivery.request.headers);
+    delivery.request.url = redact_url(&delivery.request.url);
+}
+
+fn store_error(err: StoreError) -> Response<Body> {
+    match err {
+        StoreError::NotFound => json_error(StatusCode::NOT_FOUND, "not found", None),
+        StoreError::Conflict(detail) => json_error(StatusCode::CONFLICT, "conflict", Some(json!(detail))),
+        StoreError::InvalidInput(detail) => json_error(StatusCode::BAD_REQUEST, "invalid request", Some(json!(detail))),
+        other => {
+            tracing::error!(error = %other, "store request failed");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable", Some(json!(other.to_string())))
+        }
     }
 }
 

@@ -30,8 +30,9 @@ pub fn redact_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A URL for display: userinfo and literal query values (tokens, often) replaced by `***`;
-/// template expressions stay visible because they hold no secret themselves.
+/// A URL for display: userinfo and the values of credential-like query parameters
+/// (`access_token`, `sign`, …) replaced by `***`; template expressions stay visible because
+/// they hold no secret themselves.
 pub fn redact_url(text: &str) -> String {
     let (base, query) = match text.split_once('?') {
         Some((base, query)) => (base, Some(query)),
@@ -52,7 +53,7 @@ pub fn redact_url(text: &str) -> String {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((name, value)) if !value.is_empty() && !is_template(value) => format!("{name}=***"),
+                Some((name, value)) if !value.is_empty() && !is_template(value) && is_secret_name(name) => format!("{name}=***"),
                 _ => pair.to_string(),
             })
             .collect();
@@ -60,6 +61,12 @@ pub fn redact_url(text: &str) -> String {
         out.push_str(&pairs.join("&"));
     }
     out
+}
+
+/// Query parameter names that carry credentials (`access_token`, `sign`, `api_key`, …).
+fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["token", "secret", "key", "sign", "sig", "password", "passwd", "auth", "credential"].iter().any(|word| name.contains(word))
 }
 
 fn is_template(value: &str) -> bool {
@@ -73,8 +80,8 @@ mod tests {
     #[test]
     fn urls_and_headers_are_redacted() {
         assert_eq!(
-            redact_url("https://ci:pw@host:8443/v2/{{x}}?token=abc&b={{body.b}}&flag"),
-            "https://***@host:8443/v2/{{x}}?token=***&b={{body.b}}&flag"
+            redact_url("https://ci:pw@host:8443/v2/{{x}}?access_token=abc&sign={{s}}&branch=main&flag"),
+            "https://***@host:8443/v2/{{x}}?access_token=***&sign={{s}}&branch=main&flag"
         );
         assert_eq!(redact_url("upstream:/a/b"), "upstream:/a/b");
         assert_eq!(redact_url("http://h/p"), "http://h/p");

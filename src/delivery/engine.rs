@@ -28,6 +28,8 @@ use crate::store::{
 const POLL: Duration = Duration::from_millis(250);
 /// A claim outlives the longest target timeout by this much before another worker may take it.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured; a receiver cannot park a delivery for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -70,6 +72,10 @@ impl Engine {
         concurrency: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Engine>, StoreError> {
+        let recovered = store.recover_claims(now_ms()).await?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "deliveries in flight when the last process stopped will be sent again");
+        }
         let waiting = store.queue_depth().await?;
         let capacity = config.load().settings.limits.queue_capacity;
         let engine = Arc::new(Engine {
@@ -209,7 +215,7 @@ impl Engine {
         let result = attempt(&self.client, &outgoing, settings.timeout).await;
         let decision = decide(&delivery, &result, &settings, started_at);
         if let (Some(limit), Some(429), Some(after)) = (&settings.rate_limit, result.status, result.retry_after) {
-            self.limiters.bucket(&limit.key, limit.spec).pause(after.min(settings.retry.max));
+            self.limiters.bucket(&limit.key, limit.spec).pause(after.min(MAX_RETRY_AFTER));
         }
         let label = match &decision.outcome {
             AttemptOutcome::Succeeded => "succeeded",
@@ -332,7 +338,7 @@ fn decide(delivery: &ClaimedDelivery, result: &Attempt, settings: &TargetSetting
     }
     let backoff = settings.retry.delay(attempts.max(1), fastrand::f64());
     let wait = match result.retry_after {
-        Some(after) => after.min(settings.retry.max).max(if throttled { Duration::ZERO } else { backoff }),
+        Some(after) => after.min(MAX_RETRY_AFTER).max(if throttled { Duration::ZERO } else { backoff }),
         None => backoff,
     };
     let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);

@@ -338,6 +338,12 @@ pub trait Store: Send + Sync {
     /// `next_attempt_at`, no attempt recorded.
     async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError>;
 
+    /// Hands back every claim at startup, due at `now`: called by the only process using
+    /// this store, so any in-flight delivery belonged to a process that died (at-least-once:
+    /// it is sent again). Shared backends keep relying on lease expiry instead. Returns how
+    /// many deliveries were handed back.
+    async fn recover_claims(&self, now: i64) -> Result<u64, StoreError>;
+
     /// Makes a failed or pending delivery due now. NotFound if missing; Conflict if it
     /// succeeded or is in flight. The attempt count is kept: the worker's retry policy
     /// decides how many more tries a hand retry gets.

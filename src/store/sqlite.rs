@@ -194,6 +194,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn recover_claims(&self, now: i64) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |conn| {
+                let changed = conn.execute(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE status = 'in_flight'",
+                    params![now],
+                )?;
+                Ok(changed as u64)
+            })
+            .await
+    }
+
     async fn retry_now(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError> {
         let id = delivery_id.to_owned();
         self.writer

@@ -173,6 +173,18 @@ async fn throttled_attempt_does_not_count() {
 }
 
 #[tokio::test]
+async fn recover_claims_hands_back_every_in_flight_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    accept_one(&store, "e1", "github", T0).await;
+    accept_one(&store, "e2", "github", T0).await;
+    assert_eq!(store.claim_due(T0, 10, LEASE).await.unwrap().len(), 2);
+    assert!(store.claim_due(T0 + 1, 10, LEASE).await.unwrap().is_empty(), "both leased");
+    assert_eq!(store.recover_claims(T0 + 2).await.unwrap(), 2);
+    assert_eq!(store.claim_due(T0 + 2, 10, LEASE).await.unwrap().len(), 2, "claimable at once, not after the lease");
+}
+
+#[tokio::test]
 async fn release_hands_the_claim_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -1,6 +1,7 @@
 //! Integration tests: the real relay on 127.0.0.1:0, a real sink, real files on disk.
 
 mod cli;
+mod delivery;
 mod forwarding;
 mod golden;
 mod limits;

@@ -44,6 +44,10 @@ pub struct Answer {
 }
 
 impl Answer {
+    pub fn status_only(status: u16) -> Answer {
+        Answer { status, headers: Vec::new(), body: String::new() }
+    }
+
     pub fn with_body(status: u16, body: &str) -> Answer {
         Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: body.to_string() }
     }
@@ -70,7 +74,12 @@ impl TestSink {
     }
 
     pub async fn scripted(script: Vec<Answer>) -> TestSink {
-        Self::serve(script, None).await
+        Self::serve(script, None, "127.0.0.1:0").await
+    }
+
+    /// A sink on a given loopback address (one a relay already targets).
+    pub async fn on(addr: &str) -> TestSink {
+        Self::serve(Vec::new(), None, addr).await
     }
 
     /// A sink serving HTTPS (HTTP/1.1 and HTTP/2) with a certificate for `localhost` and
@@ -91,12 +100,12 @@ impl TestSink {
             .with_single_cert(vec![leaf.der().clone()], rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()))
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let sink = Self::serve(script, Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))).await;
+        let sink = Self::serve(script, Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))), "127.0.0.1:0").await;
         (sink, ca.pem())
     }
 
-    async fn serve(script: Vec<Answer>, tls: Option<tokio_rustls::TlsAcceptor>) -> TestSink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn serve(script: Vec<Answer>, tls: Option<tokio_rustls::TlsAcceptor>, addr: &str) -> TestSink {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(SinkState { seen: Vec::new(), script: script.into() }));
         let arrived = Arc::new(Notify::new());

@@ -1,0 +1,237 @@
+//! Durable delivery through the admin API's eyes: retries and their record, dead letters
+//! retried by hand, success_when, dedupe, paging, and a kill -9 in the middle.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{Answer, Relay, TestSink};
+
+fn config(sink: &TestSink, target_extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: hooks\n    source: github\n    dedupe: 1h\n    match: {{ path: '/hooks/{{kind}}' }}\n    forward:\n      - name: sink\n        url: {}/deliver\n        bearer: very-secret\n        retry: {{ max_attempts: 3, initial: 20ms, max: 100ms, jitter: false }}\n{target_extra}",
+        sink.url()
+    )
+}
+
+const AUTH: [(&str, &str); 1] = [("authorization", "Bearer t0ken")];
+
+async fn get(relay: &Relay, path: &str) -> Value {
+    let reply = relay.client.get(&relay.admin_url(path), &AUTH).await;
+    assert_eq!(reply.status, 200, "GET {path}: {}", reply.text());
+    reply.json()
+}
+
+/// Polls (bounded) until the event's only delivery is finished; returns it.
+async fn finished_delivery(relay: &Relay, event_id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = get(relay, &format!("/api/events/{event_id}")).await;
+        let delivery = event["deliveries"][0].clone();
+        if matches!(delivery["status"].as_str(), Some("succeeded" | "failed")) {
+            return delivery;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "delivery not finished: {event}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn send(relay: &Relay, delivery_id: &str) -> String {
+    let reply = relay
+        .client
+        .post_json(&relay.url("/hooks/push"), &[("x-github-event", "push"), ("x-github-delivery", delivery_id)], r#"{"a":1}"#)
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn two_503s_then_200_is_delivered_with_three_attempts_on_record() {
+    let sink =
+        TestSink::scripted(vec![Answer::with_body(503, r#"{"busy":true}"#), Answer::status_only(503), Answer::with_body(200, "{}")]).await;
+    let relay = Relay::start(&config(&sink, "")).await;
+    let event_id = send(&relay, "d-1").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!(delivery["status"], "succeeded");
+    assert_eq!(delivery["attempts"], 3);
+    assert_eq!(delivery["request"]["headers"].as_array().unwrap().iter().find(|h| h[0] == "authorization").unwrap()[1], "[redacted]");
+    let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
+    let statuses: Vec<u64> = record["attempts"].as_array().unwrap().iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    assert_eq!(record["attempts"][0]["response_body"], r#"{"busy":true}"#);
+    let sent_auth =
+        record["attempts"][0]["request_headers"].as_array().unwrap().iter().find(|h| h[0] == "authorization").unwrap()[1].clone();
+    assert_eq!(sent_auth, "[redacted]");
+    let seen = sink.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].header("authorization"), Some("Bearer very-secret"), "the real credential still goes to the target");
+    let keys: Vec<&str> = seen.iter().map(|s| s.header("idempotency-key").unwrap()).collect();
+    assert!(keys.iter().all(|k| *k == format!("{event_id}.sink")), "{keys:?}");
+}
+
+#[tokio::test]
+async fn failed_delivery_is_kept_and_can_be_retried_by_hand() {
+    let sink = TestSink::scripted(vec![Answer::status_only(500), Answer::status_only(500)]).await;
+    let relay = Relay::start(&config(&sink, "").replace("max_attempts: 3", "max_attempts: 2")).await;
+    let event_id = send(&relay, "d-2").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!(delivery["status"], "failed");
+    assert_eq!(delivery["attempts"], 2);
+    let id = delivery["id"].as_str().unwrap();
+    let failed = get(&relay, "/api/deliveries?status=failed").await;
+    assert_eq!(failed["items"][0]["id"], id);
+
+    let retried = relay.client.send("POST", &relay.admin_url(&format!("/api/deliveries/{id}/retry")), &AUTH, "").await;
+    assert_eq!(retried.status, 200, "{}", retried.text());
+    assert_eq!(retried.json()["status"], "pending");
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!(delivery["status"], "succeeded");
+    assert_eq!(sink.seen().len(), 3);
+    let again = relay.client.send("POST", &relay.admin_url(&format!("/api/deliveries/{id}/retry")), &AUTH, "").await;
+    assert_eq!(again.status, 409, "a delivered delivery is not retried: {}", again.text());
+    let missing = relay.client.send("POST", &relay.admin_url("/api/deliveries/nope/retry"), &AUTH, "").await;
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test]
+async fn chat_api_errcode_is_retried_under_success_when() {
+    let sink = TestSink::scripted(vec![
+        Answer::with_body(200, r#"{"errcode":130101,"errmsg":"send too fast"}"#),
+        Answer::with_body(200, r#"{"errcode":0,"errmsg":"ok"}"#),
+    ])
+    .await;
+    let relay = Relay::start(&config(&sink, "        success_when:\n          - { path: $.errcode, equals: 0 }\n")).await;
+    let event_id = send(&relay, "d-3").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!(delivery["status"], "succeeded");
+    assert_eq!(delivery["attempts"], 2);
+}
+
+#[tokio::test]
+async fn a_429_is_recorded_but_does_not_use_up_an_attempt() {
+    let sink =
+        TestSink::scripted(vec![Answer { status: 429, headers: vec![("retry-after".into(), "1".into())], body: String::new() }]).await;
+    let relay = Relay::start(&config(&sink, "").replace("max_attempts: 3", "max_attempts: 1")).await;
+    let started = std::time::Instant::now();
+    let event_id = send(&relay, "d-4").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!(delivery["status"], "succeeded");
+    assert_eq!(delivery["attempts"], 1, "only the 200 counts");
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 honoured");
+    let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
+    let counted: Vec<bool> = record["attempts"].as_array().unwrap().iter().map(|a| a["counted"].as_bool().unwrap()).collect();
+    assert_eq!(counted, [false, true]);
+}
+
+#[tokio::test]
+async fn repeated_sender_delivery_id_is_acknowledged_but_not_sent_twice() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink, "")).await;
+    let first = send(&relay, "same-id").await;
+    let reply = relay
+        .client
+        .post_json(&relay.url("/hooks/push"), &[("x-github-event", "push"), ("x-github-delivery", "same-id")], r#"{"a":1}"#)
+        .await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["duplicates"][0]["original"], first);
+    finished_delivery(&relay, &first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn events_page_by_cursor_and_filter() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink, "")).await;
+    let mut sent = Vec::new();
+    for n in 0..25 {
+        sent.push(send(&relay, &format!("page-{n}")).await);
+    }
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/events?route=hooks&limit=10&cursor={cursor}"),
+            None => "/api/events?route=hooks&limit=10".to_string(),
+        };
+        let page = get(&relay, &path).await;
+        pages += 1;
+        listed.extend(page["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    sent.reverse();
+    assert_eq!(listed, sent, "newest first, no gaps, no repeats");
+    assert_eq!(get(&relay, "/api/events?route=other").await["items"], json!([]));
+    let bad = relay.client.get(&relay.admin_url("/api/deliveries?status=lost"), &AUTH).await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(relay.client.get(&relay.admin_url("/api/events/nope"), &AUTH).await.status, 404);
+    assert_eq!(relay.client.get(&relay.admin_url("/api/events"), &[]).await.status, 401);
+}
+
+/// 50 events accepted while the target is down, the relay killed with SIGKILL, restarted,
+/// the target brought up: all 50 arrive, each with its Idempotency-Key.
+#[cfg(unix)]
+#[tokio::test]
+async fn acknowledged_events_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, target_port) = (free_port(), free_port());
+    let path = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:{port}\nstore: {{ path: ./state/relay.db }}\nroutes:\n  - name: crash\n    match: {{ path: /hooks/crash }}\n    forward:\n      - name: down\n        url: http://127.0.0.1:{target_port}/x\n        body: {{ n: '{{{{json body.n}}}}' }}\n        retry: {{ max_attempts: 1000, initial: 50ms, max: 300ms }}\n"
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .args(["run", "--no-watch", "-c", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = crate::support::reqwest_like::Client::new();
+    let url = format!("http://127.0.0.1:{port}/hooks/crash");
+    let wait_until_up = |client: crate::support::reqwest_like::Client| {
+        let probe = format!("http://127.0.0.1:{port}/healthz-probe");
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while client.try_get(&probe).await.is_none() {
+                assert!(tokio::time::Instant::now() < deadline, "relay did not start");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    let mut first = spawn();
+    wait_until_up(client.clone()).await;
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        let reply = client.post_json(&url, &[], json!({ "n": n }).to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap().to_string());
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let sink = TestSink::on(&format!("127.0.0.1:{target_port}")).await;
+    let mut second = spawn();
+    let seen = sink.wait_for(50).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let mut numbers: Vec<i64> = seen.iter().map(|s| s.json()["n"].as_i64().unwrap()).collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers, (0..50).collect::<Vec<_>>(), "every acknowledged event arrived");
+    for request in &seen {
+        let key = request.header("idempotency-key").unwrap();
+        let event = key.strip_suffix(".down").unwrap();
+        assert!(ids.iter().any(|id| id == event), "{key}");
+    }
+}
