@@ -24,7 +24,9 @@ async fn sink() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async { Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new())) });
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
+                });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
@@ -52,7 +54,10 @@ async fn run(store_dir: &Path, sink: SocketAddr) -> (f64, Duration) {
         let url = url.clone();
         senders.push(tokio::spawn(async move {
             for _ in 0..per_sender {
-                let request = http::Request::post(url.clone()).header("content-type", "application/json").body(Full::new(Bytes::from_static(PAYLOAD))).expect("request");
+                let request = http::Request::post(url.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(PAYLOAD)))
+                    .expect("request");
                 let response = client.request(request).await.expect("relay answers");
                 assert_eq!(response.status(), 202);
                 let _ = response.into_body().collect().await;

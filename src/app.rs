@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{self, env::ProcessEnv, ConfigErrors, Snapshot};
-use crate::delivery::client::{self, HttpClient};
+use crate::delivery::client::{self, Outbound};
 use crate::delivery::engine::{now_ms, Engine};
 use crate::ratelimit::{IngressLimiters, OutboundLimiters};
 use crate::store::{SqliteStore, Store, StoreError};
@@ -42,7 +42,7 @@ pub enum ReloadOutcome {
 pub struct Relay {
     config: Arc<ArcSwap<Snapshot>>,
     pub config_path: PathBuf,
-    pub client: HttpClient,
+    pub outbound: Outbound,
     pub engine: Arc<Engine>,
     /// Rate-limit buckets outlive config snapshots: a reload keeps unchanged ones.
     pub outbound_limits: Arc<OutboundLimiters>,
@@ -225,7 +225,7 @@ pub async fn start_with_options(path: &Path, options: &StartOptions) -> Result<R
 
 pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions) -> Result<Running, StartError> {
     metrics::handle();
-    let client = client::build(&snapshot.settings.extra_roots)?;
+    let outbound = Outbound::build(&snapshot.settings.extra_roots)?;
     let outbound_limits = Arc::new(OutboundLimiters::default());
     let listen = snapshot.settings.listen;
     let admin_listen = snapshot.settings.admin.as_ref().map(|a| a.listen);
@@ -241,13 +241,13 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let retention = snapshot.settings.retention;
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let (shutdown, receiver) = watch::channel(false);
-    let engine = Engine::start(store.clone(), config.clone(), client.clone(), outbound_limits.clone(), 64, receiver.clone()).await?;
+    let engine = Engine::start(store.clone(), config.clone(), outbound.clone(), outbound_limits.clone(), 64, receiver.clone()).await?;
     tokio::spawn(prune_periodically(store, retention, receiver.clone()));
     let relay = Arc::new(Relay {
         started_with,
         config,
         config_path: path.to_path_buf(),
-        client,
+        outbound,
         engine,
         outbound_limits,
         ingress_limits: IngressLimiters::default(),

@@ -89,7 +89,7 @@ async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, p
     match &snapshot.settings.upstream {
         Some(upstream) => {
             count_request("", "proxied");
-            proxy::forward(&relay.client, upstream, request, peer, "http").await
+            proxy::forward(&relay.outbound.trusted, upstream, request, peer, "http").await
         }
         None => {
             count_request("", "unmatched");
@@ -282,7 +282,8 @@ async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target
         }
     }
     let started = std::time::Instant::now();
-    match client::send(&relay.client, outgoing, target.timeout).await {
+    let trusted = target.trusted || relay.snapshot().settings.allow_private;
+    match relay.outbound.send(trusted, outgoing, target.timeout).await {
         Ok(response) => {
             let status = response.status().as_u16();
             let result = if target.is_success(status) { "succeeded" } else { "failed" };

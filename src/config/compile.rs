@@ -16,14 +16,14 @@ use serde_json::Value;
 use super::env::{expand_tree, Lookup};
 use super::model::{RawConfig, RawInclude, RawRoute};
 use super::units::{parse_duration, parse_size};
-use super::{serde_error, ConfigError, ConfigErrors, Problems, SourceFile};
+use super::{serde_error, ApiRoute, ConfigError, ConfigErrors, Problems, SourceFile};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{self, valid_name, CompileCtx, TargetDefaults};
 use crate::ratelimit::LimitSpec;
 use crate::routing::condition::compile_match;
 use crate::routing::path::PathPattern;
 use crate::routing::source::{Extractor, Source, SourceKind};
-use crate::routing::{IngressLimit, LimitBy, Route};
+use crate::routing::{IngressLimit, LimitBy, Origin, Route};
 use crate::template::TemplateEngine;
 use crate::verify;
 
@@ -168,7 +168,7 @@ fn take_routes(tree: &mut serde_yaml::Value) -> Vec<serde_yaml::Value> {
     }
 }
 
-pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, ConfigErrors> {
+pub fn load_and_compile(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mut hasher = DefaultHasher::new();
     let Some(mut main) = read_file(path, env, &mut hasher, &mut errors) else {
@@ -223,14 +223,32 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
         }
     }
 
+    // API routes come last, and are never `${VAR}`-expanded: whoever holds the admin token
+    // must not be able to read the relay's environment through a URL.
+    let mut api_sources = Vec::new();
+    for route in api_routes {
+        route.name.hash(&mut hasher);
+        route.definition.to_string().hash(&mut hasher);
+        match serde_yaml::to_value(&route.definition) {
+            Ok(tree) => api_sources.push((SourceFile::api(&route.name), vec![tree])),
+            Err(err) => errors.push(SourceFile::api(&route.name).error("", err.to_string())),
+        }
+    }
+    let yaml_sources = route_sources.len();
+    route_sources.extend(api_sources);
+    let allow_private = settings.as_ref().is_some_and(|s| s.allow_private);
     let mut templates = TemplateEngine::new();
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     let mut templates_use_raw = false;
     let mut limit_keys = HashMap::new();
-    for (file, trees) in route_sources {
+    for (source_index, (file, trees)) in route_sources.into_iter().enumerate() {
+        let origin = if source_index < yaml_sources { Origin::Yaml } else { Origin::Api };
         for (index, tree) in trees.into_iter().enumerate() {
-            let at = format!("routes[{index}]");
+            let at = match origin {
+                Origin::Yaml => format!("routes[{index}]"),
+                Origin::Api => "route".to_string(),
+            };
             templates_use_raw |= mentions_raw(&tree);
             let raw_route: RawRoute = match serde_path_to_error::deserialize(tree) {
                 Ok(route) => route,
@@ -244,6 +262,16 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
                 problems.push(format!("{at}.name"), format!("route name {:?} is used twice", raw_route.name));
             }
             let route = compile_route(&raw_route, &at, &file.path, &defaults, &mut templates, &mut limit_keys, &mut problems);
+            let route = route.map(|mut route| {
+                route.origin = origin;
+                for target in &mut route.targets {
+                    target.trusted = origin == Origin::Yaml || target.targets_upstream();
+                }
+                if origin == Origin::Api && !allow_private {
+                    refuse_private_targets(&raw_route, &at, &mut problems);
+                }
+                route
+            });
             file.collect(problems, &mut errors);
             routes.extend(route);
         }
@@ -255,6 +283,23 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup) -> Result<Snapshot, Confi
             Ok(Snapshot { settings, routes, templates, files, include_patterns, content_hash: hasher.finish(), templates_use_raw })
         }
         _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// API routes may not target loopback, private or link-local hosts written into the URL
+/// (resolved names are checked again at send time); `upstream:` targets are allowed.
+fn refuse_private_targets(raw: &RawRoute, at: &str, problems: &mut Problems) {
+    for (index, target) in raw.forward.iter().enumerate() {
+        if target.url.starts_with("upstream:") {
+            continue;
+        }
+        let private = crate::delivery::guard::check_literal_host(&target.url).is_err();
+        if private {
+            problems.push(
+                format!("{at}.forward[{index}].url"),
+                "routes created through the API may not target loopback, private or link-local addresses (set outbound.allow_private: true to allow)",
+            );
+        }
     }
 }
 
@@ -473,6 +518,7 @@ fn compile_route(
     }
     Some(Route {
         name: raw.name.clone(),
+        origin: Origin::Yaml,
         file: file.display().to_string(),
         source,
         path: path?,

@@ -82,6 +82,11 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
+    /// An API route has no file: errors name it and carry no position.
+    fn api(name: &str) -> SourceFile {
+        SourceFile { path: PathBuf::from(format!("api route {name:?}")), locator: Locator::new(""), unexpanded: Vec::new() }
+    }
+
     fn new(path: &Path, text: &str) -> SourceFile {
         SourceFile { path: path.to_path_buf(), locator: Locator::new(text), unexpanded: Vec::new() }
     }
@@ -101,9 +106,21 @@ impl SourceFile {
     }
 }
 
+/// A route created through the admin API: the YAML route schema as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRoute {
+    pub name: String,
+    pub definition: serde_json::Value,
+}
+
 /// Loads and compiles the config at `path`, reading `${VAR}` from `env`.
 pub fn load(path: &Path, env: &dyn env::Lookup) -> Result<Snapshot, ConfigErrors> {
-    compile::load_and_compile(path, env)
+    compile::load_and_compile(path, env, &[])
+}
+
+/// Like [`load`], with the routes kept in the store after the file's routes.
+pub fn load_with_api_routes(path: &Path, env: &dyn env::Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
+    compile::load_and_compile(path, env, api_routes)
 }
 
 /// Turns a serde error from reading a YAML tree into a located config error. serde's

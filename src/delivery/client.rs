@@ -1,5 +1,6 @@
-//! The one pooled HTTP(S) client shared by every target and by the sidecar proxy:
-//! keep-alive, HTTP/1.1 and HTTP/2 (ALPN), rustls with the ring provider.
+//! The pooled HTTP(S) clients shared by every target and by the sidecar proxy: keep-alive,
+//! HTTP/1.1 and HTTP/2 (ALPN), rustls with the ring provider. Trusted targets (YAML routes,
+//! `upstream:`) use the plain client; untrusted ones (API routes) go through the guard.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +14,48 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 
+use crate::delivery::guard::{check_literal_host, PublicOnly};
 use crate::delivery::target::OutgoingRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+type GuardedClient = Client<HttpsConnector<HttpConnector<PublicOnly>>, Body>;
+
+/// Both clients, one connection pool each.
+#[derive(Clone)]
+pub struct Outbound {
+    pub trusted: HttpClient,
+    guarded: GuardedClient,
+}
+
+impl Outbound {
+    /// Trusting the public web roots plus `extra_roots` (an internal CA).
+    pub fn build(extra_roots: &[CertificateDer<'static>]) -> Result<Outbound, ClientError> {
+        let tls = tls_config(extra_roots)?;
+        Ok(Outbound {
+            trusted: pooled(HttpConnector::new(), tls.clone()),
+            guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls),
+        })
+    }
+
+    /// Sends one rendered request; `trusted: false` refuses private destinations.
+    pub async fn send(&self, trusted: bool, outgoing: &OutgoingRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
+        if trusted {
+            return send_with(&self.trusted, outgoing, timeout).await;
+        }
+        check_literal_host(&outgoing.url).map_err(SendError::Refused)?;
+        send_with(&self.guarded, outgoing, timeout).await
+    }
+
+    /// One attempt, with the answer body read (and cut) for the record.
+    pub async fn attempt(&self, trusted: bool, outgoing: &OutgoingRequest, timeout: Duration) -> Attempt {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let sent = self.send(trusted, outgoing, timeout).await;
+        read_answer(sent, started, deadline, timeout).await
+    }
+}
 
 /// Answer bodies kept for the record are cut here.
 pub const MAX_RECORDED_ANSWER: usize = 64 * 1024;
@@ -28,24 +66,31 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the client trusting the public web roots plus `extra_roots` (an internal CA).
-pub fn build(extra_roots: &[CertificateDer<'static>]) -> Result<HttpClient, ClientError> {
+fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     for root in extra_roots {
         roots.add(root.clone())?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
+        .with_no_client_auth())
+}
+
+fn pooled<R>(mut http: HttpConnector<R>, tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector<R>>, Body>
+where
+    R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr>,
+    R::Error: Into<BoxError>,
+    R::Future: Send,
+{
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
     let connector =
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().enable_http2().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector))
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector)
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -61,17 +106,25 @@ pub enum SendError {
     Connect(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SendError {
     /// A request that could not even be built will not improve by waiting.
     pub fn retryable(&self) -> bool {
-        !matches!(self, SendError::Invalid(_))
+        !matches!(self, SendError::Invalid(_) | SendError::Refused(_))
     }
 }
 
-/// Sends one rendered request, answering with the streaming response.
-pub async fn send(client: &HttpClient, outgoing: &OutgoingRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
+async fn send_with<C>(
+    client: &Client<C, Body>,
+    outgoing: &OutgoingRequest,
+    timeout: Duration,
+) -> Result<http::Response<Incoming>, SendError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let mut builder = http::Request::builder().method(outgoing.method.clone()).uri(outgoing.url.as_str());
     if let Some(headers) = builder.headers_mut() {
         headers.extend(outgoing.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -79,8 +132,18 @@ pub async fn send(client: &HttpClient, outgoing: &OutgoingRequest, timeout: Dura
     let request = builder.body(full(outgoing.body.clone())).map_err(|err| SendError::Invalid(err.to_string()))?;
     match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(err)) => Err(SendError::Connect(error_chain(&err))),
+        Ok(Err(err)) => Err(classify(&err)),
         Err(_) => Err(SendError::Timeout(timeout)),
+    }
+}
+
+/// A refusal by the guard surfaces as a connect error; keep it recognisable (and final).
+fn classify(err: &hyper_util::client::legacy::Error) -> SendError {
+    let chain = error_chain(err);
+    if chain.contains("outbound.allow_private is false") {
+        SendError::Refused(chain)
+    } else {
+        SendError::Connect(chain)
     }
 }
 
@@ -97,10 +160,8 @@ pub struct Attempt {
     pub duration: Duration,
 }
 
-pub async fn attempt(client: &HttpClient, outgoing: &OutgoingRequest, timeout: Duration) -> Attempt {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let response = match send(client, outgoing, timeout).await {
+async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started: Instant, deadline: Instant, timeout: Duration) -> Attempt {
+    let response = match sent {
         Ok(response) => response,
         Err(err) => {
             return Attempt {

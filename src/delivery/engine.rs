@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::Snapshot;
-use crate::delivery::client::{attempt, Attempt, HttpClient};
+use crate::delivery::client::{Attempt, Outbound};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{is_success, OutgoingRequest, Target};
 use crate::metrics;
@@ -50,7 +50,7 @@ pub struct Accepted {
 pub struct Engine {
     store: Arc<dyn Store>,
     config: Arc<ArcSwap<Snapshot>>,
-    client: HttpClient,
+    client: Outbound,
     limiters: Arc<OutboundLimiters>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -67,7 +67,7 @@ impl Engine {
     pub async fn start(
         store: Arc<dyn Store>,
         config: Arc<ArcSwap<Snapshot>>,
-        client: HttpClient,
+        client: Outbound,
         limiters: Arc<OutboundLimiters>,
         concurrency: usize,
         shutdown: watch::Receiver<bool>,
@@ -212,7 +212,8 @@ impl Engine {
         }
         let outgoing = outgoing(&delivery);
         let started_at = now_ms();
-        let result = attempt(&self.client, &outgoing, settings.timeout).await;
+        let trusted = target.is_some_and(|t| t.trusted) || snapshot.settings.allow_private;
+        let result = self.client.attempt(trusted, &outgoing, settings.timeout).await;
         let decision = decide(&delivery, &result, &settings, started_at);
         if let (Some(limit), Some(429), Some(after)) = (&settings.rate_limit, result.status, result.retry_after) {
             self.limiters.bucket(&limit.key, limit.spec).pause(after.min(MAX_RETRY_AFTER));

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod engine;
+pub mod guard;
 pub mod retry;
 pub mod target;

@@ -72,6 +72,8 @@ pub struct Target {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub rate_limit: Option<TargetLimit>,
+    /// Sent without the private-address guard: targets of YAML routes and `upstream:` URLs.
+    pub trusted: bool,
     when: Option<TemplateId>,
     /// Must hold on the answer's JSON body for a delivery to count as done (chat APIs answer
     /// 200 with an error code).
@@ -143,6 +145,10 @@ impl Target {
     /// Whether an answer's status counts as delivered.
     pub fn is_success(&self, status: u16) -> bool {
         is_success(self.success.as_deref(), status)
+    }
+
+    pub fn targets_upstream(&self) -> bool {
+        matches!(self.url, UrlSpec::Upstream(_))
     }
 
     pub fn success_statuses(&self) -> Option<&[u16]> {
@@ -559,6 +565,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         timeout,
         retry,
         rate_limit,
+        trusted: true,
         when,
         success_when,
         ordered_by,

@@ -17,9 +17,18 @@ use condition::{Condition, MatchInput};
 use path::{Params, PathPattern};
 use source::{EventInfo, Source};
 
+/// Where a route was defined: YAML is trusted operator config, API routes are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Yaml,
+    Api,
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    pub origin: Origin,
     /// The file that defined the route.
     pub file: String,
     pub source: Source,
