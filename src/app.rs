@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{self, env::ProcessEnv, ConfigErrors, Snapshot};
+use crate::config::{self, env::ProcessEnv, ApiRoute, ConfigErrors, Snapshot};
 use crate::delivery::client::{self, Outbound};
 use crate::delivery::engine::{now_ms, Engine};
 use crate::ratelimit::{IngressLimiters, OutboundLimiters};
@@ -49,6 +49,9 @@ pub struct Relay {
     pub ingress_limits: IngressLimiters,
     status: Mutex<ConfigStatus>,
     started_with: StartupSettings,
+    api_routes: Mutex<Vec<ApiRoute>>,
+    /// Serialises route changes made through the API (check, persist, swap).
+    pub api_lock: tokio::sync::Mutex<()>,
 }
 
 impl Relay {
@@ -69,8 +72,32 @@ impl Relay {
     /// Reads and compiles the config again with the same function as startup; swaps it in
     /// only if it compiles completely. Blocking (file I/O): call from a blocking context.
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigErrors> {
+        let api_routes = self.api_routes();
+        self.install(config::load_with_api_routes(&self.config_path, &ProcessEnv, &api_routes))
+    }
+
+    /// The routes kept in the store, as the serving snapshot knows them.
+    pub fn api_routes(&self) -> Vec<ApiRoute> {
+        self.api_routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Compiles the config with `routes` as the API routes; swaps it in only if it compiles.
+    /// The caller persists the change to the store between [`Relay::check_api_routes`] and this.
+    pub fn apply_api_routes(&self, routes: Vec<ApiRoute>) -> Result<ReloadOutcome, ConfigErrors> {
+        let loaded = config::load_with_api_routes(&self.config_path, &ProcessEnv, &routes);
+        if loaded.is_ok() {
+            *self.api_routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = routes;
+        }
+        self.install(loaded)
+    }
+
+    /// Whether the config compiles with `routes` as the API routes, without swapping.
+    pub fn check_api_routes(&self, routes: &[ApiRoute]) -> Result<(), ConfigErrors> {
+        config::load_with_api_routes(&self.config_path, &ProcessEnv, routes).map(|_| ())
+    }
+
+    fn install(&self, loaded: Result<Snapshot, ConfigErrors>) -> Result<ReloadOutcome, ConfigErrors> {
         let current = self.snapshot();
-        let loaded = config::load(&self.config_path, &ProcessEnv);
         let mut status = self.lock_status();
         match loaded {
             Ok(snapshot) if snapshot.content_hash == current.content_hash => {
@@ -238,6 +265,22 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let started_with = StartupSettings::of(&snapshot.settings);
     let store = open_store(&snapshot.settings.store_path).await?;
+    let api_routes: Vec<ApiRoute> =
+        store.list_routes().await?.into_iter().map(|stored| ApiRoute { name: stored.name, definition: stored.definition }).collect();
+    let mut startup_error = None;
+    let snapshot = if api_routes.is_empty() {
+        snapshot
+    } else {
+        match config::load_with_api_routes(path, &ProcessEnv, &api_routes) {
+            Ok(with_api) => with_api,
+            Err(errors) => {
+                // The file changed under routes created earlier: serve the file's routes and say why.
+                tracing::error!(errors = %errors, "routes from the API do not compile with this config; serving without them");
+                startup_error = Some(errors.to_string());
+                snapshot
+            }
+        }
+    };
     let retention = snapshot.settings.retention;
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let (shutdown, receiver) = watch::channel(false);
@@ -254,10 +297,12 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         status: Mutex::new(ConfigStatus {
             generation: 1,
             loaded_at: Utc::now(),
-            last_error: None,
-            last_error_at: None,
+            last_error_at: startup_error.as_ref().map(|_| Utc::now()),
+            last_error: startup_error,
             restart_required: Vec::new(),
         }),
+        api_routes: Mutex::new(api_routes),
+        api_lock: tokio::sync::Mutex::new(()),
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);

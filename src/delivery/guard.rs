@@ -88,6 +88,15 @@ impl Service<Name> for PublicOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
+
+    #[tokio::test]
+    async fn names_resolving_only_to_private_addresses_are_refused_at_connect_time() {
+        let mut resolver = PublicOnly::default();
+        let refused = resolver.call(Name::from_str("localhost").unwrap()).await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
+        assert!(refused.to_string().contains("outbound.allow_private"));
+    }
 
     #[test]
     fn private_ranges() {

@@ -1,5 +1,6 @@
 //! Integration tests: the real relay on 127.0.0.1:0, a real sink, real files on disk.
 
+mod api_routes;
 mod cli;
 mod delivery;
 mod forwarding;

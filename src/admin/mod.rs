@@ -12,6 +12,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod routes;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
 use crate::app::{Relay, ReloadOutcome};
 use crate::delivery::client::{full, Body};
 use crate::delivery::engine::now_ms;
@@ -59,6 +64,16 @@ fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     secret_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// API request bodies (route definitions, sample requests) are small.
+const MAX_API_BODY: usize = 1024 * 1024;
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match http_body_util::Limited::new(request.into_body(), MAX_API_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body unreadable or too large", Some(json!(err.to_string())))),
+    }
 }
 
 pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<Body> {
@@ -170,6 +185,28 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 Err(err) => store_error(err),
             }
         }
+        (Method::POST, "/api/routes") => match read_body(request).await {
+            Ok(body) => routes::create(relay, body).await,
+            Err(response) => response,
+        },
+        (Method::POST, other) if other.starts_with("/api/routes/") && (other.ends_with("/render") || other.ends_with("/test")) => {
+            let rest = &other["/api/routes/".len()..];
+            let (name, call) = rest.rsplit_once('/').unwrap_or((rest, ""));
+            let (name, call) = (name.to_string(), call.to_string());
+            match read_body(request).await {
+                Ok(body) if call == "render" => routes::render(relay, &name, body).await,
+                Ok(body) => routes::test(relay, &name, body).await,
+                Err(response) => response,
+            }
+        }
+        (Method::PUT, other) if other.starts_with("/api/routes/") => {
+            let name = other["/api/routes/".len()..].to_string();
+            match read_body(request).await {
+                Ok(body) => routes::replace(relay, &name, body).await,
+                Err(response) => response,
+            }
+        }
+        (Method::DELETE, other) if other.starts_with("/api/routes/") => routes::delete(relay, &other["/api/routes/".len()..]).await,
         (Method::GET, other) if other.starts_with("/api/routes/") => {
             let name = &other["/api/routes/".len()..];
             match relay.snapshot().route(name) {
@@ -221,7 +258,7 @@ fn redact_delivery(delivery: &mut DeliveryView) {
     delivery.request.url = redact_url(&delivery.request.url);
 }
 
-fn store_error(err: StoreError) -> Response<Body> {
+pub(crate) fn store_error(err: StoreError) -> Response<Body> {
     match err {
         StoreError::NotFound => json_error(StatusCode::NOT_FOUND, "not found", None),
         StoreError::Conflict(detail) => json_error(StatusCode::CONFLICT, "conflict", Some(json!(detail))),
@@ -234,12 +271,12 @@ fn store_error(err: StoreError) -> Response<Body> {
 }
 
 /// A route as the API shows it; secrets never appear (targets show their URL template).
-fn describe(route: &Route) -> Value {
+pub(crate) fn describe(route: &Route) -> Value {
     let methods: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
     let targets: Vec<_> = route.targets.iter().map(|t| t.summary()).collect();
     json!({
         "name": route.name,
-        "origin": "yaml",
+        "origin": route.origin,
         "file": route.file,
         "source": format!("{:?}", route.source.kind).to_lowercase(),
         "path": route.path.as_str(),
