@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::Utc;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -20,16 +21,17 @@ use crate::app::Relay;
 use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
-use crate::delivery::client::{self, Body};
-use crate::delivery::engine::{recorded_headers, stored, AcceptError, Accepted};
-use crate::delivery::target::{OutgoingRequest, Target};
+use crate::delivery::client::{self, header_pairs, Body};
+use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
+use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
 use crate::ratelimit::Throttled;
+use crate::redact::redact_headers;
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
-use crate::store::{AcceptOutcome, NewDelivery, NewEvent};
+use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
 use crate::verify::VerifyInput;
 
 /// Serves the ingress listener until `shutdown` turns true.
@@ -175,7 +177,8 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let received_at = Utc::now();
     let mut context = context::base(inbound, body, received_at, snapshot.templates_use_raw);
     let mut events: Vec<Accepted> = Vec::with_capacity(passed.len());
-    let mut sync_send: Option<(OutgoingRequest, &Target)> = None;
+    let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
+    let mut render_failures = Vec::new();
     let mut sync_failure = None;
     for matched in &passed {
         let event_id = ulid::Ulid::generate().to_string();
@@ -188,7 +191,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                 target.render(&route.name, &snapshot.templates, &context, inbound, snapshot.settings.upstream.as_ref(), &event_id);
             let first_sync = wants_sync && index == 0;
             match rendered {
-                Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target)),
+                Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target, event_id.clone())),
                 Ok(Some(outgoing)) => deliveries.push(NewDelivery {
                     id: ulid::Ulid::generate().to_string(),
                     event_id: event_id.clone(),
@@ -204,6 +207,8 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                     tracing::warn!(error = %err, "render failed");
                     if first_sync {
                         sync_failure = Some((route.name.as_str(), err));
+                    } else {
+                        render_failures.push((events.len(), target, err));
                     }
                 }
             }
@@ -246,8 +251,9 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             return retry_later(StatusCode::SERVICE_UNAVAILABLE, "could not store the event", 1);
         }
     };
+    record_render_failures(relay, &ids, &outcomes, render_failures).await;
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
-    let Some((outgoing, target)) = sync_send else {
+    let Some((outgoing, target, sync_event)) = sync_send else {
         let mut duplicates = Vec::new();
         for ((name, outcome), id) in route_names.iter().zip(&outcomes).zip(&ids) {
             match outcome {
@@ -270,36 +276,124 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     for name in &route_names {
         count_request(name, "forwarded");
     }
-    forward_sync(relay, &outgoing, target).await
+    forward_sync(relay, &outgoing, target, &sync_event).await
 }
 
-/// Sends the sync target now and relays its answer, status, headers and body.
-async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target) -> Response<Body> {
+/// Targets whose request could not be rendered fail at once (retrying cannot help); they
+/// are logged on their event so the failure is visible in the delivery log.
+async fn record_render_failures(relay: &Relay, ids: &[String], outcomes: &[AcceptOutcome], failures: Vec<(usize, &Target, RenderError)>) {
+    for (event_index, target, err) in failures {
+        let (Some(event_id), Some(AcceptOutcome::Accepted)) = (ids.get(event_index), outcomes.get(event_index)) else { continue };
+        let now = now_ms();
+        let summary = target.summary();
+        let request =
+            StoredRequest { method: summary.method.to_string(), url: summary.url.to_string(), headers: Vec::new(), body: Bytes::new() };
+        let record = AttemptRecord {
+            started_at: now,
+            duration_ms: 0,
+            request_url: request.url.clone(),
+            request_method: request.method.clone(),
+            request_headers: Vec::new(),
+            request_body: Bytes::new(),
+            status: None,
+            response_headers: Vec::new(),
+            response_body: Bytes::new(),
+            error: Some(err.to_string()),
+            counted: true,
+        };
+        let delivery = NewDelivery {
+            id: ulid::Ulid::generate().to_string(),
+            event_id: event_id.clone(),
+            route: err.route.clone(),
+            target: err.target.clone(),
+            request,
+            next_attempt_at: now,
+            ordered_key: None,
+        };
+        let outcome = AttemptOutcome::Failed { reason: format!("render error: {err}") };
+        if let Err(store_err) = relay.engine.store().record_finished(delivery, record, outcome, now).await {
+            tracing::warn!(error = %store_err, "could not log a render error");
+        }
+    }
+}
+
+/// A sync target's answer is buffered up to this size so it can be both returned and logged.
+const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Sends the sync target now, relays its answer (status, headers and body) and logs the
+/// delivery with its one attempt on the route's event.
+async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target, event_id: &str) -> Response<Body> {
     if let Some(limit) = &target.rate_limit {
         if let Err(Throttled(wait)) = relay.outbound_limits.bucket(&limit.key, limit.spec).acquire(Some(limit.max_wait)).await {
             count_request(&outgoing.route, "rate_limited");
             return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
         }
     }
+    let started_at = now_ms();
     let started = std::time::Instant::now();
     let trusted = target.trusted || relay.snapshot().settings.allow_private;
-    match relay.outbound.send(trusted, outgoing, target.timeout).await {
+    let answer = match relay.outbound.send(trusted, outgoing, target.timeout).await {
         Ok(response) => {
-            let status = response.status().as_u16();
-            let result = if target.is_success(status) { "succeeded" } else { "failed" };
-            crate::metrics::count_delivery(&outgoing.route, &outgoing.target, result, Some(started.elapsed().as_secs_f64()));
             let (mut parts, body) = response.into_parts();
-            proxy::strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.map_err(Into::into).boxed())
+            match Limited::new(body, MAX_SYNC_ANSWER).collect().await {
+                Ok(collected) => {
+                    proxy::strip_hop_by_hop(&mut parts.headers);
+                    Ok((parts, collected.to_bytes()))
+                }
+                Err(err) => {
+                    Err((StatusCode::BAD_GATEWAY, format!("could not read the target's answer (limit {MAX_SYNC_ANSWER} bytes): {err}")))
+                }
+            }
         }
         Err(err) => {
-            crate::metrics::count_delivery(&outgoing.route, &outgoing.target, "failed", Some(started.elapsed().as_secs_f64()));
-            tracing::warn!(route = %outgoing.route, target = %outgoing.target, error = %err, "sync delivery failed");
-            let status = match err {
-                client::SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            json_error(status, "target unavailable", Some(json!(err.to_string())))
+            let status = if matches!(err, client::SendError::Timeout(_)) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+            Err((status, err.to_string()))
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let (status, response_headers, response_body, error) = match &answer {
+        Ok((parts, body)) => (Some(parts.status.as_u16()), header_pairs(&parts.headers), body.clone(), None),
+        Err((_, message)) => (None, Vec::new(), Bytes::new(), Some(message.clone())),
+    };
+    let succeeded = status.is_some_and(|code| target.is_success(code));
+    crate::metrics::count_delivery(&outgoing.route, &outgoing.target, if succeeded { "succeeded" } else { "failed" }, Some(seconds));
+    let outcome = match (&error, status) {
+        (_, Some(_)) if succeeded => AttemptOutcome::Succeeded,
+        (_, Some(code)) => AttemptOutcome::Failed { reason: format!("answer {code} (returned to the sender)") },
+        (Some(message), None) => AttemptOutcome::Failed { reason: message.clone() },
+        (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
+    };
+    let stored_request = stored(outgoing);
+    let record = AttemptRecord {
+        started_at,
+        duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        request_url: stored_request.url.clone(),
+        request_method: stored_request.method.clone(),
+        request_headers: redact_headers(&stored_request.headers),
+        request_body: stored_request.body.clone(),
+        status,
+        response_headers,
+        response_body,
+        error,
+        counted: true,
+    };
+    let delivery = NewDelivery {
+        id: ulid::Ulid::generate().to_string(),
+        event_id: event_id.to_string(),
+        route: outgoing.route.clone(),
+        target: outgoing.target.clone(),
+        request: stored_request,
+        next_attempt_at: started_at,
+        ordered_key: None,
+    };
+    if let Err(err) = relay.engine.store().record_finished(delivery, record, outcome, now_ms()).await {
+        tracing::warn!(route = %outgoing.route, error = %err, "could not log the sync delivery");
+    }
+    match answer {
+        Ok((parts, body)) => Response::from_parts(parts, client::full(body)),
+        Err((status, message)) => {
+            tracing::warn!(route = %outgoing.route, target = %outgoing.target, error = %message, "sync delivery failed");
+            json_error(status, "target unavailable", Some(json!(message)))
         }
     }
 }

@@ -176,8 +176,7 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
         }
     };
     let status = response.status().as_u16();
-    let headers =
-        response.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    let headers = header_pairs(response.headers());
     let retry_after = response
         .headers()
         .get(http::header::RETRY_AFTER)
@@ -192,6 +191,11 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
         Err(_) => (Bytes::new(), Some(format!("answer body timed out after {timeout:?}"))),
     };
     Attempt { status: Some(status), headers, answer, retry_after, error, retryable: true, duration: started.elapsed() }
+}
+
+/// Header pairs as text, for the store and the API.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
 /// The error and its causes on one line: hyper's top-level messages alone say little.

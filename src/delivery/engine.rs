@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::Snapshot;
-use crate::delivery::client::{Attempt, Outbound};
+use crate::delivery::client::{header_pairs, Attempt, Outbound};
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{is_success, OutgoingRequest, Target};
 use crate::metrics;
@@ -370,18 +370,12 @@ pub fn stored(request: &OutgoingRequest) -> StoredRequest {
     StoredRequest {
         method: request.method.to_string(),
         url: request.url.clone(),
-        headers: request
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect(),
+        headers: header_pairs(&request.headers),
         body: request.body.clone(),
     }
 }
 
 /// Header pairs of an incoming request, secrets redacted (the event record is for people).
 pub fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    let pairs: Vec<(String, String)> =
-        headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-    redact_headers(&pairs)
+    redact_headers(&header_pairs(headers))
 }

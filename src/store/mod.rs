@@ -338,6 +338,16 @@ pub trait Store: Send + Sync {
     /// `next_attempt_at`, no attempt recorded.
     async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError>;
 
+    /// Adds a delivery that already happened (a sync route's answered request) or never can
+    /// (a render error) to an accepted event, with its one attempt, so the log is complete.
+    async fn record_finished(
+        &self,
+        delivery: NewDelivery,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
     /// Hands back every claim at startup, due at `now`: called by the only process using
     /// this store, so any in-flight delivery belonged to a process that died (at-least-once:
     /// it is sent again). Shared backends keep relying on lease expiry instead. Returns how

@@ -194,6 +194,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_finished(
+        &self,
+        delivery: NewDelivery,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .write(move |conn| {
+                // Inserted as in flight so the one finishing path records the attempt.
+                insert_delivery(conn, &delivery, "in_flight", now)?;
+                finish_attempt(conn, &delivery.id, &attempt, &outcome, now)
+            })
+            .await
+    }
+
     async fn recover_claims(&self, now: i64) -> Result<u64, StoreError> {
         self.writer
             .write(move |conn| {
@@ -374,30 +390,35 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
         &event.body[..],
     ])
     .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
-                                 status, next_attempt_at, ordered_key, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11)",
-    )?;
     for delivery in deliveries {
-        let request = &delivery.request;
-        insert
-            .execute(params![
-                delivery.id,
-                delivery.event_id,
-                delivery.route,
-                delivery.target,
-                request.method,
-                request.url,
-                headers_json(&request.headers)?,
-                &request.body[..],
-                delivery.next_attempt_at,
-                delivery.ordered_key,
-                event.received_at,
-            ])
-            .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+        insert_delivery(conn, delivery, "pending", event.received_at)?;
     }
     Ok(AcceptOutcome::Accepted)
+}
+
+fn insert_delivery(conn: &Connection, delivery: &NewDelivery, status: &str, created_at: i64) -> Result<(), StoreError> {
+    let request = &delivery.request;
+    conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
+                                 status, next_attempt_at, ordered_key, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+    )?
+    .execute(params![
+        delivery.id,
+        delivery.event_id,
+        delivery.route,
+        delivery.target,
+        request.method,
+        request.url,
+        headers_json(&request.headers)?,
+        &request.body[..],
+        status,
+        delivery.next_attempt_at,
+        delivery.ordered_key,
+        created_at,
+    ])
+    .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+    Ok(())
 }
 
 /// Which deliveries may be claimed, given `?1` = now. An ordered delivery must be the oldest

@@ -185,6 +185,25 @@ async fn recover_claims_hands_back_every_in_flight_delivery() {
 }
 
 #[tokio::test]
+async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let event = event("e1", "github", T0);
+    store.accept(event.clone(), vec![]).await.unwrap();
+    let sync = delivery("d-sync", &event, "sync", T0);
+    store.record_finished(sync, attempt(Some(201), true), AttemptOutcome::Succeeded, T0 + 5).await.unwrap();
+    let broken = delivery("d-render", &event, "broken", T0);
+    store.record_finished(broken, attempt(None, false), AttemptOutcome::Failed { reason: "render error".into() }, T0 + 5).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-sync").await.unwrap().unwrap();
+    assert_eq!((view.status, view.attempts, view.last_status), (DeliveryStatus::Succeeded, 1, Some(201)));
+    assert_eq!(attempts.len(), 1);
+    let (view, _) = store.get_delivery("d-render").await.unwrap().unwrap();
+    assert_eq!((view.status, view.last_error.as_deref()), (DeliveryStatus::Failed, Some("render error")));
+    assert!(store.claim_due(T0 + 10, 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.get_event("e1").await.unwrap().unwrap().deliveries.len(), 2);
+}
+
+#[tokio::test]
 async fn release_hands_the_claim_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -235,3 +235,35 @@ async fn acknowledged_events_survive_kill_9() {
         assert!(ids.iter().any(|id| id == event), "{key}");
     }
 }
+
+#[tokio::test]
+async fn sync_answers_and_render_errors_are_in_the_delivery_log() {
+    let sink = TestSink::scripted(vec![Answer::with_body(201, r#"{"pipeline":"started"}"#)]).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: ci\n    respond: sync\n    match: {{ path: /hooks/ci }}\n    forward:\n      - name: trigger\n        url: {}/trigger\n        success: [201]\n      - name: strict\n        url: {}/never\n        strict: true\n        body: '{{\"x\": \"{{{{body.missing}}}}\"}}'\n",
+        sink.url(),
+        sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/hooks/ci"), &[], "{}").await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.text(), r#"{"pipeline":"started"}"#);
+    let events = get(&relay, "/api/events?route=ci").await;
+    let event_id = events["items"][0]["id"].as_str().unwrap().to_string();
+    let event = get(&relay, &format!("/api/events/{event_id}")).await;
+    let mut deliveries: Vec<(String, String)> = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["target"].as_str().unwrap().to_string(), d["status"].as_str().unwrap().to_string()))
+        .collect();
+    deliveries.sort();
+    assert_eq!(deliveries, [("strict".to_string(), "failed".to_string()), ("trigger".to_string(), "succeeded".to_string())], "{event}");
+    let strict = event["deliveries"].as_array().unwrap().iter().find(|d| d["target"] == "strict").unwrap();
+    assert!(strict["last_error"].as_str().unwrap().contains("render error"), "{strict}");
+    let trigger = event["deliveries"].as_array().unwrap().iter().find(|d| d["target"] == "trigger").unwrap();
+    let record = get(&relay, &format!("/api/deliveries/{}", trigger["id"].as_str().unwrap())).await;
+    assert_eq!(record["attempts"][0]["status"], 201);
+    assert_eq!(record["attempts"][0]["response_body"], r#"{"pipeline":"started"}"#);
+    assert_eq!(sink.seen().len(), 1, "the strict target was never sent");
+}
