@@ -28,7 +28,7 @@ use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
 use crate::ratelimit::Throttled;
-use crate::redact::redact_headers;
+use crate::redact::{redact_headers, redact_url};
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
@@ -276,7 +276,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     for name in &route_names {
         count_request(name, "forwarded");
     }
-    forward_sync(relay, &outgoing, target, &sync_event).await
+    forward_sync(relay, outgoing, target, &sync_event).await
 }
 
 /// Targets whose request could not be rendered fail at once (retrying cannot help); they
@@ -322,7 +322,7 @@ const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
 
 /// Sends the sync target now, relays its answer (status, headers and body) and logs the
 /// delivery with its one attempt on the route's event.
-async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target, event_id: &str) -> Response<Body> {
+async fn forward_sync(relay: &Relay, mut outgoing: OutgoingRequest, target: &Target, event_id: &str) -> Response<Body> {
     if let Some(limit) = &target.rate_limit {
         if let Err(Throttled(wait)) = relay.outbound_limits.bucket(&limit.key, limit.spec).acquire(Some(limit.max_wait)).await {
             count_request(&outgoing.route, "rate_limited");
@@ -332,6 +332,10 @@ async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target
     let started_at = now_ms();
     let started = std::time::Instant::now();
     let trusted = target.trusted || relay.snapshot().settings.allow_private;
+    if let Err(err) = target.sign(&mut outgoing, started_at) {
+        return json_error(StatusCode::BAD_GATEWAY, "could not sign the outgoing request", Some(json!(err.to_string())));
+    }
+    let outgoing = &outgoing;
     let answer = match relay.outbound.send(trusted, outgoing, target.timeout).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
@@ -367,7 +371,7 @@ async fn forward_sync(relay: &Relay, outgoing: &OutgoingRequest, target: &Target
     let record = AttemptRecord {
         started_at,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        request_url: stored_request.url.clone(),
+        request_url: redact_url(&stored_request.url),
         request_method: stored_request.method.clone(),
         request_headers: redact_headers(&stored_request.headers),
         request_body: stored_request.body.clone(),

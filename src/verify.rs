@@ -246,7 +246,7 @@ fn compile_token(token: &RawToken, at: &str, problems: &mut Problems) -> Option<
     }
 }
 
-fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> Option<HmacCheck> {
+pub(crate) fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> Option<HmacCheck> {
     let header = header_name(&raw.header, format!("{at}.header"), problems);
     let algorithm = match raw.algorithm.as_deref().unwrap_or("sha256") {
         "sha1" => Some(HmacAlgorithm::Sha1),

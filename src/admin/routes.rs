@@ -255,7 +255,7 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
     let mut results = Vec::new();
     for target in &route.targets {
         let rendered = target.render(&route.name, &snapshot.templates, &context, &request, snapshot.settings.upstream.as_ref(), &event_id);
-        let outgoing = match rendered {
+        let mut outgoing = match rendered {
             Ok(Some(outgoing)) => outgoing,
             Ok(None) => {
                 results.push(json!({ "target": target.name, "skipped": "`when` did not render \"true\"" }));
@@ -267,7 +267,10 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
             }
         };
         let trusted = target.trusted || snapshot.settings.allow_private;
-        let attempt = relay.outbound.attempt(trusted, &outgoing, target.timeout).await;
+        let attempt = match target.sign(&mut outgoing, now_ms()) {
+            Ok(()) => relay.outbound.attempt(trusted, &outgoing, target.timeout).await,
+            Err(err) => crate::delivery::client::Attempt::failed_before_sending(err.to_string()),
+        };
         results.push(json!({
             "target": target.name,
             "request": RequestView::new(&outgoing, false),

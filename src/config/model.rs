@@ -198,6 +198,23 @@ pub struct RawBasicAuth {
     pub password: String,
 }
 
+/// Outbound signing: exactly one scheme.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSign {
+    pub standard_webhooks: Option<RawSecret>,
+    pub github: Option<RawSecret>,
+    pub hmac: Option<RawHmac>,
+    pub dingtalk: Option<RawSecret>,
+    pub feishu: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub secret: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawToken {
@@ -237,6 +254,7 @@ pub struct RawTarget {
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
     pub rate_limit: Option<RawRateLimit>,
+    pub sign: Option<RawSign>,
     pub when: Option<String>,
     /// Conditions on the answer's JSON body that must also hold for success.
     #[serde(default)]

@@ -193,6 +193,21 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
     Attempt { status: Some(status), headers, answer, retry_after, error, retryable: true, duration: started.elapsed() }
 }
 
+impl Attempt {
+    /// An attempt that could not be made (the request could not be signed): final.
+    pub fn failed_before_sending(error: String) -> Attempt {
+        Attempt {
+            status: None,
+            headers: Vec::new(),
+            answer: Bytes::new(),
+            retry_after: None,
+            retryable: false,
+            error: Some(error),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// Header pairs as text, for the store and the API.
 pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()

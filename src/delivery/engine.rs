@@ -18,7 +18,7 @@ use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{is_success, OutgoingRequest, Target};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
-use crate::redact::redact_headers;
+use crate::redact::{redact_headers, redact_url};
 use crate::routing::condition::{Condition, MatchInput};
 use crate::store::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoredRequest,
@@ -210,10 +210,14 @@ impl Engine {
                 return;
             }
         }
-        let outgoing = outgoing(&delivery);
+        let mut outgoing = outgoing(&delivery);
         let started_at = now_ms();
         let trusted = target.is_some_and(|t| t.trusted) || snapshot.settings.allow_private;
-        let result = self.client.attempt(trusted, &outgoing, settings.timeout).await;
+        let signed = target.map_or(Ok(()), |t| t.sign(&mut outgoing, started_at));
+        let result = match signed {
+            Ok(()) => self.client.attempt(trusted, &outgoing, settings.timeout).await,
+            Err(err) => Attempt::failed_before_sending(err.to_string()),
+        };
         let decision = decide(&delivery, &result, &settings, started_at);
         if let (Some(limit), Some(429), Some(after)) = (&settings.rate_limit, result.status, result.retry_after) {
             self.limiters.bucket(&limit.key, limit.spec).pause(after.min(MAX_RETRY_AFTER));
@@ -239,10 +243,10 @@ impl Engine {
         let record = AttemptRecord {
             started_at,
             duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
-            request_url: delivery.request.url.clone(),
+            request_url: redact_url(&outgoing.url),
             request_method: delivery.request.method.clone(),
-            request_headers: redact_headers(&delivery.request.headers),
-            request_body: delivery.request.body.clone(),
+            request_headers: redact_headers(&header_pairs(&outgoing.headers)),
+            request_body: outgoing.body.clone(),
             status: result.status,
             response_headers: result.headers.clone(),
             response_body: result.answer.clone(),

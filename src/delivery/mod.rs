@@ -5,4 +5,5 @@ pub mod client;
 pub mod engine;
 pub mod guard;
 pub mod retry;
+pub mod sign;
 pub mod target;

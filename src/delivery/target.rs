@@ -15,6 +15,7 @@ use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
 use crate::delivery::retry::RetryPolicy;
+use crate::delivery::sign::{SignError, Signer};
 use crate::inbound::InboundRequest;
 use crate::ratelimit::{compile_spec, LimitSpec};
 use crate::redact::redact_url;
@@ -72,6 +73,8 @@ pub struct Target {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub rate_limit: Option<TargetLimit>,
+    /// Applied at send time, over the exact bytes sent.
+    pub signer: Option<Signer>,
     /// Sent without the private-address guard: targets of YAML routes and `upstream:` URLs.
     pub trusted: bool,
     when: Option<TemplateId>,
@@ -145,6 +148,14 @@ impl Target {
     /// Whether an answer's status counts as delivered.
     pub fn is_success(&self, status: u16) -> bool {
         is_success(self.success.as_deref(), status)
+    }
+
+    /// Signs a rendered request just before it is sent (a fresh timestamp each attempt).
+    /// The message id is the request's idempotency key, stable across retries.
+    pub fn sign(&self, request: &mut OutgoingRequest, now_ms: i64) -> Result<(), SignError> {
+        let Some(signer) = &self.signer else { return Ok(()) };
+        let message_id = request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        signer.apply(request, &message_id, now_ms)
     }
 
     pub fn targets_upstream(&self) -> bool {
@@ -565,6 +576,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         timeout,
         retry,
         rate_limit,
+        signer: raw.sign.as_ref().and_then(|sign| crate::delivery::sign::compile(sign, &format!("{at}.sign"), ctx.problems)),
         trusted: true,
         when,
         success_when,

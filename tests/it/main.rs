@@ -9,4 +9,5 @@ mod limits;
 mod ratelimits;
 mod reload;
 mod sidecar;
+mod signing;
 mod support;
