@@ -53,11 +53,30 @@ pub struct HmacCheck {
 
 #[derive(Debug, Clone)]
 pub enum Check {
-    BasicAuth { expected: String },
-    HeaderToken { header: HeaderName, value: String },
-    FieldToken { path: JsonPath, value: String },
+    BasicAuth {
+        expected: String,
+    },
+    HeaderToken {
+        header: HeaderName,
+        value: String,
+    },
+    FieldToken {
+        path: JsonPath,
+        value: String,
+    },
     Hmac(Box<HmacCheck>),
     IpAllow(Vec<ipnet::IpNet>),
+    /// Standard Webhooks v1: `webhook-signature` over `id.timestamp.body`, timestamp fresh.
+    StandardWebhooks {
+        key: Vec<u8>,
+        tolerance: Duration,
+    },
+    /// Gitee: `X-Gitee-Token` is the password, or base64 HMAC-SHA256 of `timestamp\nsecret`
+    /// with the millisecond `X-Gitee-Timestamp` inside the tolerance.
+    Gitee {
+        secret: String,
+        tolerance: Duration,
+    },
 }
 
 /// The parts of a request a check may read.
@@ -103,6 +122,8 @@ impl Check {
             Check::IpAllow(nets) => {
                 nets.iter().any(|net| net.contains(&canonical(input.peer))).then_some(()).ok_or(VerifyError::AddressNotAllowed)
             }
+            Check::StandardWebhooks { key, tolerance } => check_standard_webhooks(key, *tolerance, input),
+            Check::Gitee { secret, tolerance } => check_gitee(secret, *tolerance, input),
         }
     }
 }
@@ -179,6 +200,51 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+fn header_text<'a>(input: &'a VerifyInput<'_>, name: &str) -> Option<&'a str> {
+    input.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn fresh(seconds: i64, now: i64, tolerance: Duration) -> Result<(), VerifyError> {
+    if now.abs_diff(seconds) > tolerance.as_secs() {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    Ok(())
+}
+
+fn check_standard_webhooks(key: &[u8], tolerance: Duration, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+    let bad = || VerifyError::BadSignature("webhook-signature".to_string());
+    let id = header_text(input, "webhook-id").ok_or_else(bad)?;
+    let timestamp = header_text(input, "webhook-timestamp").ok_or(VerifyError::StaleTimestamp)?;
+    fresh(timestamp.trim().parse().map_err(|_| VerifyError::StaleTimestamp)?, input.now_unix, tolerance)?;
+    let mut content = format!("{id}.{timestamp}.").into_bytes();
+    content.extend_from_slice(input.raw_body);
+    let expected = hmac_digest(HmacAlgorithm::Sha256, key, &content).ok_or_else(bad)?;
+    // The header lists signatures separated by spaces (key rotation); any v1 may match.
+    let signatures = header_text(input, "webhook-signature").ok_or_else(bad)?;
+    let matched = signatures
+        .split(' ')
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
+        .any(|given| secret_eq(&given, &expected));
+    matched.then_some(()).ok_or_else(bad)
+}
+
+fn check_gitee(secret: &str, tolerance: Duration, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+    let token = header_text(input, "x-gitee-token").ok_or(VerifyError::BadToken)?;
+    if secret_eq(token.as_bytes(), secret.as_bytes()) {
+        return Ok(());
+    }
+    let timestamp = header_text(input, "x-gitee-timestamp").ok_or(VerifyError::BadToken)?;
+    let millis: i64 = timestamp.trim().parse().map_err(|_| VerifyError::StaleTimestamp)?;
+    fresh(unix_seconds(millis), input.now_unix, tolerance)?;
+    let expected = hmac_digest(HmacAlgorithm::Sha256, secret.as_bytes(), format!("{}\n{secret}", timestamp.trim()).as_bytes())
+        .ok_or(VerifyError::BadToken)?;
+    // Gitee documents the signature URL-encoded; accept it either way.
+    let decoded = percent_encoding::percent_decode_str(token).decode_utf8_lossy();
+    let given = base64::engine::general_purpose::STANDARD.decode(decoded.trim()).map_err(|_| VerifyError::BadToken)?;
+    secret_eq(&given, &expected).then_some(()).ok_or(VerifyError::BadToken)
+}
+
 pub fn basic_auth_header(auth: &RawBasicAuth) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.username, auth.password));
     format!("Basic {encoded}")
@@ -204,8 +270,21 @@ pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Pro
     if let Some(hmac) = &raw.hmac {
         checks.extend(compile_hmac(hmac, &format!("{at}.hmac"), problems).map(|h| Check::Hmac(Box::new(h))));
     }
+    let tolerance = match &raw.tolerance {
+        Some(text) => parse_duration(text).unwrap_or_else(|message| {
+            problems.push(format!("{at}.tolerance"), message);
+            DEFAULT_TOLERANCE
+        }),
+        None => DEFAULT_TOLERANCE,
+    };
+    if let Some(standard) = &raw.standard_webhooks {
+        match crate::delivery::sign::standard_webhooks_key(&standard.secret) {
+            Ok(key) => checks.push(Check::StandardWebhooks { key, tolerance }),
+            Err(message) => problems.push(format!("{at}.standard_webhooks.secret"), message),
+        }
+    }
     if let Some(secret) = &raw.secret {
-        match secret_scheme(source, secret) {
+        match secret_scheme(source, secret, tolerance) {
             Ok(check) => checks.push(check),
             Err(message) => problems.push(format!("{at}.secret"), message),
         }
@@ -298,7 +377,14 @@ pub(crate) fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> 
     })
 }
 
-fn secret_scheme(source: SourceKind, secret: &str) -> Result<Check, String> {
+/// Replays with a timestamp further than this from now are refused (schemes with a timestamp).
+const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// The header CodeArts and bkrepo send the `secret:` in: both let users add custom headers
+/// to their webhooks, neither has a signature of its own.
+pub const TOKEN_HEADER: &str = "x-hookrelay-token";
+
+fn secret_scheme(source: SourceKind, secret: &str, tolerance: Duration) -> Result<Check, String> {
     let header_token = |name: &'static str| Check::HeaderToken { header: HeaderName::from_static(name), value: secret.to_string() };
     match source {
         SourceKind::Github => Ok(Check::Hmac(Box::new(HmacCheck {
@@ -317,7 +403,13 @@ fn secret_scheme(source: SourceKind, secret: &str) -> Result<Check, String> {
             Ok(path) => Ok(Check::FieldToken { path, value: secret.to_string() }),
             Err(err) => Err(err.to_string()),
         },
-        other => Err(format!("`secret:` is not available for source {other:?} yet; use verify.token, verify.hmac or verify.basic_auth")),
+        SourceKind::Gitee => Ok(Check::Gitee { secret: secret.to_string(), tolerance }),
+        SourceKind::Codearts | SourceKind::Bkrepo => Ok(header_token(TOKEN_HEADER)),
+        SourceKind::Standard => crate::delivery::sign::standard_webhooks_key(secret).map(|key| Check::StandardWebhooks { key, tolerance }),
+        SourceKind::Generic => {
+            Err("`secret:` needs a source with its own scheme; for generic use verify.token, verify.hmac or verify.standard_webhooks"
+                .to_string())
+        }
     }
 }
 
@@ -383,6 +475,43 @@ mod tests {
         assert_eq!(run(&checks, &[], b"", "::ffff:127.0.0.1"), Ok(()));
         assert_eq!(run(&checks, &[], b"", "10.2.3.4"), Ok(()));
         assert_eq!(run(&checks, &[], b"", "192.0.2.1"), Err(VerifyError::AddressNotAllowed));
+    }
+
+    #[test]
+    fn standard_webhooks_signed_by_the_official_package() {
+        // Webhook("whsec_MfKQ…").sign("msg_2KWP…", 1700000000, body) from the `standardwebhooks` PyPI package.
+        let checks = compile_yaml("standard_webhooks: { secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }", SourceKind::Generic);
+        let body = br#"{"type":"invoice.paid"}"#;
+        let good = [
+            ("webhook-id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
+            ("webhook-timestamp", "1700000000"),
+            ("webhook-signature", "v0,xx v1,cRz0JuaxwZNcPC7jxrpdWZ2+fvUJFOVYYnvio3vhSU4="),
+        ];
+        assert_eq!(run(&checks, &good, body, "127.0.0.1"), Ok(()));
+        assert!(run(&checks, &good, br#"{"type":"invoice.void"}"#, "127.0.0.1").is_err());
+        let stale = [good[0], ("webhook-timestamp", "1699990000"), good[2]];
+        assert_eq!(run(&checks, &stale, body, "127.0.0.1"), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn gitee_password_or_signature() {
+        let checks = compile_yaml("secret: gitee-secret", SourceKind::Gitee);
+        assert_eq!(run(&checks, &[("x-gitee-token", "gitee-secret")], b"{}", "127.0.0.1"), Ok(()));
+        // quote_plus(base64(hmac(secret, "1700000000123\ngitee-secret"))) computed with Python.
+        let signed = [("x-gitee-token", "OvzH05XVcZps6WiZjOJRmDiFVm31VA3AjbCdWjTENdQ%3D"), ("x-gitee-timestamp", "1700000000123")];
+        assert_eq!(run(&checks, &signed, b"{}", "127.0.0.1"), Ok(()));
+        let replayed = [signed[0], ("x-gitee-timestamp", "1699000000123")];
+        assert!(run(&checks, &replayed, b"{}", "127.0.0.1").is_err());
+        assert_eq!(run(&checks, &[("x-gitee-token", "guess")], b"{}", "127.0.0.1"), Err(VerifyError::BadToken));
+    }
+
+    #[test]
+    fn codearts_and_bkrepo_secrets_travel_in_a_custom_header() {
+        for source in [SourceKind::Codearts, SourceKind::Bkrepo] {
+            let checks = compile_yaml("secret: s", source);
+            assert_eq!(run(&checks, &[("x-hookrelay-token", "s")], b"{}", "127.0.0.1"), Ok(()));
+            assert_eq!(run(&checks, &[], b"{}", "127.0.0.1"), Err(VerifyError::BadToken));
+        }
     }
 
     #[test]

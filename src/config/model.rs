@@ -188,7 +188,10 @@ pub struct RawVerify {
     pub hmac: Option<RawHmac>,
     /// The source's own scheme (`github`: HMAC-SHA256, `gitlab`: token header, …).
     pub secret: Option<String>,
+    pub standard_webhooks: Option<RawSecret>,
     pub ip_allow: Option<Vec<String>>,
+    /// How far a signed timestamp may be from now (schemes with a timestamp); default 5m.
+    pub tolerance: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
