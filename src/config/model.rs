@@ -202,7 +202,7 @@ pub struct RawBasicAuth {
 }
 
 /// Outbound signing: exactly one scheme.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSign {
     pub standard_webhooks: Option<RawSecret>,
@@ -212,13 +212,13 @@ pub struct RawSign {
     pub feishu: Option<RawSecret>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecret {
     pub secret: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawToken {
     pub header: Option<String>,
@@ -226,7 +226,7 @@ pub struct RawToken {
     pub value: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHmac {
     pub header: String,
@@ -239,10 +239,14 @@ pub struct RawHmac {
     pub timestamp_header: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub name: Option<String>,
+    /// A receiver preset (`dingtalk`, `feishu`, `wecom`, `slack`, `discord`, `codearts`).
+    pub preset: Option<String>,
+    /// The receiver's signing secret, for presets that sign (DingTalk, Feishu).
+    pub secret: Option<String>,
     pub url: String,
     pub method: Option<String>,
     #[serde(default)]

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod engine;
 pub mod guard;
+pub mod preset;
 pub mod retry;
 pub mod sign;
 pub mod target;

@@ -429,6 +429,8 @@ pub fn compile_retry(overrides: &RawRetry, base: &RetryPolicy, at: &str, problem
 }
 
 pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>) -> Option<Target> {
+    let with_preset = crate::delivery::preset::apply(raw, at, ctx.problems);
+    let raw = &with_preset;
     let name = raw.name.clone().unwrap_or_else(|| index.to_string());
     if !valid_name(&name) {
         ctx.problems.push(format!("{at}.name"), format!("target name {name:?} must match [a-z0-9_-]+"));
