@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cases;
 pub mod config;
 pub mod context;
 pub mod delivery;

@@ -38,6 +38,15 @@ enum Command {
         #[arg(short, long, default_value = "hookrelay.yaml")]
         config: PathBuf,
     },
+    /// Run config-as-code cases: each request goes through matching and rendering (nothing
+    /// is sent) and must produce the expected requests; prints a diff per mismatch.
+    Test {
+        /// Overrides each cases file's own `config:`.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+    },
     /// Show which routes a request matches and the exact requests they would send. Nothing is sent.
     Render {
         #[arg(short, long, default_value = "hookrelay.yaml")]
@@ -126,6 +135,27 @@ fn try_main() -> anyhow::Result<ExitCode> {
             }
             Err(errors) => {
                 eprint!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Test { config, cases } => match hookrelay::cases::run(&cases, config.as_deref()) {
+            Ok(results) => {
+                let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+                for result in &results {
+                    if result.failures.is_empty() {
+                        println!("ok   {}: {}", result.file.display(), result.name);
+                    } else {
+                        println!("FAIL {}: {}", result.file.display(), result.name);
+                        for failure in &result.failures {
+                            println!("  {failure}");
+                        }
+                    }
+                }
+                println!("{} passed, {} failed", results.len() - failed, failed);
+                Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            Err(err) => {
+                eprintln!("{err}");
                 Ok(ExitCode::FAILURE)
             }
         },

@@ -39,10 +39,19 @@ pub fn apply(raw: &RawTarget, at: &str, problems: &mut Problems) -> RawTarget {
         }
         "slack" => {
             // Incoming webhooks: about one message a second per webhook.
-            target.rate_limit.get_or_insert(RawRateLimit { per_second: Some(1), key: robot.map(|id| format!("slack:{id}")), ..RawRateLimit::default() });
+            target.rate_limit.get_or_insert(RawRateLimit {
+                per_second: Some(1),
+                key: robot.map(|id| format!("slack:{id}")),
+                ..RawRateLimit::default()
+            });
         }
         "discord" => {
-            target.rate_limit.get_or_insert(RawRateLimit { per_minute: Some(30), burst: Some(5), key: robot.map(|id| format!("discord:{id}")), ..RawRateLimit::default() });
+            target.rate_limit.get_or_insert(RawRateLimit {
+                per_minute: Some(30),
+                burst: Some(5),
+                key: robot.map(|id| format!("discord:{id}")),
+                ..RawRateLimit::default()
+            });
         }
         "codearts" => {
             // The pipeline trigger answers 201; 400/401/404 fail at once, 500 is retried.
@@ -106,7 +115,11 @@ mod tests {
     #[test]
     fn dingtalk_fills_success_rate_and_signing_keyed_by_robot() {
         let mut problems = Problems::default();
-        let filled = apply(&target("{ url: 'https://oapi.dingtalk.com/robot/send?access_token=tok1', preset: dingtalk, secret: SEC1 }"), "t", &mut problems);
+        let filled = apply(
+            &target("{ url: 'https://oapi.dingtalk.com/robot/send?access_token=tok1', preset: dingtalk, secret: SEC1 }"),
+            "t",
+            &mut problems,
+        );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(filled.success_when[0]["path"], "$.errcode");
         let limit = filled.rate_limit.unwrap();

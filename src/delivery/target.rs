@@ -359,24 +359,38 @@ fn render_structured(tree: &Structured, engine: &TemplateEngine, context: &Conte
     })
 }
 
-/// `{{x.y}}`, `{{{x.y}}}` or `{{json x.y}}` alone: the path inside, for a typed leaf.
-fn single_expression(text: &str) -> Option<&str> {
+/// A leaf that is one expression and nothing else (`{{x.y}}`, `{{{x.y}}}`, `{{json x}}`,
+/// `{{len body.commits}}`): the template that renders its value as JSON, so the leaf keeps
+/// the value's type. Blocks, comments and partials are not single values.
+fn typed_leaf(text: &str) -> Option<String> {
     let trimmed = text.trim();
     let inner = trimmed
         .strip_prefix("{{{")
         .and_then(|t| t.strip_suffix("}}}"))
-        .or_else(|| trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")))?;
-    let inner = inner.trim();
-    let inner = inner.strip_prefix("json ").map(str::trim).unwrap_or(inner);
-    let is_path = !inner.is_empty() && inner.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '[' | ']' | '@' | '/'));
-    (is_path && inner != "else").then_some(inner)
+        .or_else(|| trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")))?
+        .trim();
+    if inner.is_empty()
+        || inner.contains("{{")
+        || inner.contains("}}")
+        || inner.starts_with(['#', '/', '^', '!', '>', '~'])
+        || inner == "else"
+    {
+        return None;
+    }
+    if inner.starts_with("json ") {
+        return Some(format!("{{{{{inner}}}}}"));
+    }
+    if inner.contains(char::is_whitespace) {
+        return Some(format!("{{{{json ({inner})}}}}"));
+    }
+    Some(format!("{{{{json {inner}}}}}"))
 }
 
 fn compile_structured(value: &Value, at: &str, strict: bool, ctx: &mut CompileCtx<'_>) -> Structured {
     match value {
         Value::String(text) if text.contains("{{") => {
-            if let Some(path) = single_expression(text) {
-                return compile_template(&format!("{{{{json {path}}}}}"), Escape::Plain, strict, at, ctx)
+            if let Some(typed) = typed_leaf(text) {
+                return compile_template(&typed, Escape::Plain, strict, at, ctx)
                     .map(Structured::Typed)
                     .unwrap_or(Structured::Literal(Value::Null));
             }
@@ -625,12 +639,14 @@ mod tests {
     }
 
     #[test]
-    fn single_expressions_are_recognised() {
-        assert_eq!(single_expression("{{body.commits}}"), Some("body.commits"));
-        assert_eq!(single_expression(" {{json body.a.[0]}} "), Some("body.a.[0]"));
-        assert_eq!(single_expression("{{{body.x}}}"), Some("body.x"));
-        assert_eq!(single_expression("{{upper body.x}}"), None);
-        assert_eq!(single_expression("a {{body.x}}"), None);
-        assert_eq!(single_expression("{{body.x}} {{body.y}}"), None);
+    fn typed_leaves_are_recognised() {
+        assert_eq!(typed_leaf("{{body.commits}}").as_deref(), Some("{{json body.commits}}"));
+        assert_eq!(typed_leaf(" {{json body.a.[0]}} ").as_deref(), Some("{{json body.a.[0]}}"));
+        assert_eq!(typed_leaf("{{{body.x}}}").as_deref(), Some("{{json body.x}}"));
+        assert_eq!(typed_leaf("{{len body.commits}}").as_deref(), Some("{{json (len body.commits)}}"));
+        assert_eq!(typed_leaf("a {{body.x}}"), None);
+        assert_eq!(typed_leaf("{{body.x}} {{body.y}}"), None);
+        assert_eq!(typed_leaf("{{#if x}}y{{/if}}"), None);
+        assert_eq!(typed_leaf("{{! note }}"), None);
     }
 }

@@ -28,7 +28,12 @@ fn check_lists_every_error_with_file_line_and_column() {
         assert!(lines.contains(&line), "missing line:\n{line}\nin:\n{stderr}");
     }
     let unknown = lines.iter().find(|l| l.contains("colour")).expect("unknown field reported");
-    assert!(unknown.starts_with("  tests/fixtures/broken/hookrelay.yaml:22:9: routes[2].forward[0].colour: unknown field `colour`, expected one of `name`, `url`"), "{unknown}");
+    assert!(
+        unknown.starts_with(
+            "  tests/fixtures/broken/hookrelay.yaml:22:9: routes[2].forward[0].colour: unknown field `colour`, expected one of `name`, "
+        ),
+        "{unknown}"
+    );
     let template_error = lines.iter().find(|l| l.contains("routes[3].forward[0].body")).expect("template error reported");
     assert!(
         template_error.starts_with(
