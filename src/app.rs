@@ -217,11 +217,27 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub relay: Arc<Relay>,
     shutdown: watch::Sender<bool>,
+    ingress: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
+    /// Signals every task to stop, without waiting.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Graceful stop: no new connections, in-flight requests finish, deliveries on the wire
+    /// finish or are handed back, the store is flushed — all within `limits.shutdown_grace`.
+    pub async fn shutdown(self) {
+        let grace = self.relay.snapshot().settings.limits.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        self.stop();
+        let _ = tokio::time::timeout_at(deadline, self.ingress).await;
+        self.relay.engine.drain(deadline).await;
+        if let Err(err) = self.relay.engine.store().close().await {
+            tracing::warn!(error = %err, "closing the store");
+        }
+        tracing::info!("stopped");
     }
 }
 
@@ -306,7 +322,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
-    tokio::spawn(ingress::serve(ingress_listener, relay.clone(), receiver.clone()));
+    let ingress = tokio::spawn(ingress::serve(ingress_listener, relay.clone(), receiver.clone()));
     if let Some(listener) = admin_listener {
         tokio::spawn(admin::serve(listener, relay.clone(), receiver.clone()));
     }
@@ -314,5 +330,5 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         tracing::warn!(error = %err, "file watching unavailable; reload with SIGHUP or POST /api/reload");
     }
     tracing::info!(%ingress_addr, admin = ?admin_addr, "hookrelay listening");
-    Ok(Running { ingress_addr, admin_addr, relay, shutdown })
+    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress })
 }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,13 +35,25 @@ use crate::routing::{self, RouteMatch};
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
 use crate::verify::VerifyInput;
 
-/// Serves the ingress listener until `shutdown` turns true.
+/// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets
+/// in-flight requests finish for up to `limits.shutdown_grace`.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
-    let header_timeout = relay.snapshot().settings.limits.header_timeout;
+    let limits = relay.snapshot().settings.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,25 +63,92 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            ::metrics::counter!(crate::metrics::LIMITED, "limit" => "max_connections").increment(1);
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
         let relay = relay.clone();
         let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let relay = relay.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&relay, request, peer).await) }
             });
-            if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
             }
+            drop(permit);
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace; closing them");
     }
 }
 
+/// Over `limits.max_connections`: answer 503 on this connection and close it, so the
+/// sender backs off instead of hanging.
+async fn refuse_busy(stream: tokio::net::TcpStream) {
+    let service = service_fn(|_request: Request<Incoming>| async {
+        Ok::<_, std::convert::Infallible>(retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many connections", 1))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(false).timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(2));
+    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+}
+
+/// The request id: the sender's `X-Request-Id` if it gave a sane one, else a new one.
+/// It is passed on to targets and the upstream service and returned to the sender.
+fn request_id(request: &mut Request<Incoming>) -> HeaderValue {
+    let given = request.headers().get(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).cloned();
+    let id =
+        given.unwrap_or_else(|| HeaderValue::from_str(&ulid::Ulid::generate().to_string()).unwrap_or(HeaderValue::from_static("unknown")));
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    id
+}
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// One log line per request: who, what, which routes, how it ended, how long it took.
+pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let id = request_id(&mut request);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut response = route_request(relay, request, peer).await;
+    let routes = response.extensions_mut().remove::<FiredRoutes>().map(|fired| fired.0.join(",")).unwrap_or_default();
+    tracing::info!(
+        target: "hookrelay::request",
+        request_id = %String::from_utf8_lossy(id.as_bytes()),
+        peer = %peer.ip(),
+        method = %method,
+        path = %path,
+        routes = %routes,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+/// The routes a request fired, for its log line (a response extension, never sent).
+#[derive(Clone)]
+struct FiredRoutes(Vec<String>);
+
+fn with_routes(mut response: Response<Body>, routes: &[&str]) -> Response<Body> {
+    response.extensions_mut().insert(FiredRoutes(routes.iter().map(|r| r.to_string()).collect()));
+    response
+}
+
 /// Handles one request on one config snapshot.
-pub async fn handle(relay: &Relay, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route_request(relay: &Relay, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let snapshot = relay.snapshot();
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
         return unmatched(relay, &snapshot, request.map(|b| b.map_err(Into::into).boxed()), peer).await;
@@ -271,12 +351,12 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         if !duplicates.is_empty() {
             answer["duplicates"] = json!(duplicates);
         }
-        return json_response(StatusCode::ACCEPTED, &answer);
+        return with_routes(json_response(StatusCode::ACCEPTED, &answer), &route_names);
     };
     for name in &route_names {
         count_request(name, "forwarded");
     }
-    forward_sync(relay, outgoing, target, &sync_event).await
+    with_routes(forward_sync(relay, outgoing, target, &sync_event).await, &route_names)
 }
 
 /// Targets whose request could not be rendered fail at once (retrying cannot help); they

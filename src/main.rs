@@ -115,8 +115,14 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 let options = hookrelay::app::StartOptions { watch_files: !no_watch };
                 let running = hookrelay::app::start_with_options(&config, &options).await?;
                 shutdown_signal().await?;
-                tracing::info!("shutting down");
-                running.stop();
+                tracing::info!("shutting down: finishing in-flight requests (a second signal exits at once)");
+                tokio::select! {
+                    _ = running.shutdown() => {}
+                    _ = shutdown_signal() => {
+                        tracing::warn!("second signal: exiting now");
+                        std::process::exit(1);
+                    }
+                }
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

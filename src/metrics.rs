@@ -12,6 +12,8 @@ pub const QUEUE_DEPTH: &str = "hookrelay_queue_depth";
 pub const CONFIG_RELOADS: &str = "hookrelay_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "hookrelay_config_generation";
 pub const RATE_LIMITED: &str = "hookrelay_rate_limited_total";
+/// Requests or connections refused by an abuse limit, by `limit`.
+pub const LIMITED: &str = "hookrelay_limited_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

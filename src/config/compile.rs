@@ -60,6 +60,11 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub request_timeout: Duration,
     pub queue_capacity: usize,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_streams: u32,
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +74,11 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             queue_capacity: 10_000,
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_streams: 100,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -345,6 +355,7 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
         None => fallback,
     };
     let header_timeout = duration(&raw.limits.header_timeout, "limits.header_timeout", defaults.header_timeout);
+    let shutdown_grace = duration(&raw.limits.shutdown_grace, "limits.shutdown_grace", defaults.shutdown_grace);
     let request_timeout = duration(&raw.limits.request_timeout, "limits.request_timeout", defaults.request_timeout);
     let max_body = match &raw.limits.max_body {
         Some(text) => parse_size(text).unwrap_or_else(|m| {
@@ -352,6 +363,14 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
             defaults.max_body
         }),
         None => defaults.max_body,
+    };
+    let max_header_bytes = match &raw.limits.max_header_bytes {
+        // hyper needs room for at least one full read buffer.
+        Some(text) => parse_size(text).map(|size| usize::try_from(size).unwrap_or(usize::MAX).max(8192)).unwrap_or_else(|m| {
+            problems.push("limits.max_header_bytes", m);
+            defaults.max_header_bytes
+        }),
+        None => defaults.max_header_bytes,
     };
     let store_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let store_path =
@@ -390,6 +409,11 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
             header_timeout,
             request_timeout,
             queue_capacity: raw.limits.queue_capacity.unwrap_or(defaults.queue_capacity).max(1),
+            max_connections: raw.limits.max_connections.unwrap_or(defaults.max_connections).max(1),
+            max_header_bytes,
+            max_headers: raw.limits.max_headers.unwrap_or(defaults.max_headers).max(1),
+            max_streams: raw.limits.max_streams.unwrap_or(defaults.max_streams).max(1),
+            shutdown_grace,
         },
         store_path,
         retention,

@@ -67,6 +67,13 @@ pub struct RawLimits {
     pub header_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub queue_capacity: Option<usize>,
+    pub max_connections: Option<usize>,
+    /// Request line and headers together (HTTP/1.1), or the header list (HTTP/2).
+    pub max_header_bytes: Option<String>,
+    pub max_headers: Option<usize>,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: Option<u32>,
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -54,6 +54,7 @@ pub struct Engine {
     limiters: Arc<OutboundLimiters>,
     wake: Notify,
     slots: Arc<Semaphore>,
+    concurrency: usize,
     /// Deliveries accepted and not finished; starts from the store's count.
     depth: AtomicI64,
     capacity: i64,
@@ -85,6 +86,7 @@ impl Engine {
             limiters,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
             depth: AtomicI64::new(i64::try_from(waiting).unwrap_or(i64::MAX)),
             capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
         });
@@ -142,6 +144,14 @@ impl Engine {
         match failure {
             Some(err) => Err(AcceptError::Store(err)),
             None => Ok(outcomes),
+        }
+    }
+
+    /// Waits (until `deadline`) for the deliveries on the wire to finish. Claims still held
+    /// then are handed back at the next start.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        while self.slots.available_permits() < self.concurrency && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -236,6 +236,10 @@ impl Target {
             headers.insert(http::header::AUTHORIZATION, authorization.clone());
         }
         headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("hookrelay/", env!("CARGO_PKG_VERSION"))));
+        // The request id travels on so one webhook can be followed through every hop.
+        if let Some(id) = request.headers.get("x-request-id") {
+            headers.insert(HeaderName::from_static("x-request-id"), id.clone());
+        }
         let idempotency = format!("{event_id}.{}", self.name);
         if let Ok(value) = HeaderValue::from_str(&idempotency) {
             headers.insert(HeaderName::from_static("idempotency-key"), value);
