@@ -412,7 +412,7 @@ async fn forward_sync(relay: &Relay, mut outgoing: OutgoingRequest, target: &Tar
     let started_at = now_ms();
     let started = std::time::Instant::now();
     let trusted = target.trusted || relay.snapshot().settings.allow_private;
-    if let Err(err) = target.sign(&mut outgoing, started_at) {
+    if let Err(err) = target.prepare(&mut outgoing, started_at) {
         return json_error(StatusCode::BAD_GATEWAY, "could not sign the outgoing request", Some(json!(err.to_string())));
     }
     let outgoing = &outgoing;

@@ -267,7 +267,7 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
             }
         };
         let trusted = target.trusted || snapshot.settings.allow_private;
-        let attempt = match target.sign(&mut outgoing, now_ms()) {
+        let attempt = match target.prepare(&mut outgoing, now_ms()) {
             Ok(()) => relay.outbound.attempt(trusted, &outgoing, target.timeout).await,
             Err(err) => crate::delivery::client::Attempt::failed_before_sending(err.to_string()),
         };

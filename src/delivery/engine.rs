@@ -223,7 +223,7 @@ impl Engine {
         let mut outgoing = outgoing(&delivery);
         let started_at = now_ms();
         let trusted = target.is_some_and(|t| t.trusted) || snapshot.settings.allow_private;
-        let signed = target.map_or(Ok(()), |t| t.sign(&mut outgoing, started_at));
+        let signed = target.map_or(Ok(()), |t| t.prepare(&mut outgoing, started_at));
         let result = match signed {
             Ok(()) => self.client.attempt(trusted, &outgoing, settings.timeout).await,
             Err(err) => Attempt::failed_before_sending(err.to_string()),

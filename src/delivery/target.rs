@@ -152,7 +152,20 @@ impl Target {
 
     /// Signs a rendered request just before it is sent (a fresh timestamp each attempt).
     /// The message id is the request's idempotency key, stable across retries.
-    pub fn sign(&self, request: &mut OutgoingRequest, now_ms: i64) -> Result<(), SignError> {
+    /// Adds the configured credentials (`basic_auth`, `bearer`, URL userinfo). They are
+    /// added at send time, never stored with the delivery, so the store holds no
+    /// credentials from the config.
+    pub fn add_credentials(&self, request: &mut OutgoingRequest) {
+        if let Some(authorization) = &self.authorization {
+            request.headers.insert(http::header::AUTHORIZATION, authorization.clone());
+        }
+    }
+
+    /// Everything added just before sending: credentials, then the signature (over the
+    /// exact bytes, with a fresh timestamp each attempt; the message id is the request's
+    /// idempotency key, stable across retries).
+    pub fn prepare(&self, request: &mut OutgoingRequest, now_ms: i64) -> Result<(), SignError> {
+        self.add_credentials(request);
         let Some(signer) = &self.signer else { return Ok(()) };
         let message_id = request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         signer.apply(request, &message_id, now_ms)
@@ -231,9 +244,6 @@ impl Target {
         let (body, content_type) = self.render_body(engine, context, request, &fail)?;
         if let Some(content_type) = content_type {
             headers.insert(http::header::CONTENT_TYPE, content_type);
-        }
-        if let Some(authorization) = &self.authorization {
-            headers.insert(http::header::AUTHORIZATION, authorization.clone());
         }
         headers.insert(http::header::USER_AGENT, HeaderValue::from_static(concat!("hookrelay/", env!("CARGO_PKG_VERSION"))));
         // The request id travels on so one webhook can be followed through every hop.
@@ -453,17 +463,20 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     if !valid_name(&name) {
         ctx.problems.push(format!("{at}.name"), format!("target name {name:?} must match [a-z0-9_-]+"));
     }
-    let url = match raw.url.strip_prefix("upstream:") {
+    // Literal userinfo (`https://user:pass@host/…`, as Codeup documents) is config, not
+    // data: it becomes the target's credentials and leaves the URL.
+    let (url_text, userinfo) = split_userinfo(&raw.url);
+    let url = match url_text.strip_prefix("upstream:") {
         Some(path) => compile_template(path, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
         None => {
-            if !raw.url.contains("{{") {
-                match url::Url::parse(&raw.url) {
+            if !url_text.contains("{{") {
+                match url::Url::parse(&url_text) {
                     Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
                     Ok(parsed) => ctx.problems.push(format!("{at}.url"), format!("scheme {:?} is not http or https", parsed.scheme())),
                     Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", redact_url(&raw.url))),
                 }
             }
-            compile_template(&raw.url, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
+            compile_template(&url_text, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
         }
     };
     let method = match Method::from_bytes(raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().as_bytes()) {
@@ -493,7 +506,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
             headers.push((header, id));
         }
     }
-    let authorization = match (&raw.basic_auth, &raw.bearer) {
+    let basic_auth = raw.basic_auth.clone().or(userinfo);
+    let authorization = match (&basic_auth, &raw.bearer) {
         (Some(_), Some(_)) => {
             ctx.problems.push(format!("{at}.bearer"), "give either basic_auth or bearer, not both");
             None
@@ -626,6 +640,20 @@ fn compile_limit(raw: &RawRateLimit, default_key: &str, at: &str, ctx: &mut Comp
     }
 }
 
+/// Splits literal `user:password@` out of an absolute URL (not when it is templated).
+fn split_userinfo(url: &str) -> (String, Option<crate::config::model::RawBasicAuth>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return (url.to_string(), None) };
+    if userinfo.contains("{{") {
+        return (url.to_string(), None);
+    }
+    let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
+    let (username, password) = userinfo.split_once(':').map(|(u, p)| (decode(u), decode(p))).unwrap_or((decode(userinfo), String::new()));
+    (format!("{scheme}://{host}{tail}"), Some(crate::config::model::RawBasicAuth { username, password }))
+}
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
@@ -633,6 +661,16 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_userinfo_becomes_credentials() {
+        let (url, auth) = split_userinfo("https://ci%40corp:pa%3Ass@host:8443/v2/x?y=1");
+        assert_eq!(url, "https://host:8443/v2/x?y=1");
+        let auth = auth.unwrap();
+        assert_eq!((auth.username.as_str(), auth.password.as_str()), ("ci@corp", "pa:ss"));
+        assert_eq!(split_userinfo("https://host/a@b").1.map(|a| a.username), None);
+        assert!(split_userinfo("https://{{vars.user}}@host/").1.is_none());
+    }
 
     #[test]
     fn dot_segments_are_refused() {

@@ -54,7 +54,10 @@ async fn two_503s_then_200_is_delivered_with_three_attempts_on_record() {
     let delivery = finished_delivery(&relay, &event_id).await;
     assert_eq!(delivery["status"], "succeeded");
     assert_eq!(delivery["attempts"], 3);
-    assert_eq!(delivery["request"]["headers"].as_array().unwrap().iter().find(|h| h[0] == "authorization").unwrap()[1], "[redacted]");
+    assert!(
+        delivery["request"]["headers"].as_array().unwrap().iter().all(|h| h[0] != "authorization"),
+        "config credentials are added at send time, never stored: {delivery}"
+    );
     let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
     let statuses: Vec<u64> = record["attempts"].as_array().unwrap().iter().map(|a| a["status"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [503, 503, 200]);
