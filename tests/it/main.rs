@@ -6,6 +6,7 @@ mod delivery;
 mod examples;
 mod forwarding;
 mod golden;
+mod hardening;
 mod limits;
 mod ratelimits;
 mod reload;
