@@ -141,6 +141,7 @@ struct StartupSettings {
     header_timeout: std::time::Duration,
     queue_capacity: usize,
     ca_file_roots: usize,
+    tls: bool,
 }
 
 impl StartupSettings {
@@ -151,6 +152,7 @@ impl StartupSettings {
             header_timeout: settings.limits.header_timeout,
             queue_capacity: settings.limits.queue_capacity,
             ca_file_roots: settings.extra_roots.len(),
+            tls: settings.tls.is_some(),
         }
     }
 }
@@ -170,6 +172,9 @@ fn restart_required(started: &StartupSettings, new: &config::Settings) -> Vec<St
     if new.queue_capacity != started.queue_capacity {
         notes.push("limits.queue_capacity changed: restart to apply".to_string());
     }
+    if new.tls != started.tls {
+        notes.push("tls turned on or off: restart to apply (a renewed certificate needs no restart)".to_string());
+    }
     if new.ca_file_roots != started.ca_file_roots {
         notes.push("outbound.ca_file changed: restart to apply".to_string());
     }
@@ -186,6 +191,8 @@ pub enum StartError {
     Client(#[from] client::ClientError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("TLS setup failed: {0}")]
+    Tls(rustls::Error),
 }
 
 async fn open_store(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
@@ -322,7 +329,11 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
-    let ingress = tokio::spawn(ingress::serve(ingress_listener, relay.clone(), receiver.clone()));
+    let acceptor = match relay.snapshot().settings.tls.is_some() {
+        true => Some(crate::tls::acceptor(relay.config.clone()).map_err(StartError::Tls)?),
+        false => None,
+    };
+    let ingress = tokio::spawn(ingress::serve(ingress_listener, relay.clone(), acceptor, receiver.clone()));
     if let Some(listener) = admin_listener {
         tokio::spawn(admin::serve(listener, relay.clone(), receiver.clone()));
     }

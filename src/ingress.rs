@@ -37,7 +37,12 @@ use crate::verify::VerifyInput;
 
 /// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets
 /// in-flight requests finish for up to `limits.shutdown_grace`.
-pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = relay.snapshot().settings.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -74,13 +79,26 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch
         let relay = relay.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
+            let peer = Peer { addr: peer, tls: acceptor.is_some() };
             let service = service_fn(move |request| {
                 let relay = relay.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&relay, request, peer).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection).await {
+            let served = match acceptor {
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                },
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+            };
+            if let Err(err) = served {
                 tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
             }
             drop(permit);
@@ -115,8 +133,25 @@ fn request_id(request: &mut Request<Incoming>) -> HeaderValue {
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Who sent a request, and over what.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Peer {
+    fn scheme(self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// One log line per request: who, what, which routes, how it ended, how long it took.
-pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = std::time::Instant::now();
     let id = request_id(&mut request);
     let method = request.method().clone();
@@ -126,7 +161,7 @@ pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: SocketA
     tracing::info!(
         target: "hookrelay::request",
         request_id = %String::from_utf8_lossy(id.as_bytes()),
-        peer = %peer.ip(),
+        peer = %peer.addr.ip(),
         method = %method,
         path = %path,
         routes = %routes,
@@ -148,7 +183,7 @@ fn with_routes(mut response: Response<Body>, routes: &[&str]) -> Response<Body> 
 }
 
 /// Handles one request on one config snapshot.
-async fn route_request(relay: &Relay, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) -> Response<Body> {
     let snapshot = relay.snapshot();
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
         return unmatched(relay, &snapshot, request.map(|b| b.map_err(Into::into).boxed()), peer).await;
@@ -167,11 +202,11 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: SocketAd
     }
 }
 
-async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, peer: SocketAddr) -> Response<Body> {
+async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, peer: Peer) -> Response<Body> {
     match &snapshot.settings.upstream {
         Some(upstream) => {
             count_request("", "proxied");
-            proxy::forward(&relay.outbound.trusted, upstream, request, peer, "http").await
+            proxy::forward(&relay.outbound.trusted, upstream, request, peer.addr, peer.scheme()).await
         }
         None => {
             count_request("", "unmatched");
@@ -180,7 +215,7 @@ async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, p
     }
 }
 
-async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Incoming>, peer: Peer) -> Response<Body> {
     let max_body = snapshot.settings.limits.max_body;
     let declared = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > max_body) {
@@ -201,7 +236,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     };
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let headers = std::mem::take(&mut parts.headers);
-    let mut inbound = InboundRequest::new(parts.method.clone(), path_and_query, headers, raw, peer.ip());
+    let mut inbound = InboundRequest::new(parts.method.clone(), path_and_query, headers, raw, peer.addr.ip());
     let matched = routing::select(&snapshot.routes, &inbound);
     if matched.is_empty() {
         parts.headers = inbound.headers;
@@ -227,13 +262,18 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
     }
     let now_unix = Utc::now().timestamp();
-    let verify_input =
-        VerifyInput { headers: &inbound.headers, raw_body: &inbound.raw, body: inbound.body.as_matchable(), peer: peer.ip(), now_unix };
+    let verify_input = VerifyInput {
+        headers: &inbound.headers,
+        raw_body: &inbound.raw,
+        body: inbound.body.as_matchable(),
+        peer: peer.addr.ip(),
+        now_unix,
+    };
     let (passed, failed): (Vec<RouteMatch<'_>>, Vec<RouteMatch<'_>>) =
         matched.into_iter().partition(|m| m.route.verify.iter().all(|check| check.check(&verify_input).is_ok()));
     for route in &failed {
         count_request(&route.route.name, "unauthorized");
-        tracing::info!(route = %route.route.name, peer = %peer.ip(), "verification failed");
+        tracing::info!(route = %route.route.name, peer = %peer.addr.ip(), "verification failed");
     }
     if passed.is_empty() {
         return json_error(StatusCode::UNAUTHORIZED, "verification failed", None);

@@ -22,5 +22,6 @@ pub mod respond;
 pub mod routing;
 pub mod store;
 pub mod template;
+pub mod tls;
 pub mod values;
 pub mod verify;

@@ -86,6 +86,8 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Inbound HTTPS, validated (certificate and key read and matched) at load.
+    pub tls: Option<crate::tls::TlsSettings>,
     pub admin: Option<AdminSettings>,
     pub upstream: Option<Upstream>,
     pub limits: Limits,
@@ -202,6 +204,16 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) 
     main.file.collect(problems, &mut errors);
 
     let mut files = vec![path.to_path_buf()];
+    // Certificate files are watched and hashed like config files: a renewed certificate is a reload.
+    if let Some(tls) = settings.as_ref().and_then(|s| s.tls.as_ref()) {
+        for file in [&tls.cert, &tls.key] {
+            if let Ok(bytes) = std::fs::read(file) {
+                file.hash(&mut hasher);
+                bytes.hash(&mut hasher);
+            }
+            files.push(file.clone());
+        }
+    }
     let mut route_sources: Vec<(SourceFile, Vec<serde_yaml::Value>)> = Vec::new();
     let includes = raw.as_ref().map(|r| r.include.clone()).unwrap_or_default();
     route_sources.push((main.file, main_routes));
@@ -400,8 +412,10 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
         }
         None => Vec::new(),
     };
+    let tls = raw.tls.as_ref().and_then(|tls| crate::tls::compile(tls, &store_dir, problems));
     Settings {
         listen,
+        tls,
         admin,
         upstream,
         limits: Limits {

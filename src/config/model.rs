@@ -12,6 +12,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
+    pub tls: Option<RawTls>,
     pub admin: Option<RawAdmin>,
     pub upstream: Option<String>,
     pub store: Option<RawStore>,
@@ -43,6 +44,14 @@ pub struct RawOutbound {
 pub struct RawInclude {
     #[serde(default)]
     pub routes: Vec<serde_yaml::Value>,
+}
+
+/// Inbound HTTPS: PEM certificate chain and private key, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

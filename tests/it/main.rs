@@ -13,3 +13,4 @@ mod reload;
 mod sidecar;
 mod signing;
 mod support;
+mod tls;

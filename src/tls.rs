@@ -1,0 +1,87 @@
+//! Inbound TLS (rustls, ring): the certificate chain and key are read and validated by the
+//! config compile (so a bad file is reported like a bad config and the old one keeps
+//! serving), watched with the config, and every handshake uses the serving snapshot's
+//! certificate: a renewed certificate reaches new connections without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::model::RawTls;
+use crate::config::{Problems, Snapshot};
+
+/// Validated TLS settings of one snapshot.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub certified: Arc<CertifiedKey>,
+}
+
+/// Reads and checks the PEM files; problems are reported at `tls.cert` / `tls.key`.
+pub fn compile(raw: &RawTls, base: &Path, problems: &mut Problems) -> Option<TlsSettings> {
+    let (cert, key) = (base.join(&raw.cert), base.join(&raw.key));
+    let chain: Vec<CertificateDer<'static>> =
+        match CertificateDer::pem_file_iter(&cert).and_then(|certs| certs.collect::<Result<Vec<_>, _>>()) {
+            Ok(chain) if !chain.is_empty() => chain,
+            Ok(_) => {
+                problems.push("tls.cert", format!("{} holds no PEM certificate", cert.display()));
+                return None;
+            }
+            Err(err) => {
+                problems.push("tls.cert", format!("cannot read {}: {err}", cert.display()));
+                return None;
+            }
+        };
+    let private = match PrivateKeyDer::from_pem_file(&key) {
+        Ok(private) => private,
+        Err(err) => {
+            problems.push("tls.key", format!("cannot read a private key from {}: {err}", key.display()));
+            return None;
+        }
+    };
+    let signing = match rustls::crypto::ring::sign::any_supported_type(&private) {
+        Ok(signing) => signing,
+        Err(err) => {
+            problems.push("tls.key", format!("unsupported private key in {}: {err}", key.display()));
+            return None;
+        }
+    };
+    let certified = CertifiedKey::new(chain, signing);
+    if let Err(err) = certified.keys_match() {
+        problems.push("tls.key", format!("the key does not match the certificate: {err}"));
+        return None;
+    }
+    Some(TlsSettings { cert, key, certified: Arc::new(certified) })
+}
+
+/// Hands every handshake the certificate of the snapshot serving right now.
+struct SnapshotCertificate(Arc<ArcSwap<Snapshot>>);
+
+impl std::fmt::Debug for SnapshotCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCertificate")
+    }
+}
+
+impl ResolvesServerCert for SnapshotCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.load().settings.tls.as_ref().map(|tls| tls.certified.clone())
+    }
+}
+
+/// The acceptor for the ingress listener: HTTP/2 and HTTP/1.1 by ALPN.
+pub fn acceptor(config: Arc<ArcSwap<Snapshot>>) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SnapshotCertificate(config)));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
