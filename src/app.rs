@@ -335,7 +335,11 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     };
     let ingress = tokio::spawn(ingress::serve(ingress_listener, relay.clone(), acceptor, receiver.clone()));
     if let Some(listener) = admin_listener {
-        tokio::spawn(admin::serve(listener, relay.clone(), receiver.clone()));
+        let admin_tls = match relay.snapshot().settings.tls.as_ref().filter(|tls| !tls.client_ca.is_empty()) {
+            Some(tls) => Some(crate::tls::admin_acceptor(relay.config.clone(), &tls.client_ca).map_err(StartError::Tls)?),
+            None => None,
+        };
+        tokio::spawn(admin::serve(listener, relay.clone(), admin_tls, receiver.clone()));
     }
     if let Err(err) = reload::spawn(relay.clone(), receiver, options.watch_files) {
         tracing::warn!(error = %err, "file watching unavailable; reload with SIGHUP or POST /api/reload");

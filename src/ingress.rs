@@ -72,10 +72,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            ::metrics::counter!(crate::metrics::LIMITED, "limit" => "max_connections").increment(1);
+            crate::metrics::count_limit("max_connections");
             tokio::spawn(refuse_busy(stream));
             continue;
         };
+        ::metrics::counter!(crate::metrics::CONNECTIONS).increment(1);
+        ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
         let relay = relay.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -102,6 +104,7 @@ pub async fn serve(
                 tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
             }
             drop(permit);
+            ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
         });
     }
     drop(listener);
@@ -193,6 +196,7 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) ->
         Ok(response) => response,
         Err(_) => {
             count_request("", "timeout");
+            crate::metrics::count_limit("request_timeout");
             json_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "request timed out",
@@ -220,6 +224,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let declared = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > max_body) {
         count_request("", "too_large");
+        crate::metrics::count_limit("max_body");
         return too_large(max_body);
     }
     let (mut parts, body) = request.into_parts();
@@ -227,6 +232,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             count_request("", "too_large");
+            crate::metrics::count_limit("max_body");
             return too_large(max_body);
         }
         Err(err) => {
@@ -252,6 +258,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
                 Ok(()) => true,
                 Err(Throttled(wait)) => {
                     count_request(&m.route.name, "rate_limited");
+                    crate::metrics::count_limit("ingress_limit");
                     retry_after = retry_after.max(Some(wait));
                     false
                 }

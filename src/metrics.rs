@@ -14,6 +14,8 @@ pub const CONFIG_GENERATION: &str = "hookrelay_config_generation";
 pub const RATE_LIMITED: &str = "hookrelay_rate_limited_total";
 /// Requests or connections refused by an abuse limit, by `limit`.
 pub const LIMITED: &str = "hookrelay_limited_total";
+pub const CONNECTIONS: &str = "hookrelay_connections_total";
+pub const CONNECTIONS_OPEN: &str = "hookrelay_connections_open";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -45,6 +47,11 @@ pub fn render() -> String {
 /// `hookrelay_requests_total{route,outcome}`; requests that matched no route use route "".
 pub fn count_request(route: &str, outcome: &'static str) {
     metrics::counter!(REQUESTS, "route" => route.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// `hookrelay_limited_total{limit}`: max_connections, max_body, request_timeout, ingress_limit.
+pub fn count_limit(limit: &'static str) {
+    metrics::counter!(LIMITED, "limit" => limit).increment(1);
 }
 
 pub fn count_delivery(route: &str, target: &str, result: &'static str, seconds: Option<f64>) {

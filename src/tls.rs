@@ -21,6 +21,8 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub certified: Arc<CertifiedKey>,
+    /// Roots for admin client certificates; empty means no mutual TLS.
+    pub client_ca: Vec<CertificateDer<'static>>,
 }
 
 /// Reads and checks the PEM files; problems are reported at `tls.cert` / `tls.key`.
@@ -57,7 +59,24 @@ pub fn compile(raw: &RawTls, base: &Path, problems: &mut Problems) -> Option<Tls
         problems.push("tls.key", format!("the key does not match the certificate: {err}"));
         return None;
     }
-    Some(TlsSettings { cert, key, certified: Arc::new(certified) })
+    let client_ca = match &raw.client_ca {
+        Some(file) => {
+            let path = base.join(file);
+            match CertificateDer::pem_file_iter(&path).and_then(|certs| certs.collect::<Result<Vec<_>, _>>()) {
+                Ok(roots) if !roots.is_empty() => roots,
+                Ok(_) => {
+                    problems.push("tls.client_ca", format!("{} holds no PEM certificate", path.display()));
+                    return None;
+                }
+                Err(err) => {
+                    problems.push("tls.client_ca", format!("cannot read {}: {err}", path.display()));
+                    return None;
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    Some(TlsSettings { cert, key, certified: Arc::new(certified), client_ca })
 }
 
 /// Hands every handshake the certificate of the snapshot serving right now.
@@ -73,6 +92,28 @@ impl ResolvesServerCert for SnapshotCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.load().settings.tls.as_ref().map(|tls| tls.certified.clone())
     }
+}
+
+/// The admin listener's acceptor when `tls.client_ca` is set: the same certificate, and a
+/// client certificate issued by that CA is required before any request is read.
+pub fn admin_acceptor(
+    config: Arc<ArcSwap<Snapshot>>,
+    client_ca: &[CertificateDer<'static>],
+) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for root in client_ca {
+        roots.add(root.clone())?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|err| rustls::Error::General(err.to_string()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(SnapshotCertificate(config)));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
 /// The acceptor for the ingress listener: HTTP/2 and HTTP/1.1 by ALPN.

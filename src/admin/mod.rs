@@ -27,7 +27,12 @@ use crate::routing::Route;
 use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, StoreError, DEFAULT_PAGE};
 use crate::values::secret_eq;
 
-pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let stream = tokio::select! {
@@ -42,12 +47,25 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, mut shutdown: watch
         };
         let relay = relay.clone();
         let builder = builder.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let relay = relay.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&relay, request).await) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            match acceptor {
+                // Mutual TLS: no client certificate from the configured CA, no request.
+                Some(acceptor) => match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                    }
+                    Ok(Err(err)) => tracing::info!(error = %err, "admin TLS handshake refused"),
+                    Err(_) => {}
+                },
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

@@ -52,6 +52,8 @@ pub struct RawInclude {
 pub struct RawTls {
     pub cert: String,
     pub key: String,
+    /// CA (PEM) whose client certificates the admin listener requires (mutual TLS).
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

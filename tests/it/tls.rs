@@ -113,3 +113,43 @@ async fn https_ingress_http1_http2_and_rotation() {
     assert_eq!(served_certificate(&ca, port).await, second_der);
     assert_eq!(https_status(&ca, &url, false).await.0, 200);
 }
+
+#[tokio::test]
+async fn admin_listener_requires_a_client_certificate_from_client_ca() {
+    let ca = Ca::new();
+    let (chain, key, _) = ca.leaf("server");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &chain).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &key).unwrap();
+    std::fs::write(dir.path().join("clients.pem"), ca.issuer.pem()).unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\ntls: {{ cert: {}, key: {}, client_ca: {} }}\nroutes: []\n",
+        dir.path().join("tls.crt").display(),
+        dir.path().join("tls.key").display(),
+        dir.path().join("clients.pem").display()
+    );
+    let relay = Relay::start(&yaml).await;
+    let admin_port = relay.running.admin_addr.unwrap().port();
+    let url: http::Uri = format!("https://localhost:{admin_port}/healthz").parse().unwrap();
+
+    let anonymous = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(ca.client_config()).https_only().enable_http1().build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(anonymous);
+    assert!(client.get(url.clone()).await.is_err(), "no client certificate, no answer");
+
+    let client_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["operator".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = params.signed_by(&client_key, &ca.issuer).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let with_cert = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client_cert.der().clone()], rustls_pki_types::PrivateKeyDer::Pkcs8(client_key.serialize_der().into()))
+        .unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(with_cert).https_only().enable_http1().build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let response = client.get(url).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
