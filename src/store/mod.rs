@@ -6,8 +6,9 @@
 //! `succeeded` | `failed`, with leases for crash recovery and one-at-a-time ordering per
 //! `ordered_key`. It must not read the clock (every time is passed in, as milliseconds since
 //! the Unix epoch), decide retry schedules (the caller says when to retry), or redact: a
-//! stored request is the one that will be sent, credentials included, so the admin layer
-//! redacts views before showing them. Attempt records arrive already redacted.
+//! stored request is the rendered one (configured credentials and signatures are added
+//! only when it is sent, but the URL may carry tokens), so the admin layer redacts views
+//! before showing them. Attempt records arrive already redacted.
 
 mod schema;
 mod sqlite;
@@ -47,7 +48,7 @@ pub struct NewEvent {
     pub body: Bytes,
 }
 
-/// A rendered outgoing request, exactly as it will be sent (credentials included).
+/// A rendered outgoing request, as it will be sent before credentials and signatures are added.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRequest {
     pub method: String,

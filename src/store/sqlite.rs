@@ -93,8 +93,8 @@ impl SqliteStore {
     }
 }
 
-/// Creates the folder, and the file readable by its owner only: it holds rendered requests
-/// with their credentials. SQLite gives the -wal and -shm files the database file's mode.
+/// Creates the folder, and the file readable by its owner only: it holds webhook payloads
+/// and rendered requests (URLs may carry tokens). SQLite gives the -wal and -shm files the database file's mode.
 fn prepare_file(path: &Path) -> Result<(), StoreError> {
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|error| io_error(parent, error))?;

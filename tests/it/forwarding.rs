@@ -46,19 +46,23 @@ fn codeup_auth() -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("codeup:hook-pw"))
 }
 
-#[tokio::test]
-async fn codeup_push_triggers_codearts_pipeline_with_basic_auth_and_201() {
-    let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
-    let relay = Relay::start(&codeup_config(&sink, "sync")).await;
+async fn post_codeup_push(relay: &Relay) -> crate::support::reqwest_like::Reply {
     let auth = codeup_auth();
-    let reply = relay
+    relay
         .client
         .post_json(
             &relay.url("/hooks/codeup/demo"),
             &[("codeup-event", "Push Hook"), ("authorization", &auth)],
             fixture("codeup-push.json"),
         )
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn codeup_push_triggers_codearts_pipeline_with_basic_auth_and_201() {
+    let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
+    let relay = Relay::start(&codeup_config(&sink, "sync")).await;
+    let reply = post_codeup_push(&relay).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(reply.text(), "{}");
 
@@ -81,15 +85,7 @@ async fn codeup_push_triggers_codearts_pipeline_with_basic_auth_and_201() {
 async fn async_route_answers_202_then_delivers_with_idempotency_key() {
     let sink = TestSink::scripted(vec![Answer::with_body(201, "{}")]).await;
     let relay = Relay::start(&codeup_config(&sink, "async")).await;
-    let auth = codeup_auth();
-    let reply = relay
-        .client
-        .post_json(
-            &relay.url("/hooks/codeup/demo"),
-            &[("codeup-event", "Push Hook"), ("authorization", &auth)],
-            fixture("codeup-push.json"),
-        )
-        .await;
+    let reply = post_codeup_push(&relay).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     let answer = reply.json();
     assert_eq!(answer["routes"], json!(["codeup-push-to-codearts"]));
