@@ -335,7 +335,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                     if first_sync {
                         sync_failure = Some((route.name.as_str(), err));
                     } else {
-                        render_failures.push((events.len(), target, err));
+                        render_failures.push((event_id.clone(), target, err));
                     }
                 }
             }
@@ -361,6 +361,13 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         count_request(route, "render_error");
         return json_error(StatusCode::UNPROCESSABLE_ENTITY, "could not build the outgoing request", Some(json!(err.to_string())));
     }
+    // An event whose only delivery is the sync one needs no commit before the answer: the
+    // sender gets the target's answer itself. It is logged afterwards, off the request path.
+    let deferred = sync_send.as_ref().and_then(|(_, _, sync_event)| {
+        let position = events.iter().position(|e| &e.event.id == sync_event && e.deliveries.is_empty() && e.dedupe_since.is_none())?;
+        let failed = render_failures.iter().any(|(id, _, _)| id == sync_event);
+        (!failed).then(|| events.remove(position).event)
+    });
     let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
     let outcomes = match relay.engine.accept(events).await {
         Ok(outcomes) => outcomes,
@@ -378,7 +385,9 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             return retry_later(StatusCode::SERVICE_UNAVAILABLE, "could not store the event", 1);
         }
     };
-    record_render_failures(relay, &ids, &outcomes, render_failures).await;
+    let accepted: Vec<&String> =
+        ids.iter().zip(&outcomes).filter(|(_, outcome)| matches!(outcome, AcceptOutcome::Accepted)).map(|(id, _)| id).collect();
+    record_render_failures(relay, &accepted, render_failures).await;
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
     let Some((outgoing, target, sync_event)) = sync_send else {
         let mut duplicates = Vec::new();
@@ -403,14 +412,16 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     for name in &route_names {
         count_request(name, "forwarded");
     }
-    with_routes(forward_sync(relay, outgoing, target, &sync_event).await, &route_names)
+    with_routes(forward_sync(relay, outgoing, target, &sync_event, deferred).await, &route_names)
 }
 
 /// Targets whose request could not be rendered fail at once (retrying cannot help); they
 /// are logged on their event so the failure is visible in the delivery log.
-async fn record_render_failures(relay: &Relay, ids: &[String], outcomes: &[AcceptOutcome], failures: Vec<(usize, &Target, RenderError)>) {
-    for (event_index, target, err) in failures {
-        let (Some(event_id), Some(AcceptOutcome::Accepted)) = (ids.get(event_index), outcomes.get(event_index)) else { continue };
+async fn record_render_failures(relay: &Relay, accepted: &[&String], failures: Vec<(String, &Target, RenderError)>) {
+    for (event_id, target, err) in failures {
+        if !accepted.contains(&&event_id) {
+            continue;
+        }
         let now = now_ms();
         let summary = target.summary();
         let request =
@@ -449,7 +460,13 @@ const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
 
 /// Sends the sync target now, relays its answer (status, headers and body) and logs the
 /// delivery with its one attempt on the route's event.
-async fn forward_sync(relay: &Relay, mut outgoing: OutgoingRequest, target: &Target, event_id: &str) -> Response<Body> {
+async fn forward_sync(
+    relay: &Relay,
+    mut outgoing: OutgoingRequest,
+    target: &Target,
+    event_id: &str,
+    deferred: Option<NewEvent>,
+) -> Response<Body> {
     if let Some(limit) = &target.rate_limit {
         if let Err(Throttled(wait)) = relay.outbound_limits.bucket(&limit.key, limit.spec).acquire(Some(limit.max_wait)).await {
             count_request(&outgoing.route, "rate_limited");
@@ -517,9 +534,18 @@ async fn forward_sync(relay: &Relay, mut outgoing: OutgoingRequest, target: &Tar
         next_attempt_at: started_at,
         ordered_key: None,
     };
-    if let Err(err) = relay.engine.store().record_finished(delivery, record, outcome, now_ms()).await {
-        tracing::warn!(route = %outgoing.route, error = %err, "could not log the sync delivery");
-    }
+    let store = relay.engine.store().clone();
+    tokio::spawn(async move {
+        if let Some(event) = deferred {
+            if let Err(err) = store.accept(event, Vec::new()).await {
+                tracing::warn!(error = %err, "could not log the sync event");
+                return;
+            }
+        }
+        if let Err(err) = store.record_finished(delivery, record, outcome, now_ms()).await {
+            tracing::warn!(error = %err, "could not log the sync delivery");
+        }
+    });
     match answer {
         Ok((parts, body)) => Response::from_parts(parts, client::full(body)),
         Err((status, message)) => {

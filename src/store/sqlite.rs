@@ -55,6 +55,9 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        // Each write runs in a savepoint; its statement journal belongs in memory, not in a
+        // temporary file per transaction.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate(&mut conn, migrations)?;
         let writer = Writer::start(conn).map_err(|error| io_error(path, error))?;
         let readers = Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) });

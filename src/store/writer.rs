@@ -39,9 +39,12 @@ where
 {
     fn run(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let Some(op) = self.op.take() else { return Ok(()) };
-        conn.execute_batch("SAVEPOINT write")?;
+        conn.prepare_cached("SAVEPOINT write")?.execute([])?;
         let result = op(conn);
-        conn.execute_batch(if result.is_ok() { "RELEASE write" } else { "ROLLBACK TO write; RELEASE write" })?;
+        if result.is_err() {
+            conn.prepare_cached("ROLLBACK TO write")?.execute([])?;
+        }
+        conn.prepare_cached("RELEASE write")?.execute([])?;
         self.result = Some(result);
         Ok(())
     }

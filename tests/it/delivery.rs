@@ -253,7 +253,16 @@ async fn sync_answers_and_render_errors_are_in_the_delivery_log() {
     assert_eq!(reply.text(), r#"{"pipeline":"started"}"#);
     let events = get(&relay, "/api/events?route=ci").await;
     let event_id = events["items"][0]["id"].as_str().unwrap().to_string();
-    let event = get(&relay, &format!("/api/events/{event_id}")).await;
+    // The sync delivery is logged just after the answer went out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let event = get(&relay, &format!("/api/events/{event_id}")).await;
+        if event["deliveries"].as_array().unwrap().len() == 2 {
+            break event;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{event}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let mut deliveries: Vec<(String, String)> = event["deliveries"]
         .as_array()
         .unwrap()
@@ -269,4 +278,30 @@ async fn sync_answers_and_render_errors_are_in_the_delivery_log() {
     assert_eq!(record["attempts"][0]["status"], 201);
     assert_eq!(record["attempts"][0]["response_body"], r#"{"pipeline":"started"}"#);
     assert_eq!(sink.seen().len(), 1, "the strict target was never sent");
+}
+
+#[tokio::test]
+async fn a_single_target_sync_route_is_logged_after_answering() {
+    let sink = TestSink::scripted(vec![Answer::with_body(202, r#"{"queued":true}"#)]).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: only-sync\n    respond: sync\n    match: {{ path: /hooks/s }}\n    forward:\n      - {{ name: one, url: '{}/one' }}\n",
+        sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/hooks/s"), &[], r#"{"k":1}"#).await;
+    assert_eq!((reply.status, reply.text().as_str()), (202, r#"{"queued":true}"#));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = get(&relay, "/api/events?route=only-sync").await;
+        if let Some(id) = events["items"][0]["id"].as_str() {
+            let event = get(&relay, &format!("/api/events/{id}")).await;
+            if event["deliveries"][0]["status"] == "succeeded" {
+                assert_eq!(event["body"], r#"{"k":1}"#);
+                assert_eq!(event["deliveries"][0]["last_status"], 202);
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "sync event never logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
