@@ -23,7 +23,7 @@ use crate::ratelimit::LimitSpec;
 use crate::routing::condition::compile_match;
 use crate::routing::path::PathPattern;
 use crate::routing::source::{Extractor, Source, SourceKind};
-use crate::routing::{IngressLimit, LimitBy, Origin, Route};
+use crate::routing::{IngressLimit, LimitBy, Origin, Route, RouteTable};
 use crate::template::TemplateEngine;
 use crate::verify;
 
@@ -102,7 +102,7 @@ pub struct Settings {
 /// Everything the hot path reads, compiled and validated. Immutable once built.
 pub struct Snapshot {
     pub settings: Settings,
-    pub routes: Vec<Route>,
+    pub routes: RouteTable,
     pub templates: TemplateEngine,
     /// Every file that went into this snapshot (main file first), for the watcher.
     pub files: Vec<PathBuf>,
@@ -301,9 +301,15 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) 
     // Main file first, then includes in order; within a file, by position.
     errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.position.map(|p| (p.line, p.column))));
     match (settings, errors.is_empty()) {
-        (Some(settings), true) => {
-            Ok(Snapshot { settings, routes, templates, files, include_patterns, content_hash: hasher.finish(), templates_use_raw })
-        }
+        (Some(settings), true) => Ok(Snapshot {
+            settings,
+            routes: RouteTable::new(routes),
+            templates,
+            files,
+            include_patterns,
+            content_hash: hasher.finish(),
+            templates_use_raw,
+        }),
         _ => Err(ConfigErrors(errors)),
     }
 }

@@ -5,6 +5,8 @@ pub mod condition;
 pub mod path;
 pub mod source;
 
+use std::collections::HashMap;
+
 use http::Method;
 use serde_json::Value;
 
@@ -88,16 +90,65 @@ impl Route {
     }
 }
 
+/// The routes in file order, indexed by path: routes with a literal path are found by a
+/// map lookup, so a request only meets the routes that could take its path (plus those
+/// with `{param}` or `/*` patterns), still in file order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: HashMap<String, Vec<usize>>,
+    patterned: Vec<usize>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut patterned = Vec::new();
+        for (index, route) in routes.iter().enumerate() {
+            match route.path.literal_key() {
+                Some(key) => exact.entry(key).or_default().push(index),
+                None => patterned.push(index),
+            }
+        }
+        RouteTable { routes, exact, patterned }
+    }
+
+    /// Routes that may take `path`, in file order: the literal ones for this exact path
+    /// merged with every patterned one.
+    fn candidates<'a>(&'a self, path: &str) -> impl Iterator<Item = &'a Route> + 'a {
+        let literal: &[usize] = self.exact.get(&PathPattern::normalize(path)).map(Vec::as_slice).unwrap_or_default();
+        let (mut literal, mut patterned) = (literal.iter().copied().peekable(), self.patterned.iter().copied().peekable());
+        std::iter::from_fn(move || {
+            let next = match (literal.peek(), patterned.peek()) {
+                (Some(a), Some(b)) if a < b => literal.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => patterned.next(),
+                (Some(_), None) => literal.next(),
+                (None, None) => None,
+            }?;
+            self.routes.get(next)
+        })
+    }
+}
+
+impl std::ops::Deref for RouteTable {
+    type Target = [Route];
+    fn deref(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
 /// True when some route could take a request with this method and path; only such
 /// requests are buffered and parsed, everything else is streamed to `upstream`.
-pub fn may_take(routes: &[Route], method: &Method, path: &str) -> bool {
-    routes.iter().any(|route| route.takes(method, path).is_some())
+pub fn may_take(table: &RouteTable, method: &Method, path: &str) -> bool {
+    table.candidates(path).any(|route| route.takes(method, path).is_some())
 }
 
 /// Every route that matches, in file order, stopping after a matching `final` route.
-pub fn select<'a>(routes: &'a [Route], request: &InboundRequest) -> Vec<RouteMatch<'a>> {
+pub fn select<'a>(table: &'a RouteTable, request: &InboundRequest) -> Vec<RouteMatch<'a>> {
     let mut matched = Vec::new();
-    for route in routes {
+    // Routes of one preset read the event the same way: read it once per request.
+    let mut events: Vec<(source::SourceKind, EventInfo)> = Vec::new();
+    for route in table.candidates(&request.path) {
         let Some(params) = route.takes(&request.method, &request.path) else {
             continue;
         };
@@ -105,7 +156,17 @@ pub fn select<'a>(routes: &'a [Route], request: &InboundRequest) -> Vec<RouteMat
         if route.needs_body && body.is_none() {
             continue;
         }
-        let info = route.source.extract(&request.headers, body);
+        let kind = route.source.kind;
+        let info = match events.iter().find(|(cached, _)| *cached == kind && kind != source::SourceKind::Generic) {
+            Some((_, info)) => info.clone(),
+            None => {
+                let info = route.source.extract(&request.headers, body);
+                if kind != source::SourceKind::Generic {
+                    events.push((kind, info.clone()));
+                }
+                info
+            }
+        };
         let input = MatchInput { headers: &request.headers, query: &request.query, body, event: info.event.as_deref() };
         if route.condition.eval(&input) {
             matched.push(RouteMatch { route, params, info });

@@ -45,6 +45,30 @@ impl PathPattern {
         Ok(PathPattern { segments, rest, source: pattern.to_string() })
     }
 
+    /// The lookup key of a pattern with no `{param}` and no `/*`, as [`normalize`] gives it.
+    pub fn literal_key(&self) -> Option<String> {
+        if self.rest || self.segments.iter().any(|s| matches!(s, Segment::Param(_))) {
+            return None;
+        }
+        let parts: Vec<&str> =
+            self.segments.iter().filter_map(|s| if let Segment::Literal(l) = s { Some(l.as_str()) } else { None }).collect();
+        Some(format!("/{}", parts.join("/")))
+    }
+
+    /// A request path as literal patterns are keyed: empty segments (and so trailing
+    /// slashes) dropped, compared as sent.
+    pub fn normalize(path: &str) -> String {
+        let mut key = String::with_capacity(path.len() + 1);
+        for segment in split_segments(path) {
+            key.push('/');
+            key.push_str(segment);
+        }
+        if key.is_empty() {
+            key.push('/');
+        }
+        key
+    }
+
     pub fn as_str(&self) -> &str {
         &self.source
     }
@@ -101,6 +125,17 @@ mod tests {
         assert_eq!(params("/a/*", "/a"), Some(vec![("rest".into(), "".into())]));
         assert_eq!(params("/", "/"), Some(vec![]));
         assert_eq!(params("/", "/x"), None);
+    }
+
+    #[test]
+    fn literal_patterns_have_lookup_keys_matching_normalized_paths() {
+        let key = |pattern: &str| PathPattern::parse(pattern).unwrap().literal_key();
+        assert_eq!(key("/hooks/gitlab/"), Some("/hooks/gitlab".to_string()));
+        assert_eq!(key("/"), Some("/".to_string()));
+        assert_eq!(key("/hooks/{p}"), None);
+        assert_eq!(key("/hooks/*"), None);
+        assert_eq!(PathPattern::normalize("/hooks//gitlab/"), "/hooks/gitlab");
+        assert_eq!(PathPattern::normalize(""), "/");
     }
 
     #[test]

@@ -317,3 +317,21 @@ async fn https_target_with_an_untrusted_certificate_is_refused() {
     assert!(reply.json()["detail"].as_str().unwrap().contains("certificate"), "{}", reply.text());
     assert!(sink.seen().is_empty());
 }
+
+#[tokio::test]
+async fn literal_and_patterned_routes_fire_in_file_order() {
+    let sink = TestSink::start().await;
+    let target = |name: &str| format!("    forward: [ {{ url: '{}/{name}' }} ]\n", sink.url());
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: p1\n    match: {{ path: '/hooks/{{x}}' }}\n{}  - name: l1\n    match: {{ path: /hooks/a/ }}\n{}  - name: rest\n    match: {{ path: '/hooks/*' }}\n{}  - name: l2\n    match: {{ path: /hooks/a }}\n{}  - name: other\n    match: {{ path: /hooks/b }}\n{}",
+        target("p1"),
+        target("l1"),
+        target("rest"),
+        target("l2"),
+        target("other")
+    );
+    let relay = Relay::start(&yaml).await;
+    let reply = relay.client.post_json(&relay.url("/hooks//a"), &[], "{}").await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["routes"], json!(["p1", "l1", "rest", "l2"]));
+}
