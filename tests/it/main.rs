@@ -3,6 +3,7 @@
 mod api_routes;
 mod cli;
 mod delivery;
+mod escaping;
 mod examples;
 mod forwarding;
 mod golden;
