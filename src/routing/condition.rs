@@ -33,7 +33,23 @@ pub enum Condition {
     Header(HeaderName, Vec<Test>),
     Query(String, Vec<Test>),
     Body(JsonPath, Vec<Test>),
-    Event(Vec<glob::Pattern>),
+    Event(Vec<EventPattern>),
+}
+
+/// An event name pattern: most are plain names, compared as text; the rest are globs.
+#[derive(Debug, Clone)]
+pub enum EventPattern {
+    Exact(String),
+    Glob(glob::Pattern),
+}
+
+impl EventPattern {
+    fn matches(&self, event: &str) -> bool {
+        match self {
+            EventPattern::Exact(name) => name == event,
+            EventPattern::Glob(glob) => glob.matches(event),
+        }
+    }
 }
 
 /// What conditions look at; borrowed from the request for one evaluation.
@@ -66,19 +82,24 @@ impl Condition {
             Condition::Any(items) => items.iter().any(|c| c.eval(input)),
             Condition::Not(inner) => !inner.eval(input),
             Condition::Header(name, tests) => {
-                let values: Vec<&str> = input.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-                let joined = (!values.is_empty()).then(|| Value::String(values.join(", ")));
-                holds_all(tests, joined.as_ref().into_iter())
+                // Repeated headers are one value joined with ", "; the usual single header
+                // is compared in place, without copying.
+                let mut values = input.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+                match (values.next(), values.next()) {
+                    (None, _) => holds_all_text(tests, std::iter::empty()),
+                    (Some(only), None) => holds_all_text(tests, std::iter::once(only)),
+                    (Some(first), Some(second)) => {
+                        let joined = [first, second].into_iter().chain(values).collect::<Vec<_>>().join(", ");
+                        holds_all_text(tests, std::iter::once(joined.as_str()))
+                    }
+                }
             }
-            Condition::Query(name, tests) => {
-                let values: Vec<Value> = input.query.iter().filter(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())).collect();
-                holds_all(tests, values.iter())
-            }
+            Condition::Query(name, tests) => holds_all_text(tests, input.query.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str())),
             Condition::Body(path, tests) => match input.body {
                 Some(body) => holds_all(tests, path.query(body).all().into_iter()),
                 None => false,
             },
-            Condition::Event(globs) => input.event.is_some_and(|event| globs.iter().any(|g| g.matches(event))),
+            Condition::Event(patterns) => input.event.is_some_and(|event| patterns.iter().any(|p| p.matches(event))),
         }
     }
 }
@@ -92,7 +113,36 @@ fn holds_all<'v>(tests: &[Test], nodes: impl Iterator<Item = &'v Value> + Clone)
     })
 }
 
+/// [`holds_all`] for text values (headers, query parameters), compared without building JSON.
+fn holds_all_text<'v>(tests: &[Test], texts: impl Iterator<Item = &'v str> + Clone) -> bool {
+    tests.iter().all(|test| match test {
+        Test::Exists(expected) => texts.clone().next().is_some() == *expected,
+        other => texts.clone().any(|text| other.holds_text(text)),
+    })
+}
+
+/// A text equals a scalar when their texts are equal (as [`loosely_equal`] does for JSON).
+fn text_equals(text: &str, expected: &Value) -> bool {
+    scalar_text(expected).is_some_and(|wanted| wanted == text)
+}
+
 impl Test {
+    fn holds_text(&self, text: &str) -> bool {
+        let number = || text.trim().parse::<f64>().ok();
+        match self {
+            Test::Equals(expected) => text_equals(text, expected),
+            Test::In(options) => options.iter().any(|o| text_equals(text, o)),
+            Test::Regex(regex) => regex.is_match(text),
+            Test::Glob(glob) => glob.matches(text),
+            Test::Exists(_) => true,
+            Test::Contains(needle) => scalar_text(needle).is_some_and(|n| text.contains(n.as_ref())),
+            Test::Greater(limit) => number().is_some_and(|n| n > *limit),
+            Test::GreaterOrEqual(limit) => number().is_some_and(|n| n >= *limit),
+            Test::Less(limit) => number().is_some_and(|n| n < *limit),
+            Test::LessOrEqual(limit) => number().is_some_and(|n| n <= *limit),
+        }
+    }
+
     fn holds(&self, node: &Value) -> bool {
         match self {
             Test::Equals(expected) => loosely_equal(node, expected),
@@ -154,14 +204,18 @@ pub fn compile_match(raw: &RawMatch, at: &str, nested: bool, problems: &mut Prob
         }
     }
     if let Some(events) = &raw.event {
-        let mut globs = Vec::new();
-        for (index, event) in events.clone().into_vec().iter().enumerate() {
-            match glob::Pattern::new(event) {
-                Ok(glob) => globs.push(glob),
+        let mut patterns = Vec::new();
+        for (index, event) in events.clone().into_vec().into_iter().enumerate() {
+            if !event.contains(['*', '?', '[']) {
+                patterns.push(EventPattern::Exact(event));
+                continue;
+            }
+            match glob::Pattern::new(&event) {
+                Ok(glob) => patterns.push(EventPattern::Glob(glob)),
                 Err(err) => problems.push(format!("{at}.event[{index}]"), format!("bad glob {event:?}: {err}")),
             }
         }
-        all.push(Condition::Event(globs));
+        all.push(Condition::Event(patterns));
     }
     for (name, raw_test) in &raw.headers {
         let here = format!("{at}.headers.{name}");
