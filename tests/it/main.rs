@@ -6,6 +6,7 @@ mod delivery;
 mod escaping;
 mod examples;
 mod forwarding;
+mod fuzz_regressions;
 mod golden;
 mod hardening;
 mod limits;
