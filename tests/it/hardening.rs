@@ -111,7 +111,7 @@ async fn wait_up(client: &Client, port: u16) {
 }
 
 fn terminate(child: &Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
 }
 
 #[cfg(unix)]

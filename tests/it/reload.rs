@@ -156,7 +156,7 @@ async fn sighup_reloads_the_binary() {
     std::fs::write(&path, config(2)).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(generation(client.clone()).await, Some(1), "--no-watch: a file change alone does not reload");
-    let killed = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let killed = std::process::Command::new("sh").args(["-c", &format!("kill -HUP {}", child.id())]).status().unwrap();
     assert!(killed.success());
     while generation(client.clone()).await != Some(2) {
         assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
@@ -165,7 +165,7 @@ async fn sighup_reloads_the_binary() {
     let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/load"), &[], r#"{"n": 1}"#).await;
     assert_eq!(reply.status, 202);
     assert_eq!(sink.wait_for(1).await[0].header("x-version"), Some("2"));
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "SIGTERM exits cleanly: {exit:?}");
 }
