@@ -131,6 +131,8 @@ pub struct RawRetry {
     pub jitter: Option<bool>,
     /// Give up once the delivery is this old, whatever the attempt count.
     pub max_age: Option<String>,
+    /// Which failures are retried (default: connect, timeout, success_when, 408, 429, 5xx).
+    pub retry_on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -157,6 +157,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// Without an answer: whether trying again can help.
     pub retryable: bool,
+    /// The request or its answer ran out of time (as opposed to a connection failure).
+    pub timed_out: bool,
     pub duration: Duration,
 }
 
@@ -170,6 +172,7 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
                 answer: Bytes::new(),
                 retry_after: None,
                 retryable: err.retryable(),
+                timed_out: matches!(err, SendError::Timeout(_)),
                 error: Some(err.to_string()),
                 duration: started.elapsed(),
             }
@@ -190,7 +193,7 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
         Ok(Err(err)) => (Bytes::new(), Some(format!("answer body not fully read: {err}"))),
         Err(_) => (Bytes::new(), Some(format!("answer body timed out after {timeout:?}"))),
     };
-    Attempt { status: Some(status), headers, answer, retry_after, error, retryable: true, duration: started.elapsed() }
+    Attempt { status: Some(status), headers, answer, retry_after, error, retryable: true, timed_out: false, duration: started.elapsed() }
 }
 
 impl Attempt {
@@ -202,6 +205,7 @@ impl Attempt {
             answer: Bytes::new(),
             retry_after: None,
             retryable: false,
+            timed_out: false,
             error: Some(error),
             duration: Duration::ZERO,
         }

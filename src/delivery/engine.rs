@@ -331,15 +331,18 @@ fn decide(delivery: &ClaimedDelivery, result: &Attempt, settings: &TargetSetting
                 return Decision { outcome: AttemptOutcome::Succeeded, counted };
             }
             (
-                true,
+                settings.retry.retry_on.success_when,
                 format!(
                     "answer {status} did not satisfy success_when: {}",
                     String::from_utf8_lossy(&result.answer[..result.answer.len().min(200)])
                 ),
             )
         }
-        Some(status) => (status == 408 || status == 429 || status >= 500, format!("answer {status}")),
-        None => (result.retryable, result.error.clone().unwrap_or_else(|| "no answer".to_string())),
+        Some(status) => (settings.retry.retry_on.status(status), format!("answer {status}")),
+        None => {
+            let wanted = if result.timed_out { settings.retry.retry_on.timeout } else { settings.retry.retry_on.connect };
+            (result.retryable && wanted, result.error.clone().unwrap_or_else(|| "no answer".to_string()))
+        }
     };
     if !retryable {
         return Decision { outcome: AttemptOutcome::Failed { reason }, counted };

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
-use crate::delivery::retry::RetryPolicy;
+use crate::delivery::retry::{RetryOn, RetryPolicy};
 use crate::delivery::sign::{SignError, Signer};
 use crate::inbound::InboundRequest;
 use crate::ratelimit::{compile_spec, LimitSpec};
@@ -446,6 +446,13 @@ pub fn compile_retry(overrides: &RawRetry, base: &RetryPolicy, at: &str, problem
         factor: overrides.factor.unwrap_or(base.factor),
         jitter: overrides.jitter.unwrap_or(base.jitter),
         max_age: duration("max_age", &overrides.max_age, base.max_age, problems),
+        retry_on: match &overrides.retry_on {
+            Some(items) => RetryOn::parse(items).unwrap_or_else(|message| {
+                problems.push(format!("{at}.retry_on"), message);
+                base.retry_on.clone()
+            }),
+            None => base.retry_on.clone(),
+        },
     };
     if policy.max_attempts == 0 {
         problems.push(format!("{at}.max_attempts"), "max_attempts must be at least 1");

@@ -305,3 +305,15 @@ async fn a_single_target_sync_route_is_logged_after_answering() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn retry_on_decides_which_failures_are_retried() {
+    let sink = TestSink::scripted(vec![Answer::status_only(404), Answer::status_only(503)]).await;
+    let relay = Relay::start(&config(&sink, "").replace("jitter: false }", "jitter: false, retry_on: [4xx] }")).await;
+    let event_id = send(&relay, "r-1").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    // 404 is retried because retry_on says 4xx; 503 is not in the list, so it fails at once.
+    assert_eq!(delivery["status"], "failed", "{delivery}");
+    assert_eq!(delivery["attempts"], 2);
+    assert_eq!(delivery["last_status"], 503);
+}
