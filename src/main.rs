@@ -47,6 +47,8 @@ enum Command {
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of the config file, for editors.
+    Schema,
     /// Show which routes a request matches and the exact requests they would send. Nothing is sent.
     Render {
         #[arg(short, long, default_value = "hookrelay.yaml")]
@@ -144,6 +146,10 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&hookrelay::config::schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test { config, cases } => match hookrelay::cases::run(&cases, config.as_deref()) {
             Ok(results) => {
                 let failed = results.iter().filter(|r| !r.failures.is_empty()).count();

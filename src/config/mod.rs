@@ -106,6 +106,11 @@ impl SourceFile {
     }
 }
 
+/// The JSON Schema of `hookrelay.yaml` (`hookrelay schema`), from the raw config types.
+pub fn schema() -> schemars::Schema {
+    schemars::schema_for!(model::RawConfig)
+}
+
 /// A route created through the admin API: the YAML route schema as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiRoute {

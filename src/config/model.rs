@@ -4,12 +4,15 @@
 //! reported with its YAML path alongside every other error.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// The main file. Routes stay untyped here so that each one is read and compiled on its
-/// own: one broken route must not hide the errors of the others.
-#[derive(Debug, Deserialize)]
+// Routes stay untyped here so that each one is read and compiled on its own: one broken
+// route must not hide the errors of the others.
+/// hookrelay's config file (`hookrelay.yaml`).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "hookrelay config")]
 pub struct RawConfig {
     pub listen: Option<String>,
     pub tls: Option<RawTls>,
@@ -25,10 +28,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub include: Vec<String>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<serde_yaml::Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutbound {
     /// Routes created through the admin API may target private addresses only when true.
@@ -39,15 +43,16 @@ pub struct RawOutbound {
 }
 
 /// An included file: it may hold only routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInclude {
     #[serde(default)]
+    #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<serde_yaml::Value>,
 }
 
 /// Inbound HTTPS: PEM certificate chain and private key, relative to the config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub cert: String,
@@ -56,7 +61,7 @@ pub struct RawTls {
     pub client_ca: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: String,
@@ -64,14 +69,14 @@ pub struct RawAdmin {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub path: Option<String>,
     pub retention: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_body: Option<String>,
@@ -87,7 +92,7 @@ pub struct RawLimits {
     pub shutdown_grace: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
     pub timeout: Option<String>,
@@ -98,7 +103,7 @@ pub struct RawDefaults {
 
 /// Outbound: `per_second` / `per_minute` / `per_hour` (one of them), `burst`, a shared `key`
 /// and, for sync routes, how long to wait for a permit.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     pub per_second: Option<u32>,
@@ -110,7 +115,7 @@ pub struct RawRateLimit {
 }
 
 /// Inbound, per route: over it the sender gets 429.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawIngressLimit {
     pub per_second: Option<u32>,
@@ -121,7 +126,7 @@ pub struct RawIngressLimit {
     pub by: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     pub max_attempts: Option<u32>,
@@ -135,7 +140,7 @@ pub struct RawRetry {
     pub retry_on: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -159,7 +164,7 @@ pub struct RawRoute {
     pub forward: Vec<RawTarget>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Respond {
     #[default]
@@ -167,7 +172,7 @@ pub enum Respond {
     Sync,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub path: Option<String>,
@@ -184,7 +189,7 @@ pub struct RawMatch {
     pub not: Option<Box<RawMatch>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -200,7 +205,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawVerify {
     pub basic_auth: Option<RawBasicAuth>,
@@ -214,7 +219,7 @@ pub struct RawVerify {
     pub tolerance: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBasicAuth {
     pub username: String,
@@ -222,7 +227,7 @@ pub struct RawBasicAuth {
 }
 
 /// Outbound signing: exactly one scheme.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSign {
     pub standard_webhooks: Option<RawSecret>,
@@ -232,13 +237,13 @@ pub struct RawSign {
     pub feishu: Option<RawSecret>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecret {
     pub secret: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawToken {
     pub header: Option<String>,
@@ -246,7 +251,7 @@ pub struct RawToken {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHmac {
     pub header: String,
@@ -259,7 +264,7 @@ pub struct RawHmac {
     pub timestamp_header: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub name: Option<String>,

@@ -94,3 +94,20 @@ fn render_on_a_named_route_shows_requests_even_when_it_does_not_match() {
     assert_eq!(report["routes"][0]["matched"], false);
     assert_eq!(report["routes"][0]["requests"][0]["headers"]["authorization"], "Basic Y2k6c2VjcmV0");
 }
+
+#[test]
+fn schema_describes_the_config_for_editors() {
+    let (code, stdout, stderr) = hookrelay(&["schema"]);
+    assert_eq!(code, 0, "{stderr}");
+    let schema: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(schema["title"], "hookrelay config");
+    assert_eq!(schema["additionalProperties"], false, "unknown keys are errors");
+    for key in ["listen", "admin", "upstream", "store", "limits", "defaults", "outbound", "include", "routes", "tls"] {
+        assert!(schema["properties"].get(key).is_some(), "{key} missing");
+    }
+    let route = &schema["$defs"]["RawRoute"];
+    for key in ["name", "source", "match", "verify", "forward", "respond", "final", "dedupe", "ingress_limit", "vars"] {
+        assert!(route["properties"].get(key).is_some(), "route.{key} missing: {route}");
+    }
+    assert!(schema["$defs"]["RawTarget"]["properties"].get("success_when").is_some());
+}
