@@ -181,6 +181,13 @@ fn take_routes(tree: &mut serde_yaml::Value) -> Vec<serde_yaml::Value> {
 }
 
 pub fn load_and_compile(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
+    crate::routing::condition::reset_regex_cache();
+    let compiled = compile_files(path, env, api_routes);
+    crate::routing::condition::reset_regex_cache();
+    compiled
+}
+
+fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mut hasher = DefaultHasher::new();
     let Some(mut main) = read_file(path, env, &mut hasher, &mut errors) else {

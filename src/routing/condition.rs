@@ -183,6 +183,27 @@ fn as_number(value: &Value) -> Option<f64> {
     }
 }
 
+thread_local! {
+    /// Patterns compiled during the current config compile: configs repeat the same few
+    /// (`^refs/heads/…`) across many routes, and a `Regex` clone shares the compiled program.
+    static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> = Default::default();
+}
+
+/// Forgets the patterns of the last compile; called at the start and end of every compile
+/// so the cache never outlives one.
+pub fn reset_regex_cache() {
+    COMPILED.with(|cache| cache.borrow_mut().clear());
+}
+
+fn compiled_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    if let Some(hit) = COMPILED.with(|cache| cache.borrow().get(pattern).cloned()) {
+        return Ok(hit);
+    }
+    let regex = regex::Regex::new(pattern)?;
+    COMPILED.with(|cache| cache.borrow_mut().insert(pattern.to_string(), regex.clone()));
+    Ok(regex)
+}
+
 /// regex's syntax errors span several lines (pattern, caret, message); config errors are
 /// one line each, and the position already points at the pattern.
 fn regex_error(err: &regex::Error) -> String {
@@ -301,7 +322,7 @@ pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems) -> Vec<Test
             },
             "regex" => {
                 if let Some(pattern) = text(problems) {
-                    match regex::Regex::new(&pattern) {
+                    match compiled_regex(&pattern) {
                         Ok(regex) => tests.push(Test::Regex(regex)),
                         Err(err) => problems.push(here, format!("invalid regex: {}", regex_error(&err))),
                     }
