@@ -50,6 +50,8 @@ pub struct Relay {
     status: Mutex<ConfigStatus>,
     started_with: StartupSettings,
     api_routes: Mutex<Vec<ApiRoute>>,
+    /// Sync deliveries being logged after their answer, at most this many at once.
+    pub sync_log_slots: Arc<tokio::sync::Semaphore>,
     /// Serialises route changes made through the API (check, persist, swap).
     pub api_lock: tokio::sync::Mutex<()>,
 }
@@ -326,6 +328,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         }),
         api_routes: Mutex::new(api_routes),
         api_lock: tokio::sync::Mutex::new(()),
+        sync_log_slots: Arc::new(tokio::sync::Semaphore::new(256)),
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);

@@ -455,10 +455,6 @@ async fn record_render_failures(relay: &Relay, accepted: &[&String], failures: V
     }
 }
 
-/// Sync deliveries being logged after their answer, at most.
-static SYNC_LOG_SLOTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(256)));
-
 /// A sync target's answer is buffered up to this size so it can be both returned and logged.
 const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
 
@@ -541,7 +537,7 @@ async fn forward_sync(
     let store = relay.engine.store().clone();
     // Logging happens after the answer, but a slow disk must not let the backlog (and the
     // bodies it holds) grow without bound: past this many, the request waits its turn.
-    let slot = SYNC_LOG_SLOTS.clone().acquire_owned().await;
+    let slot = relay.sync_log_slots.clone().acquire_owned().await;
     tokio::spawn(async move {
         let _slot = slot;
         if let Some(event) = deferred {
