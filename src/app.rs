@@ -54,6 +54,9 @@ pub struct Relay {
     pub sync_log_slots: Arc<tokio::sync::Semaphore>,
     /// Serialises route changes made through the API (check, persist, swap).
     pub api_lock: tokio::sync::Mutex<()>,
+    /// The bearer token the admin listener requires. A reload may set or change it, never
+    /// remove it: the listener stays bound where it was, so only a restart may loosen it.
+    admin_token: Mutex<Option<Arc<str>>>,
 }
 
 impl Relay {
@@ -64,6 +67,27 @@ impl Relay {
 
     pub fn status(&self) -> ConfigStatus {
         self.lock_status().clone()
+    }
+
+    /// The token `/api/*` and `/metrics` require now, if any.
+    pub fn admin_token(&self) -> Option<Arc<str>> {
+        self.admin_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Applies a new snapshot's `admin.token`: a new value at once, a removal never (it is
+    /// reported as needing a restart).
+    fn tighten_admin_token(&self, settings: &config::Settings) -> Option<String> {
+        let mut current = self.admin_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match (settings.admin.as_ref().and_then(|a| a.token.as_deref()), current.as_ref()) {
+            (Some(token), _) => {
+                *current = Some(Arc::from(token));
+                None
+            }
+            (None, Some(_)) => {
+                Some("admin.token removed: the admin listener keeps requiring the previous token until a restart".to_string())
+            }
+            (None, None) => None,
+        }
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
@@ -105,10 +129,12 @@ impl Relay {
             Ok(snapshot) if snapshot.content_hash == current.content_hash => {
                 status.last_error = None;
                 status.last_error_at = None;
+                ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "unchanged").increment(1);
                 Ok(ReloadOutcome::Unchanged { generation: status.generation })
             }
             Ok(snapshot) => {
                 status.restart_required = restart_required(&self.started_with, &snapshot.settings);
+                status.restart_required.extend(self.tighten_admin_token(&snapshot.settings));
                 for note in &status.restart_required {
                     tracing::warn!(note = %note, "config change needs a restart");
                 }
@@ -144,6 +170,7 @@ struct StartupSettings {
     queue_capacity: usize,
     ca_file_roots: usize,
     tls: bool,
+    admin_client_ca: usize,
 }
 
 impl StartupSettings {
@@ -155,6 +182,7 @@ impl StartupSettings {
             queue_capacity: settings.limits.queue_capacity,
             ca_file_roots: settings.extra_roots.len(),
             tls: settings.tls.is_some(),
+            admin_client_ca: settings.tls.as_ref().map_or(0, |tls| tls.client_ca.len()),
         }
     }
 }
@@ -176,6 +204,9 @@ fn restart_required(started: &StartupSettings, new: &config::Settings) -> Vec<St
     }
     if new.tls != started.tls {
         notes.push("tls turned on or off: restart to apply (a renewed certificate needs no restart)".to_string());
+    }
+    if new.admin_client_ca != started.admin_client_ca {
+        notes.push("tls.client_ca changed: the admin listener keeps the certificates it started with until a restart".to_string());
     }
     if new.ca_file_roots != started.ca_file_roots {
         notes.push("outbound.ca_file changed: restart to apply".to_string());
@@ -289,6 +320,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let started_with = StartupSettings::of(&snapshot.settings);
+    let admin_token = snapshot.settings.admin.as_ref().and_then(|a| a.token.as_deref()).map(Arc::from);
     let store = open_store(&snapshot.settings.store_path).await?;
     let api_routes: Vec<ApiRoute> =
         store.list_routes().await?.into_iter().map(|stored| ApiRoute { name: stored.name, definition: stored.definition }).collect();
@@ -328,6 +360,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         }),
         api_routes: Mutex::new(api_routes),
         api_lock: tokio::sync::Mutex::new(()),
+        admin_token: Mutex::new(admin_token),
         sync_log_slots: Arc::new(tokio::sync::Semaphore::new(256)),
     });
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);

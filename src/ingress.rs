@@ -327,6 +327,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                     request: stored(&outgoing),
                     next_attempt_at: received_at.timestamp_millis(),
                     ordered_key: outgoing.ordered_key,
+                    guarded: !target.trusted,
                 }),
                 Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
                 Err(err) => {
@@ -447,6 +448,7 @@ async fn record_render_failures(relay: &Relay, accepted: &[&String], failures: V
             request,
             next_attempt_at: now,
             ordered_key: None,
+            guarded: !target.trusted,
         };
         let outcome = AttemptOutcome::Failed { reason: format!("render error: {err}") };
         if let Err(store_err) = relay.engine.store().record_finished(delivery, record, outcome, now).await {
@@ -476,6 +478,9 @@ async fn forward_sync(
     let started_at = now_ms();
     let started = std::time::Instant::now();
     let trusted = target.trusted || relay.snapshot().settings.allow_private;
+    // What is stored is the request as rendered: credentials and signatures are added
+    // below, at send time, and never reach the store.
+    let stored_request = stored(&outgoing);
     if let Err(err) = target.prepare(&mut outgoing, started_at) {
         return json_error(StatusCode::BAD_GATEWAY, "could not sign the outgoing request", Some(json!(err.to_string())));
     }
@@ -511,7 +516,6 @@ async fn forward_sync(
         (Some(message), None) => AttemptOutcome::Failed { reason: message.clone() },
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
-    let stored_request = stored(outgoing);
     let record = AttemptRecord {
         started_at,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
@@ -533,6 +537,7 @@ async fn forward_sync(
         request: stored_request,
         next_attempt_at: started_at,
         ordered_key: None,
+        guarded: !target.trusted,
     };
     let store = relay.engine.store().clone();
     // Logging happens after the answer, but a slow disk must not let the backlog (and the

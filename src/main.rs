@@ -131,6 +131,9 @@ fn try_main() -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => match config::load(&config, &ProcessEnv) {
             Ok(snapshot) => {
+                for warning in &snapshot.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 let targets: usize = snapshot.routes.iter().map(|r| r.targets.len()).sum();
                 println!(
                     "{}: ok ({} routes, {} targets, {} files)",

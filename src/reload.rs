@@ -13,9 +13,12 @@ use tokio::sync::{mpsc, watch};
 use crate::app::{Relay, ReloadOutcome};
 use crate::config::{ConfigErrors, Snapshot};
 
-/// Quiet time after the last file event before reloading: editors and `kubectl` write in
-/// several steps.
+/// Quiet time after the last change to a config file before reloading: editors and
+/// `kubectl` write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// However often a config file keeps changing, a reload happens this long after the first
+/// change of a burst.
+const DEBOUNCE_CEILING: Duration = Duration::from_millis(750);
 
 /// Reloads on a blocking thread (config loading reads files).
 pub async fn reload_now(relay: &Arc<Relay>) -> Result<ReloadOutcome, ConfigErrors> {
@@ -37,7 +40,7 @@ pub fn spawn(relay: Arc<Relay>, shutdown: watch::Receiver<bool>, watch_files: bo
     let (events, receiver) = mpsc::unbounded_channel::<PathBuf>();
     let watcher = if watch_files {
         Some(notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            if let Some(event) = event.ok().filter(|event| changes_content(&event.kind)) {
                 for path in event.paths {
                     let _ = events.send(path);
                 }
@@ -69,8 +72,7 @@ async fn run(
                 if !is_config_change(&relay.snapshot(), &path) {
                     continue;
                 }
-                // Wait for the burst to settle; every further event restarts the quiet time.
-                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                settle(&relay, &mut events).await;
                 let _ = reload_now(&relay).await;
             }
             Some(()) = next_hangup(&mut hangups) => {
@@ -80,6 +82,34 @@ async fn run(
             _ = shutdown.changed() => return,
         }
         sync_watches(&mut watcher, &mut watched, &relay.snapshot());
+    }
+}
+
+/// Waits until config files have been quiet for [`DEBOUNCE`], or [`DEBOUNCE_CEILING`] after
+/// the first change; events on other files in the folders (logs, the store) are ignored,
+/// so a busy folder cannot hold a reload back.
+async fn settle(relay: &Relay, events: &mut mpsc::UnboundedReceiver<PathBuf>) {
+    let ceiling = tokio::time::Instant::now() + DEBOUNCE_CEILING;
+    let mut quiet_until = tokio::time::Instant::now() + DEBOUNCE;
+    loop {
+        match tokio::time::timeout_at(quiet_until.min(ceiling), events.recv()).await {
+            Ok(Some(path)) if is_config_change(&relay.snapshot(), &path) => quiet_until = tokio::time::Instant::now() + DEBOUNCE,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// File events that can change what a config file holds. Reads (`Access`, which the
+/// relay's own reloads cause) and metadata changes are not changes.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::ModifyKind;
+    use notify::EventKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     }
 }
 

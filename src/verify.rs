@@ -262,7 +262,9 @@ fn header_name(name: &str, at: String, problems: &mut Problems) -> Option<Header
 pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Problems) -> Vec<Check> {
     let mut checks = Vec::new();
     if let Some(auth) = &raw.basic_auth {
-        checks.push(Check::BasicAuth { expected: basic_auth_header(auth) });
+        if problems.secret(format!("{at}.basic_auth.password"), &auth.password) {
+            checks.push(Check::BasicAuth { expected: basic_auth_header(auth) });
+        }
     }
     if let Some(token) = &raw.token {
         checks.extend(compile_token(token, &format!("{at}.token"), problems));
@@ -278,12 +280,16 @@ pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Pro
         None => DEFAULT_TOLERANCE,
     };
     if let Some(standard) = &raw.standard_webhooks {
-        match crate::delivery::sign::standard_webhooks_key(&standard.secret) {
-            Ok(key) => checks.push(Check::StandardWebhooks { key, tolerance }),
-            Err(message) => problems.push(format!("{at}.standard_webhooks.secret"), message),
+        if !problems.secret(format!("{at}.standard_webhooks.secret"), &standard.secret) {
+            // Reported; an empty key must not become a check.
+        } else {
+            match crate::delivery::sign::standard_webhooks_key(&standard.secret) {
+                Ok(key) => checks.push(Check::StandardWebhooks { key, tolerance }),
+                Err(message) => problems.push(format!("{at}.standard_webhooks.secret"), message),
+            }
         }
     }
-    if let Some(secret) = &raw.secret {
+    if let Some(secret) = raw.secret.as_ref().filter(|secret| problems.secret(format!("{at}.secret"), secret)) {
         match secret_scheme(source, secret, tolerance) {
             Ok(check) => checks.push(check),
             Err(message) => problems.push(format!("{at}.secret"), message),
@@ -300,13 +306,22 @@ pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Pro
         }
         checks.push(Check::IpAllow(nets));
     }
-    if checks.is_empty() {
+    let given = raw.basic_auth.is_some()
+        || raw.token.is_some()
+        || raw.hmac.is_some()
+        || raw.standard_webhooks.is_some()
+        || raw.secret.is_some()
+        || raw.ip_allow.is_some();
+    if !given {
         problems.push(at, "`verify` is empty: give basic_auth, token, hmac, secret or ip_allow");
     }
     checks
 }
 
 fn compile_token(token: &RawToken, at: &str, problems: &mut Problems) -> Option<Check> {
+    if !problems.secret(format!("{at}.value"), &token.value) {
+        return None;
+    }
     match (&token.header, &token.field) {
         (Some(header), None) => {
             header_name(header, format!("{at}.header"), problems).map(|header| Check::HeaderToken { header, value: token.value.clone() })
@@ -361,10 +376,14 @@ pub(crate) fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> 
     if tolerance.is_some() && timestamp_header.is_none() {
         problems.push(format!("{at}.tolerance"), "`tolerance` needs `timestamp_header`");
     }
+    let keyed = problems.secret(format!("{at}.secret"), &raw.secret);
     let message = match raw.message.as_deref() {
         None | Some("{{raw}}") => SignedMessage::Body,
         Some(pattern) => SignedMessage::Pattern(pattern.to_string()),
     };
+    if !keyed {
+        return None;
+    }
     Some(HmacCheck {
         header: header?,
         secret: raw.secret.as_bytes().to_vec(),

@@ -71,8 +71,7 @@ pub async fn serve(
 }
 
 fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
-    let snapshot = relay.snapshot();
-    let Some(token) = snapshot.settings.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+    let Some(token) = relay.admin_token() else {
         return true;
     };
     let given = request

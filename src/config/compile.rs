@@ -112,6 +112,8 @@ pub struct Snapshot {
     pub content_hash: u64,
     /// True when some template reads `raw`, so the context must carry the body text.
     pub templates_use_raw: bool,
+    /// What compiled but looks like a mistake (placeholder secrets); `check` prints them.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Snapshot {
@@ -189,6 +191,7 @@ pub fn load_and_compile(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) 
 
 fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut hasher = DefaultHasher::new();
     let Some(mut main) = read_file(path, env, &mut hasher, &mut errors) else {
         return Err(ConfigErrors(errors));
@@ -208,7 +211,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
         retry: RetryPolicy::default(),
         rate_limit: None,
     });
-    main.file.collect(problems, &mut errors);
+    main.file.collect(problems, &mut errors, &mut warnings);
 
     let mut files = vec![path.to_path_buf()];
     // Certificate files are watched and hashed like config files: a renewed certificate is a reload.
@@ -301,7 +304,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
                 }
                 route
             });
-            file.collect(problems, &mut errors);
+            file.collect(problems, &mut errors, &mut warnings);
             routes.extend(route);
         }
     }
@@ -316,6 +319,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
             include_patterns,
             content_hash: hasher.finish(),
             templates_use_raw,
+            warnings,
         }),
         _ => Err(ConfigErrors(errors)),
     }

@@ -20,11 +20,35 @@ use locate::{Locator, Position};
 #[derive(Debug, Default)]
 pub struct Problems {
     items: Vec<(String, String)>,
+    warnings: Vec<(String, String)>,
 }
+
+/// Values people leave in a config meaning to replace them later.
+const PLACEHOLDER_SECRETS: [&str; 4] = ["change-me", "changeme", "secret", "password"];
 
 impl Problems {
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.items.push((path.into(), message.into()));
+    }
+
+    /// Something that compiles but is probably a mistake (`hookrelay check` prints it).
+    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((path.into(), message.into()));
+    }
+
+    /// A credential from the config (verify or sign secret, token value, HMAC key, Basic
+    /// password): empty or blank is an error, since an empty key would accept anything an
+    /// attacker signs with it; a well-known placeholder is a warning.
+    pub fn secret(&mut self, path: impl Into<String>, value: &str) -> bool {
+        let path = path.into();
+        if value.trim().is_empty() {
+            self.push(path, "the secret is empty (an unset ${VAR} with an empty default?): verification would accept anything");
+            return false;
+        }
+        if PLACEHOLDER_SECRETS.iter().any(|placeholder| value.trim().eq_ignore_ascii_case(placeholder)) {
+            self.warn(path, format!("the secret is the placeholder {:?}: replace it before exposing this relay", value.trim()));
+        }
+        true
     }
 
     pub fn is_empty(&self) -> bool {
@@ -97,12 +121,13 @@ impl SourceFile {
 
     /// Adds located problems, except those under a value whose `${VAR}` failed to expand:
     /// that error is already reported, and the unexpanded text would only add noise.
-    fn collect(&self, problems: Problems, errors: &mut Vec<ConfigError>) {
+    fn collect(&self, problems: Problems, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
         let fresh = problems
             .items
             .into_iter()
             .filter(|(path, _)| !self.unexpanded.iter().any(|bad| path == bad || path.starts_with(&format!("{bad}."))));
         errors.extend(fresh.map(|(path, message)| self.error(&path, message)).collect::<Vec<_>>());
+        warnings.extend(problems.warnings.into_iter().map(|(path, message)| self.error(&path, message)));
     }
 }
 

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 
-use crate::delivery::guard::{check_literal_host, PublicOnly};
+use crate::delivery::guard::{check_literal_host, PublicOnly, Refused};
 use crate::delivery::target::OutgoingRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +44,7 @@ impl Outbound {
         if trusted {
             return send_with(&self.trusted, outgoing, timeout).await;
         }
-        check_literal_host(&outgoing.url).map_err(SendError::Refused)?;
+        check_literal_host(&outgoing.url).map_err(|refused| SendError::Refused(refused.to_string()))?;
         send_with(&self.guarded, outgoing, timeout).await
     }
 
@@ -139,11 +139,9 @@ where
 
 /// A refusal by the guard surfaces as a connect error; keep it recognisable (and final).
 fn classify(err: &hyper_util::client::legacy::Error) -> SendError {
-    let chain = error_chain(err);
-    if chain.contains("outbound.allow_private is false") {
-        SendError::Refused(chain)
-    } else {
-        SendError::Connect(chain)
+    match Refused::find(err) {
+        Some(refused) => SendError::Refused(refused.to_string()),
+        None => SendError::Connect(error_chain(err)),
     }
 }
 

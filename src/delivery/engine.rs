@@ -222,7 +222,11 @@ impl Engine {
         }
         let mut outgoing = outgoing(&delivery);
         let started_at = now_ms();
-        let trusted = target.is_some_and(|t| t.trusted) || snapshot.settings.allow_private;
+        // The guard goes with the delivery: a route renamed, replaced or removed since it was
+        // accepted cannot lift it. Rows from before this was recorded trust only a target
+        // that is trusted now.
+        let guarded = delivery.guarded.unwrap_or(!target.is_some_and(|t| t.trusted));
+        let trusted = !guarded || snapshot.settings.allow_private;
         let signed = target.map_or(Ok(()), |t| t.prepare(&mut outgoing, started_at));
         let result = match signed {
             Ok(()) => self.client.attempt(trusted, &outgoing, settings.timeout).await,

@@ -130,6 +130,17 @@ pub fn compile(raw: &RawSign, at: &str, problems: &mut Problems) -> Option<Signe
         problems.push(at, "give exactly one of standard_webhooks, github, hmac, dingtalk, feishu");
         return None;
     }
+    let secret = [
+        raw.standard_webhooks.as_ref().map(|s| ("standard_webhooks", &s.secret)),
+        raw.github.as_ref().map(|s| ("github", &s.secret)),
+        raw.dingtalk.as_ref().map(|s| ("dingtalk", &s.secret)),
+        raw.feishu.as_ref().map(|s| ("feishu", &s.secret)),
+    ];
+    if let Some((scheme, secret)) = secret.into_iter().flatten().next() {
+        if !problems.secret(format!("{at}.{scheme}.secret"), secret) {
+            return None;
+        }
+    }
     if let Some(secret) = &raw.standard_webhooks {
         return match standard_webhooks_key(&secret.secret) {
             Ok(key) => Some(Signer::StandardWebhooks { key }),

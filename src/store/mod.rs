@@ -69,6 +69,9 @@ pub struct NewDelivery {
     pub next_attempt_at: i64,
     /// Deliveries sharing `(route, target, ordered_key)` go out one at a time, oldest first.
     pub ordered_key: Option<String>,
+    /// Every attempt refuses private addresses (the route came from the admin API), whatever
+    /// the route carrying this name has become since.
+    pub guarded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -128,6 +131,8 @@ pub struct ClaimedDelivery {
     /// Counted attempts so far, before this one.
     pub attempts: u32,
     pub created_at: i64,
+    /// See [`NewDelivery::guarded`]; `None` for deliveries stored before it was recorded.
+    pub guarded: Option<bool>,
 }
 
 /// What happened on one try. Headers are expected to be redacted already.

@@ -7,7 +7,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -80,6 +80,10 @@ CREATE TABLE api_routes (
     updated_at INTEGER NOT NULL
 );
 ";
+
+// Whether a delivery is held to the private-address guard is decided when it is accepted
+// (its route came from the admin API) and travels with it; NULL for rows from before.
+const V2: &str = "ALTER TABLE deliveries ADD COLUMN guarded INTEGER;";
 
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once

@@ -403,8 +403,8 @@ fn insert_delivery(conn: &Connection, delivery: &NewDelivery, status: &str, crea
     let request = &delivery.request;
     conn.prepare_cached(
         "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
-                                 status, next_attempt_at, ordered_key, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                                 status, next_attempt_at, ordered_key, created_at, updated_at, guarded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
     )?
     .execute(params![
         delivery.id,
@@ -419,6 +419,7 @@ fn insert_delivery(conn: &Connection, delivery: &NewDelivery, status: &str, crea
         delivery.next_attempt_at,
         delivery.ordered_key,
         created_at,
+        delivery.guarded,
     ])
     .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
     Ok(())
@@ -614,7 +615,7 @@ const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, me
 const DELIVERY_COLUMNS: &str = "seq, id, event_id, route, target, status, attempts, next_attempt_at, created_at, updated_at, \
                                 last_status, last_error, req_method, req_url, req_headers, req_body";
 const CLAIM_COLUMNS: &str = "d.seq, d.id, d.event_id, d.route, d.target, d.req_method, d.req_url, d.req_headers, d.req_body, \
-                             d.attempts, d.created_at";
+                             d.attempts, d.created_at, d.guarded";
 const ROUTE_COLUMNS: &str = "name, definition, created_at, updated_at";
 
 fn event_view(row: &Row<'_>) -> rusqlite::Result<EventView> {
@@ -669,6 +670,7 @@ fn claimed_delivery(row: &Row<'_>) -> rusqlite::Result<(i64, ClaimedDelivery)> {
         },
         attempts: row.get("attempts")?,
         created_at: row.get("created_at")?,
+        guarded: row.get("guarded")?,
     };
     Ok((row.get("seq")?, delivery))
 }

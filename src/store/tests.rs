@@ -45,6 +45,7 @@ fn delivery(id: &str, event: &NewEvent, target: &str, next_attempt_at: i64) -> N
         },
         next_attempt_at,
         ordered_key: None,
+        guarded: false,
     }
 }
 

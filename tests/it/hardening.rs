@@ -2,12 +2,13 @@
 //! ids and JSON logs, graceful SIGTERM under load, and secrets that never leak.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::binary::{self, free_port, wait_up};
 use crate::support::{reqwest_like::Client, Relay, TestSink};
 
 fn simple(sink: &TestSink, limits: &str) -> String {
@@ -85,33 +86,12 @@ async fn request_ids_are_kept_passed_on_and_returned() {
     assert_eq!(sink.wait_for(2).await[1].header("x-request-id"), Some(made.as_str()));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn(config: &std::path::Path, log_format: &str, env: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .args(["run", "--no-watch", "--log-format", log_format, "-c"])
-        .arg(config)
-        .env_clear()
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_up(client: &Client, port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while client.try_get(&format!("http://127.0.0.1:{port}/__probe")).await.is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "relay did not start");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    binary::spawn(config, &["--no-watch", "--log-format", log_format], env)
 }
 
 fn terminate(child: &Child) {
-    let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
+    binary::signal(child, "TERM");
 }
 
 #[cfg(unix)]
@@ -124,7 +104,7 @@ async fn json_logs_parse_and_carry_the_request_id() {
     std::fs::write(&path, simple(&sink, "").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))).unwrap();
     let mut child = spawn(&path, "json", &[]);
     let client = Client::new();
-    wait_up(&client, port).await;
+    wait_up(&client, &mut child, port).await;
     let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/r"), &[("x-request-id", "trace-me-7")], "{}").await;
     assert_eq!(reply.status, 200);
     terminate(&child);
@@ -154,8 +134,8 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
     )
     .unwrap();
     let client = Client::new();
-    let first = spawn(&path, "text", &[]);
-    wait_up(&client, port).await;
+    let mut first = spawn(&path, "text", &[]);
+    wait_up(&client, &mut first, port).await;
     let url = format!("http://127.0.0.1:{port}/hooks/load");
     let mut senders = Vec::new();
     for sender in 0..4 {
@@ -244,7 +224,7 @@ routes:
     ];
     let mut child = spawn(&path, "json", &env);
     let client = Client::new();
-    wait_up(&client, port).await;
+    wait_up(&client, &mut child, port).await;
     use base64::Engine as _;
     let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("sender:{}", secrets[1])));
     let url = format!("http://127.0.0.1:{port}/hooks/guarded");

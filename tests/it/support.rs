@@ -311,3 +311,83 @@ pub mod reqwest_like {
         }
     }
 }
+
+/// The real `hookrelay` binary, started on a config file in a temporary folder.
+pub mod binary {
+    use std::io::Read;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use super::reqwest_like::Client;
+
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Starts `hookrelay run -c config` with only `env` in its environment.
+    pub fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .arg("run")
+            .args(args)
+            .arg("-c")
+            .arg(config)
+            .current_dir(config.parent().unwrap())
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (bounded) until `child` answers HTTP on `port`.
+    pub async fn wait_up(client: &Client, child: &mut Child, port: u16) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while client.try_get(&format!("http://127.0.0.1:{port}/healthz")).await.is_none() {
+            // Exited: another process may hold the port this test picked.
+            assert!(child.try_wait().unwrap().is_none(), "relay exited before answering on port {port}");
+            assert!(tokio::time::Instant::now() < deadline, "relay did not start on port {port}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn signal(child: &Child, name: &str) {
+        let _ = Command::new("sh").args(["-c", &format!("kill -{name} {}", child.id())]).status();
+    }
+
+    /// SIGTERM, wait for the exit, and return what it logged.
+    pub fn stop(mut child: Child) -> String {
+        signal(&child, "TERM");
+        let _ = child.wait();
+        let mut logs = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = stderr.read_to_string(&mut logs);
+        }
+        logs
+    }
+
+    /// A config folder with `hookrelay.yaml` in it.
+    pub struct Folder {
+        pub dir: tempfile::TempDir,
+    }
+
+    impl Folder {
+        pub fn new(yaml: &str) -> Folder {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("hookrelay.yaml"), yaml).unwrap();
+            Folder { dir }
+        }
+
+        pub fn config(&self) -> PathBuf {
+            self.dir.path().join("hookrelay.yaml")
+        }
+
+        pub fn write(&self, yaml: &str) {
+            let temporary = self.dir.path().join(".hookrelay.yaml.new");
+            std::fs::write(&temporary, yaml).unwrap();
+            std::fs::rename(&temporary, self.config()).unwrap();
+        }
+    }
+}

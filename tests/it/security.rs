@@ -1,0 +1,222 @@
+//! Attacks on the running binary: the private-address guard through route replacement,
+//! manual retry and restart; admin auth across reloads; verification that fails closed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::binary::{free_port, signal, spawn, stop, wait_up, Folder};
+use crate::support::reqwest_like::Client;
+use crate::support::TestSink;
+
+async fn admin_call(client: &Client, admin: u16, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let text = if body.is_null() { String::new() } else { body.to_string() };
+    let reply = client
+        .send(method, &format!("http://127.0.0.1:{admin}{path}"), &[("authorization", &auth), ("content-type", "application/json")], text)
+        .await;
+    let json = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    (reply.status, json)
+}
+
+/// Waits (bounded) until the delivery is failed with at least `attempts` attempts on record.
+async fn failed_after(client: &Client, admin: u16, id: &str, attempts: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, found) = admin_call(client, admin, "t0ken", "GET", &format!("/api/deliveries/{id}"), Value::Null).await;
+        if found["delivery"]["status"] == "failed" && found["attempts"].as_array().is_some_and(|a| a.len() >= attempts) {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "delivery {id} did not fail {attempts} times: {found}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A route created through the API takes its host from the body. The guard refuses the
+/// private address on the first try, and keeps refusing after the route is replaced by one
+/// with an `upstream:` target, after a manual retry, after the route is deleted, and after
+/// a restart: the guard belongs to the delivery, not to whatever route now has its name.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_private_address_guard_holds_through_replacement_retry_and_restart() {
+    let secret_service = TestSink::scripted(vec![crate::support::Answer::with_body(200, "instance-credentials")]).await;
+    let upstream = TestSink::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let folder = Folder::new(&format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin}, token: t0ken }}\nupstream: {}\nstore: {{ path: ./relay.db }}\nroutes: []\n",
+        upstream.url()
+    ));
+    let client = Client::new();
+    let mut child = spawn(&folder.config(), &["--no-watch"], &[]);
+    wait_up(&client, &mut child, admin).await;
+    let route = |url: &str| json!({ "name": "meta", "match": { "path": "/hooks/meta" }, "forward": [ { "name": "svc", "url": url, "retry": { "max_attempts": 1 } } ] });
+    let (status, created) = admin_call(&client, admin, "t0ken", "POST", "/api/routes", route("http://{{{body.h}}}/latest/meta-data")).await;
+    assert_eq!(status, 201, "{created}");
+    let sink_port = secret_service.addr.port();
+    let mut ids = Vec::new();
+    for host in [format!("127.0.0.1:{sink_port}"), format!("[::ffff:127.0.0.1]:{sink_port}"), format!("localhost:{sink_port}")] {
+        let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/meta"), &[], json!({ "h": host }).to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        let event = reply.json()["id"].as_str().unwrap().to_string();
+        let (_, event) = admin_call(&client, admin, "t0ken", "GET", &format!("/api/events/{event}"), Value::Null).await;
+        ids.push(event["deliveries"][0]["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let found = failed_after(&client, admin, id, 1).await;
+        assert!(found["delivery"]["last_error"].as_str().unwrap().contains("allow_private"), "{found}");
+    }
+
+    let (status, replaced) = admin_call(&client, admin, "t0ken", "PUT", "/api/routes/meta", route("upstream:/meta")).await;
+    assert_eq!(status, 200, "{replaced}");
+    let (status, _) = admin_call(&client, admin, "t0ken", "POST", &format!("/api/deliveries/{}/retry", ids[0]), Value::Null).await;
+    assert_eq!(status, 200);
+    let found = failed_after(&client, admin, &ids[0], 2).await;
+    assert!(found["attempts"][1]["error"].as_str().unwrap().contains("allow_private"), "{found}");
+    assert_eq!(found["attempts"][1]["response_body"], "");
+
+    let (status, _) = admin_call(&client, admin, "t0ken", "DELETE", "/api/routes/meta", Value::Null).await;
+    assert_eq!(status, 204);
+    admin_call(&client, admin, "t0ken", "POST", &format!("/api/deliveries/{}/retry", ids[1]), Value::Null).await;
+    failed_after(&client, admin, &ids[1], 2).await;
+
+    stop(child);
+    child = spawn(&folder.config(), &["--no-watch"], &[]);
+    wait_up(&client, &mut child, admin).await;
+    admin_call(&client, admin, "t0ken", "POST", &format!("/api/deliveries/{}/retry", ids[2]), Value::Null).await;
+    let found = failed_after(&client, admin, &ids[2], 2).await;
+    assert!(found["attempts"][1]["error"].as_str().unwrap().contains("allow_private"), "{found}");
+    stop(child);
+    assert!(secret_service.seen().is_empty(), "the private service was reached: {:?}", secret_service.seen());
+    assert!(upstream.seen().is_empty(), "a stored private delivery was sent to the new route's target");
+}
+
+/// Removing `admin.token` (or moving `admin.listen`) in a reload does not open the running
+/// admin listener; a new token applies at once.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_reload_never_loosens_admin_auth() {
+    let (port, admin, elsewhere) = (free_port(), free_port(), free_port());
+    let config =
+        |admin_block: String| format!("listen: 127.0.0.1:{port}\nadmin: {admin_block}\nstore: {{ path: ./relay.db }}\nroutes: []\n");
+    let folder = Folder::new(&config(format!("{{ listen: 127.0.0.1:{admin}, token: first-token }}")));
+    let client = Client::new();
+    let mut child = spawn(&folder.config(), &["--no-watch"], &[]);
+    wait_up(&client, &mut child, admin).await;
+    let status_with = |token: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+            let headers: Vec<(&str, &str)> = if token.is_some() { vec![("authorization", auth.as_str())] } else { Vec::new() };
+            let api = client.get(&format!("http://127.0.0.1:{admin}/api/status"), &headers).await.status;
+            let metrics = client.get(&format!("http://127.0.0.1:{admin}/metrics"), &headers).await.status;
+            assert_eq!(api, metrics, "/api and /metrics disagree with token {token:?}");
+            api
+        }
+    };
+    assert_eq!(status_with(None).await, 401);
+    assert_eq!(status_with(Some("first-token")).await, 200);
+
+    for loosened in [format!("{{ listen: 127.0.0.1:{admin} }}"), format!("{{ listen: 127.0.0.1:{elsewhere} }}")] {
+        folder.write(&config(loosened));
+        let (status, reloaded) = admin_call(&client, admin, "first-token", "POST", "/api/reload", Value::Null).await;
+        assert_eq!((status, reloaded["reloaded"].as_bool()), (200, Some(true)), "{reloaded}");
+        assert_eq!(status_with(None).await, 401, "a reload without admin.token opened the admin API");
+        let (_, status) = admin_call(&client, admin, "first-token", "GET", "/api/status", Value::Null).await;
+        let notes = status["config"]["restart_required"].to_string();
+        assert!(notes.contains("admin.token"), "{notes}");
+    }
+    // SIGHUP takes the same path.
+    folder.write(&config(format!("{{ listen: 127.0.0.1:{admin}, token: second-token }}")));
+    signal(&child, "HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let second = [("authorization", "Bearer second-token")];
+    while client.get(&format!("http://127.0.0.1:{admin}/api/status"), &second).await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the new token did not apply");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status_with(Some("second-token")).await, 200);
+    assert_eq!(status_with(Some("first-token")).await, 401, "the old token still works");
+    assert_eq!(status_with(None).await, 401);
+    stop(child);
+}
+
+fn check(config: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(["check", "-c"])
+        .arg(config)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// An unset `${VAR:-}` secret is a config error with its position, not a check that
+/// accepts everything; placeholders are warned about.
+#[test]
+fn empty_secrets_are_config_errors_and_placeholders_are_warned_about() {
+    let folder = Folder::new(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: gitlab
+    source: gitlab
+    match: { path: /hooks/gitlab }
+    verify: { secret: "${GITLAB_TOKEN:-}" }
+    forward: [ { url: "http://127.0.0.1:9/x" } ]
+  - name: tapd
+    source: tapd
+    match: { path: /hooks/tapd }
+    verify: { secret: "  " }
+    forward: [ { url: "http://127.0.0.1:9/x" } ]
+  - name: generic
+    match: { path: /hooks/generic }
+    verify:
+      token: { header: X-Token, value: "${TOKEN:-}" }
+      hmac: { header: X-Sig, secret: "" }
+      basic_auth: { username: u, password: "" }
+    forward:
+      - url: "http://127.0.0.1:9/x"
+        sign: { github: { secret: "${SIGNING:-}" } }
+"#,
+    );
+    let (code, stderr) = check(&folder.config(), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    for (line_col, path) in [
+        ("6:15", "routes[0].verify.secret"),
+        ("11:15", "routes[1].verify.secret"),
+        ("16:33", "routes[2].verify.token.value"),
+        ("17:30", "routes[2].verify.hmac.secret"),
+        ("18:34", "routes[2].verify.basic_auth.password"),
+        ("21:27", "routes[2].forward[0].sign.github.secret"),
+    ] {
+        assert!(stderr.contains(&format!("hookrelay.yaml:{line_col}: {path}: the secret is empty")), "{path} at {line_col}:\n{stderr}");
+    }
+
+    folder.write(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: gitlab\n    source: gitlab\n    match: { path: /hooks/gitlab }\n    verify: { secret: change-me }\n    forward: [ { url: \"http://127.0.0.1:9/x\" } ]\n",
+    );
+    let (code, stderr) = check(&folder.config(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("routes[0].verify.secret: the secret is the placeholder \"change-me\""),
+        "{stderr}"
+    );
+}
+
+/// With a real secret, a request without the credential header is refused.
+#[tokio::test]
+async fn a_missing_credential_never_matches() {
+    let sink = TestSink::start().await;
+    let relay = crate::support::Relay::start(&format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: gitlab\n    source: gitlab\n    match: {{ path: /hooks/gitlab }}\n    verify: {{ secret: real-token }}\n    forward: [ {{ url: \"{}/x\" }} ]\n",
+        sink.url()
+    ))
+    .await;
+    let url = relay.url("/hooks/gitlab");
+    for headers in [vec![], vec![("x-gitlab-token", "")], vec![("x-gitlab-token", "real-token-2")]] {
+        let reply = relay.client.post_json(&url, &headers, r#"{"object_kind":"push"}"#).await;
+        assert_eq!(reply.status, 401, "{headers:?}: {}", reply.text());
+    }
+    let reply = relay.client.post_json(&url, &[("x-gitlab-token", "real-token")], r#"{"object_kind":"push"}"#).await;
+    assert_eq!(reply.status, 202);
+}
