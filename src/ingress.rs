@@ -23,13 +23,12 @@ use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::client::{self, header_pairs, Body};
-use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
+use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted, RecordedRequest};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
 use crate::ratelimit::Throttled;
-use crate::redact::{redact_headers, redact_url};
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
@@ -250,21 +249,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         return unmatched(relay, snapshot, request, peer).await;
     }
     let mut retry_after = None;
-    let matched: Vec<RouteMatch<'_>> = matched
-        .into_iter()
-        .filter(|m| {
-            let Some(limit) = &m.route.ingress_limit else { return true };
-            match relay.ingress_limits.check(&m.route.name, limit.spec, &limit.sender(&inbound)) {
-                Ok(()) => true,
-                Err(Throttled(wait)) => {
-                    count_request(&m.route.name, "rate_limited");
-                    crate::metrics::count_limit("ingress_limit");
-                    retry_after = retry_after.max(Some(wait));
-                    false
-                }
-            }
-        })
-        .collect();
+    let matched = charge_ingress_limits(relay, &inbound, matched, true, &mut retry_after);
     if let (true, Some(wait)) = (matched.is_empty(), retry_after) {
         return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
     }
@@ -285,8 +270,41 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     if passed.is_empty() {
         return json_error(StatusCode::UNAUTHORIZED, "verification failed", None);
     }
+    let passed = charge_ingress_limits(relay, &inbound, passed, false, &mut retry_after);
+    if let (true, Some(wait)) = (passed.is_empty(), retry_after) {
+        return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
+    }
     let body = inbound.take_body();
     accept(relay, snapshot, &inbound, body, passed).await
+}
+
+/// Takes each route's `ingress_limit` (those keyed by IP before verification, those keyed by
+/// request data after, so an unauthenticated sender cannot fill the key table); drops the
+/// routes over their limit and remembers the longest wait.
+fn charge_ingress_limits<'r>(
+    relay: &Relay,
+    inbound: &InboundRequest,
+    matched: Vec<RouteMatch<'r>>,
+    before_verification: bool,
+    retry_after: &mut Option<std::time::Duration>,
+) -> Vec<RouteMatch<'r>> {
+    matched
+        .into_iter()
+        .filter(|m| {
+            let Some(limit) = m.route.ingress_limit.as_ref().filter(|limit| limit.before_verification() == before_verification) else {
+                return true;
+            };
+            match relay.ingress_limits.check(&m.route.name, limit.spec, &limit.sender(inbound)) {
+                Ok(()) => true,
+                Err(Throttled(wait)) => {
+                    count_request(&m.route.name, "rate_limited");
+                    crate::metrics::count_limit("ingress_limit");
+                    *retry_after = (*retry_after).max(Some(wait));
+                    false
+                }
+            }
+        })
+        .collect()
 }
 
 /// Retry-After is in whole seconds; round up so the sender never comes back too early.
@@ -349,8 +367,8 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             delivery_id: matched.info.delivery_id.clone(),
             method: inbound.method.to_string(),
             path: inbound.path.clone(),
-            headers: recorded_headers(&inbound.headers),
-            body: inbound.raw.clone(),
+            headers: recorded_headers(&inbound.headers, &snapshot.redactions),
+            body: snapshot.redactions.body(inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), &inbound.raw),
         };
         let dedupe_since =
             route.dedupe.map(|window| received_at.timestamp_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2));
@@ -413,7 +431,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     for name in &route_names {
         count_request(name, "forwarded");
     }
-    with_routes(forward_sync(relay, outgoing, target, &sync_event, deferred).await, &route_names)
+    with_routes(forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names)
 }
 
 /// Targets whose request could not be rendered fail at once (retrying cannot help); they
@@ -464,6 +482,7 @@ const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
 /// delivery with its one attempt on the route's event.
 async fn forward_sync(
     relay: &Relay,
+    snapshot: &Snapshot,
     mut outgoing: OutgoingRequest,
     target: &Target,
     event_id: &str,
@@ -477,7 +496,7 @@ async fn forward_sync(
     }
     let started_at = now_ms();
     let started = std::time::Instant::now();
-    let trusted = target.trusted || relay.snapshot().settings.allow_private;
+    let trusted = target.trusted || snapshot.settings.allow_private;
     // What is stored is the request as rendered: credentials and signatures are added
     // below, at send time, and never reach the store.
     let stored_request = stored(&outgoing);
@@ -516,13 +535,14 @@ async fn forward_sync(
         (Some(message), None) => AttemptOutcome::Failed { reason: message.clone() },
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
+    let recorded = RecordedRequest::of(outgoing, Some(target), &snapshot.redactions);
     let record = AttemptRecord {
         started_at,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        request_url: redact_url(&stored_request.url),
-        request_method: stored_request.method.clone(),
-        request_headers: redact_headers(&stored_request.headers),
-        request_body: stored_request.body.clone(),
+        request_url: recorded.url,
+        request_method: recorded.method,
+        request_headers: recorded.headers,
+        request_body: recorded.body,
         status,
         response_headers,
         response_body,

@@ -98,7 +98,6 @@ impl Clock for TokioClock {
 }
 
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
-type KeyedLimiter = RateLimiter<String, governor::state::keyed::DefaultKeyedStateStore<String>, TokioClock, NoOpMiddleware<TokioInstant>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded maps stay consistent even if a holder panicked: every update is one insert.
@@ -182,32 +181,116 @@ impl OutboundLimiters {
     }
 }
 
-/// Inbound limiters, one keyed limiter per route.
+/// How many senders one route's `ingress_limit` tracks. Past this, a sender whose bucket is
+/// still draining keeps it, and new senders share one overflow bucket until old ones refill.
+pub const INGRESS_KEYS_PER_ROUTE: usize = 10_000;
+
+/// Per-sender GCRA state for one route, bounded: keys are stored as keyed 64-bit hashes
+/// (a long header costs what a short one does), at most `capacity` of them. Only a bucket
+/// that has fully refilled (its state equals a new key's) is evicted, so a flood of new
+/// keys can neither grow memory nor reset a throttled sender; when every slot is live, new
+/// keys share the overflow bucket.
+struct BoundedKeys {
+    inner: Mutex<KeyTable>,
+    capacity: usize,
+    /// The limiter's start, set right after it is built: "now" for eviction is measured from
+    /// it, as governor measures its own state (a later start only makes eviction later).
+    start: std::sync::OnceLock<Instant>,
+}
+
 #[derive(Default)]
+struct KeyTable {
+    /// Least recently used first.
+    buckets: hashlink::LinkedHashMap<u64, Nanos>,
+    overflow: Option<Nanos>,
+}
+
+/// governor owns the state store; both it and the registry hold this handle.
+#[derive(Clone)]
+struct SharedKeys(Arc<BoundedKeys>);
+
+impl governor::state::StateStore for SharedKeys {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let keys = &self.0;
+        let mut table = lock(&keys.inner);
+        if let Some(state) = table.buckets.to_back(key) {
+            let (outcome, next) = f(Some(*state))?;
+            *state = next;
+            return Ok(outcome);
+        }
+        if table.buckets.len() >= keys.capacity {
+            let now = keys.start.get().map(|start| Nanos::from(Instant::now().saturating_duration_since(*start)));
+            let refilled = matches!((table.buckets.front(), now), (Some((_, tat)), Some(now)) if *tat <= now);
+            if !refilled {
+                let (outcome, next) = f(table.overflow)?;
+                table.overflow = Some(next);
+                return Ok(outcome);
+            }
+            table.buckets.pop_front();
+        }
+        let (outcome, next) = f(None)?;
+        table.buckets.insert(*key, next);
+        Ok(outcome)
+    }
+}
+
+type BoundedLimiter = RateLimiter<u64, SharedKeys, TokioClock, NoOpMiddleware<TokioInstant>>;
+
+struct RouteLimiter {
+    spec: LimitSpec,
+    limiter: BoundedLimiter,
+    keys: Arc<BoundedKeys>,
+}
+
+/// Inbound limiters, one bounded keyed limiter per route.
 pub struct IngressLimiters {
-    routes: Mutex<HashMap<String, (LimitSpec, Arc<KeyedLimiter>)>>,
+    routes: Mutex<HashMap<String, Arc<RouteLimiter>>>,
+    /// Keys are hashed with a per-process random key, so senders cannot aim for collisions.
+    hasher: std::hash::RandomState,
+    capacity: usize,
+}
+
+impl Default for IngressLimiters {
+    fn default() -> Self {
+        IngressLimiters::with_capacity(INGRESS_KEYS_PER_ROUTE)
+    }
 }
 
 impl IngressLimiters {
+    pub fn with_capacity(capacity: usize) -> IngressLimiters {
+        IngressLimiters { routes: Mutex::new(HashMap::new()), hasher: std::hash::RandomState::new(), capacity: capacity.max(1) }
+    }
+
     /// Takes one request from `route`'s budget for `sender`, or says how long to wait.
-    pub fn check(&self, route: &str, spec: LimitSpec, sender: &str) -> Result<(), Throttled> {
+    pub fn check(&self, route: &str, spec: LimitSpec, sender: &[u8]) -> Result<(), Throttled> {
+        use std::hash::BuildHasher;
         let limiter = {
             let mut routes = lock(&self.routes);
-            match routes.get(route).filter(|(existing, _)| *existing == spec) {
-                Some((_, limiter)) => limiter.clone(),
+            match routes.get(route).filter(|existing| existing.spec == spec) {
+                Some(limiter) => limiter.clone(),
                 None => {
-                    let limiter = Arc::new(RateLimiter::dashmap_with_clock(spec.quota(), TokioClock));
-                    routes.insert(route.to_string(), (spec, limiter.clone()));
+                    let keys =
+                        Arc::new(BoundedKeys { inner: Mutex::default(), capacity: self.capacity, start: std::sync::OnceLock::new() });
+                    let limiter = RateLimiter::new(spec.quota(), SharedKeys(keys.clone()), TokioClock);
+                    let _ = keys.start.set(Instant::now());
+                    let limiter = Arc::new(RouteLimiter { spec, limiter, keys });
+                    routes.insert(route.to_string(), limiter.clone());
                     limiter
                 }
             }
         };
-        let outcome = limiter.check_key(&sender.to_string()).map_err(|not_until| Throttled(not_until.wait_time_from(TokioClock.now())));
-        if limiter.len() > 10_000 {
-            // Forget senders whose buckets are full again, so memory tracks active senders.
-            limiter.retain_recent();
-        }
-        outcome
+        let key = self.hasher.hash_one(sender);
+        limiter.limiter.check_key(&key).map_err(|not_until| Throttled(not_until.wait_time_from(TokioClock.now())))
+    }
+
+    /// Senders tracked for `route` (for tests and the bounds they check).
+    pub fn tracked(&self, route: &str) -> usize {
+        lock(&self.routes).get(route).map_or(0, |limiter| lock(&limiter.keys.inner).buckets.len())
     }
 }
 
@@ -269,12 +352,36 @@ mod tests {
     async fn ingress_limit_is_per_sender() {
         let limiters = IngressLimiters::default();
         let two_per_second = spec(2, Duration::from_secs(1), 2);
-        assert!(limiters.check("r", two_per_second, "10.0.0.1").is_ok());
-        assert!(limiters.check("r", two_per_second, "10.0.0.1").is_ok());
-        let Err(Throttled(wait)) = limiters.check("r", two_per_second, "10.0.0.1") else { panic!("third request must be limited") };
+        assert!(limiters.check("r", two_per_second, b"10.0.0.1").is_ok());
+        assert!(limiters.check("r", two_per_second, b"10.0.0.1").is_ok());
+        let Err(Throttled(wait)) = limiters.check("r", two_per_second, b"10.0.0.1") else { panic!("third request must be limited") };
         assert_eq!(wait, Duration::from_millis(500));
-        assert!(limiters.check("r", two_per_second, "10.0.0.2").is_ok(), "another sender has its own budget");
+        assert!(limiters.check("r", two_per_second, b"10.0.0.2").is_ok(), "another sender has its own budget");
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(limiters.check("r", two_per_second, "10.0.0.1").is_ok());
+        assert!(limiters.check("r", two_per_second, b"10.0.0.1").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_new_keys_neither_grows_the_table_nor_resets_a_throttled_sender() {
+        let limiters = IngressLimiters::with_capacity(3);
+        let one_per_second = spec(1, Duration::from_secs(1), 1);
+        for sender in [b"a", b"b", b"c"] {
+            assert!(limiters.check("r", one_per_second, sender).is_ok());
+        }
+        assert!(limiters.check("r", one_per_second, b"a").is_err(), "a is throttled");
+        // The table is full of live buckets: new senders share the overflow bucket.
+        assert!(limiters.check("r", one_per_second, b"new-1").is_ok());
+        for flood in 0..1000u32 {
+            assert!(limiters.check("r", one_per_second, &flood.to_be_bytes()).is_err(), "overflow shared by every new key");
+        }
+        assert_eq!(limiters.tracked("r"), 3);
+        assert!(limiters.check("r", one_per_second, b"a").is_err(), "the flood did not reset a");
+        // Once refilled, the least recently used bucket (b: a was touched since) makes room.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limiters.check("r", one_per_second, b"d").is_ok());
+        assert!(limiters.check("r", one_per_second, b"d").is_err(), "d has a bucket of its own now");
+        assert_eq!(limiters.tracked("r"), 3);
+        assert!(limiters.check("r", one_per_second, b"a").is_ok(), "a kept its bucket and has refilled");
+        assert!(limiters.check("r", one_per_second, b"a").is_err());
     }
 }

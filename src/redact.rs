@@ -3,7 +3,7 @@
 //! (render output, the admin API, the delivery log).
 
 /// Headers whose values are secrets, lower-case.
-const SENSITIVE_HEADERS: [&str; 10] = [
+const SENSITIVE_HEADERS: [&str; 11] = [
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -13,6 +13,7 @@ const SENSITIVE_HEADERS: [&str; 10] = [
     "x-gitlab-token",
     "x-codeup-token",
     "x-gitee-token",
+    "x-hookrelay-token",
     "webhook-signature",
 ];
 
@@ -28,6 +29,129 @@ pub fn redact_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
         .iter()
         .map(|(name, value)| (name.clone(), if is_sensitive_header(name) { REDACTED.to_string() } else { value.clone() }))
         .collect()
+}
+
+/// What the config marks as credentials beyond the fixed list: header names (verify token
+/// and signature headers, `sign.hmac.header`) and body fields (`verify.token.field`, TAPD's
+/// `secret`). Compiled with each snapshot and applied to everything recorded or shown:
+/// stored events, attempt records, the admin API.
+#[derive(Debug, Default)]
+pub struct Redactions {
+    headers: Vec<http::HeaderName>,
+    fields: Vec<serde_json_path::JsonPath>,
+    query_names: Vec<String>,
+}
+
+impl Redactions {
+    pub fn add_header(&mut self, name: &http::HeaderName) {
+        if !self.headers.contains(name) && !is_sensitive_header(name.as_str()) {
+            self.headers.push(name.clone());
+        }
+    }
+
+    pub fn add_query_name(&mut self, name: String) {
+        if !self.query_names.contains(&name) && !is_secret_name(&name) {
+            self.query_names.push(name);
+        }
+    }
+
+    /// A URL for display: [`redact_url`], and the query parameters the config marks.
+    pub fn url(&self, text: &str) -> String {
+        let shown = redact_url(text);
+        if self.query_names.is_empty() {
+            return shown;
+        }
+        let Some((base, query)) = shown.split_once('?') else { return shown };
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value))
+                    if !value.is_empty()
+                        && self
+                            .query_names
+                            .iter()
+                            .any(|secret| percent_encoding::percent_decode_str(name).decode_utf8_lossy() == *secret) =>
+                {
+                    format!("{name}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        format!("{base}?{}", pairs.join("&"))
+    }
+
+    pub fn add_field(&mut self, path: &serde_json_path::JsonPath) {
+        if !self.fields.contains(path) {
+            self.fields.push(path.clone());
+        }
+    }
+
+    fn is_secret_header(&self, name: &str) -> bool {
+        is_sensitive_header(name) || self.headers.iter().any(|secret| secret.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Header pairs with every credential value replaced by `[redacted]`.
+    pub fn headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(name, value)| (name.clone(), if self.is_secret_header(name) { REDACTED.to_string() } else { value.clone() }))
+            .collect()
+    }
+
+    /// A body with credential fields replaced by `[redacted]`: JSON by path, a form by the
+    /// field name the path ends in. Anything else, or a body with no such field, is
+    /// returned as it is (without a copy).
+    pub fn body(&self, content_type: Option<&str>, body: &bytes::Bytes) -> bytes::Bytes {
+        if self.fields.is_empty() || body.is_empty() {
+            return body.clone();
+        }
+        let essence = content_type.and_then(|ct| ct.split(';').next()).map(|ct| ct.trim().to_ascii_lowercase()).unwrap_or_default();
+        if essence == "application/x-www-form-urlencoded" {
+            return self.form(body).map_or_else(|| body.clone(), bytes::Bytes::from);
+        }
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(mut value) => {
+                let pointers: Vec<String> = self
+                    .fields
+                    .iter()
+                    .flat_map(|path| path.query_located(&value).locations().map(|at| at.to_json_pointer()).collect::<Vec<_>>())
+                    .collect();
+                if pointers.is_empty() {
+                    return body.clone();
+                }
+                for pointer in pointers {
+                    if let Some(found) = value.pointer_mut(&pointer) {
+                        *found = serde_json::Value::String(REDACTED.to_string());
+                    }
+                }
+                serde_json::to_vec(&value).map_or_else(|_| body.clone(), bytes::Bytes::from)
+            }
+            Err(_) => body.clone(),
+        }
+    }
+
+    fn form(&self, body: &[u8]) -> Option<String> {
+        let names: Vec<String> = self.fields.iter().filter_map(|path| top_level_name(&path.to_string())).collect();
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+        if !pairs.iter().any(|(name, _)| names.contains(name)) {
+            return None;
+        }
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in &pairs {
+            form.append_pair(name, if names.contains(name) { REDACTED } else { value });
+        }
+        Some(form.finish())
+    }
+}
+
+/// `$.secret` or `$['secret']` → `secret`: the form field a top-level JSONPath names.
+fn top_level_name(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('$')?;
+    if let Some(name) = rest.strip_prefix('.') {
+        return (!name.is_empty() && !name.contains(['.', '[', '*'])).then(|| name.to_string());
+    }
+    let inner = rest.strip_prefix("['")?.strip_suffix("']")?;
+    (!inner.contains('\'')).then(|| inner.to_string())
 }
 
 /// A URL for display: userinfo and the values of credential-like query parameters
@@ -76,6 +200,27 @@ fn is_template(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_headers_and_fields_are_redacted() {
+        let mut redactions = Redactions::default();
+        redactions.add_header(&http::HeaderName::from_static("x-hookrelay-token"));
+        redactions.add_field(&serde_json_path::JsonPath::parse("$.secret").unwrap());
+        let headers = vec![("X-Hookrelay-Token".to_string(), "t".to_string()), ("X-Gitlab-Token".to_string(), "g".to_string())];
+        assert_eq!(
+            redactions.headers(&headers),
+            vec![("X-Hookrelay-Token".to_string(), REDACTED.to_string()), ("X-Gitlab-Token".to_string(), REDACTED.to_string())]
+        );
+        let json = bytes::Bytes::from_static(br#"{"event":"bug::create","secret":"s3"}"#);
+        assert_eq!(&redactions.body(Some("application/json"), &json)[..], br#"{"event":"bug::create","secret":"[redacted]"}"#);
+        let form = bytes::Bytes::from_static(b"event=bug%3A%3Acreate&secret=s3&title=a+b");
+        assert_eq!(
+            &redactions.body(Some("application/x-www-form-urlencoded"), &form)[..],
+            b"event=bug%3A%3Acreate&secret=%5Bredacted%5D&title=a+b"
+        );
+        let untouched = bytes::Bytes::from_static(br#"{"event":"x"}"#);
+        assert_eq!(redactions.body(Some("application/json"), &untouched).as_ptr(), untouched.as_ptr(), "no field, no copy");
+    }
 
     #[test]
     fn urls_and_headers_are_redacted() {

@@ -79,6 +79,19 @@ pub enum Check {
     },
 }
 
+impl Check {
+    /// Adds what this check reads as a credential to what is redacted when recorded.
+    pub fn mark_credentials(&self, redactions: &mut crate::redact::Redactions) {
+        match self {
+            Check::HeaderToken { header, .. } => redactions.add_header(header),
+            Check::Hmac(hmac) => redactions.add_header(&hmac.header),
+            Check::FieldToken { path, .. } => redactions.add_field(path),
+            // Their headers (Authorization, webhook-signature, X-Gitee-Token) are on the fixed list.
+            Check::BasicAuth { .. } | Check::StandardWebhooks { .. } | Check::Gitee { .. } | Check::IpAllow(_) => {}
+        }
+    }
+}
+
 /// The parts of a request a check may read.
 pub struct VerifyInput<'a> {
     pub headers: &'a HeaderMap,

@@ -20,11 +20,11 @@ use http_body_util::BodyExt;
 use crate::app::{Relay, ReloadOutcome};
 use crate::delivery::client::{full, Body};
 use crate::delivery::engine::now_ms;
-use crate::redact::{redact_headers, redact_url};
+use crate::redact::Redactions;
 use crate::reload::reload_now;
 use crate::respond::{json_error, json_response};
 use crate::routing::Route;
-use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, StoreError, DEFAULT_PAGE};
+use crate::store::{AttemptView, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, EventView, StoreError, DEFAULT_PAGE};
 use crate::values::secret_eq;
 
 pub async fn serve(
@@ -142,7 +142,14 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             let filter =
                 EventFilter { route: query.get("route"), event: query.get("event"), limit: query.limit(), cursor: query.get("cursor") };
             match relay.engine.store().list_events(filter).await {
-                Ok(page) => json_response(StatusCode::OK, &json!({ "items": page.items, "next_cursor": page.next_cursor })),
+                Ok(mut page) => {
+                    let snapshot = relay.snapshot();
+                    for event in &mut page.items {
+                        redact_event(event, &snapshot.redactions);
+                        event.deliveries.iter_mut().for_each(|delivery| redact_delivery(delivery, &snapshot.redactions));
+                    }
+                    json_response(StatusCode::OK, &json!({ "items": page.items, "next_cursor": page.next_cursor }))
+                }
                 Err(err) => store_error(err),
             }
         }
@@ -150,8 +157,10 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             let id = &other["/api/events/".len()..];
             match relay.engine.store().get_event(id).await {
                 Ok(Some(mut event)) => {
+                    let snapshot = relay.snapshot();
+                    redact_event(&mut event, &snapshot.redactions);
                     for delivery in &mut event.deliveries {
-                        redact_delivery(delivery);
+                        redact_delivery(delivery, &snapshot.redactions);
                     }
                     json_response(StatusCode::OK, &json!(event))
                 }
@@ -174,7 +183,8 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             };
             match relay.engine.store().list_deliveries(filter).await {
                 Ok(mut page) => {
-                    page.items.iter_mut().for_each(redact_delivery);
+                    let snapshot = relay.snapshot();
+                    page.items.iter_mut().for_each(|delivery| redact_delivery(delivery, &snapshot.redactions));
                     json_response(StatusCode::OK, &json!({ "items": page.items, "next_cursor": page.next_cursor }))
                 }
                 Err(err) => store_error(err),
@@ -185,7 +195,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             match relay.engine.store().retry_now(id, now_ms()).await {
                 Ok(mut delivery) => {
                     relay.engine.wake();
-                    redact_delivery(&mut delivery);
+                    redact_delivery(&mut delivery, &relay.snapshot().redactions);
                     json_response(StatusCode::OK, &json!(delivery))
                 }
                 Err(err) => store_error(err),
@@ -194,8 +204,10 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
         (Method::GET, other) if other.starts_with("/api/deliveries/") => {
             let id = &other["/api/deliveries/".len()..];
             match relay.engine.store().get_delivery(id).await {
-                Ok(Some((mut delivery, attempts))) => {
-                    redact_delivery(&mut delivery);
+                Ok(Some((mut delivery, mut attempts))) => {
+                    let snapshot = relay.snapshot();
+                    redact_delivery(&mut delivery, &snapshot.redactions);
+                    attempts.iter_mut().for_each(|attempt| redact_attempt(attempt, &snapshot.redactions));
                     json_response(StatusCode::OK, &json!({ "delivery": delivery, "attempts": attempts }))
                 }
                 Ok(None) => json_error(StatusCode::NOT_FOUND, "no such delivery", Some(json!(id))),
@@ -269,10 +281,30 @@ impl Query {
     }
 }
 
-/// Stored requests hold the credentials they will be sent with; the API never shows them.
-fn redact_delivery(delivery: &mut DeliveryView) {
-    delivery.request.headers = redact_headers(&delivery.request.headers);
-    delivery.request.url = redact_url(&delivery.request.url);
+/// What the API shows of stored requests and events: credential headers, query values and
+/// body fields masked. A delivery that forwards the original body keeps its credential
+/// fields in the store (the receiver may check them); they are masked here.
+fn redact_delivery(delivery: &mut DeliveryView, redactions: &Redactions) {
+    delivery.request.headers = redactions.headers(&delivery.request.headers);
+    delivery.request.url = redactions.url(&delivery.request.url);
+    delivery.request.body = redact_text(redactions, &delivery.request.headers, &delivery.request.body);
+}
+
+fn redact_attempt(attempt: &mut AttemptView, redactions: &Redactions) {
+    attempt.request_headers = redactions.headers(&attempt.request_headers);
+    attempt.request_url = redactions.url(&attempt.request_url);
+    attempt.request_body = redact_text(redactions, &attempt.request_headers, &attempt.request_body);
+}
+
+fn redact_event(event: &mut EventView, redactions: &Redactions) {
+    event.headers = redactions.headers(&event.headers);
+    event.body = redact_text(redactions, &event.headers, &event.body);
+}
+
+fn redact_text(redactions: &Redactions, headers: &[(String, String)], body: &str) -> String {
+    let content_type = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str());
+    let masked = redactions.body(content_type, &Bytes::copy_from_slice(body.as_bytes()));
+    String::from_utf8_lossy(&masked).into_owned()
 }
 
 pub(crate) fn store_error(err: StoreError) -> Response<Body> {

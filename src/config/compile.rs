@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
-use super::env::{expand_tree, Lookup};
+use super::env::{expand_tree, Expansion, Lookup};
 use super::model::{RawConfig, RawInclude, RawRoute};
 use super::units::{parse_duration, parse_size};
 use super::{serde_error, ApiRoute, ConfigError, ConfigErrors, Problems, SourceFile};
@@ -114,6 +114,8 @@ pub struct Snapshot {
     pub templates_use_raw: bool,
     /// What compiled but looks like a mistake (placeholder secrets); `check` prints them.
     pub warnings: Vec<ConfigError>,
+    /// Credential headers and body fields named by the config, redacted wherever recorded.
+    pub redactions: crate::redact::Redactions,
 }
 
 impl Snapshot {
@@ -161,10 +163,11 @@ fn read_file(path: &Path, env: &dyn Lookup, hasher: &mut DefaultHasher, errors: 
             return None;
         }
     };
-    let mut expand_errors = Vec::new();
-    expand_tree(&mut tree, "", env, &mut expand_errors);
-    errors.extend(expand_errors.iter().map(|e| file.error(&e.path, e.message.clone())));
-    file.unexpanded = expand_errors.into_iter().map(|e| e.path).collect();
+    let mut expansion = Expansion::default();
+    expand_tree(&mut tree, "", env, &mut expansion);
+    errors.extend(expansion.errors.iter().map(|e| file.error(&e.path, e.message.clone())));
+    file.unexpanded = expansion.errors.into_iter().map(|e| e.path).collect();
+    file.from_env = expansion.originals;
     Some(ParsedFile { file, tree })
 }
 
@@ -293,7 +296,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
             if !names.insert(raw_route.name.clone()) {
                 problems.push(format!("{at}.name"), format!("route name {:?} is used twice", raw_route.name));
             }
-            let route = compile_route(&raw_route, &at, &file.path, &defaults, &mut templates, &mut limit_keys, &mut problems);
+            let route = compile_route(&raw_route, &at, &file, &defaults, &mut templates, &mut limit_keys, &mut problems);
             let route = route.map(|mut route| {
                 route.origin = origin;
                 for target in &mut route.targets {
@@ -308,6 +311,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
             routes.extend(route);
         }
     }
+    let redactions = credentials_named_by(&routes);
     // Main file first, then includes in order; within a file, by position.
     errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.position.map(|p| (p.line, p.column))));
     match (settings, errors.is_empty()) {
@@ -320,9 +324,32 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
             content_hash: hasher.finish(),
             templates_use_raw,
             warnings,
+            redactions,
         }),
         _ => Err(ConfigErrors(errors)),
     }
+}
+
+/// Every header and body field the routes treat as a credential: verify checks, custom
+/// signature headers, and TAPD's `secret` field (sent whether or not it is verified).
+fn credentials_named_by(routes: &[crate::routing::Route]) -> crate::redact::Redactions {
+    let mut redactions = crate::redact::Redactions::default();
+    for route in routes {
+        route.verify.iter().for_each(|check| check.mark_credentials(&mut redactions));
+        for target in &route.targets {
+            if let Some(header) = target.signer.as_ref().and_then(|signer| signer.custom_header()) {
+                redactions.add_header(header);
+            }
+            target.env_credentials().header_names().for_each(|name| redactions.add_header(name));
+            target.env_credentials().query_names().for_each(|name| redactions.add_query_name(name));
+        }
+        if route.source.kind == SourceKind::Tapd {
+            if let Ok(secret) = serde_json_path::JsonPath::parse("$.secret") {
+                redactions.add_field(&secret);
+            }
+        }
+    }
+    redactions
 }
 
 /// API routes may not target loopback, private or link-local hosts written into the URL
@@ -478,7 +505,7 @@ fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {
 fn compile_route(
     raw: &RawRoute,
     at: &str,
-    file: &Path,
+    file: &SourceFile,
     defaults: &TargetDefaults,
     templates: &mut TemplateEngine,
     limit_keys: &mut HashMap<String, LimitSpec>,
@@ -561,7 +588,7 @@ fn compile_route(
     if dedupe.is_some() && kind == SourceKind::Generic && raw.id_from.is_none() {
         problems.push(format!("{at}.dedupe"), "dedupe needs a delivery id: use a source that has one, or id_from");
     }
-    let mut ctx = CompileCtx { templates, defaults, problems, limit_keys, route: &raw.name };
+    let mut ctx = CompileCtx { templates, defaults, problems, limit_keys, route: &raw.name, from_env: &file.from_env };
     for (index, raw_target) in raw.forward.iter().enumerate() {
         let target_at = format!("{at}.forward[{index}]");
         if let Some(target) = target::compile(raw_target, index, &target_at, &mut ctx) {
@@ -574,7 +601,7 @@ fn compile_route(
     Some(Route {
         name: raw.name.clone(),
         origin: Origin::Yaml,
-        file: file.display().to_string(),
+        file: file.path.display().to_string(),
         source,
         path: path?,
         methods,

@@ -24,23 +24,37 @@ pub struct ExpandError {
     pub message: String,
 }
 
+/// What one file's expansion did: the failures, and the original text of every string that
+/// held a `${VAR}` (by YAML path), so the compile knows which values came from the
+/// environment and treats them as credentials where they land in headers or queries.
+#[derive(Debug, Default)]
+pub struct Expansion {
+    pub errors: Vec<ExpandError>,
+    pub originals: std::collections::HashMap<String, String>,
+}
+
 /// Expands every string scalar under `value` in place, collecting every failure. Expanded
 /// values stay strings: a secret that happens to look like a number must never change
 /// type (and end up quoted in a type error).
-pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, errors: &mut Vec<ExpandError>) {
+pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, expansion: &mut Expansion) {
     match value {
         Value::String(text) => {
             if !text.contains("${") {
                 return;
             }
             match expand_str(text, env) {
-                Ok(expanded) => *text = expanded,
-                Err(message) => errors.push(ExpandError { path: path.to_string(), message }),
+                Ok(expanded) => {
+                    let original = std::mem::replace(text, expanded);
+                    if *text != original {
+                        expansion.originals.insert(path.to_string(), original);
+                    }
+                }
+                Err(message) => expansion.errors.push(ExpandError { path: path.to_string(), message }),
             }
         }
         Value::Sequence(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                expand_tree(item, &format!("{path}[{index}]"), env, errors);
+                expand_tree(item, &format!("{path}[{index}]"), env, expansion);
             }
         }
         Value::Mapping(map) => {
@@ -50,10 +64,10 @@ pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, errors: &mut
                     other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
                 };
                 let child = if path.is_empty() { key_text } else { format!("{path}.{key_text}") };
-                expand_tree(item, &child, env, errors);
+                expand_tree(item, &child, env, expansion);
             }
         }
-        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, errors),
+        Value::Tagged(tagged) => expand_tree(&mut tagged.value, path, env, expansion),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
@@ -125,10 +139,12 @@ mod tests {
     #[test]
     fn tree_collects_every_error_with_paths_and_keeps_strings() {
         let mut value: Value = serde_yaml::from_str("a: ${N}\nb: [x, '${NOPE}']\nc: {d: '${ALSO_NOPE}', e: 'n=${N}'}").unwrap();
-        let mut errors = Vec::new();
-        expand_tree(&mut value, "", &env(), &mut errors);
-        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        let mut expansion = Expansion::default();
+        expand_tree(&mut value, "", &env(), &mut expansion);
+        let paths: Vec<_> = expansion.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["b[1]", "c.d"]);
+        assert_eq!(expansion.originals.get("c.e").map(String::as_str), Some("n=${N}"));
+        assert_eq!(expansion.originals.len(), 2, "{:?}", expansion.originals);
         assert_eq!(value["a"], Value::String("5".into()));
         assert_eq!(value["c"]["e"], Value::String("n=5".into()));
     }

@@ -103,16 +103,23 @@ pub struct SourceFile {
     locator: Locator,
     /// YAML paths whose `${VAR}` expansion failed.
     unexpanded: Vec<String>,
+    /// The text before expansion of every value that held a `${VAR}`, by YAML path.
+    pub from_env: std::collections::HashMap<String, String>,
 }
 
 impl SourceFile {
     /// An API route has no file: errors name it and carry no position.
     fn api(name: &str) -> SourceFile {
-        SourceFile { path: PathBuf::from(format!("api route {name:?}")), locator: Locator::new(""), unexpanded: Vec::new() }
+        SourceFile {
+            path: PathBuf::from(format!("api route {name:?}")),
+            locator: Locator::new(""),
+            unexpanded: Vec::new(),
+            from_env: Default::default(),
+        }
     }
 
     fn new(path: &Path, text: &str) -> SourceFile {
-        SourceFile { path: path.to_path_buf(), locator: Locator::new(text), unexpanded: Vec::new() }
+        SourceFile { path: path.to_path_buf(), locator: Locator::new(text), unexpanded: Vec::new(), from_env: Default::default() }
     }
 
     pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {

@@ -18,7 +18,6 @@ use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{is_success, OutgoingRequest, Target};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
-use crate::redact::{redact_headers, redact_url};
 use crate::routing::condition::{Condition, MatchInput};
 use crate::store::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoredRequest,
@@ -254,13 +253,14 @@ impl Engine {
             }
         }
         let finished = !matches!(decision.outcome, AttemptOutcome::RetryAt(_));
+        let recorded = RecordedRequest::of(&outgoing, target, &snapshot.redactions);
         let record = AttemptRecord {
             started_at,
             duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
-            request_url: redact_url(&outgoing.url),
-            request_method: delivery.request.method.clone(),
-            request_headers: redact_headers(&header_pairs(&outgoing.headers)),
-            request_body: outgoing.body.clone(),
+            request_url: recorded.url,
+            request_method: recorded.method,
+            request_headers: recorded.headers,
+            request_body: recorded.body,
             status: result.status,
             response_headers: result.headers.clone(),
             response_body: result.answer.clone(),
@@ -367,6 +367,32 @@ fn decide(delivery: &ClaimedDelivery, result: &Attempt, settings: &TargetSetting
     Decision { outcome: AttemptOutcome::RetryAt(now + wait_ms), counted }
 }
 
+/// The request part of an attempt record: the request as it went on the wire, with every
+/// credential masked (credential headers fixed or named by the config, credential query
+/// values, a signature carried in the body).
+pub struct RecordedRequest {
+    pub url: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+impl RecordedRequest {
+    pub fn of(sent: &OutgoingRequest, target: Option<&Target>, redactions: &crate::redact::Redactions) -> RecordedRequest {
+        let signed_body = match target.and_then(|t| t.signer.as_ref()) {
+            Some(signer) => signer.recorded_body(&sent.body),
+            None => sent.body.clone(),
+        };
+        let content_type = sent.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        RecordedRequest {
+            url: redactions.url(&sent.url),
+            method: sent.method.to_string(),
+            headers: redactions.headers(&header_pairs(&sent.headers)),
+            body: redactions.body(content_type, &signed_body),
+        }
+    }
+}
+
 /// The stored request back in sendable form.
 fn outgoing(delivery: &ClaimedDelivery) -> OutgoingRequest {
     let mut headers = HeaderMap::new();
@@ -396,7 +422,7 @@ pub fn stored(request: &OutgoingRequest) -> StoredRequest {
     }
 }
 
-/// Header pairs of an incoming request, secrets redacted (the event record is for people).
-pub fn recorded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    redact_headers(&header_pairs(headers))
+/// Header pairs of an incoming request, credentials redacted (the event record is for people).
+pub fn recorded_headers(headers: &HeaderMap, redactions: &crate::redact::Redactions) -> Vec<(String, String)> {
+    redactions.headers(&header_pairs(headers))
 }

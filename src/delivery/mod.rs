@@ -2,6 +2,7 @@
 //! schedule, and the engine that sends stored deliveries in the background.
 
 pub mod client;
+pub mod credentials;
 pub mod engine;
 pub mod guard;
 pub mod preset;

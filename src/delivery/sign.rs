@@ -40,6 +40,28 @@ pub enum Signer {
     },
 }
 
+impl Signer {
+    /// The body as recorded: Feishu's signature travels in it and is masked.
+    pub fn recorded_body(&self, sent: &bytes::Bytes) -> bytes::Bytes {
+        let Signer::Feishu { .. } = self else { return sent.clone() };
+        match serde_json::from_slice::<serde_json::Value>(sent) {
+            Ok(serde_json::Value::Object(mut fields)) if fields.contains_key("sign") => {
+                fields.insert("sign".to_string(), serde_json::Value::String(crate::redact::REDACTED.to_string()));
+                serde_json::to_vec(&fields).map_or_else(|_| sent.clone(), bytes::Bytes::from)
+            }
+            _ => sent.clone(),
+        }
+    }
+
+    /// The header this signer writes, when it is not on the fixed list of signature headers.
+    pub fn custom_header(&self) -> Option<&HeaderName> {
+        match self {
+            Signer::Hmac { header, .. } => Some(header),
+            Signer::StandardWebhooks { .. } | Signer::Github { .. } | Signer::Dingtalk { .. } | Signer::Feishu { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SignError {
     #[error("signing failed: {0}")]

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
+use crate::delivery::credentials::EnvCredentials;
 use crate::delivery::retry::{RetryOn, RetryPolicy};
 use crate::delivery::sign::{SignError, Signer};
 use crate::inbound::InboundRequest;
@@ -67,6 +68,8 @@ pub struct Target {
     query: Vec<(String, TemplateId)>,
     headers: Vec<(HeaderName, TemplateId)>,
     authorization: Option<HeaderValue>,
+    /// Header and query values written from `${VAR}`, added at send time.
+    env_credentials: EnvCredentials,
     content: ContentKind,
     body: BodySpec,
     success: Option<Arc<[u16]>>,
@@ -138,6 +141,8 @@ pub struct CompileCtx<'a> {
     /// Settings per rate-limit key across the whole config: one key, one bucket, one rate.
     pub limit_keys: &'a mut std::collections::HashMap<String, LimitSpec>,
     pub route: &'a str,
+    /// The text before `${VAR}` expansion of the file's values that held one, by YAML path.
+    pub from_env: &'a std::collections::HashMap<String, String>,
 }
 
 impl Target {
@@ -159,6 +164,12 @@ impl Target {
         if let Some(authorization) = &self.authorization {
             request.headers.insert(http::header::AUTHORIZATION, authorization.clone());
         }
+        self.env_credentials.apply(request);
+    }
+
+    /// Header and query names whose values come from `${VAR}` (redacted wherever shown).
+    pub fn env_credentials(&self) -> &EnvCredentials {
+        &self.env_credentials
     }
 
     /// Everything added just before sending: credentials, then the signature (over the
@@ -473,6 +484,11 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     // Literal userinfo (`https://user:pass@host/…`, as Codeup documents) is config, not
     // data: it becomes the target's credentials and leaves the URL.
     let (url_text, userinfo) = split_userinfo(&raw.url);
+    let mut env_credentials = EnvCredentials::default();
+    let url_text = match ctx.from_env.get(&format!("{at}.url")) {
+        Some(original) => env_credentials.take_from_url(&url_text, original),
+        None => url_text,
+    };
     let url = match url_text.strip_prefix("upstream:") {
         Some(path) => compile_template(path, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
         None => {
@@ -493,11 +509,15 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
             Method::POST
         }
     };
-    let query = raw
-        .query
-        .iter()
-        .filter_map(|(k, v)| compile_template(v, Escape::Plain, raw.strict, &format!("{at}.query.{k}"), ctx).map(|id| (k.clone(), id)))
-        .collect();
+    let mut query = Vec::new();
+    for (name, value) in &raw.query {
+        let here = format!("{at}.query.{name}");
+        if ctx.from_env.contains_key(&here) && !value.contains("{{") {
+            env_credentials.add_query_value(name, value);
+        } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
+            query.push((name.clone(), id));
+        }
+    }
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
         let here = format!("{at}.headers.{name}");
@@ -509,7 +529,12 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
             ctx.problems.push(here, "header values may not contain CR or LF");
             continue;
         }
-        if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
+        if ctx.from_env.contains_key(&here) && !value.contains("{{") {
+            match HeaderValue::from_str(value) {
+                Ok(value) => env_credentials.add_header(header, value),
+                Err(_) => ctx.problems.push(here, "the value has characters not allowed in a header"),
+            }
+        } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
             headers.push((header, id));
         }
     }
@@ -611,6 +636,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         query,
         headers,
         authorization,
+        env_credentials,
         content,
         body,
         success: raw.success.as_deref().map(Arc::from),

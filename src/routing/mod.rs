@@ -63,13 +63,20 @@ pub struct IngressLimit {
 
 impl IngressLimit {
     /// The sender's key: its IP, or the header's value (absent header: one shared bucket).
-    pub fn sender(&self, request: &InboundRequest) -> String {
+    pub fn sender<'a>(&self, request: &'a InboundRequest) -> std::borrow::Cow<'a, [u8]> {
         match &self.by {
-            LimitBy::Ip => request.peer.to_string(),
-            LimitBy::Header(name) => {
-                request.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
-            }
+            LimitBy::Ip => std::borrow::Cow::Owned(match request.peer {
+                std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+                std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+            }),
+            LimitBy::Header(name) => std::borrow::Cow::Borrowed(request.headers.get(name).map_or(&[][..], |v| v.as_bytes())),
         }
+    }
+
+    /// Keys taken from request data are charged only after verification; the IP is not
+    /// chosen by the sender, so it may be charged before.
+    pub fn before_verification(&self) -> bool {
+        matches!(self.by, LimitBy::Ip)
     }
 }
 

@@ -220,3 +220,198 @@ async fn a_missing_credential_never_matches() {
     let reply = relay.client.post_json(&url, &[("x-gitlab-token", "real-token")], r#"{"object_kind":"push"}"#).await;
     assert_eq!(reply.status, 202);
 }
+
+/// Every configured secret and every signature the relay sent, across a sync and an async
+/// route, is absent from the store files (db and WAL), the admin API and the logs; the
+/// receivers got the real values. A credential written from `${VAR}` is stored as a
+/// reference: a retry after the config changed sends the new value.
+#[cfg(unix)]
+#[tokio::test]
+async fn secrets_reach_neither_the_store_nor_the_api_nor_the_logs() {
+    let env = [
+        ("ADMIN_TOKEN", "admin-s3cr3t-01"),
+        ("INBOUND_TOKEN", "inbound-s3cr3t-02"),
+        ("ROBOT_TOKEN", "robot-s3cr3t-03"),
+        ("API_KEY", "apikey-s3cr3t-04"),
+        ("BEARER", "bearer-s3cr3t-05"),
+        ("DING_SECRET", "SECding-s3cr3t-06"),
+        ("TAPD_SECRET", "tapd-s3cr3t-07"),
+        ("OUTBOUND_PASSWORD", "outbound-s3cr3t-08"),
+        ("HMAC_SECRET", "hmac-s3cr3t-09"),
+        ("FEISHU_SECRET", "feishu-s3cr3t-10"),
+        ("GENERIC_TOKEN", "generic-s3cr3t-11"),
+        ("GITHUB_SECRET", "github-s3cr3t-12"),
+        ("API_KEY_V2", "apikey-v2-s3cr3t-13"),
+    ];
+    let sink = TestSink::start().await;
+    let flaky = TestSink::scripted(vec![crate::support::Answer::status_only(503)]).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = |api_key_var: &str| {
+        format!(
+            r#"listen: 127.0.0.1:{port}
+admin: {{ listen: 127.0.0.1:{admin}, token: "${{ADMIN_TOKEN}}" }}
+store: {{ path: ./state/relay.db }}
+routes:
+  - name: codearts-sync
+    source: codearts
+    match: {{ path: /hooks/codearts }}
+    respond: sync
+    verify: {{ secret: "${{INBOUND_TOKEN}}" }}
+    forward:
+      - name: robot
+        url: "{sink}/robot/send?access_token=${{ROBOT_TOKEN}}&plain=1"
+        headers: {{ X-Api-Key: "${{API_KEY}}" }}
+        bearer: "${{BEARER}}"
+        sign: {{ dingtalk: {{ secret: "${{DING_SECRET}}" }} }}
+        body: {{ text: "{{{{body.eventCode}}}}" }}
+  - name: tapd-async
+    source: tapd
+    match: {{ path: /hooks/tapd }}
+    verify: {{ secret: "${{TAPD_SECRET}}" }}
+    forward:
+      - name: hmac
+        url: "http://ci:${{OUTBOUND_PASSWORD}}@{sink_host}/hmac"
+        sign: {{ hmac: {{ header: X-Custom-Sig, secret: "${{HMAC_SECRET}}" }} }}
+        body: {{ event: "{{{{body.event}}}}" }}
+      - name: feishu
+        url: "{sink}/feishu"
+        sign: {{ feishu: {{ secret: "${{FEISHU_SECRET}}" }} }}
+        body: {{ msg_type: text }}
+  - name: generic
+    match: {{ path: /hooks/generic }}
+    verify: {{ token: {{ header: X-My-Token, value: "${{GENERIC_TOKEN}}" }} }}
+    forward:
+      - name: github
+        url: "{sink}/github"
+        sign: {{ github: {{ secret: "${{GITHUB_SECRET}}" }} }}
+      - name: flaky
+        url: "{flaky}/flaky"
+        headers: {{ X-Api-Key: "${{{api_key_var}}}" }}
+        retry: {{ max_attempts: 1 }}
+"#,
+            sink = sink.url(),
+            sink_host = sink.addr,
+            flaky = flaky.url(),
+        )
+    };
+    let folder = Folder::new(&config("API_KEY"));
+    let client = Client::new();
+    let mut child = spawn(&folder.config(), &["--no-watch", "--log-format", "json"], &env);
+    wait_up(&client, &mut child, admin).await;
+    let hook = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let reply = client
+        .post_json(&hook("/hooks/codearts"), &[("x-hookrelay-token", env[1].1)], r#"{"eventCode":"MR_CREATED","event":{"id":"e1"}}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = client
+        .send(
+            "POST",
+            &hook("/hooks/tapd"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("event=bug%3A%3Acreate&secret={}&title=t", env[6].1),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let reply = client.post_json(&hook("/hooks/generic"), &[("x-my-token", env[10].1)], r#"{"tapd":{"secret":"x"}}"#).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let seen = sink.wait_for(4).await;
+    flaky.wait_for(1).await;
+
+    // The receivers got the real credentials.
+    let robot = seen.iter().find(|s| s.uri.starts_with("/robot/send")).expect("robot request");
+    assert!(robot.uri.contains(&format!("access_token={}", env[2].1)), "{}", robot.uri);
+    assert_eq!(robot.header("x-api-key"), Some(env[3].1));
+    assert_eq!(robot.header("authorization"), Some(format!("Bearer {}", env[4].1).as_str()));
+    assert_eq!(flaky.seen()[0].header("x-api-key"), Some(env[3].1));
+    // Every signature sent.
+    let query_value = |uri: &str, name: &str| {
+        form_urlencoded::parse(uri.split_once('?').unwrap().1.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).unwrap()
+    };
+    let mut signatures = vec![query_value(&robot.uri, "sign")];
+    for (path, header) in [("/hmac", "x-custom-sig"), ("/github", "x-hub-signature-256")] {
+        let request = seen.iter().find(|s| s.uri == path).expect(path);
+        signatures.push(request.header(header).expect(header).to_string());
+    }
+    let feishu = seen.iter().find(|s| s.uri == "/feishu").expect("feishu");
+    signatures.push(feishu.json()["sign"].as_str().unwrap().to_string());
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("ci:{}", env[7].1))
+    };
+    assert_eq!(seen.iter().find(|s| s.uri == "/hmac").unwrap().header("authorization"), Some(format!("Basic {basic}").as_str()));
+
+    // A credential from `${VAR}` is filled in at send time from the config serving then.
+    let token = env[0].1;
+    let deliveries =
+        |client: Client| async move { admin_call(&client, admin, token, "GET", "/api/deliveries?target=flaky", Value::Null).await.1 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let flaky_id = loop {
+        let found = deliveries(client.clone()).await;
+        if found["items"][0]["status"] == "failed" {
+            break found["items"][0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "flaky delivery did not fail: {found}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    folder.write(&config("API_KEY_V2"));
+    let (status, reloaded) = admin_call(&client, admin, token, "POST", "/api/reload", Value::Null).await;
+    assert_eq!(status, 200, "{reloaded}");
+    admin_call(&client, admin, token, "POST", &format!("/api/deliveries/{flaky_id}/retry"), Value::Null).await;
+    assert_eq!(flaky.wait_for(2).await[1].header("x-api-key"), Some(env[12].1), "the retry used the fixed credential");
+
+    // Everything the relay wrote or shows.
+    let mut written = String::new();
+    for path in ["/api/routes", "/api/status", "/api/events", "/api/deliveries", "/metrics"] {
+        written.push_str(&admin_call(&client, admin, token, "GET", path, Value::Null).await.1.to_string());
+        written.push_str(
+            &client.get(&format!("http://127.0.0.1:{admin}{path}"), &[("authorization", &format!("Bearer {token}"))]).await.text(),
+        );
+    }
+    let all = admin_call(&client, admin, token, "GET", "/api/deliveries", Value::Null).await.1;
+    assert!(all["items"].as_array().unwrap().len() >= 5, "{all}");
+    for delivery in all["items"].as_array().unwrap() {
+        let (_, one) =
+            admin_call(&client, admin, token, "GET", &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap()), Value::Null).await;
+        assert!(!one["attempts"].as_array().unwrap().is_empty(), "{one}");
+        written.push_str(&one.to_string());
+        let (_, event) =
+            admin_call(&client, admin, token, "GET", &format!("/api/events/{}", delivery["event_id"].as_str().unwrap()), Value::Null).await;
+        written.push_str(&event.to_string());
+    }
+    let logs = stop(child);
+    assert!(logs.contains("\"request\""), "logs were captured: {logs}");
+    written.push_str(&logs);
+    for file in std::fs::read_dir(folder.dir.path().join("state")).unwrap() {
+        written.push_str(&String::from_utf8_lossy(&std::fs::read(file.unwrap().path()).unwrap()));
+    }
+    for (name, value) in env.iter().copied() {
+        assert!(!written.contains(value), "{name} ({value}) leaked");
+    }
+    for signature in &signatures {
+        assert!(!written.contains(signature.as_str()), "signature {signature} leaked");
+    }
+    assert!(!written.contains(&basic), "the Basic credential leaked");
+}
+
+/// A target that forwards the original body sends it byte for byte, TAPD's `secret` field
+/// included (the receiver may check it); the admin API masks the field.
+#[tokio::test]
+async fn forwarded_original_bodies_keep_their_secret_field_and_the_api_masks_it() {
+    let sink = TestSink::start().await;
+    let relay = crate::support::Relay::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: tapd\n    source: tapd\n    match: {{ path: /hooks/tapd }}\n    verify: {{ secret: tapd-field-secret }}\n    forward: [ {{ name: original, url: \"{}/x\" }} ]\n",
+        sink.url()
+    ))
+    .await;
+    let body = r#"{"event":"bug::create","secret":"tapd-field-secret","title":"t"}"#;
+    let reply = relay.client.post_json(&relay.url("/hooks/tapd"), &[], body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(&sink.wait_for(1).await[0].body[..], body.as_bytes(), "sent byte for byte");
+    let event = reply.json()["id"].as_str().unwrap().to_string();
+    let auth = [("authorization", "Bearer t0ken")];
+    let shown = relay.client.get(&relay.admin_url(&format!("/api/events/{event}")), &auth).await.json();
+    assert_eq!(serde_json::from_str::<Value>(shown["body"].as_str().unwrap()).unwrap()["secret"], "[redacted]", "{shown}");
+    let delivery = shown["deliveries"][0]["id"].as_str().unwrap();
+    let text = relay.client.get(&relay.admin_url(&format!("/api/deliveries/{delivery}")), &auth).await.text();
+    assert!(!text.contains("tapd-field-secret") && text.contains("[redacted]"), "{text}");
+}

@@ -1,0 +1,136 @@
+//! Header and query values a target's config writes from `${VAR}`: they are credentials
+//! (an API key header, DingTalk's `access_token`), so they are left out of the rendered
+//! request that is stored and added at send time from the config serving then. A retry
+//! after a credential was fixed in the config sends the fixed one. Values that mix a
+//! `${VAR}` with a template stay in the rendered request (and are masked when shown).
+
+use http::{HeaderName, HeaderValue};
+
+use crate::delivery::target::OutgoingRequest;
+
+#[derive(Debug, Default)]
+pub struct EnvCredentials {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// `name=value` pairs, already URL-encoded, appended to the query string.
+    query: Vec<(String, String)>,
+}
+
+impl EnvCredentials {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.query.is_empty()
+    }
+
+    pub fn add_header(&mut self, name: HeaderName, mut value: HeaderValue) {
+        value.set_sensitive(true);
+        self.headers.push((name, value));
+    }
+
+    /// A `query:` entry (name and value as written, encoded here).
+    pub fn add_query_value(&mut self, name: &str, value: &str) {
+        let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+        self.query.push((encode(name), encode(value)));
+    }
+
+    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.iter().map(|(name, _)| name)
+    }
+
+    /// Query parameter names, decoded.
+    pub fn query_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.query.iter().map(|(name, _)| percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
+    }
+
+    /// Takes the query parameters whose value came from `${VAR}` out of a target URL: `url`
+    /// is the expanded text, `original` the text as written. Returns the URL without them.
+    pub fn take_from_url(&mut self, url: &str, original: &str) -> String {
+        let Some((_, original_query)) = original.split_once('?') else { return url.to_string() };
+        let original_query = original_query.split('#').next().unwrap_or_default();
+        let from_env: Vec<&str> =
+            original_query.split('&').filter_map(|pair| pair.split_once('=')).filter(|(_, v)| v.contains("${")).map(|(k, _)| k).collect();
+        let Some((base, rest)) = url.split_once('?') else { return url.to_string() };
+        if from_env.is_empty() {
+            return url.to_string();
+        }
+        let (query, fragment) = match rest.split_once('#') {
+            Some((query, fragment)) => (query, Some(fragment)),
+            None => (rest, None),
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some((name, value)) if from_env.contains(&name) && !value.contains("{{") => {
+                    self.query.push((name.to_string(), value.to_string()));
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let mut out = base.to_string();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+        if let Some(fragment) = fragment {
+            out.push('#');
+            out.push_str(fragment);
+        }
+        out
+    }
+
+    /// Adds the headers and query parameters to a rendered request, just before sending.
+    pub fn apply(&self, request: &mut OutgoingRequest) {
+        for (name, value) in &self.headers {
+            request.headers.insert(name.clone(), value.clone());
+        }
+        if self.query.is_empty() {
+            return;
+        }
+        let (base, fragment) = match request.url.split_once('#') {
+            Some((base, fragment)) => (base.to_string(), Some(fragment.to_string())),
+            None => (request.url.clone(), None),
+        };
+        let mut url = base;
+        for (name, value) in &self.query {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(name);
+            url.push('=');
+            url.push_str(value);
+        }
+        if let Some(fragment) = fragment {
+            url.push('#');
+            url.push_str(&fragment);
+        }
+        request.url = url;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_query_values_leave_the_url_and_come_back_at_send_time() {
+        let mut credentials = EnvCredentials::default();
+        let url = credentials.take_from_url(
+            "https://oapi.dingtalk.com/robot/send?access_token=abc%2B1&x={{body.x}}&plain=1",
+            "https://oapi.dingtalk.com/robot/send?access_token=${DINGTALK_TOKEN}&x={{body.x}}&plain=1",
+        );
+        assert_eq!(url, "https://oapi.dingtalk.com/robot/send?x={{body.x}}&plain=1");
+        assert_eq!(credentials.query_names().collect::<Vec<_>>(), ["access_token"]);
+        credentials.add_query_value("key", "a b&c");
+        credentials.add_header(HeaderName::from_static("x-api-key"), HeaderValue::from_static("k1"));
+        let mut request = OutgoingRequest {
+            route: "r".into(),
+            target: "t".into(),
+            ordered_key: None,
+            method: http::Method::POST,
+            url: "https://oapi.dingtalk.com/robot/send?x=1&plain=1".into(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+        };
+        credentials.apply(&mut request);
+        assert_eq!(request.url, "https://oapi.dingtalk.com/robot/send?x=1&plain=1&access_token=abc%2B1&key=a+b%26c");
+        assert_eq!(request.headers["x-api-key"], "k1");
+        let mut bare = EnvCredentials::default();
+        assert_eq!(bare.take_from_url("https://h/p?t=s", "https://h/p?t=${T}"), "https://h/p");
+    }
+}
