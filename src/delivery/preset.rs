@@ -91,7 +91,15 @@ fn sign(target: &mut RawTarget, scheme: impl FnOnce(RawSecret) -> RawSign) {
 /// The robot's identity for its rate-limit bucket: the `access_token` / `key` query value
 /// (DingTalk, WeCom), else the URL's last path segment (Feishu hook id, Slack and Discord
 /// webhook paths). None when it is templated: then the target's own bucket is used.
+/// The robot a target posts to, for its rate-limit key: a digest of its token (the key
+/// shows in metrics and logs; the token must not).
 fn robot_id(target: &RawTarget) -> Option<String> {
+    use sha2::Digest;
+    let token = robot_token(target)?;
+    Some(hex::encode(&sha2::Sha256::digest(token.as_bytes())[..8]))
+}
+
+fn robot_token(target: &RawTarget) -> Option<String> {
     for name in ["access_token", "key"] {
         if let Some(value) = target.query.get(name).filter(|v| !v.contains("{{")) {
             return Some(value.clone());
@@ -123,7 +131,11 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(filled.success_when[0]["path"], "$.errcode");
         let limit = filled.rate_limit.unwrap();
-        assert_eq!((limit.per_minute, limit.key.as_deref()), (Some(20), Some("dingtalk:tok1")));
+        // The key names the robot by a digest of its token: keys show in metrics.
+        assert_eq!((limit.per_minute, limit.key.as_deref()), (Some(20), Some("dingtalk:80b3ad2d438bfafa")));
+        let same_robot =
+            apply(&target("{ url: 'https://oapi.dingtalk.com/robot/send', query: { access_token: tok1 }, preset: dingtalk }"), "t", &mut problems);
+        assert_eq!(same_robot.rate_limit.unwrap().key, limit.key);
         assert_eq!(filled.sign.unwrap().dingtalk.unwrap().secret, "SEC1");
     }
 
