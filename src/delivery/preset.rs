@@ -133,8 +133,11 @@ mod tests {
         let limit = filled.rate_limit.unwrap();
         // The key names the robot by a digest of its token: keys show in metrics.
         assert_eq!((limit.per_minute, limit.key.as_deref()), (Some(20), Some("dingtalk:80b3ad2d438bfafa")));
-        let same_robot =
-            apply(&target("{ url: 'https://oapi.dingtalk.com/robot/send', query: { access_token: tok1 }, preset: dingtalk }"), "t", &mut problems);
+        let same_robot = apply(
+            &target("{ url: 'https://oapi.dingtalk.com/robot/send', query: { access_token: tok1 }, preset: dingtalk }"),
+            "t",
+            &mut problems,
+        );
         assert_eq!(same_robot.rate_limit.unwrap().key, limit.key);
         assert_eq!(filled.sign.unwrap().dingtalk.unwrap().secret, "SEC1");
     }

@@ -1,14 +1,12 @@
 //! Hostile input and operations: header limits, idle connections, connection caps, request
 //! ids and JSON logs, graceful SIGTERM under load, and secrets that never leak.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::Child;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::binary::{self, free_port, wait_up};
+use crate::support::binary::{self, free_port, wait_up, Process};
 use crate::support::{reqwest_like::Client, Relay, TestSink};
 
 fn simple(sink: &TestSink, limits: &str) -> String {
@@ -86,12 +84,8 @@ async fn request_ids_are_kept_passed_on_and_returned() {
     assert_eq!(sink.wait_for(2).await[1].header("x-request-id"), Some(made.as_str()));
 }
 
-fn spawn(config: &std::path::Path, log_format: &str, env: &[(&str, &str)]) -> Child {
+fn spawn(config: &std::path::Path, log_format: &str, env: &[(&str, &str)]) -> Process {
     binary::spawn(config, &["--no-watch", "--log-format", log_format], env)
-}
-
-fn terminate(child: &Child) {
-    binary::signal(child, "TERM");
 }
 
 #[cfg(unix)]
@@ -107,11 +101,9 @@ async fn json_logs_parse_and_carry_the_request_id() {
     wait_up(&client, &mut child, port).await;
     let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/r"), &[("x-request-id", "trace-me-7")], "{}").await;
     assert_eq!(reply.status, 200);
-    terminate(&child);
-    let status = child.wait().unwrap();
+    child.signal("TERM");
+    let (status, logs) = child.wait();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
-    let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     let lines: Vec<Value> =
         logs.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))).collect();
     let request_line = lines.iter().find(|l| l["fields"]["request_id"] == "trace-me-7").unwrap_or_else(|| panic!("{logs}"));
@@ -155,9 +147,8 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    terminate(&first);
-    let mut first = first;
-    let status = first.wait().unwrap();
+    first.signal("TERM");
+    let (status, _) = first.wait();
     assert!(status.success(), "{status:?}");
     let mut acknowledged = Vec::new();
     for sender in senders {
@@ -166,7 +157,7 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
     assert!(!acknowledged.is_empty());
 
     let sink = TestSink::on(&format!("127.0.0.1:{target_port}")).await;
-    let mut second = spawn(&path, "text", &[]);
+    let second = spawn(&path, "text", &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let delivered: std::collections::HashSet<i64> = sink.seen().iter().map(|s| s.json()["n"].as_i64().unwrap()).collect();
@@ -176,8 +167,7 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
         assert!(tokio::time::Instant::now() < deadline, "{} acknowledged, {} delivered", acknowledged.len(), delivered.len());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    terminate(&second);
-    let _ = second.wait();
+    binary::stop(second);
 }
 
 /// Secrets from the config (admin token, inbound and outbound credentials, signing keys)
@@ -252,13 +242,7 @@ routes:
     let seen = sink.seen();
     assert!(seen.iter().any(|s| s.header("authorization").is_some_and(|a| a.starts_with("Basic "))));
     assert!(seen.iter().any(|s| s.header("authorization") == Some(&format!("Bearer {}", secrets[3]))));
-    terminate(&child);
-    child.wait().unwrap();
-    let mut logs = String::new();
-    BufReader::new(child.stderr.take().unwrap()).lines().for_each(|line| {
-        logs.push_str(&line.unwrap_or_default());
-        logs.push('\n');
-    });
+    let logs = binary::stop(child);
     written.push_str(&logs);
     for file in std::fs::read_dir(dir.path().join("state")).unwrap() {
         let bytes = std::fs::read(file.unwrap().path()).unwrap();

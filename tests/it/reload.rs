@@ -224,3 +224,96 @@ async fn no_request_lost_while_the_config_is_rewritten() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Reload attempts counted in the relay's metrics, by result.
+async fn reload_attempts(client: &crate::support::reqwest_like::Client, admin: u16) -> (u64, u64, u64) {
+    let text = client.get(&format!("http://127.0.0.1:{admin}/metrics"), &[]).await.text();
+    let count = |result: &str| {
+        text.lines()
+            .find(|line| line.starts_with("hookrelay_config_reloads_total") && line.contains(&format!("result=\"{result}\"")))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    (count("ok"), count("error"), count("unchanged"))
+}
+
+/// The config folder also holds the store and a log appended every 50 ms, and webhooks
+/// arrive at 20 per second: a quiet relay attempts no reload for 10 s; an edit applies
+/// within a second; a broken edit is reported once.
+#[cfg(unix)]
+#[tokio::test]
+async fn reload_applies_under_traffic_in_a_busy_folder_once_per_change() {
+    use crate::support::binary::{free_port, spawn, stop, wait_up, Folder};
+    let sink = TestSink::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let config = |version: u32| {
+        versioned(&sink, version).replace(
+            "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }",
+            &format!("listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin} }}\nstore: {{ path: ./relay.db }}"),
+        )
+    };
+    let folder = Folder::new(&config(1));
+    let client = crate::support::reqwest_like::Client::new();
+    let mut child = spawn(&folder.config(), &[], &[]);
+    wait_up(&client, &mut child, admin).await;
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let log = folder.dir.path().join("relay.log");
+    let appender = {
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+            for line in 0..1000 {
+                if !busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                writeln!(file, "line {line}").unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let traffic = {
+        let (busy, client) = (busy.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut sent = 0;
+            for n in 0..1000 {
+                if !busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/load"), &[], format!(r#"{{"n": {n}}}"#)).await;
+                assert_eq!(reply.status, 202);
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(reload_attempts(&client, admin).await, (0, 0, 0), "a quiet relay read its config again");
+
+    let status = format!("http://127.0.0.1:{admin}/api/status");
+    let generation = |client: crate::support::reqwest_like::Client| {
+        let url = status.clone();
+        async move { client.get(&url, &[]).await.json()["config"]["generation"].as_u64().unwrap() }
+    };
+    assert_eq!(generation(client.clone()).await, 1);
+    let edited = std::time::Instant::now();
+    std::fs::write(folder.config(), config(2)).unwrap();
+    while generation(client.clone()).await != 2 {
+        assert!(edited.elapsed() < Duration::from_secs(1), "the edit did not apply within 1 s under traffic");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let applied = edited.elapsed();
+
+    std::fs::write(folder.config(), "listen: [broken\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    appender.await.unwrap();
+    let sent = traffic.await.unwrap();
+    assert!(sent >= 150, "traffic kept flowing: {sent}");
+    assert_eq!(reload_attempts(&client, admin).await, (1, 1, 0), "one reload per change (the edit applied in {applied:?})");
+    assert_eq!(generation(client.clone()).await, 2, "the broken config was not swapped in");
+    let logs = stop(child);
+    let reported = logs.lines().filter(|line| line.contains("config reload failed")).count();
+    assert_eq!(reported, 1, "a broken config is reported once: {logs}");
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::binary::{free_port, signal, spawn, stop, wait_up, Folder};
+use crate::support::binary::{free_port, spawn, stop, wait_up, Folder};
 use crate::support::reqwest_like::Client;
 use crate::support::TestSink;
 
@@ -127,7 +127,7 @@ async fn a_reload_never_loosens_admin_auth() {
     }
     // SIGHUP takes the same path.
     folder.write(&config(format!("{{ listen: 127.0.0.1:{admin}, token: second-token }}")));
-    signal(&child, "HUP");
+    child.signal("HUP");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let second = [("authorization", "Bearer second-token")];
     while client.get(&format!("http://127.0.0.1:{admin}/api/status"), &second).await.status != 200 {

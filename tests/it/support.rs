@@ -316,7 +316,8 @@ pub mod reqwest_like {
 pub mod binary {
     use std::io::Read;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::reqwest_like::Client;
@@ -325,9 +326,18 @@ pub mod binary {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
-    /// Starts `hookrelay run -c config` with only `env` in its environment.
-    pub fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+    /// A running relay process. Its log (stderr) is read as it comes, so a chatty relay
+    /// never blocks on a full pipe; dropping it kills the process (a failed test leaves
+    /// nothing running).
+    pub struct Process {
+        child: Child,
+        logs: Arc<Mutex<Vec<u8>>>,
+        reader: Option<std::thread::JoinHandle<()>>,
+    }
+
+    /// Starts `hookrelay run [args] -c config` in the config's folder, with only `env`.
+    pub fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
             .arg("run")
             .args(args)
             .arg("-c")
@@ -339,33 +349,67 @@ pub mod binary {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(read) = stderr.read(&mut chunk) {
+                if read == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&chunk[..read]);
+            }
+        });
+        Process { child, logs, reader: Some(reader) }
     }
 
-    /// Waits (bounded) until `child` answers HTTP on `port`.
-    pub async fn wait_up(client: &Client, child: &mut Child, port: u16) {
+    impl Process {
+        pub fn signal(&self, name: &str) {
+            let _ = Command::new("sh").args(["-c", &format!("kill -{name} {}", self.child.id())]).status();
+        }
+
+        /// Still running?
+        pub fn running(&mut self) -> bool {
+            self.child.try_wait().unwrap().is_none()
+        }
+
+        /// Waits for the exit (after a signal) and returns it with everything logged.
+        pub fn wait(mut self) -> (ExitStatus, String) {
+            let status = self.child.wait().unwrap();
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+            let logs = String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned();
+            (status, logs)
+        }
+    }
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            if matches!(self.child.try_wait(), Ok(None)) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    /// Waits (bounded) until the process answers HTTP on `port`.
+    pub async fn wait_up(client: &Client, process: &mut Process, port: u16) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while client.try_get(&format!("http://127.0.0.1:{port}/healthz")).await.is_none() {
             // Exited: another process may hold the port this test picked.
-            assert!(child.try_wait().unwrap().is_none(), "relay exited before answering on port {port}");
+            assert!(process.running(), "relay exited before answering on port {port}");
             assert!(tokio::time::Instant::now() < deadline, "relay did not start on port {port}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
-    pub fn signal(child: &Child, name: &str) {
-        let _ = Command::new("sh").args(["-c", &format!("kill -{name} {}", child.id())]).status();
-    }
-
     /// SIGTERM, wait for the exit, and return what it logged.
-    pub fn stop(mut child: Child) -> String {
-        signal(&child, "TERM");
-        let _ = child.wait();
-        let mut logs = String::new();
-        if let Some(mut stderr) = child.stderr.take() {
-            let _ = stderr.read_to_string(&mut logs);
-        }
-        logs
+    pub fn stop(process: Process) -> String {
+        process.signal("TERM");
+        process.wait().1
     }
 
     /// A config folder with `hookrelay.yaml` in it.
