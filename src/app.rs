@@ -15,8 +15,9 @@ use crate::config::{self, env::ProcessEnv, ApiRoute, ConfigErrors, Snapshot};
 use crate::delivery::client::{self, Outbound};
 use crate::delivery::engine::{now_ms, Engine};
 use crate::ratelimit::{IngressLimiters, OutboundLimiters};
+use crate::store::ownership::{OwnershipError, StoreOwnership};
 use crate::store::{SqliteStore, Store, StoreError};
-use crate::{admin, ingress, metrics, reload};
+use crate::{admin, connections, metrics, reload};
 
 /// What `GET /api/status` reports about the config.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -52,8 +53,12 @@ pub struct Relay {
     api_routes: Mutex<Vec<ApiRoute>>,
     /// Sync deliveries being logged after their answer, at most this many at once.
     pub sync_log_slots: Arc<tokio::sync::Semaphore>,
+    /// `limits.max_buffered_bytes`, in KiB: request bodies held in memory at once.
+    buffered_kib: Arc<tokio::sync::Semaphore>,
     /// Serialises route changes made through the API (check, persist, swap).
     pub api_lock: tokio::sync::Mutex<()>,
+    /// This relay's claim on its store, and whether the file is still the one opened.
+    pub store_owner: StoreOwnership,
     /// The bearer token the admin listener requires. A reload may set or change it, never
     /// remove it: the listener stays bound where it was, so only a restart may loosen it.
     admin_token: Mutex<Option<Arc<str>>>,
@@ -67,6 +72,13 @@ impl Relay {
 
     pub fn status(&self) -> ConfigStatus {
         self.lock_status().clone()
+    }
+
+    /// Reserves room for a request body of up to `bytes` under `limits.max_buffered_bytes`;
+    /// `None` when the relay holds as much as it may (the request is refused before reading).
+    pub fn reserve_body(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        self.buffered_kib.clone().try_acquire_many_owned(kib).ok()
     }
 
     /// The token `/api/*` and `/metrics` require now, if any.
@@ -168,6 +180,7 @@ struct StartupSettings {
     admin_listen: Option<SocketAddr>,
     header_timeout: std::time::Duration,
     queue_capacity: usize,
+    max_buffered_bytes: u64,
     ca_file_roots: usize,
     tls: bool,
     admin_client_ca: usize,
@@ -180,6 +193,7 @@ impl StartupSettings {
             admin_listen: settings.admin.as_ref().map(|a| a.listen),
             header_timeout: settings.limits.header_timeout,
             queue_capacity: settings.limits.queue_capacity,
+            max_buffered_bytes: settings.limits.max_buffered_bytes,
             ca_file_roots: settings.extra_roots.len(),
             tls: settings.tls.is_some(),
             admin_client_ca: settings.tls.as_ref().map_or(0, |tls| tls.client_ca.len()),
@@ -202,6 +216,9 @@ fn restart_required(started: &StartupSettings, new: &config::Settings) -> Vec<St
     if new.queue_capacity != started.queue_capacity {
         notes.push("limits.queue_capacity changed: restart to apply".to_string());
     }
+    if new.max_buffered_bytes != started.max_buffered_bytes {
+        notes.push("limits.max_buffered_bytes changed: restart to apply".to_string());
+    }
     if new.tls != started.tls {
         notes.push("tls turned on or off: restart to apply (a renewed certificate needs no restart)".to_string());
     }
@@ -218,12 +235,14 @@ fn restart_required(started: &StartupSettings, new: &config::Settings) -> Vec<St
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigErrors),
-    #[error("cannot bind {what} on {addr}: {source}")]
+    #[error("cannot bind {what} on {addr}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Client(#[from] client::ClientError),
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    StoreOwner(#[from] OwnershipError),
     #[error("TLS setup failed: {0}")]
     Tls(rustls::Error),
 }
@@ -246,6 +265,20 @@ async fn prune_periodically(store: Arc<dyn Store>, retention: std::time::Duratio
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Checks every few seconds that the store file is still the one opened (readiness checks
+/// it on every probe too).
+async fn watch_store_file(relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if relay.store_owner.check().is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -277,6 +310,7 @@ impl Running {
         if let Err(err) = self.relay.engine.store().close().await {
             tracing::warn!(error = %err, "closing the store");
         }
+        self.relay.store_owner.release();
         tracing::info!("stopped");
     }
 }
@@ -321,7 +355,13 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let started_with = StartupSettings::of(&snapshot.settings);
     let admin_token = snapshot.settings.admin.as_ref().and_then(|a| a.token.as_deref()).map(Arc::from);
+    let buffered_kib = usize::try_from(snapshot.settings.limits.max_buffered_bytes.div_ceil(1024))
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+    connections::raise_descriptor_limit(snapshot.settings.limits.max_connections);
+    let mut store_owner = StoreOwnership::claim(&snapshot.settings.store_path)?;
     let store = open_store(&snapshot.settings.store_path).await?;
+    store_owner.opened();
     let api_routes: Vec<ApiRoute> =
         store.list_routes().await?.into_iter().map(|stored| ApiRoute { name: stored.name, definition: stored.definition }).collect();
     let mut startup_error = None;
@@ -360,16 +400,19 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         }),
         api_routes: Mutex::new(api_routes),
         api_lock: tokio::sync::Mutex::new(()),
+        store_owner,
         admin_token: Mutex::new(admin_token),
         sync_log_slots: Arc::new(tokio::sync::Semaphore::new(256)),
+        buffered_kib: Arc::new(tokio::sync::Semaphore::new(buffered_kib)),
     });
+    tokio::spawn(watch_store_file(relay.clone(), receiver.clone()));
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
     let acceptor = match relay.snapshot().settings.tls.is_some() {
         true => Some(crate::tls::acceptor(relay.config.clone()).map_err(StartError::Tls)?),
         false => None,
     };
-    let ingress = tokio::spawn(ingress::serve(ingress_listener, relay.clone(), acceptor, receiver.clone()));
+    let ingress = tokio::spawn(connections::serve(ingress_listener, relay.clone(), acceptor, receiver.clone()));
     if let Some(listener) = admin_listener {
         let admin_tls = match relay.snapshot().settings.tls.as_ref().filter(|tls| !tls.client_ca.is_empty()) {
             Some(tls) => Some(crate::tls::admin_acceptor(relay.config.clone(), &tls.client_ca).map_err(StartError::Tls)?),

@@ -1,4 +1,4 @@
-//! The webhook listener: accepts connections, enforces body and time limits, selects
+//! One webhook request: enforces body and time limits, selects
 //! routes on one config snapshot, verifies, renders, and answers (sync: the target's
 //! answer; async: 202 once stored). Requests no route can take are proxied.
 
@@ -10,13 +10,7 @@ use chrono::Utc;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::app::Relay;
 use crate::config::model::Respond;
@@ -33,95 +27,6 @@ use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
 use crate::verify::VerifyInput;
-
-/// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets
-/// in-flight requests finish for up to `limits.shutdown_grace`.
-pub async fn serve(
-    listener: TcpListener,
-    relay: Arc<Relay>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limits = relay.snapshot().settings.limits.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            crate::metrics::count_limit("max_connections");
-            tokio::spawn(refuse_busy(stream));
-            continue;
-        };
-        ::metrics::counter!(crate::metrics::CONNECTIONS).increment(1);
-        ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
-        let relay = relay.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        let handshake_timeout = limits.header_timeout;
-        tokio::spawn(async move {
-            let peer = Peer { addr: peer, tls: acceptor.is_some() };
-            let service = service_fn(move |request| {
-                let relay = relay.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&relay, request, peer).await) }
-            });
-            let served = match acceptor {
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await,
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => Ok(()),
-                },
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
-            };
-            if let Err(err) = served {
-                tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
-            }
-            drop(permit);
-            ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace; closing them");
-    }
-}
-
-/// Over `limits.max_connections`: answer 503 on this connection and close it, so the
-/// sender backs off instead of hanging.
-async fn refuse_busy(stream: tokio::net::TcpStream) {
-    let service = service_fn(|_request: Request<Incoming>| async {
-        Ok::<_, std::convert::Infallible>(retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many connections", 1))
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(false).timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(2));
-    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-}
 
 /// The request id: the sender's `X-Request-Id` if it gave a sane one, else a new one.
 /// It is passed on to targets and the upstream service and returned to the sender.
@@ -186,6 +91,13 @@ fn with_routes(mut response: Response<Body>, routes: &[&str]) -> Response<Body> 
 
 /// Handles one request on one config snapshot.
 async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) -> Response<Body> {
+    // `OPTIONS *` asks about the server itself, not a resource: no route or service owns it.
+    if request.method() == http::Method::OPTIONS && request.uri() == "*" {
+        count_request("", "options");
+        let mut response = Response::new(client::full(Bytes::new()));
+        response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        return response;
+    }
     let snapshot = relay.snapshot();
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
         return unmatched(relay, &snapshot, request.map(|b| b.map_err(Into::into).boxed()), peer).await;
@@ -209,7 +121,7 @@ async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, p
     match &snapshot.settings.upstream {
         Some(upstream) => {
             count_request("", "proxied");
-            proxy::forward(&relay.outbound.trusted, upstream, request, peer.addr, peer.scheme()).await
+            proxy::forward(&relay.outbound.trusted, upstream, request, peer.addr, peer.scheme(), &snapshot.settings.limits).await
         }
         None => {
             count_request("", "unmatched");
@@ -226,6 +138,11 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         crate::metrics::count_limit("max_body");
         return too_large(max_body);
     }
+    let Some(_room) = relay.reserve_body(declared.unwrap_or(max_body).min(max_body)) else {
+        count_request("", "busy");
+        crate::metrics::count_limit("max_buffered_bytes");
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many request bodies in memory", 1);
+    };
     let (mut parts, body) = request.into_parts();
     let raw = match Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -319,6 +236,12 @@ fn too_large(max_body: u64) -> Response<Body> {
 /// Renders every target of every passing route, commits the event and its deliveries to
 /// the store (one event per route), and answers: 202, or the sync target's answer.
 async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
+    if relay.store_owner.is_lost() {
+        for matched in &passed {
+            count_request(&matched.route.name, "store_error");
+        }
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; see the relay's log", 5);
+    }
     let received_at = Utc::now();
     let mut context = context::base(inbound, body, received_at, snapshot.templates_use_raw);
     let mut events: Vec<Accepted> = Vec::with_capacity(passed.len());

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod cases;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod delivery;
 pub mod inbound;

@@ -134,6 +134,9 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 for warning in &snapshot.warnings {
                     eprintln!("warning: {warning}");
                 }
+                if let Some(problem) = hookrelay::store::ownership::unwritable(&snapshot.settings.store_path) {
+                    eprintln!("warning: {problem}");
+                }
                 let targets: usize = snapshot.routes.iter().map(|r| r.targets.len()).sum();
                 println!(
                     "{}: ok ({} routes, {} targets, {} files)",

@@ -16,6 +16,8 @@ pub const RATE_LIMITED: &str = "hookrelay_rate_limited_total";
 pub const LIMITED: &str = "hookrelay_limited_total";
 pub const CONNECTIONS: &str = "hookrelay_connections_total";
 pub const CONNECTIONS_OPEN: &str = "hookrelay_connections_open";
+/// `accept` calls that failed (e.g. out of file descriptors).
+pub const ACCEPT_ERRORS: &str = "hookrelay_accept_errors_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

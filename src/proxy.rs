@@ -1,18 +1,30 @@
 //! The sidecar proxy: requests no route takes go to `upstream` unchanged, bodies streamed
 //! both ways. Only hop-by-hop headers are dropped and `X-Forwarded-*` added.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 
-use crate::config::Upstream;
-use crate::delivery::client::{error_chain, Body, HttpClient};
+use crate::config::{Limits, Upstream};
+use crate::delivery::client::{error_chain, Body, BoxError, HttpClient};
 use crate::respond::json_error;
 
 const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// End-to-end headers a sender cannot turn into hop-by-hop ones by naming them in
+/// `Connection`: the service routes on `Host`, and the body's framing is hyper's business.
+const END_TO_END: [HeaderName; 2] = [http::header::HOST, http::header::CONTENT_LENGTH];
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -22,6 +34,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !END_TO_END.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -31,15 +44,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Forwards one request to `upstream` and streams the answer back.
+/// Forwards one request to `upstream` and streams the answer back. The request body must
+/// arrive within `limits.request_timeout` (else `408`), the service's response headers
+/// within `limits.upstream_header_timeout` (else `504`); the response body is never cut.
 pub async fn forward(
     client: &HttpClient,
     upstream: &Upstream,
     request: Request<Body>,
     peer: SocketAddr,
     scheme: &'static str,
+    limits: &Limits,
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
+    let expired = Arc::new(AtomicBool::new(false));
+    let body = Deadline { inner: body, sleep: Box::pin(tokio::time::sleep(limits.request_timeout)), done: false, expired: expired.clone() };
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let base_path = upstream.base.path().trim_end_matches('/');
     let authority = upstream.base.host_str().map(|host| match upstream.base.port() {
@@ -69,15 +87,74 @@ pub async fn forward(
     if let Some(host) = original_host {
         parts.headers.insert("x-forwarded-host", host);
     }
-    match client.request(Request::from_parts(parts, body)).await {
-        Ok(response) => {
+    let sent = client.request(Request::from_parts(parts, body.boxed()));
+    let answered = match limits.upstream_header_timeout {
+        Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+        None => Ok(sent.await),
+    };
+    match answered {
+        Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
-        Err(err) => {
+        _ if expired.load(Ordering::Acquire) => body_timeout(limits.request_timeout),
+        Ok(Err(err)) => {
             tracing::warn!(error = %error_chain(&err), "upstream request failed");
             json_error(StatusCode::BAD_GATEWAY, "upstream unavailable", Some(error_chain(&err).into()))
         }
+        Err(limit) => {
+            crate::metrics::count_limit("upstream_header_timeout");
+            json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream did not answer in time",
+                Some(format!("no response headers within {limit:?} (limits.upstream_header_timeout)").into()),
+            )
+        }
+    }
+}
+
+fn body_timeout(limit: Duration) -> Response<Body> {
+    crate::metrics::count_limit("request_timeout");
+    json_error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request timed out",
+        Some(format!("the request body did not arrive within {limit:?} (limits.request_timeout)").into()),
+    )
+}
+
+/// A proxied request's body, failed when it has not fully arrived by the deadline, so a
+/// sender trickling bytes cannot hold a connection and an upstream request forever.
+struct Deadline {
+    inner: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    expired: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if !this.done && this.sleep.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Release);
+            this.done = true;
+            return Poll::Ready(Some(Err("the request body did not arrive within limits.request_timeout".into())));
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

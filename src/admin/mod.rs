@@ -99,7 +99,10 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => return json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (Method::GET, "/readyz") => {
-            return json_response(StatusCode::OK, &json!({ "status": "ready", "generation": relay.status().generation }))
+            return match relay.store_owner.check() {
+                Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ready", "generation": relay.status().generation })),
+                Err(reason) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "not ready", "reason": reason })),
+            }
         }
         _ => {}
     }
@@ -126,6 +129,10 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                         "last_error": status.last_error,
                         "last_error_at": status.last_error_at,
                         "restart_required": status.restart_required,
+                    },
+                    "store": {
+                        "path": relay.snapshot().settings.store_path.display().to_string(),
+                        "error": relay.store_owner.check().err(),
                     },
                     "routes": relay.snapshot().routes.len(),
                     "queue_depth": relay.engine.depth(),

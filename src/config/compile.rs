@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_headers: usize,
     pub max_streams: u32,
     pub shutdown_grace: Duration,
+    /// `None`: wait for a proxied service's answer as long as it takes (long polling).
+    pub upstream_header_timeout: Option<Duration>,
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for Limits {
@@ -79,6 +82,8 @@ impl Default for Limits {
             max_headers: 100,
             max_streams: 100,
             shutdown_grace: Duration::from_secs(10),
+            upstream_header_timeout: Some(Duration::from_secs(60)),
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -420,6 +425,28 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
         }),
         None => defaults.max_body,
     };
+    let upstream_header_timeout = match raw.limits.upstream_header_timeout.as_deref().map(str::trim) {
+        Some("0") => None,
+        Some(text) => match parse_duration(text) {
+            Ok(duration) if duration.is_zero() => None,
+            Ok(duration) => Some(duration),
+            Err(message) => {
+                problems.push("limits.upstream_header_timeout", message);
+                defaults.upstream_header_timeout
+            }
+        },
+        None => defaults.upstream_header_timeout,
+    };
+    let max_buffered_bytes = match &raw.limits.max_buffered_bytes {
+        Some(text) => parse_size(text).unwrap_or_else(|m| {
+            problems.push("limits.max_buffered_bytes", m);
+            defaults.max_buffered_bytes
+        }),
+        None => defaults.max_buffered_bytes.max(max_body),
+    };
+    if max_buffered_bytes < max_body {
+        problems.push("limits.max_buffered_bytes", "must be at least limits.max_body, or no request of that size could be read");
+    }
     let max_header_bytes = match &raw.limits.max_header_bytes {
         // hyper needs room for at least one full read buffer.
         Some(text) => parse_size(text).map(|size| usize::try_from(size).unwrap_or(usize::MAX).max(8192)).unwrap_or_else(|m| {
@@ -472,6 +499,8 @@ fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems
             max_headers: raw.limits.max_headers.unwrap_or(defaults.max_headers).max(1),
             max_streams: raw.limits.max_streams.unwrap_or(defaults.max_streams).max(1),
             shutdown_grace,
+            upstream_header_timeout,
+            max_buffered_bytes,
         },
         store_path,
         retention,

@@ -90,6 +90,10 @@ pub struct RawLimits {
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams: Option<u32>,
     pub shutdown_grace: Option<String>,
+    /// Time from sending a proxied request to the service's response headers; `0` = none.
+    pub upstream_header_timeout: Option<String>,
+    /// All request bodies held in memory at once, across connections.
+    pub max_buffered_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

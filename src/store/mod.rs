@@ -10,6 +10,7 @@
 //! only when it is sent, but the URL may carry tokens), so the admin layer redacts views
 //! before showing them. Attempt records arrive already redacted.
 
+pub mod ownership;
 mod schema;
 mod sqlite;
 #[cfg(test)]

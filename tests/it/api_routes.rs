@@ -72,7 +72,10 @@ async fn api_routes_survive_a_restart() {
     let sink = TestSink::start().await;
     let relay = Relay::start(&config(&sink)).await;
     assert_eq!(call(&relay, "POST", "/api/routes", api_route("kept")).await.0, 201);
+    // A store belongs to one relay: the first must close it and give it up before the next starts.
     relay.running.stop();
+    relay.running.relay.engine.store().close().await.unwrap();
+    relay.running.relay.store_owner.release();
     let again = hookrelay::app::start(&relay.config_path()).await.unwrap();
     let again = Relay::attach(again);
     let (status, route) = call(&again, "GET", "/api/routes/from-api", Value::Null).await;

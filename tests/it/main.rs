@@ -12,6 +12,7 @@ mod hardening;
 mod limits;
 mod ratelimits;
 mod reload;
+mod robustness;
 mod security;
 mod sidecar;
 mod signing;

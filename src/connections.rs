@@ -1,0 +1,285 @@
+//! The ingress listener's connections: accepting (backing off when the process is out of
+//! file descriptors), the connection cap, TLS handshakes, the idle deadline and graceful
+//! shutdown. What happens to each request is [`crate::ingress::handle`]'s business.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::app::Relay;
+use crate::config::Limits;
+use crate::delivery::client::{self, Body};
+use crate::ingress::{handle, Peer};
+use crate::respond::retry_later;
+
+/// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets
+/// in-flight requests finish for up to `limits.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = relay.snapshot().settings.limits.clone();
+    let builder = Arc::new(connection_builder(&limits));
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => {
+                    backoff.succeeded();
+                    pair
+                }
+                Err(err) => {
+                    backoff.failed(&err).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            crate::metrics::count_limit("max_connections");
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        ::metrics::counter!(crate::metrics::CONNECTIONS).increment(1);
+        ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
+        let relay = relay.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let idle_limit = limits.header_timeout;
+        tokio::spawn(async move {
+            let peer = Peer { addr: peer, tls: acceptor.is_some() };
+            let activity = Arc::new(Activity::new());
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |request| {
+                    let relay = relay.clone();
+                    let busy = activity.begin();
+                    async move { Ok::<_, std::convert::Infallible>(busy.until_sent(handle(&relay, request, peer).await)) }
+                })
+            };
+            // The idle deadline counts from accept: a TLS handshake and the first request's
+            // headers must both fit in it, as must the next request after each answer.
+            let served = tokio::select! {
+                served = async {
+                    match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await,
+                            Err(err) => {
+                                tracing::debug!(error = %err, "TLS handshake failed");
+                                Ok(())
+                            }
+                        },
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                    }
+                } => served,
+                () = activity.idle_for(idle_limit) => {
+                    crate::metrics::count_limit("idle_connection");
+                    Ok(())
+                }
+            };
+            if let Err(err) = served {
+                tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
+            }
+            drop(permit);
+            ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace; closing them");
+    }
+}
+
+/// File descriptors the relay needs besides its connections (store, listeners, outbound
+/// pools, watched folders).
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft open-files limit toward the hard one, as servers do, and says at
+/// startup when `limits.max_connections` cannot be reached under it.
+pub fn raise_descriptor_limit(max_connections: usize) {
+    let wanted = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_add(SPARE_DESCRIPTORS);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "limits.max_connections is more than the open-files limit allows; accept will fail (and back off) before the cap is reached"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-files limit"),
+    }
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Whether a connection is doing anything: requests being handled or answers being sent,
+/// and since when it has been idle (from accept, then from the end of the last answer).
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when the connection last became idle.
+    idle_since_ms: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { started: Instant::now(), in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0), changed: Default::default() }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had nothing in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let notified = self.changed.notified();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                notified.await;
+                continue;
+            }
+            let since = self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            tokio::select! {
+                () = tokio::time::sleep_until(since + limit) => {
+                    let still_idle = self.in_flight.load(Ordering::Acquire) == 0;
+                    let unchanged = self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) == since;
+                    if still_idle && unchanged {
+                        return;
+                    }
+                }
+                () = notified => {}
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection; the connection is idle again when the answer's
+/// body has been sent (or dropped).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn until_sent(self, response: Response<Body>) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let body = body.map_frame(move |frame| {
+            let _in_flight = &self;
+            frame
+        });
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let since = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since_ms.store(since, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_waiters();
+    }
+}
+
+/// `accept` failing because the process or system is out of file descriptors (or memory)
+/// would otherwise spin: back off from 10 ms to 1 s, log once per second with a count.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: Option<Duration>,
+    failures_since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    fn succeeded(&mut self) {
+        self.delay = None;
+    }
+
+    async fn failed(&mut self, err: &std::io::Error) {
+        ::metrics::counter!(crate::metrics::ACCEPT_ERRORS).increment(1);
+        self.failures_since_log += 1;
+        if self.last_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(error = %err, failures = self.failures_since_log, "accept failed");
+            self.failures_since_log = 0;
+            self.last_log = Some(Instant::now());
+        }
+        // Errors about one aborted connection are not a resource shortage: go on at once.
+        if matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::Interrupted
+        ) {
+            return;
+        }
+        let delay = self.delay.map_or(Duration::from_millis(10), |delay| (delay * 2).min(Duration::from_secs(1)));
+        self.delay = Some(delay);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Over `limits.max_connections`: answer 503 on this connection and close it, so the
+/// sender backs off instead of hanging.
+async fn refuse_busy(stream: TcpStream) {
+    let service = service_fn(|_request: Request<Incoming>| async {
+        Ok::<_, std::convert::Infallible>(retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many connections", 1))
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(false).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(2));
+    let _ = tokio::time::timeout(Duration::from_secs(5), builder.serve_connection(TokioIo::new(stream), service)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_accept_and_from_the_end_of_each_answer() {
+        let activity = Arc::new(Activity::new());
+        let limit = Duration::from_secs(10);
+        let start = Instant::now();
+        activity.idle_for(limit).await;
+        assert_eq!(start.elapsed(), limit, "idle from accept");
+
+        let activity = Arc::new(Activity::new());
+        let watching = {
+            let activity = activity.clone();
+            tokio::spawn(async move { activity.idle_for(limit).await })
+        };
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let busy = activity.begin();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!watching.is_finished(), "a request in flight is not idle, however long");
+        drop(busy);
+        let answered = Instant::now();
+        watching.await.unwrap();
+        assert_eq!(answered.elapsed(), limit, "idle again from the end of the answer");
+    }
+}

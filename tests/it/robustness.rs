@@ -1,0 +1,294 @@
+//! Real deployments: idle and slow connections cannot hold the connection cap, proxied
+//! requests have body and answer deadlines, buffered bodies have a total bound, accept
+//! backs off when out of file descriptors, one relay per store, a store file deleted under
+//! a running relay is noticed, and the small proxy corners (`Connection: host`, `OPTIONS *`).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::binary::{free_port, spawn, stop, wait_up, Folder};
+use crate::support::reqwest_like::Client;
+use crate::support::{Relay, TestSink};
+
+fn sync_route(sink: &TestSink, limits: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nlimits: {{ {limits} }}\nupstream: {}\nroutes:\n  - name: r\n    match: {{ path: /hooks/r }}\n    respond: sync\n    forward:\n      - url: {}/r\n",
+        sink.url(),
+        sink.url()
+    )
+}
+
+/// Reads until the peer closes (bounded); returns what arrived.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&all).into_owned()),
+            Ok(Ok(read)) => all.extend_from_slice(&chunk[..read]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Connections that never send a byte, and keep-alive connections left idle after an
+/// answer, are closed after `header_timeout`, so they cannot fill `max_connections`.
+#[tokio::test]
+async fn idle_connections_are_closed_and_free_the_cap() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&sync_route(&sink, "max_connections: 20, header_timeout: 1s")).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(relay.running.ingress_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = relay.client.post_json(&relay.url("/hooks/r"), &[], "{}").await;
+    assert_eq!(refused.status, 503, "the cap is full of idle connections");
+    for stream in &mut idle {
+        assert!(read_until_closed(stream, Duration::from_secs(3)).await.is_some(), "an idle connection was not closed");
+    }
+    let reply = relay.client.post_json(&relay.url("/hooks/r"), &[], "{}").await;
+    assert_eq!(reply.status, 200, "served once the idle connections were closed");
+
+    // Keep-alive: the deadline starts again at the end of each answer.
+    let mut kept = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+    kept.write_all(b"POST /hooks/r HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = read_until_closed(&mut kept, Duration::from_secs(4)).await.expect("closed after idling");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed only after idling for header_timeout");
+}
+
+/// A pass-through request trickling its body gets 408 after `request_timeout`, and frees
+/// its connection slot.
+#[tokio::test]
+async fn a_trickling_pass_through_body_gets_408() {
+    let upstream = TestSink::start().await;
+    let relay = Relay::start(&sync_route(&upstream, "max_connections: 5, request_timeout: 1s, header_timeout: 5s")).await;
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+        stream.write_all(b"POST /service/upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\nx").await.unwrap();
+        slow.push(stream);
+    }
+    for stream in &mut slow {
+        let answer = read_until_closed(stream, Duration::from_secs(5)).await.expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let reply = relay.client.send("GET", &relay.url("/service/ok"), &[], "").await;
+    assert_eq!(reply.status, 200);
+}
+
+/// A service that does not answer gets `504` after `upstream_header_timeout`; once
+/// headers arrive, a slow streaming answer is passed on whole.
+#[tokio::test]
+async fn upstream_header_timeout_bounds_the_wait_for_headers_not_the_stream() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let read = stream.read(&mut head).await.unwrap_or(0);
+                if String::from_utf8_lossy(&head[..read]).starts_with("GET /silent") {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                for part in 0..4 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = stream.write_all(format!("6\r\npart-{part}\r\n").as_bytes()).await;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nlimits: {{ upstream_header_timeout: 500ms }}\nupstream: http://{upstream}\nroutes: []\n"
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let reply = relay.client.send("GET", &relay.url("/silent"), &[], "").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let reply = relay.client.send("GET", &relay.url("/stream"), &[], "").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "part-0part-1part-2part-3"), "streamed 1.2 s past the header deadline");
+}
+
+/// Bodies held in memory at once are bounded: past `max_buffered_bytes`, a request is
+/// refused with 503 and Retry-After before its body is read.
+#[tokio::test]
+async fn buffered_bodies_have_a_total_bound() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&sync_route(&sink, "max_body: 1MiB, max_buffered_bytes: 2MiB, request_timeout: 10s")).await;
+    let mut holding = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+        stream.write_all(b"POST /hooks/r HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n{").await.unwrap();
+        holding.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = relay.client.post_json(&relay.url("/hooks/r"), &[], "{}").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.headers.get("retry-after").unwrap(), "1");
+    drop(holding);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/r"), &[], "{}").await.status, 200, "room again once they left");
+}
+
+/// CPU time (user + system) of a process so far, from /proc, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// At the open-files limit, accept fails with EMFILE: the relay backs off instead of
+/// spinning, logs a count about once a second, says at startup that `max_connections`
+/// cannot be reached, and serves again once descriptors are free.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn out_of_file_descriptors_backs_off() {
+    let sink = TestSink::start().await;
+    let port = free_port();
+    let folder =
+        Folder::new(&sync_route(&sink, "header_timeout: 30s").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}")));
+    let script = format!("ulimit -n 64 && exec {} run --no-watch -c {}", env!("CARGO_BIN_EXE_hookrelay"), folder.config().display());
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut stderr = stderr;
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let client = Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.try_get(&format!("http://127.0.0.1:{port}/")).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "relay did not start");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut flood = Vec::new();
+    for _ in 0..120 {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+            flood.push(stream);
+        }
+    }
+    let before = cpu_ticks(child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(child.id()) - before;
+    assert!(spent < 50, "the accept loop spun: {spent} ticks of CPU in 2 s");
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/r"), &[], "{}").await;
+    assert_eq!(reply.status, 200, "served again once descriptors were free");
+    let _ = std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status();
+    let _ = child.wait();
+    let logs = logs.join().unwrap();
+    let accept_lines = logs.lines().filter(|line| line.contains("accept failed")).count();
+    assert!((1..=6).contains(&accept_lines), "accept failures logged about once a second: {accept_lines} lines\n{logs}");
+    assert!(logs.contains("open-files limit"), "startup says max_connections is out of reach: {logs}");
+}
+
+/// A second relay on the same store refuses to start and names the first one's pid; a
+/// store file deleted under a running relay turns readiness and webhooks to 503.
+#[cfg(unix)]
+#[tokio::test]
+async fn one_relay_per_store_and_a_deleted_store_is_noticed() {
+    let sink = TestSink::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin} }}\nstore: {{ path: ./state/relay.db }}\nroutes:\n  - name: r\n    match: {{ path: /hooks/r }}\n    forward: [ {{ url: \"{}/r\" }} ]\n",
+        sink.url()
+    );
+    let folder = Folder::new(&yaml);
+    let client = Client::new();
+    let mut first = spawn(&folder.config(), &["--no-watch"], &[]);
+    wait_up(&client, &mut first, admin).await;
+    let other =
+        Folder::new(&yaml.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0").replace(&format!("127.0.0.1:{admin}"), "127.0.0.1:0"));
+    std::fs::create_dir_all(other.dir.path().join("state")).unwrap();
+    let shared = folder.dir.path().join("state/relay.db");
+    std::fs::write(
+        other.config(),
+        std::fs::read_to_string(other.config()).unwrap().replace("./state/relay.db", &shared.display().to_string()),
+    )
+    .unwrap();
+    let second = spawn(&other.config(), &["--no-watch"], &[]);
+    let (status, logs) = second.wait();
+    assert!(!status.success());
+    assert!(logs.contains("in use by another hookrelay") && logs.contains("pid "), "{logs}");
+
+    let hook = format!("http://127.0.0.1:{port}/hooks/r");
+    assert_eq!(client.post_json(&hook, &[], "{}").await.status, 202);
+    std::fs::remove_file(&shared).unwrap();
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    let reply = client.get(&ready, &[]).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.text().contains("is gone"), "{}", reply.text());
+    let reply = client.post_json(&hook, &[], "{}").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let status = client.get(&format!("http://127.0.0.1:{admin}/api/status"), &[]).await.json();
+    assert!(status["store"]["error"].as_str().unwrap().contains("relay.db"), "{status}");
+    let logs = stop(first);
+    assert_eq!(logs.matches("store lost").count(), 1, "{logs}");
+}
+
+/// `hookrelay check` warns when the store cannot be written where the config puts it.
+#[cfg(unix)]
+#[test]
+fn check_warns_about_an_unwritable_store_folder() {
+    let folder = Folder::new("listen: 127.0.0.1:0\nstore: { path: /proc/hookrelay/relay.db }\nroutes: []\n");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c"]).arg(folder.config()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: store.path /proc/hookrelay/relay.db: cannot write in /proc"), "{stderr}");
+}
+
+/// A port already in use is reported once, with its cause once.
+#[cfg(unix)]
+#[test]
+fn a_taken_port_is_reported_without_repeating_the_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let folder = Folder::new(&format!("listen: 127.0.0.1:{port}\nroutes: []\n"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(folder.config())
+        .current_dir(folder.dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&format!("cannot bind listen on 127.0.0.1:{port}")), "{stderr}");
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
+}
+
+/// `Connection: host` cannot make the proxy drop the original Host; `OPTIONS *` is
+/// answered by the relay itself.
+#[tokio::test]
+async fn connection_cannot_name_host_and_options_star_is_answered() {
+    let upstream = TestSink::start().await;
+    let relay = Relay::start(&sync_route(&upstream, "")).await;
+    let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+    stream.write_all(b"GET /service/x HTTP/1.1\r\nhost: app.example\r\nconnection: host, close\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream.wait_for(1).await[0].header("host"), Some("app.example"));
+
+    let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+    stream.write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("allow: get, head, post"), "{answer}");
+    assert_eq!(upstream.seen().len(), 1, "OPTIONS * never reached the service");
+}
