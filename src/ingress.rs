@@ -16,9 +16,11 @@ use crate::app::Relay;
 use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
+use crate::delivery::answers::CodeClass;
 use crate::delivery::client::{self, header_pairs, Body};
 use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted, RecordedRequest};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
+use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
@@ -450,14 +452,24 @@ async fn forward_sync(
         Ok((parts, body)) => (Some(parts.status.as_u16()), header_pairs(&parts.headers), body.clone(), None),
         Err((_, message)) => (None, Vec::new(), Bytes::new(), Some(message.clone())),
     };
-    let succeeded = status.is_some_and(|code| target.is_success(code));
-    crate::metrics::count_delivery(&outgoing.route, &outgoing.target, if succeeded { "succeeded" } else { "failed" }, Some(seconds));
-    let outcome = match (&error, status) {
-        (_, Some(_)) if succeeded => AttemptOutcome::Succeeded,
-        (_, Some(code)) => AttemptOutcome::Failed { reason: format!("answer {code} (returned to the sender)") },
-        (Some(message), None) => AttemptOutcome::Failed { reason: message.clone() },
+    // Judged as the engine judges (`success`, `success_when`, the preset's answer codes);
+    // the sender gets the answer either way and retries on its own terms.
+    let settings = TargetSettings::of(Some(target));
+    let judged = status.map(|code| settings.judge(code, &response_body));
+    let outcome = match (judged, &error) {
+        (Some(Judged::Delivered), _) => AttemptOutcome::Succeeded,
+        (Some(Judged::Status(code)), _) => AttemptOutcome::Failed { reason: format!("answer {code} (returned to the sender)") },
+        (Some(Judged::Code { class, reason }), _) => {
+            if let (CodeClass::Throttled(pause), Some(limit)) = (class, &target.rate_limit) {
+                relay.outbound_limits.bucket(&limit.key, limit.spec).pause(pause);
+            }
+            AttemptOutcome::Failed { reason: format!("{reason} (returned to the sender)") }
+        }
+        (None, Some(message)) => AttemptOutcome::Failed { reason: message.clone() },
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
+    let succeeded = outcome == AttemptOutcome::Succeeded;
+    crate::metrics::count_delivery(&outgoing.route, &outgoing.target, if succeeded { "succeeded" } else { "failed" }, Some(seconds));
     let recorded = RecordedRequest::of(outgoing, Some(target), &snapshot.redactions);
     let record = AttemptRecord {
         started_at,

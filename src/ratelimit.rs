@@ -20,12 +20,15 @@ use tokio::time::Instant;
 use crate::config::Problems;
 use crate::metrics;
 
-/// A rate: `cells` per `per`, with up to `burst` at once.
+/// A rate: `cells` per `per`, with up to `burst` at once. With `window`, additionally no
+/// sliding `per` ever carries more than `cells` (receivers such as DingTalk block a robot
+/// that sends more than 20 in any minute, which a burst on top of the rate would allow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LimitSpec {
     pub cells: NonZeroU32,
     pub per: Duration,
     pub burst: NonZeroU32,
+    pub window: bool,
 }
 
 impl LimitSpec {
@@ -44,6 +47,7 @@ pub fn compile_spec(
     per_minute: Option<u32>,
     per_hour: Option<u32>,
     burst: Option<u32>,
+    window: bool,
     at: &str,
     problems: &mut Problems,
 ) -> Option<LimitSpec> {
@@ -63,7 +67,7 @@ pub fn compile_spec(
         problems.push(format!("{at}.burst"), "burst must be at least 1");
         return None;
     };
-    Some(LimitSpec { cells, per, burst })
+    Some(LimitSpec { cells, per, burst, window })
 }
 
 /// tokio's clock for governor, so paused-time tests see exact waits.
@@ -111,6 +115,8 @@ pub struct Bucket {
     limiter: DirectLimiter,
     /// Set when the receiver answered 429 with Retry-After: nobody sends before then.
     paused_until: Mutex<Option<Instant>>,
+    /// With [`LimitSpec::window`]: when the last `cells` permits were given.
+    window: Option<Mutex<std::collections::VecDeque<Instant>>>,
 }
 
 /// The caller waited as long as it may; try again after this long.
@@ -128,9 +134,9 @@ impl Bucket {
             let paused = (*lock(&self.paused_until)).filter(|until| *until > now);
             let wait = match paused {
                 Some(until) => until - now,
-                None => match self.limiter.check() {
+                None => match self.take(now) {
                     Ok(()) => return Ok(()),
-                    Err(not_until) => not_until.wait_time_from(TokioClock.now()),
+                    Err(wait) => wait,
                 },
             };
             if let Some(max) = max_wait {
@@ -145,6 +151,26 @@ impl Bucket {
             }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// One permit now, or how long until one may be had: the window first (it does not use
+    /// a cell), then the GCRA, both under the window's lock so two senders cannot both
+    /// take the window's last place.
+    fn take(&self, now: Instant) -> Result<(), Duration> {
+        let Some(window) = &self.window else {
+            return self.limiter.check().map_err(|not_until| not_until.wait_time_from(TokioClock.now()));
+        };
+        let mut sent = lock(window);
+        while sent.front().is_some_and(|at| now.saturating_duration_since(*at) >= self.spec.per) {
+            sent.pop_front();
+        }
+        if sent.len() >= self.spec.cells.get() as usize {
+            let oldest = sent.front().copied().unwrap_or(now);
+            return Err((oldest + self.spec.per).saturating_duration_since(now));
+        }
+        self.limiter.check().map_err(|not_until| not_until.wait_time_from(TokioClock.now()))?;
+        sent.push_back(now);
+        Ok(())
     }
 
     /// Holds every sender on this key back for `duration` (a 429 with Retry-After).
@@ -175,6 +201,7 @@ impl OutboundLimiters {
             spec,
             limiter: RateLimiter::direct_with_clock(spec.quota(), TokioClock),
             paused_until: Mutex::new(None),
+            window: spec.window.then(|| Mutex::new(std::collections::VecDeque::with_capacity(spec.cells.get() as usize))),
         });
         buckets.insert(key.to_string(), bucket.clone());
         bucket
@@ -299,7 +326,37 @@ mod tests {
     use super::*;
 
     fn spec(cells: u32, per: Duration, burst: u32) -> LimitSpec {
-        LimitSpec { cells: NonZeroU32::new(cells).unwrap(), per, burst: NonZeroU32::new(burst).unwrap() }
+        LimitSpec { cells: NonZeroU32::new(cells).unwrap(), per, burst: NonZeroU32::new(burst).unwrap(), window: false }
+    }
+
+    /// DingTalk's limit: no 60 s window may carry more than 20 messages to one robot, and an
+    /// idle robot gets its first 20 at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_window_limit_never_lets_a_period_carry_more_than_its_count() {
+        let limiters = OutboundLimiters::default();
+        let dingtalk = LimitSpec { window: true, ..spec(20, Duration::from_secs(60), 20) };
+        let bucket = limiters.bucket("robot", dingtalk);
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..70 {
+            bucket.acquire(None).await.unwrap();
+            times.push(start.elapsed());
+        }
+        assert!(times[..20].iter().all(|t| *t == Duration::ZERO), "an idle robot sends its first 20 at once");
+        assert_eq!(times[20], Duration::from_secs(60), "the 21st waits for the first to leave the window");
+        for (index, first) in times.iter().enumerate() {
+            let in_window = times[index..].iter().take_while(|t| **t < *first + Duration::from_secs(60)).count();
+            assert!(in_window <= 20, "{in_window} messages in the 60 s from {first:?}");
+        }
+        // Without the window, the burst on top of the rate allows more than 20 in the first minute.
+        let plain = limiters.bucket("other", spec(20, Duration::from_secs(60), 20));
+        let start = Instant::now();
+        let mut first_minute = 0;
+        while start.elapsed() < Duration::from_secs(60) {
+            plain.acquire(None).await.unwrap();
+            first_minute += usize::from(start.elapsed() < Duration::from_secs(60));
+        }
+        assert!(first_minute > 20, "{first_minute}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -275,7 +275,10 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
             "target": target.name,
             "request": RequestView::new(&outgoing, false),
             "status": attempt.status,
-            "success": attempt.status.is_some_and(|status| target.is_success(status)),
+            "success": attempt.status.is_some_and(|status| {
+                crate::delivery::verdict::TargetSettings::of(Some(target)).judge(status, &attempt.answer)
+                    == crate::delivery::verdict::Judged::Delivered
+            }),
             "response_headers": attempt.headers,
             "response_body": String::from_utf8_lossy(&attempt.answer),
             "duration_ms": attempt.duration.as_millis() as u64,

@@ -519,7 +519,15 @@ fn compile_defaults(raw: &RawConfig, problems: &mut Problems) -> TargetDefaults 
     };
     let retry = target::compile_retry(&raw.defaults.retry, &RetryPolicy::default(), "defaults.retry", problems);
     if let Some(limit) = &raw.defaults.rate_limit {
-        crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, "defaults.rate_limit", problems);
+        crate::ratelimit::compile_spec(
+            limit.per_second,
+            limit.per_minute,
+            limit.per_hour,
+            limit.burst,
+            limit.window,
+            "defaults.rate_limit",
+            problems,
+        );
     }
     TargetDefaults { timeout, retry, rate_limit: raw.defaults.rate_limit.clone() }
 }
@@ -609,7 +617,7 @@ fn compile_route(
                 }
             },
         };
-        let spec = crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, &here, problems);
+        let spec = crate::ratelimit::compile_spec(limit.per_second, limit.per_minute, limit.per_hour, limit.burst, false, &here, problems);
         Some(IngressLimit { spec: spec?, by: by? })
     });
     let dedupe =

@@ -114,6 +114,9 @@ pub struct RawRateLimit {
     pub per_minute: Option<u32>,
     pub per_hour: Option<u32>,
     pub burst: Option<u32>,
+    /// Also never more than the rate's count in any sliding period (e.g. any 60 s).
+    #[serde(default)]
+    pub window: bool,
     pub key: Option<String>,
     pub max_wait: Option<String>,
 }

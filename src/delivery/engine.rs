@@ -14,11 +14,10 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::Snapshot;
 use crate::delivery::client::{header_pairs, Attempt, Outbound};
-use crate::delivery::retry::RetryPolicy;
-use crate::delivery::target::{is_success, OutgoingRequest, Target};
+use crate::delivery::target::{OutgoingRequest, Target};
+use crate::delivery::verdict::{decide, TargetSettings};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
-use crate::routing::condition::{Condition, MatchInput};
 use crate::store::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoredRequest,
 };
@@ -27,8 +26,6 @@ use crate::store::{
 const POLL: Duration = Duration::from_millis(250);
 /// A claim outlives the longest target timeout by this much before another worker may take it.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
-/// The longest `Retry-After` honoured; a receiver cannot park a delivery for longer.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -231,9 +228,9 @@ impl Engine {
             Ok(()) => self.client.attempt(trusted, &outgoing, settings.timeout).await,
             Err(err) => Attempt::failed_before_sending(err.to_string()),
         };
-        let decision = decide(&delivery, &result, &settings, started_at);
-        if let (Some(limit), Some(429), Some(after)) = (&settings.rate_limit, result.status, result.retry_after) {
-            self.limiters.bucket(&limit.key, limit.spec).pause(after.min(MAX_RETRY_AFTER));
+        let decision = decide(delivery.attempts, delivery.created_at, &result, &settings, started_at, fastrand::f64());
+        if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
+            self.limiters.bucket(&limit.key, limit.spec).pause(pause);
         }
         let label = match &decision.outcome {
             AttemptOutcome::Succeeded => "succeeded",
@@ -278,93 +275,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// What a delivery needs from its target's config; defaults when the target is gone
-/// (removed by a reload): it is still delivered, never dropped.
-struct TargetSettings<'a> {
-    timeout: Duration,
-    retry: RetryPolicy,
-    success: Option<&'a [u16]>,
-    success_when: Option<&'a Condition>,
-    rate_limit: Option<crate::delivery::target::TargetLimit>,
-}
-
-impl<'a> TargetSettings<'a> {
-    fn of(target: Option<&'a Target>) -> TargetSettings<'a> {
-        match target {
-            Some(target) => TargetSettings {
-                timeout: target.timeout,
-                retry: target.retry.clone(),
-                success: target.success_statuses(),
-                success_when: target.success_when.as_ref(),
-                rate_limit: target.rate_limit.clone(),
-            },
-            None => TargetSettings {
-                timeout: Duration::from_secs(10),
-                retry: RetryPolicy::default(),
-                success: None,
-                success_when: None,
-                rate_limit: None,
-            },
-        }
-    }
-}
-
-struct Decision {
-    outcome: AttemptOutcome,
-    counted: bool,
-}
-
-/// The retry rules of DESIGN §6 as a pure function of one attempt.
-fn decide(delivery: &ClaimedDelivery, result: &Attempt, settings: &TargetSettings<'_>, now: i64) -> Decision {
-    let throttled = result.status == Some(429);
-    let counted = !throttled;
-    let attempts = delivery.attempts + u32::from(counted);
-    let answer_ok = || match settings.success_when {
-        None => true,
-        Some(condition) => {
-            let body: Option<serde_json::Value> = serde_json::from_slice(&result.answer).ok();
-            let headers = HeaderMap::new();
-            body.as_ref().is_some_and(|body| condition.eval(&MatchInput { headers: &headers, query: &[], body: Some(body), event: None }))
-        }
-    };
-    let (retryable, reason) = match result.status {
-        Some(status) if is_success(settings.success, status) => {
-            if answer_ok() {
-                return Decision { outcome: AttemptOutcome::Succeeded, counted };
-            }
-            (
-                settings.retry.retry_on.success_when,
-                format!(
-                    "answer {status} did not satisfy success_when: {}",
-                    String::from_utf8_lossy(&result.answer[..result.answer.len().min(200)])
-                ),
-            )
-        }
-        Some(status) => (settings.retry.retry_on.status(status), format!("answer {status}")),
-        None => {
-            let wanted = if result.timed_out { settings.retry.retry_on.timeout } else { settings.retry.retry_on.connect };
-            (result.retryable && wanted, result.error.clone().unwrap_or_else(|| "no answer".to_string()))
-        }
-    };
-    if !retryable {
-        return Decision { outcome: AttemptOutcome::Failed { reason }, counted };
-    }
-    let age = Duration::from_millis(u64::try_from(now - delivery.created_at).unwrap_or(0));
-    if attempts >= settings.retry.max_attempts && !throttled {
-        return Decision { outcome: AttemptOutcome::Failed { reason: format!("{reason}; gave up after {attempts} attempts") }, counted };
-    }
-    if age >= settings.retry.max_age {
-        return Decision { outcome: AttemptOutcome::Failed { reason: format!("{reason}; gave up after {age:?} (max_age)") }, counted };
-    }
-    let backoff = settings.retry.delay(attempts.max(1), fastrand::f64());
-    let wait = match result.retry_after {
-        Some(after) => after.min(MAX_RETRY_AFTER).max(if throttled { Duration::ZERO } else { backoff }),
-        None => backoff,
-    };
-    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-    Decision { outcome: AttemptOutcome::RetryAt(now + wait_ms), counted }
 }
 
 /// The request part of an attempt record: the request as it went on the wire, with every

@@ -1,6 +1,7 @@
 //! Delivery: compiled targets and their rendering, the shared HTTP client, the retry
 //! schedule, and the engine that sends stored deliveries in the background.
 
+pub mod answers;
 pub mod client;
 pub mod credentials;
 pub mod engine;
@@ -9,3 +10,4 @@ pub mod preset;
 pub mod retry;
 pub mod sign;
 pub mod target;
+pub mod verdict;

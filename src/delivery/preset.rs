@@ -78,8 +78,16 @@ fn success_when(target: &mut RawTarget, path: &str, equals: Value) {
     }
 }
 
+/// The robot's published per-minute limit as a window: an idle robot gets its first
+/// messages at once, and no 60 s ever carries more than the limit.
 fn rate_limit(target: &mut RawTarget, per_minute: u32, key: Option<String>) {
-    target.rate_limit.get_or_insert(RawRateLimit { per_minute: Some(per_minute), burst: Some(1), key, ..RawRateLimit::default() });
+    target.rate_limit.get_or_insert(RawRateLimit {
+        per_minute: Some(per_minute),
+        burst: Some(per_minute),
+        window: true,
+        key,
+        ..RawRateLimit::default()
+    });
 }
 
 fn sign(target: &mut RawTarget, scheme: impl FnOnce(RawSecret) -> RawSign) {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
+use crate::delivery::answers::AnswerCodes;
 use crate::delivery::credentials::EnvCredentials;
 use crate::delivery::retry::{RetryOn, RetryPolicy};
 use crate::delivery::sign::{SignError, Signer};
@@ -84,6 +85,8 @@ pub struct Target {
     /// Must hold on the answer's JSON body for a delivery to count as done (chat APIs answer
     /// 200 with an error code).
     pub success_when: Option<Condition>,
+    /// The preset receiver's answer codes: which failures are final or throttled.
+    pub answer_codes: Option<&'static AnswerCodes>,
     ordered_by: Option<TemplateId>,
 }
 
@@ -148,11 +151,6 @@ pub struct CompileCtx<'a> {
 impl Target {
     pub fn summary(&self) -> TargetSummary<'_> {
         TargetSummary { name: &self.name, method: self.method.as_str(), url: &self.url_source }
-    }
-
-    /// Whether an answer's status counts as delivered.
-    pub fn is_success(&self, status: u16) -> bool {
-        is_success(self.success.as_deref(), status)
     }
 
     /// Signs a rendered request just before it is sent (a fresh timestamp each attempt).
@@ -647,12 +645,13 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         trusted: true,
         when,
         success_when,
+        answer_codes: crate::delivery::answers::for_preset(raw.preset.as_deref()),
         ordered_by,
     })
 }
 
 fn compile_limit(raw: &RawRateLimit, default_key: &str, at: &str, ctx: &mut CompileCtx<'_>) -> Option<TargetLimit> {
-    let spec = compile_spec(raw.per_second, raw.per_minute, raw.per_hour, raw.burst, at, ctx.problems)?;
+    let spec = compile_spec(raw.per_second, raw.per_minute, raw.per_hour, raw.burst, raw.window, at, ctx.problems)?;
     let key = raw.key.clone().unwrap_or_else(|| default_key.to_string());
     let max_wait = match &raw.max_wait {
         Some(text) => parse_duration(text).map_err(|message| ctx.problems.push(format!("{at}.max_wait"), message)).ok()?,

@@ -317,3 +317,68 @@ async fn retry_on_decides_which_failures_are_retried() {
     assert_eq!(delivery["attempts"], 2);
     assert_eq!(delivery["last_status"], 503);
 }
+
+/// DingTalk preset: a final answer code fails at once with the robot's message; a
+/// throttling code pauses the robot for its block time without using up an attempt.
+#[tokio::test]
+async fn preset_answer_codes_decide_final_and_throttled() {
+    let sink = TestSink::scripted(vec![
+        Answer::with_body(200, r#"{"errcode":310000,"errmsg":"keywords not in content"}"#),
+        Answer::with_body(200, r#"{"errcode":410100,"errmsg":"send too fast"}"#),
+    ])
+    .await;
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: robot\n    match: {{ path: /hooks/robot }}\n    forward:\n      - name: ding\n        preset: dingtalk\n        url: {}/robot/send?access_token=tok\n        body: {{ msgtype: text, text: {{ content: hi }} }}\n",
+        sink.url()
+    ))
+    .await;
+    let post = || async { relay.client.post_json(&relay.url("/hooks/robot"), &[], "{}").await.json()["id"].as_str().unwrap().to_string() };
+    let first = post().await;
+    let delivery = finished_delivery(&relay, &first).await;
+    assert_eq!(delivery["status"], "failed");
+    assert_eq!(delivery["attempts"], 1, "a final code is not retried");
+    assert!(delivery["last_error"].as_str().unwrap().contains("errcode 310000: keywords not in content"), "{delivery}");
+
+    let second = post().await;
+    sink.wait_for(2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let delivery = loop {
+        let event = get(&relay, &format!("/api/events/{second}")).await;
+        let delivery = event["deliveries"][0].clone();
+        if delivery["status"] == "pending" && delivery["last_status"] == 200 {
+            break delivery;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{event}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(delivery["attempts"], 0, "throttling does not use up an attempt: {delivery}");
+    let wait = delivery["next_attempt_at"].as_i64().unwrap() - delivery["updated_at"].as_i64().unwrap();
+    assert!((599_000..=601_000).contains(&wait), "paused for DingTalk's 10-minute block: {wait} ms");
+    let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
+    assert_eq!(record["attempts"][0]["counted"], false, "{record}");
+}
+
+/// A sync route judges its target's answer like an async one: `success_when` and the
+/// preset's codes decide what the delivery log says (the sender gets the answer as is).
+#[tokio::test]
+async fn sync_routes_apply_success_when() {
+    let sink = TestSink::scripted(vec![Answer::with_body(200, r#"{"errcode":310000,"errmsg":"sign not match"}"#)]).await;
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: robot\n    match: {{ path: /hooks/robot }}\n    respond: sync\n    forward:\n      - name: ding\n        url: {}/robot/send\n        success_when: [ {{ path: $.errcode, equals: 0 }} ]\n",
+        sink.url()
+    ))
+    .await;
+    let reply = relay.client.post_json(&relay.url("/hooks/robot"), &[], "{}").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, r#"{"errcode":310000,"errmsg":"sign not match"}"#));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let deliveries = get(&relay, "/api/deliveries").await;
+        if let Some(delivery) = deliveries["items"].as_array().unwrap().first() {
+            assert_eq!(delivery["status"], "failed", "{delivery}");
+            assert!(delivery["last_error"].as_str().unwrap().contains("did not satisfy success_when"), "{delivery}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sync delivery was not logged");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
