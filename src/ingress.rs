@@ -17,8 +17,9 @@ use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::answers::CodeClass;
-use crate::delivery::client::{self, header_pairs, Body};
-use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted, RecordedRequest};
+use crate::delivery::attempt::{AttemptSettings, Tried};
+use crate::delivery::client::{self, Body};
+use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::inbound::InboundRequest;
@@ -408,7 +409,7 @@ const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
 async fn forward_sync(
     relay: &Relay,
     snapshot: &Snapshot,
-    mut outgoing: OutgoingRequest,
+    outgoing: OutgoingRequest,
     target: &Target,
     event_id: &str,
     deferred: Option<NewEvent>,
@@ -420,43 +421,27 @@ async fn forward_sync(
         }
     }
     let started_at = now_ms();
-    let started = std::time::Instant::now();
-    let trusted = target.trusted || snapshot.settings.allow_private;
-    // What is stored is the request as rendered: credentials and signatures are added
-    // below, at send time, and never reach the store.
+    // What is stored is the request as rendered: credentials and signatures are added by
+    // the attempt, at send time, and never reach the store.
     let stored_request = stored(&outgoing);
-    if let Err(err) = target.prepare(&mut outgoing, started_at) {
-        return json_error(StatusCode::BAD_GATEWAY, "could not sign the outgoing request", Some(json!(err.to_string())));
-    }
-    let outgoing = &outgoing;
-    let answer = match relay.outbound.send(trusted, outgoing, target.timeout).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            match Limited::new(body, MAX_SYNC_ANSWER).collect().await {
-                Ok(collected) => {
-                    proxy::strip_hop_by_hop(&mut parts.headers);
-                    Ok((parts, collected.to_bytes()))
-                }
-                Err(err) => {
-                    Err((StatusCode::BAD_GATEWAY, format!("could not read the target's answer (limit {MAX_SYNC_ANSWER} bytes): {err}")))
-                }
-            }
-        }
-        Err(err) => {
-            let status = if matches!(err, client::SendError::Timeout(_)) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
-            Err((status, err.to_string()))
-        }
+    let (route, target_name) = (outgoing.route.clone(), outgoing.target.clone());
+    let send = AttemptSettings {
+        outbound: &relay.outbound,
+        target: Some(target),
+        trusted: target.trusted || snapshot.settings.allow_private,
+        redactions: &snapshot.redactions,
+        timeout: target.timeout,
+        max_answer: MAX_SYNC_ANSWER,
     };
-    let seconds = started.elapsed().as_secs_f64();
-    let (status, response_headers, response_body, error) = match &answer {
-        Ok((parts, body)) => (Some(parts.status.as_u16()), header_pairs(&parts.headers), body.clone(), None),
-        Err((_, message)) => (None, Vec::new(), Bytes::new(), Some(message.clone())),
-    };
+    let Tried { answer, record, .. } = send.attempt(outgoing, started_at).await;
     // Judged as the engine judges (`success`, `success_when`, the preset's answer codes);
     // the sender gets the answer either way and retries on its own terms.
     let settings = TargetSettings::of(Some(target));
-    let judged = status.map(|code| settings.judge(code, &response_body));
-    let outcome = match (judged, &error) {
+    let judged = match (answer.status, &answer.error) {
+        (Some(code), None) => Some(settings.judge(code, &answer.answer)),
+        _ => None,
+    };
+    let outcome = match (judged, &answer.error) {
         (Some(Judged::Delivered), _) => AttemptOutcome::Succeeded,
         (Some(Judged::Status(code)), _) => AttemptOutcome::Failed { reason: format!("answer {code} (returned to the sender)") },
         (Some(Judged::Code { class, reason }), _) => {
@@ -469,26 +454,17 @@ async fn forward_sync(
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
     let succeeded = outcome == AttemptOutcome::Succeeded;
-    crate::metrics::count_delivery(&outgoing.route, &outgoing.target, if succeeded { "succeeded" } else { "failed" }, Some(seconds));
-    let recorded = RecordedRequest::of(outgoing, Some(target), &snapshot.redactions);
-    let record = AttemptRecord {
-        started_at,
-        duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        request_url: recorded.url,
-        request_method: recorded.method,
-        request_headers: recorded.headers,
-        request_body: recorded.body,
-        status,
-        response_headers,
-        response_body,
-        error,
-        counted: true,
-    };
+    crate::metrics::count_delivery(
+        &route,
+        &target_name,
+        if succeeded { "succeeded" } else { "failed" },
+        Some(answer.duration.as_secs_f64()),
+    );
     let delivery = NewDelivery {
         id: ulid::Ulid::generate().to_string(),
         event_id: event_id.to_string(),
-        route: outgoing.route.clone(),
-        target: outgoing.target.clone(),
+        route: route.clone(),
+        target: target_name.clone(),
         request: stored_request,
         next_attempt_at: started_at,
         ordered_key: None,
@@ -510,10 +486,19 @@ async fn forward_sync(
             tracing::warn!(error = %err, "could not log the sync delivery");
         }
     });
-    match answer {
-        Ok((parts, body)) => Response::from_parts(parts, client::full(body)),
-        Err((status, message)) => {
-            tracing::warn!(route = %outgoing.route, target = %outgoing.target, error = %message, "sync delivery failed");
+    match (answer.status, answer.error) {
+        (Some(status), None) => {
+            let mut headers = answer.headers;
+            proxy::strip_hop_by_hop(&mut headers);
+            let mut response = Response::new(client::full(answer.answer));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            *response.headers_mut() = headers;
+            response
+        }
+        (_, error) => {
+            let message = error.unwrap_or_else(|| "no answer".to_string());
+            tracing::warn!(route = %route, target = %target_name, error = %message, "sync delivery failed");
+            let status = if answer.timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
             json_error(status, "target unavailable", Some(json!(message)))
         }
     }

@@ -98,11 +98,10 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
             .iter()
             .map(|target| {
                 match target.render(&route.name, &snapshot.templates, &context, request, snapshot.settings.upstream.as_ref(), event_id) {
-                    Ok(Some(mut outgoing)) => {
+                    Ok(Some(outgoing)) => {
                         // Shown as sent, credentials included (redacted unless asked); signatures
                         // depend on the send time and are left out.
-                        target.add_credentials(&mut outgoing);
-                        TargetReport::Request(RequestView::new(&outgoing, show_secrets))
+                        TargetReport::Request(RequestView::new(&target.with_credentials(outgoing), show_secrets))
                     }
                     Ok(None) => {
                         TargetReport::Skipped { target: target.name.clone(), skipped: "`when` did not render \"true\"".to_string() }

@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 use crate::app::Relay;
 use crate::config::{ApiRoute, ConfigErrors};
 use crate::context;
-use crate::delivery::client::Body;
+use crate::delivery::attempt::{AttemptSettings, Tried};
+use crate::delivery::client::{header_pairs, Body, MAX_RECORDED_ANSWER};
 use crate::delivery::engine::now_ms;
+use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::inbound::InboundRequest;
 use crate::render::{dry_run, RequestView};
 use crate::respond::{json_error, json_response};
@@ -255,7 +257,7 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
     let mut results = Vec::new();
     for target in &route.targets {
         let rendered = target.render(&route.name, &snapshot.templates, &context, &request, snapshot.settings.upstream.as_ref(), &event_id);
-        let mut outgoing = match rendered {
+        let outgoing = match rendered {
             Ok(Some(outgoing)) => outgoing,
             Ok(None) => {
                 results.push(json!({ "target": target.name, "skipped": "`when` did not render \"true\"" }));
@@ -266,20 +268,22 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
                 continue;
             }
         };
-        let trusted = target.trusted || snapshot.settings.allow_private;
-        let attempt = match target.prepare(&mut outgoing, now_ms()) {
-            Ok(()) => relay.outbound.attempt(trusted, &outgoing, target.timeout).await,
-            Err(err) => crate::delivery::client::Attempt::failed_before_sending(err.to_string()),
+        let send = AttemptSettings {
+            outbound: &relay.outbound,
+            target: Some(target),
+            trusted: target.trusted || snapshot.settings.allow_private,
+            redactions: &snapshot.redactions,
+            timeout: target.timeout,
+            max_answer: MAX_RECORDED_ANSWER,
         };
+        let Tried { sent, answer: attempt, .. } = send.attempt(outgoing, now_ms()).await;
+        let judged = attempt.status.map(|status| TargetSettings::of(Some(target)).judge(status, &attempt.answer));
         results.push(json!({
             "target": target.name,
-            "request": RequestView::new(&outgoing, false),
+            "request": RequestView::new(&sent, false),
             "status": attempt.status,
-            "success": attempt.status.is_some_and(|status| {
-                crate::delivery::verdict::TargetSettings::of(Some(target)).judge(status, &attempt.answer)
-                    == crate::delivery::verdict::Judged::Delivered
-            }),
-            "response_headers": attempt.headers,
+            "success": judged == Some(Judged::Delivered),
+            "response_headers": header_pairs(&attempt.headers),
             "response_body": String::from_utf8_lossy(&attempt.answer),
             "duration_ms": attempt.duration.as_millis() as u64,
             "error": attempt.error,

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 
 use crate::delivery::guard::{check_literal_host, PublicOnly, Refused};
-use crate::delivery::target::OutgoingRequest;
+use crate::delivery::request::WireRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -40,7 +40,7 @@ impl Outbound {
     }
 
     /// Sends one rendered request; `trusted: false` refuses private destinations.
-    pub async fn send(&self, trusted: bool, outgoing: &OutgoingRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
+    pub async fn send(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
         if trusted {
             return send_with(&self.trusted, outgoing, timeout).await;
         }
@@ -49,11 +49,12 @@ impl Outbound {
     }
 
     /// One attempt, with the answer body read (and cut) for the record.
-    pub async fn attempt(&self, trusted: bool, outgoing: &OutgoingRequest, timeout: Duration) -> Attempt {
+    /// Sends and reads the answer (up to `max_answer` bytes), all within `timeout`.
+    pub async fn attempt(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration, max_answer: usize) -> Attempt {
         let started = Instant::now();
         let deadline = started + timeout;
         let sent = self.send(trusted, outgoing, timeout).await;
-        read_answer(sent, started, deadline, timeout).await
+        read_answer(sent, started, deadline, timeout, max_answer).await
     }
 }
 
@@ -117,11 +118,7 @@ impl SendError {
     }
 }
 
-async fn send_with<C>(
-    client: &Client<C, Body>,
-    outgoing: &OutgoingRequest,
-    timeout: Duration,
-) -> Result<http::Response<Incoming>, SendError>
+async fn send_with<C>(client: &Client<C, Body>, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -149,7 +146,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> SendError {
 #[derive(Debug)]
 pub struct Attempt {
     pub status: Option<u16>,
-    pub headers: Vec<(String, String)>,
+    pub headers: http::HeaderMap,
     pub answer: Bytes,
     pub retry_after: Option<Duration>,
     pub error: Option<String>,
@@ -160,13 +157,19 @@ pub struct Attempt {
     pub duration: Duration,
 }
 
-async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started: Instant, deadline: Instant, timeout: Duration) -> Attempt {
+async fn read_answer(
+    sent: Result<http::Response<Incoming>, SendError>,
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    max_answer: usize,
+) -> Attempt {
     let response = match sent {
         Ok(response) => response,
         Err(err) => {
             return Attempt {
                 status: None,
-                headers: Vec::new(),
+                headers: http::HeaderMap::new(),
                 answer: Bytes::new(),
                 retry_after: None,
                 retryable: err.retryable(),
@@ -177,7 +180,7 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
         }
     };
     let status = response.status().as_u16();
-    let headers = header_pairs(response.headers());
+    let headers = response.headers().clone();
     let retry_after = response
         .headers()
         .get(http::header::RETRY_AFTER)
@@ -185,7 +188,7 @@ async fn read_answer(sent: Result<http::Response<Incoming>, SendError>, started:
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let body = Limited::new(response.into_body(), MAX_RECORDED_ANSWER);
+    let body = Limited::new(response.into_body(), max_answer);
     let (answer, error) = match tokio::time::timeout(remaining, body.collect()).await {
         Ok(Ok(collected)) => (collected.to_bytes(), None),
         Ok(Err(err)) => (Bytes::new(), Some(format!("answer body not fully read: {err}"))),
@@ -199,7 +202,7 @@ impl Attempt {
     pub fn failed_before_sending(error: String) -> Attempt {
         Attempt {
             status: None,
-            headers: Vec::new(),
+            headers: http::HeaderMap::new(),
             answer: Bytes::new(),
             retry_after: None,
             retryable: false,

@@ -13,8 +13,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::Snapshot;
-use crate::delivery::client::{header_pairs, Attempt, Outbound};
-use crate::delivery::target::{OutgoingRequest, Target};
+use crate::delivery::attempt::AttemptSettings;
+use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
+use crate::delivery::target::OutgoingRequest;
 use crate::delivery::verdict::{decide, TargetSettings};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
@@ -216,19 +217,22 @@ impl Engine {
                 return;
             }
         }
-        let mut outgoing = outgoing(&delivery);
         let started_at = now_ms();
         // The guard goes with the delivery: a route renamed, replaced or removed since it was
         // accepted cannot lift it. Rows from before this was recorded trust only a target
         // that is trusted now.
         let guarded = delivery.guarded.unwrap_or(!target.is_some_and(|t| t.trusted));
-        let trusted = !guarded || snapshot.settings.allow_private;
-        let signed = target.map_or(Ok(()), |t| t.prepare(&mut outgoing, started_at));
-        let result = match signed {
-            Ok(()) => self.client.attempt(trusted, &outgoing, settings.timeout).await,
-            Err(err) => Attempt::failed_before_sending(err.to_string()),
+        let send = AttemptSettings {
+            outbound: &self.client,
+            target,
+            trusted: !guarded || snapshot.settings.allow_private,
+            redactions: &snapshot.redactions,
+            timeout: settings.timeout,
+            max_answer: MAX_RECORDED_ANSWER,
         };
-        let decision = decide(delivery.attempts, delivery.created_at, &result, &settings, started_at, fastrand::f64());
+        let tried = send.attempt(outgoing(&delivery), started_at).await;
+        let result = &tried.answer;
+        let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
             self.limiters.bucket(&limit.key, limit.spec).pause(pause);
         }
@@ -250,20 +254,7 @@ impl Engine {
             }
         }
         let finished = !matches!(decision.outcome, AttemptOutcome::RetryAt(_));
-        let recorded = RecordedRequest::of(&outgoing, target, &snapshot.redactions);
-        let record = AttemptRecord {
-            started_at,
-            duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
-            request_url: recorded.url,
-            request_method: recorded.method,
-            request_headers: recorded.headers,
-            request_body: recorded.body,
-            status: result.status,
-            response_headers: result.headers.clone(),
-            response_body: result.answer.clone(),
-            error: result.error.clone(),
-            counted: decision.counted,
-        };
+        let record = AttemptRecord { counted: decision.counted, ..tried.record };
         match self.store.finish_attempt(&delivery.id, record, decision.outcome, now_ms()).await {
             Ok(()) if finished => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
@@ -273,32 +264,6 @@ impl Engine {
             Err(err) => {
                 tracing::error!(delivery = %delivery.id, error = %err, "could not record the attempt; the lease will expire and it will be sent again")
             }
-        }
-    }
-}
-
-/// The request part of an attempt record: the request as it went on the wire, with every
-/// credential masked (credential headers fixed or named by the config, credential query
-/// values, a signature carried in the body).
-pub struct RecordedRequest {
-    pub url: String,
-    pub method: String,
-    pub headers: Vec<(String, String)>,
-    pub body: bytes::Bytes,
-}
-
-impl RecordedRequest {
-    pub fn of(sent: &OutgoingRequest, target: Option<&Target>, redactions: &crate::redact::Redactions) -> RecordedRequest {
-        let signed_body = match target.and_then(|t| t.signer.as_ref()) {
-            Some(signer) => signer.recorded_body(&sent.body),
-            None => sent.body.clone(),
-        };
-        let content_type = sent.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        RecordedRequest {
-            url: redactions.url(&sent.url),
-            method: sent.method.to_string(),
-            headers: redactions.headers(&header_pairs(&sent.headers)),
-            body: redactions.body(content_type, &signed_body),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::config::units::parse_duration;
 use crate::config::{Problems, Upstream};
 use crate::delivery::answers::AnswerCodes;
 use crate::delivery::credentials::EnvCredentials;
+pub use crate::delivery::request::{OutgoingRequest, RenderError, WireRequest};
 use crate::delivery::retry::{RetryOn, RetryPolicy};
 use crate::delivery::sign::{SignError, Signer};
 use crate::inbound::InboundRequest;
@@ -107,28 +108,6 @@ pub struct TargetSummary<'a> {
     pub url: &'a str,
 }
 
-/// One request ready to send, exactly as it will go on the wire.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutgoingRequest {
-    pub route: String,
-    pub target: String,
-    /// The rendered `ordered_by` key, if the target has one.
-    pub ordered_key: Option<String>,
-    pub method: Method,
-    pub url: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("route {route:?}, target {target:?}, {field}: {message}")]
-pub struct RenderError {
-    pub route: String,
-    pub target: String,
-    pub field: String,
-    pub message: String,
-}
-
 /// Target-wide defaults from `defaults:`.
 #[derive(Debug, Clone)]
 pub struct TargetDefaults {
@@ -153,16 +132,15 @@ impl Target {
         TargetSummary { name: &self.name, method: self.method.as_str(), url: &self.url_source }
     }
 
-    /// Signs a rendered request just before it is sent (a fresh timestamp each attempt).
-    /// The message id is the request's idempotency key, stable across retries.
-    /// Adds the configured credentials (`basic_auth`, `bearer`, URL userinfo). They are
-    /// added at send time, never stored with the delivery, so the store holds no
-    /// credentials from the config.
-    pub fn add_credentials(&self, request: &mut OutgoingRequest) {
+    /// The rendered request with the configured credentials (`basic_auth`, `bearer`, URL
+    /// userinfo, `${VAR}` headers and query values) but no signature: what `render` shows.
+    pub fn with_credentials(&self, rendered: OutgoingRequest) -> WireRequest {
+        let mut wire = rendered;
         if let Some(authorization) = &self.authorization {
-            request.headers.insert(http::header::AUTHORIZATION, authorization.clone());
+            wire.headers.insert(http::header::AUTHORIZATION, authorization.clone());
         }
-        self.env_credentials.apply(request);
+        self.env_credentials.apply(&mut wire);
+        WireRequest::from_prepared(wire)
     }
 
     /// Header and query names whose values come from `${VAR}` (redacted wherever shown).
@@ -172,12 +150,19 @@ impl Target {
 
     /// Everything added just before sending: credentials, then the signature (over the
     /// exact bytes, with a fresh timestamp each attempt; the message id is the request's
-    /// idempotency key, stable across retries).
-    pub fn prepare(&self, request: &mut OutgoingRequest, now_ms: i64) -> Result<(), SignError> {
-        self.add_credentials(request);
-        let Some(signer) = &self.signer else { return Ok(()) };
-        let message_id = request.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        signer.apply(request, &message_id, now_ms)
+    /// idempotency key, stable across retries). They come from the config serving now and
+    /// are never stored: only the rendered request is.
+    /// When signing fails, the error comes with the request as it stood (credentials, no
+    /// signature), for the record.
+    pub fn prepare(&self, rendered: OutgoingRequest, now_ms: i64) -> Result<WireRequest, Box<(SignError, WireRequest)>> {
+        let mut wire = self.with_credentials(rendered).into_prepared();
+        if let Some(signer) = &self.signer {
+            let message_id = wire.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            if let Err(err) = signer.apply(&mut wire, &message_id, now_ms) {
+                return Err(Box::new((err, WireRequest::from_prepared(wire))));
+            }
+        }
+        Ok(WireRequest::from_prepared(wire))
     }
 
     pub fn targets_upstream(&self) -> bool {

@@ -167,7 +167,7 @@ mod tests {
     fn answer(status: Option<u16>, body: &str, retry_after: Option<u64>) -> Attempt {
         Attempt {
             status,
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             answer: Bytes::from(body.to_string()),
             retry_after: retry_after.map(Duration::from_secs),
             error: status.is_none().then(|| "connection refused".to_string()),

@@ -1,0 +1,99 @@
+//! One attempt to send a rendered request, the same for a sync route's answer, the
+//! delivery engine and the admin test call: the target's credentials and signature added
+//! (from the config serving now), the private-address guard, the send, the answer read up
+//! to a bound, and the attempt record with every credential masked. Judging the answer is
+//! [`crate::delivery::verdict`]'s job.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::delivery::client::{header_pairs, Attempt, Outbound, MAX_RECORDED_ANSWER};
+use crate::delivery::request::{OutgoingRequest, WireRequest};
+use crate::delivery::target::Target;
+use crate::redact::Redactions;
+use crate::store::AttemptRecord;
+
+/// What one attempt sent and got.
+pub struct Tried {
+    /// The request as it went out, or would have (signing failed): credentials included,
+    /// so show it masked and never store it.
+    pub sent: WireRequest,
+    pub answer: Attempt,
+    /// For the delivery log; `counted` is true until the verdict says otherwise.
+    pub record: AttemptRecord,
+}
+
+/// How to send one attempt.
+pub struct AttemptSettings<'a> {
+    pub outbound: &'a Outbound,
+    /// Its target in the config serving now; `None` when a reload removed it (the rendered
+    /// request is then sent as it was stored).
+    pub target: Option<&'a Target>,
+    /// Whether the private-address guard is off for this delivery.
+    pub trusted: bool,
+    pub redactions: &'a Redactions,
+    pub timeout: Duration,
+    /// The answer body is read up to this many bytes (the record keeps at most 64 KiB).
+    pub max_answer: usize,
+}
+
+impl AttemptSettings<'_> {
+    pub async fn attempt(&self, rendered: OutgoingRequest, now_ms: i64) -> Tried {
+        let prepared = match self.target {
+            Some(target) => target.prepare(rendered, now_ms),
+            None => Ok(WireRequest::bare(rendered)),
+        };
+        let (sent, answer) = match prepared {
+            Ok(wire) => {
+                let answer = self.outbound.attempt(self.trusted, &wire, self.timeout, self.max_answer).await;
+                (wire, answer)
+            }
+            Err(failed) => {
+                let (err, unsigned) = *failed;
+                (unsigned, Attempt::failed_before_sending(err.to_string()))
+            }
+        };
+        let recorded = RecordedRequest::of(&sent, self.target, self.redactions);
+        let record = AttemptRecord {
+            started_at: now_ms,
+            duration_ms: i64::try_from(answer.duration.as_millis()).unwrap_or(i64::MAX),
+            request_url: recorded.url,
+            request_method: recorded.method,
+            request_headers: recorded.headers,
+            request_body: recorded.body,
+            status: answer.status,
+            response_headers: header_pairs(&answer.headers),
+            response_body: answer.answer.slice(..answer.answer.len().min(MAX_RECORDED_ANSWER)),
+            error: answer.error.clone(),
+            counted: true,
+        };
+        Tried { sent, answer, record }
+    }
+}
+
+/// The request part of an attempt record: the request as it went on the wire, with every
+/// credential masked (credential headers fixed or named by the config, credential query
+/// values, a signature carried in the body).
+pub struct RecordedRequest {
+    pub url: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    pub fn of(sent: &WireRequest, target: Option<&Target>, redactions: &Redactions) -> RecordedRequest {
+        let signed_body = match target.and_then(|t| t.signer.as_ref()) {
+            Some(signer) => signer.recorded_body(&sent.body),
+            None => sent.body.clone(),
+        };
+        let content_type = sent.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        RecordedRequest {
+            url: redactions.url(&sent.url),
+            method: sent.method.to_string(),
+            headers: redactions.headers(&header_pairs(&sent.headers)),
+            body: redactions.body(content_type, &signed_body),
+        }
+    }
+}
