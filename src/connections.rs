@@ -17,10 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::app::Relay;
 use crate::config::Limits;
 use crate::delivery::client::{self, Body};
 use crate::ingress::{handle, Peer};
+use crate::relay::Relay;
 use crate::respond::retry_later;
 
 /// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets

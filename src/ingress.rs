@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::app::Relay;
 use crate::config::model::Respond;
 use crate::config::Snapshot;
 use crate::context;
@@ -26,6 +25,7 @@ use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
 use crate::ratelimit::Throttled;
+use crate::relay::Relay;
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
+pub mod relay;
 pub mod reload;
 pub mod render;
 pub mod respond;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::app::{Relay, ReloadOutcome};
 use crate::config::{ConfigErrors, Snapshot};
+use crate::relay::{Relay, ReloadOutcome};
 
 /// Quiet time after the last change to a config file before reloading: editors and
 /// `kubectl` write in several steps.

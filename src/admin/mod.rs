@@ -17,10 +17,10 @@ mod routes;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-use crate::app::{Relay, ReloadOutcome};
 use crate::delivery::client::{full, Body};
 use crate::delivery::engine::now_ms;
 use crate::redact::Redactions;
+use crate::relay::{Relay, ReloadOutcome};
 use crate::reload::reload_now;
 use crate::respond::{json_error, json_response};
 use crate::routing::Route;

@@ -12,7 +12,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::Relay;
 use crate::config::{ApiRoute, ConfigErrors};
 use crate::context;
 use crate::delivery::attempt::{AttemptSettings, Tried};
@@ -20,6 +19,7 @@ use crate::delivery::client::{header_pairs, Body, MAX_RECORDED_ANSWER};
 use crate::delivery::engine::now_ms;
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::inbound::InboundRequest;
+use crate::relay::Relay;
 use crate::render::{dry_run, RequestView};
 use crate::respond::{json_error, json_response};
 use crate::routing::{Origin, Route};
