@@ -19,8 +19,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 
-use hookrelay::config::{self, env::ProcessEnv, Snapshot};
+use hookrelay::config::env::ProcessEnv;
 use hookrelay::inbound::InboundRequest;
+use hookrelay::snapshot::{self, Snapshot};
 use hookrelay::{context, routing};
 
 const PAYLOAD: &[u8] = include_bytes!("../tests/fixtures/codeup-push.json");
@@ -103,7 +104,7 @@ fn benches(c: &mut Criterion) {
     let mut largest = None;
     for count in SIZES {
         let path = write_config(dir.path(), count);
-        let snapshot = config::load(&path, &ProcessEnv).expect("config compiles");
+        let snapshot = snapshot::load(&path, &ProcessEnv).expect("config compiles");
         let matched = routing::select(&snapshot.routes, &sample);
         assert_eq!(matched.len(), 1, "exactly the last route matches");
         assert_eq!(matched[0].route.name, format!("route-{}", count - 1));
@@ -124,7 +125,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     group.bench_function(BenchmarkId::from_parameter(count), |b| {
-        b.iter(|| config::load(black_box(&path), &ProcessEnv).expect("config compiles").routes.len())
+        b.iter(|| snapshot::load(black_box(&path), &ProcessEnv).expect("config compiles").routes.len())
     });
     group.finish();
 }

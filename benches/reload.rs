@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hookrelay::config::{self, env::ProcessEnv};
+use hookrelay::config::env::ProcessEnv;
 
 fn route(index: usize) -> String {
     format!(
@@ -58,7 +58,7 @@ fn main() {
         let mut samples = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let started = Instant::now();
-            let snapshot = config::load(&path, &ProcessEnv).expect("config compiles");
+            let snapshot = hookrelay::snapshot::load(&path, &ProcessEnv).expect("config compiles");
             samples.push(started.elapsed());
             assert_eq!(snapshot.routes.len(), routes);
         }

@@ -10,11 +10,12 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{self, env::ProcessEnv, ApiRoute, ConfigErrors, Snapshot};
+use crate::config::{env::ProcessEnv, ApiRoute, ConfigErrors};
 use crate::delivery::client::{self, Outbound};
-use crate::delivery::engine::{now_ms, Engine};
+use crate::engine::{now_ms, Engine};
 use crate::ratelimit::OutboundLimiters;
 use crate::relay::{Relay, RelayParts};
+use crate::snapshot::{self, Snapshot};
 use crate::store::ownership::{OwnershipError, StoreOwnership};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::{admin, connections, metrics, reload};
@@ -124,7 +125,7 @@ pub async fn start(path: &Path) -> Result<Running, StartError> {
 pub async fn start_with_options(path: &Path, options: &StartOptions) -> Result<Running, StartError> {
     // Absolute, so the watcher can compare it with the paths file events carry.
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let snapshot = config::load(&path, &ProcessEnv)?;
+    let snapshot = snapshot::load(&path, &ProcessEnv)?;
     start_with(&path, snapshot, options).await
 }
 
@@ -151,7 +152,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let snapshot = if api_routes.is_empty() {
         snapshot
     } else {
-        match config::load_with_api_routes(path, &ProcessEnv, &api_routes) {
+        match snapshot::load_with_api_routes(path, &ProcessEnv, &api_routes) {
             Ok(with_api) => with_api,
             Err(errors) => {
                 // The file changed under routes created earlier: serve the file's routes and say why.
@@ -180,13 +181,13 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
     let acceptor = match relay.snapshot().settings.tls.is_some() {
-        true => Some(crate::tls::acceptor(relay.config_handle()).map_err(StartError::Tls)?),
+        true => Some(crate::tls::acceptor(relay.current_certificate()).map_err(StartError::Tls)?),
         false => None,
     };
     let ingress = tokio::spawn(connections::serve(ingress_listener, relay.clone(), acceptor, receiver.clone()));
     if let Some(listener) = admin_listener {
         let admin_tls = match relay.snapshot().settings.tls.as_ref().filter(|tls| !tls.client_ca.is_empty()) {
-            Some(tls) => Some(crate::tls::admin_acceptor(relay.config_handle(), &tls.client_ca).map_err(StartError::Tls)?),
+            Some(tls) => Some(crate::tls::admin_acceptor(relay.current_certificate(), &tls.client_ca).map_err(StartError::Tls)?),
             None => None,
         };
         tokio::spawn(admin::serve(listener, relay.clone(), admin_tls, receiver.clone()));

@@ -8,9 +8,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::{self, env::ProcessEnv, ConfigErrors, Snapshot};
+use crate::config::{env::ProcessEnv, ConfigErrors};
 use crate::inbound::InboundRequest;
 use crate::render::{dry_run, TargetReport};
+use crate::snapshot::{self, Snapshot};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +105,7 @@ pub fn run(files: &[PathBuf], config: Option<&Path>) -> Result<Vec<CaseResult>, 
             (None, Some(path)) => base.join(path),
             (None, None) => return Err(CasesError::NoConfig(file.clone())),
         };
-        let snapshot = config::load(&config_path, &ProcessEnv)?;
+        let snapshot = snapshot::load(&config_path, &ProcessEnv)?;
         for case in &cases.cases {
             let failures = match build_request(&case.request, &base) {
                 Ok(request) => check(&snapshot, &request, &case.expect),

@@ -17,11 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::Limits;
 use crate::delivery::client::{self, Body};
 use crate::ingress::{handle, Peer};
 use crate::relay::Relay;
 use crate::respond::retry_later;
+use crate::settings::Limits;
 
 /// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets
 /// in-flight requests finish for up to `limits.shutdown_grace`.

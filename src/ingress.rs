@@ -13,14 +13,13 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::config::model::Respond;
-use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::answers::CodeClass;
 use crate::delivery::attempt::{AttemptSettings, Tried};
 use crate::delivery::client::{self, Body};
-use crate::delivery::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
+use crate::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
 use crate::proxy;
@@ -28,6 +27,7 @@ use crate::ratelimit::Throttled;
 use crate::relay::Relay;
 use crate::respond::{json_error, json_response, retry_later};
 use crate::routing::{self, RouteMatch};
+use crate::snapshot::Snapshot;
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
 use crate::verify::VerifyInput;
 

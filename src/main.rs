@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use hookrelay::config::{self, env::ProcessEnv};
+use hookrelay::config::env::ProcessEnv;
+use hookrelay::snapshot;
 
 #[derive(Parser)]
 #[command(name = "hookrelay", version, about = "Sidecar reverse-proxy webhook relay")]
@@ -129,7 +130,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => match config::load(&config, &ProcessEnv) {
+        Command::Check { config } => match snapshot::load(&config, &ProcessEnv) {
             Ok(snapshot) => {
                 for warning in &snapshot.warnings {
                     eprintln!("warning: {warning}");
@@ -178,7 +179,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
             }
         },
         Command::Render { config, route, body, headers, path, method, show_secrets } => {
-            let snapshot = match config::load(&config, &ProcessEnv) {
+            let snapshot = match snapshot::load(&config, &ProcessEnv) {
                 Ok(snapshot) => snapshot,
                 Err(errors) => {
                     eprint!("{errors}");

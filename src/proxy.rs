@@ -15,9 +15,9 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
-use crate::config::{Limits, Upstream};
 use crate::delivery::client::{error_chain, Body, BoxError, HttpClient};
 use crate::respond::json_error;
+use crate::settings::{Limits, Upstream};
 
 const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];

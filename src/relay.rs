@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use crate::config::{self, env::ProcessEnv, ApiRoute, ConfigErrors, Snapshot};
+use crate::config::{env::ProcessEnv, ApiRoute, ConfigErrors};
 use crate::delivery::client::Outbound;
-use crate::delivery::engine::Engine;
+use crate::engine::Engine;
 use crate::metrics;
 use crate::ratelimit::{IngressLimiters, OutboundLimiters};
+use crate::settings::Settings;
+use crate::snapshot::{self, Snapshot};
 use crate::store::ownership::StoreOwnership;
 
 /// What `GET /api/status` reports about the config.
@@ -105,9 +107,10 @@ impl Relay {
         }
     }
 
-    /// The handle the TLS acceptors read certificates through (they follow reloads).
-    pub fn config_handle(&self) -> Arc<ArcSwap<Snapshot>> {
-        self.config.clone()
+    /// The serving config's certificate, read at each TLS handshake (so it follows reloads).
+    pub fn current_certificate(&self) -> crate::tls::CurrentCertificate {
+        let config = self.config.clone();
+        Arc::new(move || config.load().settings.tls.as_ref().map(|tls| tls.certified.clone()))
     }
 
     /// The current snapshot; a request loads it once and uses it throughout.
@@ -133,7 +136,7 @@ impl Relay {
 
     /// Applies a new snapshot's `admin.token`: a new value at once, a removal never (it is
     /// reported as needing a restart).
-    fn tighten_admin_token(&self, settings: &config::Settings) -> Option<String> {
+    fn tighten_admin_token(&self, settings: &Settings) -> Option<String> {
         let mut current = self.admin_token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match (settings.admin.as_ref().and_then(|a| a.token.as_deref()), current.as_ref()) {
             (Some(token), _) => {
@@ -156,7 +159,7 @@ impl Relay {
     /// only if it compiles completely. Blocking (file I/O): call from a blocking context.
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigErrors> {
         let api_routes = self.api_routes();
-        self.install(config::load_with_api_routes(&self.config_path, &ProcessEnv, &api_routes))
+        self.install(snapshot::load_with_api_routes(&self.config_path, &ProcessEnv, &api_routes))
     }
 
     /// The routes kept in the store, as the serving snapshot knows them.
@@ -167,7 +170,7 @@ impl Relay {
     /// Compiles the config with `routes` as the API routes; swaps it in only if it compiles.
     /// The caller persists the change to the store between [`Relay::check_api_routes`] and this.
     pub fn apply_api_routes(&self, routes: Vec<ApiRoute>) -> Result<ReloadOutcome, ConfigErrors> {
-        let loaded = config::load_with_api_routes(&self.config_path, &ProcessEnv, &routes);
+        let loaded = snapshot::load_with_api_routes(&self.config_path, &ProcessEnv, &routes);
         if loaded.is_ok() {
             *self.api_routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = routes;
         }
@@ -176,7 +179,7 @@ impl Relay {
 
     /// Whether the config compiles with `routes` as the API routes, without swapping.
     pub fn check_api_routes(&self, routes: &[ApiRoute]) -> Result<(), ConfigErrors> {
-        config::load_with_api_routes(&self.config_path, &ProcessEnv, routes).map(|_| ())
+        snapshot::load_with_api_routes(&self.config_path, &ProcessEnv, routes).map(|_| ())
     }
 
     fn install(&self, loaded: Result<Snapshot, ConfigErrors>) -> Result<ReloadOutcome, ConfigErrors> {
@@ -232,7 +235,7 @@ struct StartupSettings {
 }
 
 impl StartupSettings {
-    fn of(settings: &config::Settings) -> StartupSettings {
+    fn of(settings: &Settings) -> StartupSettings {
         StartupSettings {
             listen: settings.listen,
             admin_listen: settings.admin.as_ref().map(|a| a.listen),
@@ -246,7 +249,7 @@ impl StartupSettings {
     }
 }
 
-fn restart_required(started: &StartupSettings, new: &config::Settings) -> Vec<String> {
+fn restart_required(started: &StartupSettings, new: &Settings) -> Vec<String> {
     let new = StartupSettings::of(new);
     let mut notes = Vec::new();
     if new.listen != started.listen {

@@ -10,8 +10,9 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ConfigErrors, Snapshot};
+use crate::config::ConfigErrors;
 use crate::relay::{Relay, ReloadOutcome};
+use crate::snapshot::Snapshot;
 
 /// Quiet time after the last change to a config file before reloading: editors and
 /// `kubectl` write in several steps.

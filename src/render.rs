@@ -7,12 +7,12 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::Snapshot;
 use crate::context;
 use crate::delivery::target::OutgoingRequest;
 use crate::inbound::InboundRequest;
 use crate::redact::is_sensitive_header;
 use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
+use crate::snapshot::Snapshot;
 use crate::verify::VerifyInput;
 
 #[derive(Debug, Serialize)]

@@ -6,14 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::model::RawTls;
-use crate::config::{Problems, Snapshot};
+use crate::config::Problems;
 
 /// Validated TLS settings of one snapshot.
 #[derive(Debug, Clone)]
@@ -79,25 +78,28 @@ pub fn compile(raw: &RawTls, base: &Path, problems: &mut Problems) -> Option<Tls
     Some(TlsSettings { cert, key, certified: Arc::new(certified), client_ca })
 }
 
-/// Hands every handshake the certificate of the snapshot serving right now.
-struct SnapshotCertificate(Arc<ArcSwap<Snapshot>>);
+/// Where each handshake gets the certificate: the serving config's, read at that moment.
+pub type CurrentCertificate = Arc<dyn Fn() -> Option<Arc<CertifiedKey>> + Send + Sync>;
 
-impl std::fmt::Debug for SnapshotCertificate {
+/// Hands every handshake the certificate serving right now.
+struct Serving(CurrentCertificate);
+
+impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SnapshotCertificate")
+        f.write_str("Serving")
     }
 }
 
-impl ResolvesServerCert for SnapshotCertificate {
+impl ResolvesServerCert for Serving {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.load().settings.tls.as_ref().map(|tls| tls.certified.clone())
+        (self.0)()
     }
 }
 
 /// The admin listener's acceptor when `tls.client_ca` is set: the same certificate, and a
 /// client certificate issued by that CA is required before any request is read.
 pub fn admin_acceptor(
-    config: Arc<ArcSwap<Snapshot>>,
+    certificate: CurrentCertificate,
     client_ca: &[CertificateDer<'static>],
 ) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -111,18 +113,18 @@ pub fn admin_acceptor(
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(SnapshotCertificate(config)));
+        .with_cert_resolver(Arc::new(Serving(certificate)));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
 /// The acceptor for the ingress listener: HTTP/2 and HTTP/1.1 by ALPN.
-pub fn acceptor(config: Arc<ArcSwap<Snapshot>>) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+pub fn acceptor(certificate: CurrentCertificate) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SnapshotCertificate(config)));
+        .with_cert_resolver(Arc::new(Serving(certificate)));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }

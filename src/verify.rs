@@ -6,50 +6,16 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
-use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::config::model::{RawBasicAuth, RawHmac, RawToken, RawVerify};
+use crate::config::model::{RawToken, RawVerify};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
-use crate::routing::source::SourceKind;
+use crate::signature::{basic_auth_header, compile_hmac, header_name, standard_webhooks_key};
+pub use crate::signature::{hmac_digest, HmacAlgorithm, HmacCheck, SignatureEncoding, SignedMessage};
 use crate::values::{secret_eq, unix_seconds};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HmacAlgorithm {
-    Sha1,
-    Sha256,
-    Sha512,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureEncoding {
-    Hex,
-    Base64,
-}
-
-/// Which bytes are signed.
-#[derive(Debug, Clone)]
-pub enum SignedMessage {
-    /// The raw body, as GitHub and most platforms do.
-    Body,
-    /// `{{timestamp}}` and `{{raw}}` placeholders, e.g. `"{{timestamp}}.{{raw}}"`.
-    Pattern(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct HmacCheck {
-    pub header: HeaderName,
-    pub secret: Vec<u8>,
-    pub algorithm: HmacAlgorithm,
-    pub encoding: SignatureEncoding,
-    pub prefix: String,
-    pub message: SignedMessage,
-    pub tolerance: Option<Duration>,
-    pub timestamp_header: Option<HeaderName>,
-}
 
 #[derive(Debug, Clone)]
 pub enum Check {
@@ -185,21 +151,6 @@ impl HmacCheck {
     }
 }
 
-/// `None` only if the key is refused, which HMAC never does (any key length is valid);
-/// callers treat it as a failed check, so an impossible error can only fail closed.
-pub fn hmac_digest(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
-    fn run<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
-        let mut mac = <M as KeyInit>::new_from_slice(key).ok()?;
-        mac.update(message);
-        Some(mac.finalize().into_bytes().to_vec())
-    }
-    match algorithm {
-        HmacAlgorithm::Sha1 => run::<hmac::Hmac<sha1::Sha1>>(key, message),
-        HmacAlgorithm::Sha256 => run::<hmac::Hmac<sha2::Sha256>>(key, message),
-        HmacAlgorithm::Sha512 => run::<hmac::Hmac<sha2::Sha512>>(key, message),
-    }
-}
-
 /// Unix seconds, or milliseconds when the number is that large.
 fn parse_timestamp_seconds(text: &str) -> Option<i64> {
     text.trim().parse().ok().map(unix_seconds)
@@ -258,21 +209,8 @@ fn check_gitee(secret: &str, tolerance: Duration, input: &VerifyInput<'_>) -> Re
     secret_eq(&given, &expected).then_some(()).ok_or(VerifyError::BadToken)
 }
 
-pub fn basic_auth_header(auth: &RawBasicAuth) -> String {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.username, auth.password));
-    format!("Basic {encoded}")
-}
-
-fn header_name(name: &str, at: String, problems: &mut Problems) -> Option<HeaderName> {
-    let parsed = HeaderName::from_bytes(name.as_bytes()).ok();
-    if parsed.is_none() {
-        problems.push(at, format!("{name:?} is not a valid header name"));
-    }
-    parsed
-}
-
 /// Compiles a route's `verify:` block; `source` decides what `secret:` means.
-pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Problems) -> Vec<Check> {
+pub fn compile(raw: &RawVerify, scheme: SecretScheme, at: &str, problems: &mut Problems) -> Vec<Check> {
     let mut checks = Vec::new();
     if let Some(auth) = &raw.basic_auth {
         if problems.secret(format!("{at}.basic_auth.password"), &auth.password) {
@@ -296,14 +234,14 @@ pub fn compile(raw: &RawVerify, source: SourceKind, at: &str, problems: &mut Pro
         if !problems.secret(format!("{at}.standard_webhooks.secret"), &standard.secret) {
             // Reported; an empty key must not become a check.
         } else {
-            match crate::delivery::sign::standard_webhooks_key(&standard.secret) {
+            match standard_webhooks_key(&standard.secret) {
                 Ok(key) => checks.push(Check::StandardWebhooks { key, tolerance }),
                 Err(message) => problems.push(format!("{at}.standard_webhooks.secret"), message),
             }
         }
     }
     if let Some(secret) = raw.secret.as_ref().filter(|secret| problems.secret(format!("{at}.secret"), secret)) {
-        match secret_scheme(source, secret, tolerance) {
+        match secret_scheme(scheme, secret, tolerance) {
             Ok(check) => checks.push(check),
             Err(message) => problems.push(format!("{at}.secret"), message),
         }
@@ -353,62 +291,6 @@ fn compile_token(token: &RawToken, at: &str, problems: &mut Problems) -> Option<
     }
 }
 
-pub(crate) fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> Option<HmacCheck> {
-    let header = header_name(&raw.header, format!("{at}.header"), problems);
-    let algorithm = match raw.algorithm.as_deref().unwrap_or("sha256") {
-        "sha1" => Some(HmacAlgorithm::Sha1),
-        "sha256" => Some(HmacAlgorithm::Sha256),
-        "sha512" => Some(HmacAlgorithm::Sha512),
-        other => {
-            problems.push(format!("{at}.algorithm"), format!("unknown algorithm {other:?} (sha1, sha256, sha512)"));
-            None
-        }
-    };
-    let encoding = match raw.encoding.as_deref().unwrap_or("hex") {
-        "hex" => Some(SignatureEncoding::Hex),
-        "base64" => Some(SignatureEncoding::Base64),
-        other => {
-            problems.push(format!("{at}.encoding"), format!("unknown encoding {other:?} (hex, base64)"));
-            None
-        }
-    };
-    let tolerance = match &raw.tolerance {
-        Some(text) => match parse_duration(text) {
-            Ok(duration) => Some(duration),
-            Err(message) => {
-                problems.push(format!("{at}.tolerance"), message);
-                None
-            }
-        },
-        None => None,
-    };
-    let timestamp_header = match &raw.timestamp_header {
-        Some(name) => Some(header_name(name, format!("{at}.timestamp_header"), problems)?),
-        None => None,
-    };
-    if tolerance.is_some() && timestamp_header.is_none() {
-        problems.push(format!("{at}.tolerance"), "`tolerance` needs `timestamp_header`");
-    }
-    let keyed = problems.secret(format!("{at}.secret"), &raw.secret);
-    let message = match raw.message.as_deref() {
-        None | Some("{{raw}}") => SignedMessage::Body,
-        Some(pattern) => SignedMessage::Pattern(pattern.to_string()),
-    };
-    if !keyed {
-        return None;
-    }
-    Some(HmacCheck {
-        header: header?,
-        secret: raw.secret.as_bytes().to_vec(),
-        algorithm: algorithm?,
-        encoding: encoding?,
-        prefix: raw.prefix.clone().unwrap_or_default(),
-        message,
-        tolerance,
-        timestamp_header,
-    })
-}
-
 /// Replays with a timestamp further than this from now are refused (schemes with a timestamp).
 const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -416,10 +298,25 @@ const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 /// to their webhooks, neither has a signature of its own.
 pub const TOKEN_HEADER: &str = "x-hookrelay-token";
 
-fn secret_scheme(source: SourceKind, secret: &str, tolerance: Duration) -> Result<Check, String> {
-    let header_token = |name: &'static str| Check::HeaderToken { header: HeaderName::from_static(name), value: secret.to_string() };
-    match source {
-        SourceKind::Github => Ok(Check::Hmac(Box::new(HmacCheck {
+/// What `verify: { secret: … }` means; each source says which scheme it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretScheme {
+    /// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` (GitHub).
+    HubSignature,
+    /// A header (lower-case name) that must equal the secret.
+    HeaderToken(&'static str),
+    /// A top-level body or form field that must equal the secret (TAPD's `secret`).
+    BodyField(&'static str),
+    /// Gitee's password or timestamped signature.
+    Gitee,
+    StandardWebhooks,
+    /// The source has no scheme of its own (generic).
+    Unsupported,
+}
+
+fn secret_scheme(scheme: SecretScheme, secret: &str, tolerance: Duration) -> Result<Check, String> {
+    match scheme {
+        SecretScheme::HubSignature => Ok(Check::Hmac(Box::new(HmacCheck {
             header: HeaderName::from_static("x-hub-signature-256"),
             secret: secret.as_bytes().to_vec(),
             algorithm: HmacAlgorithm::Sha256,
@@ -429,16 +326,14 @@ fn secret_scheme(source: SourceKind, secret: &str, tolerance: Duration) -> Resul
             tolerance: None,
             timestamp_header: None,
         }))),
-        SourceKind::Gitlab => Ok(header_token("x-gitlab-token")),
-        SourceKind::Codeup => Ok(header_token("x-codeup-token")),
-        SourceKind::Tapd => match JsonPath::parse("$.secret") {
+        SecretScheme::HeaderToken(name) => Ok(Check::HeaderToken { header: HeaderName::from_static(name), value: secret.to_string() }),
+        SecretScheme::BodyField(name) => match JsonPath::parse(&format!("$['{name}']")) {
             Ok(path) => Ok(Check::FieldToken { path, value: secret.to_string() }),
             Err(err) => Err(err.to_string()),
         },
-        SourceKind::Gitee => Ok(Check::Gitee { secret: secret.to_string(), tolerance }),
-        SourceKind::Codearts | SourceKind::Bkrepo => Ok(header_token(TOKEN_HEADER)),
-        SourceKind::Standard => crate::delivery::sign::standard_webhooks_key(secret).map(|key| Check::StandardWebhooks { key, tolerance }),
-        SourceKind::Generic => {
+        SecretScheme::Gitee => Ok(Check::Gitee { secret: secret.to_string(), tolerance }),
+        SecretScheme::StandardWebhooks => standard_webhooks_key(secret).map(|key| Check::StandardWebhooks { key, tolerance }),
+        SecretScheme::Unsupported => {
             Err("`secret:` needs a source with its own scheme; for generic use verify.token, verify.hmac or verify.standard_webhooks"
                 .to_string())
         }
@@ -450,10 +345,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn compile_yaml(yaml: &str, source: SourceKind) -> Vec<Check> {
+    fn compile_yaml(yaml: &str, scheme: SecretScheme) -> Vec<Check> {
         let raw: RawVerify = serde_yaml::from_str(yaml).unwrap();
         let mut problems = Problems::default();
-        let checks = compile(&raw, source, "verify", &mut problems);
+        let checks = compile(&raw, scheme, "verify", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         checks
     }
@@ -468,7 +363,7 @@ mod tests {
 
     #[test]
     fn basic_auth() {
-        let checks = compile_yaml("basic_auth: { username: codeup, password: pw }", SourceKind::Codeup);
+        let checks = compile_yaml("basic_auth: { username: codeup, password: pw }", SecretScheme::HeaderToken("x-codeup-token"));
         assert_eq!(run(&checks, &[("authorization", "Basic Y29kZXVwOnB3")], b"", "127.0.0.1"), Ok(()));
         assert_eq!(run(&checks, &[("authorization", "Basic Y29kZXVwOnB4")], b"", "127.0.0.1"), Err(VerifyError::BadCredentials));
         assert_eq!(run(&checks, &[], b"", "127.0.0.1"), Err(VerifyError::BadCredentials));
@@ -477,7 +372,7 @@ mod tests {
     #[test]
     fn github_secret_matches_an_independent_signature() {
         // Signature from GitHub's documentation example: secret "It's a Secret to Everybody", payload "Hello, World!".
-        let checks = compile_yaml("secret: \"It's a Secret to Everybody\"", SourceKind::Github);
+        let checks = compile_yaml("secret: \"It's a Secret to Everybody\"", SecretScheme::HubSignature);
         let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(run(&checks, &[("x-hub-signature-256", good)], b"Hello, World!", "127.0.0.1"), Ok(()));
         assert!(run(&checks, &[("x-hub-signature-256", good)], b"Hello, World?", "127.0.0.1").is_err());
@@ -488,7 +383,7 @@ mod tests {
     fn generic_hmac_with_timestamp_tolerance() {
         let checks = compile_yaml(
             "hmac: { header: X-Sig, secret: k, encoding: base64, message: '{{timestamp}}.{{raw}}', tolerance: 5m, timestamp_header: X-Ts }",
-            SourceKind::Generic,
+            SecretScheme::Unsupported,
         );
         let signature =
             base64::engine::general_purpose::STANDARD.encode(hmac_digest(HmacAlgorithm::Sha256, b"k", b"1700000000.{}").unwrap());
@@ -498,12 +393,12 @@ mod tests {
 
     #[test]
     fn tokens_and_ip_allow() {
-        let checks = compile_yaml("secret: t0k", SourceKind::Gitlab);
+        let checks = compile_yaml("secret: t0k", SecretScheme::HeaderToken("x-gitlab-token"));
         assert_eq!(run(&checks, &[("x-gitlab-token", "t0k")], b"", "127.0.0.1"), Ok(()));
         assert_eq!(run(&checks, &[("x-gitlab-token", "t0")], b"", "127.0.0.1"), Err(VerifyError::BadToken));
-        let checks = compile_yaml("token: { field: $.secret, value: s }", SourceKind::Tapd);
+        let checks = compile_yaml("token: { field: $.secret, value: s }", SecretScheme::BodyField("secret"));
         assert_eq!(run(&checks, &[], &serde_json::to_vec(&json!({"secret": "s"})).unwrap(), "127.0.0.1"), Ok(()));
-        let checks = compile_yaml("ip_allow: [10.0.0.0/8, 127.0.0.1]", SourceKind::Generic);
+        let checks = compile_yaml("ip_allow: [10.0.0.0/8, 127.0.0.1]", SecretScheme::Unsupported);
         assert_eq!(run(&checks, &[], b"", "::ffff:127.0.0.1"), Ok(()));
         assert_eq!(run(&checks, &[], b"", "10.2.3.4"), Ok(()));
         assert_eq!(run(&checks, &[], b"", "192.0.2.1"), Err(VerifyError::AddressNotAllowed));
@@ -512,7 +407,7 @@ mod tests {
     #[test]
     fn standard_webhooks_signed_by_the_official_package() {
         // Webhook("whsec_MfKQ…").sign("msg_2KWP…", 1700000000, body) from the `standardwebhooks` PyPI package.
-        let checks = compile_yaml("standard_webhooks: { secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }", SourceKind::Generic);
+        let checks = compile_yaml("standard_webhooks: { secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw }", SecretScheme::Unsupported);
         let body = br#"{"type":"invoice.paid"}"#;
         let good = [
             ("webhook-id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
@@ -527,7 +422,7 @@ mod tests {
 
     #[test]
     fn gitee_password_or_signature() {
-        let checks = compile_yaml("secret: gitee-secret", SourceKind::Gitee);
+        let checks = compile_yaml("secret: gitee-secret", SecretScheme::Gitee);
         assert_eq!(run(&checks, &[("x-gitee-token", "gitee-secret")], b"{}", "127.0.0.1"), Ok(()));
         // quote_plus(base64(hmac(secret, "1700000000123\ngitee-secret"))) computed with Python.
         let signed = [("x-gitee-token", "OvzH05XVcZps6WiZjOJRmDiFVm31VA3AjbCdWjTENdQ%3D"), ("x-gitee-timestamp", "1700000000123")];
@@ -539,8 +434,9 @@ mod tests {
 
     #[test]
     fn codearts_and_bkrepo_secrets_travel_in_a_custom_header() {
+        use crate::routing::source::SourceKind;
         for source in [SourceKind::Codearts, SourceKind::Bkrepo] {
-            let checks = compile_yaml("secret: s", source);
+            let checks = compile_yaml("secret: s", source.secret_scheme());
             assert_eq!(run(&checks, &[("x-hookrelay-token", "s")], b"{}", "127.0.0.1"), Ok(()));
             assert_eq!(run(&checks, &[], b"{}", "127.0.0.1"), Err(VerifyError::BadToken));
         }
@@ -551,7 +447,7 @@ mod tests {
         let raw: RawVerify =
             serde_yaml::from_str("hmac: { header: 'a b', secret: k, algorithm: md5 }\nip_allow: [nope]\ntoken: { value: x }").unwrap();
         let mut problems = Problems::default();
-        compile(&raw, SourceKind::Generic, "verify", &mut problems);
+        compile(&raw, SecretScheme::Unsupported, "verify", &mut problems);
         let paths: Vec<String> = problems.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(paths, ["verify.token", "verify.hmac.header", "verify.hmac.algorithm", "verify.ip_allow[0]"]);
     }

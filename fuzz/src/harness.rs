@@ -14,12 +14,12 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use handlebars::Context;
+use hookrelay::condition::MatchInput;
 use hookrelay::config::env::{Lookup, ProcessEnv};
-use hookrelay::config::{self, Snapshot};
 use hookrelay::inbound::InboundRequest;
 use hookrelay::render;
-use hookrelay::routing::condition::MatchInput;
 use hookrelay::routing::{self, path::PathPattern, Route};
+use hookrelay::snapshot::{self, Snapshot};
 use hookrelay::template::{Escape, TemplateEngine, TemplateId};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{json, Map, Value};
@@ -52,7 +52,7 @@ pub fn config_load(dir: &Path, data: &[u8]) {
     if let Err(err) = std::fs::write(&path, data) {
         panic!("harness: cannot write {}: {err}", path.display());
     }
-    let Ok(snapshot) = config::load(&path, &ProcessEnv) else {
+    let Ok(snapshot) = snapshot::load(&path, &ProcessEnv) else {
         return;
     };
     for route in snapshot.routes.iter() {
@@ -179,7 +179,7 @@ impl BodyMatch {
         if let Err(err) = std::fs::write(&path, BODY_MATCH_CONFIG) {
             panic!("harness: cannot write {}: {err}", path.display());
         }
-        match config::load(&path, &NoEnv) {
+        match snapshot::load(&path, &NoEnv) {
             Ok(snapshot) => BodyMatch { snapshot },
             Err(errors) => panic!("harness: the body_match config must load:\n{errors}"),
         }

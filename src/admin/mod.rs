@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 
 use crate::delivery::client::{full, Body};
-use crate::delivery::engine::now_ms;
+use crate::engine::now_ms;
 use crate::redact::Redactions;
 use crate::relay::{Relay, ReloadOutcome};
 use crate::reload::reload_now;

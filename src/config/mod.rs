@@ -1,9 +1,8 @@
-//! Configuration: reads `hookrelay.yaml` and its includes, expands `${VAR}`, and compiles
-//! everything into one immutable [`Snapshot`]. Startup, `hookrelay check` and reloads all
-//! go through [`load`], which reports every error at once with file, line:column and
-//! YAML path.
+//! Configuration as written: the raw serde model of `hookrelay.yaml`, `${VAR}` expansion,
+//! positions of YAML paths, units, and the errors with file, line:column and YAML path.
+//! Compiling it into what the relay runs on is [`crate::settings`] and
+//! [`crate::snapshot`]; this module knows none of the domains.
 
-pub mod compile;
 pub mod env;
 pub mod locate;
 pub mod model;
@@ -12,7 +11,6 @@ pub mod units;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use compile::{AdminSettings, Limits, Settings, Snapshot, Upstream};
 use locate::{Locator, Position};
 
 /// Problems found while compiling one file, as (YAML path, message) pairs; turned into
@@ -102,14 +100,14 @@ pub struct SourceFile {
     pub path: PathBuf,
     locator: Locator,
     /// YAML paths whose `${VAR}` expansion failed.
-    unexpanded: Vec<String>,
+    pub(crate) unexpanded: Vec<String>,
     /// The text before expansion of every value that held a `${VAR}`, by YAML path.
     pub from_env: std::collections::HashMap<String, String>,
 }
 
 impl SourceFile {
     /// An API route has no file: errors name it and carry no position.
-    fn api(name: &str) -> SourceFile {
+    pub(crate) fn api(name: &str) -> SourceFile {
         SourceFile {
             path: PathBuf::from(format!("api route {name:?}")),
             locator: Locator::new(""),
@@ -118,7 +116,7 @@ impl SourceFile {
         }
     }
 
-    fn new(path: &Path, text: &str) -> SourceFile {
+    pub(crate) fn new(path: &Path, text: &str) -> SourceFile {
         SourceFile { path: path.to_path_buf(), locator: Locator::new(text), unexpanded: Vec::new(), from_env: Default::default() }
     }
 
@@ -128,7 +126,7 @@ impl SourceFile {
 
     /// Adds located problems, except those under a value whose `${VAR}` failed to expand:
     /// that error is already reported, and the unexpanded text would only add noise.
-    fn collect(&self, problems: Problems, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
+    pub(crate) fn collect(&self, problems: Problems, errors: &mut Vec<ConfigError>, warnings: &mut Vec<ConfigError>) {
         let fresh = problems
             .items
             .into_iter()
@@ -150,20 +148,10 @@ pub struct ApiRoute {
     pub definition: serde_json::Value,
 }
 
-/// Loads and compiles the config at `path`, reading `${VAR}` from `env`.
-pub fn load(path: &Path, env: &dyn env::Lookup) -> Result<Snapshot, ConfigErrors> {
-    compile::load_and_compile(path, env, &[])
-}
-
-/// Like [`load`], with the routes kept in the store after the file's routes.
-pub fn load_with_api_routes(path: &Path, env: &dyn env::Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
-    compile::load_and_compile(path, env, api_routes)
-}
-
 /// Turns a serde error from reading a YAML tree into a located config error. serde's
 /// "unknown field" errors name the field but point at its parent, so the field is added
 /// to the path to point at the offending key.
-fn serde_error(file: &SourceFile, prefix: &str, err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+pub(crate) fn serde_error(file: &SourceFile, prefix: &str, err: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
     let inner = err.inner().to_string();
     let mut path = join_path(prefix, &err.path().to_string());
     if let Some(field) = inner.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {

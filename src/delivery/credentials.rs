@@ -6,7 +6,7 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::delivery::target::OutgoingRequest;
+use crate::delivery::request::OutgoingRequest;
 
 #[derive(Debug, Default)]
 pub struct EnvCredentials {

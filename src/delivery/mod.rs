@@ -1,11 +1,11 @@
-//! Delivery: compiled targets and their rendering, the shared HTTP client, the retry
-//! schedule, and the engine that sends stored deliveries in the background.
+//! Delivery: compiled targets and their rendering, credentials and signing, the shared
+//! HTTP client and its guard, one attempt and its verdict, the retry schedule. The engine
+//! that sends stored deliveries in the background is [`crate::engine`].
 
 pub mod answers;
 pub mod attempt;
 pub mod client;
 pub mod credentials;
-pub mod engine;
 pub mod guard;
 pub mod preset;
 pub mod request;

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::config::model::{RawHmac, RawSign};
 use crate::config::Problems;
-use crate::delivery::target::OutgoingRequest;
-use crate::verify::{hmac_digest, HmacAlgorithm, SignatureEncoding};
+use crate::delivery::request::OutgoingRequest;
+use crate::signature::{hmac_digest, standard_webhooks_key, HmacAlgorithm, SignatureEncoding};
 
 #[derive(Debug, Clone)]
 pub enum Signer {
@@ -138,14 +138,6 @@ impl Signer {
     }
 }
 
-/// A Standard Webhooks secret: `whsec_` followed by base64 key bytes.
-pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| "a Standard Webhooks secret is `whsec_` followed by base64".to_string())
-}
-
 pub fn compile(raw: &RawSign, at: &str, problems: &mut Problems) -> Option<Signer> {
     let given = [raw.standard_webhooks.is_some(), raw.github.is_some(), raw.hmac.is_some(), raw.dingtalk.is_some(), raw.feishu.is_some()];
     if given.iter().filter(|g| **g).count() != 1 {
@@ -185,7 +177,7 @@ pub fn compile(raw: &RawSign, at: &str, problems: &mut Problems) -> Option<Signe
 }
 
 fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> Option<Signer> {
-    let check = crate::verify::compile_hmac(raw, at, problems)?;
+    let check = crate::signature::compile_hmac(raw, at, problems)?;
     Some(Signer::Hmac {
         header: check.header,
         secret: check.secret,

@@ -11,20 +11,22 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
-use crate::config::units::parse_duration;
-use crate::config::{Problems, Upstream};
+use crate::condition::Condition;
+use crate::config::model::RawRateLimit;
+use crate::config::Problems;
 use crate::delivery::answers::AnswerCodes;
 use crate::delivery::credentials::EnvCredentials;
 pub use crate::delivery::request::{OutgoingRequest, RenderError, WireRequest};
-use crate::delivery::retry::{RetryOn, RetryPolicy};
+use crate::delivery::retry::RetryPolicy;
 use crate::delivery::sign::{SignError, Signer};
 use crate::inbound::InboundRequest;
-use crate::ratelimit::{compile_spec, LimitSpec};
-use crate::redact::redact_url;
-use crate::routing::condition::{compile_match, Condition};
-use crate::template::{Escape, TemplateEngine, TemplateId};
-use crate::verify::basic_auth_header;
+use crate::ratelimit::LimitSpec;
+use crate::settings::Upstream;
+use crate::signature::basic_auth_header;
+use crate::template::{TemplateEngine, TemplateId};
+
+mod compile;
+pub use compile::{compile, compile_retry, valid_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentKind {
@@ -367,327 +369,9 @@ fn render_structured(tree: &Structured, engine: &TemplateEngine, context: &Conte
     })
 }
 
-/// A leaf that is one expression and nothing else (`{{x.y}}`, `{{{x.y}}}`, `{{json x}}`,
-/// `{{len body.commits}}`): the template that renders its value as JSON, so the leaf keeps
-/// the value's type. Blocks, comments and partials are not single values.
-fn typed_leaf(text: &str) -> Option<String> {
-    let trimmed = text.trim();
-    let inner = trimmed
-        .strip_prefix("{{{")
-        .and_then(|t| t.strip_suffix("}}}"))
-        .or_else(|| trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")))?
-        .trim();
-    if inner.is_empty()
-        || inner.contains("{{")
-        || inner.contains("}}")
-        || inner.starts_with(['#', '/', '^', '!', '>', '~'])
-        || inner == "else"
-    {
-        return None;
-    }
-    if inner.starts_with("json ") {
-        return Some(format!("{{{{{inner}}}}}"));
-    }
-    if inner.contains(char::is_whitespace) {
-        return Some(format!("{{{{json ({inner})}}}}"));
-    }
-    Some(format!("{{{{json {inner}}}}}"))
-}
-
-fn compile_structured(value: &Value, at: &str, strict: bool, ctx: &mut CompileCtx<'_>) -> Structured {
-    match value {
-        Value::String(text) if text.contains("{{") => {
-            if let Some(typed) = typed_leaf(text) {
-                return compile_template(&typed, Escape::Plain, strict, at, ctx)
-                    .map(Structured::Typed)
-                    .unwrap_or(Structured::Literal(Value::Null));
-            }
-            compile_template(text, Escape::Plain, strict, at, ctx).map(Structured::Text).unwrap_or(Structured::Literal(Value::Null))
-        }
-        Value::Array(items) => Structured::Array(
-            items.iter().enumerate().map(|(i, item)| compile_structured(item, &format!("{at}[{i}]"), strict, ctx)).collect(),
-        ),
-        Value::Object(fields) => {
-            Structured::Object(fields.iter().map(|(k, v)| (k.clone(), compile_structured(v, &format!("{at}.{k}"), strict, ctx))).collect())
-        }
-        other => Structured::Literal(other.clone()),
-    }
-}
-
-fn compile_template(source: &str, escape: Escape, strict: bool, at: &str, ctx: &mut CompileCtx<'_>) -> Option<TemplateId> {
-    match ctx.templates.compile(source, escape, strict) {
-        Ok(id) => Some(id),
-        Err(err) => {
-            ctx.problems.push(at, err.to_string());
-            None
-        }
-    }
-}
-
-/// `overrides` merged field by field over `base` (the compiled `defaults.retry`).
-pub fn compile_retry(overrides: &RawRetry, base: &RetryPolicy, at: &str, problems: &mut Problems) -> RetryPolicy {
-    let duration = |name: &str, value: &Option<String>, fallback: Duration, problems: &mut Problems| match value {
-        Some(text) => parse_duration(text).unwrap_or_else(|message| {
-            problems.push(format!("{at}.{name}"), message);
-            fallback
-        }),
-        None => fallback,
-    };
-    let policy = RetryPolicy {
-        max_attempts: overrides.max_attempts.unwrap_or(base.max_attempts),
-        initial: duration("initial", &overrides.initial, base.initial, problems),
-        max: duration("max", &overrides.max, base.max, problems),
-        factor: overrides.factor.unwrap_or(base.factor),
-        jitter: overrides.jitter.unwrap_or(base.jitter),
-        max_age: duration("max_age", &overrides.max_age, base.max_age, problems),
-        retry_on: match &overrides.retry_on {
-            Some(items) => RetryOn::parse(items).unwrap_or_else(|message| {
-                problems.push(format!("{at}.retry_on"), message);
-                base.retry_on.clone()
-            }),
-            None => base.retry_on.clone(),
-        },
-    };
-    if policy.max_attempts == 0 {
-        problems.push(format!("{at}.max_attempts"), "max_attempts must be at least 1");
-    }
-    if !(policy.factor >= 1.0 && policy.factor.is_finite()) {
-        problems.push(format!("{at}.factor"), "factor must be a number ≥ 1");
-    }
-    policy
-}
-
-pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>) -> Option<Target> {
-    let with_preset = crate::delivery::preset::apply(raw, at, ctx.problems);
-    let raw = &with_preset;
-    let name = raw.name.clone().unwrap_or_else(|| index.to_string());
-    if !valid_name(&name) {
-        ctx.problems.push(format!("{at}.name"), format!("target name {name:?} must match [a-z0-9_-]+"));
-    }
-    // Literal userinfo (`https://user:pass@host/…`, as Codeup documents) is config, not
-    // data: it becomes the target's credentials and leaves the URL.
-    let (url_text, userinfo) = split_userinfo(&raw.url);
-    let mut env_credentials = EnvCredentials::default();
-    let url_text = match ctx.from_env.get(&format!("{at}.url")) {
-        Some(original) => env_credentials.take_from_url(&url_text, original),
-        None => url_text,
-    };
-    let url = match url_text.strip_prefix("upstream:") {
-        Some(path) => compile_template(path, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
-        None => {
-            if !url_text.contains("{{") {
-                match url::Url::parse(&url_text) {
-                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                    Ok(parsed) => ctx.problems.push(format!("{at}.url"), format!("scheme {:?} is not http or https", parsed.scheme())),
-                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", redact_url(&raw.url))),
-                }
-            }
-            compile_template(&url_text, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
-        }
-    };
-    let method = match Method::from_bytes(raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().as_bytes()) {
-        Ok(method) => method,
-        Err(_) => {
-            ctx.problems.push(format!("{at}.method"), format!("invalid method {:?}", raw.method));
-            Method::POST
-        }
-    };
-    let mut query = Vec::new();
-    for (name, value) in &raw.query {
-        let here = format!("{at}.query.{name}");
-        if ctx.from_env.contains_key(&here) && !value.contains("{{") {
-            env_credentials.add_query_value(name, value);
-        } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
-            query.push((name.clone(), id));
-        }
-    }
-    let mut headers = Vec::new();
-    for (name, value) in &raw.headers {
-        let here = format!("{at}.headers.{name}");
-        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-            ctx.problems.push(here, format!("{name:?} is not a valid header name"));
-            continue;
-        };
-        if value.contains(['\r', '\n']) {
-            ctx.problems.push(here, "header values may not contain CR or LF");
-            continue;
-        }
-        if ctx.from_env.contains_key(&here) && !value.contains("{{") {
-            match HeaderValue::from_str(value) {
-                Ok(value) => env_credentials.add_header(header, value),
-                Err(_) => ctx.problems.push(here, "the value has characters not allowed in a header"),
-            }
-        } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
-            headers.push((header, id));
-        }
-    }
-    let basic_auth = raw.basic_auth.clone().or(userinfo);
-    let authorization = match (&basic_auth, &raw.bearer) {
-        (Some(_), Some(_)) => {
-            ctx.problems.push(format!("{at}.bearer"), "give either basic_auth or bearer, not both");
-            None
-        }
-        (Some(auth), None) => HeaderValue::from_str(&basic_auth_header(auth)).ok(),
-        (None, Some(token)) => match HeaderValue::from_str(&format!("Bearer {token}")) {
-            Ok(value) => Some(value),
-            Err(_) => {
-                ctx.problems.push(format!("{at}.bearer"), "the token has characters not allowed in a header");
-                None
-            }
-        },
-        (None, None) => None,
-    }
-    .map(|mut value| {
-        value.set_sensitive(true);
-        value
-    });
-    let content = match raw.content_type.as_deref() {
-        None if raw.body.is_none() => ContentKind::Raw,
-        None | Some("json") => ContentKind::Json,
-        Some("form") => ContentKind::Form,
-        Some("text") => ContentKind::Text,
-        Some("raw") => ContentKind::Raw,
-        Some(other) => {
-            ctx.problems.push(format!("{at}.content_type"), format!("unknown content_type {other:?} (json, form, text, raw)"));
-            ContentKind::Json
-        }
-    };
-    let body_at = format!("{at}.body");
-    let body = match (&raw.body, content) {
-        (None, _) => BodySpec::Original,
-        (Some(_), ContentKind::Raw) => {
-            ctx.problems.push(body_at, "content_type raw sends the original body: remove `body` or pick json, form or text");
-            BodySpec::Original
-        }
-        (Some(Value::String(text)), kind) => {
-            let escape = match kind {
-                ContentKind::Json => Escape::Json,
-                ContentKind::Form => Escape::UrlPath,
-                ContentKind::Text | ContentKind::Raw => Escape::Plain,
-            };
-            compile_template(text, escape, raw.strict, &body_at, ctx).map(BodySpec::Template).unwrap_or(BodySpec::Original)
-        }
-        (Some(tree @ (Value::Object(_) | Value::Array(_))), ContentKind::Json | ContentKind::Form) => {
-            if content == ContentKind::Form && !tree.is_object() {
-                ctx.problems.push(body_at.clone(), "a form body must be a mapping");
-            }
-            BodySpec::Structured(compile_structured(tree, &body_at, raw.strict, ctx))
-        }
-        (Some(_), _) => {
-            ctx.problems.push(body_at, "body must be a string template, or a mapping/sequence for json and form");
-            BodySpec::Original
-        }
-    };
-    let when = raw.when.as_ref().and_then(|w| compile_template(w, Escape::Plain, raw.strict, &format!("{at}.when"), ctx));
-    let timeout = match &raw.timeout {
-        Some(text) => parse_duration(text).unwrap_or_else(|message| {
-            ctx.problems.push(format!("{at}.timeout"), message);
-            ctx.defaults.timeout
-        }),
-        None => ctx.defaults.timeout,
-    };
-    if let Some(statuses) = &raw.success {
-        if statuses.is_empty() || statuses.iter().any(|s| !(100..=599).contains(s)) {
-            ctx.problems.push(format!("{at}.success"), "success must list HTTP statuses between 100 and 599");
-        }
-    }
-    let retry = match &raw.retry {
-        Some(overrides) => compile_retry(overrides, &ctx.defaults.retry, &format!("{at}.retry"), ctx.problems),
-        None => ctx.defaults.retry.clone(),
-    };
-    let success_when = (!raw.success_when.is_empty()).then(|| {
-        let conditions = RawMatch { body: raw.success_when.clone(), ..RawMatch::default() };
-        let mut found = Problems::default();
-        let condition = compile_match(&conditions, &format!("{at}.success_when"), true, &mut found);
-        // The conditions were compiled as a match's `body:` list; report them where they are written.
-        for (path, message) in found.iter() {
-            ctx.problems.push(path.replace(".success_when.body[", ".success_when["), message);
-        }
-        condition
-    });
-    let ordered_by =
-        raw.ordered_by.as_ref().and_then(|key| compile_template(key, Escape::Plain, raw.strict, &format!("{at}.ordered_by"), ctx));
-    let rate_limit = match raw.rate_limit.as_ref().or(ctx.defaults.rate_limit.as_ref()) {
-        Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
-        None => None,
-    };
-    Some(Target {
-        name,
-        url: url?,
-        url_source: redact_url(&raw.url),
-        method,
-        query,
-        headers,
-        authorization,
-        env_credentials,
-        content,
-        body,
-        success: raw.success.as_deref().map(Arc::from),
-        timeout,
-        retry,
-        rate_limit,
-        signer: raw.sign.as_ref().and_then(|sign| crate::delivery::sign::compile(sign, &format!("{at}.sign"), ctx.problems)),
-        trusted: true,
-        when,
-        success_when,
-        answer_codes: crate::delivery::answers::for_preset(raw.preset.as_deref()),
-        ordered_by,
-    })
-}
-
-fn compile_limit(raw: &RawRateLimit, default_key: &str, at: &str, ctx: &mut CompileCtx<'_>) -> Option<TargetLimit> {
-    let spec = compile_spec(raw.per_second, raw.per_minute, raw.per_hour, raw.burst, raw.window, at, ctx.problems)?;
-    let key = raw.key.clone().unwrap_or_else(|| default_key.to_string());
-    let max_wait = match &raw.max_wait {
-        Some(text) => parse_duration(text).map_err(|message| ctx.problems.push(format!("{at}.max_wait"), message)).ok()?,
-        None => Duration::from_secs(2),
-    };
-    match ctx.limit_keys.get(&key) {
-        Some(existing) if *existing != spec => {
-            ctx.problems.push(
-                format!("{at}.key"),
-                format!("rate-limit key {key:?} is used elsewhere with different settings; targets sharing a key share one bucket"),
-            );
-            None
-        }
-        _ => {
-            ctx.limit_keys.insert(key.clone(), spec);
-            Some(TargetLimit { key, spec, max_wait })
-        }
-    }
-}
-
-/// Splits literal `user:password@` out of an absolute URL (not when it is templated).
-fn split_userinfo(url: &str) -> (String, Option<crate::config::model::RawBasicAuth>) {
-    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else { return (url.to_string(), None) };
-    if userinfo.contains("{{") {
-        return (url.to_string(), None);
-    }
-    let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
-    let (username, password) = userinfo.split_once(':').map(|(u, p)| (decode(u), decode(p))).unwrap_or((decode(userinfo), String::new()));
-    (format!("{scheme}://{host}{tail}"), Some(crate::config::model::RawBasicAuth { username, password }))
-}
-
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literal_userinfo_becomes_credentials() {
-        let (url, auth) = split_userinfo("https://ci%40corp:pa%3Ass@host:8443/v2/x?y=1");
-        assert_eq!(url, "https://host:8443/v2/x?y=1");
-        let auth = auth.unwrap();
-        assert_eq!((auth.username.as_str(), auth.password.as_str()), ("ci@corp", "pa:ss"));
-        assert_eq!(split_userinfo("https://host/a@b").1.map(|a| a.username), None);
-        assert!(split_userinfo("https://{{vars.user}}@host/").1.is_none());
-    }
 
     #[test]
     fn dot_segments_are_refused() {
@@ -695,17 +379,5 @@ mod tests {
         assert!(reject_dot_segments("https://h/a/%2E%2e/b").is_err());
         assert!(reject_dot_segments("/internal/./x").is_err());
         assert!(reject_dot_segments("https://h/a/..b/c?x=..").is_ok());
-    }
-
-    #[test]
-    fn typed_leaves_are_recognised() {
-        assert_eq!(typed_leaf("{{body.commits}}").as_deref(), Some("{{json body.commits}}"));
-        assert_eq!(typed_leaf(" {{json body.a.[0]}} ").as_deref(), Some("{{json body.a.[0]}}"));
-        assert_eq!(typed_leaf("{{{body.x}}}").as_deref(), Some("{{json body.x}}"));
-        assert_eq!(typed_leaf("{{len body.commits}}").as_deref(), Some("{{json (len body.commits)}}"));
-        assert_eq!(typed_leaf("a {{body.x}}"), None);
-        assert_eq!(typed_leaf("{{body.x}} {{body.y}}"), None);
-        assert_eq!(typed_leaf("{{#if x}}y{{/if}}"), None);
-        assert_eq!(typed_leaf("{{! note }}"), None);
     }
 }

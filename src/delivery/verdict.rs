@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
+use crate::condition::{Condition, MatchInput};
 use crate::delivery::answers::{AnswerCodes, CodeClass};
 use crate::delivery::client::Attempt;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::target::{is_success, Target, TargetLimit};
-use crate::routing::condition::{Condition, MatchInput};
 use crate::store::AttemptOutcome;
 
 /// The longest `Retry-After` honoured; a receiver cannot park a delivery for longer.
@@ -195,7 +195,7 @@ mod tests {
                 body: vec![serde_json::from_value(serde_json::json!({ "path": "$.errcode", "equals": 0 })).unwrap()],
                 ..Default::default()
             };
-            crate::routing::condition::compile_match(&raw, "t", true, &mut crate::config::Problems::default())
+            crate::condition::compile_match(&raw, "t", true, &mut crate::config::Problems::default())
         };
         let settings = TargetSettings {
             timeout: Duration::from_secs(10),

@@ -1,7 +1,6 @@
 //! The compiled route table and the pure selection of routes for one request: path and
 //! method, source event extraction, conditions, `final`. No I/O happens here.
 
-pub mod condition;
 pub mod path;
 pub mod source;
 
@@ -10,12 +9,12 @@ use std::collections::HashMap;
 use http::Method;
 use serde_json::Value;
 
+use crate::condition::{Condition, MatchInput};
 use crate::config::model::Respond;
 use crate::delivery::target::Target;
 use crate::inbound::InboundRequest;
 use crate::ratelimit::LimitSpec;
 use crate::verify::Check;
-use condition::{Condition, MatchInput};
 use path::{Params, PathPattern};
 use source::{EventInfo, Source};
 

@@ -6,6 +6,7 @@ use serde_json::Value;
 use serde_json_path::JsonPath;
 
 use crate::values::scalar_text;
+use crate::verify::{SecretScheme, TOKEN_HEADER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -36,6 +37,21 @@ impl SourceKind {
             "standard" => SourceKind::Standard,
             _ => return None,
         })
+    }
+
+    /// What `verify: { secret: … }` checks for this platform.
+    pub fn secret_scheme(self) -> SecretScheme {
+        match self {
+            SourceKind::Github => SecretScheme::HubSignature,
+            SourceKind::Gitlab => SecretScheme::HeaderToken("x-gitlab-token"),
+            SourceKind::Codeup => SecretScheme::HeaderToken("x-codeup-token"),
+            SourceKind::Tapd => SecretScheme::BodyField("secret"),
+            SourceKind::Gitee => SecretScheme::Gitee,
+            // Neither signs its webhooks; both let users add custom headers.
+            SourceKind::Codearts | SourceKind::Bkrepo => SecretScheme::HeaderToken(TOKEN_HEADER),
+            SourceKind::Standard => SecretScheme::StandardWebhooks,
+            SourceKind::Generic => SecretScheme::Unsupported,
+        }
     }
 }
 

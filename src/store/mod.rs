@@ -11,6 +11,7 @@
 //! before showing them. Attempt records arrive already redacted.
 
 pub mod ownership;
+mod rows;
 mod schema;
 mod sqlite;
 #[cfg(test)]

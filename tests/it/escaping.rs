@@ -7,9 +7,10 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use hookrelay::config::{self, env::ProcessEnv, Snapshot};
+use hookrelay::config::env::ProcessEnv;
 use hookrelay::inbound::InboundRequest;
 use hookrelay::render::{dry_run, TargetReport};
+use hookrelay::snapshot::{self, Snapshot};
 
 fn snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<(tempfile::TempDir, Snapshot)> = OnceLock::new();
@@ -41,7 +42,7 @@ routes:
 "#,
         )
         .unwrap();
-        let snapshot = config::load(&path, &ProcessEnv).unwrap();
+        let snapshot = snapshot::load(&path, &ProcessEnv).unwrap();
         (dir, snapshot)
     });
     snapshot

@@ -1,6 +1,7 @@
 //! Integration tests: the real relay on 127.0.0.1:0, a real sink, real files on disk.
 
 mod api_routes;
+mod architecture;
 mod cli;
 mod delivery;
 mod escaping;

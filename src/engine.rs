@@ -12,13 +12,13 @@ use futures_util::future::join_all;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::config::Snapshot;
 use crate::delivery::attempt::AttemptSettings;
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
 use crate::delivery::target::OutgoingRequest;
 use crate::delivery::verdict::{decide, TargetSettings};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
+use crate::snapshot::Snapshot;
 use crate::store::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoredRequest,
 };

@@ -1,0 +1,223 @@
+//! The relay-wide settings of a config (listeners, TLS, admin, upstream, limits, store,
+//! outbound), compiled and validated from the raw model. Everything else in a snapshot is
+//! routes: see [`crate::snapshot`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::model::RawConfig;
+use crate::config::units::{parse_duration, parse_size};
+use crate::config::Problems;
+
+/// The service hookrelay sits beside.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub base: url::Url,
+}
+
+impl Upstream {
+    /// Joins an `upstream:` target path (with optional query) onto the base URL.
+    pub fn join(&self, path_and_query: &str) -> Result<url::Url, String> {
+        let mut joined = self.base.clone();
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let base_path = self.base.path().trim_end_matches('/');
+        joined.set_path(&format!("{base_path}/{}", path.trim_start_matches('/')));
+        joined.set_query(query);
+        Ok(joined)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body: u64,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub queue_capacity: usize,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_streams: u32,
+    pub shutdown_grace: Duration,
+    /// `None`: wait for a proxied service's answer as long as it takes (long polling).
+    pub upstream_header_timeout: Option<Duration>,
+    pub max_buffered_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            queue_capacity: 10_000,
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_streams: 100,
+            shutdown_grace: Duration::from_secs(10),
+            upstream_header_timeout: Some(Duration::from_secs(60)),
+            max_buffered_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Inbound HTTPS, validated (certificate and key read and matched) at load.
+    pub tls: Option<crate::tls::TlsSettings>,
+    pub admin: Option<AdminSettings>,
+    pub upstream: Option<Upstream>,
+    pub limits: Limits,
+    pub store_path: PathBuf,
+    /// How long finished events stay in the store.
+    pub retention: Duration,
+    /// Extra CAs for HTTPS targets (`outbound.ca_file`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub allow_private: bool,
+}
+
+/// Compiles the settings part of the main file.
+pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems) -> Settings {
+    let listen = parse_addr(raw.listen.as_deref().unwrap_or("0.0.0.0:8080"), "listen", problems);
+    let admin = raw.admin.as_ref().map(|admin| AdminSettings {
+        listen: parse_addr(&admin.listen, "admin.listen", problems),
+        token: admin.token.clone().filter(|t| !t.is_empty()),
+    });
+    if let Some(admin) = &admin {
+        if admin.token.is_none() && !admin.listen.ip().is_loopback() {
+            problems.push("admin.listen", "an admin listener without a token may only bind a loopback address: set admin.token");
+        }
+    }
+    let upstream = raw.upstream.as_ref().and_then(|text| match url::Url::parse(text) {
+        Ok(base) if matches!(base.scheme(), "http" | "https") => Some(Upstream { base }),
+        Ok(_) => {
+            problems.push("upstream", "upstream must be an http:// or https:// URL");
+            None
+        }
+        Err(err) => {
+            problems.push("upstream", format!("invalid URL {text:?}: {err}"));
+            None
+        }
+    });
+    let defaults = Limits::default();
+    let mut duration = |value: &Option<String>, at: &str, fallback: Duration| match value {
+        Some(text) => parse_duration(text).unwrap_or_else(|m| {
+            problems.push(at, m);
+            fallback
+        }),
+        None => fallback,
+    };
+    let header_timeout = duration(&raw.limits.header_timeout, "limits.header_timeout", defaults.header_timeout);
+    let shutdown_grace = duration(&raw.limits.shutdown_grace, "limits.shutdown_grace", defaults.shutdown_grace);
+    let request_timeout = duration(&raw.limits.request_timeout, "limits.request_timeout", defaults.request_timeout);
+    let max_body = match &raw.limits.max_body {
+        Some(text) => parse_size(text).unwrap_or_else(|m| {
+            problems.push("limits.max_body", m);
+            defaults.max_body
+        }),
+        None => defaults.max_body,
+    };
+    let upstream_header_timeout = match raw.limits.upstream_header_timeout.as_deref().map(str::trim) {
+        Some("0") => None,
+        Some(text) => match parse_duration(text) {
+            Ok(duration) if duration.is_zero() => None,
+            Ok(duration) => Some(duration),
+            Err(message) => {
+                problems.push("limits.upstream_header_timeout", message);
+                defaults.upstream_header_timeout
+            }
+        },
+        None => defaults.upstream_header_timeout,
+    };
+    let max_buffered_bytes = match &raw.limits.max_buffered_bytes {
+        Some(text) => parse_size(text).unwrap_or_else(|m| {
+            problems.push("limits.max_buffered_bytes", m);
+            defaults.max_buffered_bytes
+        }),
+        None => defaults.max_buffered_bytes.max(max_body),
+    };
+    if max_buffered_bytes < max_body {
+        problems.push("limits.max_buffered_bytes", "must be at least limits.max_body, or no request of that size could be read");
+    }
+    let max_header_bytes = match &raw.limits.max_header_bytes {
+        // hyper needs room for at least one full read buffer.
+        Some(text) => parse_size(text).map(|size| usize::try_from(size).unwrap_or(usize::MAX).max(8192)).unwrap_or_else(|m| {
+            problems.push("limits.max_header_bytes", m);
+            defaults.max_header_bytes
+        }),
+        None => defaults.max_header_bytes,
+    };
+    let store_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let store_path =
+        raw.store.as_ref().and_then(|s| s.path.clone()).map(|p| store_dir.join(p)).unwrap_or_else(|| store_dir.join("data/hookrelay.db"));
+    let retention = match raw.store.as_ref().and_then(|s| s.retention.as_ref()) {
+        Some(text) => parse_duration(text).unwrap_or_else(|message| {
+            problems.push("store.retention", message);
+            Duration::from_secs(7 * 24 * 3600)
+        }),
+        None => Duration::from_secs(7 * 24 * 3600),
+    };
+    let extra_roots = match &raw.outbound.ca_file {
+        Some(file) => {
+            let full = store_dir.join(file);
+            let loaded: Result<Vec<_>, _> = CertificateDer::pem_file_iter(&full).and_then(|certs| certs.collect());
+            match loaded {
+                Ok(certs) if !certs.is_empty() => certs,
+                Ok(_) => {
+                    problems.push("outbound.ca_file", format!("{} holds no PEM certificate", full.display()));
+                    Vec::new()
+                }
+                Err(err) => {
+                    problems.push("outbound.ca_file", format!("cannot read certificates from {}: {err}", full.display()));
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    let tls = raw.tls.as_ref().and_then(|tls| crate::tls::compile(tls, &store_dir, problems));
+    Settings {
+        listen,
+        tls,
+        admin,
+        upstream,
+        limits: Limits {
+            max_body,
+            header_timeout,
+            request_timeout,
+            queue_capacity: raw.limits.queue_capacity.unwrap_or(defaults.queue_capacity).max(1),
+            max_connections: raw.limits.max_connections.unwrap_or(defaults.max_connections).max(1),
+            max_header_bytes,
+            max_headers: raw.limits.max_headers.unwrap_or(defaults.max_headers).max(1),
+            max_streams: raw.limits.max_streams.unwrap_or(defaults.max_streams).max(1),
+            shutdown_grace,
+            upstream_header_timeout,
+            max_buffered_bytes,
+        },
+        store_path,
+        retention,
+        extra_roots,
+        allow_private: raw.outbound.allow_private,
+    }
+}
+
+fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| {
+        problems.push(at, format!("{text:?} is not an address like 127.0.0.1:8080 or [::]:8080"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}

@@ -1,0 +1,189 @@
+//! Row mappings for [`super::sqlite`]: the column lists, SQL rows to the store's domain
+//! types and back (headers and definitions as JSON, statuses as text), and newest-first
+//! paging over a table's `seq`.
+
+use bytes::Bytes;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use rusqlite::{params_from_iter, Connection, Row, ToSql};
+
+use super::{
+    page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, Page, StoreError, StoredRequest, StoredRequestView,
+    StoredRoute,
+};
+
+/// A newest-first page over a table's `seq`, with optional equality filters.
+pub(super) struct PageQuery {
+    conditions: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl PageQuery {
+    /// Cursors are the `seq` of the last item of the previous page, in base 10.
+    pub(super) fn new(cursor: Option<&str>) -> Result<PageQuery, StoreError> {
+        let mut query = PageQuery { conditions: Vec::new(), values: Vec::new() };
+        if let Some(cursor) = cursor {
+            let seq: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
+            query.values.push(Value::Integer(seq));
+            query.conditions.push(format!("seq < ?{}", query.values.len()));
+        }
+        Ok(query)
+    }
+
+    /// `column` is always a literal from this file, never input.
+    pub(super) fn filter(&mut self, column: &str, value: Option<String>) {
+        if let Some(value) = value {
+            self.values.push(Value::Text(value));
+            self.conditions.push(format!("{column} = ?{}", self.values.len()));
+        }
+    }
+
+    pub(super) fn run<T>(
+        mut self,
+        conn: &Connection,
+        select: &str,
+        limit: usize,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<(i64, T)>,
+    ) -> Result<Page<T>, StoreError> {
+        let limit = page_size(limit);
+        // One extra row tells whether another page follows.
+        self.values.push(Value::Integer(limit as i64 + 1));
+        let filter = if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
+        let sql = format!("{select} {filter} ORDER BY seq DESC LIMIT ?{}", self.values.len());
+        let mut rows: Vec<(i64, T)> =
+            conn.prepare_cached(&sql)?.query_map(params_from_iter(self.values), map)?.collect::<Result<_, _>>()?;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(seq, _)| seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items: rows.into_iter().map(|(_, item)| item).collect(), next_cursor })
+    }
+}
+
+pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body";
+pub(super) const DELIVERY_COLUMNS: &str = "seq, id, event_id, route, target, status, attempts, next_attempt_at, created_at, updated_at, \
+                                last_status, last_error, req_method, req_url, req_headers, req_body";
+pub(super) const CLAIM_COLUMNS: &str = "d.seq, d.id, d.event_id, d.route, d.target, d.req_method, d.req_url, d.req_headers, d.req_body, \
+                             d.attempts, d.created_at, d.guarded";
+pub(super) const ROUTE_COLUMNS: &str = "name, definition, created_at, updated_at";
+
+pub(super) fn event_view(row: &Row<'_>) -> rusqlite::Result<EventView> {
+    Ok(EventView {
+        id: row.get("id")?,
+        received_at: row.get("received_at")?,
+        route: row.get("route")?,
+        event: row.get("event")?,
+        delivery_id: row.get("delivery_id")?,
+        method: row.get("method")?,
+        path: row.get("path")?,
+        headers: row.get::<_, Headers>("headers")?.0,
+        body: lossy(row.get("body")?),
+        deliveries: Vec::new(),
+    })
+}
+
+pub(super) fn delivery_view(row: &Row<'_>) -> rusqlite::Result<(i64, DeliveryView)> {
+    let view = DeliveryView {
+        id: row.get("id")?,
+        event_id: row.get("event_id")?,
+        route: row.get("route")?,
+        target: row.get("target")?,
+        status: row.get("status")?,
+        attempts: row.get("attempts")?,
+        next_attempt_at: row.get("next_attempt_at")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+        last_status: row.get("last_status")?,
+        last_error: row.get("last_error")?,
+        request: StoredRequestView {
+            method: row.get("req_method")?,
+            url: row.get("req_url")?,
+            headers: row.get::<_, Headers>("req_headers")?.0,
+            body: lossy(row.get("req_body")?),
+        },
+    };
+    Ok((row.get("seq")?, view))
+}
+
+pub(super) fn claimed_delivery(row: &Row<'_>) -> rusqlite::Result<(i64, ClaimedDelivery)> {
+    let delivery = ClaimedDelivery {
+        id: row.get("id")?,
+        event_id: row.get("event_id")?,
+        route: row.get("route")?,
+        target: row.get("target")?,
+        request: StoredRequest {
+            method: row.get("req_method")?,
+            url: row.get("req_url")?,
+            headers: row.get::<_, Headers>("req_headers")?.0,
+            body: Bytes::from(row.get::<_, Vec<u8>>("req_body")?),
+        },
+        attempts: row.get("attempts")?,
+        created_at: row.get("created_at")?,
+        guarded: row.get("guarded")?,
+    };
+    Ok((row.get("seq")?, delivery))
+}
+
+pub(super) fn attempt_view(row: &Row<'_>) -> rusqlite::Result<AttemptView> {
+    Ok(AttemptView {
+        number: row.get("number")?,
+        started_at: row.get("started_at")?,
+        duration_ms: row.get("duration_ms")?,
+        request_url: row.get("request_url")?,
+        request_method: row.get("request_method")?,
+        request_headers: row.get::<_, Headers>("request_headers")?.0,
+        request_body: lossy(row.get("request_body")?),
+        status: row.get("status")?,
+        response_headers: row.get::<_, Headers>("response_headers")?.0,
+        response_body: lossy(row.get("response_body")?),
+        error: row.get("error")?,
+        counted: row.get("counted")?,
+    })
+}
+
+pub(super) fn stored_route(row: &Row<'_>) -> rusqlite::Result<StoredRoute> {
+    Ok(StoredRoute {
+        name: row.get("name")?,
+        definition: row.get::<_, Json>("definition")?.0,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+pub(super) fn lossy(body: Vec<u8>) -> String {
+    String::from_utf8(body).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+}
+
+pub(super) fn headers_json(headers: &[(String, String)]) -> Result<String, StoreError> {
+    serde_json::to_string(headers).map_err(|error| StoreError::InvalidInput(format!("headers: {error}")))
+}
+
+/// Headers as stored: JSON `[[name, value], ...]`, keeping order and repeats.
+pub(super) struct Headers(pub(super) Vec<(String, String)>);
+
+impl FromSql for Headers {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?).map(Headers).map_err(|error| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+pub(super) struct Json(pub(super) serde_json::Value);
+
+impl FromSql for Json {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?).map(Json).map_err(|error| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+impl FromSql for DeliveryStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(|error: StoreError| FromSqlError::Other(Box::new(error)))
+    }
+}
+
+impl ToSql for DeliveryStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
