@@ -52,33 +52,36 @@ fn crate_paths(code: &str) -> Vec<String> {
     paths
 }
 
-/// Strongly connected components with more than one module: the import circles.
-fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
-    fn visit(
-        v: &str,
-        edges: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut (usize, BTreeMap<String, (usize, usize)>, Vec<String>, BTreeSet<String>),
-        found: &mut Vec<Vec<String>>,
-    ) {
-        let index = state.0;
-        state.0 += 1;
-        state.1.insert(v.to_string(), (index, index));
-        state.2.push(v.to_string());
-        state.3.insert(v.to_string());
+/// Tarjan's walk: each module's (index, lowest reachable index), the stack and its members.
+#[derive(Default)]
+struct Walk {
+    next: usize,
+    marks: BTreeMap<String, (usize, usize)>,
+    stack: Vec<String>,
+    on_stack: BTreeSet<String>,
+    circles: Vec<Vec<String>>,
+}
+
+impl Walk {
+    fn visit(&mut self, v: &str, edges: &BTreeMap<String, BTreeSet<String>>) {
+        self.marks.insert(v.to_string(), (self.next, self.next));
+        self.next += 1;
+        self.stack.push(v.to_string());
+        self.on_stack.insert(v.to_string());
         for w in edges.get(v).into_iter().flatten() {
-            if !state.1.contains_key(w) {
-                visit(w, edges, state, found);
-                let low = state.1[v].1.min(state.1[w].1);
-                state.1.get_mut(v).unwrap().1 = low;
-            } else if state.3.contains(w) {
-                let low = state.1[v].1.min(state.1[w].0);
-                state.1.get_mut(v).unwrap().1 = low;
+            if !self.marks.contains_key(w) {
+                self.visit(w, edges);
+                let low = self.marks[v].1.min(self.marks[w].1);
+                self.marks.get_mut(v).unwrap().1 = low;
+            } else if self.on_stack.contains(w) {
+                let low = self.marks[v].1.min(self.marks[w].0);
+                self.marks.get_mut(v).unwrap().1 = low;
             }
         }
-        if state.1[v].0 == state.1[v].1 {
+        if self.marks[v].0 == self.marks[v].1 {
             let mut component = Vec::new();
-            while let Some(w) = state.2.pop() {
-                state.3.remove(&w);
+            while let Some(w) = self.stack.pop() {
+                self.on_stack.remove(&w);
                 component.push(w.clone());
                 if w == v {
                     break;
@@ -86,18 +89,21 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
             }
             if component.len() > 1 {
                 component.sort();
-                found.push(component);
+                self.circles.push(component);
             }
         }
     }
-    let mut state = (0, BTreeMap::new(), Vec::new(), BTreeSet::new());
-    let mut found = Vec::new();
+}
+
+/// Strongly connected components with more than one module: the import circles.
+fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    let mut walk = Walk::default();
     for v in edges.keys() {
-        if !state.1.contains_key(v) {
-            visit(v, edges, &mut state, &mut found);
+        if !walk.marks.contains_key(v) {
+            walk.visit(v, edges);
         }
     }
-    found
+    walk.circles
 }
 
 #[test]
