@@ -183,25 +183,21 @@ fn as_number(value: &Value) -> Option<f64> {
     }
 }
 
-thread_local! {
-    /// Patterns compiled during the current config compile: configs repeat the same few
-    /// (`^refs/heads/…`) across many routes, and a `Regex` clone shares the compiled program.
-    static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> = Default::default();
-}
+/// Patterns compiled during one config compile: configs repeat the same few
+/// (`^refs/heads/…`) across many routes, and a `Regex` clone shares the compiled program.
+/// Owned by the compile and dropped with it.
+#[derive(Debug, Default)]
+pub struct Regexes(std::collections::HashMap<String, regex::Regex>);
 
-/// Forgets the patterns of the last compile; called at the start and end of every compile
-/// so the cache never outlives one.
-pub fn reset_regex_cache() {
-    COMPILED.with(|cache| cache.borrow_mut().clear());
-}
-
-fn compiled_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
-    if let Some(hit) = COMPILED.with(|cache| cache.borrow().get(pattern).cloned()) {
-        return Ok(hit);
+impl Regexes {
+    fn compile(&mut self, pattern: &str) -> Result<regex::Regex, regex::Error> {
+        if let Some(hit) = self.0.get(pattern) {
+            return Ok(hit.clone());
+        }
+        let regex = regex::Regex::new(pattern)?;
+        self.0.insert(pattern.to_string(), regex.clone());
+        Ok(regex)
     }
-    let regex = regex::Regex::new(pattern)?;
-    COMPILED.with(|cache| cache.borrow_mut().insert(pattern.to_string(), regex.clone()));
-    Ok(regex)
 }
 
 /// regex's syntax errors span several lines (pattern, caret, message); config errors are
@@ -214,7 +210,7 @@ fn regex_error(err: &regex::Error) -> String {
 
 /// Compiles the non-path parts of a `match:` block. `path`/`methods` are handled by the
 /// caller at the top level and rejected in nested blocks.
-pub fn compile_match(raw: &RawMatch, at: &str, nested: bool, problems: &mut Problems) -> Condition {
+pub fn compile_match(raw: &RawMatch, at: &str, nested: bool, problems: &mut Problems, regexes: &mut Regexes) -> Condition {
     let mut all = Vec::new();
     if nested {
         if raw.path.is_some() {
@@ -241,13 +237,13 @@ pub fn compile_match(raw: &RawMatch, at: &str, nested: bool, problems: &mut Prob
     for (name, raw_test) in &raw.headers {
         let here = format!("{at}.headers.{name}");
         match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(header) => all.push(Condition::Header(header, compile_tests(raw_test, &here, problems))),
+            Ok(header) => all.push(Condition::Header(header, compile_tests(raw_test, &here, problems, regexes))),
             Err(_) => problems.push(here, format!("{name:?} is not a valid header name")),
         }
     }
     for (name, raw_test) in &raw.query {
         let here = format!("{at}.query.{name}");
-        all.push(Condition::Query(name.clone(), compile_tests(raw_test, &here, problems)));
+        all.push(Condition::Query(name.clone(), compile_tests(raw_test, &here, problems, regexes)));
     }
     for (index, entry) in raw.body.iter().enumerate() {
         let here = format!("{at}.body[{index}]");
@@ -271,20 +267,21 @@ pub fn compile_match(raw: &RawMatch, at: &str, nested: bool, problems: &mut Prob
             problems.push(here, "a body condition needs a test beside `path` (equals, regex, exists, gt, …)");
             continue;
         }
-        all.push(Condition::Body(path, compile_tests(&Value::Object(ops), &here, problems)));
+        all.push(Condition::Body(path, compile_tests(&Value::Object(ops), &here, problems, regexes)));
     }
     if !raw.any.is_empty() {
-        let options = raw.any.iter().enumerate().map(|(i, m)| compile_match(m, &format!("{at}.any[{i}]"), true, problems)).collect();
+        let options =
+            raw.any.iter().enumerate().map(|(i, m)| compile_match(m, &format!("{at}.any[{i}]"), true, problems, regexes)).collect();
         all.push(Condition::Any(options));
     }
     if let Some(not) = &raw.not {
-        all.push(Condition::Not(Box::new(compile_match(not, &format!("{at}.not"), true, problems))));
+        all.push(Condition::Not(Box::new(compile_match(not, &format!("{at}.not"), true, problems, regexes))));
     }
     Condition::All(all)
 }
 
 /// A plain scalar means equals; a mapping holds one or more operators, all of which must hold.
-pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems) -> Vec<Test> {
+pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems, regexes: &mut Regexes) -> Vec<Test> {
     let ops = match raw {
         Value::String(_) | Value::Number(_) | Value::Bool(_) => return vec![Test::Equals(raw.clone())],
         Value::Object(ops) => ops,
@@ -322,7 +319,7 @@ pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems) -> Vec<Test
             },
             "regex" => {
                 if let Some(pattern) = text(problems) {
-                    match compiled_regex(&pattern) {
+                    match regexes.compile(&pattern) {
                         Ok(regex) => tests.push(Test::Regex(regex)),
                         Err(err) => problems.push(here, format!("invalid regex: {}", regex_error(&err))),
                     }
@@ -362,7 +359,7 @@ mod tests {
     fn compile(yaml: &str) -> Condition {
         let raw: RawMatch = serde_yaml::from_str(yaml).unwrap();
         let mut problems = Problems::default();
-        let condition = compile_match(&raw, "match", false, &mut problems);
+        let condition = compile_match(&raw, "match", false, &mut problems, &mut Regexes::default());
         assert!(problems.is_empty(), "{problems:?}");
         condition
     }
@@ -419,7 +416,7 @@ mod tests {
     fn reports_every_problem_with_its_path() {
         let raw: RawMatch = serde_yaml::from_str("headers: { 'bad header': x, X-A: { regex: '(' } }\nbody: [ { regex: x }, { path: '$[', equals: 1 }, { path: $.a, nope: 1 } ]\nnot: { path: /x }").unwrap();
         let mut problems = Problems::default();
-        compile_match(&raw, "routes[0].match", false, &mut problems);
+        compile_match(&raw, "routes[0].match", false, &mut problems, &mut Regexes::default());
         let paths: Vec<String> = problems.iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(
             paths,

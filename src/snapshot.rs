@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use serde_json::Value;
 
-use crate::condition::compile_match;
+use crate::condition::{compile_match, Regexes};
 use crate::config::env::{expand_tree, Expansion, Lookup};
 use crate::config::model::{RawConfig, RawInclude, RawRoute};
 use crate::config::units::parse_duration;
@@ -29,12 +29,12 @@ use crate::verify;
 
 /// Loads and compiles the config at `path`, reading `${VAR}` from `env`.
 pub fn load(path: &Path, env: &dyn Lookup) -> Result<Snapshot, ConfigErrors> {
-    load_and_compile(path, env, &[])
+    compile_files(path, env, &[])
 }
 
 /// Like [`load`], with the routes kept in the store after the file's routes.
 pub fn load_with_api_routes(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
-    load_and_compile(path, env, api_routes)
+    compile_files(path, env, api_routes)
 }
 
 /// Everything the hot path reads, compiled and validated. Immutable once built.
@@ -123,13 +123,6 @@ fn take_routes(tree: &mut serde_yaml::Value) -> Vec<serde_yaml::Value> {
     }
 }
 
-fn load_and_compile(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
-    crate::condition::reset_regex_cache();
-    let compiled = compile_files(path, env, api_routes);
-    crate::condition::reset_regex_cache();
-    compiled
-}
-
 fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -210,11 +203,8 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
     let yaml_sources = route_sources.len();
     route_sources.extend(api_sources);
     let allow_private = settings.as_ref().is_some_and(|s| s.allow_private);
-    let mut templates = TemplateEngine::new();
+    let mut compiler = Compiler::new(defaults);
     let mut routes = Vec::new();
-    let mut names = HashSet::new();
-    let mut templates_use_raw = false;
-    let mut limit_keys = HashMap::new();
     for (source_index, (file, trees)) in route_sources.into_iter().enumerate() {
         let origin = if source_index < yaml_sources { Origin::Yaml } else { Origin::Api };
         for (index, tree) in trees.into_iter().enumerate() {
@@ -222,7 +212,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
                 Origin::Yaml => format!("routes[{index}]"),
                 Origin::Api => "route".to_string(),
             };
-            templates_use_raw |= mentions_raw(&tree);
+            compiler.templates_use_raw |= mentions_raw(&tree);
             let raw_route: RawRoute = match serde_path_to_error::deserialize(tree) {
                 Ok(route) => route,
                 Err(err) => {
@@ -231,20 +221,10 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
                 }
             };
             let mut problems = Problems::default();
-            if !names.insert(raw_route.name.clone()) {
-                problems.push(format!("{at}.name"), format!("route name {:?} is used twice", raw_route.name));
+            let route = compiler.route(&raw_route, &at, &file, origin, &mut problems);
+            if origin == Origin::Api && !allow_private {
+                refuse_private_targets(&raw_route, &at, &mut problems);
             }
-            let route = compile_route(&raw_route, &at, &file, &defaults, &mut templates, &mut limit_keys, &mut problems);
-            let route = route.map(|mut route| {
-                route.origin = origin;
-                for target in &mut route.targets {
-                    target.trusted = origin == Origin::Yaml || target.targets_upstream();
-                }
-                if origin == Origin::Api && !allow_private {
-                    refuse_private_targets(&raw_route, &at, &mut problems);
-                }
-                route
-            });
             file.collect(problems, &mut errors, &mut warnings);
             routes.extend(route);
         }
@@ -256,11 +236,11 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
         (Some(settings), true) => Ok(Snapshot {
             settings,
             routes: RouteTable::new(routes),
-            templates,
+            templates: compiler.templates,
             files,
             include_patterns,
             content_hash: hasher.finish(),
-            templates_use_raw,
+            templates_use_raw: compiler.templates_use_raw,
             warnings,
             redactions,
         }),
@@ -341,13 +321,49 @@ fn compile_defaults(raw: &RawConfig, problems: &mut Problems) -> TargetDefaults 
     TargetDefaults { timeout, retry, rate_limit: raw.defaults.rate_limit.clone() }
 }
 
+/// What one compile shares across its routes: the templates registered so far, regexes
+/// already compiled (configs repeat patterns), rate-limit keys with their settings (one key,
+/// one bucket, one rate), route names, and the target defaults. Lives for one compile.
+struct Compiler {
+    templates: TemplateEngine,
+    regexes: Regexes,
+    limit_keys: HashMap<String, LimitSpec>,
+    names: HashSet<String>,
+    defaults: TargetDefaults,
+    /// Some template reads `raw`, so requests must carry the body text.
+    templates_use_raw: bool,
+}
+
+impl Compiler {
+    fn new(defaults: TargetDefaults) -> Compiler {
+        Compiler {
+            templates: TemplateEngine::new(),
+            regexes: Regexes::default(),
+            limit_keys: HashMap::new(),
+            names: HashSet::new(),
+            defaults,
+            templates_use_raw: false,
+        }
+    }
+
+    /// Compiles one route from `file`; `origin` decides whether its targets are trusted
+    /// (YAML routes and `upstream:` targets) or held to the private-address guard.
+    fn route(&mut self, raw: &RawRoute, at: &str, file: &SourceFile, origin: Origin, problems: &mut Problems) -> Option<Route> {
+        if !self.names.insert(raw.name.clone()) {
+            problems.push(format!("{at}.name"), format!("route name {:?} is used twice", raw.name));
+        }
+        let mut route = compile_route(raw, at, file, origin, self, problems)?;
+        route.origin = origin;
+        Some(route)
+    }
+}
+
 fn compile_route(
     raw: &RawRoute,
     at: &str,
     file: &SourceFile,
-    defaults: &TargetDefaults,
-    templates: &mut TemplateEngine,
-    limit_keys: &mut HashMap<String, LimitSpec>,
+    origin: Origin,
+    compiler: &mut Compiler,
     problems: &mut Problems,
 ) -> Option<Route> {
     if !valid_name(&raw.name) {
@@ -400,7 +416,7 @@ fn compile_route(
             Err(_) => problems.push(format!("{match_at}.methods[{index}]"), format!("invalid method {text:?}")),
         }
     }
-    let condition = compile_match(&raw.matcher, &match_at, false, problems);
+    let condition = compile_match(&raw.matcher, &match_at, false, problems, &mut compiler.regexes);
     let verify =
         raw.verify.as_ref().map(|v| verify::compile(v, kind.secret_scheme(), &format!("{at}.verify"), problems)).unwrap_or_default();
     if raw.forward.is_empty() {
@@ -428,7 +444,16 @@ fn compile_route(
     if dedupe.is_some() && kind == SourceKind::Generic && raw.id_from.is_none() {
         problems.push(format!("{at}.dedupe"), "dedupe needs a delivery id: use a source that has one, or id_from");
     }
-    let mut ctx = CompileCtx { templates, defaults, problems, limit_keys, route: &raw.name, from_env: &file.from_env };
+    let mut ctx = CompileCtx {
+        templates: &mut compiler.templates,
+        regexes: &mut compiler.regexes,
+        defaults: &compiler.defaults,
+        problems,
+        limit_keys: &mut compiler.limit_keys,
+        route: &raw.name,
+        from_env: &file.from_env,
+        trusted_origin: origin == Origin::Yaml,
+    };
     for (index, raw_target) in raw.forward.iter().enumerate() {
         let target_at = format!("{at}.forward[{index}]");
         if let Some(target) = target::compile(raw_target, index, &target_at, &mut ctx) {

@@ -120,6 +120,7 @@ pub struct TargetDefaults {
 
 pub struct CompileCtx<'a> {
     pub templates: &'a mut TemplateEngine,
+    pub regexes: &'a mut crate::condition::Regexes,
     pub defaults: &'a TargetDefaults,
     pub problems: &'a mut Problems,
     /// Settings per rate-limit key across the whole config: one key, one bucket, one rate.
@@ -127,6 +128,9 @@ pub struct CompileCtx<'a> {
     pub route: &'a str,
     /// The text before `${VAR}` expansion of the file's values that held one, by YAML path.
     pub from_env: &'a std::collections::HashMap<String, String>,
+    /// The route came from the config files (trusted), not the admin API (guarded; its
+    /// `upstream:` targets excepted).
+    pub trusted_origin: bool,
 }
 
 impl Target {
@@ -165,10 +169,6 @@ impl Target {
             }
         }
         Ok(WireRequest::from_prepared(wire))
-    }
-
-    pub fn targets_upstream(&self) -> bool {
-        matches!(self.url, UrlSpec::Upstream(_))
     }
 
     pub fn success_statuses(&self) -> Option<&[u16]> {

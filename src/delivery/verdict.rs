@@ -195,7 +195,7 @@ mod tests {
                 body: vec![serde_json::from_value(serde_json::json!({ "path": "$.errcode", "equals": 0 })).unwrap()],
                 ..Default::default()
             };
-            crate::condition::compile_match(&raw, "t", true, &mut crate::config::Problems::default())
+            crate::condition::compile_match(&raw, "t", true, &mut crate::config::Problems::default(), &mut Default::default())
         };
         let settings = TargetSettings {
             timeout: Duration::from_secs(10),

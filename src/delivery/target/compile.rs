@@ -251,7 +251,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     let success_when = (!raw.success_when.is_empty()).then(|| {
         let conditions = RawMatch { body: raw.success_when.clone(), ..RawMatch::default() };
         let mut found = Problems::default();
-        let condition = compile_match(&conditions, &format!("{at}.success_when"), true, &mut found);
+        let condition = compile_match(&conditions, &format!("{at}.success_when"), true, &mut found, ctx.regexes);
         // The conditions were compiled as a match's `body:` list; report them where they are written.
         for (path, message) in found.iter() {
             ctx.problems.push(path.replace(".success_when.body[", ".success_when["), message);
@@ -266,6 +266,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     };
     Some(Target {
         name,
+        trusted: ctx.trusted_origin || matches!(url, Some(UrlSpec::Upstream(_))),
         url: url?,
         url_source: redact_url(&raw.url),
         method,
@@ -280,7 +281,6 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         retry,
         rate_limit,
         signer: raw.sign.as_ref().and_then(|sign| crate::delivery::sign::compile(sign, &format!("{at}.sign"), ctx.problems)),
-        trusted: true,
         when,
         success_when,
         answer_codes: crate::delivery::answers::for_preset(raw.preset.as_deref()),
