@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{LazyLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
@@ -79,6 +79,17 @@ fn render_err(message: impl Into<String>) -> TemplateError {
 pub struct TemplateEngine {
     registries: Vec<Handlebars<'static>>,
     names: Vec<String>,
+    /// Literal patterns and paths of `regex_capture` / `jsonpath` calls, compiled with the
+    /// templates; written while compiling, only read while rendering.
+    literals: Arc<RwLock<Literals>>,
+}
+
+/// Helper arguments compiled once per engine. A pattern that is not a literal of some
+/// template (it comes from the payload) is compiled on each call, never cached.
+#[derive(Debug, Default)]
+struct Literals {
+    regexes: HashMap<String, Regex>,
+    paths: HashMap<String, JsonPath>,
 }
 
 // The engine is shared across request tasks; fail the build, not the deploy, if that breaks.
@@ -95,14 +106,15 @@ impl Default for TemplateEngine {
 
 impl TemplateEngine {
     pub fn new() -> Self {
+        let literals = Arc::new(RwLock::new(Literals::default()));
         let mut registries = Vec::with_capacity(6);
         for escape in Escape::ALL {
             for strict in [false, true] {
                 debug_assert_eq!(registries.len(), registry_index(escape, strict));
-                registries.push(build_registry(escape, strict));
+                registries.push(build_registry(escape, strict, &literals));
             }
         }
-        Self { registries, names: Vec::new() }
+        Self { registries, names: Vec::new(), literals }
     }
 
     /// Compiles `source` into the registry for `escape`/`strict`. Partials and
@@ -113,6 +125,7 @@ impl TemplateEngine {
             TemplateError::Compile { message: e.reason().to_string(), line, column }
         })?;
         reject_partials(&template)?;
+        self.precompile_literals(source);
         let id = TemplateId { registry: registry_index(escape, strict), index: self.names.len() };
         let name = format!("t{}", id.index);
         // Index is in range: `new` builds one registry per (escape, strict) pair.
@@ -131,6 +144,31 @@ impl TemplateEngine {
             line: e.line_no,
             column: e.column_no,
         })
+    }
+}
+
+impl TemplateEngine {
+    /// Compiles the string literals passed to `regex_capture` and `jsonpath` in `source`
+    /// (a literal that is not a valid pattern or path is left for the call to report).
+    fn precompile_literals(&mut self, source: &str) {
+        static CALLS: std::sync::LazyLock<Option<Regex>> = std::sync::LazyLock::new(|| {
+            Regex::new(r#"\b(regex_capture|jsonpath)((?:\s+(?:"(?:[^"\\]|\\.)*"|[^\s"}()]+|\([^)]*\)))+)"#).ok()
+        });
+        static STRINGS: std::sync::LazyLock<Option<Regex>> = std::sync::LazyLock::new(|| Regex::new(r#""(?:[^"\\]|\\.)*""#).ok());
+        let (Some(calls), Some(strings)) = (CALLS.as_ref(), STRINGS.as_ref()) else { return };
+        let mut literals = self.literals.write().unwrap_or_else(PoisonError::into_inner);
+        for call in calls.captures_iter(source) {
+            for literal in strings.find_iter(&call[2]) {
+                let Ok(text) = serde_json::from_str::<String>(literal.as_str()) else { continue };
+                if &call[1] == "regex_capture" {
+                    if let Ok(regex) = build_regex(&text) {
+                        literals.regexes.insert(text, regex);
+                    }
+                } else if let Ok(path) = JsonPath::parse(&text) {
+                    literals.paths.insert(text, path);
+                }
+            }
+        }
     }
 }
 
@@ -159,7 +197,7 @@ fn reject_partials(template: &Template) -> Result<(), TemplateError> {
     Ok(())
 }
 
-fn build_registry(escape: Escape, strict: bool) -> Handlebars<'static> {
+fn build_registry(escape: Escape, strict: bool, literals: &Arc<RwLock<Literals>>) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     // Dev mode re-reads templates and scripts from disk; templates must never touch files.
     hb.set_dev_mode(false);
@@ -174,7 +212,7 @@ fn build_registry(escape: Escape, strict: bool) -> Handlebars<'static> {
     hb.register_helper("json", Box::new(JsonHelper));
     for &(name, min, max, func) in VALUE_HELPERS {
         let helper = ValueHelper {
-            func,
+            func: Box::new(func),
             min,
             max,
             // `default` exists to absorb missing values, even in strict mode.
@@ -182,6 +220,12 @@ fn build_registry(escape: Escape, strict: bool) -> Handlebars<'static> {
         };
         hb.register_helper(name, Box::new(helper));
     }
+    let regexes = literals.clone();
+    let func = move |a: &[&Json]| regex_capture_helper(a, &regexes.read().unwrap_or_else(PoisonError::into_inner));
+    hb.register_helper("regex_capture", Box::new(ValueHelper { func: Box::new(func), min: 2, max: 3, missing_ok: false }));
+    let paths = literals.clone();
+    let func = move |a: &[&Json]| jsonpath_helper(a, &paths.read().unwrap_or_else(PoisonError::into_inner));
+    hb.register_helper("jsonpath", Box::new(ValueHelper { func: Box::new(func), min: 2, max: 2, missing_ok: false }));
     hb
 }
 
@@ -253,7 +297,7 @@ type ValueFn = fn(&[&Json]) -> Result<Json, String>;
 /// Helpers returning values (rather than writing) compose as subexpressions and
 /// have their `{{ }}` output escaped like any other value.
 struct ValueHelper {
-    func: ValueFn,
+    func: Box<dyn Fn(&[&Json]) -> Result<Json, String> + Send + Sync>,
     min: usize,
     max: usize,
     missing_ok: bool,
@@ -294,8 +338,6 @@ const VALUE_HELPERS: &[(&str, usize, usize, ValueFn)] = &[
     ("join", 2, 2, join_helper),
     ("first", 1, 1, |a| Ok(first_or_last(a[0], true))),
     ("last", 1, 1, |a| Ok(first_or_last(a[0], false))),
-    ("regex_capture", 2, 3, regex_capture_helper),
-    ("jsonpath", 2, 2, jsonpath_helper),
     ("base64", 1, 1, |a| Ok(STANDARD.encode(text(a[0]).as_bytes()).into())),
     ("base64_decode", 1, 1, base64_decode_helper),
     ("urlencode", 1, 1, |a| Ok(url_escape(&text(a[0])).into())),
@@ -380,27 +422,22 @@ fn first_or_last(v: &Json, first: bool) -> Json {
     item.cloned().unwrap_or(Json::Null)
 }
 
-const REGEX_CACHE_CAP: usize = 256;
-static REGEX_CACHE: LazyLock<RwLock<HashMap<String, Regex>>> = LazyLock::new(Default::default);
-
-fn cached_regex(pattern: &str) -> Result<Regex, String> {
-    // A panic elsewhere cannot leave the map inconsistent, so a poisoned lock is still usable.
-    let hit = REGEX_CACHE.read().unwrap_or_else(PoisonError::into_inner).get(pattern).cloned();
-    if let Some(re) = hit {
-        return Ok(re);
-    }
-    // Patterns may come from payload data; cap compiled size so 256 cached entries stay small.
-    let re = RegexBuilder::new(pattern).size_limit(1 << 20).build().map_err(|e| format!("invalid pattern: {e}"))?;
-    let mut cache = REGEX_CACHE.write().unwrap_or_else(PoisonError::into_inner);
-    if cache.len() >= REGEX_CACHE_CAP {
-        cache.clear();
-    }
-    cache.insert(pattern.to_owned(), re.clone());
-    Ok(re)
+/// Patterns may come from payload data: the compiled size is capped.
+fn build_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern).size_limit(1 << 20).build().map_err(|e| format!("invalid pattern: {e}"))
 }
 
-fn regex_capture_helper(a: &[&Json]) -> Result<Json, String> {
-    let (s, re) = (text(a[0]), cached_regex(&text(a[1]))?);
+fn regex_capture_helper(a: &[&Json], literals: &Literals) -> Result<Json, String> {
+    let pattern = text(a[1]);
+    let compiled;
+    let re = match literals.regexes.get(pattern.as_ref()) {
+        Some(re) => re,
+        None => {
+            compiled = build_regex(&pattern)?;
+            &compiled
+        }
+    };
+    let s = text(a[0]);
     let group = a.get(2).copied().unwrap_or(&Json::Null);
     let caps = re.captures(&s);
     let found = match group {
@@ -422,8 +459,16 @@ fn regex_capture_helper(a: &[&Json]) -> Result<Json, String> {
     Ok(found.map_or("", |m| m.as_str()).into())
 }
 
-fn jsonpath_helper(a: &[&Json]) -> Result<Json, String> {
-    let path = JsonPath::parse(&text(a[1])).map_err(|e| format!("invalid path: {e}"))?;
+fn jsonpath_helper(a: &[&Json], literals: &Literals) -> Result<Json, String> {
+    let given = text(a[1]);
+    let parsed;
+    let path = match literals.paths.get(given.as_ref()) {
+        Some(path) => path,
+        None => {
+            parsed = JsonPath::parse(&given).map_err(|e| format!("invalid path: {e}"))?;
+            &parsed
+        }
+    };
     Ok(match path.query(a[0]).all().as_slice() {
         [] => Json::Null,
         [one] => (*one).clone(),
@@ -624,10 +669,18 @@ mod tests {
         assert!(render_error(r#"{{regex_capture "a" "(a)" 2}}"#, json!({})).contains("no group 2"));
         assert!(render_error(r#"{{regex_capture "a" "(a)" "x"}}"#, json!({})).contains("no group named"));
         assert!(render_error(r#"{{jsonpath body "$[?"}}"#, json!({})).starts_with("jsonpath: invalid path"));
-        for i in 0..(REGEX_CACHE_CAP + 10) {
-            cached_regex(&format!("cap{i}")).unwrap();
-        }
-        assert!(REGEX_CACHE.read().unwrap().len() <= REGEX_CACHE_CAP);
+        // Literal patterns and paths are compiled with the template, once per engine.
+        let mut engine = TemplateEngine::new();
+        engine
+            .compile(
+                r#"{{regex_capture (lower r) "v(\\d+)" 1}}{{json (jsonpath body "$.items[*].id")}}{{regex_capture r body.p}}"#,
+                Escape::Plain,
+                false,
+            )
+            .unwrap();
+        let literals = engine.literals.read().unwrap();
+        assert_eq!(literals.regexes.keys().collect::<Vec<_>>(), ["v(\\d+)"]);
+        assert_eq!(literals.paths.keys().collect::<Vec<_>>(), ["$.items[*].id"]);
     }
 
     #[test]
