@@ -73,6 +73,9 @@ async fn watch_store_file(relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>
     }
 }
 
+/// Connections the admin listener serves at once (probes, scrapes, operators).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
 /// A started relay: its bound addresses, and the handle that stops it.
 pub struct Running {
     pub ingress_addr: SocketAddr,
@@ -184,13 +187,21 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         true => Some(crate::tls::acceptor(relay.current_certificate()).map_err(StartError::Tls)?),
         false => None,
     };
-    let ingress = tokio::spawn(connections::serve(ingress_listener, relay.clone(), acceptor, receiver.clone()));
+    let limits = relay.snapshot().settings.limits.clone();
+    let ingress =
+        connections::Listener { listener: ingress_listener, acceptor, max_connections: limits.max_connections, limits: limits.clone() };
+    let ingress = tokio::spawn(connections::serve(ingress, relay.clone(), receiver.clone(), |relay, request, peer| async move {
+        crate::ingress::handle(&relay, request, peer).await
+    }));
     if let Some(listener) = admin_listener {
         let admin_tls = match relay.snapshot().settings.tls.as_ref().filter(|tls| !tls.client_ca.is_empty()) {
             Some(tls) => Some(crate::tls::admin_acceptor(relay.current_certificate(), &tls.client_ca).map_err(StartError::Tls)?),
             None => None,
         };
-        tokio::spawn(admin::serve(listener, relay.clone(), admin_tls, receiver.clone()));
+        let admin = connections::Listener { listener, acceptor: admin_tls, max_connections: ADMIN_MAX_CONNECTIONS, limits };
+        tokio::spawn(connections::serve(admin, relay.clone(), receiver.clone(), |relay, request, _| async move {
+            admin::handle(&relay, request).await
+        }));
     }
     if let Err(err) = reload::spawn(relay.clone(), receiver, options.watch_files) {
         tracing::warn!(error = %err, "file watching unavailable; reload with SIGHUP or POST /api/reload");

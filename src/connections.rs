@@ -2,6 +2,8 @@
 //! file descriptors), the connection cap, TLS handshakes, the idle deadline and graceful
 //! shutdown. What happens to each request is [`crate::ingress::handle`]'s business.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,22 +20,48 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::delivery::client::{self, Body};
-use crate::ingress::{handle, Peer};
 use crate::relay::Relay;
 use crate::respond::retry_later;
 use crate::settings::Limits;
 
-/// Serves the ingress listener until `shutdown` turns true, then stops accepting and lets
-/// in-flight requests finish for up to `limits.shutdown_grace`.
-pub async fn serve(
-    listener: TcpListener,
-    relay: Arc<Relay>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limits = relay.snapshot().settings.limits.clone();
+/// Who sent a request, and over what.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Peer {
+    pub fn scheme(self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// How one listener treats its connections.
+pub struct Listener {
+    pub listener: TcpListener,
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    pub limits: Limits,
+}
+
+/// Serves a listener until `shutdown` turns true, then stops accepting and lets in-flight
+/// requests finish for up to `limits.shutdown_grace`. Each request goes to `handle`. The
+/// ingress and admin listeners both run here, so both have the idle deadline, the
+/// connection cap and the accept backoff.
+pub async fn serve<H, F>(served: Listener, relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>, handle: H)
+where
+    H: Fn(Arc<Relay>, Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let Listener { listener, acceptor, max_connections, limits } = served;
     let builder = Arc::new(connection_builder(&limits));
-    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -63,15 +91,16 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let idle_limit = limits.header_timeout;
+        let handle = handle.clone();
         tokio::spawn(async move {
             let peer = Peer { addr: peer, tls: acceptor.is_some() };
             let activity = Arc::new(Activity::new());
             let service = {
                 let activity = activity.clone();
                 service_fn(move |request| {
-                    let relay = relay.clone();
                     let busy = activity.begin();
-                    async move { Ok::<_, std::convert::Infallible>(busy.until_sent(handle(&relay, request, peer).await)) }
+                    let answer = handle(relay.clone(), request, peer);
+                    async move { Ok::<_, std::convert::Infallible>(busy.until_sent(answer.await)) }
                 })
             };
             // The idle deadline counts from accept: a TLS handshake and the first request's

@@ -2,7 +2,6 @@
 //! routes on one config snapshot, verifies, renders, and answers (sync: the target's
 //! answer; async: 202 once stored). Requests no route can take are proxied.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +12,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::config::model::Respond;
+use crate::connections::Peer;
 use crate::context;
 use crate::delivery::answers::CodeClass;
 use crate::delivery::attempt::{AttemptSettings, Tried};
@@ -42,23 +42,6 @@ fn request_id(request: &mut Request<Incoming>) -> HeaderValue {
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
-
-/// Who sent a request, and over what.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub tls: bool,
-}
-
-impl Peer {
-    fn scheme(self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
 
 /// One log line per request: who, what, which routes, how it ended, how long it took.
 pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: Peer) -> Response<Body> {
@@ -100,6 +83,11 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) ->
         let mut response = Response::new(client::full(Bytes::new()));
         response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         return response;
+    }
+    // Two Host headers make the request ambiguous: which one would the service route on?
+    if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
+        count_request("", "bad_request");
+        return json_error(StatusCode::BAD_REQUEST, "more than one Host header", None);
     }
     let snapshot = relay.snapshot();
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {

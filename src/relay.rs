@@ -231,7 +231,8 @@ struct StartupSettings {
     max_buffered_bytes: u64,
     ca_file_roots: usize,
     tls: bool,
-    admin_client_ca: usize,
+    /// The admin listener's client CA certificates (DER), compared whole.
+    admin_client_ca: Vec<Vec<u8>>,
 }
 
 impl StartupSettings {
@@ -244,7 +245,7 @@ impl StartupSettings {
             max_buffered_bytes: settings.limits.max_buffered_bytes,
             ca_file_roots: settings.extra_roots.len(),
             tls: settings.tls.is_some(),
-            admin_client_ca: settings.tls.as_ref().map_or(0, |tls| tls.client_ca.len()),
+            admin_client_ca: settings.tls.as_ref().map_or_else(Vec::new, |tls| tls.client_ca.iter().map(|ca| ca.to_vec()).collect()),
         }
     }
 }

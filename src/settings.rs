@@ -95,7 +95,8 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
     let listen = parse_addr(raw.listen.as_deref().unwrap_or("0.0.0.0:8080"), "listen", problems);
     let admin = raw.admin.as_ref().map(|admin| AdminSettings {
         listen: parse_addr(&admin.listen, "admin.listen", problems),
-        token: admin.token.clone().filter(|t| !t.is_empty()),
+        // A blank token is no token (anyone could send it); it then needs a loopback address.
+        token: admin.token.clone().filter(|t| !t.trim().is_empty()),
     });
     if let Some(admin) = &admin {
         if admin.token.is_none() && !admin.listen.ip().is_loopback() {

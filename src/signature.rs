@@ -64,9 +64,14 @@ pub fn hmac_digest(algorithm: HmacAlgorithm, key: &[u8], message: &[u8]) -> Opti
 /// A Standard Webhooks secret: `whsec_` followed by base64 key bytes.
 pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|_| "a Standard Webhooks secret is `whsec_` followed by base64".to_string())
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| "a Standard Webhooks secret is `whsec_` followed by base64".to_string())?;
+    // An empty key would accept signatures anyone can make.
+    if key.is_empty() {
+        return Err("the Standard Webhooks key is empty (an unset ${VAR} after `whsec_`?)".to_string());
+    }
+    Ok(key)
 }
 
 /// Compiles an `hmac:` block (inbound `verify.hmac` and outbound `sign.hmac` share it).

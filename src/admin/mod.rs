@@ -5,12 +5,7 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 mod routes;
 
@@ -26,49 +21,6 @@ use crate::respond::{json_error, json_response};
 use crate::routing::Route;
 use crate::store::{AttemptView, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, EventView, StoreError, DEFAULT_PAGE};
 use crate::values::secret_eq;
-
-pub async fn serve(
-    listener: TcpListener,
-    relay: Arc<Relay>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let relay = relay.clone();
-        let builder = builder.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let relay = relay.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&relay, request).await) }
-            });
-            match acceptor {
-                // Mutual TLS: no client certificate from the configured CA, no request.
-                Some(acceptor) => match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = builder.serve_connection(TokioIo::new(tls), service).await;
-                    }
-                    Ok(Err(err)) => tracing::info!(error = %err, "admin TLS handshake refused"),
-                    Err(_) => {}
-                },
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                }
-            }
-        });
-    }
-}
 
 fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
     let Some(token) = relay.admin_token() else {

@@ -324,7 +324,9 @@ impl Target {
 /// URL parsers resolve `.` and `..` segments (also as `%2e`), so a value rendered into the
 /// path could climb out of the configured prefix; such a request is refused instead.
 fn reject_dot_segments(url: &str) -> Result<(), String> {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    // As the URL parser sees it: tabs and line breaks dropped, `\` a separator.
+    let seen: String = url.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).map(|c| if c == '\\' { '/' } else { c }).collect();
+    let after_scheme = seen.split_once("://").map_or(seen.as_str(), |(_, rest)| rest);
     let path = after_scheme.split(['?', '#']).next().unwrap_or_default();
     let dotted = path.split('/').any(|segment| {
         let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
@@ -379,5 +381,10 @@ mod tests {
         assert!(reject_dot_segments("https://h/a/%2E%2e/b").is_err());
         assert!(reject_dot_segments("/internal/./x").is_err());
         assert!(reject_dot_segments("https://h/a/..b/c?x=..").is_ok());
+        // What the URL parser treats as separators and drops.
+        assert!(reject_dot_segments("/api/v1/..\\..\\admin").is_err());
+        assert!(reject_dot_segments("/api/v1/%2e%2e\\%2e%2e\\admin").is_err());
+        assert!(reject_dot_segments("/api/v1/.\t./.\t./admin").is_err());
+        assert!(reject_dot_segments("/api/v1/.\n./admin").is_err());
     }
 }

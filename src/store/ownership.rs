@@ -26,6 +26,7 @@ pub enum OwnershipError {
 pub struct StoreOwnership {
     /// Held until [`StoreOwnership::release`] (a graceful stop) or the process ends.
     lock: Mutex<Option<File>>,
+    lock_path: PathBuf,
     database: PathBuf,
     /// The database file as opened: unlinked (deleted, or replaced by a rename) once its
     /// link count drops to zero, even if a new file reuses its inode number.
@@ -103,6 +104,7 @@ impl StoreOwnership {
         lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| write!(lock, "{}", std::process::id())).map_err(io)?;
         Ok(StoreOwnership {
             lock: Mutex::new(Some(lock)),
+            lock_path: lock_path(database),
             database: database.to_path_buf(),
             opened: None,
             lost: AtomicBool::new(false),
@@ -120,6 +122,17 @@ impl StoreOwnership {
     pub fn check(&self) -> Result<(), String> {
         if self.lost.load(Ordering::Acquire) {
             return Err(self.reason());
+        }
+        // With the lock file deleted, another relay could take a new lock on the same store.
+        let lock_kept = match self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+            Some(lock) => still_linked(lock, &self.lock_path).unwrap_or(false),
+            None => true,
+        };
+        if !lock_kept {
+            return Err(self.lose(format!(
+                "the lock file {} was removed while running: another relay may now use this store; restart the relay",
+                self.lock_path.display()
+            )));
         }
         let Some(opened) = &self.opened else { return Ok(()) };
         match still_linked(opened, &self.database) {
@@ -171,6 +184,10 @@ mod tests {
         std::fs::remove_file(&database).unwrap();
         std::fs::write(&database, b"").unwrap();
         assert!(first.check().unwrap_err().contains("replaced"));
+        let mut second = StoreOwnership::claim(&dir.path().join("other.db")).unwrap();
+        second.opened();
+        std::fs::remove_file(lock_path(&dir.path().join("other.db"))).unwrap();
+        assert!(second.check().unwrap_err().contains("lock file"), "a removed lock file is noticed");
         assert!(first.is_lost());
         first.release();
         assert!(StoreOwnership::claim(&database).is_ok(), "the lock goes with its owner");

@@ -62,6 +62,17 @@ async fn idle_connections_are_closed_and_free_the_cap() {
     assert!(started.elapsed() >= Duration::from_millis(900), "closed only after idling for header_timeout");
 }
 
+/// The admin listener has the same idle deadline as the ingress one.
+#[tokio::test]
+async fn idle_admin_connections_are_closed_too() {
+    let sink = TestSink::start().await;
+    let relay =
+        Relay::start(&sync_route(&sink, "header_timeout: 1s").replace("upstream:", "admin: { listen: 127.0.0.1:0 }\nupstream:")).await;
+    let mut idle = TcpStream::connect(relay.running.admin_addr.unwrap()).await.unwrap();
+    assert!(read_until_closed(&mut idle, Duration::from_secs(3)).await.is_some(), "an idle admin connection was not closed");
+    assert_eq!(relay.client.get(&relay.admin_url("/healthz"), &[]).await.status, 200);
+}
+
 /// A pass-through request trickling its body gets 408 after `request_timeout`, and frees
 /// its connection slot.
 #[tokio::test]
@@ -284,6 +295,11 @@ async fn connection_cannot_name_host_and_options_star_is_answered() {
     let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(upstream.wait_for(1).await[0].header("host"), Some("app.example"));
+
+    let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+    stream.write_all(b"GET /service/x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\nconnection: close\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "two Host headers are refused: {answer}");
 
     let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
     stream.write_all(b"OPTIONS * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();

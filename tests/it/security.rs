@@ -177,6 +177,11 @@ routes:
     forward:
       - url: "http://127.0.0.1:9/x"
         sign: { github: { secret: "${SIGNING:-}" } }
+  - name: standard
+    match: { path: /hooks/standard }
+    verify: { standard_webhooks: { secret: "whsec_${SW_KEY:-}" } }
+    forward: [ { url: "http://127.0.0.1:9/x" } ]
+admin: { listen: "0.0.0.0:9999", token: "   " }
 "#,
     );
     let (code, stderr) = check(&folder.config(), &[]);
@@ -191,6 +196,11 @@ routes:
     ] {
         assert!(stderr.contains(&format!("hookrelay.yaml:{line_col}: {path}: the secret is empty")), "{path} at {line_col}:\n{stderr}");
     }
+    assert!(stderr.contains("routes[3].verify.standard_webhooks.secret: the Standard Webhooks key is empty"), "{stderr}");
+    assert!(
+        stderr.contains("admin.listen: an admin listener without a token may only bind a loopback address"),
+        "a blank token is no token: {stderr}"
+    );
 
     folder.write(
         "listen: 127.0.0.1:0\nroutes:\n  - name: gitlab\n    source: gitlab\n    match: { path: /hooks/gitlab }\n    verify: { secret: change-me }\n    forward: [ { url: \"http://127.0.0.1:9/x\" } ]\n",
