@@ -296,8 +296,11 @@ type ValueFn = fn(&[&Json]) -> Result<Json, String>;
 
 /// Helpers returning values (rather than writing) compose as subexpressions and
 /// have their `{{ }}` output escaped like any other value.
+/// A value helper's body; some hold the engine's precompiled literals.
+type HelperFn = Box<dyn Fn(&[&Json]) -> Result<Json, String> + Send + Sync>;
+
 struct ValueHelper {
-    func: Box<dyn Fn(&[&Json]) -> Result<Json, String> + Send + Sync>,
+    func: HelperFn,
     min: usize,
     max: usize,
     missing_ok: bool,
