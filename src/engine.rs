@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::delivery::attempt::AttemptSettings;
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
-use crate::delivery::target::OutgoingRequest;
+use crate::delivery::target::{OutgoingRequest, Target};
 use crate::delivery::verdict::{decide, TargetSettings};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
@@ -230,7 +230,7 @@ impl Engine {
             timeout: settings.timeout,
             max_answer: MAX_RECORDED_ANSWER,
         };
-        let tried = send.attempt(outgoing(&delivery), started_at).await;
+        let tried = send.attempt(outgoing(&delivery, target), started_at).await;
         let result = &tried.answer;
         let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
@@ -268,11 +268,13 @@ impl Engine {
     }
 }
 
-/// The stored request back in sendable form.
-fn outgoing(delivery: &ClaimedDelivery) -> OutgoingRequest {
+/// The stored request back in sendable form, its credential markers filled in from the
+/// target serving now (without the target, they stay and the request cannot be sent).
+fn outgoing(delivery: &ClaimedDelivery, target: Option<&Target>) -> OutgoingRequest {
+    let fill = |text: &str| target.map_or_else(|| text.to_string(), |t| t.env_credentials().from_markers(text));
     let mut headers = HeaderMap::new();
     for (name, value) in &delivery.request.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&fill(value))) {
             headers.append(name, value);
         }
     }
@@ -281,18 +283,20 @@ fn outgoing(delivery: &ClaimedDelivery) -> OutgoingRequest {
         target: delivery.target.clone(),
         ordered_key: None,
         method: Method::from_bytes(delivery.request.method.as_bytes()).unwrap_or(Method::POST),
-        url: delivery.request.url.clone(),
+        url: fill(&delivery.request.url),
         headers,
         body: delivery.request.body.clone(),
     }
 }
 
-/// A rendered request in the store's form.
-pub fn stored(request: &OutgoingRequest) -> StoredRequest {
+/// A rendered request in the store's form: values the config writes from `${VAR}` into
+/// its URL or headers are replaced by markers (filled in again at send time).
+pub fn stored(request: &OutgoingRequest, target: &Target) -> StoredRequest {
+    let credentials = target.env_credentials();
     StoredRequest {
         method: request.method.to_string(),
-        url: request.url.clone(),
-        headers: header_pairs(&request.headers),
+        url: credentials.to_markers(&request.url),
+        headers: header_pairs(&request.headers).into_iter().map(|(name, value)| (name, credentials.to_markers(&value))).collect(),
         body: request.body.clone(),
     }
 }

@@ -256,7 +256,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                     event_id: event_id.clone(),
                     route: route.name.clone(),
                     target: target.name.clone(),
-                    request: stored(&outgoing),
+                    request: stored(&outgoing, target),
                     next_attempt_at: received_at.timestamp_millis(),
                     ordered_key: outgoing.ordered_key,
                     guarded: !target.trusted,
@@ -411,7 +411,7 @@ async fn forward_sync(
     let started_at = now_ms();
     // What is stored is the request as rendered: credentials and signatures are added by
     // the attempt, at send time, and never reach the store.
-    let stored_request = stored(&outgoing);
+    let stored_request = stored(&outgoing, target);
     let (route, target_name) = (outgoing.route.clone(), outgoing.target.clone());
     let send = AttemptSettings {
         outbound: &relay.outbound,

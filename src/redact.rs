@@ -40,6 +40,8 @@ pub struct Redactions {
     headers: Vec<http::HeaderName>,
     fields: Vec<serde_json_path::JsonPath>,
     query_names: Vec<String>,
+    /// Values from `${VAR}` that appear inside URLs and header values.
+    values: Vec<String>,
 }
 
 impl Redactions {
@@ -47,6 +49,28 @@ impl Redactions {
         if !self.headers.contains(name) && !is_sensitive_header(name.as_str()) {
             self.headers.push(name.clone());
         }
+    }
+
+    pub fn add_value(&mut self, value: &str) {
+        if !self.values.iter().any(|v| v == value) {
+            self.values.push(value.to_string());
+            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    /// `text` with configured secret values and stored credential markers as `***`.
+    fn mask_values(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for value in &self.values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), "***");
+            }
+        }
+        while let Some(start) = out.find('\u{1}') {
+            let end = out[start + 1..].find('\u{1}').map_or(out.len(), |end| start + 1 + end + 1);
+            out.replace_range(start..end, "***");
+        }
+        out
     }
 
     pub fn add_query_name(&mut self, name: String) {
@@ -57,7 +81,7 @@ impl Redactions {
 
     /// A URL for display: [`redact_url`], and the query parameters the config marks.
     pub fn url(&self, text: &str) -> String {
-        let shown = redact_url(text);
+        let shown = redact_url(&self.mask_values(text));
         if self.query_names.is_empty() {
             return shown;
         }
@@ -94,7 +118,7 @@ impl Redactions {
     pub fn headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
         headers
             .iter()
-            .map(|(name, value)| (name.clone(), if self.is_secret_header(name) { REDACTED.to_string() } else { value.clone() }))
+            .map(|(name, value)| (name.clone(), if self.is_secret_header(name) { REDACTED.to_string() } else { self.mask_values(value) }))
             .collect()
     }
 

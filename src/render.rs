@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::context;
 use crate::delivery::target::OutgoingRequest;
 use crate::inbound::InboundRequest;
-use crate::redact::is_sensitive_header;
+use crate::redact::{is_sensitive_header, Redactions};
 use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::verify::VerifyInput;
@@ -51,17 +51,23 @@ pub struct RequestView {
 }
 
 impl RequestView {
-    pub fn new(request: &OutgoingRequest, show_secrets: bool) -> RequestView {
+    /// `redactions` masks what the config marks as credentials, unless `show_secrets`.
+    pub fn new(request: &OutgoingRequest, show_secrets: bool, redactions: &Redactions) -> RequestView {
         let mut headers = IndexMap::new();
         for (name, value) in &request.headers {
             let secret = value.is_sensitive() || is_sensitive_header(name.as_str());
-            let text =
-                if !show_secrets && secret { "[redacted]".to_string() } else { String::from_utf8_lossy(value.as_bytes()).into_owned() };
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let text = match (show_secrets, secret) {
+                (true, _) => text,
+                (false, true) => "[redacted]".to_string(),
+                (false, false) => redactions.headers(&[(name.as_str().to_string(), text)]).remove(0).1,
+            };
             headers.insert(name.as_str().to_string(), text);
         }
+        let url = if show_secrets { request.url.clone() } else { redactions.url(&request.url) };
         let body =
             serde_json::from_slice(&request.body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&request.body).into_owned()));
-        RequestView { target: request.target.clone(), method: request.method.to_string(), url: request.url.clone(), headers, body }
+        RequestView { target: request.target.clone(), method: request.method.to_string(), url, headers, body }
     }
 }
 
@@ -101,7 +107,7 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
                     Ok(Some(outgoing)) => {
                         // Shown as sent, credentials included (redacted unless asked); signatures
                         // depend on the send time and are left out.
-                        TargetReport::Request(RequestView::new(&target.with_credentials(outgoing), show_secrets))
+                        TargetReport::Request(RequestView::new(&target.with_credentials(outgoing), show_secrets, &snapshot.redactions))
                     }
                     Ok(None) => {
                         TargetReport::Skipped { target: target.name.clone(), skipped: "`when` did not render \"true\"".to_string() }

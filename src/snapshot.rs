@@ -105,7 +105,7 @@ fn read_file(path: &Path, env: &dyn Lookup, hasher: &mut DefaultHasher, errors: 
     expand_tree(&mut tree, "", env, &mut expansion);
     errors.extend(expansion.errors.iter().map(|e| file.error(&e.path, e.message.clone())));
     file.unexpanded = expansion.errors.into_iter().map(|e| e.path).collect();
-    file.from_env = expansion.originals;
+    file.from_env = expansion.expanded;
     Some(ParsedFile { file, tree })
 }
 
@@ -260,6 +260,7 @@ fn credentials_named_by(routes: &[crate::routing::Route]) -> crate::redact::Reda
             }
             target.env_credentials().header_names().for_each(|name| redactions.add_header(name));
             target.env_credentials().query_names().for_each(|name| redactions.add_query_name(name));
+            target.env_credentials().secret_values().iter().for_each(|value| redactions.add_value(value));
         }
         if route.source.kind == SourceKind::Tapd {
             if let Ok(secret) = serde_json_path::JsonPath::parse("$.secret") {

@@ -280,7 +280,7 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
         let judged = attempt.status.map(|status| TargetSettings::of(Some(target)).judge(status, &attempt.answer));
         results.push(json!({
             "target": target.name,
-            "request": RequestView::new(&sent, false),
+            "request": RequestView::new(&sent, false, &snapshot.redactions),
             "status": attempt.status,
             "success": judged == Some(Judged::Delivered),
             "response_headers": header_pairs(&attempt.headers),

@@ -30,7 +30,8 @@ pub struct ExpandError {
 #[derive(Debug, Default)]
 pub struct Expansion {
     pub errors: Vec<ExpandError>,
-    pub originals: std::collections::HashMap<String, String>,
+    /// Every string that held a `${VAR}`, by YAML path.
+    pub expanded: std::collections::HashMap<String, FromEnv>,
 }
 
 /// Expands every string scalar under `value` in place, collecting every failure. Expanded
@@ -42,11 +43,11 @@ pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, expansion: &
             if !text.contains("${") {
                 return;
             }
-            match expand_str(text, env) {
-                Ok(expanded) => {
+            match expand_with_values(text, env) {
+                Ok((expanded, values)) => {
                     let original = std::mem::replace(text, expanded);
                     if *text != original {
-                        expansion.originals.insert(path.to_string(), original);
+                        expansion.expanded.insert(path.to_string(), FromEnv { original, values });
                     }
                 }
                 Err(message) => expansion.errors.push(ExpandError { path: path.to_string(), message }),
@@ -74,6 +75,27 @@ pub fn expand_tree(value: &mut Value, path: &str, env: &dyn Lookup, expansion: &
 
 /// Expands one string. `$${` writes a literal `${`.
 pub fn expand_str(text: &str, env: &dyn Lookup) -> Result<String, String> {
+    expand_with_values(text, env).map(|(expanded, _)| expanded)
+}
+
+/// A string that held `${VAR}`s: its text as written and the values put into it.
+#[derive(Debug, Clone, Default)]
+pub struct FromEnv {
+    pub original: String,
+    pub values: Vec<Substituted>,
+}
+
+/// A value a `${VAR}` put into a string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Substituted {
+    pub value: String,
+    /// The reference opened the string (`${BASE}/path`): a base URL rather than a credential.
+    pub at_start: bool,
+}
+
+/// Expands one string and says which values were substituted where.
+pub fn expand_with_values(text: &str, env: &dyn Lookup) -> Result<(String, Vec<Substituted>), String> {
+    let mut substituted = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -96,17 +118,22 @@ pub fn expand_str(text: &str, env: &dyn Lookup) -> Result<String, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("bad variable name {name:?} in `${{{reference}}}`"));
         }
-        match env.get(name) {
-            Some(found) => out.push_str(&found),
+        let at_start = out.is_empty();
+        let value = match env.get(name) {
+            Some(found) => found,
             None => match default {
-                Some(default) => out.push_str(default),
+                Some(default) => default.to_string(),
                 None => return Err(format!("environment variable {name} is not set and has no default (write ${{{name}:-default}})")),
             },
+        };
+        out.push_str(&value);
+        if !value.is_empty() {
+            substituted.push(Substituted { value, at_start });
         }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, substituted))
 }
 
 #[cfg(test)]
@@ -143,8 +170,11 @@ mod tests {
         expand_tree(&mut value, "", &env(), &mut expansion);
         let paths: Vec<_> = expansion.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["b[1]", "c.d"]);
-        assert_eq!(expansion.originals.get("c.e").map(String::as_str), Some("n=${N}"));
-        assert_eq!(expansion.originals.len(), 2, "{:?}", expansion.originals);
+        let from_env = &expansion.expanded["c.e"];
+        assert_eq!(from_env.original, "n=${N}");
+        assert_eq!(from_env.values, [Substituted { value: "5".into(), at_start: false }]);
+        assert_eq!(expansion.expanded["a"].values, [Substituted { value: "5".into(), at_start: true }]);
+        assert_eq!(expansion.expanded.len(), 2, "{:?}", expansion.expanded);
         assert_eq!(value["a"], Value::String("5".into()));
         assert_eq!(value["c"]["e"], Value::String("n=5".into()));
     }

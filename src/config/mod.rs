@@ -102,7 +102,7 @@ pub struct SourceFile {
     /// YAML paths whose `${VAR}` expansion failed.
     pub(crate) unexpanded: Vec<String>,
     /// The text before expansion of every value that held a `${VAR}`, by YAML path.
-    pub from_env: std::collections::HashMap<String, String>,
+    pub from_env: std::collections::HashMap<String, env::FromEnv>,
 }
 
 impl SourceFile {

@@ -13,11 +13,61 @@ pub struct EnvCredentials {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `name=value` pairs, already URL-encoded, appended to the query string.
     query: Vec<(String, String)>,
+    /// Values from `${VAR}` that stay inside a rendered URL or header value (a path token,
+    /// a header mixing a secret with a template): stored as markers, filled in at send time.
+    secret_values: Vec<String>,
+}
+
+/// Short values (`1`, `main`) would mask half of every request; credentials are longer.
+const MIN_SECRET_LEN: usize = 6;
+
+/// A marker for secret value `index` in a stored URL or header value. Control characters
+/// never occur in a rendered URL (the parser encodes them) or header value (refused), so a
+/// marker cannot be forged from payload data.
+fn marker(index: usize) -> String {
+    format!("\u{1}{index}\u{1}")
 }
 
 impl EnvCredentials {
-    pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.query.is_empty()
+    pub fn add_secret_values(&mut self, values: impl Iterator<Item = String>) {
+        for value in values.filter(|v| v.len() >= MIN_SECRET_LEN) {
+            if !self.secret_values.contains(&value) {
+                self.secret_values.push(value);
+            }
+        }
+    }
+
+    pub fn secret_values(&self) -> &[String] {
+        &self.secret_values
+    }
+
+    /// `text` with every secret value replaced by its marker (for the store). Markers are
+    /// numbered in the order the config writes the values, so a value fixed in the config
+    /// keeps its number; the longest are replaced first, so a value inside another is never
+    /// replaced half-way.
+    pub fn to_markers(&self, text: &str) -> String {
+        let mut order: Vec<usize> = (0..self.secret_values.len()).collect();
+        order.sort_by_key(|index| std::cmp::Reverse(self.secret_values[*index].len()));
+        let mut out = text.to_string();
+        for index in order {
+            let value = &self.secret_values[index];
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &marker(index));
+            }
+        }
+        out
+    }
+
+    /// `stored` with every marker replaced by the value the config holds now.
+    pub fn from_markers(&self, stored: &str) -> String {
+        if !stored.contains('\u{1}') {
+            return stored.to_string();
+        }
+        let mut out = stored.to_string();
+        for (index, value) in self.secret_values.iter().enumerate() {
+            out = out.replace(&marker(index), value);
+        }
+        out
     }
 
     pub fn add_header(&mut self, name: HeaderName, mut value: HeaderValue) {

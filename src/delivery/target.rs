@@ -72,7 +72,8 @@ pub struct Target {
     query: Vec<(String, TemplateId)>,
     headers: Vec<(HeaderName, TemplateId)>,
     authorization: Option<HeaderValue>,
-    /// Header and query values written from `${VAR}`, added at send time.
+    /// Header and query values written from `${VAR}`, added at send time, and values from
+    /// `${VAR}` inside templated headers and URL paths, kept out of the store by markers.
     env_credentials: EnvCredentials,
     content: ContentKind,
     body: BodySpec,
@@ -127,7 +128,7 @@ pub struct CompileCtx<'a> {
     pub limit_keys: &'a mut std::collections::HashMap<String, LimitSpec>,
     pub route: &'a str,
     /// The text before `${VAR}` expansion of the file's values that held one, by YAML path.
-    pub from_env: &'a std::collections::HashMap<String, String>,
+    pub from_env: &'a std::collections::HashMap<String, crate::config::env::FromEnv>,
     /// The route came from the config files (trusted), not the admin API (guarded; its
     /// `upstream:` targets excepted).
     pub trusted_origin: bool,

@@ -252,6 +252,9 @@ async fn secrets_reach_neither_the_store_nor_the_api_nor_the_logs() {
         ("GENERIC_TOKEN", "generic-s3cr3t-11"),
         ("GITHUB_SECRET", "github-s3cr3t-12"),
         ("API_KEY_V2", "apikey-v2-s3cr3t-13"),
+        ("PATH_TOKEN", "T000-B000-path-s3cr3t-14"),
+        ("MIXED_KEY", "mixed-header-s3cr3t-15"),
+        ("QUERY_TOKEN", "mixed-query-s3cr3t-16"),
     ];
     let sink = TestSink::start().await;
     let flaky = TestSink::scripted(vec![crate::support::Answer::status_only(503)]).await;
@@ -294,6 +297,10 @@ routes:
       - name: github
         url: "{sink}/github"
         sign: {{ github: {{ secret: "${{GITHUB_SECRET}}" }} }}
+      - name: mixed
+        url: "{sink}/services/${{PATH_TOKEN}}"
+        headers: {{ X-Mixed: "K ${{MIXED_KEY}} {{{{body.kind}}}}" }}
+        query: {{ mixed: "p${{QUERY_TOKEN}}{{{{body.kind}}}}" }}
       - name: flaky
         url: "{flaky}/flaky"
         headers: {{ X-Api-Key: "${{{api_key_var}}}" }}
@@ -322,9 +329,15 @@ routes:
         )
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    let reply = client.post_json(&hook("/hooks/generic"), &[("x-my-token", env[10].1)], r#"{"tapd":{"secret":"x"}}"#).await;
+    let reply = client.post_json(&hook("/hooks/generic"), &[("x-my-token", env[10].1)], r#"{"tapd":{"secret":"x"},"kind":"z"}"#).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    let seen = sink.wait_for(4).await;
+    let seen = sink.wait_for(5).await;
+    // Values from `${VAR}` inside a URL path and inside templated header and query values.
+    let mixed = seen.iter().find(|s| s.uri.starts_with("/services/")).expect("mixed request");
+    assert_eq!(mixed.uri, format!("/services/{}?mixed=p{}z", env[13].1, env[15].1));
+    assert_eq!(mixed.header("x-mixed"), Some(format!("K {} z", env[14].1).as_str()));
+    let (_, routes) = admin_call(&client, admin, env[0].1, "GET", "/api/routes/generic", Value::Null).await;
+    assert!(routes.to_string().contains("/services/${PATH_TOKEN}"), "routes show URLs as written: {routes}");
     flaky.wait_for(1).await;
 
     // The receivers got the real credentials.

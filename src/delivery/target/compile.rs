@@ -122,7 +122,12 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     let (url_text, userinfo) = split_userinfo(&raw.url);
     let mut env_credentials = EnvCredentials::default();
     let url_text = match ctx.from_env.get(&format!("{at}.url")) {
-        Some(original) => env_credentials.take_from_url(&url_text, original),
+        Some(from_env) => {
+            // A value opening the URL is its base (`${CODEARTS_BASE}/v2/…`); any other
+            // value in it (a path token, as Slack and Feishu use) is a credential.
+            env_credentials.add_secret_values(from_env.values.iter().filter(|v| !v.at_start).map(|v| v.value.clone()));
+            env_credentials.take_from_url(&url_text, &from_env.original)
+        }
         None => url_text,
     };
     let url = match url_text.strip_prefix("upstream:") {
@@ -148,6 +153,9 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     let mut query = Vec::new();
     for (name, value) in &raw.query {
         let here = format!("{at}.query.{name}");
+        if let Some(from_env) = ctx.from_env.get(&here) {
+            env_credentials.add_secret_values(from_env.values.iter().map(|v| v.value.clone()));
+        }
         if ctx.from_env.contains_key(&here) && !value.contains("{{") {
             env_credentials.add_query_value(name, value);
         } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
@@ -164,6 +172,9 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         if value.contains(['\r', '\n']) {
             ctx.problems.push(here, "header values may not contain CR or LF");
             continue;
+        }
+        if let Some(from_env) = ctx.from_env.get(&here) {
+            env_credentials.add_secret_values(from_env.values.iter().map(|v| v.value.clone()));
         }
         if ctx.from_env.contains_key(&here) && !value.contains("{{") {
             match HeaderValue::from_str(value) {
@@ -268,7 +279,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         name,
         trusted: ctx.trusted_origin || matches!(url, Some(UrlSpec::Upstream(_))),
         url: url?,
-        url_source: redact_url(&raw.url),
+        // Shown by the admin API: as written (`${VAR}` names, not their values).
+        url_source: redact_url(ctx.from_env.get(&format!("{at}.url")).map_or(raw.url.as_str(), |from_env| from_env.original.as_str())),
         method,
         query,
         headers,
