@@ -413,14 +413,8 @@ async fn forward_sync(
     // the attempt, at send time, and never reach the store.
     let stored_request = stored(&outgoing, target);
     let (route, target_name) = (outgoing.route.clone(), outgoing.target.clone());
-    let send = AttemptSettings {
-        outbound: &relay.outbound,
-        target: Some(target),
-        trusted: target.trusted || snapshot.settings.allow_private,
-        redactions: &snapshot.redactions,
-        timeout: target.timeout,
-        max_answer: MAX_SYNC_ANSWER,
-    };
+    let send =
+        AttemptSettings::for_rendered(&relay.outbound, target, snapshot.settings.allow_private, &snapshot.redactions, MAX_SYNC_ANSWER);
     let Tried { answer, record, .. } = send.attempt(outgoing, started_at).await;
     // Judged as the engine judges (`success`, `success_when`, the preset's answer codes);
     // the sender gets the answer either way and retries on its own terms.

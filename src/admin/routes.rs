@@ -268,14 +268,13 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
                 continue;
             }
         };
-        let send = AttemptSettings {
-            outbound: &relay.outbound,
-            target: Some(target),
-            trusted: target.trusted || snapshot.settings.allow_private,
-            redactions: &snapshot.redactions,
-            timeout: target.timeout,
-            max_answer: MAX_RECORDED_ANSWER,
-        };
+        let send = AttemptSettings::for_rendered(
+            &relay.outbound,
+            target,
+            snapshot.settings.allow_private,
+            &snapshot.redactions,
+            MAX_RECORDED_ANSWER,
+        );
         let Tried { sent, answer: attempt, .. } = send.attempt(outgoing, now_ms()).await;
         let judged = attempt.status.map(|status| TargetSettings::of(Some(target)).judge(status, &attempt.answer));
         results.push(json!({

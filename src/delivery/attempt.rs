@@ -38,7 +38,26 @@ pub struct AttemptSettings<'a> {
     pub max_answer: usize,
 }
 
-impl AttemptSettings<'_> {
+impl<'a> AttemptSettings<'a> {
+    /// Sending a request a target rendered just now: guarded unless the target is trusted
+    /// or `outbound.allow_private` is set.
+    pub fn for_rendered(
+        outbound: &'a Outbound,
+        target: &'a Target,
+        allow_private: bool,
+        redactions: &'a Redactions,
+        max_answer: usize,
+    ) -> AttemptSettings<'a> {
+        AttemptSettings {
+            outbound,
+            target: Some(target),
+            trusted: target.trusted || allow_private,
+            redactions,
+            timeout: target.timeout,
+            max_answer,
+        }
+    }
+
     pub async fn attempt(&self, rendered: OutgoingRequest, now_ms: i64) -> Tried {
         let prepared = match self.target {
             Some(target) => target.prepare(rendered, now_ms),
