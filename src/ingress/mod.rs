@@ -25,11 +25,14 @@ use crate::metrics::count_request;
 use crate::proxy;
 use crate::ratelimit::Throttled;
 use crate::relay::Relay;
-use crate::respond::{json_error, json_response, retry_later};
+use crate::respond::json_response;
 use crate::routing::{self, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
 use crate::verify::VerifyInput;
+
+mod outcome;
+pub use outcome::{Handled, IngressError};
 
 /// The request id: the sender's `X-Request-Id` if it gave a sane one, else a new one.
 /// It is passed on to targets and the upstream service and returned to the sender.
@@ -79,15 +82,14 @@ fn with_routes(mut response: Response<Body>, routes: &[&str]) -> Response<Body> 
 async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) -> Response<Body> {
     // `OPTIONS *` asks about the server itself, not a resource: no route or service owns it.
     if request.method() == http::Method::OPTIONS && request.uri() == "*" {
-        count_request("", "options");
+        Handled::Options.count("");
         let mut response = Response::new(client::full(Bytes::new()));
         response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         return response;
     }
     // Two Host headers make the request ambiguous: which one would the service route on?
     if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
-        count_request("", "bad_request");
-        return json_error(StatusCode::BAD_REQUEST, "more than one Host header", None);
+        return IngressError::DuplicateHost.answer("");
     }
     let snapshot = relay.snapshot();
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
@@ -96,28 +98,17 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) ->
     let limits = &snapshot.settings.limits;
     match tokio::time::timeout(limits.request_timeout, buffered(relay, &snapshot, request, peer)).await {
         Ok(response) => response,
-        Err(_) => {
-            count_request("", "timeout");
-            crate::metrics::count_limit("request_timeout");
-            json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request timed out",
-                Some(json!(format!("the request did not complete within {:?}", limits.request_timeout))),
-            )
-        }
+        Err(_) => IngressError::RequestTimeout(limits.request_timeout).answer(""),
     }
 }
 
 async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, peer: Peer) -> Response<Body> {
     match &snapshot.settings.upstream {
         Some(upstream) => {
-            count_request("", "proxied");
+            Handled::Proxied.count("");
             proxy::forward(&relay.outbound.trusted, upstream, request, peer.addr, peer.scheme(), &snapshot.settings.limits).await
         }
-        None => {
-            count_request("", "unmatched");
-            json_error(StatusCode::NOT_FOUND, "no route matched", None)
-        }
+        None => IngressError::Unmatched.answer(""),
     }
 }
 
@@ -125,27 +116,16 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let max_body = snapshot.settings.limits.max_body;
     let declared = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > max_body) {
-        count_request("", "too_large");
-        crate::metrics::count_limit("max_body");
-        return too_large(max_body);
+        return IngressError::TooLarge { max_body }.answer("");
     }
     let Some(_room) = relay.reserve_body(declared.unwrap_or(max_body).min(max_body)) else {
-        count_request("", "busy");
-        crate::metrics::count_limit("max_buffered_bytes");
-        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many request bodies in memory", 1);
+        return IngressError::BuffersFull.answer("");
     };
     let (mut parts, body) = request.into_parts();
     let raw = match Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            count_request("", "too_large");
-            crate::metrics::count_limit("max_body");
-            return too_large(max_body);
-        }
-        Err(err) => {
-            count_request("", "bad_request");
-            return json_error(StatusCode::BAD_REQUEST, "could not read the request body", Some(json!(err.to_string())));
-        }
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return IngressError::TooLarge { max_body }.answer(""),
+        Err(err) => return IngressError::BadBody(err.to_string()).answer(""),
     };
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let headers = std::mem::take(&mut parts.headers);
@@ -159,7 +139,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let mut retry_after = None;
     let matched = charge_ingress_limits(relay, &inbound, matched, true, &mut retry_after);
     if let (true, Some(wait)) = (matched.is_empty(), retry_after) {
-        return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
+        return IngressError::RateLimited { wait }.counted();
     }
     let now_unix = Utc::now().timestamp();
     let verify_input = VerifyInput {
@@ -172,15 +152,15 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let (passed, failed): (Vec<RouteMatch<'_>>, Vec<RouteMatch<'_>>) =
         matched.into_iter().partition(|m| m.route.verify.iter().all(|check| check.check(&verify_input).is_ok()));
     for route in &failed {
-        count_request(&route.route.name, "unauthorized");
+        count_request(&route.route.name, IngressError::Unauthorized.metric_outcome());
         tracing::info!(route = %route.route.name, peer = %peer.addr.ip(), "verification failed");
     }
     if passed.is_empty() {
-        return json_error(StatusCode::UNAUTHORIZED, "verification failed", None);
+        return IngressError::Unauthorized.counted();
     }
     let passed = charge_ingress_limits(relay, &inbound, passed, false, &mut retry_after);
     if let (true, Some(wait)) = (passed.is_empty(), retry_after) {
-        return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
+        return IngressError::RateLimited { wait }.counted();
     }
     let body = inbound.take_body();
     accept(relay, snapshot, &inbound, body, passed).await
@@ -205,7 +185,7 @@ fn charge_ingress_limits<'r>(
             match relay.ingress_limits.check(&m.route.name, limit.spec, &limit.sender(inbound)) {
                 Ok(()) => true,
                 Err(Throttled(wait)) => {
-                    count_request(&m.route.name, "rate_limited");
+                    count_request(&m.route.name, IngressError::RateLimited { wait }.metric_outcome());
                     crate::metrics::count_limit("ingress_limit");
                     *retry_after = (*retry_after).max(Some(wait));
                     false
@@ -215,23 +195,11 @@ fn charge_ingress_limits<'r>(
         .collect()
 }
 
-/// Retry-After is in whole seconds; round up so the sender never comes back too early.
-fn whole_seconds(wait: std::time::Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-}
-
-fn too_large(max_body: u64) -> Response<Body> {
-    json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", Some(json!({ "max_body": max_body })))
-}
-
 /// Renders every target of every passing route, commits the event and its deliveries to
 /// the store (one event per route), and answers: 202, or the sync target's answer.
 async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
     if relay.store_owner.is_lost() {
-        for matched in &passed {
-            count_request(&matched.route.name, "store_error");
-        }
-        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; see the relay's log", 5);
+        return fail_all(&passed, IngressError::StoreLost);
     }
     let received_at = Utc::now();
     let mut context = context::base(inbound, body, received_at, snapshot.templates_use_raw);
@@ -291,8 +259,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     // The sender of a sync route will retry after an error: store nothing, or the other
     // targets would receive the event twice.
     if let Some((route, err)) = sync_failure {
-        count_request(route, "render_error");
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "could not build the outgoing request", Some(json!(err.to_string())));
+        return IngressError::Render(err).answer(route);
     }
     // An event whose only delivery is the sync one needs no commit before the answer: the
     // sender gets the target's answer itself. It is logged afterwards, off the request path.
@@ -304,18 +271,10 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
     let outcomes = match relay.engine.accept(events).await {
         Ok(outcomes) => outcomes,
-        Err(AcceptError::Full) => {
-            for matched in &passed {
-                count_request(&matched.route.name, "queue_full");
-            }
-            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "delivery queue is full", 1);
-        }
+        Err(AcceptError::Full) => return fail_all(&passed, IngressError::QueueFull),
         Err(AcceptError::Store(err)) => {
             tracing::error!(error = %err, "could not store the event");
-            for matched in &passed {
-                count_request(&matched.route.name, "store_error");
-            }
-            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "could not store the event", 1);
+            return fail_all(&passed, IngressError::StoreFailed);
         }
     };
     let accepted: Vec<&String> =
@@ -326,9 +285,9 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         let mut duplicates = Vec::new();
         for ((name, outcome), id) in route_names.iter().zip(&outcomes).zip(&ids) {
             match outcome {
-                AcceptOutcome::Accepted => count_request(name, "accepted"),
+                AcceptOutcome::Accepted => Handled::Accepted.count(name),
                 AcceptOutcome::Duplicate { original_event_id } => {
-                    count_request(name, "duplicate");
+                    Handled::Duplicate.count(name);
                     duplicates.push(json!({ "route": name, "id": id, "original": original_event_id }));
                 }
             }
@@ -343,9 +302,17 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         return with_routes(json_response(StatusCode::ACCEPTED, &answer), &route_names);
     };
     for name in &route_names {
-        count_request(name, "forwarded");
+        Handled::Forwarded.count(name);
     }
     with_routes(forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names)
+}
+
+/// Every passing route counts `err`; the sender gets its answer once.
+fn fail_all(passed: &[RouteMatch<'_>], err: IngressError) -> Response<Body> {
+    for matched in passed {
+        count_request(&matched.route.name, err.metric_outcome());
+    }
+    err.counted()
 }
 
 /// Targets whose request could not be rendered fail at once (retrying cannot help); they
@@ -404,8 +371,7 @@ async fn forward_sync(
 ) -> Response<Body> {
     if let Some(limit) = &target.rate_limit {
         if let Err(Throttled(wait)) = relay.outbound_limits.bucket(&limit.key, limit.spec).acquire(Some(limit.max_wait)).await {
-            count_request(&outgoing.route, "rate_limited");
-            return retry_later(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded", whole_seconds(wait));
+            return IngressError::RateLimited { wait }.answer(&outgoing.route);
         }
     }
     let started_at = now_ms();
@@ -480,8 +446,7 @@ async fn forward_sync(
         (_, error) => {
             let message = error.unwrap_or_else(|| "no answer".to_string());
             tracing::warn!(route = %route, target = %target_name, error = %message, "sync delivery failed");
-            let status = if answer.timed_out { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
-            json_error(status, "target unavailable", Some(json!(message)))
+            IngressError::TargetUnavailable { timed_out: answer.timed_out, detail: message }.counted()
         }
     }
 }
