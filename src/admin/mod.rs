@@ -7,7 +7,10 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+mod error;
 mod routes;
+
+pub use error::ApiError;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -17,7 +20,7 @@ use crate::engine::now_ms;
 use crate::redact::Redactions;
 use crate::relay::{Relay, ReloadOutcome};
 use crate::reload::reload_now;
-use crate::respond::{json_error, json_response};
+use crate::respond::json_response;
 use crate::routing::Route;
 use crate::store::{AttemptView, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, EventView, StoreError, DEFAULT_PAGE};
 use crate::values::secret_eq;
@@ -41,7 +44,7 @@ const MAX_API_BODY: usize = 1024 * 1024;
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match http_body_util::Limited::new(request.into_body(), MAX_API_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body unreadable or too large", Some(json!(err.to_string())))),
+        Err(err) => Err(ApiError::TooLarge(err.to_string()).into_response()),
     }
 }
 
@@ -59,9 +62,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
         _ => {}
     }
     if !authorized(relay, &request) {
-        let mut response = json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token", None);
-        response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-        return response;
+        return ApiError::Unauthorized.into_response();
     }
     match (request.method().clone(), path.as_str()) {
         (Method::GET, "/metrics") => {
@@ -123,7 +124,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                     }
                     json_response(StatusCode::OK, &json!(event))
                 }
-                Ok(None) => json_error(StatusCode::NOT_FOUND, "no such event", Some(json!(id))),
+                Ok(None) => ApiError::not_found("no such event", id).into_response(),
                 Err(err) => store_error(err),
             }
         }
@@ -169,7 +170,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                     attempts.iter_mut().for_each(|attempt| redact_attempt(attempt, &snapshot.redactions));
                     json_response(StatusCode::OK, &json!({ "delivery": delivery, "attempts": attempts }))
                 }
-                Ok(None) => json_error(StatusCode::NOT_FOUND, "no such delivery", Some(json!(id))),
+                Ok(None) => ApiError::not_found("no such delivery", id).into_response(),
                 Err(err) => store_error(err),
             }
         }
@@ -199,7 +200,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             let name = &other["/api/routes/".len()..];
             match relay.snapshot().route(name) {
                 Some(route) => json_response(StatusCode::OK, &describe(route)),
-                None => json_error(StatusCode::NOT_FOUND, "no such route", Some(json!(name))),
+                None => ApiError::not_found("no such route", name).into_response(),
             }
         }
         (Method::POST, "/api/reload") => match reload_now(relay).await {
@@ -211,13 +212,13 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             }
             Err(errors) => {
                 let detail: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                json_error(StatusCode::UNPROCESSABLE_ENTITY, "config invalid; the previous config keeps serving", Some(json!(detail)))
+                ApiError::Invalid { error: "config invalid; the previous config keeps serving", detail: json!(detail) }.into_response()
             }
         },
         (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries") => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None)
+            ApiError::MethodNotAllowed.into_response()
         }
-        _ => json_error(StatusCode::NOT_FOUND, "not found", None),
+        _ => ApiError::NotFound { what: "not found", detail: None }.into_response(),
     }
 }
 
@@ -267,15 +268,7 @@ fn redact_text(redactions: &Redactions, headers: &[(String, String)], body: &str
 }
 
 pub(crate) fn store_error(err: StoreError) -> Response<Body> {
-    match err {
-        StoreError::NotFound => json_error(StatusCode::NOT_FOUND, "not found", None),
-        StoreError::Conflict(detail) => json_error(StatusCode::CONFLICT, "conflict", Some(json!(detail))),
-        StoreError::InvalidInput(detail) => json_error(StatusCode::BAD_REQUEST, "invalid request", Some(json!(detail))),
-        other => {
-            tracing::error!(error = %other, "store request failed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable", Some(json!(other.to_string())))
-        }
-    }
+    ApiError::Store(err).into_response()
 }
 
 /// A route as the API shows it; secrets never appear (targets show their URL template).

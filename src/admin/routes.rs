@@ -21,10 +21,10 @@ use crate::engine::now_ms;
 use crate::inbound::InboundRequest;
 use crate::relay::Relay;
 use crate::render::{dry_run, RequestView};
-use crate::respond::{json_error, json_response};
+use crate::respond::json_response;
 use crate::routing::{Origin, Route};
 
-use super::{describe, store_error};
+use super::{describe, store_error, ApiError};
 
 /// What `render` and `test` take; everything optional.
 #[derive(Debug, Default, Deserialize)]
@@ -38,28 +38,18 @@ pub struct SampleRequest {
 }
 
 /// A request the API refuses with 400, before anything is touched.
-struct BadRequest {
-    error: &'static str,
-    detail: Value,
-}
-
-impl BadRequest {
-    fn response(self) -> Response<Body> {
-        json_error(StatusCode::BAD_REQUEST, self.error, Some(self.detail))
-    }
-}
-
-fn bad_request(error: &'static str, detail: impl Into<Value>) -> BadRequest {
-    BadRequest { error, detail: detail.into() }
+fn bad_request(error: &'static str, detail: impl Into<Value>) -> ApiError {
+    ApiError::BadRequest { error, detail: detail.into() }
 }
 
 fn invalid(errors: ConfigErrors) -> Response<Body> {
     let detail: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-    json_error(StatusCode::UNPROCESSABLE_ENTITY, "route invalid", Some(json!(detail)))
+    ApiError::Invalid { error: "route invalid", detail: json!(detail) }.into_response()
 }
 
 fn read_only(name: &str) -> Response<Body> {
-    json_error(StatusCode::CONFLICT, "route is defined in the config file and is read-only through the API", Some(json!(name)))
+    ApiError::Conflict { error: "route is defined in the config file and is read-only through the API", detail: json!(name) }
+        .into_response()
 }
 
 /// Runs a compile on a blocking thread (it reads the config files).
@@ -67,7 +57,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work).await.ok()
 }
 
-fn definition_of(body: &Bytes, name_from_path: Option<&str>) -> Result<(String, Value), BadRequest> {
+fn definition_of(body: &Bytes, name_from_path: Option<&str>) -> Result<(String, Value), ApiError> {
     let mut definition: Value = serde_json::from_slice(body).map_err(|err| bad_request("body is not JSON", err.to_string()))?;
     let Some(fields) = definition.as_object_mut() else {
         return Err(bad_request("a route is a JSON object with the YAML route schema", Value::Null));
@@ -101,7 +91,7 @@ async fn change(
     match blocking(move || checking.check_api_routes(&candidate)).await {
         Some(Ok(())) => {}
         Some(Err(errors)) => return Err(invalid(errors)),
-        None => return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, "route check failed", None)),
+        None => return Err(ApiError::Internal("route check failed").into_response()),
     }
     persist.await?;
     let applying = relay.clone();
@@ -110,7 +100,7 @@ async fn change(
         // The files changed between the check and now; the store has the route, the next
         // good reload serves it.
         Some(Err(errors)) => Err(invalid(errors)),
-        None => Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, "route swap failed", None)),
+        None => Err(ApiError::Internal("route swap failed").into_response()),
     }
 }
 
@@ -124,7 +114,7 @@ fn created_view(relay: &Relay, name: &str, status: StatusCode) -> Response<Body>
 pub async fn create(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
     let (name, definition) = match definition_of(&body, None) {
         Ok(parsed) => parsed,
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return refusal.into_response(),
     };
     let _guard = relay.api_lock.lock().await;
     if is_yaml_route(relay, &name) {
@@ -132,7 +122,7 @@ pub async fn create(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
     }
     let mut routes = relay.api_routes();
     if routes.iter().any(|r| r.name == name) {
-        return json_error(StatusCode::CONFLICT, "a route with this name exists", Some(json!(name)));
+        return ApiError::Conflict { error: "a route with this name exists", detail: json!(name) }.into_response();
     }
     routes.push(ApiRoute { name: name.clone(), definition: definition.clone() });
     let store = relay.engine.store().clone();
@@ -146,7 +136,7 @@ pub async fn create(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
 pub async fn replace(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body> {
     let (name, definition) = match definition_of(&body, Some(name)) {
         Ok(parsed) => parsed,
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return refusal.into_response(),
     };
     let _guard = relay.api_lock.lock().await;
     if is_yaml_route(relay, &name) {
@@ -154,7 +144,7 @@ pub async fn replace(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Bo
     }
     let mut routes = relay.api_routes();
     let Some(existing) = routes.iter_mut().find(|r| r.name == name) else {
-        return json_error(StatusCode::NOT_FOUND, "no such API route", Some(json!(name)));
+        return ApiError::not_found("no such API route", name).into_response();
     };
     existing.definition = definition.clone();
     let store = relay.engine.store().clone();
@@ -174,7 +164,7 @@ pub async fn delete(relay: &Arc<Relay>, name: &str) -> Response<Body> {
     let before = routes.len();
     routes.retain(|r| r.name != name);
     if routes.len() == before {
-        return json_error(StatusCode::NOT_FOUND, "no such API route", Some(json!(name)));
+        return ApiError::not_found("no such API route", name).into_response();
     }
     let store = relay.engine.store().clone();
     let persist = async { store.delete_route(name).await.map(|_| ()).map_err(store_error) };
@@ -190,7 +180,7 @@ pub async fn delete(relay: &Arc<Relay>, name: &str) -> Response<Body> {
 
 /// The sample request for `render` / `test`; the route's own path by default (parameters
 /// filled with their names, `/*` with nothing).
-fn sample(route: &Route, body: &Bytes, default_body: Option<Value>) -> Result<InboundRequest, BadRequest> {
+fn sample(route: &Route, body: &Bytes, default_body: Option<Value>) -> Result<InboundRequest, ApiError> {
     let spec: SampleRequest = if body.is_empty() {
         SampleRequest::default()
     } else {
@@ -225,15 +215,15 @@ fn sample(route: &Route, body: &Bytes, default_body: Option<Value>) -> Result<In
 pub async fn render(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body> {
     let snapshot = relay.snapshot();
     let Some(route) = snapshot.route(name) else {
-        return json_error(StatusCode::NOT_FOUND, "no such route", Some(json!(name)));
+        return ApiError::not_found("no such route", name).into_response();
     };
     let request = match sample(route, &body, None) {
         Ok(request) => request,
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return refusal.into_response(),
     };
     match dry_run(&snapshot, &request, Some(name), false) {
         Ok(report) => json_response(StatusCode::OK, &json!(report.routes.first())),
-        Err(message) => json_error(StatusCode::NOT_FOUND, "no such route", Some(json!(message))),
+        Err(message) => ApiError::not_found("no such route", message).into_response(),
     }
 }
 
@@ -241,11 +231,11 @@ pub async fn render(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Bod
 pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body> {
     let snapshot = relay.snapshot();
     let Some(route) = snapshot.route(name) else {
-        return json_error(StatusCode::NOT_FOUND, "no such route", Some(json!(name)));
+        return ApiError::not_found("no such route", name).into_response();
     };
     let mut request = match sample(route, &body, Some(json!({ "event": "ping" }))) {
         Ok(request) => request,
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return refusal.into_response(),
     };
     let event_id = format!("test-{}", ulid::Ulid::generate());
     let params = route.path.matches(&request.path).unwrap_or_default();
