@@ -16,7 +16,6 @@ pub mod engine;
 pub mod inbound;
 pub mod ingress;
 pub mod metrics;
-pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
 pub mod relay;

@@ -22,7 +22,6 @@ use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
-use crate::proxy;
 use crate::ratelimit::Throttled;
 use crate::relay::Relay;
 use crate::respond::json_response;
@@ -32,6 +31,7 @@ use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, Ne
 use crate::verify::VerifyInput;
 
 mod outcome;
+pub mod proxy;
 pub use outcome::{Handled, IngressError};
 
 /// The request id: the sender's `X-Request-Id` if it gave a sane one, else a new one.

@@ -41,6 +41,11 @@ pub enum IngressError {
     StoreFailed,
     #[error("target unavailable")]
     TargetUnavailable { timed_out: bool, detail: String },
+    /// The service beside the relay could not be reached (pass-through).
+    #[error("upstream unavailable")]
+    Upstream(String),
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout(Duration),
 }
 
 impl IngressError {
@@ -57,7 +62,8 @@ impl IngressError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngressError::TargetUnavailable { timed_out: true, .. } => StatusCode::GATEWAY_TIMEOUT,
-            IngressError::TargetUnavailable { timed_out: false, .. } => StatusCode::BAD_GATEWAY,
+            IngressError::TargetUnavailable { timed_out: false, .. } | IngressError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            IngressError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -75,6 +81,7 @@ impl IngressError {
             IngressError::Render(_) => "render_error",
             IngressError::QueueFull => "queue_full",
             IngressError::TargetUnavailable { .. } => "forwarded",
+            IngressError::Upstream(_) | IngressError::UpstreamTimeout(_) => "proxied",
         }
     }
 
@@ -82,6 +89,7 @@ impl IngressError {
     fn limit(&self) -> Option<&'static str> {
         match self {
             IngressError::RequestTimeout(_) => Some("request_timeout"),
+            IngressError::UpstreamTimeout(_) => Some("upstream_header_timeout"),
             IngressError::BuffersFull => Some("max_buffered_bytes"),
             IngressError::TooLarge { .. } => Some("max_body"),
             _ => None,
@@ -102,7 +110,12 @@ impl IngressError {
         match self {
             IngressError::RequestTimeout(limit) => Some(json!(format!("the request did not complete within {limit:?}"))),
             IngressError::TooLarge { max_body } => Some(json!({ "max_body": max_body })),
-            IngressError::BadBody(detail) | IngressError::TargetUnavailable { detail, .. } => Some(json!(detail)),
+            IngressError::BadBody(detail) | IngressError::TargetUnavailable { detail, .. } | IngressError::Upstream(detail) => {
+                Some(json!(detail))
+            }
+            IngressError::UpstreamTimeout(limit) => {
+                Some(json!(format!("no response headers within {limit:?} (limits.upstream_header_timeout)")))
+            }
             IngressError::Render(err) => Some(json!(err.to_string())),
             _ => None,
         }

@@ -7,16 +7,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
+use super::IngressError;
 use crate::delivery::client::{error_chain, Body, BoxError, HttpClient};
-use crate::respond::json_error;
 use crate::settings::{Limits, Upstream};
 
 const HOP_BY_HOP: [&str; 8] =
@@ -66,12 +65,12 @@ pub async fn forward(
         None => host.to_string(),
     });
     let Some(authority) = authority else {
-        return json_error(StatusCode::BAD_GATEWAY, "upstream has no host", None);
+        return IngressError::Upstream("upstream has no host".to_string()).counted();
     };
     let uri = format!("{}://{authority}{base_path}{path_and_query}", upstream.base.scheme());
     parts.uri = match uri.parse() {
         Ok(uri) => uri,
-        Err(err) => return json_error(StatusCode::BAD_GATEWAY, "cannot build the upstream URL", Some(err.to_string().into())),
+        Err(err) => return IngressError::Upstream(format!("cannot build the upstream URL: {err}")).counted(),
     };
     parts.version = http::Version::HTTP_11;
     let original_host = parts.headers.get(http::header::HOST).cloned();
@@ -98,29 +97,13 @@ pub async fn forward(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
-        _ if expired.load(Ordering::Acquire) => body_timeout(limits.request_timeout),
+        _ if expired.load(Ordering::Acquire) => IngressError::RequestTimeout(limits.request_timeout).counted(),
         Ok(Err(err)) => {
             tracing::warn!(error = %error_chain(&err), "upstream request failed");
-            json_error(StatusCode::BAD_GATEWAY, "upstream unavailable", Some(error_chain(&err).into()))
+            IngressError::Upstream(error_chain(&err)).counted()
         }
-        Err(limit) => {
-            crate::metrics::count_limit("upstream_header_timeout");
-            json_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream did not answer in time",
-                Some(format!("no response headers within {limit:?} (limits.upstream_header_timeout)").into()),
-            )
-        }
+        Err(limit) => IngressError::UpstreamTimeout(limit).counted(),
     }
-}
-
-fn body_timeout(limit: Duration) -> Response<Body> {
-    crate::metrics::count_limit("request_timeout");
-    json_error(
-        StatusCode::REQUEST_TIMEOUT,
-        "request timed out",
-        Some(format!("the request body did not arrive within {limit:?} (limits.request_timeout)").into()),
-    )
 }
 
 /// A proxied request's body, failed when it has not fully arrived by the deadline, so a
