@@ -16,6 +16,7 @@ pub mod engine;
 pub mod inbound;
 pub mod ingress;
 pub mod metrics;
+pub mod plan;
 pub mod ratelimit;
 pub mod redact;
 pub mod relay;

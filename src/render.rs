@@ -7,9 +7,9 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::context;
 use crate::delivery::target::OutgoingRequest;
 use crate::inbound::InboundRequest;
+use crate::plan::{plan, PlannedRoute};
 use crate::redact::{is_sensitive_header, Redactions};
 use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
 use crate::snapshot::Snapshot;
@@ -85,8 +85,6 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
             candidates.push((RouteMatch { route, params, info }, false));
         }
     }
-    let event_id = "dry-run";
-    let mut context = context::base(request, request.body.to_value(), Utc::now(), snapshot.templates_use_raw);
     let verify_input = VerifyInput {
         headers: &request.headers,
         raw_body: &request.raw,
@@ -94,16 +92,16 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         peer: request.peer,
         now_unix: Utc::now().timestamp(),
     };
+    let (candidates, did_match): (Vec<RouteMatch<'_>>, Vec<bool>) = candidates.into_iter().unzip();
+    let planned = plan(snapshot, request, request.body.to_value(), candidates, Utc::now(), || "dry-run".to_string());
     let mut routes = Vec::new();
-    for (matched, did_match) in candidates {
-        context::set_route(&mut context, &matched, event_id);
+    for (PlannedRoute { matched, targets, .. }, did_match) in planned.into_iter().zip(did_match) {
         let route = matched.route;
         let verify_errors = route.verify.iter().filter_map(|check| check.check(&verify_input).err()).map(|e| e.to_string()).collect();
-        let requests = route
-            .targets
-            .iter()
-            .map(|target| {
-                match target.render(&route.name, &snapshot.templates, &context, request, snapshot.settings.upstream.as_ref(), event_id) {
+        let requests = targets
+            .into_iter()
+            .map(|(target, rendered)| {
+                match rendered {
                     Ok(Some(outgoing)) => {
                         // Shown as sent, credentials included (redacted unless asked); signatures
                         // depend on the send time and are left out.

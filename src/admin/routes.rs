@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{ApiRoute, ConfigErrors};
-use crate::context;
 use crate::delivery::attempt::{AttemptSettings, Tried};
 use crate::delivery::client::{header_pairs, Body, MAX_RECORDED_ANSWER};
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::now_ms;
 use crate::inbound::InboundRequest;
+use crate::plan::plan;
 use crate::relay::Relay;
 use crate::render::{dry_run, RequestView};
 use crate::respond::json_response;
@@ -237,16 +237,13 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
-    let event_id = format!("test-{}", ulid::Ulid::generate());
     let params = route.path.matches(&request.path).unwrap_or_default();
     let info = route.source.extract(&request.headers, request.body.as_matchable());
     let matched = crate::routing::RouteMatch { route, params, info };
     let parsed = request.take_body();
-    let mut context = context::base(&request, parsed, Utc::now(), snapshot.templates_use_raw);
-    context::set_route(&mut context, &matched, &event_id);
+    let planned = plan(&snapshot, &request, parsed, vec![matched], Utc::now(), || format!("test-{}", ulid::Ulid::generate()));
     let mut results = Vec::new();
-    for target in &route.targets {
-        let rendered = target.render(&route.name, &snapshot.templates, &context, &request, snapshot.settings.upstream.as_ref(), &event_id);
+    for (target, rendered) in planned.into_iter().flat_map(|route| route.targets) {
         let outgoing = match rendered {
             Ok(Some(outgoing)) => outgoing,
             Ok(None) => {

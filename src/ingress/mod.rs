@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use crate::config::model::Respond;
 use crate::connections::Peer;
-use crate::context;
 use crate::delivery::answers::CodeClass;
 use crate::delivery::attempt::{AttemptSettings, Tried};
 use crate::delivery::client::{self, Body};
@@ -22,6 +21,7 @@ use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
 use crate::metrics::count_request;
+use crate::plan::{plan, PlannedRoute};
 use crate::ratelimit::Throttled;
 use crate::relay::Relay;
 use crate::respond::json_response;
@@ -198,24 +198,21 @@ fn charge_ingress_limits<'r>(
 /// Renders every target of every passing route, commits the event and its deliveries to
 /// the store (one event per route), and answers: 202, or the sync target's answer.
 async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
+    let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
     if relay.store_owner.is_lost() {
-        return fail_all(&passed, IngressError::StoreLost);
+        return fail_all(&route_names, IngressError::StoreLost);
     }
     let received_at = Utc::now();
-    let mut context = context::base(inbound, body, received_at, snapshot.templates_use_raw);
-    let mut events: Vec<Accepted> = Vec::with_capacity(passed.len());
+    let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
+    let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
     let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
     let mut render_failures = Vec::new();
     let mut sync_failure = None;
-    for matched in &passed {
-        let event_id = ulid::Ulid::generate().to_string();
-        context::set_route(&mut context, matched, &event_id);
+    for PlannedRoute { matched, event_id, targets } in planned {
         let route = matched.route;
         let wants_sync = route.respond == Respond::Sync && sync_send.is_none() && sync_failure.is_none();
         let mut deliveries = Vec::with_capacity(route.targets.len());
-        for (index, target) in route.targets.iter().enumerate() {
-            let rendered =
-                target.render(&route.name, &snapshot.templates, &context, inbound, snapshot.settings.upstream.as_ref(), &event_id);
+        for (index, (target, rendered)) in targets.into_iter().enumerate() {
             let first_sync = wants_sync && index == 0;
             match rendered {
                 Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target, event_id.clone())),
@@ -271,16 +268,15 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
     let outcomes = match relay.engine.accept(events).await {
         Ok(outcomes) => outcomes,
-        Err(AcceptError::Full) => return fail_all(&passed, IngressError::QueueFull),
+        Err(AcceptError::Full) => return fail_all(&route_names, IngressError::QueueFull),
         Err(AcceptError::Store(err)) => {
             tracing::error!(error = %err, "could not store the event");
-            return fail_all(&passed, IngressError::StoreFailed);
+            return fail_all(&route_names, IngressError::StoreFailed);
         }
     };
     let accepted: Vec<&String> =
         ids.iter().zip(&outcomes).filter(|(_, outcome)| matches!(outcome, AcceptOutcome::Accepted)).map(|(id, _)| id).collect();
     record_render_failures(relay, &accepted, render_failures).await;
-    let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
     let Some((outgoing, target, sync_event)) = sync_send else {
         let mut duplicates = Vec::new();
         for ((name, outcome), id) in route_names.iter().zip(&outcomes).zip(&ids) {
@@ -308,9 +304,9 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
 }
 
 /// Every passing route counts `err`; the sender gets its answer once.
-fn fail_all(passed: &[RouteMatch<'_>], err: IngressError) -> Response<Body> {
-    for matched in passed {
-        count_request(&matched.route.name, err.metric_outcome());
+fn fail_all(routes: &[&str], err: IngressError) -> Response<Body> {
+    for route in routes {
+        count_request(route, err.metric_outcome());
     }
     err.counted()
 }
