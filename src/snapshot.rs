@@ -64,6 +64,8 @@ impl Snapshot {
 
 struct ParsedFile {
     file: SourceFile,
+    /// Nothing but whitespace was read.
+    blank: bool,
     tree: serde_yaml::Value,
 }
 
@@ -84,6 +86,7 @@ fn read_file(path: &Path, env: &dyn Lookup, hasher: &mut DefaultHasher, errors: 
             return None;
         }
     };
+    let blank = text.trim().is_empty();
     let mut file = SourceFile::new(path, &text);
     let mut tree: serde_yaml::Value = match serde_yaml::from_str(&text) {
         Ok(serde_yaml::Value::Null) => serde_yaml::Value::Mapping(Default::default()),
@@ -106,7 +109,7 @@ fn read_file(path: &Path, env: &dyn Lookup, hasher: &mut DefaultHasher, errors: 
     errors.extend(expansion.errors.iter().map(|e| file.error(&e.path, e.message.clone())));
     file.unexpanded = expansion.errors.into_iter().map(|e| e.path).collect();
     file.from_env = expansion.expanded;
-    Some(ParsedFile { file, tree })
+    Some(ParsedFile { file, tree, blank })
 }
 
 /// Takes `routes:` out of a file's tree so the rest can be read even when a route is broken.
@@ -130,6 +133,13 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
     let Some(mut main) = read_file(path, env, &mut hasher, &mut errors) else {
         return Err(ConfigErrors(errors));
     };
+    // Nobody means to run a relay from an empty file; an editor or a `>` redirect that has
+    // truncated it and not yet written it has. Keep the config that is serving.
+    if main.blank {
+        return Err(ConfigErrors(vec![main
+            .file
+            .error("", "the config file is empty (being written?); the previous config keeps serving")]));
+    }
     let main_routes = take_routes(&mut main.tree);
     let raw: Option<RawConfig> = match serde_path_to_error::deserialize(main.tree.clone()) {
         Ok(raw) => Some(raw),

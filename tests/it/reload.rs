@@ -58,6 +58,13 @@ async fn api_reload_reports_errors_and_keeps_the_old_config() {
     assert_eq!(status["config"]["last_error"], serde_json::Value::Null);
     let metrics = relay.client.get(&relay.admin_url("/metrics"), &[]).await.text();
     assert!(metrics.contains(r#"hookrelay_config_reloads_total{result="error"}"#), "{metrics}");
+
+    // A file truncated by a writer that has not written yet is not a config with no routes.
+    std::fs::write(relay.config_path(), "").unwrap();
+    let reply = relay.client.send("POST", &relay.admin_url("/api/reload"), &[], "").await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.text().contains("the config file is empty"), "{}", reply.text());
+    assert_eq!(delivered_version(&relay, &sink).await, "2");
 }
 
 #[tokio::test]
