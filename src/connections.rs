@@ -41,6 +41,25 @@ impl Peer {
     }
 }
 
+/// Why a request's Host is ambiguous, if it is: two Host headers (or a list in one), an
+/// HTTP/1.1 request without one, or an HTTP/2 `:authority` that names another host.
+pub fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() || host.is_some_and(|h| h.as_bytes().contains(&b',')) {
+        return Some("more than one Host");
+    }
+    if host.is_none() && request.version() == http::Version::HTTP_11 {
+        return Some("an HTTP/1.1 request needs a Host header");
+    }
+    match (host, request.uri().authority()) {
+        (Some(host), Some(authority)) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+            Some("Host and :authority name different hosts")
+        }
+        _ => None,
+    }
+}
+
 /// How one listener treats its connections.
 pub struct Listener {
     pub listener: TcpListener,

@@ -160,7 +160,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
     let mut files = vec![path.to_path_buf()];
     // Certificate files are watched and hashed like config files: a renewed certificate is a reload.
     if let Some(tls) = settings.as_ref().and_then(|s| s.tls.as_ref()) {
-        for file in [&tls.cert, &tls.key] {
+        for file in [Some(&tls.cert), Some(&tls.key), tls.client_ca_file.as_ref()].into_iter().flatten() {
             if let Ok(bytes) = std::fs::read(file) {
                 file.hash(&mut hasher);
                 bytes.hash(&mut hasher);

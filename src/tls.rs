@@ -22,6 +22,8 @@ pub struct TlsSettings {
     pub certified: Arc<CertifiedKey>,
     /// Roots for admin client certificates; empty means no mutual TLS.
     pub client_ca: Vec<CertificateDer<'static>>,
+    /// Where they were read from (watched and hashed like the config).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Reads and checks the PEM files; problems are reported at `tls.cert` / `tls.key`.
@@ -75,7 +77,8 @@ pub fn compile(raw: &RawTls, base: &Path, problems: &mut Problems) -> Option<Tls
         }
         None => Vec::new(),
     };
-    Some(TlsSettings { cert, key, certified: Arc::new(certified), client_ca })
+    let client_ca_file = raw.client_ca.as_ref().map(|file| base.join(file));
+    Some(TlsSettings { cert, key, certified: Arc::new(certified), client_ca, client_ca_file })
 }
 
 /// Where each handshake gets the certificate: the serving config's, read at that moment.

@@ -49,6 +49,9 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> 
 }
 
 pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<Body> {
+    if let Some(problem) = crate::connections::host_problem(&request) {
+        return ApiError::BadRequest { error: problem, detail: serde_json::Value::Null }.into_response();
+    }
     let path = request.uri().path().trim_end_matches('/').to_string();
     let method = request.method().clone();
     match (method, path.as_str()) {

@@ -328,8 +328,9 @@ fn reject_dot_segments(url: &str) -> Result<(), String> {
     // As the URL parser sees it: tabs and line breaks dropped, `\` a separator.
     let seen: String = url.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).map(|c| if c == '\\' { '/' } else { c }).collect();
     let after_scheme = seen.split_once("://").map_or(seen.as_str(), |(_, rest)| rest);
-    let path = after_scheme.split(['?', '#']).next().unwrap_or_default();
-    let dotted = path.split('/').any(|segment| {
+    // Not split at `#`: joined onto `upstream:` the rest of a value is still path.
+    let path = after_scheme.split('?').next().unwrap_or_default();
+    let dotted = path.split(['/', '#']).any(|segment| {
         let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
         decoded == "." || decoded == ".."
     });
@@ -387,5 +388,7 @@ mod tests {
         assert!(reject_dot_segments("/api/v1/%2e%2e\\%2e%2e\\admin").is_err());
         assert!(reject_dot_segments("/api/v1/.\t./.\t./admin").is_err());
         assert!(reject_dot_segments("/api/v1/.\n./admin").is_err());
+        assert!(reject_dot_segments("/api/v1/#/../../etc/passwd").is_err(), "a fragment joined onto upstream: is path");
+        assert!(reject_dot_segments("/api/v1/a.b/c..d/...").is_ok());
     }
 }

@@ -87,9 +87,9 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) ->
         response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         return response;
     }
-    // Two Host headers make the request ambiguous: which one would the service route on?
-    if request.headers().get_all(http::header::HOST).iter().nth(1).is_some() {
-        return IngressError::DuplicateHost.answer("");
+    // An ambiguous Host: which one would the service route on?
+    if let Some(problem) = crate::connections::host_problem(&request) {
+        return IngressError::AmbiguousHost(problem).answer("");
     }
     let snapshot = relay.snapshot();
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {

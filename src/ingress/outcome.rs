@@ -15,8 +15,8 @@ use crate::respond::{json_error, retry_later};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
-    #[error("more than one Host header")]
-    DuplicateHost,
+    #[error("{0}")]
+    AmbiguousHost(&'static str),
     #[error("request timed out")]
     RequestTimeout(Duration),
     #[error("no route matched")]
@@ -51,7 +51,7 @@ pub enum IngressError {
 impl IngressError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngressError::DuplicateHost | IngressError::BadBody(_) => StatusCode::BAD_REQUEST,
+            IngressError::AmbiguousHost(_) | IngressError::BadBody(_) => StatusCode::BAD_REQUEST,
             IngressError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Unmatched => StatusCode::NOT_FOUND,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -70,7 +70,7 @@ impl IngressError {
     /// The `outcome` label of `hookrelay_requests_total`.
     pub fn metric_outcome(&self) -> &'static str {
         match self {
-            IngressError::DuplicateHost | IngressError::BadBody(_) => "bad_request",
+            IngressError::AmbiguousHost(_) | IngressError::BadBody(_) => "bad_request",
             IngressError::RequestTimeout(_) => "timeout",
             IngressError::Unmatched => "unmatched",
             IngressError::BuffersFull => "busy",

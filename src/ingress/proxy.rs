@@ -57,6 +57,12 @@ pub async fn forward(
     let (mut parts, body) = request.into_parts();
     let expired = Arc::new(AtomicBool::new(false));
     let body = Deadline { inner: body, sleep: Box::pin(tokio::time::sleep(limits.request_timeout)), done: false, expired: expired.clone() };
+    // HTTP/2 carries the host in `:authority`: the service still gets it as `Host`.
+    let original_host = parts
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let base_path = upstream.base.path().trim_end_matches('/');
     let authority = upstream.base.host_str().map(|host| match upstream.base.port() {
@@ -73,7 +79,6 @@ pub async fn forward(
         Err(err) => return IngressError::Upstream(format!("cannot build the upstream URL: {err}")).counted(),
     };
     parts.version = http::Version::HTTP_11;
-    let original_host = parts.headers.get(http::header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
     let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", peer.ip()),
@@ -84,6 +89,7 @@ pub async fn forward(
     }
     parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     if let Some(host) = original_host {
+        parts.headers.insert(http::header::HOST, host.clone());
         parts.headers.insert("x-forwarded-host", host);
     }
     let sent = client.request(Request::from_parts(parts, body.boxed()));

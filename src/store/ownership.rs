@@ -73,6 +73,19 @@ pub fn unwritable(database: &Path) -> Option<String> {
     }
 }
 
+/// `database` with symlinks and `..` resolved: the file itself if it exists, else its
+/// folder (the file will be created there).
+fn resolved(database: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(database) {
+        return real;
+    }
+    let folder = database.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(folder), database.file_name()) {
+        (Ok(folder), Some(name)) => folder.join(name),
+        _ => database.to_path_buf(),
+    }
+}
+
 /// The lock file beside `database`.
 pub fn lock_path(database: &Path) -> PathBuf {
     let mut name = database.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -87,7 +100,10 @@ impl StoreOwnership {
         if let Some(parent) = database.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let mut lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(lock_path(database)).map_err(io)?;
+        // The lock sits beside the file SQLite really opens: a symlink (or a second path to
+        // the same folder) must not give a second relay a lock of its own.
+        let real = resolved(database);
+        let mut lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(lock_path(&real)).map_err(io)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -104,7 +120,7 @@ impl StoreOwnership {
         lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| write!(lock, "{}", std::process::id())).map_err(io)?;
         Ok(StoreOwnership {
             lock: Mutex::new(Some(lock)),
-            lock_path: lock_path(database),
+            lock_path: lock_path(&real),
             database: database.to_path_buf(),
             opened: None,
             lost: AtomicBool::new(false),
@@ -189,6 +205,12 @@ mod tests {
         std::fs::remove_file(lock_path(&dir.path().join("other.db"))).unwrap();
         assert!(second.check().unwrap_err().contains("lock file"), "a removed lock file is noticed");
         assert!(first.is_lost());
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.db");
+            std::os::unix::fs::symlink(&database, &link).unwrap();
+            assert!(StoreOwnership::claim(&link).is_err(), "a symlink to a store in use is refused");
+        }
         first.release();
         assert!(StoreOwnership::claim(&database).is_ok(), "the lock goes with its owner");
     }

@@ -277,7 +277,9 @@ pub mod reqwest_like {
 
     impl Client {
         pub fn new() -> Client {
-            Client(HyperClient::builder(TokioExecutor::new()).build_http())
+            // Shorter than any idle deadline the tests give the relay, so a pooled connection
+            // is never reused just as the relay closes it.
+            Client(HyperClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_millis(500)).build_http())
         }
 
         pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
