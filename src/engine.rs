@@ -271,7 +271,9 @@ impl Engine {
 /// The stored request back in sendable form, its credential markers filled in from the
 /// target serving now (without the target, they stay and the request cannot be sent).
 fn outgoing(delivery: &ClaimedDelivery, target: Option<&Target>) -> OutgoingRequest {
-    let fill = |text: &str| target.map_or_else(|| text.to_string(), |t| t.env_credentials().from_markers(text));
+    // Only the target's own host gets its credentials (see `Target::sends_to`).
+    let owner = target.filter(|t| t.sends_to(&delivery.request.url));
+    let fill = |text: &str| owner.map_or_else(|| text.to_string(), |t| t.env_credentials().from_markers(text));
     let mut headers = HeaderMap::new();
     for (name, value) in &delivery.request.headers {
         if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&fill(value))) {

@@ -270,7 +270,7 @@ fn credentials_named_by(routes: &[crate::routing::Route]) -> crate::redact::Reda
             }
             target.env_credentials().header_names().for_each(|name| redactions.add_header(name));
             target.env_credentials().query_names().for_each(|name| redactions.add_query_name(name));
-            target.env_credentials().secret_values().iter().for_each(|value| redactions.add_value(value));
+            target.env_credentials().secret_values().for_each(|value| redactions.add_value(value));
         }
         if route.source.kind == SourceKind::Tapd {
             if let Ok(secret) = serde_json_path::JsonPath::parse("$.secret") {

@@ -88,6 +88,8 @@ pub struct FromEnv {
 /// A value a `${VAR}` put into a string.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Substituted {
+    /// The variable's name.
+    pub name: String,
     pub value: String,
     /// The reference opened the string (`${BASE}/path`): a base URL rather than a credential.
     pub at_start: bool,
@@ -128,7 +130,7 @@ pub fn expand_with_values(text: &str, env: &dyn Lookup) -> Result<(String, Vec<S
         };
         out.push_str(&value);
         if !value.is_empty() {
-            substituted.push(Substituted { value, at_start });
+            substituted.push(Substituted { name: name.to_string(), value, at_start });
         }
         rest = &after[end + 1..];
     }
@@ -172,8 +174,8 @@ mod tests {
         assert_eq!(paths, ["b[1]", "c.d"]);
         let from_env = &expansion.expanded["c.e"];
         assert_eq!(from_env.original, "n=${N}");
-        assert_eq!(from_env.values, [Substituted { value: "5".into(), at_start: false }]);
-        assert_eq!(expansion.expanded["a"].values, [Substituted { value: "5".into(), at_start: true }]);
+        assert_eq!(from_env.values, [Substituted { name: "N".into(), value: "5".into(), at_start: false }]);
+        assert_eq!(expansion.expanded["a"].values, [Substituted { name: "N".into(), value: "5".into(), at_start: true }]);
         assert_eq!(expansion.expanded.len(), 2, "{:?}", expansion.expanded);
         assert_eq!(value["a"], Value::String("5".into()));
         assert_eq!(value["c"]["e"], Value::String("n=5".into()));

@@ -64,6 +64,11 @@ impl<'a> AttemptSettings<'a> {
             None => Ok(WireRequest::bare(rendered)),
         };
         let (sent, answer) = match prepared {
+            // A stored credential marker nothing filled: its variable is no longer this
+            // target's, or the target now sends elsewhere. Never sent half-filled.
+            Ok(wire) if wire.url.contains('\u{1}') => {
+                (wire, Attempt::failed_before_sending("a credential of this delivery is no longer in the target's config".to_string()))
+            }
             Ok(wire) => {
                 let answer = self.outbound.attempt(self.trusted, &wire, self.timeout, self.max_answer).await;
                 (wire, answer)

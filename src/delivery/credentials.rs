@@ -14,58 +14,57 @@ pub struct EnvCredentials {
     /// `name=value` pairs, already URL-encoded, appended to the query string.
     query: Vec<(String, String)>,
     /// Values from `${VAR}` that stay inside a rendered URL or header value (a path token,
-    /// a header mixing a secret with a template): stored as markers, filled in at send time.
-    secret_values: Vec<String>,
+    /// a header mixing a secret with a template), by variable name: stored as markers
+    /// naming the variable, filled in at send time.
+    secret_values: Vec<(String, String)>,
 }
 
 /// Short values (`1`, `main`) would mask half of every request; credentials are longer.
 const MIN_SECRET_LEN: usize = 6;
 
-/// A marker for secret value `index` in a stored URL or header value. Control characters
+/// The marker for variable `name` in a stored URL or header value. Control characters
 /// never occur in a rendered URL (the parser encodes them) or header value (refused), so a
-/// marker cannot be forged from payload data.
-fn marker(index: usize) -> String {
-    format!("\u{1}{index}\u{1}")
+/// marker cannot be forged from payload data. Naming the variable means a marker is only
+/// ever filled with the value of the same variable, whatever the config has become.
+fn marker(name: &str) -> String {
+    format!("\u{1}{name}\u{1}")
 }
 
 impl EnvCredentials {
-    pub fn add_secret_values(&mut self, values: impl Iterator<Item = String>) {
-        for value in values.filter(|v| v.len() >= MIN_SECRET_LEN) {
-            if !self.secret_values.contains(&value) {
-                self.secret_values.push(value);
+    pub fn add_secret_values<'v>(&mut self, values: impl Iterator<Item = &'v crate::config::env::Substituted>) {
+        for substituted in values.filter(|v| v.value.len() >= MIN_SECRET_LEN) {
+            if !self.secret_values.iter().any(|(name, _)| *name == substituted.name) {
+                self.secret_values.push((substituted.name.clone(), substituted.value.clone()));
             }
         }
+        // Longest first, so a value inside another is never replaced half-way.
+        self.secret_values.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
     }
 
-    pub fn secret_values(&self) -> &[String] {
-        &self.secret_values
+    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
+        self.secret_values.iter().map(|(_, value)| value.as_str())
     }
 
-    /// `text` with every secret value replaced by its marker (for the store). Markers are
-    /// numbered in the order the config writes the values, so a value fixed in the config
-    /// keeps its number; the longest are replaced first, so a value inside another is never
-    /// replaced half-way.
+    /// `text` with every secret value replaced by the marker of its variable (for the store).
     pub fn to_markers(&self, text: &str) -> String {
-        let mut order: Vec<usize> = (0..self.secret_values.len()).collect();
-        order.sort_by_key(|index| std::cmp::Reverse(self.secret_values[*index].len()));
         let mut out = text.to_string();
-        for index in order {
-            let value = &self.secret_values[index];
+        for (name, value) in &self.secret_values {
             if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), &marker(index));
+                out = out.replace(value.as_str(), &marker(name));
             }
         }
         out
     }
 
-    /// `stored` with every marker replaced by the value the config holds now.
+    /// `stored` with each marker replaced by the value its variable has now; a marker whose
+    /// variable this target no longer writes stays (the request cannot be sent as it is).
     pub fn from_markers(&self, stored: &str) -> String {
         if !stored.contains('\u{1}') {
             return stored.to_string();
         }
         let mut out = stored.to_string();
-        for (index, value) in self.secret_values.iter().enumerate() {
-            out = out.replace(&marker(index), value);
+        for (name, value) in &self.secret_values {
+            out = out.replace(&marker(name), value);
         }
         out
     }

@@ -85,6 +85,10 @@ pub struct Target {
     pub signer: Option<Signer>,
     /// Sent without the private-address guard: targets of YAML routes and `upstream:` URLs.
     pub trusted: bool,
+    /// Where the configured URL sends, when its scheme and host are literal: credentials
+    /// are added only to requests bound there (a delivery stored before the URL changed
+    /// keeps its old host and must not receive the new host's credentials).
+    origin: Option<String>,
     when: Option<TemplateId>,
     /// Must hold on the answer's JSON body for a delivery to count as done (chat APIs answer
     /// 200 with an error code).
@@ -142,12 +146,25 @@ impl Target {
     /// The rendered request with the configured credentials (`basic_auth`, `bearer`, URL
     /// userinfo, `${VAR}` headers and query values) but no signature: what `render` shows.
     pub fn with_credentials(&self, rendered: OutgoingRequest) -> WireRequest {
+        if !self.sends_to(&rendered.url) {
+            tracing::warn!(route = %rendered.route, target = %self.name, "the delivery's host is no longer the target's: sent without the target's credentials");
+            return WireRequest::from_prepared(rendered);
+        }
         let mut wire = rendered;
         if let Some(authorization) = &self.authorization {
             wire.headers.insert(http::header::AUTHORIZATION, authorization.clone());
         }
         self.env_credentials.apply(&mut wire);
         WireRequest::from_prepared(wire)
+    }
+
+    /// Whether `url` goes where this target's configured URL does (always, when the target's
+    /// host is templated or `upstream:`).
+    pub fn sends_to(&self, url: &str) -> bool {
+        match &self.origin {
+            None => true,
+            Some(origin) => url::Url::parse(url).is_ok_and(|parsed| parsed.origin().ascii_serialization() == *origin),
+        }
     }
 
     /// Header and query names whose values come from `${VAR}` (redacted wherever shown).

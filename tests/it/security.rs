@@ -438,3 +438,62 @@ async fn forwarded_original_bodies_keep_their_secret_field_and_the_api_masks_it(
     let text = relay.client.get(&relay.admin_url(&format!("/api/deliveries/{delivery}")), &auth).await.text();
     assert!(!text.contains("tapd-field-secret") && text.contains("[redacted]"), "{text}");
 }
+
+/// A delivery stored for one receiver keeps that receiver: after the config moves the
+/// target to another host with other credentials, a retry of the old delivery does not
+/// carry the new host's credentials to the old one.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_retry_never_carries_another_receivers_credentials() {
+    let env = [
+        ("ADMIN", "admin-token-x1"),
+        ("TOK_A", "path-token-aaaa"),
+        ("KEY_A", "key-aaaa-1234"),
+        ("TOK_B", "path-token-bbbb"),
+        ("KEY_B", "key-bbbb-5678"),
+    ];
+    let receiver_a = TestSink::scripted(vec![crate::support::Answer::status_only(503)]).await;
+    let receiver_b = TestSink::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let config = |sink: &TestSink, token: &str, key: &str| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin}, token: \"${{ADMIN}}\" }}\nstore: {{ path: ./relay.db }}\nroutes:\n  - name: notify\n    match: {{ path: /hooks/n }}\n    forward:\n      - name: robot\n        url: \"{}/hook/${{{token}}}\"\n        headers: {{ X-Api-Key: \"${{{key}}}\" }}\n        retry: {{ max_attempts: 1 }}\n",
+            sink.url()
+        )
+    };
+    let folder = Folder::new(&config(&receiver_a, "TOK_A", "KEY_A"));
+    let client = Client::new();
+    let mut child = spawn(&folder.config(), &["--no-watch"], &env);
+    wait_up(&client, &mut child, admin).await;
+    let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/n"), &[], "{}").await;
+    assert_eq!(reply.status, 202);
+    let first = receiver_a.wait_for(1).await;
+    assert_eq!(first[0].uri, "/hook/path-token-aaaa");
+    let token = env[0].1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (_, found) = admin_call(&client, admin, token, "GET", "/api/deliveries", Value::Null).await;
+        if found["items"][0]["status"] == "failed" {
+            break found["items"][0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{found}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    folder.write(&config(&receiver_b, "TOK_B", "KEY_B"));
+    assert_eq!(admin_call(&client, admin, token, "POST", "/api/reload", Value::Null).await.0, 200);
+    admin_call(&client, admin, token, "POST", &format!("/api/deliveries/{id}/retry"), Value::Null).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, found) = admin_call(&client, admin, token, "GET", &format!("/api/deliveries/{id}"), Value::Null).await;
+        if found["attempts"].as_array().is_some_and(|a| a.len() >= 2) {
+            assert!(found["attempts"][1]["error"].as_str().unwrap_or_default().contains("no longer in the target's config"), "{found}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{found}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop(child);
+    let seen_by_a = receiver_a.seen();
+    assert_eq!(seen_by_a.len(), 1, "the old receiver got nothing more: {seen_by_a:?}");
+    assert!(receiver_b.seen().is_empty());
+}

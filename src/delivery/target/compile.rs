@@ -125,7 +125,10 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         Some(from_env) => {
             // A value opening the URL is its base (`${CODEARTS_BASE}/v2/…`); any other
             // value in it (a path token, as Slack and Feishu use) is a credential.
-            env_credentials.add_secret_values(from_env.values.iter().filter(|v| !v.at_start).map(|v| v.value.clone()));
+            // Only values in the path or query: one in the host names a place, not a secret.
+            let authority_end = url_text.find("://").map(|i| i + 3).and_then(|i| url_text[i..].find('/').map(|j| i + j));
+            let after_authority = authority_end.map_or("", |end| &url_text[end..]);
+            env_credentials.add_secret_values(from_env.values.iter().filter(|v| !v.at_start && after_authority.contains(&v.value)));
             env_credentials.take_from_url(&url_text, &from_env.original)
         }
         None => url_text,
@@ -154,7 +157,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     for (name, value) in &raw.query {
         let here = format!("{at}.query.{name}");
         if let Some(from_env) = ctx.from_env.get(&here) {
-            env_credentials.add_secret_values(from_env.values.iter().map(|v| v.value.clone()));
+            env_credentials.add_secret_values(from_env.values.iter());
         }
         if ctx.from_env.contains_key(&here) && !value.contains("{{") {
             env_credentials.add_query_value(name, value);
@@ -174,7 +177,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
             continue;
         }
         if let Some(from_env) = ctx.from_env.get(&here) {
-            env_credentials.add_secret_values(from_env.values.iter().map(|v| v.value.clone()));
+            env_credentials.add_secret_values(from_env.values.iter());
         }
         if ctx.from_env.contains_key(&here) && !value.contains("{{") {
             match HeaderValue::from_str(value) {
@@ -278,6 +281,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     Some(Target {
         name,
         trusted: ctx.trusted_origin || matches!(url, Some(UrlSpec::Upstream(_))),
+        origin: literal_origin(&url_text),
         url: url?,
         // Shown by the admin API: as written (`${VAR}` names, not their values).
         url_source: redact_url(ctx.from_env.get(&format!("{at}.url")).map_or(raw.url.as_str(), |from_env| from_env.original.as_str())),
@@ -320,6 +324,17 @@ fn compile_limit(raw: &RawRateLimit, default_key: &str, at: &str, ctx: &mut Comp
             Some(TargetLimit { key, spec, max_wait })
         }
     }
+}
+
+/// The origin (`https://host:port`) an absolute URL sends to, when its scheme and host are
+/// written out rather than templated.
+fn literal_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if scheme.contains("{{") || authority.contains("{{") || authority.is_empty() {
+        return None;
+    }
+    url::Url::parse(&format!("{scheme}://{authority}/")).ok().map(|parsed| parsed.origin().ascii_serialization())
 }
 
 /// Splits literal `user:password@` out of an absolute URL (not when it is templated).
