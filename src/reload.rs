@@ -17,9 +17,11 @@ use crate::snapshot::Snapshot;
 /// Quiet time after the last change to a config file before reloading: editors and
 /// `kubectl` write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(200);
-/// However often a config file keeps changing, a reload happens this long after the first
-/// change of a burst.
+/// However often a config file keeps changing, past this long after the first change of a
+/// burst the reload waits only for [`SHORT_QUIET`].
 const DEBOUNCE_CEILING: Duration = Duration::from_millis(750);
+/// Past the ceiling: enough for a writer to finish a file it writes in several steps.
+const SHORT_QUIET: Duration = Duration::from_millis(50);
 
 /// Reloads on a blocking thread (config loading reads files).
 pub async fn reload_now(relay: &Arc<Relay>) -> Result<ReloadOutcome, ConfigErrors> {
@@ -86,15 +88,19 @@ async fn run(
     }
 }
 
-/// Waits until config files have been quiet for [`DEBOUNCE`], or [`DEBOUNCE_CEILING`] after
-/// the first change; events on other files in the folders (logs, the store) are ignored,
-/// so a busy folder cannot hold a reload back.
+/// Waits until config files have been quiet for [`DEBOUNCE`] (only [`SHORT_QUIET`] once
+/// [`DEBOUNCE_CEILING`] has passed since the first change); events on other files in the
+/// folders (logs, the store) are ignored, so a busy folder cannot hold a reload back.
+/// A reload never starts in the middle of a write: a file written in two steps must not
+/// be read as the half it is after the first.
 async fn settle(relay: &Relay, events: &mut mpsc::UnboundedReceiver<PathBuf>) {
     let ceiling = tokio::time::Instant::now() + DEBOUNCE_CEILING;
-    let mut quiet_until = tokio::time::Instant::now() + DEBOUNCE;
+    let mut last_change = tokio::time::Instant::now();
     loop {
-        match tokio::time::timeout_at(quiet_until.min(ceiling), events.recv()).await {
-            Ok(Some(path)) if is_config_change(&relay.snapshot(), &path) => quiet_until = tokio::time::Instant::now() + DEBOUNCE,
+        let quiet = if last_change >= ceiling { SHORT_QUIET } else { DEBOUNCE };
+        let until = (last_change + quiet).min(ceiling.max(last_change + SHORT_QUIET));
+        match tokio::time::timeout_at(until, events.recv()).await {
+            Ok(Some(path)) if is_config_change(&relay.snapshot(), &path) => last_change = tokio::time::Instant::now(),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => return,
         }
