@@ -90,13 +90,18 @@ pub struct Settings {
     pub allow_private: bool,
 }
 
+/// Zero-width and byte-order characters: a token made of them looks empty and is one.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+}
+
 /// Compiles the settings part of the main file.
 pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Problems) -> Settings {
     let listen = parse_addr(raw.listen.as_deref().unwrap_or("0.0.0.0:8080"), "listen", problems);
     let admin = raw.admin.as_ref().map(|admin| AdminSettings {
         listen: parse_addr(&admin.listen, "admin.listen", problems),
         // A blank token is no token (anyone could send it); it then needs a loopback address.
-        token: admin.token.clone().filter(|t| !t.trim().is_empty()),
+        token: admin.token.clone().filter(|t| !t.chars().all(|c| c.is_whitespace() || is_invisible(c))),
     });
     if let Some(admin) = &admin {
         if admin.token.is_none() && !admin.listen.ip().is_loopback() {

@@ -67,9 +67,13 @@ pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|_| "a Standard Webhooks secret is `whsec_` followed by base64".to_string())?;
-    // An empty key would accept signatures anyone can make.
+    // An empty key would accept signatures anyone can make; a key of a few bytes (or all
+    // zeros) is guessed as easily. Standard Webhooks keys are 24 to 64 random bytes.
     if key.is_empty() {
         return Err("the Standard Webhooks key is empty (an unset ${VAR} after `whsec_`?)".to_string());
+    }
+    if key.len() < 16 || key.iter().all(|byte| *byte == 0) {
+        return Err(format!("the Standard Webhooks key is {} bytes: use at least 16 random bytes", key.len()));
     }
     Ok(key)
 }
