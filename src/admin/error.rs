@@ -29,6 +29,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(&'static str),
+    /// `/readyz`: the relay cannot take webhooks (its store was lost).
+    #[error("not ready")]
+    NotReady(String),
 }
 
 impl ApiError {
@@ -45,7 +48,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } | ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +64,7 @@ impl ApiError {
                 ("store unavailable".to_string(), Some(json!(other.to_string())))
             }
             ApiError::TooLarge(detail) => ("request body unreadable or too large".to_string(), Some(json!(detail))),
+            ApiError::NotReady(reason) => ("not ready".to_string(), Some(json!(reason))),
             ApiError::NotFound { what, detail } => (what.to_string(), detail),
             ApiError::BadRequest { error, detail } | ApiError::Conflict { error, detail } | ApiError::Invalid { error, detail } => {
                 (error.to_string(), Some(detail))

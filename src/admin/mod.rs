@@ -59,7 +59,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
         (Method::GET, "/readyz") => {
             return match relay.store_owner.check() {
                 Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ready", "generation": relay.status().generation })),
-                Err(reason) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "not ready", "reason": reason })),
+                Err(reason) => ApiError::NotReady(reason).into_response(),
             }
         }
         _ => {}
