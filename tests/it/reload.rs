@@ -324,3 +324,43 @@ async fn reload_applies_under_traffic_in_a_busy_folder_once_per_change() {
     let reported = logs.lines().filter(|line| line.contains("config reload failed")).count();
     assert_eq!(reported, 1, "a broken config is reported once: {logs}");
 }
+
+/// A writer that truncates the config and writes it in two steps, again and again, never
+/// gets its first half (a valid config with fewer routes) read and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_written_in_steps_is_never_served_half_written() {
+    let sink = TestSink::start().await;
+    let first_half = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nroutes:\n  - name: a\n    match: {{ path: /hooks/a }}\n    forward: [ {{ url: \"{}/a\" }} ]\n",
+        sink.url()
+    );
+    let second_half = format!("  - name: b\n    match: {{ path: /hooks/b }}\n    forward: [ {{ url: \"{}/b\" }} ]\n", sink.url());
+    let relay = Arc::new(Relay::start(&format!("{first_half}{second_half}")).await);
+    let path = relay.config_path();
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            // The first half stays alone for most of each cycle, so a reload forced in the
+            // middle of the writes would almost surely read it.
+            for _ in 0..40 {
+                std::fs::write(&path, &first_half).unwrap();
+                tokio::time::sleep(Duration::from_millis(35)).await;
+                use std::io::Write;
+                std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(second_half.as_bytes()).unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let mut sent = 0;
+    while writing.load(std::sync::atomic::Ordering::Relaxed) && sent < 2000 {
+        let reply = relay.client.post_json(&relay.url("/hooks/b"), &[], "{}").await;
+        assert_eq!(reply.status, 202, "request {sent}: {}", reply.text());
+        sent += 1;
+    }
+    writer.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/b"), &[], "{}").await.status, 202);
+    assert!(sent > 20, "traffic ran while the file was rewritten: {sent}");
+}

@@ -497,3 +497,23 @@ async fn a_retry_never_carries_another_receivers_credentials() {
     assert_eq!(seen_by_a.len(), 1, "the old receiver got nothing more: {seen_by_a:?}");
     assert!(receiver_b.seen().is_empty());
 }
+
+/// A raw `{{{x}}}` value joined onto `upstream:` cannot climb out of the configured path,
+/// whatever it hides the dots behind (`#`, `\`, tabs, `%2e`).
+#[tokio::test]
+async fn upstream_paths_cannot_climb() {
+    let upstream = TestSink::start().await;
+    let relay = crate::support::Relay::start(&format!(
+        "listen: 127.0.0.1:0\nupstream: {}\nroutes:\n  - name: climb\n    match: {{ path: /hooks/climb }}\n    respond: sync\n    forward: [ {{ url: \"upstream:/api/v1/{{{{{{body.p}}}}}}\" }} ]\n",
+        upstream.url()
+    ))
+    .await;
+    for p in ["#/../../etc/passwd", "a#/../../admin", "..\\\\..\\\\admin", "%2e%2e/%2e%2e/admin", ".\t./.\t./admin", "ok/../../admin"] {
+        let reply = relay.client.post_json(&relay.url("/hooks/climb"), &[], serde_json::json!({ "p": p }).to_string()).await;
+        assert_eq!(reply.status, 422, "{p:?}: {}", reply.text());
+    }
+    let reply = relay.client.post_json(&relay.url("/hooks/climb"), &[], r#"{"p":"items/7"}"#).await;
+    assert_eq!(reply.status, 200);
+    let paths: Vec<String> = upstream.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(paths, ["/api/v1/items/7"]);
+}
