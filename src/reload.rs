@@ -21,7 +21,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// burst the reload waits only for [`SHORT_QUIET`].
 const DEBOUNCE_CEILING: Duration = Duration::from_millis(750);
 /// Past the ceiling: enough for a writer to finish a file it writes in several steps.
-const SHORT_QUIET: Duration = Duration::from_millis(50);
+const SHORT_QUIET: Duration = Duration::from_millis(100);
 
 /// Reloads on a blocking thread (config loading reads files).
 pub async fn reload_now(relay: &Arc<Relay>) -> Result<ReloadOutcome, ConfigErrors> {
