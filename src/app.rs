@@ -206,6 +206,9 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     if let Err(err) = reload::spawn(relay.clone(), receiver, options.watch_files) {
         tracing::warn!(error = %err, "file watching unavailable; reload with SIGHUP or POST /api/reload");
     }
+    for warning in &relay.snapshot().warnings {
+        tracing::warn!(warning = %warning, "config warning");
+    }
     tracing::info!(%ingress_addr, admin = ?admin_addr, "hookrelay listening");
     Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress })
 }

@@ -198,6 +198,9 @@ impl Relay {
                 for note in &status.restart_required {
                     tracing::warn!(note = %note, "config change needs a restart");
                 }
+                for warning in &snapshot.warnings {
+                    tracing::warn!(warning = %warning, "config warning");
+                }
                 self.config.store(Arc::new(snapshot));
                 status.generation += 1;
                 status.loaded_at = Utc::now();
