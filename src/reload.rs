@@ -84,8 +84,22 @@ async fn run(
             }
             _ = shutdown.changed() => return,
         }
-        sync_watches(&mut watcher, &mut watched, &relay.snapshot());
+        // A folder watched only from now on may already hold a file its include glob
+        // matches (written between the reload and the watch): look once, so it is not
+        // missed until some later change.
+        if sync_watches(&mut watcher, &mut watched, &relay.snapshot()) && includes_changed(&relay.snapshot()) {
+            let _ = reload_now(&relay).await;
+            sync_watches(&mut watcher, &mut watched, &relay.snapshot());
+        }
     }
+}
+
+/// Whether the include globs now match other files than the snapshot was built from.
+fn includes_changed(snapshot: &Snapshot) -> bool {
+    snapshot.include_patterns.iter().any(|pattern| {
+        glob::glob(&pattern.to_string_lossy())
+            .is_ok_and(|mut paths| paths.any(|found| found.is_ok_and(|found| !snapshot.files.contains(&found))))
+    })
 }
 
 /// Waits until config files have been quiet for [`DEBOUNCE`] (only [`SHORT_QUIET`] once
@@ -147,14 +161,17 @@ async fn next_hangup(hangups: &mut Hangups) -> Option<()> {
 }
 
 /// Watches the folders that hold the config files and the include globs' fixed prefixes.
-fn sync_watches(watcher: &mut Option<RecommendedWatcher>, watched: &mut HashSet<PathBuf>, snapshot: &Snapshot) {
-    let Some(watcher) = watcher else { return };
+/// Returns whether a folder was added.
+fn sync_watches(watcher: &mut Option<RecommendedWatcher>, watched: &mut HashSet<PathBuf>, snapshot: &Snapshot) -> bool {
+    let Some(watcher) = watcher else { return false };
+    let mut added = false;
     let mut wanted: HashSet<PathBuf> = snapshot.files.iter().filter_map(|file| file.parent().map(Path::to_path_buf)).collect();
     wanted.extend(snapshot.include_patterns.iter().map(|pattern| fixed_prefix(pattern)));
     for dir in wanted.difference(&watched.clone()) {
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => {
                 watched.insert(dir.clone());
+                added = true;
             }
             Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "cannot watch config folder"),
         }
@@ -163,6 +180,7 @@ fn sync_watches(watcher: &mut Option<RecommendedWatcher>, watched: &mut HashSet<
         let _ = watcher.unwatch(&dir);
         watched.remove(&dir);
     }
+    added
 }
 
 /// The folder part of a glob before its first wildcard: `/etc/hr/routes/*.yaml` → `/etc/hr/routes`.
