@@ -273,10 +273,12 @@ impl Engine {
 fn outgoing(delivery: &ClaimedDelivery, target: Option<&Target>) -> OutgoingRequest {
     // Only the target's own host gets its credentials (see `Target::sends_to`).
     let owner = target.filter(|t| t.sends_to(&delivery.request.url));
-    let fill = |text: &str| owner.map_or_else(|| text.to_string(), |t| t.env_credentials().from_markers(text));
+    fn fill<'s>(owner: Option<&Target>, text: &'s str) -> std::borrow::Cow<'s, str> {
+        owner.map_or(std::borrow::Cow::Borrowed(text), |t| t.env_credentials().from_markers(text))
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in &delivery.request.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&fill(value))) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&fill(owner, value))) {
             headers.append(name, value);
         }
     }
@@ -285,7 +287,7 @@ fn outgoing(delivery: &ClaimedDelivery, target: Option<&Target>) -> OutgoingRequ
         target: delivery.target.clone(),
         ordered_key: None,
         method: Method::from_bytes(delivery.request.method.as_bytes()).unwrap_or(Method::POST),
-        url: fill(&delivery.request.url),
+        url: fill(owner, &delivery.request.url).into_owned(),
         headers,
         body: delivery.request.body.clone(),
     }

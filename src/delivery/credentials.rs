@@ -58,15 +58,15 @@ impl EnvCredentials {
 
     /// `stored` with each marker replaced by the value its variable has now; a marker whose
     /// variable this target no longer writes stays (the request cannot be sent as it is).
-    pub fn from_markers(&self, stored: &str) -> String {
+    pub fn from_markers<'s>(&self, stored: &'s str) -> std::borrow::Cow<'s, str> {
         if !stored.contains('\u{1}') {
-            return stored.to_string();
+            return std::borrow::Cow::Borrowed(stored);
         }
         let mut out = stored.to_string();
         for (name, value) in &self.secret_values {
             out = out.replace(&marker(name), value);
         }
-        out
+        std::borrow::Cow::Owned(out)
     }
 
     pub fn add_header(&mut self, name: HeaderName, mut value: HeaderValue) {

@@ -203,6 +203,9 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         return fail_all(&route_names, IngressError::StoreLost);
     }
     let received_at = Utc::now();
+    // The event as recorded (credentials masked) is the same for every route it fires.
+    let content_type = inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let recorded = (recorded_headers(&inbound.headers, &snapshot.redactions), snapshot.redactions.body(content_type, &inbound.raw));
     let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
     let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
     let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
@@ -246,8 +249,8 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             delivery_id: matched.info.delivery_id.clone(),
             method: inbound.method.to_string(),
             path: inbound.path.clone(),
-            headers: recorded_headers(&inbound.headers, &snapshot.redactions),
-            body: snapshot.redactions.body(inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), &inbound.raw),
+            headers: recorded.0.clone(),
+            body: recorded.1.clone(),
         };
         let dedupe_since =
             route.dedupe.map(|window| received_at.timestamp_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2));
