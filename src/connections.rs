@@ -293,12 +293,38 @@ impl AcceptBackoff {
     }
 }
 
+/// Why a connection is answered before any handler sees its request.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum Refusal {
+    /// Over `limits.max_connections`.
+    #[error("too many connections")]
+    TooManyConnections,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// When the sender should try again, in seconds.
+    fn retry_after(self) -> u64 {
+        match self {
+            Refusal::TooManyConnections => 1,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        retry_later(self.status(), &self.to_string(), self.retry_after())
+    }
+}
+
 /// Over `limits.max_connections`: answer 503 on this connection and close it, so the
 /// sender backs off instead of hanging.
 async fn refuse_busy(stream: TcpStream) {
-    let service = service_fn(|_request: Request<Incoming>| async {
-        Ok::<_, std::convert::Infallible>(retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many connections", 1))
-    });
+    let service =
+        service_fn(|_request: Request<Incoming>| async { Ok::<_, std::convert::Infallible>(Refusal::TooManyConnections.into_response()) });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(false).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(2));
     let _ = tokio::time::timeout(Duration::from_secs(5), builder.serve_connection(TokioIo::new(stream), service)).await;

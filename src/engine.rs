@@ -45,6 +45,7 @@ pub struct Accepted {
 }
 
 pub struct Engine {
+    clock: Clock,
     store: Arc<dyn Store>,
     config: Arc<ArcSwap<Snapshot>>,
     client: Outbound,
@@ -61,6 +62,26 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The time the engine schedules by.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    /// The system's wall clock (times in the store outlive the process).
+    Wall,
+    /// Tokio's clock, which a test pauses and advances, counted from `origin_ms`.
+    #[cfg(test)]
+    Tokio { origin_ms: i64, origin: tokio::time::Instant },
+}
+
+impl Clock {
+    fn now_ms(self) -> i64 {
+        match self {
+            Clock::Wall => now_ms(),
+            #[cfg(test)]
+            Clock::Tokio { origin_ms, origin } => origin_ms + i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX / 2),
+        }
+    }
+}
+
 impl Engine {
     pub async fn start(
         store: Arc<dyn Store>,
@@ -70,13 +91,26 @@ impl Engine {
         concurrency: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Engine>, StoreError> {
-        let recovered = store.recover_claims(now_ms()).await?;
+        Engine::start_on(Clock::Wall, store, config, client, limiters, concurrency, shutdown).await
+    }
+
+    async fn start_on(
+        clock: Clock,
+        store: Arc<dyn Store>,
+        config: Arc<ArcSwap<Snapshot>>,
+        client: Outbound,
+        limiters: Arc<OutboundLimiters>,
+        concurrency: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Engine>, StoreError> {
+        let recovered = store.recover_claims(clock.now_ms()).await?;
         if recovered > 0 {
             tracing::warn!(recovered, "deliveries in flight when the last process stopped will be sent again");
         }
         let waiting = store.queue_depth().await?;
         let capacity = config.load().settings.limits.queue_capacity;
         let engine = Arc::new(Engine {
+            clock,
             store,
             config,
             client,
@@ -163,7 +197,7 @@ impl Engine {
             let mut claimed_all = false;
             if free > 0 {
                 let lease = self.lease();
-                match self.store.claim_due(now_ms(), free, lease).await {
+                match self.store.claim_due(self.clock.now_ms(), free, lease).await {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for delivery in claimed {
@@ -210,14 +244,14 @@ impl Engine {
             let bucket = self.limiters.bucket(&limit.key, limit.spec);
             // Never hold a claim while waiting: hand it back, due when the permit will be.
             if let Err(Throttled(wait)) = bucket.acquire(Some(Duration::ZERO)).await {
-                let due = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                let due = self.clock.now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
                 if let Err(err) = self.store.release(&delivery.id, due).await {
                     tracing::warn!(delivery = %delivery.id, error = %err, "could not hand a throttled delivery back");
                 }
                 return;
             }
         }
-        let started_at = now_ms();
+        let started_at = self.clock.now_ms();
         // The guard goes with the delivery: a route renamed, replaced or removed since it was
         // accepted cannot lift it. Rows from before this was recorded trust only a target
         // that is trusted now.
@@ -236,12 +270,8 @@ impl Engine {
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
             self.limiters.bucket(&limit.key, limit.spec).pause(pause);
         }
-        let label = match &decision.outcome {
-            AttemptOutcome::Succeeded => "succeeded",
-            AttemptOutcome::RetryAt(_) => "retry",
-            AttemptOutcome::Failed { .. } => "failed",
-        };
-        metrics::count_delivery(&delivery.route, &delivery.target, label, Some(result.duration.as_secs_f64()));
+        let counted_as = metrics::DeliveryResult::from(&decision.outcome);
+        metrics::count_delivery(&delivery.route, &delivery.target, counted_as, Some(result.duration.as_secs_f64()));
         match &decision.outcome {
             AttemptOutcome::Succeeded => {
                 tracing::info!(delivery = %delivery.id, route = %delivery.route, target = %delivery.target, status = ?result.status, "delivered")
@@ -255,7 +285,7 @@ impl Engine {
         }
         let finished = !matches!(decision.outcome, AttemptOutcome::RetryAt(_));
         let record = AttemptRecord { counted: decision.counted, ..tried.record };
-        match self.store.finish_attempt(&delivery.id, record, decision.outcome, now_ms()).await {
+        match self.store.finish_attempt(&delivery.id, record, decision.outcome, self.clock.now_ms()).await {
             Ok(()) if finished => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
                 self.publish_depth();
@@ -308,4 +338,143 @@ pub fn stored(request: &OutgoingRequest, target: &Target) -> StoredRequest {
 /// Header pairs of an incoming request, credentials redacted (the event record is for people).
 pub fn recorded_headers(headers: &HeaderMap, redactions: &crate::redact::Redactions) -> Vec<(String, String)> {
     redactions.headers(&header_pairs(headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::config::env::ProcessEnv;
+    use crate::delivery::client::InProcessReceiver;
+    use crate::store::DeliveryStatus;
+    use crate::store::SqliteStore;
+
+    const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+store: { path: data/hookrelay.db }
+routes:
+  - name: robot
+    match: { path: /hooks/robot }
+    forward:
+      - name: dingtalk
+        url: http://robot.invalid/send
+        timeout: 2s
+        success_when: [{ path: $.errcode, equals: 0 }]
+        retry: { max_attempts: 5, initial: 1s, factor: 2, jitter: false, max: 60s }
+"#;
+
+    /// The receiver's answers, in order: (virtual ms it takes to answer, status, headers, body).
+    type Script = Vec<(u64, u16, Vec<(&'static str, &'static str)>, &'static str)>;
+
+    /// Answers by `script`, noting when each request arrived; `last` is told when the last
+    /// scripted answer is given.
+    fn scripted(script: Script, received: Arc<Mutex<Vec<(i64, Bytes)>>>, last: Arc<Notify>, clock: Clock) -> InProcessReceiver {
+        let script = Arc::new(Mutex::new(script.into_iter().peekable()));
+        Arc::new(move |request| {
+            received.lock().unwrap().push((clock.now_ms(), request.body.clone()));
+            let mut script = script.lock().unwrap();
+            let (after, status, headers, body) = script.next().expect("no more attempts were expected");
+            if script.peek().is_none() {
+                last.notify_one();
+            }
+            async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                let mut answer = http::Response::builder().status(status);
+                for (name, value) in headers {
+                    answer = answer.header(name, value);
+                }
+                answer.body(Bytes::from_static(body.as_bytes())).unwrap()
+            }
+            .boxed()
+        })
+    }
+
+    /// The whole retry schedule of one delivery on tokio's paused clock, against the real
+    /// store: backoff, a timeout, a `success_when` failure, a 429 with Retry-After (not
+    /// counted), then success. Minutes of schedule run in milliseconds, and no attempt
+    /// may start before it is due.
+    #[tokio::test(start_paused = true)]
+    async fn one_delivery_through_every_kind_of_failure_on_paused_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hookrelay.yaml"), CONFIG).unwrap();
+        let snapshot = crate::snapshot::load(&dir.path().join("hookrelay.yaml"), &ProcessEnv).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("data/hookrelay.db")).unwrap());
+        let clock = Clock::Tokio { origin_ms: 1_800_000_000_000, origin: tokio::time::Instant::now() };
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script: Script = vec![
+            (0, 503, vec![], "busy"),
+            (10_000, 200, vec![], r#"{"errcode":0}"#), // past the 2 s timeout
+            (0, 200, vec![], r#"{"errcode":310000,"errmsg":"keywords not in content"}"#),
+            (0, 429, vec![("retry-after", "7")], ""),
+            (0, 200, vec![], r#"{"errcode":0,"errmsg":"ok"}"#),
+        ];
+        let last = Arc::new(Notify::new());
+        let outbound = Outbound::answered_in_process(scripted(script, received.clone(), last.clone(), clock));
+        let (_stop, shutdown) = watch::channel(false);
+        let config = Arc::new(ArcSwap::from_pointee(snapshot));
+        let engine =
+            Engine::start_on(clock, store.clone(), config, outbound, Arc::new(OutboundLimiters::default()), 4, shutdown).await.unwrap();
+
+        let accepted_at = clock.now_ms();
+        let event = NewEvent {
+            id: "e1".into(),
+            received_at: accepted_at,
+            route: "robot".into(),
+            event: None,
+            delivery_id: None,
+            method: "POST".into(),
+            path: "/hooks/robot".into(),
+            headers: vec![],
+            body: Bytes::from_static(b"{}"),
+        };
+        let delivery = NewDelivery {
+            id: "d1".into(),
+            event_id: "e1".into(),
+            route: "robot".into(),
+            target: "dingtalk".into(),
+            request: StoredRequest {
+                method: "POST".into(),
+                url: "http://robot.invalid/send".into(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: Bytes::from_static(br#"{"msgtype":"text"}"#),
+            },
+            next_attempt_at: accepted_at,
+            ordered_key: None,
+            guarded: false,
+        };
+        engine.accept(vec![Accepted { event, deliveries: vec![delivery], dedupe_since: None }]).await.unwrap();
+
+        tokio::time::timeout(Duration::from_secs(120), last.notified())
+            .await
+            .expect("every scripted answer given within 2 virtual minutes");
+        let finished = async {
+            loop {
+                let (view, attempts) = store.get_delivery("d1").await.unwrap().unwrap();
+                if view.status.is_finished() {
+                    return (view, attempts);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let (view, attempts) = tokio::time::timeout(Duration::from_secs(10), finished).await.expect("the last attempt recorded");
+
+        assert_eq!(view.status, DeliveryStatus::Succeeded);
+        assert_eq!(view.attempts, 4, "the 429 is not counted");
+        let summary: Vec<(Option<u16>, bool)> = attempts.iter().map(|a| (a.status, a.counted)).collect();
+        assert_eq!(summary, [(Some(503), true), (None, true), (Some(200), true), (Some(429), false), (Some(200), true)]);
+        assert!(attempts[1].error.as_deref().unwrap_or("").contains("timed out"), "{:?}", attempts[1].error);
+        assert!(received.lock().unwrap().iter().all(|(_, body)| body.as_ref() == br#"{"msgtype":"text"}"#));
+
+        // Each attempt starts when it is due, to the millisecond (the clock only moves when
+        // every task waits for a timer): 1 s backoff; 2 s backoff counted from the start of
+        // the attempt that timed out, so due as its 2 s timeout fires; 4 s backoff; the
+        // receiver's Retry-After of 7 s.
+        let started: Vec<i64> = received.lock().unwrap().iter().map(|(at, _)| at - accepted_at).collect();
+        assert_eq!(started, [0, 1_000, 3_000, 7_000, 14_000]);
+        assert_eq!(attempts.iter().map(|a| a.started_at - accepted_at).collect::<Vec<_>>(), started);
+    }
 }

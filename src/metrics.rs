@@ -56,7 +56,40 @@ pub fn count_limit(limit: &'static str) {
     metrics::counter!(LIMITED, "limit" => limit).increment(1);
 }
 
-pub fn count_delivery(route: &str, target: &str, result: &'static str, seconds: Option<f64>) {
+/// The `result` label of `hookrelay_deliveries_total`: what one attempt (or render) came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Succeeded,
+    /// Failed, and will be tried again.
+    Retry,
+    Failed,
+    /// The target's templates could not render this event; nothing was sent.
+    RenderError,
+}
+
+impl DeliveryResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            DeliveryResult::Succeeded => "succeeded",
+            DeliveryResult::Retry => "retry",
+            DeliveryResult::Failed => "failed",
+            DeliveryResult::RenderError => "render_error",
+        }
+    }
+}
+
+impl From<&crate::store::AttemptOutcome> for DeliveryResult {
+    fn from(outcome: &crate::store::AttemptOutcome) -> DeliveryResult {
+        match outcome {
+            crate::store::AttemptOutcome::Succeeded => DeliveryResult::Succeeded,
+            crate::store::AttemptOutcome::RetryAt(_) => DeliveryResult::Retry,
+            crate::store::AttemptOutcome::Failed { .. } => DeliveryResult::Failed,
+        }
+    }
+}
+
+pub fn count_delivery(route: &str, target: &str, result: DeliveryResult, seconds: Option<f64>) {
+    let result = result.label();
     metrics::counter!(DELIVERIES, "route" => route.to_string(), "target" => target.to_string(), "result" => result).increment(1);
     if let Some(seconds) = seconds {
         metrics::histogram!(DELIVERY_DURATION).record(seconds);

@@ -3,7 +3,7 @@
 //! `upstream:`) use the plain client; untrusted ones (API routes) go through the guard.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
+use tokio::time::Instant;
 
 use crate::delivery::guard::{check_literal_host, PublicOnly, Refused};
 use crate::delivery::request::WireRequest;
@@ -27,7 +28,15 @@ type GuardedClient = Client<HttpsConnector<HttpConnector<PublicOnly>>, Body>;
 pub struct Outbound {
     pub trusted: HttpClient,
     guarded: GuardedClient,
+    /// In the engine's paused-time tests, an in-process receiver answers instead of the
+    /// network (real sockets would let tokio's paused clock run ahead of them).
+    #[cfg(test)]
+    receiver: Option<InProcessReceiver>,
 }
+
+/// Answers a request in-process; see [`Outbound::receiver`].
+#[cfg(test)]
+pub type InProcessReceiver = Arc<dyn Fn(&WireRequest) -> futures_util::future::BoxFuture<'static, http::Response<Bytes>> + Send + Sync>;
 
 impl Outbound {
     /// Trusting the public web roots plus `extra_roots` (an internal CA).
@@ -36,7 +45,17 @@ impl Outbound {
         Ok(Outbound {
             trusted: pooled(HttpConnector::new(), tls.clone()),
             guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls),
+            #[cfg(test)]
+            receiver: None,
         })
+    }
+
+    /// Every attempt answered by `receiver` instead of the network.
+    #[cfg(test)]
+    pub fn answered_in_process(receiver: InProcessReceiver) -> Outbound {
+        let mut outbound = Outbound::build(&[]).expect("the default TLS roots load");
+        outbound.receiver = Some(receiver);
+        outbound
     }
 
     /// Sends one rendered request; `trusted: false` refuses private destinations.
@@ -53,6 +72,14 @@ impl Outbound {
     pub async fn attempt(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration, max_answer: usize) -> Attempt {
         let started = Instant::now();
         let deadline = started + timeout;
+        #[cfg(test)]
+        if let Some(receiver) = &self.receiver {
+            let sent = match tokio::time::timeout(timeout, receiver(outgoing)).await {
+                Ok(answer) => Ok(answer.map(Full::new)),
+                Err(_) => Err(SendError::Timeout(timeout)),
+            };
+            return read_answer(sent, started, deadline, timeout, max_answer).await;
+        }
         let sent = self.send(trusted, outgoing, timeout).await;
         read_answer(sent, started, deadline, timeout, max_answer).await
     }
@@ -157,13 +184,17 @@ pub struct Attempt {
     pub duration: Duration,
 }
 
-async fn read_answer(
-    sent: Result<http::Response<Incoming>, SendError>,
+async fn read_answer<B>(
+    sent: Result<http::Response<B>, SendError>,
     started: Instant,
     deadline: Instant,
     timeout: Duration,
     max_answer: usize,
-) -> Attempt {
+) -> Attempt
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let response = match sent {
         Ok(response) => response,
         Err(err) => {

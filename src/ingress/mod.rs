@@ -20,7 +20,7 @@ use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
-use crate::metrics::count_request;
+use crate::metrics::{count_request, DeliveryResult};
 use crate::plan::{plan, PlannedRoute};
 use crate::ratelimit::Throttled;
 use crate::relay::Relay;
@@ -231,7 +231,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
                 }),
                 Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
                 Err(err) => {
-                    crate::metrics::count_delivery(&route.name, &target.name, "render_error", None);
+                    crate::metrics::count_delivery(&route.name, &target.name, DeliveryResult::RenderError, None);
                     tracing::warn!(error = %err, "render failed");
                     if first_sync {
                         sync_failure = Some((route.name.as_str(), err));
@@ -400,13 +400,7 @@ async fn forward_sync(
         (None, Some(message)) => AttemptOutcome::Failed { reason: message.clone() },
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
-    let succeeded = outcome == AttemptOutcome::Succeeded;
-    crate::metrics::count_delivery(
-        &route,
-        &target_name,
-        if succeeded { "succeeded" } else { "failed" },
-        Some(answer.duration.as_secs_f64()),
-    );
+    crate::metrics::count_delivery(&route, &target_name, DeliveryResult::from(&outcome), Some(answer.duration.as_secs_f64()));
     let delivery = NewDelivery {
         id: ulid::Ulid::generate().to_string(),
         event_id: event_id.to_string(),

@@ -86,6 +86,8 @@ impl Writer {
     {
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
+        #[cfg(test)]
+        let _held = HoldPausedClock::new();
         queue.send(Box::new(Write { op: Some(op), result: None, reply })).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -104,6 +106,29 @@ impl Writer {
             if !matches!(joined, Ok(Ok(()))) {
                 tracing::error!("the store writer thread panicked");
             }
+        }
+    }
+}
+
+/// In tests on tokio's paused clock: while a write is on the writer thread the runtime
+/// looks idle and would move the clock on to its next timer. A blocking task holds the
+/// clock still (tokio stops auto-advancing while one runs) until this is dropped.
+#[cfg(test)]
+struct HoldPausedClock {
+    /// Dropping it ends the blocking task.
+    _release: Option<std::sync::mpsc::Sender<()>>,
+}
+
+#[cfg(test)]
+impl HoldPausedClock {
+    fn new() -> HoldPausedClock {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || released.recv());
+                HoldPausedClock { _release: Some(release) }
+            }
+            Err(_) => HoldPausedClock { _release: None },
         }
     }
 }
