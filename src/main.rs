@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+
+/// A server allocator: the relay allocates and frees small buffers on every request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookrelay::config::env::ProcessEnv;
 use hookrelay::snapshot;
@@ -84,7 +88,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
+/// Log lines go to stderr from a thread of their own, so a request never waits on the
+/// terminal or pipe; keep the guard until exit, when it flushes what is left.
+fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The file watcher's own trace lines, written to a log in a watched folder, would
     // produce more events to trace: keep them quiet unless asked for by name.
@@ -95,11 +101,14 @@ fn init_logs(format: LogFormat) {
             }
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    // Not lossy: when stderr cannot keep up, requests wait rather than lines vanish.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// SIGINT or SIGTERM.
@@ -121,7 +130,7 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn try_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config, log_format, no_watch } => {
-            init_logs(log_format);
+            let _flush_logs_on_exit = init_logs(log_format);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let options = hookrelay::app::StartOptions { watch_files: !no_watch };

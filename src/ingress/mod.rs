@@ -349,7 +349,7 @@ async fn record_render_failures(relay: &Relay, accepted: &[&String], failures: V
             guarded: !target.trusted,
         };
         let outcome = AttemptOutcome::Failed { reason: format!("render error: {err}") };
-        if let Err(store_err) = relay.engine.store().record_finished(delivery, record, outcome, now).await {
+        if let Err(store_err) = relay.engine.store().record_finished(None, delivery, record, outcome, now).await {
             tracing::warn!(error = %store_err, "could not log a render error");
         }
     }
@@ -417,13 +417,7 @@ async fn forward_sync(
     let slot = relay.sync_log_slots.clone().acquire_owned().await;
     tokio::spawn(async move {
         let _slot = slot;
-        if let Some(event) = deferred {
-            if let Err(err) = store.accept(event, Vec::new()).await {
-                tracing::warn!(error = %err, "could not log the sync event");
-                return;
-            }
-        }
-        if let Err(err) = store.record_finished(delivery, record, outcome, now_ms()).await {
+        if let Err(err) = store.record_finished(deferred, delivery, record, outcome, now_ms()).await {
             tracing::warn!(error = %err, "could not log the sync delivery");
         }
     });

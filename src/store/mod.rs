@@ -30,6 +30,10 @@ pub use sqlite::SqliteStore;
 
 /// Request and response bodies of an attempt are cut to this many bytes before storing.
 pub const MAX_STORED_BODY: usize = 64 * 1024;
+/// The answer body of an attempt that will be retried is cut to this many bytes: the last
+/// attempt's answer is kept whole (up to [`MAX_STORED_BODY`]), earlier ones only say enough
+/// to see what went wrong.
+pub const MAX_EARLIER_ANSWER: usize = 1024;
 /// The largest page a list returns; a filter's `limit` is clamped to `1..=MAX_PAGE`.
 pub const MAX_PAGE: usize = 500;
 /// The page size of `EventFilter::default()` and `DeliveryFilter::default()`.
@@ -339,7 +343,8 @@ pub trait Store: Send + Sync {
     async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
     /// Records an attempt on a claimed delivery and applies the outcome. Bodies are cut to
-    /// [`MAX_STORED_BODY`]. NotFound if missing, Conflict if the delivery is not in flight.
+    /// [`MAX_STORED_BODY`], the answer of an attempt to be retried to [`MAX_EARLIER_ANSWER`];
+    /// a request the same as the delivery's is not stored again. NotFound if missing, Conflict if the delivery is not in flight.
     async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError>;
 
     /// Hands a claim back untouched (shutdown, rate-limit wait): pending again, due at
@@ -347,9 +352,11 @@ pub trait Store: Send + Sync {
     async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError>;
 
     /// Adds a delivery that already happened (a sync route's answered request) or never can
-    /// (a render error) to an accepted event, with its one attempt, so the log is complete.
+    /// (a render error) with its one attempt, so the log is complete: to `event`, stored in
+    /// the same write, or to an event accepted before.
     async fn record_finished(
         &self,
+        event: Option<NewEvent>,
         delivery: NewDelivery,
         attempt: AttemptRecord,
         outcome: AttemptOutcome,

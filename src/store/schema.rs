@@ -7,7 +7,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -84,6 +84,35 @@ CREATE TABLE api_routes (
 // Whether a delivery is held to the private-address guard is decided when it is accepted
 // (its route came from the admin API) and travels with it; NULL for rows from before.
 const V2: &str = "ALTER TABLE deliveries ADD COLUMN guarded INTEGER;";
+
+// Compact delivery log. An attempt keeps its request's URL, headers and body only where
+// they differ from the delivery's stored request (NULL: the same), so a receiver that is
+// down for a day costs a few dozen bytes per retry, not a copy of the request each time.
+// Finished deliveries (every sync one) leave the due index, which only claims read.
+const V3: &str = "
+CREATE TABLE attempts_v3 (
+    delivery_seq     INTEGER NOT NULL REFERENCES deliveries (seq) ON DELETE CASCADE,
+    number           INTEGER NOT NULL,
+    started_at       INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    request_url      TEXT,            -- NULL: the delivery's req_url
+    request_method   TEXT NOT NULL,
+    request_headers  TEXT,            -- NULL: the delivery's req_headers
+    request_body     BLOB,            -- NULL: the delivery's req_body
+    status           INTEGER,
+    response_headers TEXT NOT NULL,
+    response_body    BLOB NOT NULL,
+    error            TEXT,
+    counted          INTEGER NOT NULL,
+    PRIMARY KEY (delivery_seq, number)
+) WITHOUT ROWID;
+INSERT INTO attempts_v3 SELECT delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
+                               request_body, status, response_headers, response_body, error, counted FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_v3 RENAME TO attempts;
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, seq) WHERE next_attempt_at IS NOT NULL;
+";
 
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once

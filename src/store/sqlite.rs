@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use super::rows::*;
@@ -21,7 +20,7 @@ use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
+    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_EARLIER_ANSWER, MAX_STORED_BODY,
 };
 
 /// How long a statement waits for a lock held by another connection (another process on
@@ -199,6 +198,7 @@ impl Store for SqliteStore {
 
     async fn record_finished(
         &self,
+        event: Option<NewEvent>,
         delivery: NewDelivery,
         attempt: AttemptRecord,
         outcome: AttemptOutcome,
@@ -206,9 +206,38 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.writer
             .write(move |conn| {
-                // Inserted as in flight so the one finishing path records the attempt.
-                insert_delivery(conn, &delivery, "in_flight", now)?;
-                finish_attempt(conn, &delivery.id, &attempt, &outcome, now)
+                if let Some(event) = &event {
+                    insert_event(conn, event)?;
+                }
+                let finished = Finished::of(&attempt, &outcome);
+                let request = &delivery.request;
+                conn.prepare_cached(
+                    "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
+                                             attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
+                                             last_error, guarded)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16)",
+                )?
+                .execute(params![
+                    delivery.id,
+                    delivery.event_id,
+                    delivery.route,
+                    delivery.target,
+                    request.method,
+                    request.url,
+                    headers_json(&request.headers)?,
+                    &request.body[..],
+                    finished.status,
+                    i64::from(attempt.counted),
+                    finished.next_attempt_at,
+                    delivery.ordered_key,
+                    now,
+                    attempt.status,
+                    finished.last_error,
+                    delivery.guarded,
+                ])
+                .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+                let stored = StoredForm { url: &request.url, headers: &headers_json(&request.headers)?, body: &request.body };
+                insert_attempt(conn, conn.last_insert_rowid(), 1, &attempt, &stored, &outcome)
             })
             .await
     }
@@ -270,9 +299,11 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let Some((seq, view)) = delivery_by_id(conn, &id)? else { return Ok(None) };
             let mut stmt = conn.prepare_cached(
-                "SELECT number, started_at, duration_ms, request_url, request_method, request_headers, request_body, status,
-                        response_headers, response_body, error, counted
-                 FROM attempts WHERE delivery_seq = ?1 ORDER BY number",
+                "SELECT a.number, a.started_at, a.duration_ms, COALESCE(a.request_url, d.req_url) AS request_url, a.request_method,
+                        COALESCE(a.request_headers, d.req_headers) AS request_headers,
+                        COALESCE(a.request_body, d.req_body) AS request_body, a.status, a.response_headers, a.response_body,
+                        a.error, a.counted
+                 FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq WHERE a.delivery_seq = ?1 ORDER BY a.number",
             )?;
             let attempts = stmt.query_map([seq], attempt_view)?.collect::<Result<_, _>>()?;
             Ok(Some((view, attempts)))
@@ -377,6 +408,14 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
     if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
         return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
     }
+    insert_event(conn, event)?;
+    for delivery in deliveries {
+        insert_delivery(conn, delivery, "pending", event.received_at)?;
+    }
+    Ok(AcceptOutcome::Accepted)
+}
+
+fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO events (id, received_at, route, event, delivery_id, method, path, headers, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -393,10 +432,7 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
         &event.body[..],
     ])
     .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
-    for delivery in deliveries {
-        insert_delivery(conn, delivery, "pending", event.received_at)?;
-    }
-    Ok(AcceptOutcome::Accepted)
+    Ok(())
 }
 
 fn insert_delivery(conn: &Connection, delivery: &NewDelivery, status: &str, created_at: i64) -> Result<(), StoreError> {
@@ -466,12 +502,81 @@ fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result
 }
 
 fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome: &AttemptOutcome, now: i64) -> Result<(), StoreError> {
-    let (seq, status) = delivery_state(conn, id)?;
+    let found = conn
+        .prepare_cached("SELECT seq, status, req_url, req_headers, req_body FROM deliveries WHERE id = ?1")?
+        .query_row([id], |row| {
+            let status: DeliveryStatus = row.get(1)?;
+            Ok((row.get::<_, i64>(0)?, status, row.get::<_, String>(2)?, row.get::<_, String>(3)?, row.get::<_, Vec<u8>>(4)?))
+        })
+        .optional()?;
+    let Some((seq, status, url, headers, body)) = found else { return Err(StoreError::NotFound) };
     if status != DeliveryStatus::InFlight {
         return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
     }
-    let number: i64 =
-        conn.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_seq = ?1", [seq], |row| row.get(0))?;
+    let number: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_seq = ?1")?
+        .query_row([seq], |row| row.get(0))?;
+    insert_attempt(conn, seq, number, attempt, &StoredForm { url: &url, headers: &headers, body: &body }, outcome)?;
+    let finished = Finished::of(attempt, outcome);
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, lease_until = NULL, attempts = attempts + ?3,
+                               updated_at = ?4, last_status = ?5, last_error = ?6
+         WHERE seq = ?7",
+    )?
+    .execute(params![
+        finished.status,
+        finished.next_attempt_at,
+        i64::from(attempt.counted),
+        now,
+        attempt.status,
+        finished.last_error,
+        seq
+    ])?;
+    Ok(())
+}
+
+/// A delivery's request as its row stores it (headers as their JSON text).
+struct StoredForm<'a> {
+    url: &'a str,
+    headers: &'a str,
+    body: &'a [u8],
+}
+
+/// The delivery's state after an attempt with `outcome`.
+struct Finished {
+    status: DeliveryStatus,
+    next_attempt_at: Option<i64>,
+    last_error: Option<String>,
+}
+
+impl Finished {
+    fn of(attempt: &AttemptRecord, outcome: &AttemptOutcome) -> Finished {
+        match outcome {
+            AttemptOutcome::Succeeded => {
+                Finished { status: DeliveryStatus::Succeeded, next_attempt_at: None, last_error: attempt.error.clone() }
+            }
+            AttemptOutcome::RetryAt(at) => {
+                Finished { status: DeliveryStatus::Pending, next_attempt_at: Some(*at), last_error: attempt.error.clone() }
+            }
+            AttemptOutcome::Failed { reason } => {
+                Finished { status: DeliveryStatus::Failed, next_attempt_at: None, last_error: Some(reason.clone()) }
+            }
+        }
+    }
+}
+
+/// Stores one attempt: of its request only what differs from the delivery's `stored` one;
+/// the answer cut shorter when another attempt will follow.
+fn insert_attempt(
+    conn: &Connection,
+    seq: i64,
+    number: i64,
+    attempt: &AttemptRecord,
+    stored: &StoredForm<'_>,
+    outcome: &AttemptOutcome,
+) -> Result<(), StoreError> {
+    let headers = headers_json(&attempt.request_headers)?;
+    let answer_bound = if matches!(outcome, AttemptOutcome::RetryAt(_)) { MAX_EARLIER_ANSWER } else { MAX_STORED_BODY };
     conn.prepare_cached(
         "INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
                                request_body, status, response_headers, response_body, error, counted)
@@ -482,27 +587,16 @@ fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome:
         number,
         attempt.started_at,
         attempt.duration_ms,
-        attempt.request_url,
+        (attempt.request_url != stored.url).then_some(&attempt.request_url),
         attempt.request_method,
-        headers_json(&attempt.request_headers)?,
-        cut(&attempt.request_body),
+        (headers != stored.headers).then_some(&headers),
+        (attempt.request_body.as_ref() != stored.body).then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
         attempt.status,
         headers_json(&attempt.response_headers)?,
-        cut(&attempt.response_body),
+        cut(&attempt.response_body, answer_bound),
         attempt.error,
         attempt.counted,
     ])?;
-    let (status, next_attempt_at, last_error) = match outcome {
-        AttemptOutcome::Succeeded => (DeliveryStatus::Succeeded, None, attempt.error.clone()),
-        AttemptOutcome::RetryAt(at) => (DeliveryStatus::Pending, Some(*at), attempt.error.clone()),
-        AttemptOutcome::Failed { reason } => (DeliveryStatus::Failed, None, Some(reason.clone())),
-    };
-    conn.prepare_cached(
-        "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, lease_until = NULL, attempts = attempts + ?3,
-                               updated_at = ?4, last_status = ?5, last_error = ?6
-         WHERE seq = ?7",
-    )?
-    .execute(params![status, next_attempt_at, i64::from(attempt.counted), now, attempt.status, last_error, seq])?;
     Ok(())
 }
 
@@ -520,8 +614,8 @@ fn prune_chunk(conn: &Connection, older_than: i64) -> Result<u64, StoreError> {
     Ok(deleted as u64)
 }
 
-fn cut(body: &Bytes) -> &[u8] {
-    &body[..body.len().min(MAX_STORED_BODY)]
+fn cut(body: &[u8], bound: usize) -> &[u8] {
+    &body[..body.len().min(bound)]
 }
 
 fn unique_conflict(error: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError {

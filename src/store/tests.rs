@@ -192,9 +192,12 @@ async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed()
     let event = event("e1", "github", T0);
     store.accept(event.clone(), vec![]).await.unwrap();
     let sync = delivery("d-sync", &event, "sync", T0);
-    store.record_finished(sync, attempt(Some(201), true), AttemptOutcome::Succeeded, T0 + 5).await.unwrap();
+    store.record_finished(None, sync, attempt(Some(201), true), AttemptOutcome::Succeeded, T0 + 5).await.unwrap();
     let broken = delivery("d-render", &event, "broken", T0);
-    store.record_finished(broken, attempt(None, false), AttemptOutcome::Failed { reason: "render error".into() }, T0 + 5).await.unwrap();
+    store
+        .record_finished(None, broken, attempt(None, false), AttemptOutcome::Failed { reason: "render error".into() }, T0 + 5)
+        .await
+        .unwrap();
     let (view, attempts) = store.get_delivery("d-sync").await.unwrap().unwrap();
     assert_eq!((view.status, view.attempts, view.last_status), (DeliveryStatus::Succeeded, 1, Some(201)));
     assert_eq!(attempts.len(), 1);
@@ -619,4 +622,92 @@ fn statuses_round_trip() {
         assert_eq!(serde_json::to_value(status).unwrap(), json!(status.as_str()));
     }
     assert!("dead".parse::<DeliveryStatus>().is_err());
+}
+
+/// A delivery retried while its receiver is down: each attempt stores only what differs
+/// from the delivery's request, yet reads back whole; answers of attempts that were retried
+/// are cut to `MAX_EARLIER_ANSWER`, the last one is kept whole.
+#[tokio::test]
+async fn retried_attempts_store_only_what_differs_and_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let sent = accept_one(&store, "e1", "r", T0).await;
+    let long_answer = Bytes::from(vec![b'x'; 5000]);
+    let same_request = AttemptRecord {
+        request_url: sent.request.url.clone(),
+        request_headers: sent.request.headers.clone(),
+        request_body: sent.request.body.clone(),
+        status: Some(503),
+        response_body: long_answer.clone(),
+        ..attempt(Some(503), true)
+    };
+    for round in 0..3 {
+        store.claim_due(T0 + round, 1, LEASE).await.unwrap();
+        let outcome = if round < 2 { AttemptOutcome::RetryAt(T0 + round + 1) } else { AttemptOutcome::Failed { reason: "503".into() } };
+        store.finish_attempt("d-e1", same_request.clone(), outcome, T0 + round).await.unwrap();
+    }
+    // A signed retry: its headers differ from the stored request, so they are stored.
+    store.retry_now("d-e1", T0 + 10).await.unwrap();
+    store.claim_due(T0 + 10, 1, LEASE).await.unwrap();
+    let signed = AttemptRecord {
+        request_headers: vec![("webhook-signature".into(), "[redacted]".into())],
+        status: Some(200),
+        response_body: Bytes::from_static(b"ok"),
+        ..same_request.clone()
+    };
+    store.finish_attempt("d-e1", signed, AttemptOutcome::Succeeded, T0 + 11).await.unwrap();
+
+    let (_, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 4);
+    for attempt in &attempts {
+        assert_eq!((attempt.request_url.as_str(), attempt.request_body.as_str()), (sent.request.url.as_str(), r#"{"text":"hi"}"#));
+    }
+    assert_eq!(attempts[0].request_headers, sent.request.headers);
+    assert_eq!(attempts[3].request_headers, vec![("webhook-signature".to_string(), "[redacted]".to_string())]);
+    let answer_sizes: Vec<usize> = attempts.iter().map(|a| a.response_body.len()).collect();
+    assert_eq!(answer_sizes, [MAX_EARLIER_ANSWER, MAX_EARLIER_ANSWER, 5000, 2], "retried answers cut, final ones whole");
+
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("data/hookrelay.db")).unwrap();
+    type StoredRequestColumns = (Option<String>, Option<String>, Option<Vec<u8>>);
+    let stored: Vec<StoredRequestColumns> = conn
+        .prepare("SELECT request_url, request_headers, request_body FROM attempts ORDER BY number")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored[..3], [(None, None, None), (None, None, None), (None, None, None)], "the same request is not stored again");
+    assert_eq!(stored[3], (None, Some(r#"[["webhook-signature","[redacted]"]]"#.to_string()), None));
+}
+
+/// Attempts written before the compact layout (schema v2 kept a full copy of the request
+/// in every attempt) read back the same after the migration.
+#[tokio::test]
+async fn attempts_from_schema_v2_survive_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.db");
+    let store = SqliteStore::open_with(&path, &schema::MIGRATIONS[..2]).unwrap();
+    accept_one(&store, "e1", "r", T0).await;
+    store.claim_due(T0, 1, LEASE).await.unwrap();
+    store.close().await.unwrap();
+    // The v2 table has no NULL request columns: write the row as v2 code did.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO attempts VALUES ((SELECT seq FROM deliveries WHERE id = 'd-e1'), 1, ?1, 5, 'https://old/hook', 'PUT',
+             '[[\"x-old\",\"1\"]]', x'6f6c64', 502, '[]', x'6261642067617465776179', 'bad', 1)",
+            [T0],
+        )
+        .unwrap();
+
+    let store = SqliteStore::open(&path).unwrap();
+    let (_, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    let old = &attempts[0];
+    assert_eq!((old.request_url.as_str(), old.request_method.as_str(), old.request_body.as_str()), ("https://old/hook", "PUT", "old"));
+    assert_eq!(old.request_headers, vec![("x-old".to_string(), "1".to_string())]);
+    assert_eq!((old.status, old.response_body.as_str(), old.error.as_deref()), (Some(502), "bad gateway", Some("bad")));
+    // And the claim index still serves claims.
+    store.retry_now("d-e1", T0 + 1).await.ok();
+    assert!(store.claim_due(T0 + 100_000, 1, LEASE).await.is_ok());
 }
