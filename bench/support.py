@@ -1,16 +1,26 @@
 #!/usr/bin/env python3
 """Small pieces of bench/run that are easier in Python than in bash: free ports, bounded
-readiness and drain polls, a preflight request, and the final report (a Markdown table on
-stdout and target/bench/results.json). Standard library only; loopback only."""
+readiness and drain polls, a preflight request, the store-growth scenario, the disk's fsync
+latency, and the final report (a Markdown table on stdout and target/bench/results.json).
+Standard library only; loopback only."""
 
 import glob
+import http.client
 import json
+import math
 import os
+import re
 import socket
+import sqlite3
+import statistics
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+
+HEADERS = {"Content-Type": "application/json", "Codeup-Event": "Push Hook"}
 
 
 def ports(count):
@@ -59,9 +69,7 @@ def check(url, status, payload):
     """POSTs the payload once as the load will, and fails unless the answer has `status`."""
     with open(payload, "rb") as f:
         body = f.read()
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json", "Codeup-Event": "Push Hook"}
-    )
+    request = urllib.request.Request(url, data=body, method="POST", headers=HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             got, text = answer.status, answer.read()
@@ -73,6 +81,10 @@ def check(url, status, payload):
 
 def drain(status_url, seconds):
     """Polls the admin status until queue_depth is 0, for at most `seconds`; prints JSON."""
+    print(json.dumps(wait_drained(status_url, seconds)))
+
+
+def wait_drained(status_url, seconds):
     started = time.monotonic()
     deadline = started + float(seconds)
     depth = None
@@ -84,7 +96,7 @@ def drain(status_url, seconds):
         if depth == 0:
             break
         time.sleep(0.05)
-    print(json.dumps({"drained": depth == 0, "drain_s": round(time.monotonic() - started, 3), "queue_depth": depth}))
+    return {"drained": depth == 0, "drain_s": round(time.monotonic() - started, 3), "queue_depth": depth}
 
 
 def delivered(metrics_url, route):
@@ -97,28 +109,181 @@ def delivered(metrics_url, route):
     print(int(total))
 
 
+def half_rps(work, name):
+    """Prints half of a scenario's median req/s over its rounds (the fixed-rate runs' rate)."""
+    result = scenario(work, name)
+    if result is None:
+        sys.exit(f"bench: no measured run of {name}")
+    print(max(1, int(result["rps"] / 2)))
+
+
+def percentile(values, q):
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def fsync(directory, count):
+    """Appends 4 KiB and fsyncs, `count` times, in a file in `directory`; prints the
+    median and p99 latency (ms) as JSON. The file is removed afterwards."""
+    path = os.path.join(directory, "fsync-probe.tmp")
+    block = os.urandom(4096)
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(int(count)):
+            started = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            times.append((time.perf_counter() - started) * 1e3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    print(
+        json.dumps(
+            {
+                "count": len(times),
+                "bytes": 4096,
+                "median_ms": round(statistics.median(times), 3),
+                "p99_ms": round(percentile(times, 99), 3),
+                "max_ms": round(max(times), 3),
+            }
+        )
+    )
+
+
+def store_bytes(db):
+    """Size of the database and its WAL after a TRUNCATE checkpoint (safe while hookrelay
+    runs: the store is in WAL mode). Retries while a reader keeps the checkpoint busy."""
+    result = None
+    for _ in range(50):
+        connection = sqlite3.connect(db, timeout=10)
+        try:
+            result = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            connection.close()
+        if result and result[0] == 0:
+            break
+        time.sleep(0.1)
+    wal = db + "-wal"
+    size = os.path.getsize(db) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
+    return size, {"busy": result[0], "wal_frames": result[1], "checkpointed": result[2]} if result else None
+
+
+def post_many(url, body, count, threads):
+    """POSTs `body` `count` times over `threads` keep-alive connections; returns the
+    answers' statuses counted ("error" for a failed request). Each request times out after 10 s."""
+    target = urllib.parse.urlsplit(url)
+    path = target.path + (f"?{target.query}" if target.query else "")
+    lock = threading.Lock()
+    left = [count]
+    counts = {}
+
+    def worker():
+        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        try:
+            while True:
+                with lock:
+                    if left[0] == 0:
+                        return
+                    left[0] -= 1
+                try:
+                    connection.request("POST", path, body=body, headers=HEADERS)
+                    answer = connection.getresponse()
+                    answer.read()
+                    status = answer.status
+                except (OSError, http.client.HTTPException):
+                    connection.close()
+                    connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                    status = "error"
+                with lock:
+                    counts[status] = counts.get(status, 0) + 1
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return counts
+
+
+def store(ingress_url, admin_url, db, payload, count, seconds):
+    """Store growth while a target is down: one POST (202), drained, the store's empty
+    size; then `count` POSTs, until every delivery has failed (queue_depth 0, at most
+    `seconds`), the size again. Prints JSON; fails if the queue does not drain."""
+    count, seconds = int(count), float(seconds)
+    with open(payload, "rb") as f:
+        body = f.read()
+    status_url = admin_url + "/api/status"
+    check(ingress_url, 202, payload)
+    first = wait_drained(status_url, seconds)
+    if not first["drained"]:
+        sys.exit(f"bench: store: the first event was not drained within {seconds:.0f}s: {first}")
+    empty, empty_checkpoint = store_bytes(db)
+    started = time.monotonic()
+    counts = post_many(ingress_url, body, count, 4)
+    post_s = time.monotonic() - started
+    accepted = counts.get(202, 0)
+    drained = wait_drained(status_url, seconds)
+    if not drained["drained"]:
+        sys.exit(f"bench: store: queue_depth not 0 {seconds:.0f}s after {count} events to a target that is down: {drained}")
+    after, after_checkpoint = store_bytes(db)
+    items = json.loads(get(admin_url + "/api/deliveries?limit=1")[1])["items"]
+    if not items:
+        sys.exit("bench: store: GET /api/deliveries lists no delivery")
+    detail = json.loads(get(admin_url + "/api/deliveries/" + urllib.parse.quote(items[0]["id"], safe=""))[1])
+    per_event = (after - empty) / count
+    print(
+        json.dumps(
+            {
+                "events": count,
+                "answers": {str(k): v for k, v in counts.items()},
+                "accepted": accepted,
+                "post_s": round(post_s, 3),
+                "drain_s": drained["drain_s"],
+                "payload_bytes": len(body),
+                "empty_bytes": empty,
+                "after_bytes": after,
+                "bytes_per_event": round(per_event, 1),
+                "vs_payload": round(per_event / len(body), 3),
+                "checkpoint": {"empty": empty_checkpoint, "after": after_checkpoint},
+                "sample_delivery": {
+                    "id": detail["delivery"]["id"],
+                    "status": detail["delivery"]["status"],
+                    "attempts_field": detail["delivery"]["attempts"],
+                    "last_error": detail["delivery"]["last_error"],
+                },
+                "attempts_seen": len(detail["attempts"]),
+            }
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Report
 
 SCENARIOS = [
     ("sink", "sink directly (ceiling)"),
-    ("nginx", "nginx `proxy_pass`, upstream keep-alive"),
+    ("nginx", "nginx `proxy_pass`, upstream keep-alive, access log"),
     ("node", "Node relay (`http` module, match + transform)"),
     ("passthrough", "hookrelay pass-through (no route → `upstream:`)"),
     ("sync", "hookrelay `respond: sync` (match + transform)"),
     ("async", "hookrelay `respond: async`, durable store (accepted)"),
 ]
 
-# (key, what, limit, higher is better)
+# (key, what, limit, higher is better, format)
 TARGETS = [
     ("passthrough_vs_nginx", "pass-through req/s ÷ nginx", 1.0, True, "{:.2f}×"),
-    ("sync_vs_nginx", "sync route req/s ÷ nginx", 0.9, True, "{:.2f}×"),
-    ("sync_vs_node", "sync route req/s ÷ Node relay", 2.0, True, "{:.2f}×"),
-    ("p99_added_ms", "p99 added over nginx at half load", 1.0, False, "{:.2f} ms"),
-    ("rss_mib", "peak RSS under load (hookrelay)", 32.0, False, "{:.1f} MiB"),
+    ("passthrough_cpu_vs_nginx", "pass-through CPU µs/request ÷ nginx's", 1.0, False, "{:.2f}×"),
+    ("sync_vs_node", "sync route req/s ÷ Node relay", 3.0, True, "{:.2f}×"),
+    ("sync_cpu_vs_nginx", "sync route CPU µs/request ÷ nginx's", 2.0, False, "{:.2f}×"),
+    ("async_vs_sync", "async accepted req/s ÷ sync route req/s", 0.8, True, "{:.2f}×"),
     ("match_render_1000_us", "match + render, 1,000 routes", 20.0, False, "{:.1f} µs"),
-    ("compile_1000_ms", "compile 1,000 routes", 100.0, False, "{:.1f} ms"),
-    ("async_vs_sync", "async accepted/s ÷ sync route req/s", 0.5, True, "{:.2f}×"),
+    ("p99_added_ms", "p99 added over nginx at half of nginx's rate", 1.0, False, "{:.2f} ms"),
+    ("rss_mib", "peak RSS under load (hookrelay)", 32.0, False, "{:.1f} MiB"),
+    ("store_vs_payload", "store bytes per event while its target is down ÷ payload", 3.0, False, "{:.2f}×"),
 ]
 
 
@@ -141,28 +306,65 @@ def read_text(path):
         return None
 
 
-def scenario(work, name):
-    wrk = read_json(os.path.join(work, f"{name}.wrk.json"))
-    if wrk is None:
-        return None
+def one_run(wrk, cpu):
+    """The figures of one measured wrk run, with the server's CPU time over it."""
     seconds = wrk["duration_us"] / 1e6
     errors = wrk["errors"]
     ok = wrk["requests"] - errors["status"]
-    rss = read_text(os.path.join(work, f"{name}.rss"))
-    result = {
+    cpu_us = None
+    if cpu is not None and ok > 0:
+        cpu_us = round(cpu["ticks"] * 1e6 / cpu["clk_tck"] / ok, 2)
+    return {
         "requests": wrk["requests"],
+        "ok": ok,
         "seconds": round(seconds, 3),
         "rps": round(ok / seconds, 1),
         "non_2xx": errors["status"],
         "socket_errors": {k: v for k, v in errors.items() if k != "status"},
         "latency_ms": {k: round(v / 1000, 3) for k, v in wrk["latency_us"].items()},
+        "cpu_ticks": None if cpu is None else cpu["ticks"],
+        "cpu_s": None if cpu is None else round(cpu["ticks"] / cpu["clk_tck"], 3),
+        "cpu_us_per_request": cpu_us,
+    }
+
+
+def scenario(work, name):
+    """A scenario's rounds (NAME.REP.wrk.json and NAME.REP.cpu): the median over them of
+    req/s and of CPU µs/request, and the latency of the median-req/s round (for an even
+    count, the lower of the two middle ones)."""
+    runs = []
+    for path in glob.glob(os.path.join(work, f"{glob.escape(name)}.*.wrk.json")):
+        found = re.fullmatch(re.escape(name) + r"\.(\d+)\.wrk\.json", os.path.basename(path))
+        wrk = read_json(path)
+        if found and wrk:
+            rep = int(found.group(1))
+            run = one_run(wrk, read_json(os.path.join(work, f"{name}.{rep}.cpu")))
+            runs.append({"rep": rep, **run})
+    if not runs:
+        return None
+    runs.sort(key=lambda run: run["rep"])
+    middle = sorted(runs, key=lambda run: run["rps"])[(len(runs) - 1) // 2]
+    cpu = [run["cpu_us_per_request"] for run in runs if run["cpu_us_per_request"] is not None]
+    rss = read_text(os.path.join(work, f"{name}.rss"))
+    result = {
+        "reps": len(runs),
+        "rps": round(statistics.median(run["rps"] for run in runs), 1),
+        "cpu_us_per_request": round(statistics.median(cpu), 2) if cpu else None,
+        "median_rep": middle["rep"],
+        "latency_ms": middle["latency_ms"],
+        "requests": middle["requests"],
+        "ok": middle["ok"],
+        "seconds": middle["seconds"],
+        "non_2xx": sum(run["non_2xx"] for run in runs),
+        "socket_errors": sum(sum(run["socket_errors"].values()) for run in runs),
         "peak_rss_kib": int(rss) if rss else None,
+        "runs": runs,
     }
     extra = read_json(os.path.join(work, f"{name}.extra.json"))
     if extra:
         result.update(extra)
         if "drain_s" in extra and "delivered" in extra:
-            result["delivered_per_s"] = round(extra["delivered"] / (seconds + extra["drain_s"]), 1)
+            result["delivered_per_s"] = round(extra["delivered"] / (middle["seconds"] + extra["drain_s"]), 1)
     return result
 
 
@@ -192,6 +394,10 @@ def fmt_rss(kib):
     return "–" if kib is None else f"{kib / 1024:.1f} MiB"
 
 
+def fmt_us(x):
+    return "–" if x is None else f"{x:.1f} µs"
+
+
 def fmt_ns(ns):
     if ns >= 1e6:
         return f"{ns / 1e6:.1f} ms"
@@ -204,8 +410,14 @@ def report(work, out, meta_path):
     meta = read_json(meta_path) or {}
     results = {name: scenario(work, name) for name, _ in SCENARIOS}
     rps = {name: (r or {}).get("rps") for name, r in results.items()}
+    cpu = {name: (r or {}).get("cpu_us_per_request") for name, r in results.items()}
     fixed = {(name, kind): read_json(os.path.join(work, f"{name}.{kind}.json")) for name in ("nginx", "sync") for kind in ("fixed", "fixed-low")}
     bench = micro(os.path.join(work, "criterion"))
+    store_result = read_json(os.path.join(work, "store.json"))
+    if store_result is not None:
+        rss = read_text(os.path.join(work, "store.rss"))
+        store_result["peak_rss_kib"] = int(rss) if rss else None
+    fsync_result = read_json(os.path.join(work, "fsync.json"))
 
     ratios = {
         "passthrough_vs_nginx": ratio(rps["passthrough"], rps["nginx"]),
@@ -213,6 +425,10 @@ def report(work, out, meta_path):
         "sync_vs_nginx": ratio(rps["sync"], rps["nginx"]),
         "sync_vs_node": ratio(rps["sync"], rps["node"]),
         "async_vs_sync": ratio(rps["async"], rps["sync"]),
+        "passthrough_cpu_vs_nginx": ratio(cpu["passthrough"], cpu["nginx"]),
+        "sync_cpu_vs_nginx": ratio(cpu["sync"], cpu["nginx"]),
+        "sync_cpu_vs_node": ratio(cpu["sync"], cpu["node"]),
+        "async_cpu_vs_sync": ratio(cpu["async"], cpu["sync"]),
     }
     latency = []
     for kind in ("fixed", "fixed-low"):
@@ -234,7 +450,12 @@ def report(work, out, meta_path):
         "p99_added_ms": latency[0]["p99_added_ms"] if latency and latency[0]["rate_is"].startswith("half of nginx") else None,
         "rss_mib": max(hookrelay_rss) / 1024 if hookrelay_rss else None,
         "match_render_1000_us": bench.get("match_render/1000", {}).get("median_ns", 0) / 1e3 or None,
-        "compile_1000_ms": bench.get("compile/1000", {}).get("median_ns", 0) / 1e6 or None,
+        "store_vs_payload": store_result["vs_payload"] if store_result else None,
+    }
+    details = {
+        "passthrough_cpu_vs_nginx": f"{fmt_us(cpu['passthrough'])} vs {fmt_us(cpu['nginx'])}",
+        "sync_cpu_vs_nginx": f"{fmt_us(cpu['sync'])} vs {fmt_us(cpu['nginx'])}",
+        "store_vs_payload": f"{store_result['bytes_per_event']:,.0f} B/event" if store_result else None,
     }
     targets = []
     for key, what, limit, higher, form in TARGETS:
@@ -247,6 +468,8 @@ def report(work, out, meta_path):
         "scenarios": results,
         "ratios": ratios,
         "latency_at_fixed_rate": latency,
+        "store_while_target_down": store_result,
+        "fsync": fsync_result,
         "micro": bench,
         "targets": targets,
     }
@@ -259,32 +482,61 @@ def report(work, out, meta_path):
     say = lines.append
     say(f"wrk {meta.get('wrk_settings', '')}, payload `{meta.get('payload', '')}`; {meta.get('machine', '')}")
     say("")
-    say("| # | setup | req/s | p50 | p99 | p99.9 | peak RSS | vs nginx | vs Node |")
-    say("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    say(
+        f"Rows 2–5: median over {meta.get('reps', '?')} alternating rounds of req/s and of CPU µs/request (the server's "
+        f"utime + stime, children included, per 2xx answer); latency of the median-req/s round; peak RSS at the end. "
+        f"Rows 1 and 6: one run. hookrelay at its default log level (info), nginx with its default access log."
+    )
+    say("")
+    say("| # | setup | req/s | CPU µs/req | p50 | p99 | p99.9 | peak RSS | vs nginx | vs Node |")
+    say("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for index, (name, label) in enumerate(SCENARIOS, 1):
         r = results[name]
         if r is None:
-            say(f"| {index} | {label} | not run | | | | | | |")
+            say(f"| {index} | {label} | not run | | | | | | | |")
             continue
         lat = r["latency_ms"]
         vs_nginx = ratio(r["rps"], rps["nginx"]) if name not in ("sink", "nginx") else None
         vs_node = ratio(r["rps"], rps["node"]) if name not in ("sink", "nginx", "node") else None
-        note = f" ({r['non_2xx']} non-2xx)" if r["non_2xx"] else ""
+        notes = []
+        if r["non_2xx"]:
+            notes.append(f"{r['non_2xx']:,} non-2xx")
+        if r["socket_errors"]:
+            notes.append(f"{r['socket_errors']:,} socket errors")
+        note = f" ({', '.join(notes)})" if notes else ""
         say(
-            f"| {index} | {label} | {r['rps']:,.0f}{note} | {fmt_ms(lat['p50'])} | {fmt_ms(lat['p99'])} | {fmt_ms(lat['p99_9'])} "
-            f"| {fmt_rss(r['peak_rss_kib'])} | {'' if vs_nginx is None else f'{vs_nginx:.2f}×'} "
-            f"| {'' if vs_node is None else f'{vs_node:.2f}×'} |"
+            f"| {index} | {label} | {r['rps']:,.0f}{note} | {fmt_us(r['cpu_us_per_request'])} | {fmt_ms(lat['p50'])} "
+            f"| {fmt_ms(lat['p99'])} | {fmt_ms(lat['p99_9'])} | {fmt_rss(r['peak_rss_kib'])} "
+            f"| {'' if vs_nginx is None else f'{vs_nginx:.2f}×'} | {'' if vs_node is None else f'{vs_node:.2f}×'} |"
         )
     a = results["async"]
     if a and "drain_s" in a:
         say("")
         say(
-            f"Async: {a['requests'] - a['non_2xx']:,} events accepted in {a['seconds']:.1f} s; the queue was empty "
+            f"Async: {a['ok']:,} events accepted in {a['seconds']:.1f} s; the queue was empty "
             f"{a['drain_s']:.1f} s after the load stopped, with {a.get('delivered', 0):,} deliveries received by the sink "
             f"({a.get('delivered_per_s', 0):,.0f}/s over {a['seconds'] + a['drain_s']:.1f} s; wrk does not count the "
             f"requests still in flight when it stops)"
             + ("" if a.get("drained") else " — **not drained within the bound**")
-            + "."
+            + ". Its CPU µs/request is over the measured run only (deliveries made after it are not counted)."
+        )
+    if store_result:
+        s = store_result
+        sample = s["sample_delivery"]
+        say("")
+        say(
+            f"Store while its target is down: {s['events']:,} events of {s['payload_bytes']:,} bytes "
+            f"({s['accepted']:,} answered 202) to an async route whose target refuses connections; every delivery "
+            f"failed {s['drain_s']:.1f} s after the last POST (one delivery, status {sample['status']}, shows "
+            f"{s['attempts_seen']} attempts). Store (database + WAL after a TRUNCATE checkpoint): "
+            f"{s['empty_bytes']:,} → {s['after_bytes']:,} bytes, **{s['bytes_per_event']:,.0f} bytes per event, "
+            f"{s['vs_payload']:.2f}× the payload**; peak RSS {fmt_rss(s.get('peak_rss_kib'))}."
+        )
+    if fsync_result:
+        say("")
+        say(
+            f"Disk fsync latency in the store's folder ({fsync_result['count']} × write {fsync_result['bytes']:,} bytes + "
+            f"fsync; it bounds group commit): median {fsync_result['median_ms']:.2f} ms, p99 {fsync_result['p99_ms']:.2f} ms."
         )
     if latency:
         say("")
@@ -317,19 +569,32 @@ def report(work, out, meta_path):
         for name, figures in bench.items():
             say(f"| `{name}` | {fmt_ns(figures['median_ns'])} |")
     say("")
-    say("| target | goal | measured | met |")
+    say("| goal | target | measured | |")
     say("|---|---:|---:|---|")
     for (key, what, limit, higher, form), t in zip(TARGETS, targets):
         goal = ("≥ " if higher else "≤ ") + form.format(limit)
         measured = "–" if t["value"] is None else form.format(t["value"])
-        met = "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        if t["value"] is not None and details.get(key):
+            measured += f" ({details[key]})"
+        met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
         say(f"| {what} | {goal} | {measured} | {met} |")
     print("\n".join(lines))
 
 
 def main():
     command, args = sys.argv[1], sys.argv[2:]
-    commands = {"ports": ports, "wait": wait, "listening": listening, "check": check, "drain": drain, "delivered": delivered, "report": report}
+    commands = {
+        "ports": ports,
+        "wait": wait,
+        "listening": listening,
+        "check": check,
+        "drain": drain,
+        "delivered": delivered,
+        "half_rps": half_rps,
+        "fsync": fsync,
+        "store": store,
+        "report": report,
+    }
     if command not in commands:
         sys.exit(f"unknown command {command}")
     commands[command](*args)

@@ -5,10 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-
-/// A server allocator: the relay allocates and frees small buffers on every request.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand, ValueEnum};
 use hookrelay::config::env::ProcessEnv;
 use hookrelay::snapshot;

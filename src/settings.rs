@@ -17,9 +17,31 @@ use crate::config::Problems;
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub base: url::Url,
+    /// `scheme://authority/base-path` without a trailing slash: a proxied request's path
+    /// and query are appended to it.
+    proxy_prefix: String,
 }
 
 impl Upstream {
+    pub fn new(base: url::Url) -> Option<Upstream> {
+        let host = base.host_str()?;
+        let authority = match base.port() {
+            Some(port) if host.contains(':') => format!("[{host}]:{port}"),
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let proxy_prefix = format!("{}://{authority}{}", base.scheme(), base.path().trim_end_matches('/'));
+        Some(Upstream { base, proxy_prefix })
+    }
+
+    /// Where a request for `path_and_query` is proxied to.
+    pub fn proxied(&self, path_and_query: &str) -> String {
+        let mut uri = String::with_capacity(self.proxy_prefix.len() + path_and_query.len());
+        uri.push_str(&self.proxy_prefix);
+        uri.push_str(path_and_query);
+        uri
+    }
+
     /// Joins an `upstream:` target path (with optional query) onto the base URL.
     pub fn join(&self, path_and_query: &str) -> Result<url::Url, String> {
         let mut joined = self.base.clone();
@@ -109,7 +131,13 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
         }
     }
     let upstream = raw.upstream.as_ref().and_then(|text| match url::Url::parse(text) {
-        Ok(base) if matches!(base.scheme(), "http" | "https") => Some(Upstream { base }),
+        Ok(base) if matches!(base.scheme(), "http" | "https") => {
+            let upstream = Upstream::new(base);
+            if upstream.is_none() {
+                problems.push("upstream", "upstream has no host");
+            }
+            upstream
+        }
         Ok(_) => {
             problems.push("upstream", "upstream must be an http:// or https:// URL");
             None

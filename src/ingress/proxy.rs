@@ -64,17 +64,7 @@ pub async fn forward(
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    let base_path = upstream.base.path().trim_end_matches('/');
-    let authority = upstream.base.host_str().map(|host| match upstream.base.port() {
-        Some(port) if host.contains(':') => format!("[{host}]:{port}"),
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    });
-    let Some(authority) = authority else {
-        return IngressError::Upstream("upstream has no host".to_string()).counted();
-    };
-    let uri = format!("{}://{authority}{base_path}{path_and_query}", upstream.base.scheme());
-    parts.uri = match uri.parse() {
+    parts.uri = match upstream.proxied(path_and_query).parse() {
         Ok(uri) => uri,
         Err(err) => return IngressError::Upstream(format!("cannot build the upstream URL: {err}")).counted(),
     };

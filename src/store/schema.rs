@@ -88,8 +88,11 @@ const V2: &str = "ALTER TABLE deliveries ADD COLUMN guarded INTEGER;";
 // Compact delivery log. An attempt keeps its request's URL, headers and body only where
 // they differ from the delivery's stored request (NULL: the same), so a receiver that is
 // down for a day costs a few dozen bytes per retry, not a copy of the request each time.
-// Finished deliveries (every sync one) leave the due index, which only claims read.
+// A delivery that forwards its event's body unchanged points at it instead of holding a
+// second copy. Finished deliveries (every sync one) leave the due index, which only claims
+// read.
 const V3: &str = "
+ALTER TABLE deliveries ADD COLUMN req_body_from_event INTEGER;  -- 1: req_body is the event's body
 CREATE TABLE attempts_v3 (
     delivery_seq     INTEGER NOT NULL REFERENCES deliveries (seq) ON DELETE CASCADE,
     number           INTEGER NOT NULL,

@@ -211,11 +211,12 @@ impl Store for SqliteStore {
                 }
                 let finished = Finished::of(&attempt, &outcome);
                 let request = &delivery.request;
+                let body_from_event = !request.body.is_empty() && event.as_ref().is_some_and(|event| event.body == request.body);
                 conn.prepare_cached(
                     "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
                                              attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
-                                             last_error, guarded)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16)",
+                                             last_error, guarded, req_body_from_event)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
                 )?
                 .execute(params![
                     delivery.id,
@@ -225,7 +226,7 @@ impl Store for SqliteStore {
                     request.method,
                     request.url,
                     headers_json(&request.headers)?,
-                    &request.body[..],
+                    if body_from_event { &[][..] } else { &request.body[..] },
                     finished.status,
                     i64::from(attempt.counted),
                     finished.next_attempt_at,
@@ -234,6 +235,7 @@ impl Store for SqliteStore {
                     attempt.status,
                     finished.last_error,
                     delivery.guarded,
+                    body_from_event.then_some(1),
                 ])
                 .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
                 let stored = StoredForm { url: &request.url, headers: &headers_json(&request.headers)?, body: &request.body };
@@ -301,7 +303,8 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT a.number, a.started_at, a.duration_ms, COALESCE(a.request_url, d.req_url) AS request_url, a.request_method,
                         COALESCE(a.request_headers, d.req_headers) AS request_headers,
-                        COALESCE(a.request_body, d.req_body) AS request_body, a.status, a.response_headers, a.response_body,
+                        COALESCE(a.request_body, CASE WHEN d.req_body_from_event = 1
+                                 THEN (SELECT body FROM events e WHERE e.id = d.event_id) ELSE d.req_body END) AS request_body, a.status, a.response_headers, a.response_body,
                         a.error, a.counted
                  FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq WHERE a.delivery_seq = ?1 ORDER BY a.number",
             )?;
@@ -410,7 +413,7 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
     }
     insert_event(conn, event)?;
     for delivery in deliveries {
-        insert_delivery(conn, delivery, "pending", event.received_at)?;
+        insert_delivery(conn, delivery, &event.body, event.received_at)?;
     }
     Ok(AcceptOutcome::Accepted)
 }
@@ -435,12 +438,14 @@ fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_delivery(conn: &Connection, delivery: &NewDelivery, status: &str, created_at: i64) -> Result<(), StoreError> {
+/// Inserts a pending delivery of an event whose body is `event_body`.
+fn insert_delivery(conn: &Connection, delivery: &NewDelivery, event_body: &[u8], created_at: i64) -> Result<(), StoreError> {
     let request = &delivery.request;
+    let body_from_event = !request.body.is_empty() && request.body.as_ref() == event_body;
     conn.prepare_cached(
         "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
-                                 status, next_attempt_at, ordered_key, created_at, updated_at, guarded)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
+                                 status, next_attempt_at, ordered_key, created_at, updated_at, guarded, req_body_from_event)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12, ?13)",
     )?
     .execute(params![
         delivery.id,
@@ -450,12 +455,12 @@ fn insert_delivery(conn: &Connection, delivery: &NewDelivery, status: &str, crea
         request.method,
         request.url,
         headers_json(&request.headers)?,
-        &request.body[..],
-        status,
+        if body_from_event { &[][..] } else { &request.body[..] },
         delivery.next_attempt_at,
         delivery.ordered_key,
         created_at,
         delivery.guarded,
+        body_from_event.then_some(1),
     ])
     .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
     Ok(())
@@ -503,7 +508,12 @@ fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result
 
 fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome: &AttemptOutcome, now: i64) -> Result<(), StoreError> {
     let found = conn
-        .prepare_cached("SELECT seq, status, req_url, req_headers, req_body FROM deliveries WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT seq, status, req_url, req_headers,
+                    CASE WHEN req_body_from_event = 1 THEN (SELECT body FROM events e WHERE e.id = deliveries.event_id)
+                    ELSE req_body END
+             FROM deliveries WHERE id = ?1",
+        )?
         .query_row([id], |row| {
             let status: DeliveryStatus = row.get(1)?;
             Ok((row.get::<_, i64>(0)?, status, row.get::<_, String>(2)?, row.get::<_, String>(3)?, row.get::<_, Vec<u8>>(4)?))

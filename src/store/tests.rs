@@ -687,18 +687,18 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole() {
 async fn attempts_from_schema_v2_survive_the_migration() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookrelay.db");
-    let store = SqliteStore::open_with(&path, &schema::MIGRATIONS[..2]).unwrap();
-    accept_one(&store, "e1", "r", T0).await;
-    store.claim_due(T0, 1, LEASE).await.unwrap();
-    store.close().await.unwrap();
-    // The v2 table has no NULL request columns: write the row as v2 code did.
+    SqliteStore::open_with(&path, &schema::MIGRATIONS[..2]).unwrap().close().await.unwrap();
+    // Rows as v2 code wrote them: every attempt with a full copy of its request.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute(
-            "INSERT INTO attempts VALUES ((SELECT seq FROM deliveries WHERE id = 'd-e1'), 1, ?1, 5, 'https://old/hook', 'PUT',
-             '[[\"x-old\",\"1\"]]', x'6f6c64', 502, '[]', x'6261642067617465776179', 'bad', 1)",
-            [T0],
-        )
+        .execute_batch(&format!(
+            "INSERT INTO events (id, received_at, route, method, path, headers, body) VALUES ('e1', {T0}, 'r', 'POST', '/', '[]', x'7b7d');
+             INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status, attempts,
+                                     next_attempt_at, created_at, updated_at, guarded)
+             VALUES ('d-e1', 'e1', 'r', 't', 'PUT', 'https://old/hook', '[]', x'6f6c64', 'pending', 1, {T0}, {T0}, {T0}, 0);
+             INSERT INTO attempts VALUES ((SELECT seq FROM deliveries WHERE id = 'd-e1'), 1, {T0}, 5, 'https://old/hook', 'PUT',
+                                          '[[\"x-old\",\"1\"]]', x'6f6c64', 502, '[]', x'6261642067617465776179', 'bad', 1);"
+        ))
         .unwrap();
 
     let store = SqliteStore::open(&path).unwrap();
@@ -707,7 +707,36 @@ async fn attempts_from_schema_v2_survive_the_migration() {
     assert_eq!((old.request_url.as_str(), old.request_method.as_str(), old.request_body.as_str()), ("https://old/hook", "PUT", "old"));
     assert_eq!(old.request_headers, vec![("x-old".to_string(), "1".to_string())]);
     assert_eq!((old.status, old.response_body.as_str(), old.error.as_deref()), (Some(502), "bad gateway", Some("bad")));
-    // And the claim index still serves claims.
-    store.retry_now("d-e1", T0 + 1).await.ok();
-    assert!(store.claim_due(T0 + 100_000, 1, LEASE).await.is_ok());
+    // And the rebuilt claim index still serves claims.
+    let claimed = store.claim_due(T0 + 1, 1, LEASE).await.unwrap();
+    assert_eq!((claimed[0].id.as_str(), &claimed[0].request.body[..]), ("d-e1", &b"old"[..]));
+}
+
+/// A delivery forwarding its event's body unchanged points at the event's copy: stored
+/// once, read back (claim, view, attempts) as if it had its own.
+#[tokio::test]
+async fn a_delivery_forwarding_the_event_body_does_not_store_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let event = event("e1", "r", T0);
+    let mut forwarded = delivery("d-e1", &event, "t", T0);
+    forwarded.request.body = event.body.clone();
+    store.accept(event.clone(), vec![forwarded]).await.unwrap();
+
+    let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
+    assert_eq!(claimed[0].request.body, event.body);
+    let same = AttemptRecord { request_url: claimed[0].request.url.clone(), request_body: event.body.clone(), ..attempt(Some(200), true) };
+    store.finish_attempt("d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!((view.request.body.as_str(), attempts[0].request_body.as_str()), (r#"{"ref":"main"}"#, r#"{"ref":"main"}"#));
+    assert_eq!(store.get_event("e1").await.unwrap().unwrap().deliveries[0].request.body, r#"{"ref":"main"}"#);
+
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("data/hookrelay.db")).unwrap();
+    let (own, attempt_body): (Vec<u8>, Option<Vec<u8>>) = conn
+        .query_row("SELECT d.req_body, a.request_body FROM deliveries d JOIN attempts a ON a.delivery_seq = d.seq", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((own, attempt_body), (Vec::new(), None), "the body is the event's, stored once");
 }
