@@ -67,6 +67,7 @@ fn parse_form(raw: &[u8]) -> ParsedBody {
     ParsedBody::Parsed(Value::Object(fields))
 }
 
+#[derive(Clone)]
 pub struct InboundRequest {
     pub method: Method,
     pub path: String,

@@ -6,10 +6,10 @@ pub mod source;
 
 use std::collections::HashMap;
 
-use http::Method;
+use http::{HeaderName, Method};
 use serde_json::Value;
 
-use crate::condition::{Condition, MatchInput};
+use crate::condition::{header_text, Condition, MatchInput};
 use crate::config::model::Respond;
 use crate::delivery::target::Target;
 use crate::inbound::InboundRequest;
@@ -102,6 +102,9 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Per route (same index): the header value its condition requires, if any, kept
+    /// apart from the routes so that skipping many of them touches little memory.
+    required_headers: Vec<Option<(HeaderName, String)>>,
     exact: HashMap<String, Vec<usize>>,
     patterned: Vec<usize>,
 }
@@ -116,23 +119,42 @@ impl RouteTable {
                 None => patterned.push(index),
             }
         }
-        RouteTable { routes, exact, patterned }
+        let required_headers = routes.iter().map(|route| route.condition.required_header()).collect();
+        RouteTable { routes, required_headers, exact, patterned }
     }
 
     /// Routes that may take `path`, in file order: the literal ones for this exact path
     /// merged with every patterned one.
-    fn candidates<'a>(&'a self, path: &str) -> impl Iterator<Item = &'a Route> + 'a {
+    fn candidates<'a>(&'a self, path: &str) -> impl Iterator<Item = Candidate<'a>> + 'a {
         let literal: &[usize] = self.exact.get(&PathPattern::normalize(path)).map(Vec::as_slice).unwrap_or_default();
         let (mut literal, mut patterned) = (literal.iter().copied().peekable(), self.patterned.iter().copied().peekable());
         std::iter::from_fn(move || {
-            let next = match (literal.peek(), patterned.peek()) {
-                (Some(a), Some(b)) if a < b => literal.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => patterned.next(),
-                (Some(_), None) => literal.next(),
-                (None, None) => None,
-            }?;
-            self.routes.get(next)
+            let (next, path_matched) = match (literal.peek(), patterned.peek()) {
+                (Some(a), Some(b)) if a < b => (literal.next(), true),
+                (Some(_), Some(_)) | (None, Some(_)) => (patterned.next(), false),
+                (Some(_), None) => (literal.next(), true),
+                (None, None) => (None, false),
+            };
+            let index = next?;
+            self.routes.get(index).map(|route| Candidate { route, path_matched, required_header: self.required_headers[index].as_ref() })
         })
+    }
+}
+
+/// A route that may take a request's path.
+struct Candidate<'a> {
+    route: &'a Route,
+    /// Found by its literal path: it takes this path, with no parameters.
+    path_matched: bool,
+    required_header: Option<&'a (HeaderName, String)>,
+}
+
+impl Candidate<'_> {
+    fn takes(&self, method: &Method, path: &str) -> Option<Params> {
+        if self.path_matched {
+            return self.route.methods.contains(method).then(Params::new);
+        }
+        self.route.takes(method, path)
     }
 }
 
@@ -146,7 +168,7 @@ impl std::ops::Deref for RouteTable {
 /// True when some route could take a request with this method and path; only such
 /// requests are buffered and parsed, everything else is streamed to `upstream`.
 pub fn may_take(table: &RouteTable, method: &Method, path: &str) -> bool {
-    table.candidates(path).any(|route| route.takes(method, path).is_some())
+    table.candidates(path).any(|candidate| candidate.takes(method, path).is_some())
 }
 
 /// Every route that matches, in file order, stopping after a matching `final` route.
@@ -154,32 +176,109 @@ pub fn select<'a>(table: &'a RouteTable, request: &InboundRequest) -> Vec<RouteM
     let mut matched = Vec::new();
     // Routes of one preset read the event the same way: read it once per request.
     let mut events: Vec<(source::SourceKind, EventInfo)> = Vec::new();
-    for route in table.candidates(&request.path) {
-        let Some(params) = route.takes(&request.method, &request.path) else {
+    // The request's value of each header some candidate requires, looked up once.
+    let mut header_values: Vec<(&HeaderName, Option<std::borrow::Cow<'_, str>>)> = Vec::new();
+    let body = request.body.as_matchable();
+    for candidate in table.candidates(&request.path) {
+        if let Some((name, required)) = candidate.required_header {
+            let index = match header_values.iter().position(|(seen, _)| *seen == name) {
+                Some(index) => index,
+                None => {
+                    header_values.push((name, header_text(&request.headers, name)));
+                    header_values.len() - 1
+                }
+            };
+            if header_values[index].1.as_deref() != Some(required.as_str()) {
+                continue;
+            }
+        }
+        let Some(params) = candidate.takes(&request.method, &request.path) else {
             continue;
         };
-        let body = request.body.as_matchable();
+        let route = candidate.route;
         if route.needs_body && body.is_none() {
             continue;
         }
         let kind = route.source.kind;
-        let info = match events.iter().find(|(cached, _)| *cached == kind && kind != source::SourceKind::Generic) {
-            Some((_, info)) => info.clone(),
+        let own;
+        let info = match events.iter().position(|(cached, _)| *cached == kind && kind != source::SourceKind::Generic) {
+            Some(index) => &events[index].1,
+            None if kind == source::SourceKind::Generic => {
+                own = route.source.extract(&request.headers, body);
+                &own
+            }
             None => {
-                let info = route.source.extract(&request.headers, body);
-                if kind != source::SourceKind::Generic {
-                    events.push((kind, info.clone()));
-                }
-                info
+                events.push((kind, route.source.extract(&request.headers, body)));
+                &events[events.len() - 1].1
             }
         };
         let input = MatchInput { headers: &request.headers, query: &request.query, body, event: info.event.as_deref() };
         if route.condition.eval(&input) {
-            matched.push(RouteMatch { route, params, info });
+            matched.push(RouteMatch { route, params, info: info.clone() });
             if route.is_final {
                 break;
             }
         }
     }
     matched
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue};
+
+    use super::*;
+    use crate::config::env::ProcessEnv;
+
+    const CONFIG: &str = r#"
+listen: 127.0.0.1:0
+routes:
+  - { name: push, match: { path: /hook, headers: { Codeup-Event: Push Hook } }, forward: [ { url: http://127.0.0.1:9/ } ] }
+  - { name: tag, match: { path: /hook, headers: { Codeup-Event: Tag Push Hook } }, forward: [ { url: http://127.0.0.1:9/ } ] }
+  - { name: number, match: { path: /hook, headers: { X-Count: 7 } }, forward: [ { url: http://127.0.0.1:9/ } ] }
+  - { name: joined, match: { path: /hook, headers: { X-Multi: "a, b" } }, forward: [ { url: http://127.0.0.1:9/ } ] }
+  - { name: either, match: { path: /hook, any: [ { headers: { Codeup-Event: Tag Push Hook } }, { headers: { X-Count: 8 } } ] }, forward: [ { url: http://127.0.0.1:9/ } ] }
+  - { name: anything, match: { path: /hook }, forward: [ { url: http://127.0.0.1:9/ } ] }
+"#;
+
+    /// Routes skipped by their required header value are exactly those whose condition
+    /// fails: the same selection as evaluating every route.
+    #[test]
+    fn skipping_by_a_required_header_selects_what_evaluating_every_route_selects() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), CONFIG).unwrap();
+        let snapshot = crate::snapshot::load(&dir.path().join("c.yaml"), &ProcessEnv).unwrap();
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: [Case; 6] = [
+            (&[("codeup-event", "Push Hook")], &["push", "anything"]),
+            (&[("codeup-event", "Tag Push Hook")], &["tag", "either", "anything"]),
+            (&[], &["anything"]),
+            (&[("x-count", "7")], &["number", "anything"]),
+            (&[("x-count", "8")], &["either", "anything"]),
+            (&[("x-multi", "a"), ("x-multi", "b")], &["joined", "anything"]),
+        ];
+        for (headers, expected) in cases {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            }
+            let request = InboundRequest::new(Method::POST, "/hook", map, Bytes::from_static(b"{}"), std::net::Ipv4Addr::LOCALHOST.into());
+            let selected: Vec<&str> = select(&snapshot.routes, &request).iter().map(|m| m.route.name.as_str()).collect();
+            let evaluated: Vec<&str> = snapshot
+                .routes
+                .iter()
+                .filter(|route| {
+                    let input =
+                        MatchInput { headers: &request.headers, query: &request.query, body: request.body.as_matchable(), event: None };
+                    route.condition.eval(&input)
+                })
+                .map(|route| route.name.as_str())
+                .collect();
+            assert_eq!(selected, expected, "{headers:?}");
+            assert_eq!(selected, evaluated, "{headers:?}");
+        }
+        assert!(snapshot.routes.required_headers[..4].iter().all(Option::is_some));
+        assert!(snapshot.routes.required_headers[4..].iter().all(Option::is_none), "`any` and no header: nothing required");
+    }
 }
