@@ -171,26 +171,28 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.writer.write(move |conn| claim_due(conn, now, limit, lease_ms)).await
+        // Unsynced: a claim lost with the machine leaves the delivery due again.
+        self.writer.write_unsynced(move |conn| claim_due(conn, now, limit, lease_ms)).await
     }
 
     async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
         let id = delivery_id.to_owned();
-        self.writer.write(move |conn| finish_attempt(conn, &id, &attempt, &outcome, now)).await
+        // Unsynced: an attempt's record lost with the machine means the delivery is sent
+        // again (at least once), never that it is lost.
+        self.writer.write_unsynced(move |conn| finish_attempt(conn, &id, &attempt, &outcome, now)).await
     }
 
     async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError> {
         let id = delivery_id.to_owned();
+        // Unsynced, as the claim it hands back.
         self.writer
-            .write(move |conn| {
+            .write_unsynced(move |conn| {
                 let (seq, status) = delivery_state(conn, &id)?;
                 if status != DeliveryStatus::InFlight {
                     return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
                 }
-                conn.execute(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE seq = ?2",
-                    params![next_attempt_at, seq],
-                )?;
+                conn.prepare_cached("UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE seq = ?2")?
+                    .execute(params![next_attempt_at, seq])?;
                 Ok(())
             })
             .await
@@ -204,8 +206,11 @@ impl Store for SqliteStore {
         outcome: AttemptOutcome,
         now: i64,
     ) -> Result<(), StoreError> {
+        // Unsynced: this records what already happened, after its sender was answered (a
+        // sync route's answer, a 202 for an event already stored); an event only becomes a
+        // promise through `accept`, which is synced.
         self.writer
-            .write(move |conn| {
+            .write_unsynced(move |conn| {
                 if let Some(event) = &event {
                     insert_event(conn, event)?;
                 }

@@ -588,6 +588,11 @@ async fn writes_are_fsynced_in_wal_mode() {
     assert_eq!(store.writer_pragma("synchronous").await.unwrap(), "Integer(2)");
     assert_eq!(store.writer_pragma("journal_mode").await.unwrap(), r#"Text("wal")"#);
     assert_eq!(store.writer_pragma("foreign_keys").await.unwrap(), "Integer(1)");
+    // A batch of unsynced writes (a claim) commits without the fsync, and the connection
+    // is back to FULL for the next accept.
+    accept_one(&store, "e1", "r", T0).await;
+    assert_eq!(store.claim_due(T0, 1, LEASE).await.unwrap().len(), 1);
+    assert_eq!(store.writer_pragma("synchronous").await.unwrap(), "Integer(2)");
 }
 
 #[cfg(unix)]

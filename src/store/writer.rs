@@ -2,7 +2,9 @@
 //! (up to [`MAX_BATCH`]), runs them in one transaction, commits once and only then answers
 //! them all, so many concurrent writers share one fsync. Each write runs in its own
 //! savepoint, so a write that fails is undone alone and the rest of its batch still
-//! commits. Owns batching and the commit counter; knows nothing of the domain's SQL.
+//! commits. A batch of only unsynced writes commits without the fsync (the next synced
+//! commit or checkpoint syncs it). Owns batching and the commit counter; knows nothing of
+//! the domain's SQL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,9 +26,12 @@ trait Job: Send {
     /// transaction can no longer be trusted; the write's own errors are kept for `answer`.
     fn run(&mut self, conn: &Connection) -> Result<(), StoreError>;
     fn answer(self: Box<Self>, batch: Result<(), StoreError>);
+    /// Whether its commit must reach the disk before it is answered.
+    fn synced(&self) -> bool;
 }
 
 struct Write<T, F> {
+    synced: bool,
     op: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -59,6 +64,10 @@ where
         // The caller may have stopped waiting; the write stands either way.
         let _ = self.reply.send(result);
     }
+
+    fn synced(&self) -> bool {
+        self.synced
+    }
 }
 
 type Queue = mpsc::Sender<Box<dyn Job>>;
@@ -79,7 +88,28 @@ impl Writer {
     }
 
     /// Queues `op` and waits until the transaction it ran in has committed (or failed).
+    /// Runs `op` and answers once its transaction is on disk (fsynced).
     pub(super) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue_write(true, op).await
+    }
+
+    /// Runs `op` and answers once its transaction is committed, without waiting for the
+    /// disk: a crash of the process loses nothing, one of the machine may lose it. For
+    /// writes that can be lost that way (a claim, an attempt's record: the delivery is
+    /// sent again), never for accepting an event.
+    pub(super) async fn write_unsynced<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue_write(false, op).await
+    }
+
+    async fn queue_write<T, F>(&self, synced: bool, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -88,7 +118,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         #[cfg(test)]
         let _held = HoldPausedClock::new();
-        queue.send(Box::new(Write { op: Some(op), result: None, reply })).await.map_err(|_| StoreError::Closed)?;
+        queue.send(Box::new(Write { synced, op: Some(op), result: None, reply })).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -159,6 +189,19 @@ fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, commits: &A
 }
 
 fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    let synced = batch.iter().any(|job| job.synced());
+    if !synced {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    let committed = run_batch(conn, batch);
+    if !synced {
+        // Back to FULL at once: the connection's setting at rest is the durable one.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    committed
+}
+
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch.iter_mut() {
         // Dropping `tx` on the way out rolls the whole batch back.
