@@ -97,8 +97,10 @@ fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
             }
         }
     }
-    // Not lossy: when stderr cannot keep up, requests wait rather than lines vanish.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    // Not lossy: when stderr cannot keep up, requests wait rather than lines vanish; the
+    // backlog is bounded (8,192 lines, about 2 MiB) so a slow stderr cannot grow memory.
+    let (writer, guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).buffered_lines_limit(8192).finish(std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),

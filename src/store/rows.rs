@@ -128,8 +128,10 @@ pub(super) fn claimed_delivery(row: &Row<'_>) -> rusqlite::Result<(i64, ClaimedD
     Ok((row.get("seq")?, delivery))
 }
 
-pub(super) fn attempt_view(row: &Row<'_>) -> rusqlite::Result<AttemptView> {
-    Ok(AttemptView {
+/// An attempt row, and whether its error is stored as "the same as the attempt before"
+/// (then `error` is `None` here; see `error_repeats`).
+pub(super) fn attempt_view(row: &Row<'_>) -> rusqlite::Result<(AttemptView, bool)> {
+    let view = AttemptView {
         number: row.get("number")?,
         started_at: row.get("started_at")?,
         duration_ms: row.get("duration_ms")?,
@@ -142,7 +144,8 @@ pub(super) fn attempt_view(row: &Row<'_>) -> rusqlite::Result<AttemptView> {
         response_body: lossy(row.get("response_body")?),
         error: row.get("error")?,
         counted: row.get("counted")?,
-    })
+    };
+    Ok((view, row.get::<_, Option<i64>>("error_repeats")? == Some(1)))
 }
 
 pub(super) fn stored_route(row: &Row<'_>) -> rusqlite::Result<StoredRoute> {

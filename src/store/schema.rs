@@ -86,8 +86,9 @@ CREATE TABLE api_routes (
 const V2: &str = "ALTER TABLE deliveries ADD COLUMN guarded INTEGER;";
 
 // Compact delivery log. An attempt keeps its request's URL, headers and body only where
-// they differ from the delivery's stored request (NULL: the same), so a receiver that is
-// down for a day costs a few dozen bytes per retry, not a copy of the request each time.
+// they differ from the delivery's stored request (NULL: the same), and its error only when
+// it differs from the attempt before, so a receiver that is down for a day costs a few
+// dozen bytes per retry, not a copy of the request each time.
 // A delivery that forwards its event's body unchanged points at it instead of holding a
 // second copy. Finished deliveries (every sync one) leave the due index, which only claims
 // read.
@@ -106,10 +107,12 @@ CREATE TABLE attempts_v3 (
     response_headers TEXT NOT NULL,
     response_body    BLOB NOT NULL,
     error            TEXT,
+    error_repeats    INTEGER,         -- 1: the same error as the attempt before (error NULL)
     counted          INTEGER NOT NULL,
     PRIMARY KEY (delivery_seq, number)
 ) WITHOUT ROWID;
-INSERT INTO attempts_v3 SELECT delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
+INSERT INTO attempts_v3 (delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
+                         request_body, status, response_headers, response_body, error, counted) SELECT delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
                                request_body, status, response_headers, response_body, error, counted FROM attempts;
 DROP TABLE attempts;
 ALTER TABLE attempts_v3 RENAME TO attempts;

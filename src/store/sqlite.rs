@@ -310,10 +310,11 @@ impl Store for SqliteStore {
                         COALESCE(a.request_headers, d.req_headers) AS request_headers,
                         COALESCE(a.request_body, CASE WHEN d.req_body_from_event = 1
                                  THEN (SELECT body FROM events e WHERE e.id = d.event_id) ELSE d.req_body END) AS request_body, a.status, a.response_headers, a.response_body,
-                        a.error, a.counted
+                        a.error, a.error_repeats, a.counted
                  FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq WHERE a.delivery_seq = ?1 ORDER BY a.number",
             )?;
-            let attempts = stmt.query_map([seq], attempt_view)?.collect::<Result<_, _>>()?;
+            let rows: Vec<(AttemptView, bool)> = stmt.query_map([seq], attempt_view)?.collect::<Result<_, _>>()?;
+            let attempts = with_repeated_errors(rows);
             Ok(Some((view, attempts)))
         })
         .await
@@ -550,6 +551,22 @@ fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome:
     Ok(())
 }
 
+/// Attempts in order, with the errors stored as "the same as the attempt before"
+/// (`error_repeats`) filled in.
+fn with_repeated_errors(rows: Vec<(AttemptView, bool)>) -> Vec<AttemptView> {
+    let mut before: Option<String> = None;
+    rows.into_iter()
+        .map(|(mut attempt, repeats)| {
+            if repeats {
+                attempt.error.clone_from(&before);
+            } else {
+                before.clone_from(&attempt.error);
+            }
+            attempt
+        })
+        .collect()
+}
+
 /// A delivery's request as its row stores it (headers as their JSON text).
 struct StoredForm<'a> {
     url: &'a str,
@@ -592,10 +609,22 @@ fn insert_attempt(
 ) -> Result<(), StoreError> {
     let headers = headers_json(&attempt.request_headers)?;
     let answer_bound = if matches!(outcome, AttemptOutcome::RetryAt(_)) { MAX_EARLIER_ANSWER } else { MAX_STORED_BODY };
+    // The error the attempt before had: that of the last attempt that stored its own.
+    let error_before: Option<String> = if number > 1 {
+        conn.prepare_cached(
+            "SELECT error FROM attempts WHERE delivery_seq = ?1 AND number < ?2 AND error_repeats IS NULL ORDER BY number DESC LIMIT 1",
+        )?
+        .query_row(params![seq, number], |row| row.get(0))
+        .optional()?
+        .flatten()
+    } else {
+        None
+    };
+    let repeats = attempt.error.is_some() && attempt.error == error_before;
     conn.prepare_cached(
         "INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
-                               request_body, status, response_headers, response_body, error, counted)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                               request_body, status, response_headers, response_body, error, error_repeats, counted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         seq,
@@ -609,7 +638,8 @@ fn insert_attempt(
         attempt.status,
         headers_json(&attempt.response_headers)?,
         cut(&attempt.response_body, answer_bound),
-        attempt.error,
+        if repeats { None } else { attempt.error.as_deref() },
+        repeats.then_some(1),
         attempt.counted,
     ])?;
     Ok(())

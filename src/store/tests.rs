@@ -644,6 +644,7 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole() {
         request_body: sent.request.body.clone(),
         status: Some(503),
         response_body: long_answer.clone(),
+        error: Some("answer 503".into()),
         ..attempt(Some(503), true)
     };
     for round in 0..3 {
@@ -658,6 +659,7 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole() {
         request_headers: vec![("webhook-signature".into(), "[redacted]".into())],
         status: Some(200),
         response_body: Bytes::from_static(b"ok"),
+        error: None,
         ..same_request.clone()
     };
     store.finish_attempt("d-e1", signed, AttemptOutcome::Succeeded, T0 + 11).await.unwrap();
@@ -671,6 +673,8 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole() {
     assert_eq!(attempts[3].request_headers, vec![("webhook-signature".to_string(), "[redacted]".to_string())]);
     let answer_sizes: Vec<usize> = attempts.iter().map(|a| a.response_body.len()).collect();
     assert_eq!(answer_sizes, [MAX_EARLIER_ANSWER, MAX_EARLIER_ANSWER, 5000, 2], "retried answers cut, final ones whole");
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    assert_eq!(errors, [Some("answer 503"), Some("answer 503"), Some("answer 503"), None]);
 
     store.close().await.unwrap();
     let conn = rusqlite::Connection::open(dir.path().join("data/hookrelay.db")).unwrap();
@@ -684,6 +688,18 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole() {
         .unwrap();
     assert_eq!(stored[..3], [(None, None, None), (None, None, None), (None, None, None)], "the same request is not stored again");
     assert_eq!(stored[3], (None, Some(r#"[["webhook-signature","[redacted]"]]"#.to_string()), None));
+    let errors: Vec<(Option<String>, Option<i64>)> = conn
+        .prepare("SELECT error, error_repeats FROM attempts ORDER BY number")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        errors,
+        [(Some("answer 503".to_string()), None), (None, Some(1)), (None, Some(1)), (None, None)],
+        "a repeated error is stored once"
+    );
 }
 
 /// Attempts written before the compact layout (schema v2 kept a full copy of the request
