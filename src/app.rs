@@ -170,6 +170,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let (shutdown, receiver) = watch::channel(false);
     let engine = Engine::start(store.clone(), config.clone(), outbound.clone(), outbound_limits.clone(), 64, receiver.clone()).await?;
     tokio::spawn(prune_periodically(store, retention, receiver.clone()));
+    tokio::spawn(metrics::keep_up(receiver.clone()));
     let relay = Arc::new(Relay::new(RelayParts {
         config,
         config_path: path.to_path_buf(),

@@ -35,6 +35,23 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often histogram samples are folded into their buckets. Until then the recorder keeps
+/// every sample, so without this a relay nobody scrapes would grow by each delivery.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`] until shutdown.
+pub async fn keep_up(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(handle) = handle() else { return };
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => handle.run_upkeep(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// The Prometheus text exposition.
 pub fn render() -> String {
     match handle() {
