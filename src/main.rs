@@ -128,7 +128,7 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn try_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config, log_format, no_watch } => {
-            let _flush_logs_on_exit = init_logs(log_format);
+            let mut flush_logs_on_exit = Some(init_logs(log_format));
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let options = hookrelay::app::StartOptions { watch_files: !no_watch };
@@ -139,6 +139,8 @@ fn try_main() -> anyhow::Result<ExitCode> {
                     _ = running.shutdown() => {}
                     _ = shutdown_signal() => {
                         tracing::warn!("second signal: exiting now");
+                        // `exit` runs no destructors: flush the log lines still queued.
+                        drop(flush_logs_on_exit.take());
                         std::process::exit(1);
                     }
                 }

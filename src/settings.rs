@@ -24,9 +24,9 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(base: url::Url) -> Option<Upstream> {
+        // `host_str` writes an IPv6 address in its brackets already.
         let host = base.host_str()?;
         let authority = match base.port() {
-            Some(port) if host.contains(':') => format!("[{host}]:{port}"),
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
@@ -254,4 +254,21 @@ fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {
         problems.push(at, format!("{text:?} is not an address like 127.0.0.1:8080 or [::]:8080"));
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxied_requests_keep_the_upstream_base_path_and_ipv6_host() {
+        let proxied = |base: &str, path: &str| Upstream::new(url::Url::parse(base).unwrap()).unwrap().proxied(path);
+        assert_eq!(proxied("http://[::1]:8080", "/x?y=1"), "http://[::1]:8080/x?y=1");
+        assert_eq!(proxied("http://[::1]", "/x"), "http://[::1]/x");
+        assert_eq!(proxied("http://127.0.0.1:3000/base/", "/x"), "http://127.0.0.1:3000/base/x");
+        assert_eq!(proxied("https://svc.internal:443/base", "/x"), "https://svc.internal/base/x");
+        for uri in [proxied("http://[::1]:8080", "/x?y=1"), proxied("http://127.0.0.1:3000/base/", "/a/b?c")] {
+            assert!(uri.parse::<http::Uri>().is_ok(), "{uri}");
+        }
+    }
 }

@@ -216,7 +216,14 @@ impl Store for SqliteStore {
                 }
                 let finished = Finished::of(&attempt, &outcome);
                 let request = &delivery.request;
+                if let Some(event) = event.as_ref().filter(|event| event.id != delivery.event_id) {
+                    return Err(StoreError::InvalidInput(format!(
+                        "delivery {} belongs to event {}, not {}",
+                        delivery.id, delivery.event_id, event.id
+                    )));
+                }
                 let body_from_event = !request.body.is_empty() && event.as_ref().is_some_and(|event| event.body == request.body);
+                let headers = headers_json(&request.headers)?;
                 conn.prepare_cached(
                     "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
                                              attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
@@ -230,7 +237,7 @@ impl Store for SqliteStore {
                     delivery.target,
                     request.method,
                     request.url,
-                    headers_json(&request.headers)?,
+                    headers,
                     if body_from_event { &[][..] } else { &request.body[..] },
                     finished.status,
                     i64::from(attempt.counted),
@@ -243,7 +250,7 @@ impl Store for SqliteStore {
                     body_from_event.then_some(1),
                 ])
                 .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
-                let stored = StoredForm { url: &request.url, headers: &headers_json(&request.headers)?, body: &request.body };
+                let stored = StoredForm { url: &request.url, headers: &headers, body: &request.body };
                 insert_attempt(conn, conn.last_insert_rowid(), 1, &attempt, &stored, &outcome)
             })
             .await
@@ -487,7 +494,11 @@ const CLAIMABLE: &str = "
 fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
     // Expired leases first: their worker died and they have waited longest. Each query walks
     // the due index in due order and stops at the limit, however long the queue.
-    let expired = format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'in_flight' AND d.lease_until < ?1 {CLAIMABLE}");
+    // `next_attempt_at IS NOT NULL` (always true of unfinished deliveries) lets both use the
+    // due index, which holds unfinished deliveries only.
+    let expired = format!(
+        "SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'in_flight' AND d.next_attempt_at IS NOT NULL AND d.lease_until < ?1 {CLAIMABLE}"
+    );
     let due = format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 {CLAIMABLE}");
     let lease_until = now.saturating_add(lease_ms);
     let mut claimed = Vec::new();
@@ -634,7 +645,9 @@ fn insert_attempt(
         (attempt.request_url != stored.url).then_some(&attempt.request_url),
         attempt.request_method,
         (headers != stored.headers).then_some(&headers),
-        (attempt.request_body.as_ref() != stored.body).then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
+        // Read back in place of the delivery's, a body is never longer than the bound.
+        (attempt.request_body.as_ref() != stored.body || stored.body.len() > MAX_STORED_BODY)
+            .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
         attempt.status,
         headers_json(&attempt.response_headers)?,
         cut(&attempt.response_body, answer_bound),

@@ -761,3 +761,21 @@ async fn a_delivery_forwarding_the_event_body_does_not_store_it_again() {
         .unwrap();
     assert_eq!((own, attempt_body), (Vec::new(), None), "the body is the event's, stored once");
 }
+
+/// An attempt's request body reads back cut to `MAX_STORED_BODY`, also when the attempt
+/// stores none of its own (the same body as the delivery's, which is kept whole).
+#[tokio::test]
+async fn attempt_bodies_read_back_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let event = event("e1", "r", T0);
+    let mut large = delivery("d-e1", &event, "t", T0);
+    large.request.body = Bytes::from(vec![b'a'; MAX_STORED_BODY + 10]);
+    store.accept(event, vec![large.clone()]).await.unwrap();
+    store.claim_due(T0, 1, LEASE).await.unwrap();
+    let same =
+        AttemptRecord { request_url: large.request.url.clone(), request_body: large.request.body.clone(), ..attempt(Some(200), true) };
+    store.finish_attempt("d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!((view.request.body.len(), attempts[0].request_body.len()), (MAX_STORED_BODY + 10, MAX_STORED_BODY));
+}

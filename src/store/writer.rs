@@ -87,8 +87,7 @@ impl Writer {
         Ok(Writer { queue: Mutex::new(Some(queue)), thread: Mutex::new(Some(thread)), commits })
     }
 
-    /// Queues `op` and waits until the transaction it ran in has committed (or failed).
-    /// Runs `op` and answers once its transaction is on disk (fsynced).
+    /// Queues `op` and answers once the transaction it ran in is on disk (fsynced), or failed.
     pub(super) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -166,6 +165,8 @@ impl HoldPausedClock {
 /// The writer thread: runs until every sender is gone and the queue is empty.
 fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    // The connection opens with synchronous = FULL.
+    let mut synced = true;
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -174,7 +175,7 @@ fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, commits: &A
                 Err(_) => break,
             }
         }
-        let outcome = commit_batch(&mut conn, &mut batch);
+        let outcome = commit_batch(&mut conn, &mut batch, &mut synced);
         match &outcome {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
@@ -188,17 +189,16 @@ fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Box<dyn Job>>, commits: &A
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    let synced = batch.iter().any(|job| job.synced());
-    if !synced {
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+/// Commits one batch, with the fsync if any of its writes needs it. The durability level is
+/// set before the batch runs, so a failure to set it fails the batch unrun: a synced write
+/// is never committed at the lower level.
+fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>], synced: &mut bool) -> Result<(), StoreError> {
+    let wanted = batch.iter().any(|job| job.synced());
+    if wanted != *synced {
+        conn.pragma_update(None, "synchronous", if wanted { "FULL" } else { "NORMAL" })?;
+        *synced = wanted;
     }
-    let committed = run_batch(conn, batch);
-    if !synced {
-        // Back to FULL at once: the connection's setting at rest is the durable one.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-    }
-    committed
+    run_batch(conn, batch)
 }
 
 fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
