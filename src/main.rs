@@ -99,8 +99,12 @@ fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     }
     // Not lossy: when stderr cannot keep up, requests wait rather than lines vanish; the
     // backlog is bounded (8,192 lines, about 2 MiB) so a slow stderr cannot grow memory.
-    let (writer, guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).buffered_lines_limit(8192).finish(std::io::stderr());
+    // Lines queued together go out in one write; the thread flushes whenever the queue is
+    // empty, so no line waits in the buffer.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(8192)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
