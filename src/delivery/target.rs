@@ -251,7 +251,9 @@ impl Target {
         if !self.query.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (name, id) in &self.query {
-                pairs.append_pair(name, &render(id, &format!("query.{name}"))?);
+                // The field is named only when something fails: no allocation per request.
+                let value = engine.render(id, context).map_err(|err| fail(&format!("query.{name}"), err.to_string()))?;
+                pairs.append_pair(name, &value);
             }
         }
 
@@ -269,13 +271,13 @@ impl Target {
             headers.insert(HeaderName::from_static("idempotency-key"), value);
         }
         for (name, id) in &self.headers {
-            let field = format!("headers.{name}");
-            let text = render(id, &field)?;
+            let field = || format!("headers.{name}");
+            let text = engine.render(id, context).map_err(|err| fail(&field(), err.to_string()))?;
             if text.contains(['\r', '\n']) {
-                return Err(fail(&field, "rendered header value contains CR or LF".to_string()));
+                return Err(fail(&field(), "rendered header value contains CR or LF".to_string()));
             }
             let value = HeaderValue::from_str(&text)
-                .map_err(|_| fail(&field, "rendered header value has characters not allowed in a header".to_string()))?;
+                .map_err(|_| fail(&field(), "rendered header value has characters not allowed in a header".to_string()))?;
             headers.insert(name.clone(), value);
         }
         let ordered_key = match &self.ordered_by {
