@@ -672,8 +672,17 @@ fn prune_chunk(conn: &Connection, older_than: i64) -> Result<u64, StoreError> {
     Ok(deleted as u64)
 }
 
-fn cut(body: &[u8], bound: usize) -> &[u8] {
-    &body[..body.len().min(bound)]
+/// `body` cut to at most `bound` bytes, backing off (by at most 3) so that the cut does not
+/// split a UTF-8 character: the delivery log shows bodies as text.
+pub(super) fn cut(body: &[u8], bound: usize) -> &[u8] {
+    if body.len() <= bound {
+        return body;
+    }
+    let mut end = bound;
+    while end > 0 && bound - end < 3 && body[end] & 0b1100_0000 == 0b1000_0000 {
+        end -= 1;
+    }
+    &body[..end]
 }
 
 fn unique_conflict(error: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError {

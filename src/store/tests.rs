@@ -779,3 +779,13 @@ async fn attempt_bodies_read_back_within_the_bound() {
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.request.body.len(), attempts[0].request_body.len()), (MAX_STORED_BODY + 10, MAX_STORED_BODY));
 }
+
+#[test]
+fn cuts_never_split_a_utf8_character() {
+    let text = "ab€".as_bytes(); // '€' is 3 bytes, at 2..5
+    assert_eq!(sqlite::cut(text, 5), text);
+    assert_eq!(sqlite::cut(text, 4), b"ab");
+    assert_eq!(sqlite::cut(text, 3), b"ab");
+    assert_eq!(sqlite::cut(text, 2), b"ab");
+    assert_eq!(sqlite::cut(&[0xff, 0x80, 0x80, 0x80, 0x80], 4), &[0xff], "binary: backs off 3 bytes at most");
+}
