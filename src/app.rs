@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::{env::ProcessEnv, ApiRoute, ConfigErrors};
 use crate::delivery::client::{self, Outbound};
-use crate::engine::{now_ms, Engine};
+use crate::engine::{now_ms, Clock, Engine};
 use crate::ratelimit::OutboundLimiters;
 use crate::relay::{Relay, RelayParts};
 use crate::snapshot::{self, Snapshot};
@@ -168,7 +168,8 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let retention = snapshot.settings.retention;
     let config = Arc::new(ArcSwap::from_pointee(snapshot));
     let (shutdown, receiver) = watch::channel(false);
-    let engine = Engine::start(store.clone(), config.clone(), outbound.clone(), outbound_limits.clone(), 64, receiver.clone()).await?;
+    let engine =
+        Engine::start(Clock::Wall, store.clone(), config.clone(), outbound.clone(), outbound_limits.clone(), 64, receiver.clone()).await?;
     tokio::spawn(prune_periodically(store, retention, receiver.clone()));
     tokio::spawn(metrics::keep_up(receiver.clone()));
     let relay = Arc::new(Relay::new(RelayParts {

@@ -64,7 +64,7 @@ pub fn now_ms() -> i64 {
 
 /// The time the engine schedules by.
 #[derive(Debug, Clone, Copy)]
-enum Clock {
+pub enum Clock {
     /// The system's wall clock (times in the store outlive the process).
     Wall,
     /// Tokio's clock, which a test pauses and advances, counted from `origin_ms`.
@@ -84,17 +84,6 @@ impl Clock {
 
 impl Engine {
     pub async fn start(
-        store: Arc<dyn Store>,
-        config: Arc<ArcSwap<Snapshot>>,
-        client: Outbound,
-        limiters: Arc<OutboundLimiters>,
-        concurrency: usize,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<Arc<Engine>, StoreError> {
-        Engine::start_on(Clock::Wall, store, config, client, limiters, concurrency, shutdown).await
-    }
-
-    async fn start_on(
         clock: Clock,
         store: Arc<dyn Store>,
         config: Arc<ArcSwap<Snapshot>>,
@@ -417,7 +406,7 @@ routes:
         let (_stop, shutdown) = watch::channel(false);
         let config = Arc::new(ArcSwap::from_pointee(snapshot));
         let engine =
-            Engine::start_on(clock, store.clone(), config, outbound, Arc::new(OutboundLimiters::default()), 4, shutdown).await.unwrap();
+            Engine::start(clock, store.clone(), config, outbound, Arc::new(OutboundLimiters::default()), 4, shutdown).await.unwrap();
 
         let accepted_at = clock.now_ms();
         let event = NewEvent {

@@ -62,13 +62,28 @@ impl PageQuery {
 }
 
 pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body";
-pub(super) const DELIVERY_COLUMNS: &str = "seq, id, event_id, route, target, status, attempts, next_attempt_at, created_at, updated_at, \
-                                last_status, last_error, req_method, req_url, req_headers, \
-                                CASE WHEN req_body_from_event = 1 THEN (SELECT body FROM events e WHERE e.id = deliveries.event_id) \
-                                ELSE req_body END AS req_body";
-pub(super) const CLAIM_COLUMNS: &str = "d.seq, d.id, d.event_id, d.route, d.target, d.req_method, d.req_url, d.req_headers, \
-                             CASE WHEN d.req_body_from_event = 1 THEN (SELECT body FROM events e WHERE e.id = d.event_id) \
-                             ELSE d.req_body END AS req_body, d.attempts, d.created_at, d.guarded";
+/// A delivery's request body (deliveries as `d`): its own, or its event's when it forwards
+/// that unchanged (`req_body_from_event`, stored once).
+macro_rules! delivery_body {
+    () => {
+        "CASE WHEN d.req_body_from_event = 1 THEN (SELECT body FROM events e WHERE e.id = d.event_id) ELSE d.req_body END"
+    };
+}
+pub(super) use delivery_body;
+
+/// Columns of [`delivery_view`], for `FROM deliveries d`.
+pub(super) const DELIVERY_COLUMNS: &str = concat!(
+    "d.seq, d.id, d.event_id, d.route, d.target, d.status, d.attempts, d.next_attempt_at, d.created_at, d.updated_at, ",
+    "d.last_status, d.last_error, d.req_method, d.req_url, d.req_headers, ",
+    delivery_body!(),
+    " AS req_body"
+);
+/// Columns of [`claimed_delivery`], for `FROM deliveries d`.
+pub(super) const CLAIM_COLUMNS: &str = concat!(
+    "d.seq, d.id, d.event_id, d.route, d.target, d.req_method, d.req_url, d.req_headers, ",
+    delivery_body!(),
+    " AS req_body, d.attempts, d.created_at, d.guarded"
+);
 pub(super) const ROUTE_COLUMNS: &str = "name, definition, created_at, updated_at";
 
 pub(super) fn event_view(row: &Row<'_>) -> rusqlite::Result<EventView> {

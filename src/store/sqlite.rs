@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
+use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
@@ -214,42 +215,16 @@ impl Store for SqliteStore {
                 if let Some(event) = &event {
                     insert_event(conn, event)?;
                 }
-                let finished = Finished::of(&attempt, &outcome);
-                let request = &delivery.request;
                 if let Some(event) = event.as_ref().filter(|event| event.id != delivery.event_id) {
                     return Err(StoreError::InvalidInput(format!(
                         "delivery {} belongs to event {}, not {}",
                         delivery.id, delivery.event_id, event.id
                     )));
                 }
-                let body_from_event = !request.body.is_empty() && event.as_ref().is_some_and(|event| event.body == request.body);
-                let headers = headers_json(&request.headers)?;
-                conn.prepare_cached(
-                    "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
-                                             attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
-                                             last_error, guarded, req_body_from_event)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
-                )?
-                .execute(params![
-                    delivery.id,
-                    delivery.event_id,
-                    delivery.route,
-                    delivery.target,
-                    request.method,
-                    request.url,
-                    headers,
-                    if body_from_event { &[][..] } else { &request.body[..] },
-                    finished.status,
-                    i64::from(attempt.counted),
-                    finished.next_attempt_at,
-                    delivery.ordered_key,
-                    now,
-                    attempt.status,
-                    finished.last_error,
-                    delivery.guarded,
-                    body_from_event.then_some(1),
-                ])
-                .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+                let finished = Finished::of(&attempt, &outcome);
+                let event_body = event.as_ref().map(|event| &event.body[..]);
+                let headers = insert_delivery(conn, &delivery, event_body, now, Some((&attempt, &finished)))?;
+                let request = &delivery.request;
                 let stored = StoredForm { url: &request.url, headers: &headers, body: &request.body };
                 insert_attempt(conn, conn.last_insert_rowid(), 1, &attempt, &stored, &outcome)
             })
@@ -290,7 +265,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
             let Some(mut event) = conn.query_row(&sql, [&id], event_view).optional()? else { return Ok(None) };
-            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY seq");
+            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE event_id = ?1 ORDER BY seq");
             let mut stmt = conn.prepare_cached(&sql)?;
             event.deliveries = stmt.query_map([&id], delivery_view)?.map(|row| row.map(|(_, view)| view)).collect::<Result<_, _>>()?;
             Ok(Some(event))
@@ -312,14 +287,14 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |conn| {
             let Some((seq, view)) = delivery_by_id(conn, &id)? else { return Ok(None) };
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(concat!(
                 "SELECT a.number, a.started_at, a.duration_ms, COALESCE(a.request_url, d.req_url) AS request_url, a.request_method,
-                        COALESCE(a.request_headers, d.req_headers) AS request_headers,
-                        COALESCE(a.request_body, CASE WHEN d.req_body_from_event = 1
-                                 THEN (SELECT body FROM events e WHERE e.id = d.event_id) ELSE d.req_body END) AS request_body, a.status, a.response_headers, a.response_body,
-                        a.error, a.error_repeats, a.counted
-                 FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq WHERE a.delivery_seq = ?1 ORDER BY a.number",
-            )?;
+                            COALESCE(a.request_headers, d.req_headers) AS request_headers,
+                            COALESCE(a.request_body, ",
+                delivery_body!(),
+                ") AS request_body, a.status, a.response_headers, a.response_body, a.error, a.error_repeats, a.counted
+                     FROM attempts a JOIN deliveries d ON d.seq = a.delivery_seq WHERE a.delivery_seq = ?1 ORDER BY a.number"
+            ))?;
             let rows: Vec<(AttemptView, bool)> = stmt.query_map([seq], attempt_view)?.collect::<Result<_, _>>()?;
             let attempts = with_repeated_errors(rows);
             Ok(Some((view, attempts)))
@@ -333,7 +308,7 @@ impl Store for SqliteStore {
             query.filter("status", filter.status.map(|status| status.as_str().to_owned()));
             query.filter("route", filter.route);
             query.filter("target", filter.target);
-            query.run(conn, &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries"), filter.limit, delivery_view)
+            query.run(conn, &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d"), filter.limit, delivery_view)
         })
         .await
     }
@@ -426,7 +401,7 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
     }
     insert_event(conn, event)?;
     for delivery in deliveries {
-        insert_delivery(conn, delivery, &event.body, event.received_at)?;
+        insert_delivery(conn, delivery, Some(&event.body), event.received_at, None)?;
     }
     Ok(AcceptOutcome::Accepted)
 }
@@ -451,14 +426,29 @@ fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Inserts a pending delivery of an event whose body is `event_body`.
-fn insert_delivery(conn: &Connection, delivery: &NewDelivery, event_body: &[u8], created_at: i64) -> Result<(), StoreError> {
+/// Inserts a delivery of an event whose body is `event_body` (when known): pending, or
+/// already finished by `attempt`. Returns its headers as stored (JSON).
+fn insert_delivery(
+    conn: &Connection,
+    delivery: &NewDelivery,
+    event_body: Option<&[u8]>,
+    created_at: i64,
+    finished: Option<(&AttemptRecord, &Finished)>,
+) -> Result<String, StoreError> {
     let request = &delivery.request;
-    let body_from_event = !request.body.is_empty() && request.body.as_ref() == event_body;
+    let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
+    let headers = headers_json(&request.headers)?;
+    let (status, attempts, next_attempt_at, last_status, last_error) = match finished {
+        Some((attempt, finished)) => {
+            (finished.status, i64::from(attempt.counted), finished.next_attempt_at, attempt.status, finished.last_error.as_deref())
+        }
+        None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at), None, None),
+    };
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
-                                 status, next_attempt_at, ordered_key, created_at, updated_at, guarded, req_body_from_event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?11, ?12, ?13)",
+        "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
+                                 attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
+                                 last_error, guarded, req_body_from_event)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         delivery.id,
@@ -467,16 +457,20 @@ fn insert_delivery(conn: &Connection, delivery: &NewDelivery, event_body: &[u8],
         delivery.target,
         request.method,
         request.url,
-        headers_json(&request.headers)?,
+        headers,
         if body_from_event { &[][..] } else { &request.body[..] },
-        delivery.next_attempt_at,
+        status,
+        attempts,
+        next_attempt_at,
         delivery.ordered_key,
         created_at,
+        last_status,
+        last_error,
         delivery.guarded,
         body_from_event.then_some(1),
     ])
     .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
-    Ok(())
+    Ok(headers)
 }
 
 /// Which deliveries may be claimed, given `?1` = now. An ordered delivery must be the oldest
@@ -525,12 +519,11 @@ fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result
 
 fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome: &AttemptOutcome, now: i64) -> Result<(), StoreError> {
     let found = conn
-        .prepare_cached(
-            "SELECT seq, status, req_url, req_headers,
-                    CASE WHEN req_body_from_event = 1 THEN (SELECT body FROM events e WHERE e.id = deliveries.event_id)
-                    ELSE req_body END
-             FROM deliveries WHERE id = ?1",
-        )?
+        .prepare_cached(concat!(
+            "SELECT d.seq, d.status, d.req_url, d.req_headers, ",
+            delivery_body!(),
+            " FROM deliveries d WHERE d.id = ?1"
+        ))?
         .query_row([id], |row| {
             let status: DeliveryStatus = row.get(1)?;
             Ok((row.get::<_, i64>(0)?, status, row.get::<_, String>(2)?, row.get::<_, String>(3)?, row.get::<_, Vec<u8>>(4)?))
@@ -711,7 +704,7 @@ fn delivery_state(conn: &Connection, id: &str) -> Result<(i64, DeliveryStatus), 
 }
 
 fn delivery_by_id(conn: &Connection, id: &str) -> Result<Option<(i64, DeliveryView)>, StoreError> {
-    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1");
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE id = ?1");
     Ok(conn.prepare_cached(&sql)?.query_row([id], delivery_view).optional()?)
 }
 
