@@ -85,8 +85,9 @@ fn main() -> ExitCode {
 }
 
 /// Log lines go to stderr from a thread of their own, so a request never waits on the
-/// terminal or pipe; keep the guard until exit, when it flushes what is left.
-fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// terminal or pipe; keep the guard until exit, when it flushes what is left. Also returns
+/// the count of lines dropped because stderr was not keeping up.
+fn init_logs(format: LogFormat) -> (tracing_appender::non_blocking::WorkerGuard, tracing_appender::non_blocking::ErrorCounter) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The file watcher's own trace lines, written to a log in a watched folder, would
     // produce more events to trace: keep them quiet unless asked for by name.
@@ -97,20 +98,22 @@ fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
             }
         }
     }
-    // Not lossy: when stderr cannot keep up, requests wait rather than lines vanish; the
-    // backlog is bounded (8,192 lines, about 2 MiB) so a slow stderr cannot grow memory.
-    // Lines queued together go out in one write; the thread flushes whenever the queue is
-    // empty, so no line waits in the buffer.
+    // Lossy: when stderr stops being read (a full pipe), the relay must go on serving
+    // webhooks, health checks and shutdown; lines past a backlog of 8,192 (about 2 MiB) are
+    // dropped and counted (`hookrelay_log_lines_dropped_total`) instead of stopping every
+    // thread that logs. Lines queued together go out in one write; the thread flushes
+    // whenever the queue is empty, so no line waits in the buffer.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
+        .lossy(true)
         .buffered_lines_limit(8192)
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    guard
+    (guard, dropped)
 }
 
 /// SIGINT or SIGTERM.
@@ -132,11 +135,13 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn try_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config, log_format, no_watch } => {
-            let mut flush_logs_on_exit = Some(init_logs(log_format));
+            let (guard, dropped_log_lines) = init_logs(log_format);
+            let mut flush_logs_on_exit = Some(guard);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let options = hookrelay::app::StartOptions { watch_files: !no_watch };
                 let running = hookrelay::app::start_with_options(&config, &options).await?;
+                tokio::spawn(hookrelay::metrics::count_dropped_log_lines(move || dropped_log_lines.dropped_lines()));
                 shutdown_signal().await?;
                 tracing::info!("shutting down: finishing in-flight requests (a second signal exits at once)");
                 tokio::select! {

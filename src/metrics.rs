@@ -18,6 +18,8 @@ pub const CONNECTIONS: &str = "hookrelay_connections_total";
 pub const CONNECTIONS_OPEN: &str = "hookrelay_connections_open";
 /// `accept` calls that failed (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS: &str = "hookrelay_accept_errors_total";
+/// Log lines dropped because stderr was not being read fast enough.
+pub const LOG_LINES_DROPPED: &str = "hookrelay_log_lines_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -49,6 +51,16 @@ pub async fn keep_up(mut shutdown: tokio::sync::watch::Receiver<bool>) {
             _ = every.tick() => handle.run_upkeep(),
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Publishes `dropped()` (a running total kept by the log writer) as
+/// [`LOG_LINES_DROPPED`] every [`UPKEEP_EVERY`], for as long as the runtime runs.
+pub async fn count_dropped_log_lines(dropped: impl Fn() -> usize + Send + 'static) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        every.tick().await;
+        metrics::counter!(LOG_LINES_DROPPED).absolute(u64::try_from(dropped()).unwrap_or(u64::MAX));
     }
 }
 

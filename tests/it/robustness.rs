@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::binary::{free_port, spawn, stop, wait_up, Folder};
+use crate::support::binary::{free_port, spawn, spawn_with_unread_log, stop, wait_up, Folder};
 use crate::support::reqwest_like::Client;
 use crate::support::{Relay, TestSink};
 
@@ -307,4 +307,50 @@ async fn connection_cannot_name_host_and_options_star_is_answered() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("allow: get, head, post"), "{answer}");
     assert_eq!(upstream.seen().len(), 1, "OPTIONS * never reached the service");
+}
+
+/// A relay whose stderr nobody reads (a full pipe) keeps serving: webhooks, health checks
+/// and shutdown go on; the log lines it cannot write are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_pipe_nobody_reads_does_not_stop_the_relay() {
+    let (port, admin) = (free_port(), free_port());
+    let folder = Folder::new(&format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin} }}\nroutes:\n  - {{ name: r, match: {{ path: /hook }}, respond: sync, forward: [ {{ url: http://127.0.0.1:9/ }} ] }}\n"
+    ));
+    let mut process = spawn_with_unread_log(&folder.config(), &[]);
+    let client = Client::new();
+    wait_up(&client, &mut process, admin).await;
+    // Far more request lines than the pipe (64 KiB) and the backlog (8,192 lines) hold.
+    let sent = tokio::time::timeout(Duration::from_secs(60), async {
+        let senders = (0..16).map(|_| {
+            let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}/elsewhere"));
+            tokio::spawn(async move {
+                for _ in 0..800 {
+                    client.try_send("GET", &url, &[], bytes::Bytes::new()).await.expect("the relay answers");
+                }
+            })
+        });
+        futures_util::future::join_all(senders).await
+    })
+    .await;
+    assert!(sent.is_ok(), "requests stopped being answered once the log pipe was full");
+    let health = tokio::time::timeout(Duration::from_secs(2), client.try_get(&format!("http://127.0.0.1:{admin}/healthz"))).await;
+    assert_eq!(health.ok().flatten().map(|reply| reply.status), Some(200));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client.get(&format!("http://127.0.0.1:{admin}/metrics"), &[]).await.text();
+        let dropped = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("hookrelay_log_lines_dropped_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped > 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "dropped log lines are not counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    process.signal("TERM");
+    let exited = tokio::time::timeout(Duration::from_secs(15), tokio::task::spawn_blocking(move || process.wait().0)).await;
+    assert!(exited.is_ok_and(|status| status.is_ok_and(|status| status.success())), "SIGTERM did not stop the relay");
 }

@@ -335,11 +335,20 @@ pub mod binary {
         child: Child,
         logs: Arc<Mutex<Vec<u8>>>,
         reader: Option<std::thread::JoinHandle<()>>,
+        /// A log pipe kept open and never read (see [`spawn_with_unread_log`]).
+        _unread: Option<std::process::ChildStderr>,
     }
 
-    /// Starts `hookrelay run [args] -c config` in the config's folder, with only `env`.
-    pub fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+    /// Like [`spawn`], but nobody reads the relay's stderr: the pipe fills and stays full.
+    pub fn spawn_with_unread_log(config: &Path, env: &[(&str, &str)]) -> Process {
+        let mut child = command(config, &[], env).spawn().unwrap();
+        let unread = child.stderr.take();
+        Process { child, logs: Arc::new(Mutex::new(Vec::new())), reader: None, _unread: unread }
+    }
+
+    fn command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+        command
             .arg("run")
             .args(args)
             .arg("-c")
@@ -349,9 +358,13 @@ pub mod binary {
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts `hookrelay run [args] -c config` in the config's folder, with only `env`.
+    pub fn spawn(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut child = command(config, args, env).spawn().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let mut stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
@@ -364,7 +377,7 @@ pub mod binary {
                 sink.lock().unwrap().extend_from_slice(&chunk[..read]);
             }
         });
-        Process { child, logs, reader: Some(reader) }
+        Process { child, logs, reader: Some(reader), _unread: None }
     }
 
     impl Process {
