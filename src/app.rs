@@ -15,9 +15,10 @@ use crate::delivery::client::{self, Outbound};
 use crate::engine::{now_ms, Clock, Engine};
 use crate::ratelimit::OutboundLimiters;
 use crate::relay::{Relay, RelayParts};
+use crate::settings::StoreLocation;
 use crate::snapshot::{self, Snapshot};
 use crate::store::ownership::{OwnershipError, StoreOwnership};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
 use crate::{admin, connections, metrics, reload};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +37,35 @@ pub enum StartError {
     Tls(rustls::Error),
 }
 
-async fn open_store(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
-    let path = path.to_path_buf();
-    let opened =
-        tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await.map_err(|join| StoreError::Corrupt(join.to_string()))??;
-    Ok(Arc::new(opened))
+/// Opens the store with its ownership: a SQLite file is locked to this relay; a PostgreSQL
+/// database is shared, and waited for (with backoff) while it cannot be reached, so a relay
+/// started before its database neither exits nor restarts in a loop.
+async fn open_store(location: &StoreLocation) -> Result<(Arc<dyn Store>, StoreOwnership), StartError> {
+    match location {
+        StoreLocation::Sqlite(path) => {
+            let mut owner = StoreOwnership::claim(path)?;
+            let path = path.clone();
+            let opened = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                .await
+                .map_err(|join| StoreError::Corrupt(join.to_string()))??;
+            owner.opened();
+            Ok((Arc::new(opened), owner))
+        }
+        StoreLocation::Postgres(url) => {
+            let mut wait = std::time::Duration::from_secs(1);
+            loop {
+                match PostgresStore::connect(url).await {
+                    Ok(store) => return Ok((Arc::new(store), StoreOwnership::shared())),
+                    Err(err @ StoreError::Unavailable(_)) => {
+                        tracing::warn!(error = %err, store = %location.describe(), retry_in = ?wait, "cannot reach the store yet");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+    }
 }
 
 /// Deletes finished events older than `store.retention`, at startup and then hourly.
@@ -146,9 +171,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let ingress_addr = ingress_listener.local_addr().map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     connections::raise_descriptor_limit(snapshot.settings.limits.max_connections);
-    let mut store_owner = StoreOwnership::claim(&snapshot.settings.store_path)?;
-    let store = open_store(&snapshot.settings.store_path).await?;
-    store_owner.opened();
+    let (store, store_owner) = open_store(&snapshot.settings.store).await?;
     let api_routes: Vec<ApiRoute> =
         store.list_routes().await?.into_iter().map(|stored| ApiRoute { name: stored.name, definition: stored.definition }).collect();
     let mut startup_error = None;

@@ -234,7 +234,7 @@ impl Engine {
             // Never hold a claim while waiting: hand it back, due when the permit will be.
             if let Err(Throttled(wait)) = bucket.acquire(Some(Duration::ZERO)).await {
                 let due = self.clock.now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-                if let Err(err) = self.store.release(&delivery.id, due).await {
+                if let Err(err) = self.store.release(&delivery.id, due, self.clock.now_ms()).await {
                     tracing::warn!(delivery = %delivery.id, error = %err, "could not hand a throttled delivery back");
                 }
                 return;

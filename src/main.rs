@@ -162,7 +162,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 for warning in &snapshot.warnings {
                     eprintln!("warning: {warning}");
                 }
-                if let Some(problem) = hookrelay::store::ownership::unwritable(&snapshot.settings.store_path) {
+                if let Some(problem) = snapshot.settings.store.sqlite_path().and_then(hookrelay::store::ownership::unwritable) {
                     eprintln!("warning: {problem}");
                 }
                 let targets: usize = snapshot.routes.iter().map(|r| r.targets.len()).sum();

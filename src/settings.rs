@@ -104,12 +104,46 @@ pub struct Settings {
     pub admin: Option<AdminSettings>,
     pub upstream: Option<Upstream>,
     pub limits: Limits,
-    pub store_path: PathBuf,
+    pub store: StoreLocation,
     /// How long finished events stay in the store.
     pub retention: Duration,
     /// Extra CAs for HTTPS targets (`outbound.ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub allow_private: bool,
+}
+
+/// Where the relay keeps its events and deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded default: one relay, one file.
+    Sqlite(PathBuf),
+    /// A database shared by every relay configured with it.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Where it is, for people: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => path.display().to_string(),
+            StoreLocation::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut parsed) => {
+                    if parsed.password().is_some() {
+                        let _ = parsed.set_password(Some("***"));
+                    }
+                    parsed.to_string()
+                }
+                Err(_) => "postgres://…".to_string(),
+            },
+        }
+    }
+
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            StoreLocation::Sqlite(path) => Some(path),
+            StoreLocation::Postgres(_) => None,
+        }
+    }
 }
 
 /// Zero-width and byte-order characters: a token made of them looks empty and is one.
@@ -196,8 +230,20 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
         None => defaults.max_header_bytes,
     };
     let store_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let store_path =
-        raw.store.as_ref().and_then(|s| s.path.clone()).map(|p| store_dir.join(p)).unwrap_or_else(|| store_dir.join("data/hookrelay.db"));
+    let store = match raw.store.as_ref().map(|store| (&store.path, &store.url)) {
+        Some((Some(_), Some(_))) => {
+            problems.push("store", "store.path (SQLite) and store.url (PostgreSQL) name two stores: keep one");
+            StoreLocation::Sqlite(store_dir.join("data/hookrelay.db"))
+        }
+        Some((_, Some(url))) => {
+            if let Err(error) = crate::store::PostgresStore::check_url(url) {
+                problems.push("store.url", error.to_string());
+            }
+            StoreLocation::Postgres(url.clone())
+        }
+        Some((Some(path), None)) => StoreLocation::Sqlite(store_dir.join(path)),
+        _ => StoreLocation::Sqlite(store_dir.join("data/hookrelay.db")),
+    };
     let retention = match raw.store.as_ref().and_then(|s| s.retention.as_ref()) {
         Some(text) => parse_duration(text).unwrap_or_else(|message| {
             problems.push("store.retention", message);
@@ -242,7 +288,7 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
             upstream_header_timeout,
             max_buffered_bytes,
         },
-        store_path,
+        store,
         retention,
         extra_roots,
         allow_private: raw.outbound.allow_private,

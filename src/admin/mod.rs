@@ -87,7 +87,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                         "restart_required": status.restart_required,
                     },
                     "store": {
-                        "path": relay.snapshot().settings.store_path.display().to_string(),
+                        "path": relay.snapshot().settings.store.describe(),
                         "error": relay.store_owner.check().err(),
                     },
                     "routes": relay.snapshot().routes.len(),

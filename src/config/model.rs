@@ -72,7 +72,11 @@ pub struct RawAdmin {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
+    /// SQLite database file (the default store), relative to the config's folder.
     pub path: Option<String>,
+    /// A PostgreSQL database shared by several relays: `postgres://user:pass@host:5432/db`
+    /// (`sslmode=disable|prefer|require|verify-ca|verify-full`, `sslrootcert=FILE`).
+    pub url: Option<String>,
     pub retention: Option<String>,
 }
 

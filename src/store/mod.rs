@@ -11,6 +11,8 @@
 //! before showing them. Attempt records arrive already redacted.
 
 pub mod ownership;
+mod postgres;
+mod record;
 mod rows;
 mod schema;
 mod sqlite;
@@ -26,6 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use postgres::{PostgresStore, DUE_CHANNEL, ROUTES_CHANNEL};
 pub use sqlite::SqliteStore;
 
 /// Request and response bodies of an attempt are cut to this many bytes before storing.
@@ -283,6 +286,11 @@ pub struct StoredRoute {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(Arc<rusqlite::Error>),
+    #[error("postgres: {0}")]
+    Postgres(Arc<tokio_postgres::Error>),
+    /// The database cannot be reached (PostgreSQL down, no connection free in time).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("{path}: {error}")]
     Io { path: String, error: Arc<std::io::Error> },
     #[error("the store is closed")]
@@ -333,9 +341,6 @@ pub trait Store: Send + Sync {
         dedupe_since: Option<i64>,
     ) -> Result<AcceptOutcome, StoreError>;
 
-    /// True if an event with this route and sender delivery id was received at or after `since`.
-    async fn seen_delivery_id(&self, route: &str, delivery_id: &str, since: i64) -> Result<bool, StoreError>;
-
     /// Leases up to `limit` due deliveries until `now + lease_ms`, oldest due first. Deliveries
     /// whose lease ran out (the worker died) are due again. Of the unfinished deliveries
     /// sharing `(route, target, ordered_key)`, only the oldest is ever handed out, and only
@@ -348,8 +353,12 @@ pub trait Store: Send + Sync {
     async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError>;
 
     /// Hands a claim back untouched (shutdown, rate-limit wait): pending again, due at
-    /// `next_attempt_at`, no attempt recorded.
-    async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError>;
+    /// `next_attempt_at`, no attempt recorded. NotFound if missing, Conflict if not in flight.
+    async fn release(&self, delivery_id: &str, next_attempt_at: i64, now: i64) -> Result<(), StoreError>;
+
+    /// Extends the lease of a claim still on the wire to `now + lease_ms`, so that no other
+    /// worker takes it over. NotFound if missing, Conflict if not in flight.
+    async fn renew_lease(&self, delivery_id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError>;
 
     /// Adds a delivery that already happened (a sync route's answered request) or never can
     /// (a render error) with its one attempt, so the log is complete: to `event`, stored in

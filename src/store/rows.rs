@@ -6,6 +6,7 @@ use bytes::Bytes;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row, ToSql};
 
+use super::record::lossy;
 use super::{
     page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, Page, StoreError, StoredRequest, StoredRequestView,
     StoredRoute,
@@ -170,14 +171,6 @@ pub(super) fn stored_route(row: &Row<'_>) -> rusqlite::Result<StoredRoute> {
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
-}
-
-pub(super) fn lossy(body: Vec<u8>) -> String {
-    String::from_utf8(body).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
-}
-
-pub(super) fn headers_json(headers: &[(String, String)]) -> Result<String, StoreError> {
-    serde_json::to_string(headers).map_err(|error| StoreError::InvalidInput(format!("headers: {error}")))
 }
 
 /// Headers as stored: JSON `[[name, value], ...]`, keeping order and repeats.

@@ -15,13 +15,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
+use super::record::{answer_bound, cut, headers_json, with_repeated_errors, Finished};
 use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_EARLIER_ANSWER, MAX_STORED_BODY,
+    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
 };
 
 /// How long a statement waits for a lock held by another connection (another process on
@@ -163,11 +164,6 @@ impl Store for SqliteStore {
         self.writer.write(move |conn| accept(conn, &event, &deliveries, dedupe_since)).await
     }
 
-    async fn seen_delivery_id(&self, route: &str, delivery_id: &str, since: i64) -> Result<bool, StoreError> {
-        let (route, delivery_id) = (route.to_owned(), delivery_id.to_owned());
-        self.read(move |conn| Ok(first_with_delivery_id(conn, &route, &delivery_id, since)?.is_some())).await
-    }
-
     async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -183,7 +179,7 @@ impl Store for SqliteStore {
         self.writer.write_unsynced(move |conn| finish_attempt(conn, &id, &attempt, &outcome, now)).await
     }
 
-    async fn release(&self, delivery_id: &str, next_attempt_at: i64) -> Result<(), StoreError> {
+    async fn release(&self, delivery_id: &str, next_attempt_at: i64, _now: i64) -> Result<(), StoreError> {
         let id = delivery_id.to_owned();
         // Unsynced, as the claim it hands back.
         self.writer
@@ -194,6 +190,22 @@ impl Store for SqliteStore {
                 }
                 conn.prepare_cached("UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE seq = ?2")?
                     .execute(params![next_attempt_at, seq])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn renew_lease(&self, delivery_id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError> {
+        let id = delivery_id.to_owned();
+        // Unsynced: a lease lost with the machine means nothing, every claim is handed back at startup.
+        self.writer
+            .write_unsynced(move |conn| {
+                let (seq, status) = delivery_state(conn, &id)?;
+                if status != DeliveryStatus::InFlight {
+                    return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
+                }
+                conn.prepare_cached("UPDATE deliveries SET lease_until = ?1 WHERE seq = ?2")?
+                    .execute(params![now.saturating_add(lease_ms), seq])?;
                 Ok(())
             })
             .await
@@ -555,50 +567,11 @@ fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome:
     Ok(())
 }
 
-/// Attempts in order, with the errors stored as "the same as the attempt before"
-/// (`error_repeats`) filled in.
-fn with_repeated_errors(rows: Vec<(AttemptView, bool)>) -> Vec<AttemptView> {
-    let mut before: Option<String> = None;
-    rows.into_iter()
-        .map(|(mut attempt, repeats)| {
-            if repeats {
-                attempt.error.clone_from(&before);
-            } else {
-                before.clone_from(&attempt.error);
-            }
-            attempt
-        })
-        .collect()
-}
-
 /// A delivery's request as its row stores it (headers as their JSON text).
 struct StoredForm<'a> {
     url: &'a str,
     headers: &'a str,
     body: &'a [u8],
-}
-
-/// The delivery's state after an attempt with `outcome`.
-struct Finished {
-    status: DeliveryStatus,
-    next_attempt_at: Option<i64>,
-    last_error: Option<String>,
-}
-
-impl Finished {
-    fn of(attempt: &AttemptRecord, outcome: &AttemptOutcome) -> Finished {
-        match outcome {
-            AttemptOutcome::Succeeded => {
-                Finished { status: DeliveryStatus::Succeeded, next_attempt_at: None, last_error: attempt.error.clone() }
-            }
-            AttemptOutcome::RetryAt(at) => {
-                Finished { status: DeliveryStatus::Pending, next_attempt_at: Some(*at), last_error: attempt.error.clone() }
-            }
-            AttemptOutcome::Failed { reason } => {
-                Finished { status: DeliveryStatus::Failed, next_attempt_at: None, last_error: Some(reason.clone()) }
-            }
-        }
-    }
 }
 
 /// Stores one attempt: of its request only what differs from the delivery's `stored` one;
@@ -612,7 +585,6 @@ fn insert_attempt(
     outcome: &AttemptOutcome,
 ) -> Result<(), StoreError> {
     let headers = headers_json(&attempt.request_headers)?;
-    let answer_bound = if matches!(outcome, AttemptOutcome::RetryAt(_)) { MAX_EARLIER_ANSWER } else { MAX_STORED_BODY };
     // The error the attempt before had: that of the last attempt that stored its own.
     let error_before: Option<String> = if number > 1 {
         conn.prepare_cached(
@@ -643,7 +615,7 @@ fn insert_attempt(
             .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
         attempt.status,
         headers_json(&attempt.response_headers)?,
-        cut(&attempt.response_body, answer_bound),
+        cut(&attempt.response_body, answer_bound(outcome)),
         if repeats { None } else { attempt.error.as_deref() },
         repeats.then_some(1),
         attempt.counted,
@@ -663,19 +635,6 @@ fn prune_chunk(conn: &Connection, older_than: i64) -> Result<u64, StoreError> {
         )?
         .execute(params![older_than, PRUNE_CHUNK as i64])?;
     Ok(deleted as u64)
-}
-
-/// `body` cut to at most `bound` bytes, backing off (by at most 3) so that the cut does not
-/// split a UTF-8 character: the delivery log shows bodies as text.
-pub(super) fn cut(body: &[u8], bound: usize) -> &[u8] {
-    if body.len() <= bound {
-        return body;
-    }
-    let mut end = bound;
-    while end > 0 && bound - end < 3 && body[end] & 0b1100_0000 == 0b1000_0000 {
-        end -= 1;
-    }
-    &body[..end]
 }
 
 fn unique_conflict(error: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError {

@@ -1,0 +1,825 @@
+//! [`PostgresStore`]: the shared [`Store`], for several relays on one PostgreSQL database.
+//! Owns the connection pool (TLS by `sslmode`), the domain's SQL for PostgreSQL, and the
+//! mapping of relay times onto the database's clock.
+//!
+//! Clock: every relay passes its own `now`; the store turns a relay time `t` into the
+//! database's `hookrelay_now_ms() + (t - now)`, so due times, leases and dedupe windows are
+//! all measured on the one clock the replicas share, and a replica whose clock is off by a
+//! minute neither steals live leases nor retries early. Displayed times (`received_at`,
+//! `created_at`, attempts' `started_at`) stay the relay's.
+//!
+//! Claims take rows `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other's
+//! claims; a claim is a lease that any replica may take over once it has run out. Accepts
+//! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once.
+
+mod rows;
+pub(in crate::store) mod schema;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use self::rows::*;
+use super::record::{answer_bound, cut, headers_json, with_repeated_errors, Finished};
+use super::{
+    page_size, AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView,
+    EventFilter, EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
+};
+
+/// Notified (after commit) when deliveries become due: accepts and manual retries.
+pub const DUE_CHANNEL: &str = "hookrelay_due";
+/// Notified (after commit) with the route's name when an API route changes.
+pub const ROUTES_CHANNEL: &str = "hookrelay_routes";
+
+/// Connections per relay. Accepts commit concurrently (PostgreSQL groups their WAL
+/// flushes), so a few more than the cores keep the disk busy without crowding the server.
+const POOL_SIZE: usize = 16;
+/// How long a caller waits for a connection (or to open one) before the store counts as
+/// unavailable: a webhook then gets 503 instead of hanging.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events deleted per transaction by `prune`.
+const PRUNE_CHUNK: i64 = 1000;
+
+/// The database's clock in SQL, or the caller's where a test pins time (`$n` is then set).
+macro_rules! db_now {
+    ($n:literal) => {
+        concat!("COALESCE($", $n, "::bigint, hookrelay_now_ms())")
+    };
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    /// Tests pin time to the `now` they pass; a relay always runs on the database's clock.
+    caller_clock: bool,
+    closed: AtomicBool,
+}
+
+/// Where and how to reach the database: the URL's own parameters, with `sslmode=verify-ca`
+/// and `verify-full` read as `require` (the TLS client always verifies the certificate
+/// and the host name) and `sslrootcert=FILE` added to the trusted roots.
+struct Connection {
+    config: tokio_postgres::Config,
+    extra_roots: Vec<CertificateDer<'static>>,
+}
+
+fn parse_url(url: &str) -> Result<Connection, StoreError> {
+    let invalid = |detail: String| StoreError::InvalidInput(detail);
+    let mut parsed = url::Url::parse(url).map_err(|error| invalid(error.to_string()))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(invalid(format!("scheme {:?} is not postgres://", parsed.scheme())));
+    }
+    let mut extra_roots = Vec::new();
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        match (key.as_ref(), value.as_ref()) {
+            ("sslmode", "verify-ca" | "verify-full") => kept.push(("sslmode".into(), "require".into())),
+            ("sslmode", mode) if !matches!(mode, "disable" | "prefer" | "require") => {
+                return Err(invalid(format!("sslmode {mode:?} is not disable, prefer, require, verify-ca or verify-full")));
+            }
+            ("sslrootcert", file) => {
+                let path = PathBuf::from(file);
+                let certs = CertificateDer::pem_file_iter(&path)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|error| invalid(format!("sslrootcert {}: {error}", path.display())))?;
+                extra_roots.extend(certs);
+            }
+            (key, value) => kept.push((key.to_owned(), value.to_owned())),
+        }
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let config = parsed.as_str().parse::<tokio_postgres::Config>().map_err(|error| invalid(error.to_string()))?;
+    Ok(Connection { config, extra_roots })
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:pass@host:port/db?sslmode=…`) and
+    /// brings its schema up to date. Fails if the database cannot be reached.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        Self::connect_with(url, schema::MIGRATIONS, false).await
+    }
+
+    /// Whether `url` is one [`PostgresStore::connect`] can use (without connecting).
+    pub fn check_url(url: &str) -> Result<(), StoreError> {
+        parse_url(url).map(|_| ())
+    }
+
+    pub(in crate::store) async fn connect_with(url: &str, migrations: &[&str], caller_clock: bool) -> Result<PostgresStore, StoreError> {
+        let Connection { mut config, extra_roots } = parse_url(url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("hookrelay");
+        let tls =
+            crate::delivery::client::tls_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|error| StoreError::InvalidInput(error.to_string()))?;
+        let store = PostgresStore { pool, caller_clock, closed: AtomicBool::new(false) };
+        let mut client = store.client().await?;
+        schema::migrate(&mut client, migrations).await?;
+        drop(client);
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(|error| StoreError::Unavailable(error.to_string()))
+    }
+
+    /// The `now` to pass to a `db_now!` parameter: None (the database's clock) unless pinned.
+    fn pinned(&self, now: i64) -> Option<i64> {
+        self.caller_clock.then_some(now)
+    }
+}
+
+/// Runs `op` in a transaction and commits it.
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let mut client = $store.client().await?;
+        let $tx = client.transaction().await?;
+        let result: Result<_, StoreError> = $body;
+        match result {
+            Ok(value) => {
+                $tx.commit().await?;
+                Ok(value)
+            }
+            Err(error) => Err(error),
+        }
+    }};
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn accept_unless_duplicate(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_since: Option<i64>,
+    ) -> Result<AcceptOutcome, StoreError> {
+        if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
+            return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
+        }
+        let now = self.pinned(event.received_at);
+        in_transaction!(self, |tx| {
+            async {
+                if let (Some(since), Some(delivery_id)) = (dedupe_since, &event.delivery_id) {
+                    // One accept at a time per (route, delivery id), on every replica, so of
+                    // concurrent duplicates exactly one gets in.
+                    let key = format!("{}:{}:{delivery_id}", event.route.len(), event.route);
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
+                    let window = event.received_at.saturating_sub(since);
+                    let first = tx
+                        .query_opt(
+                            concat!(
+                                "SELECT id FROM hookrelay_events WHERE route = $1 AND delivery_id = $2 AND stored_at >= ",
+                                db_now!(3),
+                                " - $4 ORDER BY seq LIMIT 1"
+                            ),
+                            &[&event.route, delivery_id, &now, &window],
+                        )
+                        .await?;
+                    if let Some(row) = first {
+                        return Ok(AcceptOutcome::Duplicate { original_event_id: row.try_get(0)? });
+                    }
+                }
+                insert_event(&tx, &event, now).await?;
+                for delivery in &deliveries {
+                    insert_delivery(&tx, delivery, Some(&event.body), event.received_at, now, None).await?;
+                }
+                if !deliveries.is_empty() {
+                    tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL]).await?;
+                }
+                Ok(AcceptOutcome::Accepted)
+            }
+            .await
+        })
+    }
+
+    async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let pinned = self.pinned(now);
+        let mut claimed = Vec::new();
+        // Expired leases first: their worker died and they have waited longest.
+        for (statement, recovering) in [(CLAIM_EXPIRED, true), (CLAIM_DUE, false)] {
+            let wanted = i64::try_from(limit - claimed.len()).unwrap_or(i64::MAX);
+            if wanted == 0 {
+                break;
+            }
+            let statement = client.prepare_cached(statement).await?;
+            let rows = client.query(&statement, &[&pinned, &wanted, &lease_ms, &now]).await?;
+            let mut batch = rows.iter().map(claimed_delivery).collect::<Result<Vec<_>, _>>()?;
+            batch.sort_by_key(|(order, _)| *order);
+            for (_, delivery) in batch {
+                if recovering {
+                    tracing::warn!(delivery = %delivery.id, "delivery lease expired, handing it out again");
+                }
+                claimed.push(delivery);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
+        let pinned = self.pinned(now);
+        in_transaction!(self, |tx| {
+            async {
+                let row = tx
+                    .query_opt(
+                        concat!(
+                            "SELECT d.seq, d.status, d.req_url, d.req_headers, ",
+                            delivery_body!(),
+                            " FROM hookrelay_deliveries d WHERE d.id = $1 FOR UPDATE"
+                        ),
+                        &[&delivery_id],
+                    )
+                    .await?;
+                let Some(row) = row else { return Err(StoreError::NotFound) };
+                let seq: i64 = row.try_get(0)?;
+                let status = status_of(&row, 1)?;
+                if status != DeliveryStatus::InFlight {
+                    return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")));
+                }
+                let stored = StoredForm { url: row.try_get(2)?, headers: row.try_get(3)?, body: row.try_get(4)? };
+                let number: i32 = tx
+                    .query_one("SELECT COALESCE(MAX(number), 0) + 1 FROM hookrelay_attempts WHERE delivery_seq = $1", &[&seq])
+                    .await?
+                    .try_get(0)?;
+                insert_attempt(&tx, seq, number, &attempt, &stored, &outcome).await?;
+                let finished = Finished::of(&attempt, &outcome);
+                let delay = finished.next_attempt_at.map(|at| at.saturating_sub(now));
+                tx.execute(
+                    concat!(
+                        "UPDATE hookrelay_deliveries SET status = $2, next_attempt_at = ",
+                        db_now!(3),
+                        " + $4, lease_until = NULL, attempts = attempts + $5, updated_at = $6, last_status = $7, last_error = $8
+                         WHERE seq = $1"
+                    ),
+                    &[
+                        &seq,
+                        &finished.status.as_str(),
+                        &pinned,
+                        &delay,
+                        &i32::from(attempt.counted),
+                        &now,
+                        &attempt.status.map(i32::from),
+                        &finished.last_error,
+                    ],
+                )
+                .await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    async fn release(&self, delivery_id: &str, next_attempt_at: i64, now: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let delay = next_attempt_at.saturating_sub(now);
+        let changed = client
+            .execute(
+                concat!(
+                    "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
+                    db_now!(2),
+                    " + $3, lease_until = NULL WHERE id = $1 AND status = 'in_flight'"
+                ),
+                &[&delivery_id, &self.pinned(now), &delay],
+            )
+            .await?;
+        if changed == 0 {
+            let status = current_status(&client, delivery_id).await?;
+            return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")));
+        }
+        Ok(())
+    }
+
+    async fn renew_lease(&self, delivery_id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                concat!("UPDATE hookrelay_deliveries SET lease_until = ", db_now!(2), " + $3 WHERE id = $1 AND status = 'in_flight'"),
+                &[&delivery_id, &self.pinned(now), &lease_ms],
+            )
+            .await?;
+        if changed == 0 {
+            let status = current_status(&client, delivery_id).await?;
+            return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")));
+        }
+        Ok(())
+    }
+
+    async fn record_finished(
+        &self,
+        event: Option<NewEvent>,
+        delivery: NewDelivery,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(event) = event.as_ref().filter(|event| event.id != delivery.event_id) {
+            return Err(StoreError::InvalidInput(format!(
+                "delivery {} belongs to event {}, not {}",
+                delivery.id, delivery.event_id, event.id
+            )));
+        }
+        let pinned = self.pinned(now);
+        in_transaction!(self, |tx| {
+            async {
+                if let Some(event) = &event {
+                    insert_event(&tx, event, pinned).await?;
+                }
+                let finished = Finished::of(&attempt, &outcome);
+                let event_body = event.as_ref().map(|event| &event.body[..]);
+                let (seq, headers) = insert_delivery(&tx, &delivery, event_body, now, pinned, Some((&attempt, &finished))).await?;
+                let request = &delivery.request;
+                let stored = StoredForm { url: request.url.clone(), headers, body: request.body.to_vec() };
+                insert_attempt(&tx, seq, 1, &attempt, &stored, &outcome).await
+            }
+            .await
+        })
+    }
+
+    async fn recover_claims(&self, _now: i64) -> Result<u64, StoreError> {
+        // Other replicas may hold live claims: a dead one's claims come back when their
+        // leases run out.
+        Ok(0)
+    }
+
+    async fn retry_now(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError> {
+        let pinned = self.pinned(now);
+        in_transaction!(self, |tx| {
+            async {
+                let changed = tx
+                    .execute(
+                        concat!(
+                            "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
+                            db_now!(2),
+                            ", lease_until = NULL, updated_at = $3 WHERE id = $1 AND status IN ('pending', 'failed')"
+                        ),
+                        &[&delivery_id, &pinned, &now],
+                    )
+                    .await?;
+                if changed == 0 {
+                    let status = current_status(&tx, delivery_id).await?;
+                    return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}")));
+                }
+                tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL]).await?;
+                delivery_by_id(&tx, delivery_id).await?.ok_or(StoreError::NotFound)
+            }
+            .await
+        })
+    }
+
+    async fn get_event(&self, id: &str) -> Result<Option<EventView>, StoreError> {
+        let client = self.client().await?;
+        let Some(row) = client.query_opt(&format!("SELECT {EVENT_COLUMNS} FROM hookrelay_events WHERE id = $1"), &[&id]).await? else {
+            return Ok(None);
+        };
+        let mut event = event_view(&row)?;
+        let rows = client
+            .query(&format!("SELECT {DELIVERY_COLUMNS} FROM hookrelay_deliveries d WHERE d.event_id = $1 ORDER BY d.seq"), &[&id])
+            .await?;
+        event.deliveries = rows.iter().map(|row| delivery_view(row).map(|(_, view)| view)).collect::<Result<_, _>>()?;
+        Ok(Some(event))
+    }
+
+    async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError> {
+        let mut query = PageQuery::new(filter.cursor.as_deref(), "seq")?;
+        query.filter("route", filter.route);
+        query.filter("event", filter.event);
+        let client = self.client().await?;
+        query
+            .run(&client, &format!("SELECT {EVENT_COLUMNS} FROM hookrelay_events"), filter.limit, |row| {
+                Ok((row.try_get("seq")?, event_view(row)?))
+            })
+            .await
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<(DeliveryView, Vec<AttemptView>)>, StoreError> {
+        let client = self.client().await?;
+        let Some((seq, view)) = delivery_by_id_with_seq(&client, id).await? else { return Ok(None) };
+        let rows = client.query(ATTEMPTS_OF_DELIVERY, &[&seq]).await?;
+        let attempts = rows.iter().map(attempt_view).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((view, with_repeated_errors(attempts))))
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter) -> Result<Page<DeliveryView>, StoreError> {
+        let mut query = PageQuery::new(filter.cursor.as_deref(), "d.seq")?;
+        query.filter("d.status", filter.status.map(|status| status.as_str().to_owned()));
+        query.filter("d.route", filter.route);
+        query.filter("d.target", filter.target);
+        let client = self.client().await?;
+        query.run(&client, &format!("SELECT {DELIVERY_COLUMNS} FROM hookrelay_deliveries d"), filter.limit, delivery_view).await
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let depth: i64 = client
+            .query_one("SELECT COUNT(*) FROM hookrelay_deliveries WHERE status IN ('pending', 'in_flight')", &[])
+            .await?
+            .try_get(0)?;
+        Ok(depth.unsigned_abs())
+    }
+
+    async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let mut total = 0;
+        loop {
+            // Deliveries and attempts go with their event (ON DELETE CASCADE).
+            let deleted = client
+                .execute(
+                    "DELETE FROM hookrelay_events WHERE seq IN (
+                         SELECT e.seq FROM hookrelay_events e
+                         WHERE e.received_at < $1
+                           AND NOT EXISTS (SELECT 1 FROM hookrelay_deliveries d
+                                           WHERE d.event_id = e.id AND d.status IN ('pending', 'in_flight'))
+                         LIMIT $2)",
+                    &[&older_than, &PRUNE_CHUNK],
+                )
+                .await?;
+            total += deleted;
+            if deleted < PRUNE_CHUNK.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn list_routes(&self) -> Result<Vec<StoredRoute>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(&format!("SELECT {ROUTE_COLUMNS} FROM hookrelay_routes ORDER BY name"), &[]).await?;
+        rows.iter().map(stored_route).collect()
+    }
+
+    async fn get_route(&self, name: &str) -> Result<Option<StoredRoute>, StoreError> {
+        let client = self.client().await?;
+        route_by_name(&client, name).await
+    }
+
+    async fn insert_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError> {
+        in_transaction!(self, |tx| {
+            async {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO hookrelay_routes (name, definition, created_at, updated_at) VALUES ($1, $2, $3, $3)
+                         ON CONFLICT (name) DO NOTHING",
+                        &[&name, &definition.to_string(), &now],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(StoreError::Conflict(format!("route {name} already exists")));
+                }
+                tx.execute("SELECT pg_notify($1, $2)", &[&ROUTES_CHANNEL, &name]).await?;
+                Ok(StoredRoute { name: name.to_owned(), definition, created_at: now, updated_at: now })
+            }
+            .await
+        })
+    }
+
+    async fn update_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError> {
+        in_transaction!(self, |tx| {
+            async {
+                tx.execute(
+                    "UPDATE hookrelay_routes SET definition = $2, updated_at = $3 WHERE name = $1",
+                    &[&name, &definition.to_string(), &now],
+                )
+                .await?;
+                let route = route_by_name(&tx, name).await?.ok_or(StoreError::NotFound)?;
+                tx.execute("SELECT pg_notify($1, $2)", &[&ROUTES_CHANNEL, &name]).await?;
+                Ok(route)
+            }
+            .await
+        })
+    }
+
+    async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+        in_transaction!(self, |tx| {
+            async {
+                let deleted = tx.execute("DELETE FROM hookrelay_routes WHERE name = $1", &[&name]).await? > 0;
+                if deleted {
+                    tx.execute("SELECT pg_notify($1, $2)", &[&ROUTES_CHANNEL, &name]).await?;
+                }
+                Ok(deleted)
+            }
+            .await
+        })
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        self.pool.close();
+        Ok(())
+    }
+}
+
+/// Claims expired leases (`$1` now, `$2` limit, `$3` lease, `$4` the relay's now for display).
+const CLAIM_EXPIRED: &str = concat!(
+    "WITH due AS (SELECT d.seq FROM hookrelay_deliveries d WHERE d.status = 'in_flight' AND d.lease_until < ",
+    db_now!(1),
+    claimable!(),
+    ") UPDATE hookrelay_deliveries d SET lease_until = ",
+    db_now!(1),
+    " + $3, updated_at = $4 FROM due WHERE d.seq = due.seq RETURNING ",
+    claim_columns!()
+);
+
+/// Claims due pending deliveries (parameters as [`CLAIM_EXPIRED`]).
+const CLAIM_DUE: &str = concat!(
+    "WITH due AS (SELECT d.seq FROM hookrelay_deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ",
+    db_now!(1),
+    claimable!(),
+    ") UPDATE hookrelay_deliveries d SET status = 'in_flight', lease_until = ",
+    db_now!(1),
+    " + $3, updated_at = $4 FROM due WHERE d.seq = due.seq RETURNING ",
+    claim_columns!()
+);
+
+/// A delivery's request as its row stores it (headers as their JSON text).
+struct StoredForm {
+    url: String,
+    headers: String,
+    body: Vec<u8>,
+}
+
+async fn insert_event(tx: &Transaction<'_>, event: &NewEvent, now: Option<i64>) -> Result<(), StoreError> {
+    let statement = tx
+        .prepare_cached(concat!(
+            "INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body)
+             VALUES ($1, $2, ",
+            db_now!(3),
+            ", $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &event.id,
+            &event.received_at,
+            &now,
+            &event.route,
+            &event.event,
+            &event.delivery_id,
+            &event.method,
+            &event.path,
+            &headers_json(&event.headers)?,
+            &&event.body[..],
+        ],
+    )
+    .await
+    .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
+    Ok(())
+}
+
+/// Inserts a delivery of an event whose body is `event_body` (when known), created at the
+/// relay's `created_at`: pending, or already finished by `attempt`. Returns its `seq` and
+/// its headers as stored (JSON).
+async fn insert_delivery(
+    tx: &Transaction<'_>,
+    delivery: &NewDelivery,
+    event_body: Option<&[u8]>,
+    created_at: i64,
+    now: Option<i64>,
+    finished: Option<(&AttemptRecord, &Finished)>,
+) -> Result<(i64, String), StoreError> {
+    let request = &delivery.request;
+    let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
+    let headers = headers_json(&request.headers)?;
+    let (status, attempts, delay, last_status, last_error) = match finished {
+        Some((attempt, finished)) => (
+            finished.status,
+            i32::from(attempt.counted),
+            finished.next_attempt_at.map(|at| at.saturating_sub(created_at)),
+            attempt.status.map(i32::from),
+            finished.last_error.as_deref(),
+        ),
+        None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at.saturating_sub(created_at)), None, None),
+    };
+    let statement = tx
+        .prepare_cached(concat!(
+            "INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
+                 req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
+                 last_status, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ",
+            db_now!(12),
+            " + $13, $14, $15, $16, $16, $17, $18) RETURNING seq"
+        ))
+        .await?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &delivery.id,
+                &delivery.event_id,
+                &delivery.route,
+                &delivery.target,
+                &request.method,
+                &request.url,
+                &headers,
+                &if body_from_event { &[][..] } else { &request.body[..] },
+                &body_from_event,
+                &status.as_str(),
+                &attempts,
+                &now,
+                &delay,
+                &delivery.ordered_key,
+                &delivery.guarded,
+                &created_at,
+                &last_status,
+                &last_error,
+            ],
+        )
+        .await
+        .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+    Ok((row.try_get(0)?, headers))
+}
+
+/// Stores one attempt: of its request only what differs from the delivery's `stored` one;
+/// the answer cut shorter when another attempt will follow.
+async fn insert_attempt(
+    tx: &Transaction<'_>,
+    seq: i64,
+    number: i32,
+    attempt: &AttemptRecord,
+    stored: &StoredForm,
+    outcome: &AttemptOutcome,
+) -> Result<(), StoreError> {
+    let headers = headers_json(&attempt.request_headers)?;
+    // The error the attempt before had: that of the last attempt that stored its own.
+    let error_before: Option<String> = if number > 1 {
+        tx.query_opt(
+            "SELECT error FROM hookrelay_attempts WHERE delivery_seq = $1 AND number < $2 AND NOT error_repeats
+             ORDER BY number DESC LIMIT 1",
+            &[&seq, &number],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?
+        .flatten()
+    } else {
+        None
+    };
+    let repeats = attempt.error.is_some() && attempt.error == error_before;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
+                 request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &seq,
+            &number,
+            &attempt.started_at,
+            &attempt.duration_ms,
+            &(attempt.request_url != stored.url).then_some(&attempt.request_url),
+            &attempt.request_method,
+            &(headers != stored.headers).then_some(&headers),
+            // Read back in place of the delivery's, a body is never longer than the bound.
+            &(attempt.request_body.as_ref() != stored.body || stored.body.len() > MAX_STORED_BODY)
+                .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
+            &attempt.status.map(i32::from),
+            &headers_json(&attempt.response_headers)?,
+            &cut(&attempt.response_body, answer_bound(outcome)),
+            &if repeats { None } else { attempt.error.as_deref() },
+            &repeats,
+            &attempt.counted,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+fn unique_conflict(error: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {
+    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(message())
+    } else {
+        error.into()
+    }
+}
+
+/// The status of a delivery, or NotFound.
+async fn current_status(client: &impl GenericClient, id: &str) -> Result<DeliveryStatus, StoreError> {
+    let row = client.query_opt("SELECT status FROM hookrelay_deliveries WHERE id = $1", &[&id]).await?;
+    let row = row.ok_or(StoreError::NotFound)?;
+    status_of(&row, 0)
+}
+
+async fn delivery_by_id_with_seq(client: &impl GenericClient, id: &str) -> Result<Option<(i64, DeliveryView)>, StoreError> {
+    let row = client.query_opt(&format!("SELECT {DELIVERY_COLUMNS} FROM hookrelay_deliveries d WHERE d.id = $1"), &[&id]).await?;
+    row.as_ref().map(delivery_view).transpose()
+}
+
+async fn delivery_by_id(client: &impl GenericClient, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+    Ok(delivery_by_id_with_seq(client, id).await?.map(|(_, view)| view))
+}
+
+async fn route_by_name(client: &impl GenericClient, name: &str) -> Result<Option<StoredRoute>, StoreError> {
+    let row = client.query_opt(&format!("SELECT {ROUTE_COLUMNS} FROM hookrelay_routes WHERE name = $1"), &[&name]).await?;
+    row.as_ref().map(stored_route).transpose()
+}
+
+/// A newest-first page over a table's `seq`, with optional equality filters.
+struct PageQuery {
+    seq: &'static str,
+    conditions: Vec<String>,
+    values: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl PageQuery {
+    /// Cursors are the `seq` of the last item of the previous page, in base 10.
+    fn new(cursor: Option<&str>, seq: &'static str) -> Result<PageQuery, StoreError> {
+        let mut query = PageQuery { seq, conditions: Vec::new(), values: Vec::new() };
+        if let Some(cursor) = cursor {
+            let value: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
+            query.values.push(Box::new(value));
+            query.conditions.push(format!("{seq} < ${}", query.values.len()));
+        }
+        Ok(query)
+    }
+
+    /// `column` is always a literal from this file, never input.
+    fn filter(&mut self, column: &str, value: Option<String>) {
+        if let Some(value) = value {
+            self.values.push(Box::new(value));
+            self.conditions.push(format!("{column} = ${}", self.values.len()));
+        }
+    }
+
+    async fn run<T>(
+        mut self,
+        client: &impl GenericClient,
+        select: &str,
+        limit: usize,
+        map: impl FnMut(&tokio_postgres::Row) -> Result<(i64, T), StoreError>,
+    ) -> Result<Page<T>, StoreError> {
+        let limit = page_size(limit);
+        // One extra row tells whether another page follows.
+        self.values.push(Box::new(limit as i64 + 1));
+        let filter = if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
+        let sql = format!("{select} {filter} ORDER BY {} DESC LIMIT ${}", self.seq, self.values.len());
+        let params: Vec<&(dyn ToSql + Sync)> = self.values.iter().map(|value| value.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&sql, &params).await?;
+        let mut items = rows.iter().map(map).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|(seq, _)| seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items: items.into_iter().map(|(_, item)| item).collect(), next_cursor })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn verify_modes_become_require_and_other_parameters_stay() {
+        let parsed = parse_url("postgres://relay:secret@db.internal:6543/hooks?sslmode=verify-full&application_name=x").unwrap();
+        assert_eq!(parsed.config.get_hosts().len(), 1);
+        assert_eq!(parsed.config.get_ports(), &[6543]);
+        assert_eq!(parsed.config.get_user(), Some("relay"));
+        assert_eq!(parsed.config.get_dbname(), Some("hooks"));
+        assert_eq!(parsed.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert!(parsed.extra_roots.is_empty());
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_the_reason() {
+        for (url, expected) in [
+            ("mysql://x@y/z", "is not postgres://"),
+            ("postgres://x@y/z?sslmode=sometimes", "sslmode"),
+            ("postgres://x@y/z?sslrootcert=/nonexistent/ca.pem", "sslrootcert /nonexistent/ca.pem"),
+        ] {
+            let error = parse_url(url).err().unwrap().to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The PostgreSQL schema as an ordered list of migrations, recorded in `hookrelay_schema`
+//! and applied under an advisory lock so that replicas starting together apply each step
+//! once. A shipped migration is never edited. Steps are expand-then-contract: a step only
+//! adds (tables, nullable columns, indexes) what the release before can ignore; removing
+//! what an older release still reads waits for a later step, so replicas of two adjacent
+//! releases can share the database during a rolling update.
+//!
+//! Every table carries the `hookrelay_` prefix: the database may be shared with the
+//! service's own tables. Times are milliseconds since the Unix epoch; those that decide
+//! when something happens (due times, leases, dedupe windows) are on the database's clock,
+//! `hookrelay_now_ms()`, so replicas with skewed clocks agree.
+
+use tokio_postgres::Client;
+
+use crate::store::StoreError;
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+pub(in crate::store) const MIGRATIONS: &[&str] = &[V1];
+
+/// The advisory lock held while migrating ("hookrelay" in ASCII, as a number).
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
+
+const V1: &str = "
+CREATE FUNCTION hookrelay_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
+    AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+CREATE TABLE hookrelay_events (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          text NOT NULL UNIQUE,
+    received_at bigint NOT NULL,          -- the receiving relay's clock, for display
+    stored_at   bigint NOT NULL,          -- the database's clock, for dedupe windows
+    route       text NOT NULL,
+    event       text,
+    delivery_id text,
+    method      text NOT NULL,
+    path        text NOT NULL,
+    headers     text NOT NULL,            -- JSON [[name, value], ...]
+    body        bytea NOT NULL
+);
+CREATE INDEX hookrelay_events_route ON hookrelay_events (route, seq);
+CREATE INDEX hookrelay_events_event ON hookrelay_events (event, seq);
+CREATE INDEX hookrelay_events_received ON hookrelay_events (received_at);
+CREATE INDEX hookrelay_events_dedupe ON hookrelay_events (route, delivery_id, stored_at) WHERE delivery_id IS NOT NULL;
+
+CREATE TABLE hookrelay_deliveries (
+    seq                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                  text NOT NULL UNIQUE,
+    event_id            text NOT NULL REFERENCES hookrelay_events (id) ON DELETE CASCADE,
+    route               text NOT NULL,
+    target              text NOT NULL,
+    req_method          text NOT NULL,
+    req_url             text NOT NULL,
+    req_headers         text NOT NULL,
+    req_body            bytea NOT NULL,
+    req_body_from_event boolean NOT NULL DEFAULT false,  -- true: req_body is the event's body
+    status              text NOT NULL CHECK (status IN ('pending', 'in_flight', 'succeeded', 'failed')),
+    attempts            integer NOT NULL DEFAULT 0,
+    next_attempt_at     bigint,           -- database clock; NULL once finished
+    lease_until         bigint,           -- database clock; set while in_flight
+    ordered_key         text,
+    guarded             boolean,
+    created_at          bigint NOT NULL,
+    updated_at          bigint NOT NULL,
+    last_status         integer,
+    last_error          text
+);
+CREATE INDEX hookrelay_deliveries_event ON hookrelay_deliveries (event_id);
+CREATE INDEX hookrelay_deliveries_status ON hookrelay_deliveries (status, seq);
+CREATE INDEX hookrelay_deliveries_route ON hookrelay_deliveries (route, seq);
+CREATE INDEX hookrelay_deliveries_target ON hookrelay_deliveries (target, seq);
+CREATE INDEX hookrelay_deliveries_due ON hookrelay_deliveries (next_attempt_at, seq) WHERE status = 'pending';
+CREATE INDEX hookrelay_deliveries_leased ON hookrelay_deliveries (lease_until, seq) WHERE status = 'in_flight';
+CREATE INDEX hookrelay_deliveries_ordered ON hookrelay_deliveries (route, target, ordered_key, seq)
+    WHERE ordered_key IS NOT NULL AND status IN ('pending', 'in_flight');
+
+CREATE TABLE hookrelay_attempts (
+    delivery_seq     bigint NOT NULL REFERENCES hookrelay_deliveries (seq) ON DELETE CASCADE,
+    number           integer NOT NULL,
+    started_at       bigint NOT NULL,
+    duration_ms      bigint NOT NULL,
+    request_url      text,                -- NULL: the delivery's req_url
+    request_method   text NOT NULL,
+    request_headers  text,                -- NULL: the delivery's req_headers
+    request_body     bytea,               -- NULL: the delivery's body
+    status           integer,
+    response_headers text NOT NULL,
+    response_body    bytea NOT NULL,
+    error            text,
+    error_repeats    boolean NOT NULL DEFAULT false,  -- true: the same error as the attempt before
+    counted          boolean NOT NULL,
+    PRIMARY KEY (delivery_seq, number)
+);
+
+CREATE TABLE hookrelay_routes (
+    name       text PRIMARY KEY,
+    definition text NOT NULL,             -- JSON
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL
+);
+
+CREATE TABLE hookrelay_rate_limits (
+    key                 text PRIMARY KEY,
+    theoretical_arrival bigint NOT NULL   -- GCRA state, database clock
+);
+";
+
+/// Brings the schema up to the last of `migrations`, each step in its own transaction,
+/// while holding the migration lock.
+pub(super) async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<(), StoreError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = apply(client, migrations).await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply(client: &mut Client, migrations: &[&str]) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS hookrelay_schema (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let known = migrations.len() as i64;
+    loop {
+        let found: i64 = client.query_one("SELECT COALESCE(MAX(version), 0)::bigint FROM hookrelay_schema", &[]).await?.get(0);
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        let Some(step) = usize::try_from(found).ok().and_then(|index| migrations.get(index)) else {
+            if found < 0 {
+                return Err(StoreError::Corrupt(format!("negative schema version {found}")));
+            }
+            return Ok(());
+        };
+        let tx = client.transaction().await?;
+        tx.batch_execute(step).await?;
+        let version = i32::try_from(found + 1).map_err(|_| StoreError::Corrupt(format!("schema version {found} out of range")))?;
+        tx.execute("INSERT INTO hookrelay_schema (version) VALUES ($1)", &[&version]).await?;
+        tx.commit().await?;
+        tracing::info!(version, "store schema migrated");
+    }
+}

@@ -1,0 +1,77 @@
+//! How the delivery log keeps an attempt small, the same for every backend: bodies cut
+//! without splitting a character, the answer of an attempt to be retried cut shorter, an
+//! error equal to the one before stored as a repeat, and the delivery's state after an
+//! attempt.
+
+use super::{AttemptOutcome, AttemptRecord, AttemptView, DeliveryStatus, StoreError, MAX_EARLIER_ANSWER, MAX_STORED_BODY};
+
+/// How much of an attempt's answer body is kept: all of it (up to [`MAX_STORED_BODY`]) for
+/// the last attempt, [`MAX_EARLIER_ANSWER`] for one that will be retried.
+pub(super) fn answer_bound(outcome: &AttemptOutcome) -> usize {
+    if matches!(outcome, AttemptOutcome::RetryAt(_)) {
+        MAX_EARLIER_ANSWER
+    } else {
+        MAX_STORED_BODY
+    }
+}
+
+pub(super) fn lossy(body: Vec<u8>) -> String {
+    String::from_utf8(body).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+}
+
+/// Headers as stored: JSON `[[name, value], ...]`, keeping order and repeats.
+pub(super) fn headers_json(headers: &[(String, String)]) -> Result<String, StoreError> {
+    serde_json::to_string(headers).map_err(|error| StoreError::InvalidInput(format!("headers: {error}")))
+}
+
+/// Attempts in order, with the errors stored as "the same as the attempt before"
+/// (`error_repeats`) filled in.
+pub(super) fn with_repeated_errors(rows: Vec<(AttemptView, bool)>) -> Vec<AttemptView> {
+    let mut before: Option<String> = None;
+    rows.into_iter()
+        .map(|(mut attempt, repeats)| {
+            if repeats {
+                attempt.error.clone_from(&before);
+            } else {
+                before.clone_from(&attempt.error);
+            }
+            attempt
+        })
+        .collect()
+}
+
+/// The delivery's state after an attempt with `outcome`.
+pub(super) struct Finished {
+    pub(super) status: DeliveryStatus,
+    pub(super) next_attempt_at: Option<i64>,
+    pub(super) last_error: Option<String>,
+}
+
+impl Finished {
+    pub(super) fn of(attempt: &AttemptRecord, outcome: &AttemptOutcome) -> Finished {
+        match outcome {
+            AttemptOutcome::Succeeded => {
+                Finished { status: DeliveryStatus::Succeeded, next_attempt_at: None, last_error: attempt.error.clone() }
+            }
+            AttemptOutcome::RetryAt(at) => {
+                Finished { status: DeliveryStatus::Pending, next_attempt_at: Some(*at), last_error: attempt.error.clone() }
+            }
+            AttemptOutcome::Failed { reason } => {
+                Finished { status: DeliveryStatus::Failed, next_attempt_at: None, last_error: Some(reason.clone()) }
+            }
+        }
+    }
+}
+
+/// `body` cut to at most `bound` bytes, backing off (by at most 3) so that the cut does not
+/// split a UTF-8 character: the delivery log shows bodies as text.
+pub(super) fn cut(body: &[u8], bound: usize) -> &[u8] {
+    if body.len() <= bound {
+        return body;
+    }
+    let mut end = bound;
+    while end > 0 && bound - end < 3 && body[end] & 0b1100_0000 == 0b1000_0000 {
+        end -= 1;
+    }
+    &body[..end]
+}
