@@ -131,3 +131,17 @@ pub fn acceptor(certificate: CurrentCertificate) -> Result<tokio_rustls::TlsAcce
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
+
+/// The TLS client setup for every outbound connection (targets, PostgreSQL): the Mozilla
+/// roots plus `extra_roots`, on the ring provider.
+pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for root in extra_roots {
+        roots.add(root.clone())?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

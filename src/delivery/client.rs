@@ -2,7 +2,6 @@
 //! HTTP/1.1 and HTTP/2 (ALPN), rustls with the ring provider. Trusted targets (YAML routes,
 //! `upstream:`) use the plain client; untrusted ones (API routes) go through the guard.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,12 +35,13 @@ pub struct Outbound {
 
 /// Answers a request in-process; see [`Outbound::receiver`].
 #[cfg(test)]
-pub type InProcessReceiver = Arc<dyn Fn(&WireRequest) -> futures_util::future::BoxFuture<'static, http::Response<Bytes>> + Send + Sync>;
+pub type InProcessReceiver =
+    std::sync::Arc<dyn Fn(&WireRequest) -> futures_util::future::BoxFuture<'static, http::Response<Bytes>> + Send + Sync>;
 
 impl Outbound {
     /// Trusting the public web roots plus `extra_roots` (an internal CA).
     pub fn build(extra_roots: &[CertificateDer<'static>]) -> Result<Outbound, ClientError> {
-        let tls = tls_config(extra_roots)?;
+        let tls = crate::tls::client_config(extra_roots)?;
         Ok(Outbound {
             trusted: pooled(HttpConnector::new(), tls.clone()),
             guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls),
@@ -92,18 +92,6 @@ pub const MAX_RECORDED_ANSWER: usize = 64 * 1024;
 pub enum ClientError {
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
-}
-
-pub(crate) fn tls_config(extra_roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    for root in extra_roots {
-        roots.add(root.clone())?;
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 fn pooled<R>(mut http: HttpConnector<R>, tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector<R>>, Body>

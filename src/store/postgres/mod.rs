@@ -14,23 +14,23 @@
 
 mod rows;
 pub(in crate::store) mod schema;
+mod writes;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 
 use self::rows::*;
-use super::record::{answer_bound, cut, headers_json, with_repeated_errors, Finished};
+use self::writes::{insert_attempt, insert_delivery, insert_event, StoredForm};
+use super::record::{with_repeated_errors, Finished};
 use super::{
-    page_size, AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView,
-    EventFilter, EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
+    AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
+    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute,
 };
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
@@ -53,6 +53,7 @@ macro_rules! db_now {
         concat!("COALESCE($", $n, "::bigint, hookrelay_now_ms())")
     };
 }
+use db_now;
 
 pub struct PostgresStore {
     pool: Pool,
@@ -120,8 +121,7 @@ impl PostgresStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("hookrelay");
-        let tls =
-            crate::delivery::client::tls_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
+        let tls = crate::tls::client_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
         let manager = Manager::from_config(
             config,
             tokio_postgres_rustls::MakeRustlsConnect::new(tls),
@@ -557,244 +557,6 @@ const CLAIM_DUE: &str = concat!(
     " + $3, updated_at = $4 FROM due WHERE d.seq = due.seq RETURNING ",
     claim_columns!()
 );
-
-/// A delivery's request as its row stores it (headers as their JSON text).
-struct StoredForm {
-    url: String,
-    headers: String,
-    body: Vec<u8>,
-}
-
-async fn insert_event(tx: &Transaction<'_>, event: &NewEvent, now: Option<i64>) -> Result<(), StoreError> {
-    let statement = tx
-        .prepare_cached(concat!(
-            "INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body)
-             VALUES ($1, $2, ",
-            db_now!(3),
-            ", $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .await?;
-    tx.execute(
-        &statement,
-        &[
-            &event.id,
-            &event.received_at,
-            &now,
-            &event.route,
-            &event.event,
-            &event.delivery_id,
-            &event.method,
-            &event.path,
-            &headers_json(&event.headers)?,
-            &&event.body[..],
-        ],
-    )
-    .await
-    .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
-    Ok(())
-}
-
-/// Inserts a delivery of an event whose body is `event_body` (when known), created at the
-/// relay's `created_at`: pending, or already finished by `attempt`. Returns its `seq` and
-/// its headers as stored (JSON).
-async fn insert_delivery(
-    tx: &Transaction<'_>,
-    delivery: &NewDelivery,
-    event_body: Option<&[u8]>,
-    created_at: i64,
-    now: Option<i64>,
-    finished: Option<(&AttemptRecord, &Finished)>,
-) -> Result<(i64, String), StoreError> {
-    let request = &delivery.request;
-    let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
-    let headers = headers_json(&request.headers)?;
-    let (status, attempts, delay, last_status, last_error) = match finished {
-        Some((attempt, finished)) => (
-            finished.status,
-            i32::from(attempt.counted),
-            finished.next_attempt_at.map(|at| at.saturating_sub(created_at)),
-            attempt.status.map(i32::from),
-            finished.last_error.as_deref(),
-        ),
-        None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at.saturating_sub(created_at)), None, None),
-    };
-    let statement = tx
-        .prepare_cached(concat!(
-            "INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
-                 req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
-                 last_status, last_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ",
-            db_now!(12),
-            " + $13, $14, $15, $16, $16, $17, $18) RETURNING seq"
-        ))
-        .await?;
-    let row = tx
-        .query_one(
-            &statement,
-            &[
-                &delivery.id,
-                &delivery.event_id,
-                &delivery.route,
-                &delivery.target,
-                &request.method,
-                &request.url,
-                &headers,
-                &if body_from_event { &[][..] } else { &request.body[..] },
-                &body_from_event,
-                &status.as_str(),
-                &attempts,
-                &now,
-                &delay,
-                &delivery.ordered_key,
-                &delivery.guarded,
-                &created_at,
-                &last_status,
-                &last_error,
-            ],
-        )
-        .await
-        .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
-    Ok((row.try_get(0)?, headers))
-}
-
-/// Stores one attempt: of its request only what differs from the delivery's `stored` one;
-/// the answer cut shorter when another attempt will follow.
-async fn insert_attempt(
-    tx: &Transaction<'_>,
-    seq: i64,
-    number: i32,
-    attempt: &AttemptRecord,
-    stored: &StoredForm,
-    outcome: &AttemptOutcome,
-) -> Result<(), StoreError> {
-    let headers = headers_json(&attempt.request_headers)?;
-    // The error the attempt before had: that of the last attempt that stored its own.
-    let error_before: Option<String> = if number > 1 {
-        tx.query_opt(
-            "SELECT error FROM hookrelay_attempts WHERE delivery_seq = $1 AND number < $2 AND NOT error_repeats
-             ORDER BY number DESC LIMIT 1",
-            &[&seq, &number],
-        )
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?
-        .flatten()
-    } else {
-        None
-    };
-    let repeats = attempt.error.is_some() && attempt.error == error_before;
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
-                 request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .await?;
-    tx.execute(
-        &statement,
-        &[
-            &seq,
-            &number,
-            &attempt.started_at,
-            &attempt.duration_ms,
-            &(attempt.request_url != stored.url).then_some(&attempt.request_url),
-            &attempt.request_method,
-            &(headers != stored.headers).then_some(&headers),
-            // Read back in place of the delivery's, a body is never longer than the bound.
-            &(attempt.request_body.as_ref() != stored.body || stored.body.len() > MAX_STORED_BODY)
-                .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
-            &attempt.status.map(i32::from),
-            &headers_json(&attempt.response_headers)?,
-            &cut(&attempt.response_body, answer_bound(outcome)),
-            &if repeats { None } else { attempt.error.as_deref() },
-            &repeats,
-            &attempt.counted,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-fn unique_conflict(error: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {
-    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        StoreError::Conflict(message())
-    } else {
-        error.into()
-    }
-}
-
-/// The status of a delivery, or NotFound.
-async fn current_status(client: &impl GenericClient, id: &str) -> Result<DeliveryStatus, StoreError> {
-    let row = client.query_opt("SELECT status FROM hookrelay_deliveries WHERE id = $1", &[&id]).await?;
-    let row = row.ok_or(StoreError::NotFound)?;
-    status_of(&row, 0)
-}
-
-async fn delivery_by_id_with_seq(client: &impl GenericClient, id: &str) -> Result<Option<(i64, DeliveryView)>, StoreError> {
-    let row = client.query_opt(&format!("SELECT {DELIVERY_COLUMNS} FROM hookrelay_deliveries d WHERE d.id = $1"), &[&id]).await?;
-    row.as_ref().map(delivery_view).transpose()
-}
-
-async fn delivery_by_id(client: &impl GenericClient, id: &str) -> Result<Option<DeliveryView>, StoreError> {
-    Ok(delivery_by_id_with_seq(client, id).await?.map(|(_, view)| view))
-}
-
-async fn route_by_name(client: &impl GenericClient, name: &str) -> Result<Option<StoredRoute>, StoreError> {
-    let row = client.query_opt(&format!("SELECT {ROUTE_COLUMNS} FROM hookrelay_routes WHERE name = $1"), &[&name]).await?;
-    row.as_ref().map(stored_route).transpose()
-}
-
-/// A newest-first page over a table's `seq`, with optional equality filters.
-struct PageQuery {
-    seq: &'static str,
-    conditions: Vec<String>,
-    values: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl PageQuery {
-    /// Cursors are the `seq` of the last item of the previous page, in base 10.
-    fn new(cursor: Option<&str>, seq: &'static str) -> Result<PageQuery, StoreError> {
-        let mut query = PageQuery { seq, conditions: Vec::new(), values: Vec::new() };
-        if let Some(cursor) = cursor {
-            let value: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
-            query.values.push(Box::new(value));
-            query.conditions.push(format!("{seq} < ${}", query.values.len()));
-        }
-        Ok(query)
-    }
-
-    /// `column` is always a literal from this file, never input.
-    fn filter(&mut self, column: &str, value: Option<String>) {
-        if let Some(value) = value {
-            self.values.push(Box::new(value));
-            self.conditions.push(format!("{column} = ${}", self.values.len()));
-        }
-    }
-
-    async fn run<T>(
-        mut self,
-        client: &impl GenericClient,
-        select: &str,
-        limit: usize,
-        map: impl FnMut(&tokio_postgres::Row) -> Result<(i64, T), StoreError>,
-    ) -> Result<Page<T>, StoreError> {
-        let limit = page_size(limit);
-        // One extra row tells whether another page follows.
-        self.values.push(Box::new(limit as i64 + 1));
-        let filter = if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
-        let sql = format!("{select} {filter} ORDER BY {} DESC LIMIT ${}", self.seq, self.values.len());
-        let params: Vec<&(dyn ToSql + Sync)> = self.values.iter().map(|value| value.as_ref() as &(dyn ToSql + Sync)).collect();
-        let rows = client.query(&sql, &params).await?;
-        let mut items = rows.iter().map(map).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|(seq, _)| seq.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items: items.into_iter().map(|(_, item)| item).collect(), next_cursor })
-    }
-}
 
 #[cfg(test)]
 mod tests {

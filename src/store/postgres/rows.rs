@@ -1,11 +1,14 @@
-//! Row mappings for [`super::PostgresStore`]: the column lists and shared SQL fragments,
-//! and rows to the store's domain types (headers and definitions as JSON text, statuses
-//! as text).
+//! Reading rows for [`super::PostgresStore`]: the column lists and shared SQL fragments,
+//! rows to the store's domain types (headers and definitions as JSON text, statuses as
+//! text), lookups by id and name, and newest-first paging over a table's `seq`.
 
 use bytes::Bytes;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::store::record::lossy;
+use crate::store::{page_size, Page};
 use crate::store::{
     AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, StoreError, StoredRequest, StoredRequestView, StoredRoute,
 };
@@ -180,4 +183,77 @@ pub(super) fn stored_route(row: &Row) -> Result<StoredRoute, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+/// The status of a delivery, or NotFound.
+pub(super) async fn current_status(client: &impl GenericClient, id: &str) -> Result<DeliveryStatus, StoreError> {
+    let row = client.query_opt("SELECT status FROM hookrelay_deliveries WHERE id = $1", &[&id]).await?;
+    let row = row.ok_or(StoreError::NotFound)?;
+    status_of(&row, 0)
+}
+
+pub(super) async fn delivery_by_id_with_seq(client: &impl GenericClient, id: &str) -> Result<Option<(i64, DeliveryView)>, StoreError> {
+    let row = client.query_opt(&format!("SELECT {DELIVERY_COLUMNS} FROM hookrelay_deliveries d WHERE d.id = $1"), &[&id]).await?;
+    row.as_ref().map(delivery_view).transpose()
+}
+
+pub(super) async fn delivery_by_id(client: &impl GenericClient, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+    Ok(delivery_by_id_with_seq(client, id).await?.map(|(_, view)| view))
+}
+
+pub(super) async fn route_by_name(client: &impl GenericClient, name: &str) -> Result<Option<StoredRoute>, StoreError> {
+    let row = client.query_opt(&format!("SELECT {ROUTE_COLUMNS} FROM hookrelay_routes WHERE name = $1"), &[&name]).await?;
+    row.as_ref().map(stored_route).transpose()
+}
+
+/// A newest-first page over a table's `seq`, with optional equality filters.
+pub(super) struct PageQuery {
+    seq: &'static str,
+    conditions: Vec<String>,
+    values: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl PageQuery {
+    /// Cursors are the `seq` of the last item of the previous page, in base 10.
+    pub(super) fn new(cursor: Option<&str>, seq: &'static str) -> Result<PageQuery, StoreError> {
+        let mut query = PageQuery { seq, conditions: Vec::new(), values: Vec::new() };
+        if let Some(cursor) = cursor {
+            let value: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
+            query.values.push(Box::new(value));
+            query.conditions.push(format!("{seq} < ${}", query.values.len()));
+        }
+        Ok(query)
+    }
+
+    /// `column` is always a literal from this file, never input.
+    pub(super) fn filter(&mut self, column: &str, value: Option<String>) {
+        if let Some(value) = value {
+            self.values.push(Box::new(value));
+            self.conditions.push(format!("{column} = ${}", self.values.len()));
+        }
+    }
+
+    pub(super) async fn run<T>(
+        mut self,
+        client: &impl GenericClient,
+        select: &str,
+        limit: usize,
+        map: impl FnMut(&tokio_postgres::Row) -> Result<(i64, T), StoreError>,
+    ) -> Result<Page<T>, StoreError> {
+        let limit = page_size(limit);
+        // One extra row tells whether another page follows.
+        self.values.push(Box::new(limit as i64 + 1));
+        let filter = if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
+        let sql = format!("{select} {filter} ORDER BY {} DESC LIMIT ${}", self.seq, self.values.len());
+        let params: Vec<&(dyn ToSql + Sync)> = self.values.iter().map(|value| value.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&sql, &params).await?;
+        let mut items = rows.iter().map(map).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|(seq, _)| seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items: items.into_iter().map(|(_, item)| item).collect(), next_cursor })
+    }
 }

@@ -1,0 +1,174 @@
+//! The rows a PostgreSQL write adds, inside the caller's transaction: an event, a delivery
+//! (pending or already finished), an attempt stored compactly.
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::error::SqlState;
+
+use super::db_now;
+use crate::store::record::{answer_bound, cut, headers_json, Finished};
+use crate::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, NewDelivery, NewEvent, StoreError, MAX_STORED_BODY};
+
+/// A delivery's request as its row stores it (headers as their JSON text).
+pub(super) struct StoredForm {
+    pub(super) url: String,
+    pub(super) headers: String,
+    pub(super) body: Vec<u8>,
+}
+
+pub(super) async fn insert_event(tx: &Transaction<'_>, event: &NewEvent, now: Option<i64>) -> Result<(), StoreError> {
+    let statement = tx
+        .prepare_cached(concat!(
+            "INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body)
+             VALUES ($1, $2, ",
+            db_now!(3),
+            ", $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &event.id,
+            &event.received_at,
+            &now,
+            &event.route,
+            &event.event,
+            &event.delivery_id,
+            &event.method,
+            &event.path,
+            &headers_json(&event.headers)?,
+            &&event.body[..],
+        ],
+    )
+    .await
+    .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
+    Ok(())
+}
+
+/// Inserts a delivery of an event whose body is `event_body` (when known), created at the
+/// relay's `created_at`: pending, or already finished by `attempt`. Returns its `seq` and
+/// its headers as stored (JSON).
+pub(super) async fn insert_delivery(
+    tx: &Transaction<'_>,
+    delivery: &NewDelivery,
+    event_body: Option<&[u8]>,
+    created_at: i64,
+    now: Option<i64>,
+    finished: Option<(&AttemptRecord, &Finished)>,
+) -> Result<(i64, String), StoreError> {
+    let request = &delivery.request;
+    let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
+    let headers = headers_json(&request.headers)?;
+    let (status, attempts, delay, last_status, last_error) = match finished {
+        Some((attempt, finished)) => (
+            finished.status,
+            i32::from(attempt.counted),
+            finished.next_attempt_at.map(|at| at.saturating_sub(created_at)),
+            attempt.status.map(i32::from),
+            finished.last_error.as_deref(),
+        ),
+        None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at.saturating_sub(created_at)), None, None),
+    };
+    let statement = tx
+        .prepare_cached(concat!(
+            "INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
+                 req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
+                 last_status, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ",
+            db_now!(12),
+            " + $13, $14, $15, $16, $16, $17, $18) RETURNING seq"
+        ))
+        .await?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &delivery.id,
+                &delivery.event_id,
+                &delivery.route,
+                &delivery.target,
+                &request.method,
+                &request.url,
+                &headers,
+                &if body_from_event { &[][..] } else { &request.body[..] },
+                &body_from_event,
+                &status.as_str(),
+                &attempts,
+                &now,
+                &delay,
+                &delivery.ordered_key,
+                &delivery.guarded,
+                &created_at,
+                &last_status,
+                &last_error,
+            ],
+        )
+        .await
+        .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
+    Ok((row.try_get(0)?, headers))
+}
+
+/// Stores one attempt: of its request only what differs from the delivery's `stored` one;
+/// the answer cut shorter when another attempt will follow.
+pub(super) async fn insert_attempt(
+    tx: &Transaction<'_>,
+    seq: i64,
+    number: i32,
+    attempt: &AttemptRecord,
+    stored: &StoredForm,
+    outcome: &AttemptOutcome,
+) -> Result<(), StoreError> {
+    let headers = headers_json(&attempt.request_headers)?;
+    // The error the attempt before had: that of the last attempt that stored its own.
+    let error_before: Option<String> = if number > 1 {
+        tx.query_opt(
+            "SELECT error FROM hookrelay_attempts WHERE delivery_seq = $1 AND number < $2 AND NOT error_repeats
+             ORDER BY number DESC LIMIT 1",
+            &[&seq, &number],
+        )
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?
+        .flatten()
+    } else {
+        None
+    };
+    let repeats = attempt.error.is_some() && attempt.error == error_before;
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
+                 request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .await?;
+    tx.execute(
+        &statement,
+        &[
+            &seq,
+            &number,
+            &attempt.started_at,
+            &attempt.duration_ms,
+            &(attempt.request_url != stored.url).then_some(&attempt.request_url),
+            &attempt.request_method,
+            &(headers != stored.headers).then_some(&headers),
+            // Read back in place of the delivery's, a body is never longer than the bound.
+            &(attempt.request_body.as_ref() != stored.body || stored.body.len() > MAX_STORED_BODY)
+                .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
+            &attempt.status.map(i32::from),
+            &headers_json(&attempt.response_headers)?,
+            &cut(&attempt.response_body, answer_bound(outcome)),
+            &if repeats { None } else { attempt.error.as_deref() },
+            &repeats,
+            &attempt.counted,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) fn unique_conflict(error: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {
+    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(message())
+    } else {
+        error.into()
+    }
+}
