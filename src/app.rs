@@ -206,6 +206,9 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         startup_error,
     }));
     tokio::spawn(watch_store_file(relay.clone(), receiver.clone()));
+    if let Some(notices) = relay.engine.store().notices() {
+        tokio::spawn(admin::follow_store(relay.clone(), notices, receiver.clone()));
+    }
     ::metrics::gauge!(metrics::CONFIG_GENERATION).set(1.0);
     ::metrics::counter!(metrics::CONFIG_RELOADS, "result" => "ok").increment(0);
     let acceptor = match relay.snapshot().settings.tls.is_some() {

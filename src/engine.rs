@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{broadcast, watch, Notify, Semaphore};
 
 use crate::delivery::attempt::AttemptSettings;
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
@@ -20,13 +20,20 @@ use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoredRequest,
+    AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoreNotice, StoredRequest,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
 const POLL: Duration = Duration::from_millis(250);
-/// A claim outlives the longest target timeout by this much before another worker may take it.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// How long a claim holds before any worker (of any relay on a shared store) may take the
+/// delivery over; renewed every [`RENEW_EVERY`] while its request is on the wire, so only a
+/// dead worker's claims run out.
+const LEASE_MS: i64 = 30_000;
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How often a relay on a shared store re-counts the queue, which other relays fill and drain.
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
+/// The longest pause between claims while the store fails.
+const LONGEST_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
@@ -111,6 +118,9 @@ impl Engine {
             capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
         });
         engine.publish_depth();
+        if let Some(notices) = engine.store.notices() {
+            tokio::spawn(engine.clone().follow(notices, shutdown.clone()));
+        }
         tokio::spawn(engine.clone().run(shutdown));
         Ok(engine)
     }
@@ -180,14 +190,38 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// On a shared store: wakes up when another relay accepts or retries, and keeps the
+    /// queue count (and so `queue_capacity`) the one all relays share.
+    async fn follow(self: Arc<Self>, mut notices: broadcast::Receiver<StoreNotice>, mut shutdown: watch::Receiver<bool>) {
+        let mut recount = tokio::time::interval(RECOUNT_EVERY);
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                notice = notices.recv() => match notice {
+                    Ok(StoreNotice::Due) | Err(broadcast::error::RecvError::Lagged(_)) => self.wake(),
+                    Ok(StoreNotice::RoutesChanged) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = recount.tick() => {
+                    if let Ok(waiting) = self.store.queue_depth().await {
+                        self.depth.store(i64::try_from(waiting).unwrap_or(i64::MAX), Ordering::Release);
+                        self.publish_depth();
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = POLL;
         loop {
             let free = self.slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {
-                let lease = self.lease();
-                match self.store.claim_due(self.clock.now_ms(), free, lease).await {
+                match self.store.claim_due(self.clock.now_ms(), free, LEASE_MS).await {
                     Ok(claimed) => {
+                        backoff = POLL;
                         claimed_all = claimed.len() == free;
                         for delivery in claimed {
                             let Ok(slot) = self.slots.clone().acquire_owned().await else { return };
@@ -199,7 +233,15 @@ impl Engine {
                             });
                         }
                     }
-                    Err(err) => tracing::error!(error = %err, "claiming deliveries failed"),
+                    Err(err) => {
+                        tracing::error!(error = %err, retry_in = ?backoff, "claiming deliveries failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(LONGEST_CLAIM_BACKOFF);
+                        continue;
+                    }
                 }
             }
             if claimed_all {
@@ -218,10 +260,21 @@ impl Engine {
         }
     }
 
-    fn lease(&self) -> i64 {
-        let snapshot = self.config.load();
-        let longest = snapshot.routes.iter().flat_map(|r| r.targets.iter()).map(|t| t.timeout).max().unwrap_or(Duration::from_secs(10));
-        i64::try_from((longest + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX)
+    /// Runs `sending` while renewing the claim on `delivery_id`, so that a slow receiver
+    /// (up to the target's timeout, however long) never lets the lease run out under it.
+    async fn renewing_lease<T>(&self, delivery_id: &str, sending: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(sending);
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+        loop {
+            tokio::select! {
+                done = &mut sending => return done,
+                _ = renew.tick() => {
+                    if let Err(err) = self.store.renew_lease(delivery_id, LEASE_MS, self.clock.now_ms()).await {
+                        tracing::warn!(delivery = %delivery_id, error = %err, "could not renew the claim; another worker may send it too");
+                    }
+                }
+            }
+        }
     }
 
     /// One claimed delivery: permit, send, record, schedule.
@@ -253,7 +306,7 @@ impl Engine {
             timeout: settings.timeout,
             max_answer: MAX_RECORDED_ANSWER,
         };
-        let tried = send.attempt(outgoing(&delivery, target), started_at).await;
+        let tried = self.renewing_lease(&delivery.id, send.attempt(outgoing(&delivery, target), started_at)).await;
         let result = &tried.answer;
         let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {

@@ -11,6 +11,10 @@ mod error;
 mod routes;
 
 pub use error::ApiError;
+pub use routes::follow_store;
+
+/// Readiness probes usually give up after a second or two: answer before that.
+const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -57,10 +61,17 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => return json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (Method::GET, "/readyz") => {
-            return match relay.store_owner.check() {
+            let ready = match relay.store_owner.check() {
+                Ok(()) => match tokio::time::timeout(READY_PING_TIMEOUT, relay.engine.store().ping()).await {
+                    Ok(answered) => answered.map_err(|err| err.to_string()),
+                    Err(_) => Err(format!("the store did not answer within {READY_PING_TIMEOUT:?}")),
+                },
+                Err(reason) => Err(reason),
+            };
+            return match ready {
                 Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ready", "generation": relay.status().generation })),
                 Err(reason) => ApiError::NotReady(reason).into_response(),
-            }
+            };
         }
         _ => {}
     }

@@ -11,6 +11,7 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::{broadcast, watch};
 
 use crate::config::{ApiRoute, ConfigErrors};
 use crate::delivery::attempt::{AttemptSettings, Tried};
@@ -23,6 +24,7 @@ use crate::relay::Relay;
 use crate::render::{dry_run, RequestView};
 use crate::respond::json_response;
 use crate::routing::{Origin, Route};
+use crate::store::StoreNotice;
 
 use super::{describe, store_error, ApiError};
 
@@ -101,6 +103,45 @@ async fn change(
         // good reload serves it.
         Some(Err(errors)) => Err(invalid(errors)),
         None => Err(ApiError::Internal("route swap failed").into_response()),
+    }
+}
+
+/// On a shared store: serves the routes other relays create, replace or delete through
+/// their admin API, as soon as the store says they changed.
+pub async fn follow_store(relay: Arc<Relay>, mut notices: broadcast::Receiver<StoreNotice>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let notice = tokio::select! {
+            notice = notices.recv() => notice,
+            _ = shutdown.changed() => return,
+        };
+        match notice {
+            Ok(StoreNotice::RoutesChanged) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(StoreNotice::Due) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        let _guard = relay.api_lock.lock().await;
+        let stored = match relay.engine.store().list_routes().await {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the API routes another relay changed");
+                continue;
+            }
+        };
+        let routes: Vec<ApiRoute> = stored.into_iter().map(|route| ApiRoute { name: route.name, definition: route.definition }).collect();
+        let mut serving = relay.api_routes();
+        serving.sort_by(|a, b| a.name.cmp(&b.name));
+        if routes == serving {
+            // This relay's own change, or nothing new.
+            continue;
+        }
+        let applying = relay.clone();
+        match blocking(move || applying.apply_api_routes(routes)).await {
+            Some(Ok(_)) => tracing::info!("API routes changed by another relay: now serving them"),
+            Some(Err(errors)) => {
+                tracing::error!(errors = %errors, "API routes changed by another relay do not compile here; serving the ones before")
+            }
+            None => tracing::error!("applying API routes changed by another relay failed"),
+        }
     }
 }
 

@@ -281,6 +281,15 @@ pub struct StoredRoute {
     pub updated_at: i64,
 }
 
+/// What a shared store tells the relays using it about changes made by any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreNotice {
+    /// Deliveries became due (accepted, or retried by hand): look for work now.
+    Due,
+    /// A route was created, replaced or deleted through the admin API: re-read them.
+    RoutesChanged,
+}
+
 /// Clone so one failed commit can answer every write in its batch.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -406,6 +415,23 @@ pub trait Store: Send + Sync {
     async fn update_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError>;
     /// False if there was no such route.
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Whether the store answers now (for readiness): a shared store's database is reachable.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether other relays use this store at the same time (then leases, not a restart,
+    /// hand back a dead relay's claims, and counts change under this relay's feet).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Changes other relays made, for a shared store; None for a store of one's own.
+    /// After a lag or a reconnect a notice may stand for several changes: re-read.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<StoreNotice>> {
+        None
+    }
 
     /// Finishes queued writes and stops; every call after it answers `Closed`.
     async fn close(&self) -> Result<(), StoreError>;

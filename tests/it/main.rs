@@ -11,6 +11,8 @@ mod fuzz_regressions;
 mod golden;
 mod hardening;
 mod limits;
+mod postgres;
+mod postgres_cluster;
 mod ratelimits;
 mod reload;
 mod robustness;

@@ -12,6 +12,7 @@
 //! claims; a claim is a lease that any replica may take over once it has run out. Accepts
 //! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once.
 
+mod listen;
 mod rows;
 pub(in crate::store) mod schema;
 mod writes;
@@ -24,13 +25,14 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use tokio::sync::{broadcast, watch};
 
 use self::rows::*;
 use self::writes::{insert_attempt, insert_delivery, insert_event, StoredForm};
 use super::record::{with_repeated_errors, Finished};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute,
+    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoreNotice, StoredRoute,
 };
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
@@ -44,6 +46,9 @@ const POOL_SIZE: usize = 16;
 /// How long a caller waits for a connection (or to open one) before the store counts as
 /// unavailable: a webhook then gets 503 instead of hanging.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Notices a slow subscriber may fall behind by before it is told it lagged (and then
+/// re-reads everything, as for any notice).
+const NOTICE_BACKLOG: usize = 64;
 /// Events deleted per transaction by `prune`.
 const PRUNE_CHUNK: i64 = 1000;
 
@@ -57,6 +62,9 @@ use db_now;
 
 pub struct PostgresStore {
     pool: Pool,
+    notices: broadcast::Sender<StoreNotice>,
+    /// Stops the notification listener.
+    stop: watch::Sender<bool>,
     /// Tests pin time to the `now` they pass; a relay always runs on the database's clock.
     caller_clock: bool,
     closed: AtomicBool,
@@ -122,11 +130,8 @@ impl PostgresStore {
         }
         config.application_name("hookrelay");
         let tls = crate::tls::client_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+        let manager = Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -135,10 +140,13 @@ impl PostgresStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|error| StoreError::InvalidInput(error.to_string()))?;
-        let store = PostgresStore { pool, caller_clock, closed: AtomicBool::new(false) };
+        let (notices, _) = broadcast::channel(NOTICE_BACKLOG);
+        let (stop, stopped) = watch::channel(false);
+        let store = PostgresStore { pool, notices, stop, caller_clock, closed: AtomicBool::new(false) };
         let mut client = store.client().await?;
         schema::migrate(&mut client, migrations).await?;
         drop(client);
+        tokio::spawn(listen::run(config, tls, store.notices.clone(), stopped));
         Ok(store)
     }
 
@@ -529,8 +537,22 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn notices(&self) -> Option<broadcast::Receiver<StoreNotice>> {
+        Some(self.notices.subscribe())
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
         self.pool.close();
         Ok(())
     }

@@ -1,0 +1,162 @@
+//! Several relays on one PostgreSQL store (a fresh database on the throwaway test cluster;
+//! skipped with a notice where PostgreSQL is not installed): the queue, the delivery log,
+//! dedupe and API routes are shared, and a relay killed with SIGKILL loses nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::postgres_cluster::fresh_database;
+use crate::support::binary::{self, free_port};
+use crate::support::{reqwest_like::Client, Relay, TestSink};
+
+const AUTH: [(&str, &str); 1] = [("authorization", "Bearer t0ken")];
+
+fn shared_config(url: &str, sink: &TestSink) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nstore: {{ url: '{url}' }}\noutbound: {{ allow_private: true }}\nroutes:\n  - name: github\n    source: github\n    dedupe: 1h\n    match: {{ path: /hooks/github }}\n    forward:\n      - name: sink\n        url: {}/deliver\n",
+        sink.url()
+    )
+}
+
+/// Polls (bounded) until `check` passes.
+async fn eventually<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_on_one_database_share_the_log_dedupe_and_api_routes() {
+    let Some(url) = fresh_database("relays_on_one_database_share_the_log_dedupe_and_api_routes").await else { return };
+    let sink = TestSink::start().await;
+    let first = Relay::start(&shared_config(&url, &sink)).await;
+    let second = Relay::start(&shared_config(&url, &sink)).await;
+
+    // The same GitHub delivery sent to both relays fires once.
+    let headers = [("x-github-event", "push"), ("x-github-delivery", "gh-42")];
+    let accepted = first.client.post_json(&first.url("/hooks/github"), &headers, r#"{"ref":"main"}"#).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let event_id = accepted.json()["id"].as_str().unwrap().to_string();
+    let again = second.client.post_json(&second.url("/hooks/github"), &headers, r#"{"ref":"main"}"#).await;
+    assert_eq!(again.status, 202, "{}", again.text());
+    assert_eq!(again.json()["duplicates"][0]["original"], event_id.as_str(), "the second relay knows the first one's event");
+    let seen = sink.wait_for(1).await;
+    assert_eq!(seen[0].header("idempotency-key"), Some(format!("{event_id}.sink").as_str()));
+
+    // Either relay answers for the whole log.
+    let delivered = eventually("the delivery is logged as succeeded on the other relay", Duration::from_secs(10), async || {
+        let event = second.client.get(&second.admin_url(&format!("/api/events/{event_id}")), &AUTH).await;
+        (event.status == 200 && event.json()["deliveries"][0]["status"] == "succeeded").then(|| event.json())
+    })
+    .await;
+    assert_eq!(delivered["route"], "github");
+
+    // A route created on one relay is served by the other within a second.
+    let route = json!({"name": "made-on-first", "match": {"path": "/hooks/made"}, "forward": [{"name": "sink", "url": format!("{}/made", sink.url())}]});
+    let created = first.client.post_json(&first.admin_url("/api/routes"), &AUTH, route.to_string()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let served = eventually("the second relay serves the new route", Duration::from_secs(1), async || {
+        let reply = second.client.post_json(&second.url("/hooks/made"), &[], r#"{"x":1}"#).await;
+        (reply.status == 202).then_some(reply)
+    })
+    .await;
+    let made_id = served.json()["id"].as_str().unwrap().to_string();
+    let seen = sink.wait_for(2).await;
+    assert!(seen.iter().any(|s| s.uri == "/made" && s.header("idempotency-key") == Some(format!("{made_id}.sink").as_str())));
+
+    // And deleted there, it is gone here too.
+    let deleted = second.client.send("DELETE", &second.admin_url("/api/routes/made-on-first"), &AUTH, "").await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    eventually("the first relay drops the deleted route", Duration::from_secs(1), async || {
+        let reply = first.client.post_json(&first.url("/hooks/made"), &[], r#"{"x":1}"#).await;
+        (reply.status != 202).then_some(())
+    })
+    .await;
+}
+
+/// Three relay processes on one database take 3,000 webhooks while their target is down;
+/// one is killed with SIGKILL halfway. Every acknowledged event arrives once the target is
+/// up, duplicates are bounded by what the dead relay had on the wire, and every copy of an
+/// event carries the same Idempotency-Key.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_stream_loses_nothing_acknowledged() {
+    let Some(url) = fresh_database("a_relay_killed_mid_stream_loses_nothing_acknowledged").await else { return };
+    let started = tokio::time::Instant::now();
+    let target_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let mut relays = Vec::new();
+    let mut ports = Vec::new();
+    for n in 0..3 {
+        let port = free_port();
+        let path = dir.path().join(format!("relay{n}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:{port}\nstore: {{ url: '{url}' }}\nroutes:\n  - name: spread\n    match: {{ path: /hooks/spread }}\n    forward:\n      - name: down\n        url: http://127.0.0.1:{target_port}/x\n        body: {{ n: '{{{{json body.n}}}}' }}\n        retry: {{ max_attempts: 1000, initial: 200ms, max: 1s }}\n"
+            ),
+        )
+        .unwrap();
+        let mut relay = binary::spawn(&path, &["--no-watch"], &[]);
+        binary::wait_up(&client, &mut relay, port).await;
+        relays.push(relay);
+        ports.push(port);
+    }
+
+    const EVENTS: usize = 3000;
+    let mut acknowledged = BTreeSet::new();
+    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(30) {
+        if chunk[0] == EVENTS / 2 {
+            relays[1].signal("KILL");
+        }
+        let sends = chunk.iter().map(|&n| {
+            // After the kill, relay 1's share goes to the others.
+            let relay = if n >= EVENTS / 2 && n % 3 == 1 { 0 } else { n % 3 };
+            let client = client.clone();
+            let url = format!("http://127.0.0.1:{}/hooks/spread", ports[relay]);
+            async move { (n, client.try_send("POST", &url, &[("content-type", "application/json")], json!({ "n": n }).to_string()).await) }
+        });
+        for (n, reply) in futures_util::future::join_all(sends).await {
+            if reply.is_ok_and(|reply| reply.status == 202) {
+                acknowledged.insert(n as i64);
+            }
+        }
+    }
+    assert!(acknowledged.len() >= EVENTS - 30, "only {} of {EVENTS} acknowledged", acknowledged.len());
+
+    // The target comes up 10 s after the first webhook, or once all were sent.
+    tokio::time::sleep_until(started + Duration::from_secs(10)).await;
+    let sink = TestSink::on(&format!("127.0.0.1:{target_port}")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let keys = loop {
+        let mut keys: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+        for seen in sink.seen() {
+            let n = seen.json()["n"].as_i64().unwrap();
+            keys.entry(n).or_default().insert(seen.header("idempotency-key").unwrap().to_string());
+        }
+        if acknowledged.iter().all(|n| keys.contains_key(n)) {
+            break keys;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} acknowledged events never arrived",
+            acknowledged.iter().filter(|n| !keys.contains_key(n)).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Duplicates: at most the deliveries the killed relay had on the wire (64 workers).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let copies = sink.seen().len();
+    assert!(copies - keys.len() <= 64, "{} duplicates", copies - keys.len());
+    for (n, keys) in &keys {
+        assert_eq!(keys.len(), 1, "event {n} arrived with different keys: {keys:?}");
+    }
+}
