@@ -160,7 +160,6 @@ pub async fn start_with_options(path: &Path, options: &StartOptions) -> Result<R
 pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions) -> Result<Running, StartError> {
     metrics::handle();
     let outbound = Outbound::build(&snapshot.settings.extra_roots)?;
-    let outbound_limits = Arc::new(OutboundLimiters::default());
     let listen = snapshot.settings.listen;
     let admin_listen = snapshot.settings.admin.as_ref().map(|a| a.listen);
     let ingress_listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
@@ -172,6 +171,8 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     connections::raise_descriptor_limit(snapshot.settings.limits.max_connections);
     let (store, store_owner) = open_store(&snapshot.settings.store).await?;
+    let outbound_limits =
+        Arc::new(if store.shared() { OutboundLimiters::shared_through(store.clone()) } else { OutboundLimiters::default() });
     let api_routes: Vec<ApiRoute> =
         store.list_routes().await?.into_iter().map(|stored| ApiRoute { name: stored.name, definition: stored.definition }).collect();
     let mut startup_error = None;

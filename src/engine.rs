@@ -283,9 +283,8 @@ impl Engine {
         let target = snapshot.route(&delivery.route).and_then(|route| route.targets.iter().find(|t| t.name == delivery.target));
         let settings = TargetSettings::of(target);
         if let Some(limit) = &settings.rate_limit {
-            let bucket = self.limiters.bucket(&limit.key, limit.spec);
             // Never hold a claim while waiting: hand it back, due when the permit will be.
-            if let Err(Throttled(wait)) = bucket.acquire(Some(Duration::ZERO)).await {
+            if let Err(Throttled(wait)) = self.limiters.acquire(&limit.key, limit.spec, Some(Duration::ZERO)).await {
                 let due = self.clock.now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
                 if let Err(err) = self.store.release(&delivery.id, due, self.clock.now_ms()).await {
                     tracing::warn!(delivery = %delivery.id, error = %err, "could not hand a throttled delivery back");
@@ -310,7 +309,7 @@ impl Engine {
         let result = &tried.answer;
         let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
-            self.limiters.bucket(&limit.key, limit.spec).pause(pause);
+            self.limiters.pause(&limit.key, limit.spec, pause).await;
         }
         let counted_as = metrics::DeliveryResult::from(&decision.outcome);
         metrics::count_delivery(&delivery.route, &delivery.target, counted_as, Some(result.duration.as_secs_f64()));

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::Problems;
 use crate::metrics;
+use crate::store::{SharedLimit, Store};
 
 /// A rate: `cells` per `per`, with up to `burst` at once. With `window`, additionally no
 /// sliding `per` ever carries more than `cells` (receivers such as DingTalk block a robot
@@ -183,13 +184,66 @@ impl Bucket {
     }
 }
 
-/// Outbound buckets by key.
+/// Outbound buckets by key: in this relay's memory, or, on a store shared by several
+/// relays, the store's (one limit for all of them).
 #[derive(Default)]
 pub struct OutboundLimiters {
     buckets: Mutex<HashMap<String, Arc<Bucket>>>,
+    shared: Option<Arc<dyn Store>>,
 }
 
+/// How long a sender waits when the shared store cannot say (it is failing).
+const STORE_FAILING_WAIT: Duration = Duration::from_secs(1);
+
 impl OutboundLimiters {
+    /// Limits kept in `store`, shared with every relay using it.
+    pub fn shared_through(store: Arc<dyn Store>) -> OutboundLimiters {
+        OutboundLimiters { buckets: Mutex::default(), shared: Some(store) }
+    }
+
+    /// Waits for a permit of `key`, as [`Bucket::acquire`].
+    pub async fn acquire(&self, key: &str, spec: LimitSpec, max_wait: Option<Duration>) -> Result<(), Throttled> {
+        let Some(store) = &self.shared else { return self.bucket(key, spec).acquire(max_wait).await };
+        let limit = SharedLimit {
+            cells: spec.cells.get(),
+            per_ms: i64::try_from(spec.per.as_millis()).unwrap_or(i64::MAX),
+            burst: spec.burst.get(),
+            window: spec.window,
+        };
+        let started = Instant::now();
+        let mut counted = false;
+        loop {
+            let wait = match store.take_permit(key, limit, chrono::Utc::now().timestamp_millis()).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => wait,
+                Err(err) => {
+                    tracing::warn!(key, error = %err, "the shared rate limit cannot be read; waiting");
+                    STORE_FAILING_WAIT
+                }
+            };
+            if !counted {
+                ::metrics::counter!(metrics::RATE_LIMITED, "key" => key.to_string()).increment(1);
+                counted = true;
+            }
+            if max_wait.is_some_and(|max| Instant::now() + wait > started + max) {
+                return Err(Throttled(wait));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Holds every sender on `key` back for `duration` (a 429 with Retry-After).
+    pub async fn pause(&self, key: &str, spec: LimitSpec, duration: Duration) {
+        match &self.shared {
+            None => self.bucket(key, spec).pause(duration),
+            Some(store) => {
+                if let Err(err) = store.pause_limit(key, duration, chrono::Utc::now().timestamp_millis()).await {
+                    tracing::warn!(key, error = %err, "could not pause the shared rate limit");
+                }
+            }
+        }
+    }
+
     /// The bucket for `key`; a new one only when the key is new or its settings changed.
     pub fn bucket(&self, key: &str, spec: LimitSpec) -> Arc<Bucket> {
         let mut buckets = lock(&self.buckets);

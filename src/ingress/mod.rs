@@ -369,7 +369,7 @@ async fn forward_sync(
     deferred: Option<NewEvent>,
 ) -> Response<Body> {
     if let Some(limit) = &target.rate_limit {
-        if let Err(Throttled(wait)) = relay.outbound_limits.bucket(&limit.key, limit.spec).acquire(Some(limit.max_wait)).await {
+        if let Err(Throttled(wait)) = relay.outbound_limits.acquire(&limit.key, limit.spec, Some(limit.max_wait)).await {
             return IngressError::RateLimited { wait }.answer(&outgoing.route);
         }
     }
@@ -393,7 +393,7 @@ async fn forward_sync(
         (Some(Judged::Status(code)), _) => AttemptOutcome::Failed { reason: format!("answer {code} (returned to the sender)") },
         (Some(Judged::Code { class, reason }), _) => {
             if let (CodeClass::Throttled(pause), Some(limit)) = (class, &target.rate_limit) {
-                relay.outbound_limits.bucket(&limit.key, limit.spec).pause(pause);
+                relay.outbound_limits.pause(&limit.key, limit.spec, pause).await;
             }
             AttemptOutcome::Failed { reason: format!("{reason} (returned to the sender)") }
         }

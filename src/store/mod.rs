@@ -281,6 +281,16 @@ pub struct StoredRoute {
     pub updated_at: i64,
 }
 
+/// An outbound rate limit as a shared store keeps it: `cells` per `per_ms`, up to `burst`
+/// at once, and with `window` never more than `cells` in any sliding `per_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLimit {
+    pub cells: u32,
+    pub per_ms: i64,
+    pub burst: u32,
+    pub window: bool,
+}
+
 /// What a shared store tells the relays using it about changes made by any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreNotice {
@@ -415,6 +425,21 @@ pub trait Store: Send + Sync {
     async fn update_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError>;
     /// False if there was no such route.
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Takes one permit of the rate limit `key` shared by every relay on this store: None
+    /// when granted, else how long until one may be had. Only a [`Store::shared`] store
+    /// keeps limits; a store of one's own leaves them to the relay's memory and refuses.
+    async fn take_permit(&self, key: &str, limit: SharedLimit, now: i64) -> Result<Option<std::time::Duration>, StoreError> {
+        let _ = (key, limit, now);
+        Err(StoreError::InvalidInput("this store keeps no rate limits; they are kept in memory".into()))
+    }
+
+    /// Holds every relay back from the shared limit `key` for `pause` (a receiver's 429 with
+    /// Retry-After, a robot's block). Shared stores only, as [`Store::take_permit`].
+    async fn pause_limit(&self, key: &str, pause: std::time::Duration, now: i64) -> Result<(), StoreError> {
+        let _ = (key, pause, now);
+        Err(StoreError::InvalidInput("this store keeps no rate limits; they are kept in memory".into()))
+    }
 
     /// Whether the store answers now (for readiness): a shared store's database is reachable.
     async fn ping(&self) -> Result<(), StoreError> {

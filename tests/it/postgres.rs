@@ -160,3 +160,32 @@ async fn a_relay_killed_mid_stream_loses_nothing_acknowledged() {
         assert_eq!(keys.len(), 1, "event {n} arrived with different keys: {keys:?}");
     }
 }
+
+/// `rate_limit: { per_second: 5 }` on a target of three relays sharing one database holds
+/// for all of them together: over 20 s of steady traffic, no 1 s window carries more than
+/// the limit's burst plus its rate allows, and the total is the limit's, not three times it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_relays() {
+    let Some(url) = fresh_database("a_rate_limit_holds_across_relays").await else { return };
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nstore: {{ url: '{url}' }}\nroutes:\n  - name: limited\n    match: {{ path: /hooks/limited }}\n    forward:\n      - name: robot\n        url: {}/robot\n        rate_limit: {{ per_second: 5 }}\n        body: {{ n: '{{{{json body.n}}}}' }}\n",
+        sink.url()
+    );
+    let relays = [Relay::start(&yaml).await, Relay::start(&yaml).await, Relay::start(&yaml).await];
+    for n in 0..150 {
+        let relay = &relays[n % 3];
+        let reply = relay.client.post_json(&relay.url("/hooks/limited"), &[], json!({ "n": n }).to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+    }
+    let first = sink.wait_for(1).await[0].at;
+    tokio::time::sleep_until(tokio::time::Instant::from_std(first + Duration::from_secs(20))).await;
+    let arrivals: Vec<Duration> =
+        sink.seen().iter().map(|seen| seen.at.duration_since(first)).filter(|at| *at < Duration::from_secs(20)).collect();
+    // GCRA at 5/s with a burst of 5: at most 5 + 4 in any second, and 5 + 5 × 20 in all.
+    for (index, start) in arrivals.iter().enumerate() {
+        let within = arrivals[index..].iter().take_while(|at| **at < *start + Duration::from_secs(1)).count();
+        assert!(within <= 10, "{within} deliveries in the second after {start:?}: {arrivals:?}");
+    }
+    assert!((80..=106).contains(&arrivals.len()), "{} deliveries in 20 s at 5/s shared by three relays", arrivals.len());
+}

@@ -23,6 +23,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// When the request was complete at the sink.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -170,7 +172,13 @@ where
             let uri = parts.uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_default();
             let answer = {
                 let mut state = state.lock().unwrap();
-                state.seen.push(Seen { method: parts.method.to_string(), uri, headers: parts.headers, body });
+                state.seen.push(Seen {
+                    method: parts.method.to_string(),
+                    uri,
+                    headers: parts.headers,
+                    body,
+                    at: std::time::Instant::now(),
+                });
                 state.script.pop_front().unwrap_or_else(|| Answer::with_body(200, "{}"))
             };
             arrived.notify_waiters();

@@ -12,6 +12,7 @@
 //! claims; a claim is a lease that any replica may take over once it has run out. Accepts
 //! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once.
 
+mod limits;
 mod listen;
 mod rows;
 pub(in crate::store) mod schema;
@@ -32,7 +33,7 @@ use self::writes::{insert_attempt, insert_delivery, insert_event, StoredForm};
 use super::record::{with_repeated_errors, Finished};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoreNotice, StoredRoute,
+    EventView, NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
 };
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
@@ -535,6 +536,16 @@ impl Store for PostgresStore {
             }
             .await
         })
+    }
+
+    async fn take_permit(&self, key: &str, limit: SharedLimit, now: i64) -> Result<Option<Duration>, StoreError> {
+        let pinned = self.pinned(now);
+        in_transaction!(self, |tx| limits::take_permit(&tx, key, limit, pinned).await)
+    }
+
+    async fn pause_limit(&self, key: &str, pause: Duration, now: i64) -> Result<(), StoreError> {
+        let pinned = self.pinned(now);
+        in_transaction!(self, |tx| limits::pause(&tx, key, pause, pinned).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -99,8 +99,10 @@ CREATE TABLE hookrelay_routes (
 );
 
 CREATE TABLE hookrelay_rate_limits (
-    key                 text PRIMARY KEY,
-    theoretical_arrival bigint NOT NULL   -- GCRA state, database clock
+    key                    text PRIMARY KEY,
+    theoretical_arrival_us bigint NOT NULL DEFAULT 0,         -- GCRA state, database clock (µs)
+    window_sent_us         bigint[] NOT NULL DEFAULT '{}',    -- the last sends, for sliding windows
+    paused_until_us        bigint NOT NULL DEFAULT 0
 );
 ";
 
