@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -14,6 +15,11 @@ use super::*;
 
 const T0: i64 = 1_700_000_000_000;
 const LEASE: i64 = 30_000;
+
+/// The wall clock, for the tests that run on the database's clock.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("data/hookrelay.db")).unwrap()
@@ -831,4 +837,118 @@ async fn sqlite_stores_a_forwarded_event_body_once() {
         })
         .unwrap();
     assert_eq!((own, attempt_body), (Vec::new(), None), "the body is the event's, stored once");
+}
+
+/// Replicas starting together migrate once; a schema newer than the build is refused, one
+/// step newer than it is kept with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_once_under_concurrent_starts_and_refuses_newer_schemas() {
+    let Some(url) = postgres_cluster::fresh_database("postgres_migrates_once_under_concurrent_starts_and_refuses_newer_schemas").await
+    else {
+        return;
+    };
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn({
+                let url = url.clone();
+                async move { PostgresStore::connect(&url).await }
+            })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(start.await.unwrap().unwrap());
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i32> =
+        client.query("SELECT version FROM hookrelay_schema ORDER BY version", &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
+    assert_eq!(versions, (1..=postgres::schema::MIGRATIONS.len() as i32).collect::<Vec<_>>(), "each step applied once");
+    accept_one(&stores[0], "e1", "r", now_ms()).await;
+
+    let mut next: Vec<&str> = postgres::schema::MIGRATIONS.to_vec();
+    next.push("ALTER TABLE hookrelay_events ADD COLUMN later text;");
+    let upgraded = PostgresStore::connect_with(&url, &next, false).await.unwrap();
+    assert_eq!(upgraded.queue_depth().await.unwrap(), 1, "pending deliveries kept across a migration");
+    match PostgresStore::connect(&url).await {
+        Err(StoreError::SchemaTooNew { found, known }) => {
+            assert_eq!((found, known), (next.len() as i64, postgres::schema::MIGRATIONS.len() as i64))
+        }
+        other => panic!("expected SchemaTooNew, got {:?}", other.err()),
+    }
+}
+
+/// Two relays' stores claiming from one database at once: every delivery is handed out
+/// exactly once, and of an ordered key never two at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_never_share_a_claim() {
+    let Some(url) = postgres_cluster::fresh_database("postgres_replicas_never_share_a_claim").await else { return };
+    let stores: Vec<Arc<dyn Store>> =
+        vec![Arc::new(PostgresStore::connect(&url).await.unwrap()), Arc::new(PostgresStore::connect(&url).await.unwrap())];
+    let now = now_ms();
+    for n in 0..300 {
+        let event = event(&format!("e{n}"), "r", now);
+        let mut delivery = delivery(&format!("d{n:03}"), &event, "t", now);
+        delivery.ordered_key = (n % 3 == 0).then(|| format!("key-{}", n % 2));
+        stores[n % 2].accept(event, vec![delivery]).await.unwrap();
+    }
+    let in_flight: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+    let claimed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let workers: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            let (in_flight, claimed) = (in_flight.clone(), claimed.clone());
+            tokio::spawn(async move {
+                let mut idle = 0;
+                while idle < 5 {
+                    let batch = store.claim_due(now_ms(), 7, LEASE).await.unwrap();
+                    idle = if batch.is_empty() { idle + 1 } else { 0 };
+                    for delivery in &batch {
+                        claimed.lock().unwrap().push(delivery.id.clone());
+                        let number: usize = delivery.id[1..].parse().unwrap();
+                        if number % 3 == 0 {
+                            let key = format!("key-{}", number % 2);
+                            assert!(in_flight.lock().unwrap().insert(key.clone()), "two deliveries of {key} in flight");
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    for delivery in batch {
+                        let number: usize = delivery.id[1..].parse().unwrap();
+                        if number % 3 == 0 {
+                            in_flight.lock().unwrap().remove(&format!("key-{}", number % 2));
+                        }
+                        store.finish_attempt(&delivery.id, attempt(Some(200), true), AttemptOutcome::Succeeded, now_ms()).await.unwrap();
+                    }
+                    if idle > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let claimed = claimed.lock().unwrap().clone();
+    let unique: HashSet<&String> = claimed.iter().collect();
+    assert_eq!((claimed.len(), unique.len()), (300, 300), "each delivery claimed exactly once");
+    assert_eq!(stores[0].queue_depth().await.unwrap(), 0);
+}
+
+/// A relay whose clock is an hour ahead still schedules on the database's clock: what it
+/// accepts is due at once, and a retry in a minute is a minute from the database's now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schedules_on_the_database_clock() {
+    let Some(url) = postgres_cluster::fresh_database("postgres_schedules_on_the_database_clock").await else { return };
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let skewed = now_ms() + 3_600_000;
+    accept_one(&store, "e1", "r", skewed).await;
+    let claimed = store.claim_due(skewed, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e1"], "due at once although the relay's clock says in an hour");
+    store.finish_attempt("d-e1", attempt(Some(503), true), AttemptOutcome::RetryAt(skewed + 60_000), skewed).await.unwrap();
+    let due = status_of(&store, "d-e1").await.next_attempt_at.unwrap();
+    let from_real_now = due - now_ms();
+    assert!((55_000..=60_000).contains(&from_real_now), "due {from_real_now} ms from the real now");
+    assert!(store.claim_due(skewed + 120_000, 10, LEASE).await.unwrap().is_empty(), "the relay's clock cannot make it due early");
 }
