@@ -907,7 +907,7 @@ async fn postgres_replicas_never_share_a_claim() {
                     for delivery in &batch {
                         claimed.lock().unwrap().push(delivery.id.clone());
                         let number: usize = delivery.id[1..].parse().unwrap();
-                        if number % 3 == 0 {
+                        if number.is_multiple_of(3) {
                             let key = format!("key-{}", number % 2);
                             assert!(in_flight.lock().unwrap().insert(key.clone()), "two deliveries of {key} in flight");
                         }
@@ -915,7 +915,7 @@ async fn postgres_replicas_never_share_a_claim() {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     for delivery in batch {
                         let number: usize = delivery.id[1..].parse().unwrap();
-                        if number % 3 == 0 {
+                        if number.is_multiple_of(3) {
                             in_flight.lock().unwrap().remove(&format!("key-{}", number % 2));
                         }
                         store.finish_attempt(&delivery.id, attempt(Some(200), true), AttemptOutcome::Succeeded, now_ms()).await.unwrap();
