@@ -25,7 +25,9 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("data/hookrelay.db")).unwrap()
 }
 
+// Its private clusters serve the integration tests only.
 #[path = "../../tests/it/postgres_cluster.rs"]
+#[allow(dead_code)]
 mod postgres_cluster;
 
 /// A PostgreSQL store on a fresh database, its clock pinned to the times the test passes;

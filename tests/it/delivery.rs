@@ -182,7 +182,7 @@ async fn events_page_by_cursor_and_filter() {
 #[tokio::test]
 async fn acknowledged_events_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free_port = crate::support::binary::free_port;
     let (port, target_port) = (free_port(), free_port());
     let path = dir.path().join("hookrelay.yaml");
     std::fs::write(

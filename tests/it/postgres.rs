@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::postgres_cluster::fresh_database;
+use crate::postgres_cluster::{fresh_database, PrivateCluster};
 use crate::support::binary::{self, free_port};
 use crate::support::{reqwest_like::Client, Relay, TestSink};
 
@@ -188,4 +188,43 @@ async fn a_rate_limit_holds_across_relays() {
         assert!(within <= 10, "{within} deliveries in the second after {start:?}: {arrivals:?}");
     }
     assert!((80..=106).contains(&arrivals.len()), "{} deliveries in 20 s at 5/s shared by three relays", arrivals.len());
+}
+
+/// The database goes away under a running relay: new webhooks get 503 (nothing is
+/// acknowledged that is not committed), `/readyz` says why, the relay keeps running, and
+/// once the database is back everything works again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_answers_503_until_it_is_back() {
+    let Some(mut cluster) = PrivateCluster::start("losing") else { return };
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nstore: {{ url: '{}' }}\nroutes:\n  - name: hooks\n    match: {{ path: /hooks/a }}\n    forward:\n      - name: sink\n        url: {}/a\n",
+        cluster.url(),
+        sink.url()
+    ))
+    .await;
+    let before = relay.client.post_json(&relay.url("/hooks/a"), &[], r#"{"n":1}"#).await;
+    assert_eq!(before.status, 202, "{}", before.text());
+    sink.wait_for(1).await;
+
+    cluster.stop();
+    let refused = relay.client.post_json(&relay.url("/hooks/a"), &[], r#"{"n":2}"#).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "could not store the event");
+    let ready = relay.client.get(&relay.admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["error"], "not ready");
+
+    cluster.restart();
+    let after = eventually("webhooks are accepted again", Duration::from_secs(30), async || {
+        let reply = relay.client.post_json(&relay.url("/hooks/a"), &[], r#"{"n":3}"#).await;
+        (reply.status == 202).then_some(reply)
+    })
+    .await;
+    let id = after.json()["id"].as_str().unwrap().to_string();
+    let seen = sink.wait_for(2).await;
+    assert_eq!(seen[1].header("idempotency-key"), Some(format!("{id}.sink").as_str()));
+    assert_eq!(seen.len(), 2, "the refused webhook was never sent");
+    let ready = relay.client.get(&relay.admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
 }

@@ -36,13 +36,7 @@ pub async fn fresh_database(test: &str) -> Option<String> {
         Ok(cluster) => cluster,
         Err(reason) if required() => panic!("the PostgreSQL suite is required (HOOKRELAY_REQUIRE_POSTGRES) but cannot run: {reason}"),
         Err(reason) => {
-            // Written past the test harness's capture, so that it shows in a passing run.
-            if !SKIP_REPORTED.swap(true, Ordering::Relaxed) {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\n*** PostgreSQL suite SKIPPED ({test} and every other PostgreSQL test in this binary): {reason}; install Debian's postgresql package to run it ***\n"
-                );
-            }
+            report_skip(test, reason);
             return None;
         }
     };
@@ -67,6 +61,17 @@ pub async fn fresh_database(test: &str) -> Option<String> {
             }
             Err(error) => panic!("cannot create a test database on the test cluster: {error}"),
         }
+    }
+}
+
+/// Says once per test process, past the test harness's capture (so that it shows in a
+/// passing run), that the suite was skipped and why.
+fn report_skip(test: &str, reason: &str) {
+    if !SKIP_REPORTED.swap(true, Ordering::Relaxed) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** PostgreSQL suite SKIPPED ({test} and every other PostgreSQL test in this binary): {reason}; install Debian's postgresql package to run it ***\n"
+        );
     }
 }
 
@@ -128,65 +133,144 @@ fn remove_stale_folders(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else { return };
     for entry in entries.filter_map(|entry| entry.ok()) {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|name| name.strip_prefix("hookrelay-test-pg-")) else { continue };
+        let Some(pid) = name.to_str().and_then(|name| name.strip_prefix("hookrelay-test-pg-")).and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
         if !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
 
+/// A cluster's files and how to run its server.
+struct Server {
+    bin: PathBuf,
+    folder: PathBuf,
+    account: Option<(libc::uid_t, libc::gid_t)>,
+    port: u16,
+}
+
+impl Server {
+    /// A new cluster in a new folder under the temporary directory named by `tag`.
+    fn init(tag: &str) -> Result<Server, String> {
+        let bin = server_binaries()?;
+        let base = std::env::temp_dir();
+        remove_stale_folders(&base);
+        let folder = base.join(format!("hookrelay-test-pg-{}{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(&folder).map_err(|error| format!("{}: {error}", folder.display()))?;
+        let account = server_account();
+        if let Some((uid, gid)) = account {
+            std::os::unix::fs::chown(&folder, Some(uid), Some(gid)).map_err(|error| format!("chown {}: {error}", folder.display()))?;
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.args(["-D"]).arg(folder.join("data")).args(["-U", "hookrelay", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        initdb.current_dir(&folder).stdout(Stdio::piped()).stderr(Stdio::piped());
+        as_account(&mut initdb, account, false);
+        let output = initdb.output().map_err(|error| format!("initdb: {error}"))?;
+        if !output.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        let port =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|listener| listener.local_addr()).map_err(|e| e.to_string())?.port();
+        Ok(Server { bin, folder, account, port })
+    }
+
+    /// Starts the server and waits until it listens; returns its pid.
+    fn launch(&self) -> Result<u32, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.folder.join("server.log"))
+            .map_err(|error| format!("server.log: {error}"))?;
+        let mut server = Command::new(self.bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(self.folder.join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
+            .arg(format!("unix_socket_directories={}", self.folder.display()))
+            // A test cluster: speed over durability, room for several relays' pools.
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .current_dir(&self.folder)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        as_account(&mut server, self.account, true);
+        // The server is tied to this thread, which lives as long as the process.
+        let (started, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = server.spawn();
+            let _ = started.send(child.as_ref().map(|child| child.id()).map_err(|error| format!("postgres: {error}")));
+            loop {
+                std::thread::park();
+            }
+        });
+        let pid = outcome.recv().map_err(|error| error.to_string())??;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)), Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.folder.join("server.log")).unwrap_or_default();
+                return Err(format!("the test cluster did not start listening on port {}: {log}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(pid)
+    }
+}
+
 fn start() -> Result<Cluster, String> {
-    let bin = server_binaries()?;
-    let base = std::env::temp_dir();
-    remove_stale_folders(&base);
-    let folder = base.join(format!("hookrelay-test-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&folder);
-    std::fs::create_dir_all(&folder).map_err(|error| format!("{}: {error}", folder.display()))?;
-    let account = server_account();
-    if let Some((uid, gid)) = account {
-        std::os::unix::fs::chown(&folder, Some(uid), Some(gid)).map_err(|error| format!("chown {}: {error}", folder.display()))?;
-    }
-    let data = folder.join("data");
-    let mut initdb = Command::new(bin.join("initdb"));
-    initdb.args(["-D"]).arg(&data).args(["-U", "hookrelay", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-    initdb.current_dir(&folder).stdout(Stdio::piped()).stderr(Stdio::piped());
-    as_account(&mut initdb, account, false);
-    let output = initdb.output().map_err(|error| format!("initdb: {error}"))?;
-    if !output.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&output.stderr)));
-    }
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|listener| listener.local_addr()).map_err(|e| e.to_string())?.port();
-    let log = std::fs::File::create(folder.join("server.log")).map_err(|error| format!("server.log: {error}"))?;
-    let mut server = Command::new(bin.join("postgres"));
-    server
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
-        .arg(format!("unix_socket_directories={}", folder.display()))
-        // A test cluster: speed over durability, room for several relays' pools.
-        .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300"])
-        .current_dir(&folder)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    as_account(&mut server, account, true);
-    // The server is tied to this thread, which lives as long as the process.
-    let (started, outcome) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let child = server.spawn();
-        let _ = started.send(child.as_ref().map(|_| ()).map_err(|error| format!("postgres: {error}")));
-        loop {
-            std::thread::park();
+    let server = Server::init("")?;
+    server.launch()?;
+    Ok(Cluster { port: server.port })
+}
+
+/// A cluster of one test's own, which it may stop and start again (the shared one must
+/// stay up for the others). Stopped and removed when dropped.
+pub struct PrivateCluster {
+    server: Server,
+    pid: Option<u32>,
+}
+
+impl PrivateCluster {
+    /// None (after saying so) where PostgreSQL is not installed, as [`fresh_database`].
+    pub fn start(test: &str) -> Option<PrivateCluster> {
+        let started = Server::init(&format!("-{test}")).and_then(|server| Ok((server.launch()?, server)));
+        match started {
+            Ok((pid, server)) => Some(PrivateCluster { server, pid: Some(pid) }),
+            Err(reason) if required() => panic!("the PostgreSQL suite is required (HOOKRELAY_REQUIRE_POSTGRES) but cannot run: {reason}"),
+            Err(reason) => {
+                report_skip(test, &reason);
+                None
+            }
         }
-    });
-    outcome.recv().map_err(|error| error.to_string())??;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(folder.join("server.log")).unwrap_or_default();
-            return Err(format!("the test cluster did not start listening on port {port}: {log}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Cluster { port })
+
+    /// The URL of the cluster's own `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://hookrelay@127.0.0.1:{}/postgres?sslmode=disable", self.server.port)
+    }
+
+    /// A fast shutdown (clients disconnected), waiting until the server is gone.
+    pub fn stop(&mut self) {
+        let Some(pid) = self.pid.take() else { return };
+        // SAFETY: signalling a process of ours by pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.server.folder.join("data/postmaster.pid").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port and files.
+    pub fn restart(&mut self) {
+        self.pid = Some(self.server.launch().unwrap_or_else(|error| panic!("{error}")));
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.server.folder);
+    }
 }

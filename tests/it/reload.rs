@@ -133,7 +133,7 @@ async fn watcher_sees_a_configmap_symlink_swap() {
 async fn sighup_reloads_the_binary() {
     let sink = TestSink::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free_port = crate::support::binary::free_port;
     let (port, admin_port) = (free_port(), free_port());
     let config = |version: u32| {
         versioned(&sink, version).replace(

@@ -332,8 +332,16 @@ pub mod binary {
 
     use super::reqwest_like::Client;
 
+    /// A port free now, below the kernel's ephemeral range (32768 and up on Linux), where
+    /// neither outgoing connections nor other listeners on port 0 will take it before the
+    /// relay binds it.
     pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        loop {
+            let port = fastrand::u16(20_000..32_000);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
     }
 
     /// A running relay process. Its log (stderr) is read as it comes, so a chatty relay
@@ -423,7 +431,10 @@ pub mod binary {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while client.try_get(&format!("http://127.0.0.1:{port}/healthz")).await.is_none() {
             // Exited: another process may hold the port this test picked.
-            assert!(process.running(), "relay exited before answering on port {port}");
+            if !process.running() {
+                let logs = String::from_utf8_lossy(&process.logs.lock().unwrap()).into_owned();
+                panic!("relay exited before answering on port {port}: {logs}");
+            }
             assert!(tokio::time::Instant::now() < deadline, "relay did not start on port {port}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
