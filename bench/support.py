@@ -271,6 +271,7 @@ SCENARIOS = [
     ("passthrough", "hookrelay pass-through (no route → `upstream:`)"),
     ("sync", "hookrelay `respond: sync` (match + transform)"),
     ("async", "hookrelay `respond: async`, durable store (accepted)"),
+    ("async_pg", "hookrelay `respond: async` on PostgreSQL (accepted)"),
 ]
 
 # (key, what, limit, higher is better, format)
@@ -280,6 +281,7 @@ TARGETS = [
     ("sync_vs_node", "sync route req/s ÷ Node relay", 3.0, True, "{:.2f}×"),
     ("sync_cpu_vs_nginx", "sync route CPU µs/request ÷ nginx's", 2.0, False, "{:.2f}×"),
     ("async_vs_sync", "async accepted req/s ÷ sync route req/s", 0.8, True, "{:.2f}×"),
+    ("async_pg_vs_async", "async accepted req/s on PostgreSQL ÷ on SQLite", 0.5, True, "{:.2f}×"),
     ("match_render_1000_us", "match + render, 1,000 routes", 20.0, False, "{:.1f} µs"),
     ("p99_added_ms", "p99 added over nginx at half of nginx's rate", 1.0, False, "{:.2f} ms"),
     ("rss_mib", "peak RSS under load (hookrelay)", 32.0, False, "{:.1f} MiB"),
@@ -425,6 +427,7 @@ def report(work, out, meta_path):
         "sync_vs_nginx": ratio(rps["sync"], rps["nginx"]),
         "sync_vs_node": ratio(rps["sync"], rps["node"]),
         "async_vs_sync": ratio(rps["async"], rps["sync"]),
+        "async_pg_vs_async": ratio(rps["async_pg"], rps["async"]),
         "passthrough_cpu_vs_nginx": ratio(cpu["passthrough"], cpu["nginx"]),
         "sync_cpu_vs_nginx": ratio(cpu["sync"], cpu["nginx"]),
         "sync_cpu_vs_node": ratio(cpu["sync"], cpu["node"]),
