@@ -32,6 +32,8 @@ const LEASE_MS: i64 = 30_000;
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How often a relay on a shared store re-counts the queue, which other relays fill and drain.
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
+/// How long a relay on a shared store lets wake-ups gather before it claims.
+const SHARED_CLAIM_GATHER: Duration = Duration::from_millis(10);
 /// The longest pause between claims while the store fails.
 const LONGEST_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -215,7 +217,16 @@ impl Engine {
 
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = POLL;
+        // A claim on a shared store is a round trip to the database: once woken, let a few
+        // milliseconds of accepts and finished sends gather so that one claim serves them.
+        let gather = if self.store.shared() { SHARED_CLAIM_GATHER } else { Duration::ZERO };
         loop {
+            if !gather.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(gather) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
             let free = self.slots.available_permits();
             let mut claimed_all = false;
             if free > 0 {

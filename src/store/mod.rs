@@ -1,11 +1,13 @@
 //! The durable store: received events, the deliveries they fan out to, every attempt, and
-//! the routes created through the admin API. [`Store`] speaks in domain types so another
-//! backend (PostgreSQL) can sit behind it later; [`SqliteStore`] is the embedded default.
+//! the routes created through the admin API. [`Store`] speaks in domain types; two
+//! backends sit behind it, [`SqliteStore`] (the embedded default, one relay) and
+//! [`PostgresStore`] (shared by several relays, which also keeps their rate limits).
 //!
 //! The store owns persistence and the delivery state machine — `pending` → `in_flight` →
 //! `succeeded` | `failed`, with leases for crash recovery and one-at-a-time ordering per
-//! `ordered_key`. It must not read the clock (every time is passed in, as milliseconds since
-//! the Unix epoch), decide retry schedules (the caller says when to retry), or redact: a
+//! `ordered_key`. The caller passes every time in (milliseconds since the Unix epoch); a
+//! shared store maps them onto the database's clock. It must not decide retry schedules
+//! (the caller says when to retry) or redact: a
 //! stored request is the rendered one (configured credentials and signatures are added
 //! only when it is sent, but the URL may carry tokens), so the admin layer redacts views
 //! before showing them. Attempt records arrive already redacted.

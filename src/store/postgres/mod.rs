@@ -12,28 +12,28 @@
 //! claims; a claim is a lease that any replica may take over once it has run out. Accepts
 //! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once.
 
+mod batch;
+mod connect;
 mod limits;
 mod listen;
 mod rows;
 pub(in crate::store) mod schema;
 mod writes;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{broadcast, watch};
 
+use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
-use self::writes::{insert_attempt, insert_delivery, insert_event, StoredForm};
+use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, StoredForm};
 use super::record::{with_repeated_errors, Finished};
 use super::{
-    AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
+    AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
+    NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
 };
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
@@ -50,6 +50,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Notices a slow subscriber may fall behind by before it is told it lagged (and then
 /// re-reads everything, as for any notice).
 const NOTICE_BACKLOG: usize = 64;
+/// How often a relay looks for claims whose lease ran out.
+const EXPIRED_LEASES_EVERY_MS: i64 = 1000;
 /// Events deleted per transaction by `prune`.
 const PRUNE_CHUNK: i64 = 1000;
 
@@ -63,53 +65,18 @@ use db_now;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// The accepts' own sessions (see [`batch`]).
+    accepts: Pool,
+    /// Accepts without a dedupe window, committed in groups.
+    batcher: batch::Batcher,
     notices: broadcast::Sender<StoreNotice>,
     /// Stops the notification listener.
     stop: watch::Sender<bool>,
     /// Tests pin time to the `now` they pass; a relay always runs on the database's clock.
     caller_clock: bool,
     closed: AtomicBool,
-}
-
-/// Where and how to reach the database: the URL's own parameters, with `sslmode=verify-ca`
-/// and `verify-full` read as `require` (the TLS client always verifies the certificate
-/// and the host name) and `sslrootcert=FILE` added to the trusted roots.
-struct Connection {
-    config: tokio_postgres::Config,
-    extra_roots: Vec<CertificateDer<'static>>,
-}
-
-fn parse_url(url: &str) -> Result<Connection, StoreError> {
-    let invalid = |detail: String| StoreError::InvalidInput(detail);
-    let mut parsed = url::Url::parse(url).map_err(|error| invalid(error.to_string()))?;
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(invalid(format!("scheme {:?} is not postgres://", parsed.scheme())));
-    }
-    let mut extra_roots = Vec::new();
-    let mut kept: Vec<(String, String)> = Vec::new();
-    for (key, value) in parsed.query_pairs() {
-        match (key.as_ref(), value.as_ref()) {
-            ("sslmode", "verify-ca" | "verify-full") => kept.push(("sslmode".into(), "require".into())),
-            ("sslmode", mode) if !matches!(mode, "disable" | "prefer" | "require") => {
-                return Err(invalid(format!("sslmode {mode:?} is not disable, prefer, require, verify-ca or verify-full")));
-            }
-            ("sslrootcert", file) => {
-                let path = PathBuf::from(file);
-                let certs = CertificateDer::pem_file_iter(&path)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|error| invalid(format!("sslrootcert {}: {error}", path.display())))?;
-                extra_roots.extend(certs);
-            }
-            (key, value) => kept.push((key.to_owned(), value.to_owned())),
-        }
-    }
-    if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    let config = parsed.as_str().parse::<tokio_postgres::Config>().map_err(|error| invalid(error.to_string()))?;
-    Ok(Connection { config, extra_roots })
+    /// When (the relay's ms) this relay last looked for expired leases.
+    leases_checked_at: AtomicI64,
 }
 
 impl PostgresStore {
@@ -132,18 +99,30 @@ impl PostgresStore {
         config.application_name("hookrelay");
         let tls = crate::tls::client_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
-        let manager = Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|error| StoreError::InvalidInput(error.to_string()))?;
+        // Accepts are a promise: their sessions commit synchronously, whatever the server's default.
+        let base_options = config.get_options().unwrap_or_default().to_owned();
+        let mut durable_config = config.clone();
+        durable_config.options(format!("{base_options} -c synchronous_commit=on").trim());
+        let accepts = pool_of(durable_config, tls.clone(), batch::WRITERS)?;
+        // Only what the relay promises must wait for the WAL to reach the disk: hand retries
+        // and API routes say so per transaction (`durable`). Claims, leases, attempt records
+        // and rate-limit state lost with the server mean a delivery is sent once more, never
+        // that an acknowledged event is lost.
+        config.options(format!("{base_options} -c synchronous_commit=off").trim());
+        let pool = pool_of(config.clone(), tls.clone(), POOL_SIZE)?;
         let (notices, _) = broadcast::channel(NOTICE_BACKLOG);
         let (stop, stopped) = watch::channel(false);
-        let store = PostgresStore { pool, notices, stop, caller_clock, closed: AtomicBool::new(false) };
+        let batcher = batch::Batcher::start(accepts.clone(), caller_clock);
+        let store = PostgresStore {
+            pool,
+            accepts,
+            batcher,
+            notices,
+            stop,
+            caller_clock,
+            closed: AtomicBool::new(false),
+            leases_checked_at: AtomicI64::new(0),
+        };
         let mut client = store.client().await?;
         schema::migrate(&mut client, migrations).await?;
         drop(client);
@@ -162,6 +141,12 @@ impl PostgresStore {
     fn pinned(&self, now: i64) -> Option<i64> {
         self.caller_clock.then_some(now)
     }
+}
+
+/// Makes the transaction's commit wait for the disk (the pool's sessions do not by default).
+async fn durable(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute("SET LOCAL synchronous_commit = on").await?;
+    Ok(())
 }
 
 /// Runs `op` in a transaction and commits it.
@@ -191,9 +176,16 @@ impl Store for PostgresStore {
         if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
             return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
         }
+        if dedupe_since.is_none() || event.delivery_id.is_none() {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(StoreError::Closed);
+            }
+            return self.batcher.accept(event, deliveries).await.map(|()| AcceptOutcome::Accepted);
+        }
         let now = self.pinned(event.received_at);
         in_transaction!(self, |tx| {
             async {
+                durable(&tx).await?;
                 if let (Some(since), Some(delivery_id)) = (dedupe_since, &event.delivery_id) {
                     // One accept at a time per (route, delivery id), on every replica, so of
                     // concurrent duplicates exactly one gets in.
@@ -234,8 +226,15 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let pinned = self.pinned(now);
         let mut claimed = Vec::new();
-        // Expired leases first: their worker died and they have waited longest.
-        for (statement, recovering) in [(CLAIM_EXPIRED, true), (CLAIM_DUE, false)] {
+        // Expired leases first: their worker died and they have waited longest. Leases run
+        // for seconds, so looking for them once a second is soon enough.
+        let last = self.leases_checked_at.load(Ordering::Relaxed);
+        let look_for_expired = self.caller_clock || now.saturating_sub(last) >= EXPIRED_LEASES_EVERY_MS;
+        if look_for_expired {
+            self.leases_checked_at.store(now, Ordering::Relaxed);
+        }
+        let statements = [(CLAIM_EXPIRED, true), (CLAIM_DUE, false)];
+        for (statement, recovering) in statements.into_iter().filter(|(_, recovering)| look_for_expired || !recovering) {
             let wanted = i64::try_from(limit - claimed.len()).unwrap_or(i64::MAX);
             if wanted == 0 {
                 break;
@@ -255,56 +254,12 @@ impl Store for PostgresStore {
     }
 
     async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
-        let pinned = self.pinned(now);
-        in_transaction!(self, |tx| {
-            async {
-                let row = tx
-                    .query_opt(
-                        concat!(
-                            "SELECT d.seq, d.status, d.req_url, d.req_headers, ",
-                            delivery_body!(),
-                            " FROM hookrelay_deliveries d WHERE d.id = $1 FOR UPDATE"
-                        ),
-                        &[&delivery_id],
-                    )
-                    .await?;
-                let Some(row) = row else { return Err(StoreError::NotFound) };
-                let seq: i64 = row.try_get(0)?;
-                let status = status_of(&row, 1)?;
-                if status != DeliveryStatus::InFlight {
-                    return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")));
-                }
-                let stored = StoredForm { url: row.try_get(2)?, headers: row.try_get(3)?, body: row.try_get(4)? };
-                let number: i32 = tx
-                    .query_one("SELECT COALESCE(MAX(number), 0) + 1 FROM hookrelay_attempts WHERE delivery_seq = $1", &[&seq])
-                    .await?
-                    .try_get(0)?;
-                insert_attempt(&tx, seq, number, &attempt, &stored, &outcome).await?;
-                let finished = Finished::of(&attempt, &outcome);
-                let delay = finished.next_attempt_at.map(|at| at.saturating_sub(now));
-                tx.execute(
-                    concat!(
-                        "UPDATE hookrelay_deliveries SET status = $2, next_attempt_at = ",
-                        db_now!(3),
-                        " + $4, lease_until = NULL, attempts = attempts + $5, updated_at = $6, last_status = $7, last_error = $8
-                         WHERE seq = $1"
-                    ),
-                    &[
-                        &seq,
-                        &finished.status.as_str(),
-                        &pinned,
-                        &delay,
-                        &i32::from(attempt.counted),
-                        &now,
-                        &attempt.status.map(i32::from),
-                        &finished.last_error,
-                    ],
-                )
-                .await?;
-                Ok(())
-            }
-            .await
-        })
+        let client = self.client().await?;
+        if finish_in_flight(&client, delivery_id, &attempt, &outcome, now, self.pinned(now)).await? {
+            return Ok(());
+        }
+        let status = current_status(&client, delivery_id).await?;
+        Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")))
     }
 
     async fn release(&self, delivery_id: &str, next_attempt_at: i64, now: i64) -> Result<(), StoreError> {
@@ -367,7 +322,7 @@ impl Store for PostgresStore {
                 let (seq, headers) = insert_delivery(&tx, &delivery, event_body, now, pinned, Some((&attempt, &finished))).await?;
                 let request = &delivery.request;
                 let stored = StoredForm { url: request.url.clone(), headers, body: request.body.to_vec() };
-                insert_attempt(&tx, seq, 1, &attempt, &stored, &outcome).await
+                insert_attempt(&tx, seq, 1, &attempt, &stored, &outcome, None).await
             }
             .await
         })
@@ -383,6 +338,7 @@ impl Store for PostgresStore {
         let pinned = self.pinned(now);
         in_transaction!(self, |tx| {
             async {
+                durable(&tx).await?;
                 let changed = tx
                     .execute(
                         concat!(
@@ -492,6 +448,7 @@ impl Store for PostgresStore {
     async fn insert_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError> {
         in_transaction!(self, |tx| {
             async {
+                durable(&tx).await?;
                 let inserted = tx
                     .execute(
                         "INSERT INTO hookrelay_routes (name, definition, created_at, updated_at) VALUES ($1, $2, $3, $3)
@@ -512,6 +469,7 @@ impl Store for PostgresStore {
     async fn update_route(&self, name: &str, definition: serde_json::Value, now: i64) -> Result<StoredRoute, StoreError> {
         in_transaction!(self, |tx| {
             async {
+                durable(&tx).await?;
                 tx.execute(
                     "UPDATE hookrelay_routes SET definition = $2, updated_at = $3 WHERE name = $1",
                     &[&name, &definition.to_string(), &now],
@@ -528,6 +486,7 @@ impl Store for PostgresStore {
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
         in_transaction!(self, |tx| {
             async {
+                durable(&tx).await?;
                 let deleted = tx.execute("DELETE FROM hookrelay_routes WHERE name = $1", &[&name]).await? > 0;
                 if deleted {
                     tx.execute("SELECT pg_notify($1, $2)", &[&ROUTES_CHANNEL, &name]).await?;
@@ -565,6 +524,7 @@ impl Store for PostgresStore {
         self.closed.store(true, Ordering::Release);
         let _ = self.stop.send(true);
         self.pool.close();
+        self.accepts.close();
         Ok(())
     }
 }
@@ -590,31 +550,3 @@ const CLAIM_DUE: &str = concat!(
     " + $3, updated_at = $4 FROM due WHERE d.seq = due.seq RETURNING ",
     claim_columns!()
 );
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn verify_modes_become_require_and_other_parameters_stay() {
-        let parsed = parse_url("postgres://relay:secret@db.internal:6543/hooks?sslmode=verify-full&application_name=x").unwrap();
-        assert_eq!(parsed.config.get_hosts().len(), 1);
-        assert_eq!(parsed.config.get_ports(), &[6543]);
-        assert_eq!(parsed.config.get_user(), Some("relay"));
-        assert_eq!(parsed.config.get_dbname(), Some("hooks"));
-        assert_eq!(parsed.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        assert!(parsed.extra_roots.is_empty());
-    }
-
-    #[test]
-    fn bad_urls_are_refused_with_the_reason() {
-        for (url, expected) in [
-            ("mysql://x@y/z", "is not postgres://"),
-            ("postgres://x@y/z?sslmode=sometimes", "sslmode"),
-            ("postgres://x@y/z?sslrootcert=/nonexistent/ca.pem", "sslrootcert /nonexistent/ca.pem"),
-        ] {
-            let error = parse_url(url).err().unwrap().to_string();
-            assert!(error.contains(expected), "{url}: {error}");
-        }
-    }
-}

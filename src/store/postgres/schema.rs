@@ -21,8 +21,10 @@ pub(in crate::store) const MIGRATIONS: &[&str] = &[V1];
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
 
 const V1: &str = "
-CREATE FUNCTION hookrelay_now_ms() RETURNS bigint LANGUAGE sql VOLATILE
-    AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+-- The statement's start on the database's clock: STABLE, so that claims compare it with
+-- the due index (a volatile clock would make every claim scan the whole queue).
+CREATE FUNCTION hookrelay_now_ms() RETURNS bigint LANGUAGE sql STABLE
+    AS $$ SELECT (extract(epoch FROM statement_timestamp()) * 1000)::bigint $$;
 
 CREATE TABLE hookrelay_events (
     seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

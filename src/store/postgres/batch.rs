@@ -1,0 +1,177 @@
+//! Group commit of accepts on PostgreSQL: accepts that arrive while the writers are busy
+//! wait for the next batch, which stores all of them with one statement (a multi-row
+//! insert per table). One round trip and one WAL flush then serve dozens of webhooks. A batch that fails (a repeated id, say) is written again one accept at a
+//! time, so only the accept at fault fails.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::store::record::headers_json;
+use crate::store::{NewDelivery, NewEvent, StoreError};
+
+/// The most accepts one transaction takes.
+const MAX_BATCH: usize = 256;
+/// Accepts waiting beyond this make callers wait (asynchronously) to queue theirs.
+const QUEUE_CAPACITY: usize = 4096;
+/// Batches committing at once: the next batch forms while these wait on the server.
+pub(super) const WRITERS: usize = 2;
+
+struct Pending {
+    event: NewEvent,
+    deliveries: Vec<NewDelivery>,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(super) struct Batcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// Starts the writer on `pool`, whose sessions must commit synchronously (an accept is
+    /// a promise); with `pinned`, each event's `received_at` is its "now" (tests).
+    pub(super) fn start(pool: Pool, pinned: bool) -> Batcher {
+        let (queue, pending) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_batches(pool, pinned, pending));
+        Batcher { queue }
+    }
+
+    /// Commits the event and its deliveries (in some batch) and says how that went.
+    pub(super) async fn accept(&self, event: NewEvent, deliveries: Vec<NewDelivery>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Pending { event, deliveries, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn write_batches(pool: Pool, pinned: bool, mut pending: mpsc::Receiver<Pending>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    loop {
+        // Wait for a free writer first: accepts arriving meanwhile join the next batch.
+        let Ok(writer) = writers.clone().acquire_owned().await else { return };
+        let Some(first) = pending.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            commit(&pool, batch, pinned).await;
+            drop(writer);
+        });
+    }
+}
+
+/// Writes one batch and answers its accepts.
+async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
+    match write(pool, &batch, pinned).await {
+        Ok(()) => batch.into_iter().for_each(|accept| {
+            let _ = accept.reply.send(Ok(()));
+        }),
+        Err(_) if batch.len() > 1 => {
+            for accept in batch {
+                let alone = write(pool, std::slice::from_ref(&accept), pinned).await;
+                let _ = accept.reply.send(alone);
+            }
+        }
+        Err(error) => batch.into_iter().for_each(|accept| {
+            let _ = accept.reply.send(Err(error.clone()));
+        }),
+    }
+}
+
+/// The events, their deliveries and the wake-up for idle relays, in one statement (so one
+/// round trip and one commit, atomic without a transaction). `now` is NULL (the
+/// database's clock) unless pinned.
+const INSERT_BATCH: &str = "WITH events AS (
+         INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body)
+         SELECT u.id, u.received_at, COALESCE(u.now, hookrelay_now_ms()), u.route, u.event, u.delivery_id, u.method, u.path,
+                u.headers, u.body
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::bytea[])
+              AS u(id, received_at, now, route, event, delivery_id, method, path, headers, body)
+     ), deliveries AS (
+         INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
+             req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at)
+         SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event, 'pending', 0,
+                COALESCE(u.now, hookrelay_now_ms()) + u.delay, u.ordered_key, u.guarded, u.created_at, u.created_at
+         FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[],
+                     $19::boolean[], $20::bigint[], $21::bigint[], $22::text[], $23::boolean[], $24::bigint[])
+              AS u(id, event_id, route, target, method, url, headers, body, from_event, now, delay, ordered_key, guarded, created_at)
+         RETURNING 1
+     )
+     SELECT pg_notify($25, '') WHERE EXISTS (SELECT 1 FROM deliveries)";
+
+/// Writes `batch` in one statement, on a session that waits for the disk.
+async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), StoreError> {
+    let stray = batch.iter().flat_map(|p| p.deliveries.iter().map(move |d| (d, &p.event))).find(|(d, e)| d.event_id != e.id);
+    if let Some((delivery, event)) = stray {
+        return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", delivery.id, delivery.event_id, event.id)));
+    }
+    let events: Vec<&NewEvent> = batch.iter().map(|p| &p.event).collect();
+    let event_headers = events.iter().map(|e| headers_json(&e.headers)).collect::<Result<Vec<_>, _>>()?;
+    let deliveries: Vec<(&NewDelivery, &NewEvent)> = batch.iter().flat_map(|p| p.deliveries.iter().map(move |d| (d, &p.event))).collect();
+    let delivery_headers = deliveries.iter().map(|(d, _)| headers_json(&d.request.headers)).collect::<Result<Vec<_>, _>>()?;
+    let from_event: Vec<bool> = deliveries.iter().map(|(d, e)| !d.request.body.is_empty() && d.request.body == e.body).collect();
+    let client = pool.get().await.map_err(|error| StoreError::Unavailable(error.to_string()))?;
+    let statement = client.prepare_cached(INSERT_BATCH).await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.received_at).collect::<Vec<_>>(),
+                &events.iter().map(|e| pinned.then_some(e.received_at)).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.route.as_str()).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.event.as_deref()).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.delivery_id.as_deref()).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.method.as_str()).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+                &event_headers,
+                &events.iter().map(|e| &e.body[..]).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.id.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.event_id.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.route.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.target.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.request.method.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.request.url.as_str()).collect::<Vec<_>>(),
+                &delivery_headers,
+                &deliveries
+                    .iter()
+                    .zip(&from_event)
+                    .map(|((d, _), from_event)| if *from_event { &[][..] } else { &d.request.body[..] })
+                    .collect::<Vec<_>>(),
+                &from_event,
+                &deliveries.iter().map(|(_, e)| pinned.then_some(e.received_at)).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, e)| d.next_attempt_at.saturating_sub(e.received_at)).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.ordered_key.as_deref()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.guarded).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(_, e)| e.received_at).collect::<Vec<_>>(),
+                &super::DUE_CHANNEL,
+            ],
+        )
+        .await
+        .map_err(|error| conflict(error, batch))?;
+    Ok(())
+}
+
+/// A repeated id, said in terms of the accept when the batch is one accept.
+fn conflict(error: tokio_postgres::Error, batch: &[Pending]) -> StoreError {
+    let Some(constraint) = error
+        .as_db_error()
+        .filter(|db| db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        .and_then(|db| db.constraint().map(str::to_owned))
+    else {
+        return error.into();
+    };
+    let what = match batch {
+        [one] if constraint.contains("deliveries") => format!("a delivery of event {} already exists", one.event.id),
+        [one] => format!("event {} already exists", one.event.id),
+        _ => format!("a repeated id ({constraint})"),
+    };
+    StoreError::Conflict(what)
+}
