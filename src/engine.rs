@@ -271,21 +271,28 @@ impl Engine {
         }
     }
 
-    /// Runs `sending` while renewing the claim on `delivery_id`, so that a slow receiver
-    /// (up to the target's timeout, however long) never lets the lease run out under it.
-    async fn renewing_lease<T>(&self, delivery_id: &str, sending: impl std::future::Future<Output = T>) -> T {
-        tokio::pin!(sending);
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
-        loop {
-            tokio::select! {
-                done = &mut sending => return done,
-                _ = renew.tick() => {
-                    if let Err(err) = self.store.renew_lease(delivery_id, LEASE_MS, self.clock.now_ms()).await {
-                        tracing::warn!(delivery = %delivery_id, error = %err, "could not renew the claim; another worker may send it too");
+    /// Runs `sending` while a task of its own renews the claim (without holding the send
+    /// up while the store answers), so that a slow receiver (up to the target's timeout,
+    /// however long) never lets the lease run out under it.
+    async fn renewing_lease<T>(&self, delivery: &ClaimedDelivery, sending: impl std::future::Future<Output = T>) -> T {
+        let (store, clock, id, claim) = (self.store.clone(), self.clock, delivery.id.clone(), delivery.claim);
+        let renewal = tokio::spawn(async move {
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+            loop {
+                renew.tick().await;
+                match store.renew_lease(&id, claim, LEASE_MS, clock.now_ms()).await {
+                    Ok(()) => {}
+                    Err(err @ (StoreError::Conflict(_) | StoreError::NotFound)) => {
+                        tracing::warn!(delivery = %id, error = %err, "the claim was lost while sending; another worker may send it too");
+                        return;
                     }
+                    Err(err) => tracing::warn!(delivery = %id, error = %err, "could not renew the claim"),
                 }
             }
-        }
+        });
+        let done = sending.await;
+        renewal.abort();
+        done
     }
 
     /// One claimed delivery: permit, send, record, schedule.
@@ -297,7 +304,7 @@ impl Engine {
             // Never hold a claim while waiting: hand it back, due when the permit will be.
             if let Err(Throttled(wait)) = self.limiters.acquire(&limit.key, limit.spec, Some(Duration::ZERO)).await {
                 let due = self.clock.now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-                if let Err(err) = self.store.release(&delivery.id, due, self.clock.now_ms()).await {
+                if let Err(err) = self.store.release(&delivery.id, delivery.claim, due, self.clock.now_ms()).await {
                     tracing::warn!(delivery = %delivery.id, error = %err, "could not hand a throttled delivery back");
                 }
                 return;
@@ -316,7 +323,7 @@ impl Engine {
             timeout: settings.timeout,
             max_answer: MAX_RECORDED_ANSWER,
         };
-        let tried = self.renewing_lease(&delivery.id, send.attempt(outgoing(&delivery, target), started_at)).await;
+        let tried = self.renewing_lease(&delivery, send.attempt(outgoing(&delivery, target), started_at)).await;
         let result = &tried.answer;
         let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
@@ -337,7 +344,7 @@ impl Engine {
         }
         let finished = !matches!(decision.outcome, AttemptOutcome::RetryAt(_));
         let record = AttemptRecord { counted: decision.counted, ..tried.record };
-        match self.store.finish_attempt(&delivery.id, record, decision.outcome, self.clock.now_ms()).await {
+        match self.store.finish_attempt(&delivery.id, delivery.claim, record, decision.outcome, self.clock.now_ms()).await {
             Ok(()) if finished => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
                 self.publish_depth();

@@ -144,6 +144,9 @@ pub struct ClaimedDelivery {
     pub created_at: i64,
     /// See [`NewDelivery::guarded`]; `None` for deliveries stored before it was recorded.
     pub guarded: Option<bool>,
+    /// This claim's token. Finishing, releasing or renewing the claim names it, so that a
+    /// worker whose lease ran out (and was taken over) cannot touch the new claim.
+    pub claim: i64,
 }
 
 /// What happened on one try. Headers are expected to be redacted already.
@@ -370,16 +373,29 @@ pub trait Store: Send + Sync {
 
     /// Records an attempt on a claimed delivery and applies the outcome. Bodies are cut to
     /// [`MAX_STORED_BODY`], the answer of an attempt to be retried to [`MAX_EARLIER_ANSWER`];
-    /// a request the same as the delivery's is not stored again. NotFound if missing, Conflict if the delivery is not in flight.
-    async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError>;
+    /// a request the same as the delivery's is not stored again. NotFound if missing,
+    /// Conflict if the delivery is not in flight under `claim`.
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        claim: i64,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: i64,
+    ) -> Result<(), StoreError>;
 
     /// Hands a claim back untouched (shutdown, rate-limit wait): pending again, due at
-    /// `next_attempt_at`, no attempt recorded. NotFound if missing, Conflict if not in flight.
-    async fn release(&self, delivery_id: &str, next_attempt_at: i64, now: i64) -> Result<(), StoreError>;
+    /// `next_attempt_at`, no attempt recorded. NotFound if missing, Conflict if not in
+    /// flight under `claim`.
+    async fn release(&self, delivery_id: &str, claim: i64, next_attempt_at: i64, now: i64) -> Result<(), StoreError>;
 
     /// Extends the lease of a claim still on the wire to `now + lease_ms`, so that no other
-    /// worker takes it over. NotFound if missing, Conflict if not in flight.
-    async fn renew_lease(&self, delivery_id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError>;
+    /// worker takes it over. NotFound if missing, Conflict if not in flight under `claim`.
+    async fn renew_lease(&self, delivery_id: &str, claim: i64, lease_ms: i64, now: i64) -> Result<(), StoreError>;
+
+    /// The token of the delivery's current claim (tests finish claims they did not keep).
+    #[cfg(test)]
+    async fn current_claim(&self, delivery_id: &str) -> Result<Option<i64>, StoreError>;
 
     /// Adds a delivery that already happened (a sync route's answered request) or never can
     /// (a render error) with its one attempt, so the log is complete: to `event`, stored in
@@ -462,6 +478,19 @@ pub trait Store: Send + Sync {
 
     /// Finishes queued writes and stops; every call after it answers `Closed`.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// A new claim token: random, so that tokens of different relays never collide.
+pub(crate) fn new_claim_token() -> i64 {
+    fastrand::i64(1..)
+}
+
+/// The Conflict a stale claim gets.
+pub(crate) fn not_claimed(delivery_id: &str, status: DeliveryStatus) -> StoreError {
+    match status {
+        DeliveryStatus::InFlight => StoreError::Conflict(format!("delivery {delivery_id} was claimed again by another worker")),
+        other => StoreError::Conflict(format!("delivery {delivery_id} is {other}, not in flight")),
+    }
 }
 
 /// Clamps a requested page size into `1..=MAX_PAGE`.

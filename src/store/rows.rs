@@ -140,6 +140,8 @@ pub(super) fn claimed_delivery(row: &Row<'_>) -> rusqlite::Result<(i64, ClaimedD
         attempts: row.get("attempts")?,
         created_at: row.get("created_at")?,
         guarded: row.get("guarded")?,
+        // Set by the claim that hands it out.
+        claim: 0,
     };
     Ok((row.get("seq")?, delivery))
 }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -119,6 +119,10 @@ ALTER TABLE attempts_v3 RENAME TO attempts;
 DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, seq) WHERE next_attempt_at IS NOT NULL;
 ";
+
+// Each claim carries a token that finishing, releasing or renewing it must name, so that a
+// worker whose lease was taken over cannot touch the new claim.
+const V4: &str = "ALTER TABLE deliveries ADD COLUMN claim_token INTEGER;";
 
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once

@@ -20,6 +20,7 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
+use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
     EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
@@ -172,43 +173,55 @@ impl Store for SqliteStore {
         self.writer.write_unsynced(move |conn| claim_due(conn, now, limit, lease_ms)).await
     }
 
-    async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        claim: i64,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let id = delivery_id.to_owned();
         // Unsynced: an attempt's record lost with the machine means the delivery is sent
         // again (at least once), never that it is lost.
-        self.writer.write_unsynced(move |conn| finish_attempt(conn, &id, &attempt, &outcome, now)).await
+        self.writer.write_unsynced(move |conn| finish_attempt(conn, &id, claim, &attempt, &outcome, now)).await
     }
 
-    async fn release(&self, delivery_id: &str, next_attempt_at: i64, _now: i64) -> Result<(), StoreError> {
+    async fn release(&self, delivery_id: &str, claim: i64, next_attempt_at: i64, _now: i64) -> Result<(), StoreError> {
         let id = delivery_id.to_owned();
         // Unsynced, as the claim it hands back.
         self.writer
             .write_unsynced(move |conn| {
-                let (seq, status) = delivery_state(conn, &id)?;
-                if status != DeliveryStatus::InFlight {
-                    return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
-                }
-                conn.prepare_cached("UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE seq = ?2")?
-                    .execute(params![next_attempt_at, seq])?;
+                let seq = claimed_seq(conn, &id, claim)?;
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL WHERE seq = ?2",
+                )?
+                .execute(params![next_attempt_at, seq])?;
                 Ok(())
             })
             .await
     }
 
-    async fn renew_lease(&self, delivery_id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError> {
+    async fn renew_lease(&self, delivery_id: &str, claim: i64, lease_ms: i64, now: i64) -> Result<(), StoreError> {
         let id = delivery_id.to_owned();
         // Unsynced: a lease lost with the machine means nothing, every claim is handed back at startup.
         self.writer
             .write_unsynced(move |conn| {
-                let (seq, status) = delivery_state(conn, &id)?;
-                if status != DeliveryStatus::InFlight {
-                    return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
-                }
+                let seq = claimed_seq(conn, &id, claim)?;
                 conn.prepare_cached("UPDATE deliveries SET lease_until = ?1 WHERE seq = ?2")?
                     .execute(params![now.saturating_add(lease_ms), seq])?;
                 Ok(())
             })
             .await
+    }
+
+    #[cfg(test)]
+    async fn current_claim(&self, delivery_id: &str) -> Result<Option<i64>, StoreError> {
+        let id = delivery_id.to_owned();
+        self.read(move |conn| {
+            Ok(conn.query_row("SELECT claim_token FROM deliveries WHERE id = ?1", [&id], |row| row.get(0)).optional()?.flatten())
+        })
+        .await
     }
 
     async fn record_finished(
@@ -247,7 +260,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 let changed = conn.execute(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL WHERE status = 'in_flight'",
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL WHERE status = 'in_flight'",
                     params![now],
                 )?;
                 Ok(changed as u64)
@@ -264,7 +277,7 @@ impl Store for SqliteStore {
                     return Err(StoreError::Conflict(format!("delivery {id} is {status}")));
                 }
                 conn.execute(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, updated_at = ?1 WHERE seq = ?2",
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL, updated_at = ?1 WHERE seq = ?2",
                     params![now, seq],
                 )?;
                 delivery_by_id(conn, &id)?.map(|(_, view)| view).ok_or(StoreError::NotFound)
@@ -507,6 +520,7 @@ fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result
     );
     let due = format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 {CLAIMABLE}");
     let lease_until = now.saturating_add(lease_ms);
+    let token = new_claim_token();
     let mut claimed = Vec::new();
     for (sql, recovering) in [(expired, true), (due, false)] {
         let wanted = i64::try_from(limit - claimed.len()).unwrap_or(i64::MAX);
@@ -516,42 +530,39 @@ fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result
         let rows: Vec<(i64, ClaimedDelivery)> =
             conn.prepare_cached(&sql)?.query_map(params![now, wanted], claimed_delivery)?.collect::<Result<_, _>>()?;
         // Updated after each query, so the second sees the first's leases.
-        let mut lease =
-            conn.prepare_cached("UPDATE deliveries SET status = 'in_flight', lease_until = ?1, updated_at = ?2 WHERE seq = ?3")?;
+        let mut lease = conn.prepare_cached(
+            "UPDATE deliveries SET status = 'in_flight', lease_until = ?1, updated_at = ?2, claim_token = ?3 WHERE seq = ?4",
+        )?;
         for (seq, delivery) in rows {
             if recovering {
                 tracing::warn!(delivery = %delivery.id, "delivery lease expired, handing it out again");
             }
-            lease.execute(params![lease_until, now, seq])?;
-            claimed.push(delivery);
+            lease.execute(params![lease_until, now, token, seq])?;
+            claimed.push(ClaimedDelivery { claim: token, ..delivery });
         }
     }
     Ok(claimed)
 }
 
-fn finish_attempt(conn: &Connection, id: &str, attempt: &AttemptRecord, outcome: &AttemptOutcome, now: i64) -> Result<(), StoreError> {
-    let found = conn
-        .prepare_cached(concat!(
-            "SELECT d.seq, d.status, d.req_url, d.req_headers, ",
-            delivery_body!(),
-            " FROM deliveries d WHERE d.id = ?1"
-        ))?
-        .query_row([id], |row| {
-            let status: DeliveryStatus = row.get(1)?;
-            Ok((row.get::<_, i64>(0)?, status, row.get::<_, String>(2)?, row.get::<_, String>(3)?, row.get::<_, Vec<u8>>(4)?))
-        })
-        .optional()?;
-    let Some((seq, status, url, headers, body)) = found else { return Err(StoreError::NotFound) };
-    if status != DeliveryStatus::InFlight {
-        return Err(StoreError::Conflict(format!("delivery {id} is {status}, not in flight")));
-    }
+fn finish_attempt(
+    conn: &Connection,
+    id: &str,
+    claim: i64,
+    attempt: &AttemptRecord,
+    outcome: &AttemptOutcome,
+    now: i64,
+) -> Result<(), StoreError> {
+    let seq = claimed_seq(conn, id, claim)?;
+    let (url, headers, body) = conn
+        .prepare_cached(concat!("SELECT d.req_url, d.req_headers, ", delivery_body!(), " FROM deliveries d WHERE d.seq = ?1"))?
+        .query_row([seq], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Vec<u8>>(2)?)))?;
     let number: i64 = conn
         .prepare_cached("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_seq = ?1")?
         .query_row([seq], |row| row.get(0))?;
     insert_attempt(conn, seq, number, attempt, &StoredForm { url: &url, headers: &headers, body: &body }, outcome)?;
     let finished = Finished::of(attempt, outcome);
     conn.prepare_cached(
-        "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, lease_until = NULL, attempts = attempts + ?3,
+        "UPDATE deliveries SET status = ?1, next_attempt_at = ?2, lease_until = NULL, claim_token = NULL, attempts = attempts + ?3,
                                updated_at = ?4, last_status = ?5, last_error = ?6
          WHERE seq = ?7",
     )?
@@ -652,6 +663,19 @@ fn first_with_delivery_id(conn: &Connection, route: &str, delivery_id: &str, sin
         .query_row(params![route, delivery_id, since], |row| row.get(0))
         .optional()?;
     Ok(id)
+}
+
+/// The `seq` of the delivery in flight under `claim`; NotFound, or Conflict if it is not.
+fn claimed_seq(conn: &Connection, id: &str, claim: i64) -> Result<i64, StoreError> {
+    let state: Option<(i64, DeliveryStatus, Option<i64>)> = conn
+        .prepare_cached("SELECT seq, status, claim_token FROM deliveries WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    match state {
+        None => Err(StoreError::NotFound),
+        Some((seq, DeliveryStatus::InFlight, Some(token))) if token == claim => Ok(seq),
+        Some((_, status, _)) => Err(not_claimed(id, status)),
+    }
 }
 
 fn delivery_state(conn: &Connection, id: &str) -> Result<(i64, DeliveryStatus), StoreError> {

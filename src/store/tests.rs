@@ -69,6 +69,7 @@ conformance!(
     finished_deliveries_are_recorded_with_their_attempt_and_never_claimed,
     release_hands_the_claim_back,
     renewed_leases_are_not_taken_over,
+    a_claim_taken_over_is_no_longer_the_old_workers,
     claims_oldest_due_first_up_to_the_limit,
     expired_lease_is_claimable_again,
     ordered_key_goes_one_at_a_time_in_order,
@@ -141,6 +142,24 @@ fn attempt(status: Option<u16>, counted: bool) -> AttemptRecord {
     }
 }
 
+/// Finishes the delivery's current claim, whoever made it.
+async fn finish(store: &dyn Store, id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
+    let claim = store.current_claim(id).await.unwrap().unwrap_or_default();
+    store.finish_attempt(id, claim, attempt, outcome, now).await
+}
+
+/// Hands the delivery's current claim back.
+async fn release(store: &dyn Store, id: &str, next_attempt_at: i64, now: i64) -> Result<(), StoreError> {
+    let claim = store.current_claim(id).await.unwrap().unwrap_or_default();
+    store.release(id, claim, next_attempt_at, now).await
+}
+
+/// Renews the delivery's current claim.
+async fn renew(store: &dyn Store, id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError> {
+    let claim = store.current_claim(id).await.unwrap().unwrap_or_default();
+    store.renew_lease(id, claim, lease_ms, now).await
+}
+
 fn ids(claimed: &[ClaimedDelivery]) -> Vec<&str> {
     claimed.iter().map(|delivery| delivery.id.as_str()).collect()
 }
@@ -160,7 +179,7 @@ async fn accept_claim_finish_succeeded(store: Arc<dyn Store>) {
     assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::InFlight);
     assert!(store.claim_due(T0 + 1, 10, LEASE).await.unwrap().is_empty(), "a leased delivery is not handed out twice");
 
-    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 50).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 50).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!(view.status, DeliveryStatus::Succeeded);
     assert_eq!((view.attempts, view.next_attempt_at, view.last_status, view.updated_at), (1, None, Some(200), T0 + 50));
@@ -175,11 +194,8 @@ async fn accept_claim_finish_succeeded(store: Arc<dyn Store>) {
     assert_eq!(event.deliveries, vec![view]);
     assert!(store.get_event("nope").await.unwrap().is_none());
     assert!(store.get_delivery("nope").await.unwrap().is_none());
-    assert!(matches!(
-        store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await,
-        Err(StoreError::Conflict(_))
-    ));
-    assert!(matches!(store.finish_attempt("nope", attempt(None, true), AttemptOutcome::Succeeded, T0).await, Err(StoreError::NotFound)));
+    assert!(matches!(finish(&*store, "d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(finish(&*store, "nope", attempt(None, true), AttemptOutcome::Succeeded, T0).await, Err(StoreError::NotFound)));
 }
 
 async fn retry_at_is_not_claimed_early(store: Arc<dyn Store>) {
@@ -188,7 +204,7 @@ async fn retry_at_is_not_claimed_early(store: Arc<dyn Store>) {
     store.claim_due(T0, 10, LEASE).await.unwrap();
     let mut failed = attempt(Some(503), true);
     failed.error = Some("status 503".into());
-    store.finish_attempt("d-e1", failed, AttemptOutcome::RetryAt(T0 + 5_000), T0 + 10).await.unwrap();
+    finish(&*store, "d-e1", failed, AttemptOutcome::RetryAt(T0 + 5_000), T0 + 10).await.unwrap();
 
     let view = status_of(&*store, "d-e1").await;
     assert_eq!(view.status, DeliveryStatus::Pending);
@@ -203,7 +219,7 @@ async fn failed_then_retry_now(store: Arc<dyn Store>) {
     accept_one(&*store, "e1", "github", T0).await;
     store.claim_due(T0, 10, LEASE).await.unwrap();
     assert!(matches!(store.retry_now("d-e1", T0).await, Err(StoreError::Conflict(_))), "in flight");
-    store.finish_attempt("d-e1", attempt(Some(404), true), AttemptOutcome::Failed { reason: "404 is final".into() }, T0 + 1).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(404), true), AttemptOutcome::Failed { reason: "404 is final".into() }, T0 + 1).await.unwrap();
     let view = status_of(&*store, "d-e1").await;
     assert_eq!((view.status, view.last_error.as_deref(), view.next_attempt_at), (DeliveryStatus::Failed, Some("404 is final"), None));
     assert!(store.claim_due(T0 + 100_000, 10, LEASE).await.unwrap().is_empty(), "failed is dead");
@@ -211,7 +227,7 @@ async fn failed_then_retry_now(store: Arc<dyn Store>) {
     let view = store.retry_now("d-e1", T0 + 60_000).await.unwrap();
     assert_eq!((view.status, view.next_attempt_at, view.attempts), (DeliveryStatus::Pending, Some(T0 + 60_000), 1));
     assert_eq!(ids(&store.claim_due(T0 + 60_000, 10, LEASE).await.unwrap()), ["d-e1"]);
-    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 60_001).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 60_001).await.unwrap();
     assert!(matches!(store.retry_now("d-e1", T0).await, Err(StoreError::Conflict(_))), "succeeded");
     assert!(matches!(store.retry_now("nope", T0).await, Err(StoreError::NotFound)));
     assert_eq!(store.get_delivery("d-e1").await.unwrap().unwrap().1.len(), 2);
@@ -220,10 +236,10 @@ async fn failed_then_retry_now(store: Arc<dyn Store>) {
 async fn throttled_attempt_does_not_count(store: Arc<dyn Store>) {
     accept_one(&*store, "e1", "dingtalk", T0).await;
     store.claim_due(T0, 1, LEASE).await.unwrap();
-    store.finish_attempt("d-e1", attempt(Some(429), false), AttemptOutcome::RetryAt(T0 + 1_000), T0).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(429), false), AttemptOutcome::RetryAt(T0 + 1_000), T0).await.unwrap();
     let claimed = store.claim_due(T0 + 1_000, 1, LEASE).await.unwrap();
     assert_eq!(claimed[0].attempts, 0);
-    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1_001).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1_001).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!(view.attempts, 1);
     assert_eq!(attempts.iter().map(|a| (a.number, a.counted)).collect::<Vec<_>>(), [(1, false), (2, true)]);
@@ -263,13 +279,13 @@ async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed(s
 async fn release_hands_the_claim_back(store: Arc<dyn Store>) {
     accept_one(&*store, "e1", "github", T0).await;
     store.claim_due(T0, 1, LEASE).await.unwrap();
-    store.release("d-e1", T0 + 700, T0).await.unwrap();
+    release(&*store, "d-e1", T0 + 700, T0).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.status, view.attempts, view.next_attempt_at), (DeliveryStatus::Pending, 0, Some(T0 + 700)));
     assert!(attempts.is_empty());
     assert!(store.claim_due(T0 + 699, 1, LEASE).await.unwrap().is_empty());
     assert_eq!(store.claim_due(T0 + 700, 1, LEASE).await.unwrap().len(), 1);
-    assert!(matches!(store.release("nope", T0, T0).await, Err(StoreError::NotFound)));
+    assert!(matches!(release(&*store, "nope", T0, T0).await, Err(StoreError::NotFound)));
 }
 
 async fn claims_oldest_due_first_up_to_the_limit(store: Arc<dyn Store>) {
@@ -295,15 +311,33 @@ async fn expired_lease_is_claimable_again(store: Arc<dyn Store>) {
     assert_eq!((view.status, view.attempts), (DeliveryStatus::InFlight, 0), "taking over a lease is no attempt");
 }
 
+/// A worker whose lease ran out while it was still sending cannot finish, renew or hand
+/// back the claim another worker took over; only the new claim's attempt is recorded.
+async fn a_claim_taken_over_is_no_longer_the_old_workers(store: Arc<dyn Store>) {
+    accept_one(&*store, "e1", "github", T0).await;
+    let first = store.claim_due(T0, 1, LEASE).await.unwrap();
+    let taken = store.claim_due(T0 + LEASE + 1, 1, LEASE).await.unwrap();
+    assert_eq!(ids(&taken), ["d-e1"], "the lease ran out");
+    assert_ne!(first[0].claim, taken[0].claim);
+    let late = T0 + LEASE + 2;
+    let stale = store.finish_attempt("d-e1", first[0].claim, attempt(Some(200), true), AttemptOutcome::Succeeded, late).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    assert!(matches!(store.renew_lease("d-e1", first[0].claim, LEASE, late).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.release("d-e1", first[0].claim, late, late).await, Err(StoreError::Conflict(_))));
+    store.finish_attempt("d-e1", taken[0].claim, attempt(Some(200), true), AttemptOutcome::Succeeded, late + 1).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    assert_eq!((view.status, attempts.len()), (DeliveryStatus::Succeeded, 1));
+}
+
 async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
     accept_one(&*store, "e1", "github", T0).await;
     store.claim_due(T0, 1, LEASE).await.unwrap();
-    store.renew_lease("d-e1", LEASE, T0 + LEASE - 1).await.unwrap();
+    renew(&*store, "d-e1", LEASE, T0 + LEASE - 1).await.unwrap();
     assert!(store.claim_due(T0 + LEASE + 1, 1, LEASE).await.unwrap().is_empty(), "the renewed lease still holds");
     assert_eq!(ids(&store.claim_due(T0 + 2 * LEASE, 1, LEASE).await.unwrap()), ["d-e1"], "until it runs out too");
-    store.finish_attempt("d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 2 * LEASE).await.unwrap();
-    assert!(matches!(store.renew_lease("d-e1", LEASE, T0).await, Err(StoreError::Conflict(_))), "finished");
-    assert!(matches!(store.renew_lease("nope", LEASE, T0).await, Err(StoreError::NotFound)));
+    finish(&*store, "d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 2 * LEASE).await.unwrap();
+    assert!(matches!(renew(&*store, "d-e1", LEASE, T0).await, Err(StoreError::Conflict(_))), "finished");
+    assert!(matches!(renew(&*store, "nope", LEASE, T0).await, Err(StoreError::NotFound)));
 }
 
 #[tokio::test]
@@ -319,7 +353,7 @@ async fn expired_lease_is_claimable_again_and_events_survive_reopen() {
         // The worker holding those two dies here: no finish, no release.
         store.close().await.unwrap();
         assert!(matches!(store.queue_depth().await, Err(StoreError::Closed)));
-        assert!(matches!(store.release("d-e0", T0, T0).await, Err(StoreError::Closed)));
+        assert!(matches!(store.release("d-e0", 0, T0, T0).await, Err(StoreError::Closed)));
     }
     let store = SqliteStore::open(&path).unwrap();
     let page = store.list_events(EventFilter::default()).await.unwrap();
@@ -347,21 +381,21 @@ async fn ordered_key_goes_one_at_a_time_in_order(store: Arc<dyn Store>) {
     assert_eq!(ids(&first), ["d1", "x1", "x2", "x3"], "one of key order-42, other keys unaffected");
     assert!(store.claim_due(now, 10, LEASE).await.unwrap().is_empty(), "d2 waits while d1 is in flight");
 
-    store.finish_attempt("d1", attempt(Some(503), true), AttemptOutcome::RetryAt(now + 1_000), now).await.unwrap();
+    finish(&*store, "d1", attempt(Some(503), true), AttemptOutcome::RetryAt(now + 1_000), now).await.unwrap();
     assert!(store.claim_due(now + 500, 10, LEASE).await.unwrap().is_empty(), "d2 never overtakes d1 waiting to retry");
     assert_eq!(ids(&store.claim_due(now + 1_000, 10, LEASE).await.unwrap()), ["d1"]);
-    store.finish_attempt("d1", attempt(Some(200), true), AttemptOutcome::Succeeded, now + 1_001).await.unwrap();
+    finish(&*store, "d1", attempt(Some(200), true), AttemptOutcome::Succeeded, now + 1_001).await.unwrap();
 
     assert_eq!(ids(&store.claim_due(now + 1_001, 10, LEASE).await.unwrap()), ["d2"]);
     assert!(store.claim_due(now + 1_001, 10, LEASE).await.unwrap().is_empty());
-    store.finish_attempt("d2", attempt(Some(400), true), AttemptOutcome::Failed { reason: "400".into() }, now + 1_002).await.unwrap();
+    finish(&*store, "d2", attempt(Some(400), true), AttemptOutcome::Failed { reason: "400".into() }, now + 1_002).await.unwrap();
     let third = store.claim_due(now + 1_002, 10, LEASE).await.unwrap();
     assert_eq!(ids(&third), ["d3"], "a failed delivery no longer holds the key");
 
     // A failed delivery retried by hand is older than d3, but must not run beside it.
     store.retry_now("d2", now + 1_003).await.unwrap();
     assert!(store.claim_due(now + 1_003, 10, LEASE).await.unwrap().is_empty());
-    store.finish_attempt("d3", attempt(Some(200), true), AttemptOutcome::Succeeded, now + 1_004).await.unwrap();
+    finish(&*store, "d3", attempt(Some(200), true), AttemptOutcome::Succeeded, now + 1_004).await.unwrap();
     assert_eq!(ids(&store.claim_due(now + 1_004, 10, LEASE).await.unwrap()), ["d2"]);
 }
 
@@ -499,8 +533,8 @@ async fn pages_have_no_gaps_or_duplicates(store: Arc<dyn Store>) {
     ));
 
     store.claim_due(T0 + 2, 3, LEASE).await.unwrap();
-    store.finish_attempt("d-e00", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
-    store.finish_attempt("d-e01", attempt(Some(410), true), AttemptOutcome::Failed { reason: "gone".into() }, T0).await.unwrap();
+    finish(&*store, "d-e00", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
+    finish(&*store, "d-e01", attempt(Some(410), true), AttemptOutcome::Failed { reason: "gone".into() }, T0).await.unwrap();
     let by_status = |status| DeliveryFilter { status: Some(status), ..DeliveryFilter::default() };
     let failed = store.list_deliveries(by_status(DeliveryStatus::Failed)).await.unwrap();
     assert_eq!(failed.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d-e01"]);
@@ -531,8 +565,8 @@ async fn prune_keeps_events_with_unfinished_deliveries(store: Arc<dyn Store>) {
     store.accept(event("recent", "r", T0 + 10_000), vec![]).await.unwrap();
 
     store.claim_due(T0 + 3, 3, LEASE).await.unwrap(); // e0, e1, e2 in flight; e3 pending
-    store.finish_attempt("d-e0", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
-    store.finish_attempt("d-e1", attempt(Some(400), true), AttemptOutcome::Failed { reason: "400".into() }, T0).await.unwrap();
+    finish(&*store, "d-e0", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(400), true), AttemptOutcome::Failed { reason: "400".into() }, T0).await.unwrap();
 
     assert_eq!(store.prune(T0 + 5_000).await.unwrap(), 3, "e0, e1 and bare");
     for gone in ["e0", "e1", "bare"] {
@@ -575,7 +609,7 @@ async fn attempt_bodies_are_cut_to_64_kib(store: Arc<dyn Store>) {
     let mut record = attempt(Some(200), true);
     record.request_body = Bytes::from(vec![b'q'; MAX_STORED_BODY + 1]);
     record.response_body = Bytes::from(vec![b'r'; 1_000_000]);
-    store.finish_attempt("d1", record, AttemptOutcome::Succeeded, T0).await.unwrap();
+    finish(&*store, "d1", record, AttemptOutcome::Succeeded, T0).await.unwrap();
     let (_, attempts) = store.get_delivery("d1").await.unwrap().unwrap();
     assert_eq!(attempts[0].request_body.len(), MAX_STORED_BODY);
     assert_eq!(attempts[0].response_body.len(), MAX_STORED_BODY);
@@ -693,7 +727,7 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
     for round in 0..3 {
         store.claim_due(T0 + round, 1, LEASE).await.unwrap();
         let outcome = if round < 2 { AttemptOutcome::RetryAt(T0 + round + 1) } else { AttemptOutcome::Failed { reason: "503".into() } };
-        store.finish_attempt("d-e1", same_request.clone(), outcome, T0 + round).await.unwrap();
+        finish(&*store, "d-e1", same_request.clone(), outcome, T0 + round).await.unwrap();
     }
     // A signed retry: its headers differ from the stored request, so they are stored.
     store.retry_now("d-e1", T0 + 10).await.unwrap();
@@ -705,7 +739,7 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
         error: None,
         ..same_request.clone()
     };
-    store.finish_attempt("d-e1", signed, AttemptOutcome::Succeeded, T0 + 11).await.unwrap();
+    finish(&*store, "d-e1", signed, AttemptOutcome::Succeeded, T0 + 11).await.unwrap();
 
     let (_, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!(attempts.len(), 4);
@@ -762,7 +796,7 @@ async fn a_delivery_forwarding_the_event_body_does_not_store_it_again(store: Arc
     let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
     assert_eq!(claimed[0].request.body, event.body);
     let same = AttemptRecord { request_url: claimed[0].request.url.clone(), request_body: event.body.clone(), ..attempt(Some(200), true) };
-    store.finish_attempt("d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    finish(&*store, "d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.request.body.as_str(), attempts[0].request_body.as_str()), (r#"{"ref":"main"}"#, r#"{"ref":"main"}"#));
     assert_eq!(store.get_event("e1").await.unwrap().unwrap().deliveries[0].request.body, r#"{"ref":"main"}"#);
@@ -778,7 +812,7 @@ async fn attempt_bodies_read_back_within_the_bound(store: Arc<dyn Store>) {
     store.claim_due(T0, 1, LEASE).await.unwrap();
     let same =
         AttemptRecord { request_url: large.request.url.clone(), request_body: large.request.body.clone(), ..attempt(Some(200), true) };
-    store.finish_attempt("d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    finish(&*store, "d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.request.body.len(), attempts[0].request_body.len()), (MAX_STORED_BODY + 10, MAX_STORED_BODY));
 }
@@ -920,7 +954,10 @@ async fn postgres_replicas_never_share_a_claim() {
                         if number.is_multiple_of(3) {
                             in_flight.lock().unwrap().remove(&format!("key-{}", number % 2));
                         }
-                        store.finish_attempt(&delivery.id, attempt(Some(200), true), AttemptOutcome::Succeeded, now_ms()).await.unwrap();
+                        store
+                            .finish_attempt(&delivery.id, delivery.claim, attempt(Some(200), true), AttemptOutcome::Succeeded, now_ms())
+                            .await
+                            .unwrap();
                     }
                     if idle > 0 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -948,7 +985,10 @@ async fn postgres_schedules_on_the_database_clock() {
     accept_one(&store, "e1", "r", skewed).await;
     let claimed = store.claim_due(skewed, 10, LEASE).await.unwrap();
     assert_eq!(ids(&claimed), ["d-e1"], "due at once although the relay's clock says in an hour");
-    store.finish_attempt("d-e1", attempt(Some(503), true), AttemptOutcome::RetryAt(skewed + 60_000), skewed).await.unwrap();
+    store
+        .finish_attempt("d-e1", claimed[0].claim, attempt(Some(503), true), AttemptOutcome::RetryAt(skewed + 60_000), skewed)
+        .await
+        .unwrap();
     let due = status_of(&store, "d-e1").await.next_attempt_at.unwrap();
     let from_real_now = due - now_ms();
     assert!((55_000..=60_000).contains(&from_real_now), "due {from_real_now} ms from the real now");

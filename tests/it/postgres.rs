@@ -228,3 +228,47 @@ async fn losing_the_database_answers_503_until_it_is_back() {
     let ready = relay.client.get(&relay.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
 }
+
+/// A relay started before its database neither exits nor restarts in a loop: it waits,
+/// says why, and is ready once the database is. The password in the URL is never shown.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_before_its_database_waits_for_it() {
+    let Some(mut cluster) = PrivateCluster::start("before") else { return };
+    cluster.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let path = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:{admin} }}\nstore: {{ url: '{}' }}\nroutes:\n  - name: r\n    match: {{ path: /hooks/r }}\n    forward:\n      - url: http://127.0.0.1:9/x\n",
+            cluster.url().replace("hookrelay@", "hookrelay:s3cret-pw@")
+        ),
+    )
+    .unwrap();
+    let mut relay = binary::spawn(&path, &["--no-watch"], &[]);
+    eventually("the relay says it waits for the store", Duration::from_secs(10), async || {
+        relay.logs().contains("cannot reach the store yet").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(relay.running(), "the relay exited while its database was down: {}", relay.logs());
+
+    cluster.restart();
+    let client = Client::new();
+    eventually("the relay becomes ready once the database is up", Duration::from_secs(40), async || {
+        let reply = client.try_get(&format!("http://127.0.0.1:{admin}/readyz")).await?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+    let accepted = client.post_json(&format!("http://127.0.0.1:{port}/hooks/r"), &[], "{}").await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let status = client.get(&format!("http://127.0.0.1:{admin}/api/status"), &[]).await.text();
+    assert!(status.contains("hookrelay:***@127.0.0.1"), "{status}");
+    assert!(
+        !status.contains("s3cret-pw") && !relay.logs().contains("s3cret-pw"),
+        "the store password was shown: {status}\n{}",
+        relay.logs()
+    );
+}

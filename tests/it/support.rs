@@ -406,6 +406,11 @@ pub mod binary {
             self.child.try_wait().unwrap().is_none()
         }
 
+        /// Everything logged so far.
+        pub fn logs(&self) -> String {
+            String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+        }
+
         /// Waits for the exit (after a signal) and returns it with everything logged.
         pub fn wait(mut self) -> (ExitStatus, String) {
             let status = self.child.wait().unwrap();

@@ -31,6 +31,7 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, StoredForm};
 use super::record::{with_repeated_errors, Finished};
+use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
@@ -225,6 +226,7 @@ impl Store for PostgresStore {
         }
         let client = self.client().await?;
         let pinned = self.pinned(now);
+        let token = new_claim_token();
         let mut claimed = Vec::new();
         // Expired leases first: their worker died and they have waited longest. Leases run
         // for seconds, so looking for them once a second is soon enough.
@@ -240,7 +242,7 @@ impl Store for PostgresStore {
                 break;
             }
             let statement = client.prepare_cached(statement).await?;
-            let rows = client.query(&statement, &[&pinned, &wanted, &lease_ms, &now]).await?;
+            let rows = client.query(&statement, &[&pinned, &wanted, &lease_ms, &now, &token]).await?;
             let mut batch = rows.iter().map(claimed_delivery).collect::<Result<Vec<_>, _>>()?;
             batch.sort_by_key(|(order, _)| *order);
             for (_, delivery) in batch {
@@ -253,16 +255,22 @@ impl Store for PostgresStore {
         Ok(claimed)
     }
 
-    async fn finish_attempt(&self, delivery_id: &str, attempt: AttemptRecord, outcome: AttemptOutcome, now: i64) -> Result<(), StoreError> {
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        claim: i64,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
-        if finish_in_flight(&client, delivery_id, &attempt, &outcome, now, self.pinned(now)).await? {
+        if finish_in_flight(&client, delivery_id, claim, &attempt, &outcome, now, self.pinned(now)).await? {
             return Ok(());
         }
-        let status = current_status(&client, delivery_id).await?;
-        Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")))
+        Err(not_claimed(delivery_id, current_status(&client, delivery_id).await?))
     }
 
-    async fn release(&self, delivery_id: &str, next_attempt_at: i64, now: i64) -> Result<(), StoreError> {
+    async fn release(&self, delivery_id: &str, claim: i64, next_attempt_at: i64, now: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         let delay = next_attempt_at.saturating_sub(now);
         let changed = client
@@ -270,31 +278,40 @@ impl Store for PostgresStore {
                 concat!(
                     "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
                     db_now!(2),
-                    " + $3, lease_until = NULL WHERE id = $1 AND status = 'in_flight'"
+                    " + $3, lease_until = NULL, claim_token = NULL WHERE id = $1 AND status = 'in_flight' AND claim_token = $4"
                 ),
-                &[&delivery_id, &self.pinned(now), &delay],
+                &[&delivery_id, &self.pinned(now), &delay, &claim],
             )
             .await?;
         if changed == 0 {
-            let status = current_status(&client, delivery_id).await?;
-            return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")));
+            return Err(not_claimed(delivery_id, current_status(&client, delivery_id).await?));
         }
         Ok(())
     }
 
-    async fn renew_lease(&self, delivery_id: &str, lease_ms: i64, now: i64) -> Result<(), StoreError> {
+    async fn renew_lease(&self, delivery_id: &str, claim: i64, lease_ms: i64, now: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         let changed = client
             .execute(
-                concat!("UPDATE hookrelay_deliveries SET lease_until = ", db_now!(2), " + $3 WHERE id = $1 AND status = 'in_flight'"),
-                &[&delivery_id, &self.pinned(now), &lease_ms],
+                concat!(
+                    "UPDATE hookrelay_deliveries SET lease_until = ",
+                    db_now!(2),
+                    " + $3 WHERE id = $1 AND status = 'in_flight' AND claim_token = $4"
+                ),
+                &[&delivery_id, &self.pinned(now), &lease_ms, &claim],
             )
             .await?;
         if changed == 0 {
-            let status = current_status(&client, delivery_id).await?;
-            return Err(StoreError::Conflict(format!("delivery {delivery_id} is {status}, not in flight")));
+            return Err(not_claimed(delivery_id, current_status(&client, delivery_id).await?));
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    async fn current_claim(&self, delivery_id: &str) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT claim_token FROM hookrelay_deliveries WHERE id = $1", &[&delivery_id]).await?;
+        Ok(row.map(|row| row.try_get::<_, Option<i64>>(0)).transpose()?.flatten())
     }
 
     async fn record_finished(
@@ -344,7 +361,7 @@ impl Store for PostgresStore {
                         concat!(
                             "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
                             db_now!(2),
-                            ", lease_until = NULL, updated_at = $3 WHERE id = $1 AND status IN ('pending', 'failed')"
+                            ", lease_until = NULL, claim_token = NULL, updated_at = $3 WHERE id = $1 AND status IN ('pending', 'failed')"
                         ),
                         &[&delivery_id, &pinned, &now],
                     )
@@ -529,14 +546,15 @@ impl Store for PostgresStore {
     }
 }
 
-/// Claims expired leases (`$1` now, `$2` limit, `$3` lease, `$4` the relay's now for display).
+/// Claims expired leases (`$1` now, `$2` limit, `$3` lease, `$4` the relay's now for display,
+/// `$5` the claim's token).
 const CLAIM_EXPIRED: &str = concat!(
     "WITH due AS (SELECT d.seq FROM hookrelay_deliveries d WHERE d.status = 'in_flight' AND d.lease_until < ",
     db_now!(1),
     claimable!(),
     ") UPDATE hookrelay_deliveries d SET lease_until = ",
     db_now!(1),
-    " + $3, updated_at = $4 FROM due WHERE d.seq = due.seq RETURNING ",
+    " + $3, updated_at = $4, claim_token = $5 FROM due WHERE d.seq = due.seq RETURNING ",
     claim_columns!()
 );
 
@@ -547,6 +565,6 @@ const CLAIM_DUE: &str = concat!(
     claimable!(),
     ") UPDATE hookrelay_deliveries d SET status = 'in_flight', lease_until = ",
     db_now!(1),
-    " + $3, updated_at = $4 FROM due WHERE d.seq = due.seq RETURNING ",
+    " + $3, updated_at = $4, claim_token = $5 FROM due WHERE d.seq = due.seq RETURNING ",
     claim_columns!()
 );

@@ -56,7 +56,7 @@ macro_rules! claim_columns {
         concat!(
             "d.seq, d.id, d.event_id, d.route, d.target, d.req_method, d.req_url, d.req_headers, ",
             delivery_body!(),
-            " AS req_body, d.attempts, d.created_at, d.guarded, d.next_attempt_at"
+            " AS req_body, d.attempts, d.created_at, d.guarded, d.next_attempt_at, d.claim_token"
         )
     };
 }
@@ -152,6 +152,7 @@ pub(super) fn claimed_delivery(row: &Row) -> Result<((Option<i64>, i64), Claimed
         attempts: unsigned(row, "attempts")?,
         created_at: row.try_get("created_at")?,
         guarded: row.try_get("guarded")?,
+        claim: row.try_get::<_, Option<i64>>("claim_token")?.unwrap_or_default(),
     };
     Ok(((row.try_get("next_attempt_at")?, row.try_get("seq")?), delivery))
 }

@@ -59,6 +59,7 @@ CREATE TABLE hookrelay_deliveries (
     attempts            integer NOT NULL DEFAULT 0,
     next_attempt_at     bigint,           -- database clock; NULL once finished
     lease_until         bigint,           -- database clock; set while in_flight
+    claim_token         bigint,           -- set while in_flight: names the claim
     ordered_key         text,
     guarded             boolean,
     created_at          bigint NOT NULL,

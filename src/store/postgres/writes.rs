@@ -173,7 +173,7 @@ const FINISH_IN_FLIGHT: &str = concat!(
                 (SELECT COALESCE(MAX(a.number), 0) + 1 FROM hookrelay_attempts a WHERE a.delivery_seq = d.seq) AS number,
                 (SELECT a.error FROM hookrelay_attempts a WHERE a.delivery_seq = d.seq AND NOT a.error_repeats
                  ORDER BY a.number DESC LIMIT 1) AS error_before
-         FROM hookrelay_deliveries d WHERE d.id = $1 AND d.status = 'in_flight' FOR UPDATE OF d
+         FROM hookrelay_deliveries d WHERE d.id = $1 AND d.status = 'in_flight' AND d.claim_token = $21 FOR UPDATE OF d
      ), recorded AS (
          INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
              request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted)
@@ -186,14 +186,16 @@ const FINISH_IN_FLIGHT: &str = concat!(
      )
      UPDATE hookrelay_deliveries u SET status = $15, next_attempt_at = ",
     db_now!(16),
-    " + $17, lease_until = NULL, attempts = u.attempts + $18, updated_at = $19, last_status = $10, last_error = $20
+    " + $17, lease_until = NULL, claim_token = NULL, attempts = u.attempts + $18, updated_at = $19, last_status = $10,
+             last_error = $20
      FROM d WHERE u.seq = d.seq"
 );
 
-/// See [`FINISH_IN_FLIGHT`]. False when no delivery with that id is in flight.
+/// See [`FINISH_IN_FLIGHT`]. False when no delivery with that id is in flight under `claim`.
 pub(super) async fn finish_in_flight(
     client: &impl GenericClient,
     delivery_id: &str,
+    claim: i64,
     attempt: &AttemptRecord,
     outcome: &AttemptOutcome,
     now: i64,
@@ -226,6 +228,7 @@ pub(super) async fn finish_in_flight(
                 &i32::from(attempt.counted),
                 &now,
                 &finished.last_error,
+                &claim,
             ],
         )
         .await?;
