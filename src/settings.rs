@@ -131,6 +131,17 @@ impl StoreLocation {
                     if parsed.password().is_some() {
                         let _ = parsed.set_password(Some("***"));
                     }
+                    // A password may also come as a parameter.
+                    let parameters: Vec<(String, String)> = parsed
+                        .query_pairs()
+                        .map(|(key, value)| {
+                            let secret = key.contains("password");
+                            (key.into_owned(), if secret { "***".to_string() } else { value.into_owned() })
+                        })
+                        .collect();
+                    if !parameters.is_empty() {
+                        parsed.query_pairs_mut().clear().extend_pairs(parameters);
+                    }
                     parsed.to_string()
                 }
                 Err(_) => "postgres://…".to_string(),
@@ -305,6 +316,12 @@ fn parse_addr(text: &str, at: &str, problems: &mut Problems) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_urls_are_shown_without_passwords() {
+        let shown = StoreLocation::Postgres("postgres://relay:pw-one@db:5432/hooks?password=pw-two&sslmode=require".into()).describe();
+        assert_eq!(shown, "postgres://relay:***@db:5432/hooks?password=***&sslmode=require");
+    }
 
     #[test]
     fn proxied_requests_keep_the_upstream_base_path_and_ipv6_host() {

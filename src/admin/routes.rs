@@ -109,16 +109,22 @@ async fn change(
 /// On a shared store: serves the routes other relays create, replace or delete through
 /// their admin API, as soon as the store says they changed.
 pub async fn follow_store(relay: Arc<Relay>, mut notices: broadcast::Receiver<StoreNotice>, mut shutdown: watch::Receiver<bool>) {
+    // The first pass catches what changed between reading the routes at startup and
+    // subscribing.
+    let mut first = true;
     loop {
-        let notice = tokio::select! {
-            notice = notices.recv() => notice,
-            _ = shutdown.changed() => return,
-        };
-        match notice {
-            Ok(StoreNotice::RoutesChanged) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Ok(StoreNotice::Due) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
+        if !first {
+            let notice = tokio::select! {
+                notice = notices.recv() => notice,
+                _ = shutdown.changed() => return,
+            };
+            match notice {
+                Ok(StoreNotice::RoutesChanged) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(StoreNotice::Due) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
         }
+        first = false;
         let _guard = relay.api_lock.lock().await;
         let stored = match relay.engine.store().list_routes().await {
             Ok(stored) => stored,

@@ -310,7 +310,7 @@ pub enum StoreNotice {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(Arc<rusqlite::Error>),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_message(.0))]
     Postgres(Arc<tokio_postgres::Error>),
     /// The database cannot be reached (PostgreSQL down, no connection free in time).
     #[error("the store is unavailable: {0}")]
@@ -478,6 +478,14 @@ pub trait Store: Send + Sync {
 
     /// Finishes queued writes and stops; every call after it answers `Closed`.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// The server's own words when it refused a statement ("db error" alone says nothing).
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 /// A new claim token: random, so that tokens of different relays never collide.

@@ -70,6 +70,7 @@ conformance!(
     release_hands_the_claim_back,
     renewed_leases_are_not_taken_over,
     a_claim_taken_over_is_no_longer_the_old_workers,
+    nul_characters_from_senders_and_receivers_are_stored,
     claims_oldest_due_first_up_to_the_limit,
     expired_lease_is_claimable_again,
     ordered_key_goes_one_at_a_time_in_order,
@@ -327,6 +328,32 @@ async fn a_claim_taken_over_is_no_longer_the_old_workers(store: Arc<dyn Store>) 
     store.finish_attempt("d-e1", taken[0].claim, attempt(Some(200), true), AttemptOutcome::Succeeded, late + 1).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.status, attempts.len()), (DeliveryStatus::Succeeded, 1));
+}
+
+/// A NUL character in what a sender or a receiver controls (an event name, a delivery id,
+/// an ordering key, an error quoting the answer) is stored, never a failed write: a failed
+/// accept would answer 503 forever, a failed record would send the delivery again forever.
+async fn nul_characters_from_senders_and_receivers_are_stored(store: Arc<dyn Store>) {
+    let mut with_nul = event("e1", "github", T0);
+    with_nul.event = Some("push\0".into());
+    with_nul.delivery_id = Some("id\0".into());
+    let mut ordered = delivery("d-e1", &with_nul, "t", T0);
+    ordered.ordered_key = Some("key\0".into());
+    store.accept(with_nul.clone(), vec![ordered]).await.unwrap();
+    let mut again = with_nul.clone();
+    again.id = "e2".into();
+    let outcome = store.accept_unless_duplicate(again, vec![], Some(T0 - 1)).await.unwrap();
+    assert_eq!(outcome, AcceptOutcome::Duplicate { original_event_id: "e1".into() }, "dedupe still recognises the id");
+    let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
+    let mut failed = attempt(Some(200), true);
+    failed.error = Some("errmsg bad\0".into());
+    let reason = AttemptOutcome::Failed { reason: "success_when failed: bad\0".into() };
+    store.finish_attempt("d-e1", claimed[0].claim, failed, reason, T0 + 1).await.unwrap();
+    let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
+    let shown = |text: &str| text.replace('\0', "\u{fffd}");
+    assert_eq!(shown(view.last_error.as_deref().unwrap()), "success_when failed: bad\u{fffd}");
+    assert_eq!(shown(attempts[0].error.as_deref().unwrap()), "errmsg bad\u{fffd}");
+    assert_eq!(shown(store.get_event("e1").await.unwrap().unwrap().event.as_deref().unwrap()), "push\u{fffd}");
 }
 
 async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
@@ -902,14 +929,20 @@ async fn postgres_migrates_once_under_concurrent_starts_and_refuses_newer_schema
     assert_eq!(versions, (1..=postgres::schema::MIGRATIONS.len() as i32).collect::<Vec<_>>(), "each step applied once");
     accept_one(&stores[0], "e1", "r", now_ms()).await;
 
-    let mut next: Vec<&str> = postgres::schema::MIGRATIONS.to_vec();
-    next.push("ALTER TABLE hookrelay_events ADD COLUMN later text;");
+    use postgres::schema::{Migration, MIGRATIONS};
+    let known = MIGRATIONS.len() as i32;
+    // The next release only adds a column: this one keeps running (and restarting) beside it.
+    let mut next: Vec<Migration> = MIGRATIONS.iter().map(|step| Migration { sql: step.sql, readable_from: step.readable_from }).collect();
+    next.push(Migration { sql: "ALTER TABLE hookrelay_events ADD COLUMN later text;", readable_from: known });
     let upgraded = PostgresStore::connect_with(&url, &next, false).await.unwrap();
     assert_eq!(upgraded.queue_depth().await.unwrap(), 1, "pending deliveries kept across a migration");
+    let older = PostgresStore::connect(&url).await.expect("a release one expand step behind still starts");
+    assert_eq!(older.queue_depth().await.unwrap(), 1);
+    // The one after drops what this release reads: this release is refused, with the reason.
+    next.push(Migration { sql: "ALTER TABLE hookrelay_events DROP COLUMN later;", readable_from: known + 2 });
+    PostgresStore::connect_with(&url, &next, false).await.unwrap();
     match PostgresStore::connect(&url).await {
-        Err(StoreError::SchemaTooNew { found, known }) => {
-            assert_eq!((found, known), (next.len() as i64, postgres::schema::MIGRATIONS.len() as i64))
-        }
+        Err(StoreError::SchemaTooNew { found, known }) => assert_eq!((found, known), (next.len() as i64, MIGRATIONS.len() as i64)),
         other => panic!("expected SchemaTooNew, got {:?}", other.err()),
     }
 }

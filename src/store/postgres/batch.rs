@@ -8,13 +8,14 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::writes::storable;
 use crate::store::record::headers_json;
 use crate::store::{NewDelivery, NewEvent, StoreError};
 
 /// The most accepts one transaction takes.
 const MAX_BATCH: usize = 256;
 /// Accepts waiting beyond this make callers wait (asynchronously) to queue theirs.
-const QUEUE_CAPACITY: usize = 4096;
+const QUEUE_CAPACITY: usize = 1024;
 /// Batches committing at once: the next batch forms while these wait on the server.
 pub(super) const WRITERS: usize = 2;
 
@@ -58,6 +59,11 @@ async fn write_batches(pool: Pool, pinned: bool, mut pending: mpsc::Receiver<Pen
                 Err(_) => break,
             }
         }
+        // A caller that gave up (its sender got 503) is not stored behind its back.
+        batch.retain(|accept| !accept.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let pool = pool.clone();
         tokio::spawn(async move {
             commit(&pool, batch, pinned).await;
@@ -72,7 +78,9 @@ async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
         Ok(()) => batch.into_iter().for_each(|accept| {
             let _ = accept.reply.send(Ok(()));
         }),
-        Err(_) if batch.len() > 1 => {
+        // Only a statement the database refused (a repeated id, say) is worth retrying one
+        // accept at a time; a lost connection would only fail each of them again, slowly.
+        Err(error) if batch.len() > 1 && refused(&error) => {
             for accept in batch {
                 let alone = write(pool, std::slice::from_ref(&accept), pinned).await;
                 let _ = accept.reply.send(alone);
@@ -127,8 +135,8 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
                 &events.iter().map(|e| e.received_at).collect::<Vec<_>>(),
                 &events.iter().map(|e| pinned.then_some(e.received_at)).collect::<Vec<_>>(),
                 &events.iter().map(|e| e.route.as_str()).collect::<Vec<_>>(),
-                &events.iter().map(|e| e.event.as_deref()).collect::<Vec<_>>(),
-                &events.iter().map(|e| e.delivery_id.as_deref()).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.event.as_deref().map(storable)).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.delivery_id.as_deref().map(storable)).collect::<Vec<_>>(),
                 &events.iter().map(|e| e.method.as_str()).collect::<Vec<_>>(),
                 &events.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
                 &event_headers,
@@ -148,7 +156,7 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
                 &from_event,
                 &deliveries.iter().map(|(_, e)| pinned.then_some(e.received_at)).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(d, e)| d.next_attempt_at.saturating_sub(e.received_at)).collect::<Vec<_>>(),
-                &deliveries.iter().map(|(d, _)| d.ordered_key.as_deref()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.ordered_key.as_deref().map(storable)).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(d, _)| d.guarded).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(_, e)| e.received_at).collect::<Vec<_>>(),
                 &super::DUE_CHANNEL,
@@ -157,6 +165,15 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
         .await
         .map_err(|error| conflict(error, batch))?;
     Ok(())
+}
+
+/// Whether the database refused the statement (rather than the connection failing).
+fn refused(error: &StoreError) -> bool {
+    match error {
+        StoreError::Conflict(_) | StoreError::InvalidInput(_) => true,
+        StoreError::Postgres(error) => error.as_db_error().is_some(),
+        _ => false,
+    }
 }
 
 /// A repeated id, said in terms of the accept when the batch is one accept.

@@ -13,19 +13,15 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{DUE_CHANNEL, ROUTES_CHANNEL};
 use crate::store::StoreNotice;
 
-/// Keepalive probes on the listening connection, so that a database that vanished without
-/// closing it (a dead host, a dropped route) is noticed within about a minute.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 const LONGEST_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Listens until `stop` turns true, sending each notice to `notices`.
 pub(super) async fn run(
-    mut config: tokio_postgres::Config,
+    config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     notices: broadcast::Sender<StoreNotice>,
     mut stop: watch::Receiver<bool>,
 ) {
-    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE).keepalives_interval(Duration::from_secs(10)).keepalives_retries(3);
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
     loop {

@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, watch};
 
 use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
-use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, StoredForm};
+use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
 use super::{new_claim_token, not_claimed};
 use super::{
@@ -51,6 +51,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Notices a slow subscriber may fall behind by before it is told it lagged (and then
 /// re-reads everything, as for any notice).
 const NOTICE_BACKLOG: usize = 64;
+/// The isolation every transaction here is written for (dedupe locks, then reads what
+/// committed before the lock), whatever the server's default.
+const READ_COMMITTED: &str = "-c default_transaction_isolation=read\\ committed";
+/// Idle time before a connection's keepalive probes start.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// How long data sent to the database may stay unacknowledged before the connection is
+/// given up.
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accept waits for its batch to commit before the webhook gets 503.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a relay looks for claims whose lease ran out.
 const EXPIRED_LEASES_EVERY_MS: i64 = 1000;
 /// Events deleted per transaction by `prune`.
@@ -92,24 +102,32 @@ impl PostgresStore {
         parse_url(url).map(|_| ())
     }
 
-    pub(in crate::store) async fn connect_with(url: &str, migrations: &[&str], caller_clock: bool) -> Result<PostgresStore, StoreError> {
+    pub(in crate::store) async fn connect_with(
+        url: &str,
+        migrations: &[schema::Migration],
+        caller_clock: bool,
+    ) -> Result<PostgresStore, StoreError> {
         let Connection { mut config, extra_roots } = parse_url(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("hookrelay");
+        // A database that stops answering (rather than refusing) is noticed in seconds, so
+        // webhooks get 503 instead of waiting on a dead connection.
+        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE).keepalives_interval(Duration::from_secs(5)).keepalives_retries(3);
+        config.tcp_user_timeout(UNACKNOWLEDGED_TIMEOUT);
         let tls = crate::tls::client_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
         // Accepts are a promise: their sessions commit synchronously, whatever the server's default.
         let base_options = config.get_options().unwrap_or_default().to_owned();
         let mut durable_config = config.clone();
-        durable_config.options(format!("{base_options} -c synchronous_commit=on").trim());
+        durable_config.options(format!("{base_options} -c synchronous_commit=on {READ_COMMITTED}").trim());
         let accepts = pool_of(durable_config, tls.clone(), batch::WRITERS)?;
         // Only what the relay promises must wait for the WAL to reach the disk: hand retries
         // and API routes say so per transaction (`durable`). Claims, leases, attempt records
         // and rate-limit state lost with the server mean a delivery is sent once more, never
         // that an acknowledged event is lost.
-        config.options(format!("{base_options} -c synchronous_commit=off").trim());
+        config.options(format!("{base_options} -c synchronous_commit=off {READ_COMMITTED}").trim());
         let pool = pool_of(config.clone(), tls.clone(), POOL_SIZE)?;
         let (notices, _) = broadcast::channel(NOTICE_BACKLOG);
         let (stop, stopped) = watch::channel(false);
@@ -181,7 +199,11 @@ impl Store for PostgresStore {
             if self.closed.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
-            return self.batcher.accept(event, deliveries).await.map(|()| AcceptOutcome::Accepted);
+            let committed = tokio::time::timeout(ACCEPT_TIMEOUT, self.batcher.accept(event, deliveries)).await;
+            return match committed {
+                Ok(result) => result.map(|()| AcceptOutcome::Accepted),
+                Err(_) => Err(StoreError::Unavailable(format!("the database did not commit within {ACCEPT_TIMEOUT:?}"))),
+            };
         }
         let now = self.pinned(event.received_at);
         in_transaction!(self, |tx| {
@@ -190,7 +212,7 @@ impl Store for PostgresStore {
                 if let (Some(since), Some(delivery_id)) = (dedupe_since, &event.delivery_id) {
                     // One accept at a time per (route, delivery id), on every replica, so of
                     // concurrent duplicates exactly one gets in.
-                    let key = format!("{}:{}:{delivery_id}", event.route.len(), event.route);
+                    let key = format!("{}:{}:{}", event.route.len(), event.route, storable(delivery_id));
                     tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
                     let window = event.received_at.saturating_sub(since);
                     let first = tx
@@ -200,7 +222,7 @@ impl Store for PostgresStore {
                                 db_now!(3),
                                 " - $4 ORDER BY seq LIMIT 1"
                             ),
-                            &[&event.route, delivery_id, &now, &window],
+                            &[&event.route, &storable(delivery_id), &now, &window],
                         )
                         .await?;
                     if let Some(row) = first {

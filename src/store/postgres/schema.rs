@@ -14,8 +14,17 @@ use tokio_postgres::Client;
 
 use crate::store::StoreError;
 
+/// One step of the schema.
+pub(in crate::store) struct Migration {
+    pub sql: &'static str,
+    /// The oldest schema version a relay may know and still run on the result: an
+    /// expand-only step leaves the version before it readable, so relays of the release
+    /// before keep running (and restarting) during a rolling update.
+    pub readable_from: i32,
+}
+
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(in crate::store) const MIGRATIONS: &[&str] = &[V1];
+pub(in crate::store) const MIGRATIONS: &[Migration] = &[Migration { sql: V1, readable_from: 1 }];
 
 /// The advisory lock held while migrating ("hookrelay" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
@@ -111,7 +120,7 @@ CREATE TABLE hookrelay_rate_limits (
 
 /// Brings the schema up to the last of `migrations`, each step in its own transaction,
 /// while holding the migration lock.
-pub(super) async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<(), StoreError> {
+pub(super) async fn migrate(client: &mut Client, migrations: &[Migration]) -> Result<(), StoreError> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let result = apply(client, migrations).await;
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
@@ -120,20 +129,29 @@ pub(super) async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<
     Ok(())
 }
 
-async fn apply(client: &mut Client, migrations: &[&str]) -> Result<(), StoreError> {
+async fn apply(client: &mut Client, migrations: &[Migration]) -> Result<(), StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS hookrelay_schema (
-                 version    integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
+                 version       integer PRIMARY KEY,
+                 readable_from integer NOT NULL,
+                 applied_at    timestamptz NOT NULL DEFAULT now()
              )",
         )
         .await?;
     let known = migrations.len() as i64;
     loop {
-        let found: i64 = client.query_one("SELECT COALESCE(MAX(version), 0)::bigint FROM hookrelay_schema", &[]).await?.get(0);
+        let newest = client.query_opt("SELECT version, readable_from FROM hookrelay_schema ORDER BY version DESC LIMIT 1", &[]).await?;
+        let (found, readable_from) = match newest {
+            Some(row) => (i64::from(row.try_get::<_, i32>(0)?), i64::from(row.try_get::<_, i32>(1)?)),
+            None => (0, 0),
+        };
         if found > known {
-            return Err(StoreError::SchemaTooNew { found, known });
+            if readable_from > known {
+                return Err(StoreError::SchemaTooNew { found, known });
+            }
+            tracing::info!(found, known, "the store's schema is newer than this build and still readable by it");
+            return Ok(());
         }
         let Some(step) = usize::try_from(found).ok().and_then(|index| migrations.get(index)) else {
             if found < 0 {
@@ -142,9 +160,9 @@ async fn apply(client: &mut Client, migrations: &[&str]) -> Result<(), StoreErro
             return Ok(());
         };
         let tx = client.transaction().await?;
-        tx.batch_execute(step).await?;
+        tx.batch_execute(step.sql).await?;
         let version = i32::try_from(found + 1).map_err(|_| StoreError::Corrupt(format!("schema version {found} out of range")))?;
-        tx.execute("INSERT INTO hookrelay_schema (version) VALUES ($1)", &[&version]).await?;
+        tx.execute("INSERT INTO hookrelay_schema (version, readable_from) VALUES ($1, $2)", &[&version, &step.readable_from]).await?;
         tx.commit().await?;
         tracing::info!(version, "store schema migrated");
     }

@@ -1,6 +1,8 @@
 //! The rows a PostgreSQL write adds, inside the caller's transaction: an event, a delivery
 //! (pending or already finished), an attempt stored compactly.
 
+use std::borrow::Cow;
+
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 
@@ -32,8 +34,8 @@ pub(super) async fn insert_event(tx: &Transaction<'_>, event: &NewEvent, now: Op
             &event.received_at,
             &now,
             &event.route,
-            &event.event,
-            &event.delivery_id,
+            &event.event.as_deref().map(storable),
+            &event.delivery_id.as_deref().map(storable),
             &event.method,
             &event.path,
             &headers_json(&event.headers)?,
@@ -96,11 +98,11 @@ pub(super) async fn insert_delivery(
                 &attempts,
                 &now,
                 &delay,
-                &delivery.ordered_key,
+                &delivery.ordered_key.as_deref().map(storable),
                 &delivery.guarded,
                 &created_at,
                 &last_status,
-                &last_error,
+                &last_error.map(storable),
             ],
         )
         .await
@@ -145,7 +147,7 @@ pub(super) async fn insert_attempt(
             &attempt.status.map(i32::from),
             &headers_json(&attempt.response_headers)?,
             &cut(&attempt.response_body, answer_bound(outcome)),
-            &if repeats { None } else { attempt.error.as_deref() },
+            &if repeats { None } else { attempt.error.as_deref().map(storable) },
             &repeats,
             &attempt.counted,
         ],
@@ -159,6 +161,16 @@ pub(super) fn unique_conflict(error: tokio_postgres::Error, message: impl FnOnce
         StoreError::Conflict(message())
     } else {
         error.into()
+    }
+}
+
+/// `text` as PostgreSQL can hold it: a NUL character (which a sender's field or a
+/// receiver's answer may carry) becomes U+FFFD instead of failing the whole write.
+pub(super) fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -220,14 +232,14 @@ pub(super) async fn finish_in_flight(
                 &attempt.status.map(i32::from),
                 &headers_json(&attempt.response_headers)?,
                 &cut(&attempt.response_body, answer_bound(outcome)),
-                &attempt.error,
+                &attempt.error.as_deref().map(storable),
                 &attempt.counted,
                 &finished.status.as_str(),
                 &pinned,
                 &delay,
                 &i32::from(attempt.counted),
                 &now,
-                &finished.last_error,
+                &finished.last_error.as_deref().map(storable),
                 &claim,
             ],
         )
