@@ -195,7 +195,8 @@ impl Store for PostgresStore {
         if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
             return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
         }
-        if dedupe_since.is_none() || event.delivery_id.is_none() {
+        let ordered = deliveries.iter().any(|delivery| delivery.ordered_key.is_some());
+        if !ordered && (dedupe_since.is_none() || event.delivery_id.is_none()) {
             if self.closed.load(Ordering::Acquire) {
                 return Err(StoreError::Closed);
             }
@@ -211,7 +212,7 @@ impl Store for PostgresStore {
                 durable(&tx).await?;
                 if let (Some(since), Some(delivery_id)) = (dedupe_since, &event.delivery_id) {
                     // One accept at a time per (route, delivery id), on every replica, so of
-                    // concurrent duplicates exactly one gets in.
+                    // concurrent duplicates exactly one gets in. (Seed 0; ordering keys use 1.)
                     let key = format!("{}:{}:{}", event.route.len(), event.route, storable(delivery_id));
                     tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
                     let window = event.received_at.saturating_sub(since);
@@ -228,6 +229,21 @@ impl Store for PostgresStore {
                     if let Some(row) = first {
                         return Ok(AcceptOutcome::Duplicate { original_event_id: row.try_get(0)? });
                     }
+                }
+                // Deliveries of one ordering key are numbered (`seq`) in the order they commit:
+                // a younger one never becomes visible to claims before an older one.
+                let mut keys: Vec<String> = deliveries
+                    .iter()
+                    .filter_map(|d| {
+                        d.ordered_key
+                            .as_deref()
+                            .map(|key| format!("{}:{}:{}:{}", d.route.len(), d.route, d.target.len(), d.target) + ":" + &storable(key))
+                    })
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                for key in &keys {
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))", &[key]).await?;
                 }
                 insert_event(&tx, &event, now).await?;
                 for delivery in &deliveries {
