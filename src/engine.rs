@@ -33,7 +33,7 @@ const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How often a relay on a shared store re-counts the queue, which other relays fill and drain.
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 /// How long a relay on a shared store lets wake-ups gather before it claims.
-const SHARED_CLAIM_GATHER: Duration = Duration::from_millis(10);
+const SHARED_CLAIM_GATHER: Duration = Duration::from_millis(25);
 /// The longest pause between claims while the store fails.
 const LONGEST_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 
