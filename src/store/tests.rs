@@ -34,7 +34,11 @@ mod postgres_cluster;
 /// None where PostgreSQL is not installed.
 async fn open_postgres(test: &str) -> Option<PostgresStore> {
     let url = postgres_cluster::fresh_database(test).await?;
-    Some(PostgresStore::connect_with(&url, postgres::schema::MIGRATIONS, true).await.unwrap())
+    Some(open_postgres_at(&url).await)
+}
+
+async fn open_postgres_at(url: &str) -> PostgresStore {
+    PostgresStore::connect_with(url, postgres::schema::MIGRATIONS, true).await.unwrap()
 }
 
 /// Runs each named test, `async fn name(store: Arc<dyn Store>)`, against both backends.
@@ -1026,4 +1030,25 @@ async fn postgres_schedules_on_the_database_clock() {
     let from_real_now = due - now_ms();
     assert!((55_000..=60_000).contains(&from_real_now), "due {from_real_now} ms from the real now");
     assert!(store.claim_due(skewed + 120_000, 10, LEASE).await.unwrap().is_empty(), "the relay's clock cannot make it due early");
+}
+
+/// A prune on one relay never deletes an event whose delivery another relay is retrying by
+/// hand at that moment: the retry holds the event, and the prune passes it by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_prune_passes_by_an_event_being_retried() {
+    let Some(url) = postgres_cluster::fresh_database("postgres_prune_passes_by_an_event_being_retried").await else { return };
+    let store = open_postgres_at(&url).await;
+    accept_one(&store, "e1", "r", T0).await;
+    let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
+    let failed = AttemptOutcome::Failed { reason: "410".into() };
+    store.finish_attempt("d-e1", claimed[0].claim, attempt(Some(410), true), failed, T0 + 1).await.unwrap();
+
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let retrying = client.transaction().await.unwrap();
+    retrying.execute("SELECT 1 FROM hookrelay_events WHERE id = 'e1' FOR KEY SHARE", &[]).await.unwrap();
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 0, "the event held by a retry is passed by");
+    retrying.rollback().await.unwrap();
+    assert_eq!(store.prune(T0 + 10).await.unwrap(), 1);
+    assert!(store.get_event("e1").await.unwrap().is_none());
 }

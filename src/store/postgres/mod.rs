@@ -394,6 +394,12 @@ impl Store for PostgresStore {
         in_transaction!(self, |tx| {
             async {
                 durable(&tx).await?;
+                // Holds the event against a prune deciding to delete it (see `prune`).
+                tx.execute(
+                    "SELECT 1 FROM hookrelay_events e JOIN hookrelay_deliveries d ON d.event_id = e.id WHERE d.id = $1 FOR KEY SHARE OF e",
+                    &[&delivery_id],
+                )
+                .await?;
                 let changed = tx
                     .execute(
                         concat!(
@@ -467,23 +473,41 @@ impl Store for PostgresStore {
     }
 
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
-        let client = self.client().await?;
         let mut total = 0;
         loop {
-            // Deliveries and attempts go with their event (ON DELETE CASCADE).
-            let deleted = client
-                .execute(
-                    "DELETE FROM hookrelay_events WHERE seq IN (
-                         SELECT e.seq FROM hookrelay_events e
-                         WHERE e.received_at < $1
-                           AND NOT EXISTS (SELECT 1 FROM hookrelay_deliveries d
-                                           WHERE d.event_id = e.id AND d.status IN ('pending', 'in_flight'))
-                         LIMIT $2)",
-                    &[&older_than, &PRUNE_CHUNK],
-                )
-                .await?;
+            // Candidates are locked first (skipping events a hand retry holds), then checked
+            // again with what committed since, so a delivery retried meanwhile is never
+            // deleted with its event. Deliveries and attempts go with their event (CASCADE).
+            let deleted = in_transaction!(self, |tx| {
+                async {
+                    let candidates: Vec<i64> = tx
+                        .query(
+                            "SELECT e.seq FROM hookrelay_events e
+                             WHERE e.received_at < $1
+                               AND NOT EXISTS (SELECT 1 FROM hookrelay_deliveries d
+                                               WHERE d.event_id = e.id AND d.status IN ('pending', 'in_flight'))
+                             LIMIT $2 FOR UPDATE OF e SKIP LOCKED",
+                            &[&older_than, &PRUNE_CHUNK],
+                        )
+                        .await?
+                        .iter()
+                        .map(|row| row.try_get(0))
+                        .collect::<Result<_, _>>()?;
+                    let deleted = tx
+                        .execute(
+                            "DELETE FROM hookrelay_events e WHERE e.seq = ANY($1)
+                               AND NOT EXISTS (SELECT 1 FROM hookrelay_deliveries d
+                                               WHERE d.event_id = e.id AND d.status IN ('pending', 'in_flight'))",
+                            &[&candidates],
+                        )
+                        .await?;
+                    Ok((candidates.len(), deleted))
+                }
+                .await
+            })?;
+            let (candidates, deleted) = deleted;
             total += deleted;
-            if deleted < PRUNE_CHUNK.unsigned_abs() {
+            if candidates < PRUNE_CHUNK as usize {
                 return Ok(total);
             }
         }
