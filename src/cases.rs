@@ -161,7 +161,12 @@ fn check(snapshot: &Snapshot, request: &InboundRequest, expect: &Expectation) ->
                 .filter(|r| !r.verify_errors.is_empty())
                 .map(|r| format!("{} ({})", r.route, r.verify_errors.join(", ")))
                 .collect();
-            let note = if refused.is_empty() { String::new() } else { format!("\n  failed verification: {}", refused.join("; ")) };
+            let mut note = if refused.is_empty() { String::new() } else { format!("\n  failed verification: {}", refused.join("; ")) };
+            for missing in routes.iter().filter(|name| !actual.contains(&name.as_str())) {
+                if let Some(why) = report.routes.iter().find(|r| &r.route == missing).and_then(|r| r.why_not.as_deref()) {
+                    note.push_str(&format!("\n  {missing} did not fire: {why}"));
+                }
+            }
             failures.push(format!("routes fired: expected {routes:?}, got {actual:?}{note}"));
         }
     }

@@ -106,6 +106,122 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// Why the condition does not hold for `input`: the first failing part and what it
+    /// saw (`header Codeup-Event: "Tag Push Hook" not in ["Push Hook"]`); None when it
+    /// holds. Values of credential-like names are never shown.
+    pub fn why_not(&self, input: &MatchInput<'_>) -> Option<String> {
+        if self.eval(input) {
+            return None;
+        }
+        Some(match self {
+            Condition::All(items) => return items.iter().find_map(|item| item.why_not(input)),
+            Condition::Any(items) => {
+                let reasons: Vec<String> = items.iter().filter_map(|item| item.why_not(input)).collect();
+                format!("none of `any` held: {}", reasons.join("; or "))
+            }
+            Condition::Not(_) => "`not`: the condition inside it held".to_string(),
+            Condition::Header(name, tests) => {
+                let text = header_text(input.headers, name);
+                explain(
+                    &format!("header {name}"),
+                    hides_values(name.as_str()),
+                    tests,
+                    text.as_deref().map(|t| Value::String(t.to_string())).into_iter().collect(),
+                )
+            }
+            Condition::Query(name, tests) => {
+                let values = input.query.iter().filter(|(k, _)| k == name).map(|(_, v)| Value::String(v.clone())).collect();
+                explain(&format!("query {name}"), hides_values(name), tests, values)
+            }
+            Condition::Body(path, tests) => {
+                let shown = path.to_string();
+                let nodes = input.body.map(|body| path.query(body).all().into_iter().cloned().collect()).unwrap_or_default();
+                explain(&format!("body {shown}"), hides_values(&shown), tests, nodes)
+            }
+            Condition::Event(patterns) => {
+                let wanted: Vec<String> = patterns.iter().map(EventPattern::describe).collect();
+                match input.event {
+                    Some(event) => format!("event {} not in [{}]", Value::String(event.to_string()), wanted.join(", ")),
+                    None => format!("no event name (wanted one of [{}])", wanted.join(", ")),
+                }
+            }
+        })
+    }
+}
+
+impl EventPattern {
+    fn describe(&self) -> String {
+        match self {
+            EventPattern::Exact(name) => name.clone(),
+            EventPattern::Glob(glob) => glob.as_str().to_string(),
+        }
+    }
+}
+
+/// Whether a header, query parameter or body field is named like a credential: its values
+/// (seen and expected) stay out of explanations.
+fn hides_values(name: &str) -> bool {
+    // The last field of a body path (`$.a.token`, `$['a']['token']`), or the whole name.
+    let last = name.rsplit(['.', '[']).next().unwrap_or(name).trim_matches(|c| matches!(c, '\'' | '"' | ']'));
+    let lower = last.to_ascii_lowercase();
+    crate::redact::is_sensitive_header(&lower)
+        || ["token", "secret", "password", "passwd", "signature", "cookie", "auth"].iter().any(|word| lower.contains(word))
+        || ["sign", "key"].contains(&lower.as_str())
+        || ["_key", "-key", "apikey"].iter().any(|end| lower.ends_with(end))
+}
+
+/// The first of `tests` that the `seen` values fail, said as `what <seen> <test>`.
+fn explain(what: &str, hidden: bool, tests: &[Test], seen: Vec<Value>) -> String {
+    let Some(first) = seen.first() else {
+        return format!("{what} missing");
+    };
+    let failed = tests.iter().find(|test| match test {
+        Test::Exists(expected) => !*expected,
+        other => !seen.iter().any(|node| other.holds(node)),
+    });
+    let shown = if hidden { "(value hidden)".to_string() } else { first.to_string() };
+    match failed {
+        Some(Test::Exists(_)) => format!("{what} is present"),
+        Some(test) if hidden => format!("{what} {shown} fails `{}`", test.operator()),
+        Some(test) => format!("{what} = {shown} {}", test.failure()),
+        None => format!("{what} = {shown}"),
+    }
+}
+
+impl Test {
+    fn operator(&self) -> &'static str {
+        match self {
+            Test::Equals(_) => "equals",
+            Test::In(_) => "in",
+            Test::Regex(_) => "regex",
+            Test::Glob(_) => "glob",
+            Test::Exists(_) => "exists",
+            Test::Contains(_) => "contains",
+            Test::Greater(_) => "gt",
+            Test::GreaterOrEqual(_) => "gte",
+            Test::Less(_) => "lt",
+            Test::LessOrEqual(_) => "lte",
+        }
+    }
+
+    /// What the value failed, as words after it.
+    fn failure(&self) -> String {
+        match self {
+            Test::Equals(expected) => format!("≠ {expected}"),
+            Test::In(options) => format!("not in [{}]", options.iter().map(Value::to_string).collect::<Vec<_>>().join(", ")),
+            Test::Regex(regex) => format!("does not match {}", regex.as_str()),
+            Test::Glob(glob) => format!("does not match {}", glob.as_str()),
+            Test::Exists(_) => "exists".to_string(),
+            Test::Contains(needle) => format!("does not contain {needle}"),
+            Test::Greater(limit) => format!("is not > {limit}"),
+            Test::GreaterOrEqual(limit) => format!("is not ≥ {limit}"),
+            Test::Less(limit) => format!("is not < {limit}"),
+            Test::LessOrEqual(limit) => format!("is not ≤ {limit}"),
+        }
+    }
+}
+
 /// Every test must hold; a test holds when any of the selected nodes satisfies it
 /// (`exists` looks at whether there are nodes at all).
 fn holds_all<'v>(tests: &[Test], nodes: impl Iterator<Item = &'v Value> + Clone) -> bool {
@@ -370,6 +486,17 @@ pub fn compile_tests(raw: &Value, at: &str, problems: &mut Problems, regexes: &m
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn credential_like_names_hide_their_values() {
+        for hidden in ["x-gitlab-token", "Authorization", "$.secret", "$['data']['token']", "access_token", "$.sign", "x-api-key", "$.key"]
+        {
+            assert!(hides_values(hidden), "{hidden}");
+        }
+        for shown in ["codeup-event", "$.resourceKey", "$.ref", "$.monkey_name", "x-github-event"] {
+            assert!(!hides_values(shown), "{shown}");
+        }
+    }
 
     fn compile(yaml: &str) -> Condition {
         let raw: RawMatch = serde_yaml::from_str(yaml).unwrap();

@@ -27,6 +27,9 @@ pub struct RouteReport {
     /// Verification failures; a route that fails verification would answer 401.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verify_errors: Vec<String>,
+    /// For a route that did not match: the first thing that failed, and what it saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
     pub event: Option<String>,
     pub delivery_id: Option<String>,
     pub requests: Vec<TargetReport>,
@@ -117,11 +120,34 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         routes.push(RouteReport {
             route: route.name.clone(),
             matched: did_match,
+            why_not: (!did_match).then(|| routing::why_not(route, request)),
             verify_errors,
             event: matched.info.event.clone(),
             delivery_id: matched.info.delivery_id.clone(),
             requests,
         });
+    }
+    if only_route.is_none() {
+        // Every other route, with why it did not fire.
+        let fired: Vec<String> = routes.iter().map(|r| r.route.clone()).collect();
+        let stopped_by = routes.iter().find(|r| snapshot.route(&r.route).is_some_and(|route| route.is_final)).map(|r| r.route.clone());
+        for route in snapshot.routes.iter().filter(|route| !fired.contains(&route.name)) {
+            let why = match &stopped_by {
+                Some(final_route) if routing::why_not(route, request) == "it matches" => {
+                    format!("not reached: the final route {final_route} fired before it")
+                }
+                _ => routing::why_not(route, request),
+            };
+            routes.push(RouteReport {
+                route: route.name.clone(),
+                matched: false,
+                why_not: Some(why),
+                verify_errors: Vec::new(),
+                event: None,
+                delivery_id: None,
+                requests: Vec::new(),
+            });
+        }
     }
     Ok(DryRun { routes })
 }

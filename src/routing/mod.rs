@@ -223,6 +223,25 @@ pub fn select<'a>(table: &'a RouteTable, request: &InboundRequest) -> Vec<RouteM
     matched
 }
 
+/// Why `route` does not take `request`: the method, the path, a body it cannot read, or
+/// the first condition that failed, with what it saw.
+pub fn why_not(route: &Route, request: &InboundRequest) -> String {
+    if !route.methods.contains(&request.method) {
+        let allowed: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
+        return format!("method {} not in [{}]", request.method, allowed.join(", "));
+    }
+    if route.path.matches(&request.path).is_none() {
+        return format!("path {} ≠ {}", request.path, route.path.as_str());
+    }
+    let body = request.body.as_matchable();
+    if route.needs_body && body.is_none() {
+        return "the body is not JSON or a form, and the route's conditions read it".to_string();
+    }
+    let info = route.source.extract(&request.headers, body);
+    let input = MatchInput { headers: &request.headers, query: &request.query, body, event: info.event.as_deref() };
+    route.condition.why_not(&input).unwrap_or_else(|| "it matches".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

@@ -111,3 +111,59 @@ fn schema_describes_the_config_for_editors() {
     }
     assert!(schema["$defs"]["RawTarget"]["properties"].get("success_when").is_some());
 }
+
+/// `render` names, for every route that did not fire, the first condition that failed and
+/// what it saw; values of credential-like headers are never printed.
+#[test]
+fn render_says_why_each_other_route_did_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &config,
+        r#"listen: 127.0.0.1:0
+routes:
+  - { name: fires, match: { path: /hooks/a }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - { name: other-path, match: { path: /hooks/b }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - { name: tags-only, match: { path: /hooks/a, headers: { Codeup-Event: { in: [Tag Push Hook] } } }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - name: main-only
+    match: { path: /hooks/a, body: [ { path: $.ref, regex: "^refs/heads/(main|master)$" } ] }
+    forward: [ { url: "http://127.0.0.1:9/x" } ]
+  - { name: missing-field, match: { path: /hooks/a, body: [ { path: $.project.id, exists: true } ] }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - { name: token-gated, match: { path: /hooks/a, headers: { X-Gitlab-Token: very-secret-value } }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - { name: gets-only, match: { path: /hooks/a, methods: [GET] }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+"#,
+    )
+    .unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, r#"{"ref":"refs/heads/dev"}"#).unwrap();
+    let (code, stdout, stderr) = hookrelay(&[
+        "render",
+        "-c",
+        config.to_str().unwrap(),
+        "--body",
+        body.to_str().unwrap(),
+        "--path",
+        "/hooks/a",
+        "-H",
+        "Codeup-Event: Push Hook",
+        "-H",
+        "X-Gitlab-Token: what-the-sender-sent",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let why: std::collections::BTreeMap<String, String> = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|route| route["matched"] == false)
+        .map(|route| (route["route"].as_str().unwrap().to_string(), route["why_not"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(report["routes"][0]["route"], "fires");
+    assert_eq!(why["other-path"], "path /hooks/a ≠ /hooks/b");
+    assert_eq!(why["tags-only"], r#"header codeup-event = "Push Hook" not in ["Tag Push Hook"]"#);
+    assert_eq!(why["main-only"], r#"body $.ref = "refs/heads/dev" does not match ^refs/heads/(main|master)$"#);
+    assert_eq!(why["missing-field"], "body $.project.id missing");
+    assert_eq!(why["token-gated"], "header x-gitlab-token (value hidden) fails `equals`");
+    assert_eq!(why["gets-only"], "method POST not in [GET]");
+    assert!(!stdout.contains("very-secret-value") && !stdout.contains("what-the-sender-sent"), "{stdout}");
+}

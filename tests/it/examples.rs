@@ -51,6 +51,27 @@ fn a_failing_case_prints_a_diff_and_exits_1() {
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 }
 
+/// A case whose route does not fire says why: the first condition that failed and what it saw.
+#[test]
+fn a_case_whose_route_does_not_fire_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bkrepo-to-slack");
+    std::fs::write(dir.path().join("ipa.json"), r#"{"type":"NODE_CREATED","projectId":"mobile","resourceKey":"/app.ipa"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("cases.yaml"),
+        format!(
+            "config: {}\ncases:\n  - name: an ipa\n    request:\n      path: /hooks/bkrepo\n      headers: {{ X-Hookrelay-Token: change-me }}\n      body_file: {}\n    expect:\n      routes: [bkrepo-apk-to-slack]\n",
+            example.join("hookrelay.yaml").display(),
+            dir.path().join("ipa.json").display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hookrelay")).env_clear().arg("test").arg(dir.path().join("cases.yaml")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(r#"bkrepo-apk-to-slack did not fire: body $.resourceKey = "/app.ipa" does not match \.apk$"#), "{stdout}");
+}
+
 /// A case's request to replay, and how many requests it should send on.
 struct Replay {
     method: String,
