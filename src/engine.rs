@@ -187,6 +187,12 @@ impl Engine {
         }
     }
 
+    /// Takes `count` deliveries cancelled by hand out of the queue count.
+    pub fn forget(&self, count: u64) {
+        self.depth.fetch_sub(i64::try_from(count).unwrap_or(i64::MAX), Ordering::AcqRel);
+        self.publish_depth();
+    }
+
     /// Wakes the workers now (after a manual retry, say).
     pub fn wake(&self) {
         self.wake.notify_one();

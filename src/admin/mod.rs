@@ -26,7 +26,9 @@ use crate::relay::{Relay, ReloadOutcome};
 use crate::reload::reload_now;
 use crate::respond::json_response;
 use crate::routing::Route;
-use crate::store::{AttemptView, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, EventView, StoreError, DEFAULT_PAGE};
+use crate::store::{
+    AttemptView, CancelFilter, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, EventView, StoreError, DEFAULT_PAGE,
+};
 use crate::values::secret_eq;
 
 fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
@@ -44,6 +46,45 @@ fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
 
 /// API request bodies (route definitions, sample requests) are small.
 const MAX_API_BODY: usize = 1024 * 1024;
+
+/// `POST /api/deliveries/cancel` with `{route?, target?, status?: "pending", before?}`
+/// (`before`: RFC 3339 or milliseconds since the epoch): cancels the pending deliveries
+/// that match all of them.
+async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Filter {
+        route: Option<String>,
+        target: Option<String>,
+        status: Option<String>,
+        before: Option<Value>,
+    }
+    let bad = |detail: String| ApiError::BadRequest { error: "invalid cancel filter", detail: json!(detail) }.into_response();
+    let filter: Filter = match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
+        Ok(filter) => filter,
+        Err(err) => return bad(err.to_string()),
+    };
+    if filter.status.as_deref().is_some_and(|status| status != "pending") {
+        return bad("only pending deliveries can be cancelled (status: pending)".to_string());
+    }
+    let before = match &filter.before {
+        None => None,
+        Some(Value::Number(ms)) => ms.as_i64(),
+        Some(Value::String(text)) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(time) => Some(time.timestamp_millis()),
+            Err(err) => return bad(format!("before: {err}")),
+        },
+        Some(other) => return bad(format!("before: {other} is neither RFC 3339 nor milliseconds")),
+    };
+    let filter = CancelFilter { route: filter.route, target: filter.target, before };
+    match relay.engine.store().cancel_pending(filter, now_ms()).await {
+        Ok(cancelled) => {
+            relay.engine.forget(cancelled);
+            json_response(StatusCode::OK, &json!({ "cancelled": cancelled }))
+        }
+        Err(err) => store_error(err),
+    }
+}
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match http_body_util::Limited::new(request.into_body(), MAX_API_BODY).collect().await {
@@ -160,6 +201,21 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                     let snapshot = relay.snapshot();
                     page.items.iter_mut().for_each(|delivery| redact_delivery(delivery, &snapshot.redactions));
                     json_response(StatusCode::OK, &json!({ "items": page.items, "next_cursor": page.next_cursor }))
+                }
+                Err(err) => store_error(err),
+            }
+        }
+        (Method::POST, "/api/deliveries/cancel") => match read_body(request).await {
+            Ok(body) => cancel_pending(relay, &body).await,
+            Err(response) => response,
+        },
+        (Method::POST, other) if other.starts_with("/api/deliveries/") && other.ends_with("/cancel") => {
+            let id = &other["/api/deliveries/".len()..other.len() - "/cancel".len()];
+            match relay.engine.store().cancel(id, now_ms()).await {
+                Ok(mut delivery) => {
+                    relay.engine.forget(1);
+                    redact_delivery(&mut delivery, &relay.snapshot().redactions);
+                    json_response(StatusCode::OK, &json!(delivery))
                 }
                 Err(err) => store_error(err),
             }

@@ -4,8 +4,8 @@
 //! [`PostgresStore`] (shared by several relays, which also keeps their rate limits).
 //!
 //! The store owns persistence and the delivery state machine — `pending` → `in_flight` →
-//! `succeeded` | `failed`, with leases for crash recovery and one-at-a-time ordering per
-//! `ordered_key`. The caller passes every time in (milliseconds since the Unix epoch); a
+//! `succeeded` | `failed`, and `pending` → `cancelled` by hand — with leases for crash
+//! recovery and one-at-a-time ordering per `ordered_key`. The caller passes every time in (milliseconds since the Unix epoch); a
 //! shared store maps them onto the database's clock. It must not decide retry schedules
 //! (the caller says when to retry) or redact: a
 //! stored request is the rendered one (configured credentials and signatures are added
@@ -92,6 +92,8 @@ pub enum DeliveryStatus {
     InFlight,
     Succeeded,
     Failed,
+    /// Cancelled by hand before it was sent: final, never sent.
+    Cancelled,
 }
 
 impl DeliveryStatus {
@@ -101,12 +103,14 @@ impl DeliveryStatus {
             DeliveryStatus::InFlight => "in_flight",
             DeliveryStatus::Succeeded => "succeeded",
             DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
         }
     }
 
-    /// Succeeded and failed deliveries are done: nothing happens to them unless retried by hand.
+    /// Succeeded, failed and cancelled deliveries are done: nothing happens to them unless
+    /// retried by hand.
     pub fn is_finished(self) -> bool {
-        matches!(self, DeliveryStatus::Succeeded | DeliveryStatus::Failed)
+        matches!(self, DeliveryStatus::Succeeded | DeliveryStatus::Failed | DeliveryStatus::Cancelled)
     }
 }
 
@@ -125,6 +129,7 @@ impl FromStr for DeliveryStatus {
             "in_flight" => Ok(DeliveryStatus::InFlight),
             "succeeded" => Ok(DeliveryStatus::Succeeded),
             "failed" => Ok(DeliveryStatus::Failed),
+            "cancelled" => Ok(DeliveryStatus::Cancelled),
             other => Err(StoreError::InvalidInput(format!("unknown delivery status {other:?}"))),
         }
     }
@@ -277,6 +282,15 @@ impl Default for DeliveryFilter {
     }
 }
 
+/// Which pending deliveries [`Store::cancel_pending`] cancels: all that match every given field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CancelFilter {
+    pub route: Option<String>,
+    pub target: Option<String>,
+    /// Created before this time (ms).
+    pub before: Option<i64>,
+}
+
 /// A route created through the admin API; `definition` has the YAML route schema, as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredRoute {
@@ -415,10 +429,17 @@ pub trait Store: Send + Sync {
     /// many deliveries were handed back.
     async fn recover_claims(&self, now: i64) -> Result<u64, StoreError>;
 
-    /// Makes a failed or pending delivery due now. NotFound if missing; Conflict if it
-    /// succeeded or is in flight. The attempt count is kept: the worker's retry policy
+    /// Makes a failed, cancelled or pending delivery due now. NotFound if missing; Conflict
+    /// if it succeeded or is in flight. The attempt count is kept: the worker's retry policy
     /// decides how many more tries a hand retry gets.
     async fn retry_now(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError>;
+
+    /// Cancels a pending delivery: `cancelled`, final, never sent. NotFound if missing;
+    /// Conflict if it is finished or on the wire.
+    async fn cancel(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError>;
+
+    /// Cancels every pending delivery matching `filter`; returns how many.
+    async fn cancel_pending(&self, filter: CancelFilter, now: i64) -> Result<u64, StoreError>;
 
     async fn get_event(&self, id: &str) -> Result<Option<EventView>, StoreError>;
     /// Newest first.
@@ -491,6 +512,14 @@ fn postgres_message(error: &tokio_postgres::Error) -> String {
 /// A new claim token: random, so that tokens of different relays never collide.
 pub(crate) fn new_claim_token() -> i64 {
     fastrand::i64(1..)
+}
+
+/// The Conflict a delivery that is not pending gets when cancelled.
+pub(crate) fn cannot_cancel(delivery_id: &str, status: DeliveryStatus) -> StoreError {
+    match status {
+        DeliveryStatus::InFlight => StoreError::Conflict(format!("delivery {delivery_id} is on the wire")),
+        other => StoreError::Conflict(format!("delivery {delivery_id} is already {other}")),
+    }
 }
 
 /// The Conflict a stale claim gets.

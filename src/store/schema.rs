@@ -2,12 +2,12 @@
 //! Owns the table layout and nothing else. A shipped migration is never edited: a change
 //! is a new entry at the end of [`MIGRATIONS`].
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -124,10 +124,68 @@ CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, seq) WHERE n
 // worker whose lease was taken over cannot touch the new claim.
 const V4: &str = "ALTER TABLE deliveries ADD COLUMN claim_token INTEGER;";
 
+// A delivery may be cancelled by hand. SQLite cannot change a CHECK constraint, so the
+// table is rebuilt (with foreign keys off: see `migrate`), keeping every row and `seq`.
+const V5: &str = "
+CREATE TABLE deliveries_v5 (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                  TEXT NOT NULL UNIQUE,
+    event_id            TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    route               TEXT NOT NULL,
+    target              TEXT NOT NULL,
+    req_method          TEXT NOT NULL,
+    req_url             TEXT NOT NULL,
+    req_headers         TEXT NOT NULL,
+    req_body            BLOB NOT NULL,
+    status              TEXT NOT NULL CHECK (status IN ('pending', 'in_flight', 'succeeded', 'failed', 'cancelled')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     INTEGER,
+    lease_until         INTEGER,
+    ordered_key         TEXT,
+    created_at          INTEGER NOT NULL,
+    updated_at          INTEGER NOT NULL,
+    last_status         INTEGER,
+    last_error          TEXT,
+    guarded             INTEGER,
+    req_body_from_event INTEGER,
+    claim_token         INTEGER
+);
+INSERT INTO deliveries_v5 (seq, id, event_id, route, target, req_method, req_url, req_headers, req_body, status, attempts,
+                           next_attempt_at, lease_until, ordered_key, created_at, updated_at, last_status, last_error, guarded,
+                           req_body_from_event, claim_token)
+    SELECT seq, id, event_id, route, target, req_method, req_url, req_headers, req_body, status, attempts, next_attempt_at,
+           lease_until, ordered_key, created_at, updated_at, last_status, last_error, guarded, req_body_from_event, claim_token
+    FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v5 RENAME TO deliveries;
+CREATE INDEX deliveries_event ON deliveries (event_id);
+CREATE INDEX deliveries_status ON deliveries (status, seq);
+CREATE INDEX deliveries_route ON deliveries (route, seq);
+CREATE INDEX deliveries_target ON deliveries (target, seq);
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, seq) WHERE next_attempt_at IS NOT NULL;
+CREATE INDEX deliveries_ordered ON deliveries (route, target, ordered_key, seq)
+    WHERE ordered_key IS NOT NULL AND status IN ('pending', 'in_flight');
+";
+
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once
 /// cannot both apply a step.
 pub(super) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
+    // A step that rebuilds a parent table (V5) drops it: with foreign keys on, that would
+    // cascade into its children. They are off while migrating (the pragma cannot change
+    // inside a transaction) and checked before they come back on.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let migrated = apply(conn, migrations);
+    let broken: Option<String> = conn.query_row("PRAGMA foreign_key_check", [], |row| row.get(0)).optional()?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    migrated?;
+    match broken {
+        Some(table) => Err(StoreError::Corrupt(format!("a migration left rows in {table} without their parent"))),
+        None => Ok(()),
+    }
+}
+
+fn apply(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
     let known = migrations.len() as i64;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

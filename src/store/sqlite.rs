@@ -20,6 +20,7 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
+use super::{cannot_cancel, CancelFilter};
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
@@ -281,6 +282,40 @@ impl Store for SqliteStore {
                     params![now, seq],
                 )?;
                 delivery_by_id(conn, &id)?.map(|(_, view)| view).ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn cancel(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError> {
+        let id = delivery_id.to_owned();
+        self.writer
+            .write(move |conn| {
+                let (seq, status) = delivery_state(conn, &id)?;
+                if status != DeliveryStatus::Pending {
+                    return Err(cannot_cancel(&id, status));
+                }
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, lease_until = NULL, claim_token = NULL,
+                                           updated_at = ?1 WHERE seq = ?2",
+                )?
+                .execute(params![now, seq])?;
+                delivery_by_id(conn, &id)?.map(|(_, view)| view).ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn cancel_pending(&self, filter: CancelFilter, now: i64) -> Result<u64, StoreError> {
+        self.writer
+            .write(move |conn| {
+                let cancelled = conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, lease_until = NULL, claim_token = NULL,
+                                               updated_at = ?1
+                         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+                           AND (?2 IS NULL OR route = ?2) AND (?3 IS NULL OR target = ?3) AND (?4 IS NULL OR created_at < ?4)",
+                    )?
+                    .execute(params![now, filter.route, filter.target, filter.before])?;
+                Ok(cancelled as u64)
             })
             .await
     }

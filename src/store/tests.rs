@@ -75,6 +75,7 @@ conformance!(
     renewed_leases_are_not_taken_over,
     a_claim_taken_over_is_no_longer_the_old_workers,
     nul_characters_from_senders_and_receivers_are_stored,
+    pending_deliveries_can_be_cancelled_one_by_one_or_by_filter,
     claims_oldest_due_first_up_to_the_limit,
     expired_lease_is_claimable_again,
     ordered_key_goes_one_at_a_time_in_order,
@@ -358,6 +359,42 @@ async fn nul_characters_from_senders_and_receivers_are_stored(store: Arc<dyn Sto
     assert_eq!(shown(view.last_error.as_deref().unwrap()), "success_when failed: bad\u{fffd}");
     assert_eq!(shown(attempts[0].error.as_deref().unwrap()), "errmsg bad\u{fffd}");
     assert_eq!(shown(store.get_event("e1").await.unwrap().unwrap().event.as_deref().unwrap()), "push\u{fffd}");
+}
+
+/// A pending delivery can be cancelled (final, never claimed); one on the wire or already
+/// finished cannot. Cancelling by filter takes only pending ones; a cancelled delivery no
+/// longer holds its ordering key, and a hand retry brings it back.
+async fn pending_deliveries_can_be_cancelled_one_by_one_or_by_filter(store: Arc<dyn Store>) {
+    accept_one(&*store, "e1", "r", T0).await;
+    accept_one(&*store, "e2", "r", T0 + 1).await;
+    accept_one(&*store, "e3", "other", T0 + 2).await;
+    for n in 4..=5 {
+        let event = event(&format!("e{n}"), "ordered", T0 + n);
+        let mut ordered = delivery(&format!("d-e{n}"), &event, "t", T0 + n);
+        ordered.ordered_key = Some("k".into());
+        store.accept(event, vec![ordered]).await.unwrap();
+    }
+    let cancelled = store.cancel("d-e1", T0 + 10).await.unwrap();
+    assert_eq!((cancelled.status, cancelled.next_attempt_at, cancelled.updated_at), (DeliveryStatus::Cancelled, None, T0 + 10));
+    assert!(matches!(store.cancel("d-e1", T0 + 11).await, Err(StoreError::Conflict(_))), "already cancelled");
+    assert!(matches!(store.cancel("nope", T0).await, Err(StoreError::NotFound)));
+    let by_route = CancelFilter { route: Some("r".into()), ..CancelFilter::default() };
+    assert_eq!(store.cancel_pending(by_route.clone(), T0 + 12).await.unwrap(), 1, "d-e2; d-e1 is no longer pending");
+    assert_eq!(store.cancel_pending(by_route, T0 + 12).await.unwrap(), 0);
+    assert_eq!(store.cancel("d-e4", T0 + 13).await.unwrap().status, DeliveryStatus::Cancelled);
+    let before = CancelFilter { before: Some(T0 + 2), ..CancelFilter::default() };
+    assert_eq!(store.cancel_pending(before, T0 + 14).await.unwrap(), 0, "e3 was created at T0 + 2, not before");
+    assert_eq!(store.queue_depth().await.unwrap(), 2);
+
+    let claimed = store.claim_due(T0 + 20, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e3", "d-e5"], "cancelled ones are never claimed; d-e4 no longer holds key k");
+    assert!(matches!(store.cancel("d-e3", T0 + 21).await, Err(StoreError::Conflict(_))), "on the wire");
+    let listed =
+        store.list_deliveries(DeliveryFilter { status: Some(DeliveryStatus::Cancelled), ..DeliveryFilter::default() }).await.unwrap();
+    assert_eq!(listed.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["d-e4", "d-e2", "d-e1"]);
+
+    assert_eq!(store.retry_now("d-e1", T0 + 30).await.unwrap().status, DeliveryStatus::Pending, "a hand retry brings it back");
+    assert_eq!(ids(&store.claim_due(T0 + 30, 10, LEASE).await.unwrap()), ["d-e1"]);
 }
 
 async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
@@ -733,7 +770,9 @@ async fn store_is_usable_as_a_trait_object(store: Arc<dyn Store>) {
 
 #[test]
 fn statuses_round_trip() {
-    for status in [DeliveryStatus::Pending, DeliveryStatus::InFlight, DeliveryStatus::Succeeded, DeliveryStatus::Failed] {
+    for status in
+        [DeliveryStatus::Pending, DeliveryStatus::InFlight, DeliveryStatus::Succeeded, DeliveryStatus::Failed, DeliveryStatus::Cancelled]
+    {
         assert_eq!(status.as_str().parse::<DeliveryStatus>().unwrap(), status);
         assert_eq!(serde_json::to_value(status).unwrap(), json!(status.as_str()));
     }

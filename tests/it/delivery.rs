@@ -382,3 +382,48 @@ async fn sync_routes_apply_success_when() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A backlog can be cancelled over the admin API, one delivery or by filter; cancelled
+/// deliveries are final, never sent, and leave the queue.
+#[tokio::test]
+async fn pending_deliveries_are_cancelled_over_the_admin_api() {
+    let down = crate::support::binary::free_port();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: robot\n    match: {{ path: /hooks/robot }}\n    forward:\n      - name: down\n        url: http://127.0.0.1:{down}/send\n        retry: {{ max_attempts: 100, initial: 1h, max: 1h, jitter: false }}\n"
+    );
+    let relay = Relay::start(&yaml).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let reply = relay.client.post_json(&relay.url("/hooks/robot"), &[], format!(r#"{{"n":{n}}}"#)).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        ids.push(reply.json()["id"].as_str().unwrap().to_string());
+    }
+    // Each was tried once (refused) and now waits an hour for its next try.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&relay, "/api/deliveries?status=pending").await["items"].as_array().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "deliveries did not settle as pending");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let all = get(&relay, "/api/deliveries").await;
+    let first = all["items"][2]["id"].as_str().unwrap().to_string();
+    let cancel = |path: String, body: &'static str| {
+        let client = relay.client.clone();
+        let url = relay.admin_url(&path);
+        async move { client.post_json(&url, &AUTH, body).await }
+    };
+    let one = cancel(format!("/api/deliveries/{first}/cancel"), "").await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.json()["status"], "cancelled");
+    let again = cancel(format!("/api/deliveries/{first}/cancel"), "").await;
+    assert_eq!(again.status, 409, "{}", again.text());
+    let refused = cancel("/api/deliveries/cancel".into(), r#"{"status":"failed"}"#).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let rest = cancel("/api/deliveries/cancel".into(), r#"{"route":"robot","before":"2999-01-01T00:00:00Z"}"#).await;
+    assert_eq!(rest.status, 200, "{}", rest.text());
+    assert_eq!(rest.json(), json!({ "cancelled": 2 }));
+    let status = get(&relay, "/api/status").await;
+    assert_eq!(status["queue_depth"], 0, "{status}");
+    let cancelled = get(&relay, "/api/deliveries?status=cancelled").await;
+    assert_eq!(cancelled["items"].as_array().unwrap().len(), 3);
+    assert!(cancelled["items"].as_array().unwrap().iter().all(|d| ids.contains(&d["event_id"].as_str().unwrap().to_string())));
+}

@@ -31,7 +31,7 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
-use super::{new_claim_token, not_claimed};
+use super::{cannot_cancel, new_claim_token, not_claimed, CancelFilter};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
@@ -405,7 +405,7 @@ impl Store for PostgresStore {
                         concat!(
                             "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
                             db_now!(2),
-                            ", lease_until = NULL, claim_token = NULL, updated_at = $3 WHERE id = $1 AND status IN ('pending', 'failed')"
+                            ", lease_until = NULL, claim_token = NULL, updated_at = $3 WHERE id = $1 AND status IN ('pending', 'failed', 'cancelled')"
                         ),
                         &[&delivery_id, &pinned, &now],
                     )
@@ -416,6 +416,46 @@ impl Store for PostgresStore {
                 }
                 tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL]).await?;
                 delivery_by_id(&tx, delivery_id).await?.ok_or(StoreError::NotFound)
+            }
+            .await
+        })
+    }
+
+    async fn cancel(&self, delivery_id: &str, now: i64) -> Result<DeliveryView, StoreError> {
+        in_transaction!(self, |tx| {
+            async {
+                durable(&tx).await?;
+                let changed = tx
+                    .execute(
+                        "UPDATE hookrelay_deliveries SET status = 'cancelled', next_attempt_at = NULL, lease_until = NULL,
+                                                         claim_token = NULL, updated_at = $2
+                         WHERE id = $1 AND status = 'pending'",
+                        &[&delivery_id, &now],
+                    )
+                    .await?;
+                if changed == 0 {
+                    return Err(cannot_cancel(delivery_id, current_status(&tx, delivery_id).await?));
+                }
+                delivery_by_id(&tx, delivery_id).await?.ok_or(StoreError::NotFound)
+            }
+            .await
+        })
+    }
+
+    async fn cancel_pending(&self, filter: CancelFilter, now: i64) -> Result<u64, StoreError> {
+        in_transaction!(self, |tx| {
+            async {
+                durable(&tx).await?;
+                let cancelled = tx
+                    .execute(
+                        "UPDATE hookrelay_deliveries SET status = 'cancelled', next_attempt_at = NULL, lease_until = NULL,
+                                                         claim_token = NULL, updated_at = $1
+                         WHERE status = 'pending' AND ($2::text IS NULL OR route = $2) AND ($3::text IS NULL OR target = $3)
+                           AND ($4::bigint IS NULL OR created_at < $4)",
+                        &[&now, &filter.route, &filter.target, &filter.before],
+                    )
+                    .await?;
+                Ok(cancelled)
             }
             .await
         })

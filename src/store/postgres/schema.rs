@@ -64,7 +64,7 @@ CREATE TABLE hookrelay_deliveries (
     req_headers         text NOT NULL,
     req_body            bytea NOT NULL,
     req_body_from_event boolean NOT NULL DEFAULT false,  -- true: req_body is the event's body
-    status              text NOT NULL CHECK (status IN ('pending', 'in_flight', 'succeeded', 'failed')),
+    status              text NOT NULL CHECK (status IN ('pending', 'in_flight', 'succeeded', 'failed', 'cancelled')),
     attempts            integer NOT NULL DEFAULT 0,
     next_attempt_at     bigint,           -- database clock; NULL once finished
     lease_until         bigint,           -- database clock; set while in_flight
