@@ -162,13 +162,24 @@ impl EventPattern {
 /// Whether a header, query parameter or body field is named like a credential: its values
 /// (seen and expected) stay out of explanations.
 fn hides_values(name: &str) -> bool {
-    // The last field of a body path (`$.a.token`, `$['a']['token']`), or the whole name.
-    let last = name.rsplit(['.', '[']).next().unwrap_or(name).trim_matches(|c| matches!(c, '\'' | '"' | ']'));
-    let lower = last.to_ascii_lowercase();
-    crate::redact::is_sensitive_header(&lower)
-        || ["token", "secret", "password", "passwd", "signature", "cookie", "auth"].iter().any(|word| lower.contains(word))
-        || ["sign", "key"].contains(&lower.as_str())
-        || ["_key", "-key", "apikey"].iter().any(|end| lower.ends_with(end))
+    // Every field of a body path (`$.a.token`, `$['auth'][0]`), or the whole name.
+    name.split(['.', '[', ']', '\'', '"', '$'])
+        .filter(|part| !part.is_empty() && !part.chars().all(|c| c.is_ascii_digit() || c == '*'))
+        .any(|part| {
+            crate::redact::is_sensitive_header(part)
+                || crate::redact::is_secret_name(part)
+                || ["cookie"].contains(&part.to_ascii_lowercase().as_str())
+        })
+}
+
+/// A seen value as explanations show it: scalars as JSON, objects and arrays only by their
+/// size (they may hold anything).
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Object(fields) => format!("an object of {} field(s)", fields.len()),
+        Value::Array(items) => format!("an array of {} item(s)", items.len()),
+        scalar => scalar.to_string(),
+    }
 }
 
 /// The first of `tests` that the `seen` values fail, said as `what <seen> <test>`.
@@ -180,7 +191,7 @@ fn explain(what: &str, hidden: bool, tests: &[Test], seen: Vec<Value>) -> String
         Test::Exists(expected) => !*expected,
         other => !seen.iter().any(|node| other.holds(node)),
     });
-    let shown = if hidden { "(value hidden)".to_string() } else { first.to_string() };
+    let shown = if hidden { "(value hidden)".to_string() } else { shown(first) };
     match failed {
         Some(Test::Exists(_)) => format!("{what} is present"),
         Some(test) if hidden => format!("{what} {shown} fails `{}`", test.operator()),
@@ -489,13 +500,14 @@ mod tests {
 
     #[test]
     fn credential_like_names_hide_their_values() {
-        for hidden in ["x-gitlab-token", "Authorization", "$.secret", "$['data']['token']", "access_token", "$.sign", "x-api-key", "$.key"]
-        {
-            assert!(hides_values(hidden), "{hidden}");
+        let hidden = ["x-gitlab-token", "Authorization", "$.secret", "$['data']['token']", "access_token", "$.sign", "x-api-key", "$.key"];
+        for name in hidden.into_iter().chain(["$.credentials[0]", "sig", "credential", "$.auth.user"]) {
+            assert!(hides_values(name), "{name}");
         }
-        for shown in ["codeup-event", "$.resourceKey", "$.ref", "$.monkey_name", "x-github-event"] {
-            assert!(!hides_values(shown), "{shown}");
+        for name in ["codeup-event", "$.ref", "$.user", "x-github-event", "$.items[0].name"] {
+            assert!(!hides_values(name), "{name}");
         }
+        assert_eq!(shown(&json!({"name": "bob", "password": "x"})), "an object of 2 field(s)");
     }
 
     fn compile(yaml: &str) -> Condition {

@@ -189,7 +189,14 @@ impl Engine {
 
     /// Takes `count` deliveries cancelled by hand out of the queue count.
     pub fn forget(&self, count: u64) {
-        self.depth.fetch_sub(i64::try_from(count).unwrap_or(i64::MAX), Ordering::AcqRel);
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let _ = self.depth.fetch_update(Ordering::AcqRel, Ordering::Acquire, |depth| Some(depth.saturating_sub(count).max(0)));
+        self.publish_depth();
+    }
+
+    /// Puts `count` finished deliveries retried by hand back into the queue count.
+    pub fn requeued(&self, count: u64) {
+        self.depth.fetch_add(i64::try_from(count).unwrap_or(i64::MAX), Ordering::AcqRel);
         self.publish_depth();
     }
 

@@ -59,7 +59,7 @@ impl Redactions {
     }
 
     /// `text` with configured secret values and stored credential markers as `***`.
-    fn mask_values(&self, text: &str) -> String {
+    pub fn mask_values(&self, text: &str) -> String {
         let mut out = text.to_string();
         for value in &self.values {
             if out.contains(value.as_str()) {
@@ -212,7 +212,8 @@ pub fn redact_url(text: &str) -> String {
 }
 
 /// Query parameter names that carry credentials (`access_token`, `sign`, `api_key`, …).
-fn is_secret_name(name: &str) -> bool {
+/// Whether a parameter or field name says its value is a credential.
+pub fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["token", "secret", "key", "sign", "sig", "password", "passwd", "auth", "credential"].iter().any(|word| name.contains(word))
 }

@@ -120,7 +120,7 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         routes.push(RouteReport {
             route: route.name.clone(),
             matched: did_match,
-            why_not: (!did_match).then(|| routing::why_not(route, request)),
+            why_not: (!did_match).then(|| snapshot.redactions.mask_values(&routing::why_not(route, request))),
             verify_errors,
             event: matched.info.event.clone(),
             delivery_id: matched.info.delivery_id.clone(),
@@ -132,11 +132,9 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         let fired: Vec<String> = routes.iter().map(|r| r.route.clone()).collect();
         let stopped_by = routes.iter().find(|r| snapshot.route(&r.route).is_some_and(|route| route.is_final)).map(|r| r.route.clone());
         for route in snapshot.routes.iter().filter(|route| !fired.contains(&route.name)) {
-            let why = match &stopped_by {
-                Some(final_route) if routing::why_not(route, request) == "it matches" => {
-                    format!("not reached: the final route {final_route} fired before it")
-                }
-                _ => routing::why_not(route, request),
+            let why = match (&stopped_by, routing::why_not(route, request)) {
+                (Some(final_route), why) if why == "it matches" => format!("not reached: the final route {final_route} fired before it"),
+                (_, why) => snapshot.redactions.mask_values(&why),
             };
             routes.push(RouteReport {
                 route: route.name.clone(),

@@ -215,8 +215,12 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
     let allow_private = settings.as_ref().is_some_and(|s| s.allow_private);
     let mut compiler = Compiler::new(defaults);
     let mut routes = Vec::new();
+    // A `${VAR}` compared with in a match condition is often a shared secret: never shown.
+    let mut match_secrets: Vec<String> = Vec::new();
     for (source_index, (file, trees)) in route_sources.into_iter().enumerate() {
         let origin = if source_index < yaml_sources { Origin::Yaml } else { Origin::Api };
+        let in_matches = file.from_env.iter().filter(|(path, _)| path.contains(".match"));
+        match_secrets.extend(in_matches.flat_map(|(_, from_env)| from_env.values.iter().map(|substituted| substituted.value.clone())));
         for (index, tree) in trees.into_iter().enumerate() {
             let at = match origin {
                 Origin::Yaml => format!("routes[{index}]"),
@@ -239,7 +243,8 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
             routes.extend(route);
         }
     }
-    let redactions = credentials_named_by(&routes);
+    let mut redactions = credentials_named_by(&routes);
+    match_secrets.iter().filter(|value| !value.is_empty()).for_each(|value| redactions.add_value(value));
     // Main file first, then includes in order; within a file, by position.
     errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.position.map(|p| (p.line, p.column))));
     match (settings, errors.is_empty()) {

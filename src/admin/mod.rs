@@ -47,6 +47,11 @@ fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
 /// API request bodies (route definitions, sample requests) are small.
 const MAX_API_BODY: usize = 1024 * 1024;
 
+/// The delivery id in `/api/deliveries/{id}{call}`, when there is one.
+fn delivery_call<'p>(path: &'p str, call: &str) -> Option<&'p str> {
+    path.strip_prefix("/api/deliveries/")?.strip_suffix(call).filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// `POST /api/deliveries/cancel` with `{route?, target?, status?: "pending", before?}`
 /// (`before`: RFC 3339 or milliseconds since the epoch): cancels the pending deliveries
 /// that match all of them.
@@ -58,6 +63,9 @@ async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
         target: Option<String>,
         status: Option<String>,
         before: Option<Value>,
+        /// Required to cancel every pending delivery, so that an empty body cancels nothing.
+        #[serde(default)]
+        all: bool,
     }
     let bad = |detail: String| ApiError::BadRequest { error: "invalid cancel filter", detail: json!(detail) }.into_response();
     let filter: Filter = match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
@@ -69,13 +77,19 @@ async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
     }
     let before = match &filter.before {
         None => None,
-        Some(Value::Number(ms)) => ms.as_i64(),
+        Some(Value::Number(ms)) => match ms.as_i64() {
+            Some(ms) => Some(ms),
+            None => return bad(format!("before: {ms} is not whole milliseconds")),
+        },
         Some(Value::String(text)) => match chrono::DateTime::parse_from_rfc3339(text) {
             Ok(time) => Some(time.timestamp_millis()),
             Err(err) => return bad(format!("before: {err}")),
         },
         Some(other) => return bad(format!("before: {other} is neither RFC 3339 nor milliseconds")),
     };
+    if filter.route.is_none() && filter.target.is_none() && before.is_none() && !filter.all {
+        return bad("name a route, a target or a time (before), or say \"all\": true".to_string());
+    }
     let filter = CancelFilter { route: filter.route, target: filter.target, before };
     match relay.engine.store().cancel_pending(filter, now_ms()).await {
         Ok(cancelled) => {
@@ -209,8 +223,8 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             Ok(body) => cancel_pending(relay, &body).await,
             Err(response) => response,
         },
-        (Method::POST, other) if other.starts_with("/api/deliveries/") && other.ends_with("/cancel") => {
-            let id = &other["/api/deliveries/".len()..other.len() - "/cancel".len()];
+        (Method::POST, other) if delivery_call(other, "/cancel").is_some() => {
+            let id = delivery_call(other, "/cancel").unwrap_or_default();
             match relay.engine.store().cancel(id, now_ms()).await {
                 Ok(mut delivery) => {
                     relay.engine.forget(1);
@@ -220,10 +234,15 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 Err(err) => store_error(err),
             }
         }
-        (Method::POST, other) if other.starts_with("/api/deliveries/") && other.ends_with("/retry") => {
-            let id = &other["/api/deliveries/".len()..other.len() - "/retry".len()];
+        (Method::POST, other) if delivery_call(other, "/retry").is_some() => {
+            let id = delivery_call(other, "/retry").unwrap_or_default();
+            // A finished delivery retried by hand joins the queue count again.
+            let finished = matches!(relay.engine.store().get_delivery(id).await, Ok(Some((before, _))) if before.status.is_finished());
             match relay.engine.store().retry_now(id, now_ms()).await {
                 Ok(mut delivery) => {
+                    if finished {
+                        relay.engine.requeued(1);
+                    }
                     relay.engine.wake();
                     redact_delivery(&mut delivery, &relay.snapshot().redactions);
                     json_response(StatusCode::OK, &json!(delivery))

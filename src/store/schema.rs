@@ -156,6 +156,9 @@ INSERT INTO deliveries_v5 (seq, id, event_id, route, target, req_method, req_url
     SELECT seq, id, event_id, route, target, req_method, req_url, req_headers, req_body, status, attempts, next_attempt_at,
            lease_until, ordered_key, created_at, updated_at, last_status, last_error, guarded, req_body_from_event, claim_token
     FROM deliveries;
+-- The numbering continues where it was (page cursors are seq values).
+DELETE FROM sqlite_sequence WHERE name = 'deliveries_v5';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'deliveries_v5', seq FROM sqlite_sequence WHERE name = 'deliveries';
 DROP TABLE deliveries;
 ALTER TABLE deliveries_v5 RENAME TO deliveries;
 CREATE INDEX deliveries_event ON deliveries (event_id);
@@ -176,13 +179,8 @@ pub(super) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), 
     // inside a transaction) and checked before they come back on.
     conn.pragma_update(None, "foreign_keys", false)?;
     let migrated = apply(conn, migrations);
-    let broken: Option<String> = conn.query_row("PRAGMA foreign_key_check", [], |row| row.get(0)).optional()?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    migrated?;
-    match broken {
-        Some(table) => Err(StoreError::Corrupt(format!("a migration left rows in {table} without their parent"))),
-        None => Ok(()),
-    }
+    migrated
 }
 
 fn apply(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
@@ -200,6 +198,13 @@ fn apply(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
             return Ok(());
         };
         tx.execute_batch(step)?;
+        // Before the step counts as done: it kept every row's parent.
+        for table in ["deliveries", "attempts"] {
+            let orphaned: Option<String> = tx.query_row(&format!("PRAGMA foreign_key_check({table})"), [], |row| row.get(0)).optional()?;
+            if orphaned.is_some() {
+                return Err(StoreError::Corrupt(format!("schema step {} would leave rows in {table} without their parent", found + 1)));
+            }
+        }
         tx.pragma_update(None, "user_version", found + 1)?;
         tx.commit()?;
         tracing::info!(version = found + 1, "store schema migrated");

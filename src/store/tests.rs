@@ -1091,3 +1091,23 @@ async fn postgres_prune_passes_by_an_event_being_retried() {
     assert_eq!(store.prune(T0 + 10).await.unwrap(), 1);
     assert!(store.get_event("e1").await.unwrap().is_none());
 }
+
+/// Rebuilding the deliveries table for the `cancelled` status (schema V5) keeps the
+/// numbering: a delivery accepted after it never reuses the `seq` of one pruned before.
+#[tokio::test]
+async fn the_deliveries_rebuild_keeps_the_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.db");
+    let store = SqliteStore::open_with(&path, &schema::MIGRATIONS[..4]).unwrap();
+    for n in 1..=3 {
+        accept_one(&store, &format!("e{n}"), "r", T0 + n).await;
+    }
+    store.close().await.unwrap();
+    rusqlite::Connection::open(&path).unwrap().execute("DELETE FROM events WHERE id = 'e3'", []).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    accept_one(&store, "e4", "r", T0 + 4).await;
+    store.close().await.unwrap();
+    let seq: i64 =
+        rusqlite::Connection::open(&path).unwrap().query_row("SELECT seq FROM deliveries WHERE id = 'd-e4'", [], |row| row.get(0)).unwrap();
+    assert_eq!(seq, 4, "seq 3 belonged to a pruned delivery");
+}

@@ -131,11 +131,13 @@ routes:
   - { name: missing-field, match: { path: /hooks/a, body: [ { path: $.project.id, exists: true } ] }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
   - { name: token-gated, match: { path: /hooks/a, headers: { X-Gitlab-Token: very-secret-value } }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
   - { name: gets-only, match: { path: /hooks/a, methods: [GET] }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - { name: env-gated, match: { path: /hooks/a, headers: { X-Shared: "${HR_TEST_SHARED:-S3CR3T-SHARED-VALUE}" } }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
+  - { name: nested, match: { path: /hooks/a, body: [ { path: $.user, equals: nobody } ] }, forward: [ { url: "http://127.0.0.1:9/x" } ] }
 "#,
     )
     .unwrap();
     let body = dir.path().join("body.json");
-    std::fs::write(&body, r#"{"ref":"refs/heads/dev"}"#).unwrap();
+    std::fs::write(&body, r#"{"ref":"refs/heads/dev","user":{"name":"bob","password":"HUNTER2"}}"#).unwrap();
     let (code, stdout, stderr) = hookrelay(&[
         "render",
         "-c",
@@ -148,6 +150,8 @@ routes:
         "Codeup-Event: Push Hook",
         "-H",
         "X-Gitlab-Token: what-the-sender-sent",
+        "-H",
+        "X-Shared: a-guess",
     ]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -165,5 +169,11 @@ routes:
     assert_eq!(why["missing-field"], "body $.project.id missing");
     assert_eq!(why["token-gated"], "header x-gitlab-token (value hidden) fails `equals`");
     assert_eq!(why["gets-only"], "method POST not in [GET]");
-    assert!(!stdout.contains("very-secret-value") && !stdout.contains("what-the-sender-sent"), "{stdout}");
+    assert_eq!(why["env-gated"], r#"header x-shared = "a-guess" ≠ "***""#, "a value from the environment compared with is a secret");
+    assert_eq!(why["nested"], "body $.user = an object of 2 field(s) ≠ \"nobody\"");
+    for secret in ["very-secret-value", "what-the-sender-sent", "S3CR3T-SHARED-VALUE"] {
+        assert!(!stdout.contains(secret), "{secret} shown: {stdout}");
+    }
+    // (The matching route forwards the body as it came: its request shows it, as sent.)
+    assert!(why.values().all(|reason| !reason.contains("HUNTER2")), "{why:?}");
 }

@@ -423,6 +423,24 @@ async fn pending_deliveries_are_cancelled_over_the_admin_api() {
     assert_eq!(rest.json(), json!({ "cancelled": 2 }));
     let status = get(&relay, "/api/status").await;
     assert_eq!(status["queue_depth"], 0, "{status}");
+    for (body, why) in [("", "an empty filter cancels nothing"), (r#"{"before": 1e3}"#, "not whole milliseconds")] {
+        let refused = cancel("/api/deliveries/cancel".into(), body).await;
+        assert_eq!(refused.status, 400, "{why}: {}", refused.text());
+    }
+    // Retried by hand, a cancelled delivery is back in the queue count; cancelled again, out.
+    let retried = cancel(format!("/api/deliveries/{first}/retry"), "").await;
+    assert_eq!(retried.status, 200, "{}", retried.text());
+    assert_eq!(get(&relay, "/api/status").await["queue_depth"], 1);
+    // It is tried at once (refused) and waits an hour again: pending, not on the wire.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&relay, &format!("/api/deliveries/{first}")).await["attempts"].as_array().unwrap().len() < 2
+        || get(&relay, &format!("/api/deliveries/{first}")).await["delivery"]["status"] != "pending"
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the retried delivery did not settle");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(cancel("/api/deliveries/cancel".into(), r#"{"all": true}"#).await.json(), json!({ "cancelled": 1 }));
+    assert_eq!(get(&relay, "/api/status").await["queue_depth"], 0);
     let cancelled = get(&relay, "/api/deliveries?status=cancelled").await;
     assert_eq!(cancelled["items"].as_array().unwrap().len(), 3);
     assert!(cancelled["items"].as_array().unwrap().iter().all(|d| ids.contains(&d["event_id"].as_str().unwrap().to_string())));
