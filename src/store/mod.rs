@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use postgres::{PostgresStore, DUE_CHANNEL, ROUTES_CHANNEL};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Request and response bodies of an attempt are cut to this many bytes before storing.

@@ -38,9 +38,9 @@ use super::{
 };
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
-pub const DUE_CHANNEL: &str = "hookrelay_due";
+const DUE_CHANNEL: &str = "hookrelay_due";
 /// Notified (after commit) with the route's name when an API route changes.
-pub const ROUTES_CHANNEL: &str = "hookrelay_routes";
+const ROUTES_CHANNEL: &str = "hookrelay_routes";
 
 /// Connections per relay. Accepts commit concurrently (PostgreSQL groups their WAL
 /// flushes), so a few more than the cores keep the disk busy without crowding the server.
