@@ -151,6 +151,17 @@ pub async fn follow_store(relay: Arc<Relay>, mut notices: broadcast::Receiver<St
     }
 }
 
+/// The API routes a change starts from: on a shared store, the store's (another relay may
+/// have changed them a moment ago), so the change is checked against what all relays serve.
+async fn api_routes_now(relay: &Relay) -> Result<Vec<ApiRoute>, Response<Body>> {
+    let store = relay.engine.store();
+    if !store.shared() {
+        return Ok(relay.api_routes());
+    }
+    let stored = store.list_routes().await.map_err(store_error)?;
+    Ok(stored.into_iter().map(|route| ApiRoute { name: route.name, definition: route.definition }).collect())
+}
+
 fn created_view(relay: &Relay, name: &str, status: StatusCode) -> Response<Body> {
     match relay.snapshot().route(name) {
         Some(route) => json_response(status, &describe(route)),
@@ -167,7 +178,10 @@ pub async fn create(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
     if is_yaml_route(relay, &name) {
         return read_only(&name);
     }
-    let mut routes = relay.api_routes();
+    let mut routes = match api_routes_now(relay).await {
+        Ok(routes) => routes,
+        Err(response) => return response,
+    };
     if routes.iter().any(|r| r.name == name) {
         return ApiError::Conflict { error: "a route with this name exists", detail: json!(name) }.into_response();
     }
@@ -189,7 +203,10 @@ pub async fn replace(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Bo
     if is_yaml_route(relay, &name) {
         return read_only(&name);
     }
-    let mut routes = relay.api_routes();
+    let mut routes = match api_routes_now(relay).await {
+        Ok(routes) => routes,
+        Err(response) => return response,
+    };
     let Some(existing) = routes.iter_mut().find(|r| r.name == name) else {
         return ApiError::not_found("no such API route", name).into_response();
     };
@@ -207,7 +224,10 @@ pub async fn delete(relay: &Arc<Relay>, name: &str) -> Response<Body> {
     if is_yaml_route(relay, name) {
         return read_only(name);
     }
-    let mut routes = relay.api_routes();
+    let mut routes = match api_routes_now(relay).await {
+        Ok(routes) => routes,
+        Err(response) => return response,
+    };
     let before = routes.len();
     routes.retain(|r| r.name != name);
     if routes.len() == before {
