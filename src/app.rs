@@ -40,7 +40,7 @@ pub enum StartError {
 /// Opens the store with its ownership: a SQLite file is locked to this relay; a PostgreSQL
 /// database is shared, and waited for (with backoff) while it cannot be reached, so a relay
 /// started before its database neither exits nor restarts in a loop.
-async fn open_store(location: &StoreLocation) -> Result<(Arc<dyn Store>, StoreOwnership), StartError> {
+async fn open_store(location: &StoreLocation) -> Result<(Arc<dyn Store>, Option<StoreOwnership>), StartError> {
     match location {
         StoreLocation::Sqlite(path) => {
             let mut owner = StoreOwnership::claim(path)?;
@@ -49,13 +49,13 @@ async fn open_store(location: &StoreLocation) -> Result<(Arc<dyn Store>, StoreOw
                 .await
                 .map_err(|join| StoreError::Corrupt(join.to_string()))??;
             owner.opened();
-            Ok((Arc::new(opened), owner))
+            Ok((Arc::new(opened), Some(owner)))
         }
         StoreLocation::Postgres(url) => {
             let mut wait = std::time::Duration::from_secs(1);
             loop {
                 match PostgresStore::connect(url).await {
-                    Ok(store) => return Ok((Arc::new(store), StoreOwnership::shared())),
+                    Ok(store) => return Ok((Arc::new(store), None)),
                     Err(err @ StoreError::Unavailable(_)) => {
                         tracing::warn!(error = %err, store = %location.describe(), retry_in = ?wait, "cannot reach the store yet");
                         tokio::time::sleep(wait).await;
@@ -88,7 +88,7 @@ async fn prune_periodically(store: Arc<dyn Store>, retention: std::time::Duratio
 /// it on every probe too).
 async fn watch_store_file(relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        if relay.store_owner.check().is_err() {
+        if relay.store_problem().is_err() {
             return;
         }
         tokio::select! {
@@ -127,7 +127,9 @@ impl Running {
         if let Err(err) = self.relay.engine.store().close().await {
             tracing::warn!(error = %err, "closing the store");
         }
-        self.relay.store_owner.release();
+        if let Some(owner) = &self.relay.store_owner {
+            owner.release();
+        }
         tracing::info!("stopped");
     }
 }

@@ -288,9 +288,15 @@ impl Engine {
     /// up while the store answers), so that a slow receiver (up to the target's timeout,
     /// however long) never lets the lease run out under it.
     async fn renewing_lease<T>(&self, delivery: &ClaimedDelivery, sending: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(sending);
+        // Most sends end well within the first period: no renewal task for them.
+        tokio::select! {
+            done = &mut sending => return done,
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+        }
         let (store, clock, id, claim) = (self.store.clone(), self.clock, delivery.id.clone(), delivery.claim);
         let renewal = tokio::spawn(async move {
-            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+            let mut renew = tokio::time::interval(RENEW_EVERY);
             loop {
                 renew.tick().await;
                 match store.renew_lease(&id, claim, LEASE_MS, clock.now_ms()).await {

@@ -56,8 +56,9 @@ pub struct Relay {
     buffered_kib: Arc<tokio::sync::Semaphore>,
     /// Serialises route changes made through the API (check, persist, swap).
     pub api_lock: tokio::sync::Mutex<()>,
-    /// This relay's claim on its store, and whether the file is still the one opened.
-    pub store_owner: StoreOwnership,
+    /// This relay's claim on its SQLite file, and whether the file is still the one
+    /// opened; None for a store shared through a database server.
+    pub store_owner: Option<StoreOwnership>,
     /// The bearer token the admin listener requires. A reload may set or change it, never
     /// remove it: the listener stays bound where it was, so only a restart may loosen it.
     admin_token: Mutex<Option<Arc<str>>>,
@@ -70,7 +71,7 @@ pub struct RelayParts {
     pub outbound: Outbound,
     pub engine: Arc<Engine>,
     pub outbound_limits: Arc<OutboundLimiters>,
-    pub store_owner: StoreOwnership,
+    pub store_owner: Option<StoreOwnership>,
     pub api_routes: Vec<ApiRoute>,
     /// Why the API routes kept in the store could not be served, if they could not.
     pub startup_error: Option<String>,
@@ -114,6 +115,16 @@ impl Relay {
     }
 
     /// The current snapshot; a request loads it once and uses it throughout.
+    /// Why the store file can no longer be trusted, if it cannot (see [`StoreOwnership`]).
+    pub fn store_problem(&self) -> Result<(), String> {
+        self.store_owner.as_ref().map_or(Ok(()), StoreOwnership::check)
+    }
+
+    /// The last verdict of [`Relay::store_problem`], without touching the file system.
+    pub fn store_lost(&self) -> bool {
+        self.store_owner.as_ref().is_some_and(StoreOwnership::is_lost)
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.config.load_full()
     }

@@ -116,7 +116,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
     match (method, path.as_str()) {
         (Method::GET, "/healthz") => return json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (Method::GET, "/readyz") => {
-            let ready = match relay.store_owner.check() {
+            let ready = match relay.store_problem() {
                 Ok(()) => match tokio::time::timeout(READY_PING_TIMEOUT, relay.engine.store().ping()).await {
                     Ok(answered) => answered.map_err(|err| err.to_string()),
                     Err(_) => Err(format!("the store did not answer within {READY_PING_TIMEOUT:?}")),
@@ -154,7 +154,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                     },
                     "store": {
                         "path": relay.snapshot().settings.store.describe(),
-                        "error": relay.store_owner.check().err(),
+                        "error": relay.store_problem().err(),
                     },
                     "routes": relay.snapshot().routes.len(),
                     "queue_depth": relay.engine.depth(),

@@ -199,7 +199,7 @@ fn charge_ingress_limits<'r>(
 /// the store (one event per route), and answers: 202, or the sync target's answer.
 async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
-    if relay.store_owner.is_lost() {
+    if relay.store_lost() {
         return fail_all(&route_names, IngressError::StoreLost);
     }
     let received_at = Utc::now();

@@ -509,6 +509,21 @@ fn postgres_message(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Refuses deliveries stored with an event they do not belong to.
+pub(crate) fn owned_by<'d>(event: &NewEvent, deliveries: impl IntoIterator<Item = &'d NewDelivery>) -> Result<(), StoreError> {
+    match deliveries.into_iter().find(|delivery| delivery.event_id != event.id) {
+        Some(stray) => {
+            Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A page cursor: the `seq` of the last item of the page before, in base 10.
+pub(crate) fn cursor_seq(cursor: &str) -> Result<i64, StoreError> {
+    cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))
+}
+
 /// A new claim token: random, so that tokens of different relays never collide.
 pub(crate) fn new_claim_token() -> i64 {
     fastrand::i64(1..)

@@ -128,23 +128,8 @@ impl StoreOwnership {
         })
     }
 
-    /// For a store on a database server, shared by design: nothing to lock or watch here.
-    pub fn shared() -> StoreOwnership {
-        StoreOwnership {
-            lock: Mutex::new(None),
-            lock_path: PathBuf::new(),
-            database: PathBuf::new(),
-            opened: None,
-            lost: AtomicBool::new(false),
-            reason: Mutex::new(None),
-        }
-    }
-
     /// Remembers which file was opened; call once the store is open.
     pub fn opened(&mut self) {
-        if self.database.as_os_str().is_empty() {
-            return;
-        }
         self.opened = File::open(&self.database).ok();
     }
 

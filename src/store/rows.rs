@@ -8,8 +8,8 @@ use rusqlite::{params_from_iter, Connection, Row, ToSql};
 
 use super::record::lossy;
 use super::{
-    page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, Page, StoreError, StoredRequest, StoredRequestView,
-    StoredRoute,
+    cursor_seq, page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, Page, StoreError, StoredRequest,
+    StoredRequestView, StoredRoute,
 };
 
 /// A newest-first page over a table's `seq`, with optional equality filters.
@@ -23,7 +23,7 @@ impl PageQuery {
     pub(super) fn new(cursor: Option<&str>) -> Result<PageQuery, StoreError> {
         let mut query = PageQuery { conditions: Vec::new(), values: Vec::new() };
         if let Some(cursor) = cursor {
-            let seq: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
+            let seq = cursor_seq(cursor)?;
             query.values.push(Value::Integer(seq));
             query.conditions.push(format!("seq < ?{}", query.values.len()));
         }

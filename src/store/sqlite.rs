@@ -20,7 +20,7 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
-use super::{cannot_cancel, CancelFilter};
+use super::{cannot_cancel, owned_by, CancelFilter};
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
@@ -241,11 +241,8 @@ impl Store for SqliteStore {
                 if let Some(event) = &event {
                     insert_event(conn, event)?;
                 }
-                if let Some(event) = event.as_ref().filter(|event| event.id != delivery.event_id) {
-                    return Err(StoreError::InvalidInput(format!(
-                        "delivery {} belongs to event {}, not {}",
-                        delivery.id, delivery.event_id, event.id
-                    )));
+                if let Some(event) = &event {
+                    owned_by(event, [&delivery])?;
                 }
                 let finished = Finished::of(&attempt, &outcome);
                 let event_body = event.as_ref().map(|event| &event.body[..]);
@@ -456,9 +453,7 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
             return Ok(AcceptOutcome::Duplicate { original_event_id });
         }
     }
-    if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
-        return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
-    }
+    owned_by(event, deliveries)?;
     insert_event(conn, event)?;
     for delivery in deliveries {
         insert_delivery(conn, delivery, Some(&event.body), event.received_at, None)?;

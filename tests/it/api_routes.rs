@@ -75,7 +75,7 @@ async fn api_routes_survive_a_restart() {
     // A store belongs to one relay: the first must close it and give it up before the next starts.
     relay.running.stop();
     relay.running.relay.engine.store().close().await.unwrap();
-    relay.running.relay.store_owner.release();
+    relay.running.relay.store_owner.as_ref().expect("a SQLite store").release();
     let again = hookrelay::app::start(&relay.config_path()).await.unwrap();
     let again = Relay::attach(again);
     let (status, route) = call(&again, "GET", "/api/routes/from-api", Value::Null).await;

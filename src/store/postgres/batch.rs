@@ -114,12 +114,9 @@ const INSERT_BATCH: &str = "WITH events AS (
      )
      SELECT pg_notify($25, '') WHERE EXISTS (SELECT 1 FROM deliveries)";
 
-/// Writes `batch` in one statement, on a session that waits for the disk.
+/// Writes `batch` in one statement, on a session that waits for the disk. Each accept's
+/// deliveries were checked to be its own before it was queued.
 async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), StoreError> {
-    let stray = batch.iter().flat_map(|p| p.deliveries.iter().map(move |d| (d, &p.event))).find(|(d, e)| d.event_id != e.id);
-    if let Some((delivery, event)) = stray {
-        return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", delivery.id, delivery.event_id, event.id)));
-    }
     let events: Vec<&NewEvent> = batch.iter().map(|p| &p.event).collect();
     let event_headers = events.iter().map(|e| headers_json(&e.headers)).collect::<Result<Vec<_>, _>>()?;
     let deliveries: Vec<(&NewDelivery, &NewEvent)> = batch.iter().flat_map(|p| p.deliveries.iter().map(move |d| (d, &p.event))).collect();

@@ -31,7 +31,7 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
-use super::{cannot_cancel, new_claim_token, not_claimed, CancelFilter};
+use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, CancelFilter};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
@@ -192,9 +192,7 @@ impl Store for PostgresStore {
         deliveries: Vec<NewDelivery>,
         dedupe_since: Option<i64>,
     ) -> Result<AcceptOutcome, StoreError> {
-        if let Some(stray) = deliveries.iter().find(|delivery| delivery.event_id != event.id) {
-            return Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)));
-        }
+        owned_by(&event, &deliveries)?;
         let ordered = deliveries.iter().any(|delivery| delivery.ordered_key.is_some());
         if !ordered && (dedupe_since.is_none() || event.delivery_id.is_none()) {
             if self.closed.load(Ordering::Acquire) {
@@ -360,11 +358,8 @@ impl Store for PostgresStore {
         outcome: AttemptOutcome,
         now: i64,
     ) -> Result<(), StoreError> {
-        if let Some(event) = event.as_ref().filter(|event| event.id != delivery.event_id) {
-            return Err(StoreError::InvalidInput(format!(
-                "delivery {} belongs to event {}, not {}",
-                delivery.id, delivery.event_id, event.id
-            )));
+        if let Some(event) = &event {
+            owned_by(event, [&delivery])?;
         }
         let pinned = self.pinned(now);
         in_transaction!(self, |tx| {

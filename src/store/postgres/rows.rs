@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::store::record::lossy;
-use crate::store::{page_size, Page};
+use crate::store::{cursor_seq, page_size, Page};
 use crate::store::{
     AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, StoreError, StoredRequest, StoredRequestView, StoredRoute,
 };
@@ -219,7 +219,7 @@ impl PageQuery {
     pub(super) fn new(cursor: Option<&str>, seq: &'static str) -> Result<PageQuery, StoreError> {
         let mut query = PageQuery { seq, conditions: Vec::new(), values: Vec::new() };
         if let Some(cursor) = cursor {
-            let value: i64 = cursor.parse().map_err(|_| StoreError::InvalidInput(format!("bad cursor {cursor:?}")))?;
+            let value = cursor_seq(cursor)?;
             query.values.push(Box::new(value));
             query.conditions.push(format!("{seq} < ${}", query.values.len()));
         }
