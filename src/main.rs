@@ -140,7 +140,15 @@ fn try_main() -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let options = hookrelay::app::StartOptions { watch_files: !no_watch };
-                let running = hookrelay::app::start_with_options(&config, &options).await?;
+                // Starting may wait for a shared store's database; a stop request ends the wait.
+                let running = tokio::select! {
+                    running = hookrelay::app::start_with_options(&config, &options) => running?,
+                    stop = shutdown_signal() => {
+                        stop?;
+                        tracing::info!("stopped before the relay was started");
+                        return anyhow::Ok(());
+                    }
+                };
                 tokio::spawn(hookrelay::metrics::count_dropped_log_lines(move || dropped_log_lines.dropped_lines()));
                 shutdown_signal().await?;
                 tracing::info!("shutting down: finishing in-flight requests (a second signal exits at once)");

@@ -272,3 +272,31 @@ async fn a_relay_started_before_its_database_waits_for_it() {
         relay.logs()
     );
 }
+
+/// A relay waiting for a database that is not there still stops at once when asked.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_relay_waiting_for_its_database_stops_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.yaml");
+    let nothing_there = free_port();
+    std::fs::write(
+        &path,
+        format!("listen: 127.0.0.1:0\nstore: {{ url: 'postgres://relay@127.0.0.1:{nothing_there}/hooks?sslmode=disable' }}\nroutes: []\n"),
+    )
+    .unwrap();
+    let mut relay = binary::spawn(&path, &["--no-watch"], &[]);
+    eventually("the relay says it waits for the store", Duration::from_secs(10), async || {
+        relay.logs().contains("cannot reach the store yet").then_some(())
+    })
+    .await;
+    relay.signal("TERM");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.running() {
+        assert!(tokio::time::Instant::now() < deadline, "SIGTERM did not stop a relay waiting for its database: {}", relay.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, logs) = relay.wait();
+    assert!(status.success(), "{status:?}: {logs}");
+    assert!(logs.contains("stopped before the relay was started"), "{logs}");
+}

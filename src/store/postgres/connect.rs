@@ -20,6 +20,9 @@ pub(super) struct Connection {
 
 pub(super) fn parse_url(url: &str) -> Result<Connection, StoreError> {
     let invalid = |detail: String| StoreError::InvalidInput(detail);
+    if url.trim().is_empty() {
+        return Err(invalid("empty (an unset ${VAR}?): give postgres://user:pass@host:5432/db, or leave store.url out for SQLite".into()));
+    }
     let mut parsed = url::Url::parse(url).map_err(|error| invalid(error.to_string()))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err(invalid(format!("scheme {:?} is not postgres://", parsed.scheme())));
@@ -86,6 +89,7 @@ mod tests {
     fn bad_urls_are_refused_with_the_reason() {
         for (url, expected) in [
             ("mysql://x@y/z", "is not postgres://"),
+            ("  ", "empty (an unset ${VAR}?)"),
             ("postgres://x@y/z?sslmode=sometimes", "sslmode"),
             ("postgres://x@y/z?sslrootcert=/nonexistent/ca.pem", "sslrootcert /nonexistent/ca.pem"),
         ] {
