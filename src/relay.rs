@@ -115,6 +115,11 @@ impl Relay {
     }
 
     /// The current snapshot; a request loads it once and uses it throughout.
+    /// The store this relay opened, for people (a reload cannot move it).
+    pub fn opened_store(&self) -> String {
+        self.started_with.store.describe()
+    }
+
     /// Why the store file can no longer be trusted, if it cannot (see [`StoreOwnership`]).
     pub fn store_problem(&self) -> Result<(), String> {
         self.store_owner.as_ref().map_or(Ok(()), StoreOwnership::check)
@@ -247,6 +252,7 @@ struct StartupSettings {
     tls: bool,
     /// The admin listener's client CA certificates (DER), compared whole.
     admin_client_ca: Vec<Vec<u8>>,
+    store: crate::settings::StoreLocation,
 }
 
 impl StartupSettings {
@@ -260,6 +266,7 @@ impl StartupSettings {
             ca_file_roots: settings.extra_roots.len(),
             tls: settings.tls.is_some(),
             admin_client_ca: settings.tls.as_ref().map_or_else(Vec::new, |tls| tls.client_ca.iter().map(|ca| ca.to_vec()).collect()),
+            store: settings.store.clone(),
         }
     }
 }
@@ -290,6 +297,13 @@ fn restart_required(started: &StartupSettings, new: &Settings) -> Vec<String> {
     }
     if new.ca_file_roots != started.ca_file_roots {
         notes.push("outbound.ca_file changed: restart to apply".to_string());
+    }
+    if new.store != started.store {
+        notes.push(format!(
+            "store changed from {} to {}: the relay keeps the store it opened until a restart",
+            started.store.describe(),
+            new.store.describe()
+        ));
     }
     notes
 }

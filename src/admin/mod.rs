@@ -153,7 +153,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                         "restart_required": status.restart_required,
                     },
                     "store": {
-                        "path": relay.snapshot().settings.store.describe(),
+                        "path": relay.opened_store(),
                         "error": relay.store_problem().err(),
                     },
                     "routes": relay.snapshot().routes.len(),

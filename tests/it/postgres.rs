@@ -300,3 +300,19 @@ async fn a_relay_waiting_for_its_database_stops_when_asked() {
     assert!(status.success(), "{status:?}: {logs}");
     assert!(logs.contains("stopped before the relay was started"), "{logs}");
 }
+
+/// Pointing the config at another store does not move a running relay (its queue is in the
+/// store it opened): a reload says a restart is needed, without the new URL's password.
+#[tokio::test]
+async fn a_reload_to_another_store_waits_for_a_restart() {
+    let config = |store: &str| format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nstore: {store}\nroutes: []\n");
+    let relay = Relay::start(&config("{ path: ./relay.db }")).await;
+    std::fs::write(relay.config_path(), config("{ url: 'postgres://relay:pw-in-url@db.invalid:5432/hooks' }")).unwrap();
+    let reloaded = relay.client.post_json(&relay.admin_url("/api/reload"), &AUTH, "").await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let status = relay.client.get(&relay.admin_url("/api/status"), &AUTH).await.json();
+    let notes = status["config"]["restart_required"].to_string();
+    assert!(notes.contains("store changed") && notes.contains("relay:***@db.invalid"), "{notes}");
+    assert!(!status.to_string().contains("pw-in-url"), "{status}");
+    assert!(status["store"]["path"].as_str().unwrap().ends_with("relay.db"), "{status}");
+}
