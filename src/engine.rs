@@ -508,6 +508,7 @@ routes:
             path: "/hooks/robot".into(),
             headers: vec![],
             body: Bytes::from_static(b"{}"),
+            replay_of: None,
         };
         let delivery = NewDelivery {
             id: "d1".into(),

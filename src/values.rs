@@ -1,6 +1,6 @@
 //! Small conversions shared by matching, sources, verification and templates: the text of
-//! a JSON scalar, Unix timestamps that may be seconds or milliseconds, and constant-time
-//! comparison of secrets.
+//! a JSON scalar, Unix timestamps that may be seconds or milliseconds, points in time as
+//! filters give them, and constant-time comparison of secrets.
 
 use std::borrow::Cow;
 
@@ -30,6 +30,28 @@ pub fn unix_seconds(number: i64) -> i64 {
     }
 }
 
+/// A point in time as an admin filter or a command-line flag gives it: milliseconds since
+/// the epoch, RFC 3339, or a duration (`24h`, `90m`) meaning that long before `now_ms`.
+pub fn instant_ms(value: &Value, now_ms: i64) -> Result<i64, String> {
+    match value {
+        Value::Number(number) => number.as_i64().ok_or_else(|| format!("{number} is not whole milliseconds")),
+        Value::String(text) => {
+            let text = text.trim();
+            if let Ok(ms) = text.parse::<i64>() {
+                return Ok(ms);
+            }
+            if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+                return Ok(time.timestamp_millis());
+            }
+            match crate::config::units::parse_duration(text) {
+                Ok(ago) => Ok(now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))),
+                Err(_) => Err(format!("{text:?} is neither RFC 3339, milliseconds since the epoch, nor a duration such as 24h")),
+            }
+        }
+        other => Err(format!("{other} is neither RFC 3339, milliseconds since the epoch, nor a duration such as 24h")),
+    }
+}
+
 /// Compares a presented secret with the expected one in constant time. Both sides are
 /// hashed first so neither the content nor the length leaks through timing.
 pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
@@ -42,6 +64,18 @@ pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn instants_as_filters_give_them() {
+        let now = 1_700_000_000_000;
+        assert_eq!(instant_ms(&json!(1_600_000_000_000i64), now), Ok(1_600_000_000_000));
+        assert_eq!(instant_ms(&json!("1600000000000"), now), Ok(1_600_000_000_000));
+        assert_eq!(instant_ms(&json!("2023-11-14T22:13:20Z"), now), Ok(1_700_000_000_000));
+        assert_eq!(instant_ms(&json!("24h"), now), Ok(now - 86_400_000));
+        assert!(instant_ms(&json!("yesterday"), now).unwrap_err().contains("RFC 3339"));
+        assert!(instant_ms(&json!(1.5), now).is_err());
+        assert!(instant_ms(&json!(null), now).is_err());
+    }
 
     #[test]
     fn conversions() {

@@ -29,7 +29,7 @@ use crate::routing::Route;
 use crate::store::{
     AttemptView, CancelFilter, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter, EventView, StoreError, DEFAULT_PAGE,
 };
-use crate::values::secret_eq;
+use crate::values::{instant_ms, secret_eq};
 
 fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
     let Some(token) = relay.admin_token() else {
@@ -53,7 +53,7 @@ fn delivery_call<'p>(path: &'p str, call: &str) -> Option<&'p str> {
 }
 
 /// `POST /api/deliveries/cancel` with `{route?, target?, status?: "pending", before?}`
-/// (`before`: RFC 3339 or milliseconds since the epoch): cancels the pending deliveries
+/// (`before`: RFC 3339, milliseconds since the epoch, or a duration ago): cancels the pending deliveries
 /// that match all of them.
 async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
     #[derive(serde::Deserialize)]
@@ -75,17 +75,9 @@ async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
     if filter.status.as_deref().is_some_and(|status| status != "pending") {
         return bad("only pending deliveries can be cancelled (status: pending)".to_string());
     }
-    let before = match &filter.before {
-        None => None,
-        Some(Value::Number(ms)) => match ms.as_i64() {
-            Some(ms) => Some(ms),
-            None => return bad(format!("before: {ms} is not whole milliseconds")),
-        },
-        Some(Value::String(text)) => match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(time) => Some(time.timestamp_millis()),
-            Err(err) => return bad(format!("before: {err}")),
-        },
-        Some(other) => return bad(format!("before: {other} is neither RFC 3339 nor milliseconds")),
+    let before = match filter.before.as_ref().map(|before| instant_ms(before, now_ms())).transpose() {
+        Ok(before) => before,
+        Err(err) => return bad(format!("before: {err}")),
     };
     if filter.route.is_none() && filter.target.is_none() && before.is_none() && !filter.all {
         return bad("name a route, a target or a time (before), or say \"all\": true".to_string());
@@ -168,8 +160,10 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
         }
         (Method::GET, "/api/events") => {
             let query = Query::of(&request);
-            let filter =
-                EventFilter { route: query.get("route"), event: query.get("event"), limit: query.limit(), cursor: query.get("cursor") };
+            let filter = match query.event_filter() {
+                Ok(filter) => filter,
+                Err(err) => return err.into_response(),
+            };
             match relay.engine.store().list_events(filter).await {
                 Ok(mut page) => {
                     let snapshot = relay.snapshot();
@@ -322,6 +316,26 @@ impl Query {
 
     fn get(&self, name: &str) -> Option<String> {
         self.0.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.clone())
+    }
+
+    /// `route`, `event` (a glob), `since`, `until` (see [`instant_ms`]), `status` (of a
+    /// delivery), `limit` and `cursor`.
+    fn event_filter(&self) -> Result<EventFilter, ApiError> {
+        let time = |name: &'static str| {
+            self.get(name)
+                .map(|text| instant_ms(&Value::String(text), now_ms()))
+                .transpose()
+                .map_err(|err| ApiError::BadRequest { error: "invalid event filter", detail: json!(format!("{name}: {err}")) })
+        };
+        Ok(EventFilter {
+            route: self.get("route"),
+            event: self.get("event"),
+            since: time("since")?,
+            until: time("until")?,
+            status: self.get("status").map(|s| s.parse::<DeliveryStatus>()).transpose().map_err(ApiError::Store)?,
+            limit: self.limit(),
+            cursor: self.get("cursor"),
+        })
     }
 
     /// Page size; the store clamps it to its bounds, a non-number means the default.

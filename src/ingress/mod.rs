@@ -251,6 +251,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             path: inbound.path.clone(),
             headers: recorded.0.clone(),
             body: recorded.1.clone(),
+            replay_of: None,
         };
         let dedupe_since =
             route.dedupe.map(|window| received_at.timestamp_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2));

@@ -57,6 +57,8 @@ pub struct NewEvent {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The stored event this one replays, when it was replayed by hand.
+    pub replay_of: Option<String>,
 }
 
 /// A rendered outgoing request, as it will be sent before credentials and signatures are added.
@@ -242,6 +244,8 @@ pub struct EventView {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
     /// Filled by [`Store::get_event`] only; empty in lists.
     pub deliveries: Vec<DeliveryView>,
 }
@@ -256,14 +260,59 @@ pub struct Page<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFilter {
     pub route: Option<String>,
+    /// The event name, or a glob of it (`*` any run of characters, `?` one character).
     pub event: Option<String>,
+    /// Received at or after this time (ms).
+    pub since: Option<i64>,
+    /// Received before this time (ms).
+    pub until: Option<i64>,
+    /// Only events with at least one delivery in this status.
+    pub status: Option<DeliveryStatus>,
     pub limit: usize,
     pub cursor: Option<String>,
 }
 
 impl Default for EventFilter {
     fn default() -> Self {
-        EventFilter { route: None, event: None, limit: DEFAULT_PAGE, cursor: None }
+        EventFilter { route: None, event: None, since: None, until: None, status: None, limit: DEFAULT_PAGE, cursor: None }
+    }
+}
+
+/// An event-name filter as each store's pattern syntax spells it: exact unless the glob
+/// has a wildcard.
+pub(crate) enum NamePattern {
+    Exact(String),
+    /// For SQLite's `GLOB`: `*` and `?` kept, `[` quoted as `[[]`.
+    SqliteGlob(String),
+    /// For PostgreSQL's `LIKE` (escape `\`): `*` → `%`, `?` → `_`, the rest quoted.
+    Like(String),
+}
+
+impl NamePattern {
+    pub(crate) fn for_sqlite(glob: String) -> NamePattern {
+        if !glob.contains(['*', '?']) {
+            return NamePattern::Exact(glob);
+        }
+        NamePattern::SqliteGlob(glob.replace('[', "[[]"))
+    }
+
+    pub(crate) fn for_postgres(glob: String) -> NamePattern {
+        if !glob.contains(['*', '?']) {
+            return NamePattern::Exact(glob);
+        }
+        let mut like = String::with_capacity(glob.len() + 4);
+        for c in glob.chars() {
+            match c {
+                '*' => like.push('%'),
+                '?' => like.push('_'),
+                '%' | '_' | '\\' => {
+                    like.push('\\');
+                    like.push(c);
+                }
+                c => like.push(c),
+            }
+        }
+        NamePattern::Like(like)
     }
 }
 

@@ -8,8 +8,8 @@ use rusqlite::{params_from_iter, Connection, Row, ToSql};
 
 use super::record::lossy;
 use super::{
-    cursor_seq, page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, Page, StoreError, StoredRequest,
-    StoredRequestView, StoredRoute,
+    cursor_seq, page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventFilter, EventView, NamePattern, Page,
+    StoreError, StoredRequest, StoredRequestView, StoredRoute,
 };
 
 /// A newest-first page over a table's `seq`, with optional equality filters.
@@ -38,6 +38,30 @@ impl PageQuery {
         }
     }
 
+    /// `condition` is a literal from this file with `{}` where the parameter goes.
+    pub(super) fn condition(&mut self, condition: &str, value: Option<Value>) {
+        if let Some(value) = value {
+            self.values.push(value);
+            self.conditions.push(condition.replace("{}", &format!("?{}", self.values.len())));
+        }
+    }
+
+    /// The filters of a list of events.
+    pub(super) fn events(&mut self, filter: &EventFilter) {
+        self.filter("route", filter.route.clone());
+        match filter.event.clone().map(NamePattern::for_sqlite) {
+            Some(NamePattern::Exact(name)) => self.filter("event", Some(name)),
+            Some(NamePattern::SqliteGlob(glob) | NamePattern::Like(glob)) => self.condition("event GLOB {}", Some(Value::Text(glob))),
+            None => {}
+        }
+        self.condition("received_at >= {}", filter.since.map(Value::Integer));
+        self.condition("received_at < {}", filter.until.map(Value::Integer));
+        self.condition(
+            "EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.status = {})",
+            filter.status.map(|status| Value::Text(status.as_str().to_owned())),
+        );
+    }
+
     pub(super) fn run<T>(
         mut self,
         conn: &Connection,
@@ -62,7 +86,7 @@ impl PageQuery {
     }
 }
 
-pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body";
+pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body, replay_of";
 /// A delivery's request body (deliveries as `d`): its own, or its event's when it forwards
 /// that unchanged (`req_body_from_event`, stored once).
 macro_rules! delivery_body {
@@ -98,6 +122,7 @@ pub(super) fn event_view(row: &Row<'_>) -> rusqlite::Result<EventView> {
         path: row.get("path")?,
         headers: row.get::<_, Headers>("headers")?.0,
         body: lossy(row.get("body")?),
+        replay_of: row.get("replay_of")?,
         deliveries: Vec::new(),
     })
 }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -169,6 +169,9 @@ CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, seq) WHERE n
 CREATE INDEX deliveries_ordered ON deliveries (route, target, ordered_key, seq)
     WHERE ordered_key IS NOT NULL AND status IN ('pending', 'in_flight');
 ";
+
+// An event replayed by hand names the event it replays.
+const V6: &str = "ALTER TABLE events ADD COLUMN replay_of TEXT;";
 
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once

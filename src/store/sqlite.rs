@@ -333,8 +333,7 @@ impl Store for SqliteStore {
     async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError> {
         self.read(move |conn| {
             let mut query = PageQuery::new(filter.cursor.as_deref())?;
-            query.filter("route", filter.route);
-            query.filter("event", filter.event);
+            query.events(&filter);
             query.run(conn, &format!("SELECT {EVENT_COLUMNS} FROM events"), filter.limit, |row| Ok((row.get("seq")?, event_view(row)?)))
         })
         .await
@@ -463,8 +462,8 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
 
 fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO events (id, received_at, route, event, delivery_id, method, path, headers, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (id, received_at, route, event, delivery_id, method, path, headers, body, replay_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         event.id,
@@ -476,6 +475,7 @@ fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {
         event.path,
         headers_json(&event.headers)?,
         &event.body[..],
+        event.replay_of,
     ])
     .map_err(|error| unique_conflict(error, || format!("event {} already exists", event.id)))?;
     Ok(())

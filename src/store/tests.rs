@@ -83,6 +83,7 @@ conformance!(
     concurrent_duplicates_accept_exactly_one,
     a_failing_write_does_not_spoil_its_batch,
     pages_have_no_gaps_or_duplicates,
+    events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay,
     prune_keeps_events_with_unfinished_deliveries,
     attempt_bodies_are_cut_to_64_kib,
     api_route_crud,
@@ -103,6 +104,7 @@ fn event(id: &str, route: &str, received_at: i64) -> NewEvent {
         path: format!("/hooks/{route}"),
         headers: vec![("content-type".into(), "application/json".into()), ("x-seq".into(), "1".into()), ("x-seq".into(), "2".into())],
         body: Bytes::from_static(br#"{"ref":"main"}"#),
+        replay_of: None,
     }
 }
 
@@ -564,6 +566,53 @@ async fn a_failing_write_does_not_spoil_its_batch(store: Arc<dyn Store>) {
     let mut foreign = delivery("d-stray", &event, "t", T0);
     foreign.event_id = "someone-else".into();
     assert!(matches!(store.accept(event, vec![foreign]).await, Err(StoreError::InvalidInput(_))));
+}
+
+async fn events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay(store: Arc<dyn Store>) {
+    let names = ["issue_comment.created", "issue.created", "push", "100%_done", "a[b]"];
+    for (n, name) in names.iter().enumerate() {
+        let mut event = event(&format!("e{n}"), "r", T0 + n as i64 * 1000);
+        event.event = Some(name.to_string());
+        let delivery = delivery(&format!("d-e{n}"), &event, "t", T0);
+        store.accept(event, vec![delivery]).await.unwrap();
+    }
+    let ids = |page: Page<EventView>| page.items.into_iter().map(|event| event.id).collect::<Vec<_>>();
+    let named = |pattern: &str| EventFilter { event: Some(pattern.into()), ..EventFilter::default() };
+    assert_eq!(ids(store.list_events(named("issue*.created")).await.unwrap()), ["e1", "e0"]);
+    assert_eq!(ids(store.list_events(named("issue?created")).await.unwrap()), ["e1"]);
+    assert_eq!(ids(store.list_events(named("*%_*")).await.unwrap()), ["e3"], "% and _ are literal");
+    assert_eq!(ids(store.list_events(named("100?_done")).await.unwrap()), ["e3"]);
+    assert_eq!(ids(store.list_events(named("a[b]*")).await.unwrap()), ["e4"], "[ is literal");
+    assert_eq!(ids(store.list_events(named("push")).await.unwrap()), ["e2"]);
+    assert_eq!(ids(store.list_events(named("Push")).await.unwrap()), Vec::<String>::new(), "case counts");
+    assert_eq!(ids(store.list_events(named("*")).await.unwrap()).len(), 5);
+
+    let window = EventFilter { since: Some(T0 + 1000), until: Some(T0 + 3000), ..EventFilter::default() };
+    assert_eq!(ids(store.list_events(window).await.unwrap()), ["e2", "e1"], "since inclusive, until exclusive");
+
+    store.claim_due(T0 + 10, 2, LEASE).await.unwrap();
+    finish(&*store, "d-e0", attempt(Some(500), true), AttemptOutcome::Failed { reason: "down".into() }, T0).await.unwrap();
+    finish(&*store, "d-e1", attempt(Some(200), true), AttemptOutcome::Succeeded, T0).await.unwrap();
+    let failed = EventFilter { status: Some(DeliveryStatus::Failed), ..EventFilter::default() };
+    assert_eq!(ids(store.list_events(failed).await.unwrap()), ["e0"]);
+    let pending = EventFilter { status: Some(DeliveryStatus::Pending), limit: 2, ..EventFilter::default() };
+    let page = store.list_events(pending.clone()).await.unwrap();
+    let cursor = page.next_cursor.clone();
+    assert_eq!(ids(page), ["e4", "e3"]);
+    assert_eq!(ids(store.list_events(EventFilter { cursor, ..pending }).await.unwrap()), ["e2"]);
+
+    let mut replay = event("e0-again", "r", T0 + 9000);
+    replay.replay_of = Some("e0".into());
+    store.accept(replay, vec![]).await.unwrap();
+    assert_eq!(store.get_event("e0-again").await.unwrap().unwrap().replay_of.as_deref(), Some("e0"));
+    assert_eq!(store.get_event("e0").await.unwrap().unwrap().replay_of, None);
+    let listed = store.list_events(EventFilter { limit: 1, ..EventFilter::default() }).await.unwrap();
+    assert_eq!(listed.items[0].replay_of.as_deref(), Some("e0"));
+    let mut batched = event("e1-again", "r", T0 + 9001);
+    batched.replay_of = Some("e1".into());
+    let delivery = delivery("d-e1-again", &batched, "t", T0);
+    store.accept_unless_duplicate(batched, vec![delivery], None).await.unwrap();
+    assert_eq!(store.get_event("e1-again").await.unwrap().unwrap().replay_of.as_deref(), Some("e1"));
 }
 
 async fn pages_have_no_gaps_or_duplicates(store: Arc<dyn Store>) {

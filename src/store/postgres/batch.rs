@@ -96,23 +96,23 @@ async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
 /// round trip and one commit, atomic without a transaction). `now` is NULL (the
 /// database's clock) unless pinned.
 const INSERT_BATCH: &str = "WITH events AS (
-         INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body)
+         INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body, replay_of)
          SELECT u.id, u.received_at, COALESCE(u.now, hookrelay_now_ms()), u.route, u.event, u.delivery_id, u.method, u.path,
-                u.headers, u.body
+                u.headers, u.body, u.replay_of
          FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                     $9::text[], $10::bytea[])
-              AS u(id, received_at, now, route, event, delivery_id, method, path, headers, body)
+                     $9::text[], $10::bytea[], $11::text[])
+              AS u(id, received_at, now, route, event, delivery_id, method, path, headers, body, replay_of)
      ), deliveries AS (
          INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
              req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at)
          SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event, 'pending', 0,
                 COALESCE(u.now, hookrelay_now_ms()) + u.delay, u.ordered_key, u.guarded, u.created_at, u.created_at
-         FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[],
-                     $19::boolean[], $20::bigint[], $21::bigint[], $22::text[], $23::boolean[], $24::bigint[])
+         FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bytea[],
+                     $20::boolean[], $21::bigint[], $22::bigint[], $23::text[], $24::boolean[], $25::bigint[])
               AS u(id, event_id, route, target, method, url, headers, body, from_event, now, delay, ordered_key, guarded, created_at)
          RETURNING 1
      )
-     SELECT pg_notify($25, '') WHERE EXISTS (SELECT 1 FROM deliveries)";
+     SELECT pg_notify($26, '') WHERE EXISTS (SELECT 1 FROM deliveries)";
 
 /// Writes `batch` in one statement, on a session that waits for the disk. Each accept's
 /// deliveries were checked to be its own before it was queued.
@@ -138,6 +138,7 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
                 &events.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
                 &event_headers,
                 &events.iter().map(|e| &e.body[..]).collect::<Vec<_>>(),
+                &events.iter().map(|e| e.replay_of.as_deref()).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(d, _)| d.id.as_str()).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(d, _)| d.event_id.as_str()).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(d, _)| d.route.as_str()).collect::<Vec<_>>(),

@@ -471,8 +471,7 @@ impl Store for PostgresStore {
 
     async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError> {
         let mut query = PageQuery::new(filter.cursor.as_deref(), "seq")?;
-        query.filter("route", filter.route);
-        query.filter("event", filter.event);
+        query.events(&filter);
         let client = self.client().await?;
         query
             .run(&client, &format!("SELECT {EVENT_COLUMNS} FROM hookrelay_events"), filter.limit, |row| {

@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::store::record::lossy;
-use crate::store::{cursor_seq, page_size, Page};
+use crate::store::{cursor_seq, page_size, EventFilter, NamePattern, Page};
 use crate::store::{
     AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, StoreError, StoredRequest, StoredRequestView, StoredRoute,
 };
@@ -19,7 +19,7 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body";
+pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body, replay_of";
 pub(super) const ROUTE_COLUMNS: &str = "name, definition, created_at, updated_at";
 
 /// A delivery's request body (deliveries as `d`): its own, or its event's when it forwards
@@ -109,6 +109,7 @@ pub(super) fn event_view(row: &Row) -> Result<EventView, StoreError> {
         path: row.try_get("path")?,
         headers: headers(row, "headers")?,
         body: lossy(row.try_get("body")?),
+        replay_of: row.try_get("replay_of")?,
         deliveries: Vec::new(),
     })
 }
@@ -232,6 +233,30 @@ impl PageQuery {
             self.values.push(Box::new(value));
             self.conditions.push(format!("{column} = ${}", self.values.len()));
         }
+    }
+
+    /// `condition` is a literal from this file with `{}` where the parameter goes.
+    pub(super) fn condition<V: ToSql + Sync + Send + 'static>(&mut self, condition: &str, value: Option<V>) {
+        if let Some(value) = value {
+            self.values.push(Box::new(value));
+            self.conditions.push(condition.replace("{}", &format!("${}", self.values.len())));
+        }
+    }
+
+    /// The filters of a list of events.
+    pub(super) fn events(&mut self, filter: &EventFilter) {
+        self.filter("route", filter.route.clone());
+        match filter.event.clone().map(NamePattern::for_postgres) {
+            Some(NamePattern::Exact(name)) => self.filter("event", Some(name)),
+            Some(NamePattern::Like(like) | NamePattern::SqliteGlob(like)) => self.condition("event LIKE {}", Some(like)),
+            None => {}
+        }
+        self.condition("received_at >= {}", filter.since);
+        self.condition("received_at < {}", filter.until);
+        self.condition(
+            "EXISTS (SELECT 1 FROM hookrelay_deliveries d WHERE d.event_id = hookrelay_events.id AND d.status = {})",
+            filter.status.map(|status| status.as_str().to_owned()),
+        );
     }
 
     pub(super) async fn run<T>(

@@ -24,7 +24,10 @@ pub(in crate::store) struct Migration {
 }
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(in crate::store) const MIGRATIONS: &[Migration] = &[Migration { sql: V1, readable_from: 1 }];
+pub(in crate::store) const MIGRATIONS: &[Migration] = &[Migration { sql: V1, readable_from: 1 }, Migration { sql: V2, readable_from: 1 }];
+
+// An event replayed by hand names the event it replays (nullable: the release before ignores it).
+const V2: &str = "ALTER TABLE hookrelay_events ADD COLUMN replay_of text;";
 
 /// The advisory lock held while migrating ("hookrelay" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;

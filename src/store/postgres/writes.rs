@@ -21,10 +21,10 @@ pub(super) struct StoredForm {
 pub(super) async fn insert_event(tx: &Transaction<'_>, event: &NewEvent, now: Option<i64>) -> Result<(), StoreError> {
     let statement = tx
         .prepare_cached(concat!(
-            "INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body)
+            "INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body, replay_of)
              VALUES ($1, $2, ",
             db_now!(3),
-            ", $4, $5, $6, $7, $8, $9, $10)"
+            ", $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .await?;
     tx.execute(
@@ -40,6 +40,7 @@ pub(super) async fn insert_event(tx: &Transaction<'_>, event: &NewEvent, now: Op
             &event.path,
             &headers_json(&event.headers)?,
             &&event.body[..],
+            &event.replay_of,
         ],
     )
     .await
