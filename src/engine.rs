@@ -413,6 +413,20 @@ pub fn stored(request: &OutgoingRequest, target: &Target) -> StoredRequest {
     }
 }
 
+/// A pending delivery of `event_id` to `target`, due at `due_ms`.
+pub fn delivery_of(event_id: &str, outgoing: &OutgoingRequest, target: &Target, due_ms: i64) -> NewDelivery {
+    NewDelivery {
+        id: ulid::Ulid::generate().to_string(),
+        event_id: event_id.to_string(),
+        route: outgoing.route.clone(),
+        target: target.name.clone(),
+        request: stored(outgoing, target),
+        next_attempt_at: due_ms,
+        ordered_key: outgoing.ordered_key.clone(),
+        guarded: !target.trusted,
+    }
+}
+
 /// Header pairs of an incoming request, credentials redacted (the event record is for people).
 pub fn recorded_headers(headers: &HeaderMap, redactions: &crate::redact::Redactions) -> Vec<(String, String)> {
     redactions.headers(&header_pairs(headers))

@@ -72,6 +72,8 @@ pub struct InboundRequest {
     pub method: Method,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// The query string as sent (without `?`), for the event record.
+    pub raw_query: String,
     pub headers: HeaderMap,
     pub raw: Bytes,
     pub body: ParsedBody,
@@ -89,14 +91,14 @@ impl InboundRequest {
     }
 
     pub fn new(method: Method, path_and_query: &str, headers: HeaderMap, raw: Bytes, peer: IpAddr) -> InboundRequest {
-        let (path, query) = match path_and_query.split_once('?') {
+        let (path, query_text) = match path_and_query.split_once('?') {
             Some((path, query)) => (path, query),
             None => (path_and_query, ""),
         };
-        let query = form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let query = form_urlencoded::parse(query_text.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let body = ParsedBody::parse(content_type, &raw);
-        InboundRequest { method, path: path.to_string(), query, headers, raw, body, peer }
+        InboundRequest { method, path: path.to_string(), query, raw_query: query_text.to_string(), headers, raw, body, peer }
     }
 }
 

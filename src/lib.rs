@@ -22,6 +22,7 @@ pub mod redact;
 pub mod relay;
 pub mod reload;
 pub mod render;
+pub mod replay;
 pub mod respond;
 pub mod routing;
 pub mod settings;

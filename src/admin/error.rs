@@ -29,6 +29,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(&'static str),
+    /// The relay cannot take the work now (its queue is full); try again later.
+    #[error("{0}")]
+    Busy(&'static str),
     /// `/readyz`: the relay cannot take webhooks (its store was lost).
     #[error("not ready")]
     NotReady(String),
@@ -48,7 +51,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } | ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Store(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::NotReady(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

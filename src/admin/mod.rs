@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 mod error;
+mod replay;
 mod routes;
 
 pub use error::ApiError;
@@ -50,6 +51,11 @@ const MAX_API_BODY: usize = 1024 * 1024;
 /// The delivery id in `/api/deliveries/{id}{call}`, when there is one.
 fn delivery_call<'p>(path: &'p str, call: &str) -> Option<&'p str> {
     path.strip_prefix("/api/deliveries/")?.strip_suffix(call).filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The event id in `/api/events/{id}{call}`, when there is one.
+fn event_call<'p>(path: &'p str, call: &str) -> Option<&'p str> {
+    path.strip_prefix("/api/events/")?.strip_suffix(call).filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// `POST /api/deliveries/cancel` with `{route?, target?, status?: "pending", before?}`
@@ -176,6 +182,17 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 Err(err) => store_error(err),
             }
         }
+        (Method::POST, "/api/replay") => match read_body(request).await {
+            Ok(body) => replay::many(relay, body).await,
+            Err(response) => response,
+        },
+        (Method::POST, other) if event_call(other, "/replay").is_some() => {
+            let id = event_call(other, "/replay").unwrap_or_default().to_string();
+            match read_body(request).await {
+                Ok(body) => replay::one(relay, &id, body).await,
+                Err(response) => response,
+            }
+        }
         (Method::GET, other) if other.starts_with("/api/events/") => {
             let id = &other["/api/events/".len()..];
             match relay.engine.store().get_event(id).await {
@@ -298,7 +315,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 ApiError::Invalid { error: "config invalid; the previous config keeps serving", detail: json!(detail) }.into_response()
             }
         },
-        (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries") => {
+        (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries" | "/api/replay") => {
             ApiError::MethodNotAllowed.into_response()
         }
         _ => ApiError::NotFound { what: "not found", detail: None }.into_response(),

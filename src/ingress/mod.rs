@@ -18,7 +18,7 @@ use crate::delivery::attempt::{AttemptSettings, Tried};
 use crate::delivery::client::{self, Body};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
-use crate::engine::{now_ms, recorded_headers, stored, AcceptError, Accepted};
+use crate::engine::{delivery_of, now_ms, recorded_headers, stored, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
 use crate::metrics::{count_request, DeliveryResult};
 use crate::plan::{plan, PlannedRoute};
@@ -205,7 +205,14 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let received_at = Utc::now();
     // The event as recorded (credentials masked) is the same for every route it fires.
     let content_type = inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let recorded = (recorded_headers(&inbound.headers, &snapshot.redactions), snapshot.redactions.body(content_type, &inbound.raw));
+    // The path keeps its query (credential values masked), so that a replay sees it too.
+    let recorded_path = if inbound.raw_query.is_empty() {
+        inbound.path.clone()
+    } else {
+        snapshot.redactions.url(&format!("{}?{}", inbound.path, inbound.raw_query))
+    };
+    let recorded =
+        (recorded_headers(&inbound.headers, &snapshot.redactions), snapshot.redactions.body(content_type, &inbound.raw), recorded_path);
     let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
     let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
     let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
@@ -219,16 +226,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             let first_sync = wants_sync && index == 0;
             match rendered {
                 Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target, event_id.clone())),
-                Ok(Some(outgoing)) => deliveries.push(NewDelivery {
-                    id: ulid::Ulid::generate().to_string(),
-                    event_id: event_id.clone(),
-                    route: route.name.clone(),
-                    target: target.name.clone(),
-                    request: stored(&outgoing, target),
-                    next_attempt_at: received_at.timestamp_millis(),
-                    ordered_key: outgoing.ordered_key,
-                    guarded: !target.trusted,
-                }),
+                Ok(Some(outgoing)) => deliveries.push(delivery_of(&event_id, &outgoing, target, received_at.timestamp_millis())),
                 Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
                 Err(err) => {
                     crate::metrics::count_delivery(&route.name, &target.name, DeliveryResult::RenderError, None);
@@ -248,7 +246,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
             event: matched.info.event.clone(),
             delivery_id: matched.info.delivery_id.clone(),
             method: inbound.method.to_string(),
-            path: inbound.path.clone(),
+            path: recorded.2.clone(),
             headers: recorded.0.clone(),
             body: recorded.1.clone(),
             replay_of: None,
@@ -317,7 +315,7 @@ fn fail_all(routes: &[&str], err: IngressError) -> Response<Body> {
 
 /// Targets whose request could not be rendered fail at once (retrying cannot help); they
 /// are logged on their event so the failure is visible in the delivery log.
-async fn record_render_failures(relay: &Relay, accepted: &[&String], failures: Vec<(String, &Target, RenderError)>) {
+pub(crate) async fn record_render_failures(relay: &Relay, accepted: &[&String], failures: Vec<(String, &Target, RenderError)>) {
     for (event_id, target, err) in failures {
         if !accepted.contains(&&event_id) {
             continue;

@@ -15,6 +15,7 @@ mod postgres;
 mod postgres_cluster;
 mod ratelimits;
 mod reload;
+mod replay;
 mod robustness;
 mod security;
 mod sidecar;

@@ -1,0 +1,202 @@
+//! Replay: a stored event run again under the config serving now (the admin API) or under
+//! a new config file (`hookrelay replay`), with what changes beside what was sent.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{Relay, TestSink};
+
+const AUTH: [(&str, &str); 1] = [("authorization", "Bearer t0ken")];
+
+/// A DingTalk-like robot whose token is in the URL, behind a sync route with a dedupe window.
+fn config(sink: &str, token: &str, prefix: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0, token: t0ken }}
+routes:
+  - name: robot
+    source: github
+    respond: sync
+    dedupe: 1h
+    match: {{ path: /hooks/robot, body: [ {{ path: $.action, equals: opened }} ] }}
+    forward:
+      - name: dingtalk
+        url: {sink}/robot/send?access_token={token}
+        body: '{{"msgtype": "text", "text": {{"content": "{prefix}{{{{body.title}}}}"}}}}'
+  - name: audit
+    match: {{ path: /hooks/robot }}
+    forward:
+      - name: log
+        url: {sink}/audit
+"#
+    )
+}
+
+async fn admin(relay: &Relay, path: &str, body: Value) -> (u16, Value) {
+    let reply = relay.client.post_json(&relay.admin_url(path), &AUTH, body.to_string()).await;
+    let json = serde_json::from_str(&reply.text()).unwrap_or(Value::Null);
+    (reply.status, json)
+}
+
+async fn get(relay: &Relay, path: &str) -> Value {
+    relay.client.get(&relay.admin_url(path), &AUTH).await.json()
+}
+
+/// The first request fails under the old token; the token is fixed in the config; the dry
+/// run shows what would change (the token masked); the replay sends the new request as a
+/// new, linked event, asynchronously, not dropped by the dedupe window.
+#[tokio::test]
+async fn a_replay_sends_the_stored_event_under_the_fixed_config() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink.url(), "OLD-TOKEN", "")).await;
+    let headers = [("x-github-event", "issues"), ("x-github-delivery", "d-1"), ("x-request-id", "req-1")];
+    let sent = relay.client.post_json(&relay.url("/hooks/robot?team=ops"), &headers, r#"{"action":"opened","title":"disk full"}"#).await;
+    assert_eq!(sent.status, 200, "the sync route answers with the robot's answer: {}", sent.text());
+    sink.wait_for(1).await;
+    // The sync delivery is logged after the answer: wait for its event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let original = loop {
+        let events = get(&relay, "/api/events?route=robot").await;
+        if let Some(id) = events["items"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sync event was not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(get(&relay, &format!("/api/events/{original}")).await["path"], "/hooks/robot?team=ops", "the query is recorded");
+
+    std::fs::write(relay.config_path(), config(&sink.url(), "NEW-TOKEN", "[alert] ")).unwrap();
+    let (status, reloaded) = admin(&relay, "/api/reload", json!({})).await;
+    assert_eq!(status, 200, "{reloaded}");
+
+    let (status, dry) = admin(&relay, &format!("/api/events/{original}/replay"), json!({ "dry_run": true })).await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["dry_run"], true);
+    assert!(dry.get("id").is_none(), "a dry run creates nothing: {dry}");
+    assert_eq!(dry["routes"], json!(["robot"]), "only the event's own route by default");
+    assert_eq!(dry["changed"], true);
+    assert!(dry["verification"].as_str().unwrap().starts_with("skipped"), "{dry}");
+    let target = &dry["targets"][0];
+    assert_eq!((target["route"].as_str(), target["target"].as_str()), (Some("robot"), Some("dingtalk")));
+    assert_eq!(target["first_delivery"]["status"], "succeeded");
+    let changes = target["changes"].as_array().unwrap();
+    let url = changes.iter().find(|c| c["path"] == "/url").unwrap_or_else(|| panic!("no url change: {dry}"));
+    assert_eq!(url["secret"], true, "{url}");
+    assert!(url["first"].as_str().unwrap().ends_with("access_token=***") && url["now"] == url["first"], "{url}");
+    let content = changes.iter().find(|c| c["path"] == "/body/text/content").unwrap_or_else(|| panic!("{dry}"));
+    assert_eq!((content["first"].as_str(), content["now"].as_str()), (Some("disk full"), Some("[alert] disk full")));
+    assert_eq!(changes.len(), 2, "nothing else differs (same event id, same receipt time): {changes:?}");
+    let shown = dry.to_string();
+    assert!(!shown.contains("OLD-TOKEN") && !shown.contains("NEW-TOKEN"), "credentials never shown: {shown}");
+    assert_eq!(sink.seen().len(), 2, "a dry run sends nothing");
+
+    // For real, twice: the dedupe window (same sender delivery id) drops neither.
+    let mut replays = Vec::new();
+    for _ in 0..2 {
+        let (status, replay) = admin(&relay, &format!("/api/events/{original}/replay"), json!({})).await;
+        assert_eq!(status, 200, "{replay}");
+        replays.push(replay["id"].as_str().unwrap_or_else(|| panic!("{replay}")).to_string());
+    }
+    let seen = sink.wait_for(4).await;
+    let robot: Vec<_> = seen.iter().filter(|s| s.uri.starts_with("/robot/send")).collect();
+    assert_eq!(robot.len(), 3);
+    assert_eq!(robot[0].uri, "/robot/send?access_token=OLD-TOKEN");
+    for (replayed, id) in robot[1..].iter().zip(&replays) {
+        assert_eq!(replayed.uri, "/robot/send?access_token=NEW-TOKEN");
+        assert_eq!(replayed.json(), json!({"msgtype": "text", "text": {"content": "[alert] disk full"}}));
+        assert_eq!(replayed.header("idempotency-key"), Some(format!("{id}.dingtalk").as_str()), "a new Idempotency-Key");
+        assert_eq!(replayed.header("x-request-id"), Some("req-1"));
+    }
+    assert!(seen.iter().all(|s| s.uri == "/audit" || s.uri.starts_with("/robot/send")));
+    assert_eq!(seen.iter().filter(|s| s.uri == "/audit").count(), 1, "the other route is not replayed by default");
+    for id in &replays {
+        let event = get(&relay, &format!("/api/events/{id}")).await;
+        assert_eq!(event["replay_of"], original.as_str());
+        assert_eq!(event["route"], "robot");
+        assert_eq!(event["path"], "/hooks/robot?team=ops");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut event = event;
+        while event["deliveries"][0]["status"] != "succeeded" {
+            assert!(tokio::time::Instant::now() < deadline, "the replay was not delivered: {event}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            event = get(&relay, &format!("/api/events/{id}")).await;
+        }
+        assert_eq!(event["deliveries"].as_array().unwrap().len(), 1, "queued like an async route's: {event}");
+    }
+}
+
+/// Routes asked for by name, every route that matches now (`*`), a route that no longer
+/// matches (with why), an unknown route, and a filtered bulk replay.
+#[tokio::test]
+async fn replay_chooses_routes_and_says_why_one_does_not_match() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink.url(), "T", "")).await;
+    for title in ["one", "two"] {
+        let headers = [("x-github-event", "issues"), ("x-github-delivery", title)];
+        let body = format!(r#"{{"action":"opened","title":"{title}"}}"#);
+        assert_eq!(relay.client.post_json(&relay.url("/hooks/robot"), &headers, body).await.status, 200);
+    }
+    sink.wait_for(4).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let robot_events = loop {
+        let events = get(&relay, "/api/events?route=robot").await;
+        let ids: Vec<String> = events["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+        if ids.len() == 2 {
+            break ids;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "sync events not logged: {events}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let one = &robot_events[1];
+
+    let (status, all) = admin(&relay, &format!("/api/events/{one}/replay"), json!({ "dry_run": true, "routes": ["*"] })).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["routes"], json!(["robot", "audit"]));
+    assert_eq!(all["changed"], true, "the audit target had no delivery of this event: {all}");
+    let audit = all["targets"].as_array().unwrap().iter().find(|t| t["route"] == "audit").unwrap().clone();
+    assert_eq!(audit["first"], Value::Null);
+    assert_eq!(audit["now"]["url"], format!("{}/audit", sink.url()));
+
+    let (status, unknown) = admin(&relay, &format!("/api/events/{one}/replay"), json!({ "routes": ["nope"] })).await;
+    assert_eq!(status, 400, "{unknown}");
+    assert!(unknown["detail"].as_str().unwrap().contains("nope"), "{unknown}");
+    let (status, missing) = admin(&relay, "/api/events/no-such-event/replay", json!({})).await;
+    assert_eq!(status, 404, "{missing}");
+    let (status, typo) = admin(&relay, &format!("/api/events/{one}/replay"), json!({ "dryrun": true })).await;
+    assert_eq!(status, 400, "unknown fields are refused, not ignored into a real replay: {typo}");
+
+    // The route now wants another action: the event no longer matches it, and the answer says why.
+    let changed = config(&sink.url(), "T", "").replace("equals: opened", "equals: closed");
+    std::fs::write(relay.config_path(), changed).unwrap();
+    assert_eq!(admin(&relay, "/api/reload", json!({})).await.0, 200);
+    let (status, refused) = admin(&relay, &format!("/api/events/{one}/replay"), json!({})).await;
+    assert_eq!(status, 422, "{refused}");
+    let why = refused["detail"]["not_matched"][0]["why_not"].as_str().unwrap_or_else(|| panic!("{refused}"));
+    assert!(why.contains("opened") && why.contains("closed"), "{why}");
+    let (_, dry) = admin(&relay, &format!("/api/events/{one}/replay"), json!({ "dry_run": true })).await;
+    assert_eq!(dry["changed"], true);
+    assert_eq!(dry["routes"], json!([]));
+    assert_eq!(dry["targets"][0]["now"], Value::Null, "what was sent the first time, and nothing now: {dry}");
+    assert_eq!(dry["targets"][0]["first"]["body"], json!({"msgtype": "text", "text": {"content": "one"}}));
+
+    // Bulk: both robot events, through the audit route; a page of one goes on by cursor.
+    let (status, page) =
+        admin(&relay, "/api/replay", json!({ "route": "robot", "routes": ["audit"], "limit": 1, "since": "1h", "status": "succeeded" }))
+            .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!((page["events"].as_u64(), page["replayed"].as_u64()), (Some(1), Some(1)), "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap_or_else(|| panic!("{page}")).to_string();
+    let (status, rest) =
+        admin(&relay, "/api/replay", json!({ "route": "robot", "routes": ["audit"], "cursor": cursor, "status": "succeeded" })).await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!((rest["events"].as_u64(), rest["next_cursor"].clone()), (Some(1), Value::Null), "{rest}");
+    let replayed: Vec<&str> = [&page, &rest].iter().map(|answer| answer["items"][0]["replay_of"].as_str().unwrap()).collect();
+    assert_eq!(replayed, [robot_events[0].as_str(), robot_events[1].as_str()], "newest first, each once");
+    let seen = sink.wait_for(6).await;
+    assert_eq!(seen.iter().filter(|s| s.uri == "/audit").count(), 4);
+    let (status, none) = admin(&relay, "/api/replay", json!({ "route": "robot", "until": "2000-01-01T00:00:00Z" })).await;
+    assert_eq!((status, none["events"].as_u64()), (200, Some(0)), "{none}");
+    let (status, bad) = admin(&relay, "/api/replay", json!({ "since": "last tuesday" })).await;
+    assert_eq!(status, 400, "{bad}");
+}
