@@ -72,6 +72,43 @@ enum Command {
         #[arg(long)]
         show_secrets: bool,
     },
+    /// Compare, offline, what a config would send for stored events with what was sent the
+    /// first time. Nothing is sent or written. Run it in CI before deploying a config change.
+    Replay {
+        /// The new config (its `store` is read unless --store is given).
+        #[arg(short, long, default_value = "hookrelay.yaml")]
+        config: PathBuf,
+        /// A SQLite file or a postgres:// URL to read the events from.
+        #[arg(long)]
+        store: Option<String>,
+        /// Events received since: a duration ago (24h), RFC 3339, or ms since the epoch.
+        #[arg(long)]
+        since: Option<String>,
+        /// Events received before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Events the named route took.
+        #[arg(long)]
+        route: Option<String>,
+        /// Events whose name matches this glob (`*`, `?`).
+        #[arg(long)]
+        event: Option<String>,
+        /// Events with a delivery in this status (pending, in_flight, succeeded, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many events, newest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Replay through this route instead of the event's own; repeat for more, `*` for every route that matches.
+        #[arg(long = "through")]
+        through: Vec<String>,
+        /// Print the comparisons as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when any event would be sent differently (or no longer matches its route).
+        #[arg(long)]
+        fail_on_change: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -213,6 +250,47 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Replay { config, store, since, until, route, event, status, limit, through, json, fail_on_change } => {
+            let snapshot = match snapshot::load(&config, &ProcessEnv) {
+                Ok(snapshot) => snapshot,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            let time = |flag: &str, value: Option<String>| {
+                value
+                    .map(|text| hookrelay::values::instant_ms(&serde_json::Value::String(text), now))
+                    .transpose()
+                    .map_err(|err| anyhow::anyhow!("{flag}: {err}"))
+            };
+            let filter = hookrelay::store::EventFilter {
+                route,
+                event,
+                since: time("--since", since)?,
+                until: time("--until", until)?,
+                status: status.as_deref().map(str::parse).transpose().context("--status")?,
+                ..Default::default()
+            };
+            let choice = hookrelay::replay::RouteChoice::from_list((!through.is_empty()).then_some(through));
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let compared = runtime.block_on(async {
+                use hookrelay::replay::offline::{compare_stored, StoredEvents};
+                let events = StoredEvents::open(store.as_deref(), &snapshot.settings.store).await?;
+                anyhow::Ok(compare_stored(&snapshot, &events, filter, limit, &choice).await?)
+            })?;
+            let changed = compared.iter().filter(|c| c.changed).count();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&compared)?);
+            } else {
+                for comparison in &compared {
+                    print!("{}", hookrelay::replay::offline::describe(comparison));
+                }
+                println!("{} events: {changed} would change, {} unchanged", compared.len(), compared.len() - changed);
+            }
+            Ok(if fail_on_change && changed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
         Command::Render { config, route, body, headers, path, method, show_secrets } => {
             let snapshot = match snapshot::load(&config, &ProcessEnv) {
                 Ok(snapshot) => snapshot,

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteReader, SqliteStore};
 
 /// Request and response bodies of an attempt are cut to this many bytes before storing.
 pub const MAX_STORED_BODY: usize = 64 * 1024;

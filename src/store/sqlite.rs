@@ -119,6 +119,59 @@ fn io_error(path: &Path, error: std::io::Error) -> StoreError {
     StoreError::Io { path: path.display().to_string(), error: Arc::new(error) }
 }
 
+fn event_with_deliveries(conn: &Connection, id: &str) -> Result<Option<EventView>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
+    let Some(mut event) = conn.query_row(&sql, [id], event_view).optional()? else { return Ok(None) };
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE event_id = ?1 ORDER BY seq");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    event.deliveries = stmt.query_map([id], delivery_view)?.map(|row| row.map(|(_, view)| view)).collect::<Result<_, _>>()?;
+    Ok(Some(event))
+}
+
+fn events_page(conn: &Connection, filter: &EventFilter) -> Result<Page<EventView>, StoreError> {
+    let mut query = PageQuery::new(filter.cursor.as_deref())?;
+    query.events(filter);
+    query.run(conn, &format!("SELECT {EVENT_COLUMNS} FROM events"), filter.limit, |row| Ok((row.get("seq")?, event_view(row)?)))
+}
+
+/// A SQLite store opened read-only, for offline commands: the relay that owns the file may
+/// be running, and nothing here writes to it (nor migrates it).
+pub struct SqliteReader {
+    readers: Arc<Readers>,
+}
+
+impl SqliteReader {
+    /// Opens the store at `path`, which must exist with this release's schema.
+    pub fn open(path: &Path) -> Result<SqliteReader, StoreError> {
+        if !path.exists() {
+            return Err(io_error(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let readers = Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) });
+        let known = MIGRATIONS.len() as i64;
+        let found: i64 = readers.read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?))?;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        if found < known {
+            return Err(StoreError::InvalidInput(format!(
+                "{}: its schema is version {found}, older than this hookrelay's ({known}); start this release's relay on it once to migrate it",
+                path.display()
+            )));
+        }
+        Ok(SqliteReader { readers })
+    }
+
+    pub async fn get_event(&self, id: &str) -> Result<Option<EventView>, StoreError> {
+        let (readers, id) = (self.readers.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || readers.read(|conn| event_with_deliveries(conn, &id))).await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.read(|conn| events_page(conn, &filter))).await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
@@ -319,24 +372,11 @@ impl Store for SqliteStore {
 
     async fn get_event(&self, id: &str) -> Result<Option<EventView>, StoreError> {
         let id = id.to_owned();
-        self.read(move |conn| {
-            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1");
-            let Some(mut event) = conn.query_row(&sql, [&id], event_view).optional()? else { return Ok(None) };
-            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE event_id = ?1 ORDER BY seq");
-            let mut stmt = conn.prepare_cached(&sql)?;
-            event.deliveries = stmt.query_map([&id], delivery_view)?.map(|row| row.map(|(_, view)| view)).collect::<Result<_, _>>()?;
-            Ok(Some(event))
-        })
-        .await
+        self.read(move |conn| event_with_deliveries(conn, &id)).await
     }
 
     async fn list_events(&self, filter: EventFilter) -> Result<Page<EventView>, StoreError> {
-        self.read(move |conn| {
-            let mut query = PageQuery::new(filter.cursor.as_deref())?;
-            query.events(&filter);
-            query.run(conn, &format!("SELECT {EVENT_COLUMNS} FROM events"), filter.limit, |row| Ok((row.get("seq")?, event_view(row)?)))
-        })
-        .await
+        self.read(move |conn| events_page(conn, &filter)).await
     }
 
     async fn get_delivery(&self, id: &str) -> Result<Option<(DeliveryView, Vec<AttemptView>)>, StoreError> {

@@ -200,3 +200,73 @@ async fn replay_chooses_routes_and_says_why_one_does_not_match() {
     let (status, bad) = admin(&relay, "/api/replay", json!({ "since": "last tuesday" })).await;
     assert_eq!(status, 400, "{bad}");
 }
+
+fn hookrelay(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).env_clear().args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `hookrelay replay -c NEW.yaml`: reads the store of a running relay without writing to it,
+/// prints per event what the new config would send beside what was sent, and fails the
+/// build with `--fail-on-change` only when something would change.
+#[tokio::test]
+async fn offline_replay_shows_what_a_new_config_would_change() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink.url(), "OLD-TOKEN", "")).await;
+    for (n, action) in ["opened", "closed"].iter().enumerate() {
+        let headers = [("x-github-event", "issues"), ("x-github-delivery", if n == 0 { "a" } else { "b" })];
+        let body = format!(r#"{{"action":"{action}","title":"disk full"}}"#);
+        relay.client.post_json(&relay.url("/hooks/robot"), &headers, body).await;
+    }
+    sink.wait_for(3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&relay, "/api/events").await["items"].as_array().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "events not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = relay.dir.path().join("data/hookrelay.db");
+    let db = db.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (same, changed) = (dir.path().join("same.yaml"), dir.path().join("new.yaml"));
+    std::fs::write(&same, config(&sink.url(), "OLD-TOKEN", "")).unwrap();
+    std::fs::write(&changed, config(&sink.url(), "NEW-TOKEN", "[alert] ")).unwrap();
+
+    let (code, out, err) = hookrelay(&["replay", "-c", same.to_str().unwrap(), "--store", db, "--fail-on-change"]);
+    assert_eq!(code, 0, "the deployed config changes nothing: {out}{err}");
+    assert!(out.ends_with("3 events: 0 would change, 3 unchanged\n"), "{out}");
+
+    let (code, out, err) = hookrelay(&["replay", "-c", changed.to_str().unwrap(), "--store", db, "--fail-on-change"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("robot → dingtalk:\n"), "{out}");
+    assert!(out.contains("    /url: \"") && out.contains("access_token=***\" (a credential changed)"), "{out}");
+    assert!(out.contains("    /body/text/content: \"disk full\" → \"[alert] disk full\"\n"), "{out}");
+    assert!(out.contains("audit → log: same request"), "{out}");
+    assert!(out.ends_with("3 events: 1 would change, 2 unchanged\n"), "{out}");
+    assert!(!out.contains("OLD-TOKEN") && !out.contains("NEW-TOKEN"), "credentials never printed: {out}");
+    let (code, out, _) = hookrelay(&["replay", "-c", changed.to_str().unwrap(), "--store", db, "--route", "audit"]);
+    assert_eq!(code, 0, "without --fail-on-change a change is reported, not failed");
+    assert!(out.ends_with("2 events: 0 would change, 2 unchanged\n"), "{out}");
+
+    let (code, out, err) =
+        hookrelay(&["replay", "-c", changed.to_str().unwrap(), "--store", db, "--json", "--since", "1h", "--through", "*", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let compared: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(compared.len(), 2, "--limit");
+    assert!(compared.iter().all(|c| c["routes"].as_array().unwrap().len() <= 2));
+    let (code, _, err) = hookrelay(&["replay", "-c", changed.to_str().unwrap(), "--store", db, "--since", "someday"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--since"), "{err}");
+    let missing = dir.path().join("missing.db");
+    let (code, _, err) = hookrelay(&["replay", "-c", changed.to_str().unwrap(), "--store", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.db"), "{err}");
+    assert!(!missing.exists(), "an offline replay creates no store");
+
+    // Nothing was sent or written by the offline runs; the relay still serves from its file.
+    assert_eq!(sink.seen().len(), 3);
+    assert_eq!(get(&relay, "/api/events").await["items"].as_array().unwrap().len(), 3);
+}

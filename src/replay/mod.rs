@@ -3,6 +3,8 @@
 //! skipped (the event passed it when it was received). Pure: the admin API commits what
 //! [`Replay::events`] returns, `hookrelay replay` only prints the comparison.
 
+pub mod offline;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
