@@ -4,7 +4,7 @@
 //! leased, so deliveries a crashed process held are sent again after a restart.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
 
 use crate::delivery::attempt::AttemptSettings;
+use crate::delivery::breaker::{self, Gate, TargetResult};
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
 use crate::delivery::target::{OutgoingRequest, Target};
 use crate::delivery::verdict::{decide, TargetSettings};
@@ -21,6 +22,7 @@ use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoreNotice, StoredRequest,
+    TargetChange, TargetRecord,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
@@ -34,6 +36,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(10);
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 /// How long a relay on a shared store lets wake-ups gather before it claims.
 const SHARED_CLAIM_GATHER: Duration = Duration::from_millis(25);
+/// How long past its timeout a half-open target's probe keeps the others waiting.
+const PROBE_MARGIN_MS: i64 = 1_000;
 /// The longest pause between claims while the store fails.
 const LONGEST_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -65,6 +69,9 @@ pub struct Engine {
     /// Deliveries accepted and not finished; starts from the store's count.
     depth: AtomicI64,
     capacity: i64,
+    /// The breaker and pause records of targets that are not plainly closed, as last read
+    /// or written (few: a scan is cheaper than a map keyed by owned strings).
+    targets: Mutex<Vec<TargetRecord>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -106,6 +113,7 @@ impl Engine {
             tracing::warn!(recovered, "deliveries in flight when the last process stopped will be sent again");
         }
         let waiting = store.queue_depth().await?;
+        let targets = store.target_records().await?;
         let capacity = config.load().settings.limits.queue_capacity;
         let engine = Arc::new(Engine {
             clock,
@@ -118,8 +126,10 @@ impl Engine {
             concurrency,
             depth: AtomicI64::new(i64::try_from(waiting).unwrap_or(i64::MAX)),
             capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
+            targets: Mutex::new(Vec::new()),
         });
         engine.publish_depth();
+        engine.remember_all(targets);
         if let Some(notices) = engine.store.notices() {
             tokio::spawn(engine.clone().follow(notices, shutdown.clone()));
         }
@@ -205,6 +215,44 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// The breaker or pause record of a target, when it is not plainly closed.
+    pub fn target_record(&self, route: &str, target: &str) -> Option<TargetRecord> {
+        let records = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        records.iter().find(|r| r.route == route && r.target == target).cloned()
+    }
+
+    fn remember(&self, record: TargetRecord) {
+        let plain = record == TargetRecord::new(&record.route, &record.target);
+        metrics::set_target_state(&record.route, &record.target, record.state(self.clock.now_ms()));
+        let mut records = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        records.retain(|r| !(r.route == record.route && r.target == record.target));
+        if !plain {
+            records.push(record);
+        }
+    }
+
+    fn remember_all(&self, fresh: Vec<TargetRecord>) {
+        let now = self.clock.now_ms();
+        let mut records = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        // Targets no longer listed were closed (by another relay): say so once.
+        for gone in records.iter().filter(|old| !fresh.iter().any(|r| r.route == old.route && r.target == old.target)) {
+            metrics::set_target_state(&gone.route, &gone.target, breaker::TargetState::Closed);
+        }
+        *records = fresh.into_iter().filter(|r| *r != TargetRecord::new(&r.route, &r.target)).collect();
+        for record in records.iter() {
+            metrics::set_target_state(&record.route, &record.target, record.state(now));
+        }
+    }
+
+    /// Changes a target's record in the store (a pause, a resume, an attempt's result),
+    /// keeps the result, and wakes the workers for deliveries it made due.
+    pub async fn change_target(&self, route: &str, target: &str, change: TargetChange) -> Result<TargetRecord, StoreError> {
+        let record = self.store.update_target(route, target, change, self.clock.now_ms()).await?;
+        self.remember(record.clone());
+        self.wake();
+        Ok(record)
+    }
+
     /// On a shared store: wakes up when another relay accepts or retries, and keeps the
     /// queue count (and so `queue_capacity`) the one all relays share.
     async fn follow(self: Arc<Self>, mut notices: broadcast::Receiver<StoreNotice>, mut shutdown: watch::Receiver<bool>) {
@@ -221,6 +269,10 @@ impl Engine {
                     if let Ok(waiting) = self.store.queue_depth().await {
                         self.depth.store(i64::try_from(waiting).unwrap_or(i64::MAX), Ordering::Release);
                         self.publish_depth();
+                    }
+                    // Other relays open, close and pause targets too.
+                    if let Ok(records) = self.store.target_records().await {
+                        self.remember_all(records);
                     }
                 }
                 _ = shutdown.changed() => return,
@@ -314,11 +366,44 @@ impl Engine {
         done
     }
 
+    /// Whether the target's breaker lets this claimed delivery go now; if not, the claim is
+    /// handed back (no attempt used), due when it may go. Half-open, one delivery takes the
+    /// probe (for as long as its send may take) and the others wait for its result.
+    async fn passes_breaker(&self, delivery: &ClaimedDelivery, timeout: Duration) -> bool {
+        let now = self.clock.now_ms();
+        let record = self.target_record(&delivery.route, &delivery.target);
+        let wait_until = match breaker::gate(record.as_ref(), now) {
+            Gate::Go => return true,
+            Gate::Wait(until) => until,
+            Gate::Probe => {
+                let probe_until = now + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 4) + PROBE_MARGIN_MS;
+                match self.store.take_probe(&delivery.route, &delivery.target, probe_until, now).await {
+                    Ok(true) => {
+                        tracing::info!(route = %delivery.route, target = %delivery.target, delivery = %delivery.id, "half-open: sending a probe");
+                        return true;
+                    }
+                    Ok(false) => probe_until,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not take the probe");
+                        now + PROBE_MARGIN_MS
+                    }
+                }
+            }
+        };
+        if let Err(err) = self.store.release(&delivery.id, delivery.claim, wait_until, now).await {
+            tracing::warn!(delivery = %delivery.id, error = %err, "could not hand back a delivery its target's breaker holds");
+        }
+        false
+    }
+
     /// One claimed delivery: permit, send, record, schedule.
     async fn process(&self, delivery: ClaimedDelivery) {
         let snapshot = self.config.load_full();
         let target = snapshot.route(&delivery.route).and_then(|route| route.targets.iter().find(|t| t.name == delivery.target));
         let settings = TargetSettings::of(target);
+        if !self.passes_breaker(&delivery, settings.timeout).await {
+            return;
+        }
         if let Some(limit) = &settings.rate_limit {
             // Never hold a claim while waiting: hand it back, due when the permit will be.
             if let Err(Throttled(wait)) = self.limiters.acquire(&limit.key, limit.spec, Some(Duration::ZERO)).await {
@@ -347,6 +432,30 @@ impl Engine {
         let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
             self.limiters.pause(&limit.key, limit.spec, pause).await;
+        }
+        let told = match (&decision.outcome, result.status) {
+            (_, Some(410)) => Some(TargetResult::Gone),
+            (AttemptOutcome::Succeeded, _) => Some(TargetResult::Succeeded),
+            _ if decision.receiver_failed => Some(TargetResult::Failed),
+            _ => None,
+        };
+        if let Some(told) = told {
+            // A success changes nothing for a target that is plainly closed: no write.
+            let known = self.target_record(&delivery.route, &delivery.target);
+            if told != TargetResult::Succeeded || known.is_some() {
+                let policy = target.map(|t| t.breaker).unwrap_or_default();
+                let change = TargetChange::Attempted(told, policy);
+                match self.change_target(&delivery.route, &delivery.target, change).await {
+                    Ok(record) if known.as_ref().map(|k| k.state(started_at)) != Some(record.state(started_at)) => {
+                        let state = record.state(self.clock.now_ms());
+                        tracing::warn!(route = %delivery.route, target = %delivery.target, state = state.as_str(), failures = record.failures, "target state changed");
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(route = %delivery.route, target = %delivery.target, error = %err, "could not record the target's state")
+                    }
+                }
+            }
         }
         let counted_as = metrics::DeliveryResult::from(&decision.outcome);
         metrics::count_delivery(&delivery.route, &delivery.target, counted_as, Some(result.duration.as_secs_f64()));

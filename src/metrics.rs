@@ -19,6 +19,8 @@ pub const CONNECTIONS_OPEN: &str = "hookrelay_connections_open";
 /// `accept` calls that failed (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS: &str = "hookrelay_accept_errors_total";
 /// Log lines dropped because stderr was not being read fast enough.
+/// 1 for each target's current state (closed, open, half_open, paused), 0 for the others.
+pub const TARGET_STATE: &str = "hookrelay_target_state";
 pub const LOG_LINES_DROPPED: &str = "hookrelay_log_lines_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -122,5 +124,13 @@ pub fn count_delivery(route: &str, target: &str, result: DeliveryResult, seconds
     metrics::counter!(DELIVERIES, "route" => route.to_string(), "target" => target.to_string(), "result" => result).increment(1);
     if let Some(seconds) = seconds {
         metrics::histogram!(DELIVERY_DURATION).record(seconds);
+    }
+}
+
+/// Publishes a target's circuit-breaker state as `hookrelay_target_state{route,target,state}`.
+pub fn set_target_state(route: &str, target: &str, state: crate::delivery::breaker::TargetState) {
+    for each in crate::delivery::breaker::TargetState::ALL {
+        let value = if each == state { 1.0 } else { 0.0 };
+        ::metrics::gauge!(TARGET_STATE, "route" => route.to_string(), "target" => target.to_string(), "state" => each.as_str()).set(value);
     }
 }

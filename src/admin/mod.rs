@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 mod error;
 mod replay;
 mod routes;
+mod targets;
 
 pub use error::ApiError;
 pub use routes::follow_store;
@@ -182,6 +183,17 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 Err(err) => store_error(err),
             }
         }
+        (Method::GET, "/api/targets") => targets::list(relay).await,
+        (Method::POST, other) if other.starts_with("/api/targets/") && (other.ends_with("/pause") || other.ends_with("/resume")) => {
+            let pause = other.ends_with("/pause");
+            let Some((route, target)) = targets::target_call(other, if pause { "/pause" } else { "/resume" }) else {
+                return ApiError::NotFound { what: "not found", detail: None }.into_response();
+            };
+            match read_body(request).await {
+                Ok(body) => targets::change(relay, &route, &target, pause, body).await,
+                Err(response) => response,
+            }
+        }
         (Method::POST, "/api/replay") => match read_body(request).await {
             Ok(body) => replay::many(relay, body).await,
             Err(response) => response,
@@ -315,9 +327,10 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                 ApiError::Invalid { error: "config invalid; the previous config keeps serving", detail: json!(detail) }.into_response()
             }
         },
-        (_, "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries" | "/api/replay") => {
-            ApiError::MethodNotAllowed.into_response()
-        }
+        (
+            _,
+            "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries" | "/api/replay" | "/api/targets",
+        ) => ApiError::MethodNotAllowed.into_response(),
         _ => ApiError::NotFound { what: "not found", detail: None }.into_response(),
     }
 }

@@ -275,6 +275,14 @@ pub struct RawHmac {
     pub timestamp_header: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<u32>,
+    pub cooldown: Option<String>,
+    pub max_cooldown: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
@@ -297,6 +305,10 @@ pub struct RawTarget {
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
     pub rate_limit: Option<RawRateLimit>,
+    /// Circuit breaker: after `failures` consecutive retryable failures (default 5; 0 turns
+    /// it off) deliveries wait `cooldown` (default 30s, doubling each time, up to
+    /// `max_cooldown`, default 1h), then one probe goes.
+    pub breaker: Option<RawBreaker>,
     pub sign: Option<RawSign>,
     pub when: Option<String>,
     /// Conditions on the answer's JSON body that must also hold for success.

@@ -1,9 +1,11 @@
 //! Delivery: compiled targets and their rendering, credentials and signing, the shared
-//! HTTP client and its guard, one attempt and its verdict, the retry schedule. The engine
+//! HTTP client and its guard, one attempt and its verdict, the retry schedule, the
+//! per-target circuit breaker. The engine
 //! that sends stored deliveries in the background is [`crate::engine`].
 
 pub mod answers;
 pub mod attempt;
+pub mod breaker;
 pub mod client;
 pub mod credentials;
 pub mod guard;

@@ -81,6 +81,7 @@ pub struct Target {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub rate_limit: Option<TargetLimit>,
+    pub breaker: crate::delivery::breaker::BreakerPolicy,
     /// Applied at send time, over the exact bytes sent.
     pub signer: Option<Signer>,
     /// Sent without the private-address guard: targets of YAML routes and `upstream:` URLs.

@@ -100,6 +100,9 @@ pub struct Decision {
     pub counted: bool,
     /// Hold every delivery to this receiver's bucket back this long.
     pub pause: Option<Duration>,
+    /// The receiver failed in a way a retry could fix (no answer, a timeout, a retryable
+    /// status or `success_when`): what the target's circuit breaker counts.
+    pub receiver_failed: bool,
 }
 
 /// The retry rules of DESIGN §6 for one attempt of a delivery that had `attempts` counted
@@ -111,10 +114,12 @@ pub fn decide(attempts: u32, created_at: i64, result: &Attempt, settings: &Targe
         _ => None,
     };
     let (retryable, reason) = match result.status.map(|status| settings.judge(status, &result.answer)) {
-        Some(Judged::Delivered) => return Decision { outcome: AttemptOutcome::Succeeded, counted: true, pause: None },
+        Some(Judged::Delivered) => {
+            return Decision { outcome: AttemptOutcome::Succeeded, counted: true, pause: None, receiver_failed: false }
+        }
         Some(Judged::Code { class: CodeClass::Final, reason }) => {
             let reason = format!("{reason} (final: retrying cannot help)");
-            return Decision { outcome: AttemptOutcome::Failed { reason }, counted: true, pause: None };
+            return Decision { outcome: AttemptOutcome::Failed { reason }, counted: true, pause: None, receiver_failed: false };
         }
         Some(Judged::Code { class: CodeClass::Throttled(wait), reason }) => {
             throttled = true;
@@ -130,8 +135,9 @@ pub fn decide(attempts: u32, created_at: i64, result: &Attempt, settings: &Targe
     };
     let counted = !throttled;
     if !retryable {
-        return Decision { outcome: AttemptOutcome::Failed { reason }, counted, pause };
+        return Decision { outcome: AttemptOutcome::Failed { reason }, counted, pause, receiver_failed: false };
     }
+    let receiver_failed = counted;
     let attempts = attempts + u32::from(counted);
     let age = Duration::from_millis(u64::try_from(now - created_at).unwrap_or(0));
     if attempts >= settings.retry.max_attempts && counted {
@@ -139,6 +145,7 @@ pub fn decide(attempts: u32, created_at: i64, result: &Attempt, settings: &Targe
             outcome: AttemptOutcome::Failed { reason: format!("{reason}; gave up after {attempts} attempts") },
             counted,
             pause,
+            receiver_failed,
         };
     }
     if age >= settings.retry.max_age {
@@ -146,6 +153,7 @@ pub fn decide(attempts: u32, created_at: i64, result: &Attempt, settings: &Targe
             outcome: AttemptOutcome::Failed { reason: format!("{reason}; gave up after {age:?} (max_age)") },
             counted,
             pause,
+            receiver_failed,
         };
     }
     let backoff = settings.retry.delay(attempts.max(1), draw);
@@ -155,7 +163,7 @@ pub fn decide(attempts: u32, created_at: i64, result: &Attempt, settings: &Targe
         (None, None) => backoff,
     };
     let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-    Decision { outcome: AttemptOutcome::RetryAt(now + wait_ms), counted, pause }
+    Decision { outcome: AttemptOutcome::RetryAt(now + wait_ms), counted, pause, receiver_failed }
 }
 
 #[cfg(test)]
@@ -178,11 +186,11 @@ mod tests {
     }
 
     fn retry_at(ms: i64, counted: bool, pause: Option<u64>) -> Decision {
-        Decision { outcome: AttemptOutcome::RetryAt(ms), counted, pause: pause.map(Duration::from_secs) }
+        Decision { outcome: AttemptOutcome::RetryAt(ms), counted, pause: pause.map(Duration::from_secs), receiver_failed: counted }
     }
 
-    fn failed(reason: &str, counted: bool) -> Decision {
-        Decision { outcome: AttemptOutcome::Failed { reason: reason.to_string() }, counted, pause: None }
+    fn failed(reason: &str, receiver_failed: bool) -> Decision {
+        Decision { outcome: AttemptOutcome::Failed { reason: reason.to_string() }, counted: true, pause: None, receiver_failed }
     }
 
     /// Every rule as a table: (attempts before, age ms, answer, jitter draw) → decision, with
@@ -213,7 +221,7 @@ mod tests {
                 0,
                 answer(Some(200), r#"{"errcode":0}"#, None),
                 0.5,
-                Decision { outcome: AttemptOutcome::Succeeded, counted: true, pause: None },
+                Decision { outcome: AttemptOutcome::Succeeded, counted: true, pause: None, receiver_failed: false },
             ),
             // Backoff: attempt n waits initial * 2^(n-1) * draw.
             (0, 0, answer(Some(503), "", None), 0.5, retry_at(now + 500, true, None)),
@@ -223,7 +231,7 @@ mod tests {
             (0, 0, answer(Some(503), "", Some(30)), 0.5, retry_at(now + 30_000, true, None)),
             (9, 0, answer(Some(429), "", Some(5)), 0.5, retry_at(now + 5_000, false, Some(5))),
             // Other 4xx fail at once; the last attempt gives up.
-            (0, 0, answer(Some(404), "", None), 0.5, failed("answer 404", true)),
+            (0, 0, answer(Some(404), "", None), 0.5, failed("answer 404", false)),
             (9, 0, answer(Some(503), "", None), 0.5, failed("answer 503; gave up after 10 attempts", true)),
             (0, day, answer(Some(503), "", None), 0.5, failed("answer 503; gave up after 86400s (max_age)", true)),
             // Answer codes: final fails at once, throttled pauses without using an attempt.
@@ -232,7 +240,7 @@ mod tests {
                 0,
                 answer(Some(200), r#"{"errcode":310000,"errmsg":"keywords not in content"}"#, None),
                 0.5,
-                failed("dingtalk errcode 310000: keywords not in content (final: retrying cannot help)", true),
+                failed("dingtalk errcode 310000: keywords not in content (final: retrying cannot help)", false),
             ),
             (9, 0, answer(Some(200), r#"{"errcode":410100,"errmsg":"too fast"}"#, None), 0.5, retry_at(now + 600_000, false, Some(600))),
             (0, 0, answer(Some(200), r#"{"errcode":-1,"errmsg":"busy"}"#, None), 0.5, retry_at(now + 500, true, None)),

@@ -340,6 +340,43 @@ pub struct CancelFilter {
     pub before: Option<i64>,
 }
 
+/// A target's circuit-breaker and pause record (see [`crate::delivery::breaker`]); times
+/// are the relay's milliseconds. A target with no record is closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub route: String,
+    pub target: String,
+    /// Consecutive retryable failures.
+    pub failures: u32,
+    /// Times it opened since it last closed (the cool-down doubles with each).
+    pub opened: u32,
+    /// Open until then; half-open after, until a probe succeeds.
+    pub blocked_until: Option<i64>,
+    /// Half-open: a probe is on the wire until then.
+    pub probe_until: Option<i64>,
+    pub paused_at: Option<i64>,
+    pub paused_reason: Option<String>,
+}
+
+/// What [`Store::update_target`] does to a target's record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetChange {
+    Attempted(crate::delivery::breaker::TargetResult, crate::delivery::breaker::BreakerPolicy),
+    Pause(String),
+    Resume,
+}
+
+impl TargetChange {
+    /// The record after this change, and what happens to the target's pending deliveries.
+    pub fn apply(&self, record: TargetRecord, now: i64) -> (TargetRecord, crate::delivery::breaker::Reschedule) {
+        match self {
+            TargetChange::Attempted(result, policy) => record.after(*result, policy, now),
+            TargetChange::Pause(reason) => record.paused(reason, now),
+            TargetChange::Resume => record.resumed(now),
+        }
+    }
+}
+
 /// A route created through the admin API; `definition` has the YAML route schema, as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredRoute {
@@ -547,6 +584,21 @@ pub trait Store: Send + Sync {
     }
 
     /// Finishes queued writes and stops; every call after it answers `Closed`.
+    /// Every target with a breaker or pause record.
+    async fn target_records(&self) -> Result<Vec<TargetRecord>, StoreError>;
+
+    /// Applies `change` to the target's record (a new one when it has none) under a lock,
+    /// stores the result and moves the target's pending deliveries as it says. Returns the
+    /// record as stored.
+    async fn update_target(&self, route: &str, target: &str, change: TargetChange, now: i64) -> Result<TargetRecord, StoreError>;
+
+    /// Takes the one probe of a half-open target until `until`: false when it is not
+    /// half-open or another send is probing.
+    async fn take_probe(&self, route: &str, target: &str, until: i64, now: i64) -> Result<bool, StoreError>;
+
+    /// Pending and in-flight deliveries per (route, target).
+    async fn queued_by_target(&self) -> Result<Vec<(String, String, u64)>, StoreError>;
+
     async fn close(&self) -> Result<(), StoreError>;
 }
 

@@ -9,7 +9,7 @@ use rusqlite::{params_from_iter, Connection, Row, ToSql};
 use super::record::lossy;
 use super::{
     cursor_seq, page_size, AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventFilter, EventView, NamePattern, Page,
-    StoreError, StoredRequest, StoredRequestView, StoredRoute,
+    StoreError, StoredRequest, StoredRequestView, StoredRoute, TargetRecord,
 };
 
 /// A newest-first page over a table's `seq`, with optional equality filters.
@@ -84,6 +84,21 @@ impl PageQuery {
         };
         Ok(Page { items: rows.into_iter().map(|(_, item)| item).collect(), next_cursor })
     }
+}
+
+pub(super) const TARGET_COLUMNS: &str = "route, target, failures, opened, blocked_until, probe_until, paused_at, paused_reason";
+
+pub(super) fn target_record(row: &Row<'_>) -> rusqlite::Result<TargetRecord> {
+    Ok(TargetRecord {
+        route: row.get("route")?,
+        target: row.get("target")?,
+        failures: row.get("failures")?,
+        opened: row.get("opened")?,
+        blocked_until: row.get("blocked_until")?,
+        probe_until: row.get("probe_until")?,
+        paused_at: row.get("paused_at")?,
+        paused_reason: row.get("paused_reason")?,
+    })
 }
 
 pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body, replay_of";

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -172,6 +172,22 @@ CREATE INDEX deliveries_ordered ON deliveries (route, target, ordered_key, seq)
 
 // An event replayed by hand names the event it replays.
 const V6: &str = "ALTER TABLE events ADD COLUMN replay_of TEXT;";
+
+// Each target's circuit breaker and pause (a target without a row is closed).
+const V7: &str = "
+CREATE TABLE target_states (
+    route          TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    failures       INTEGER NOT NULL DEFAULT 0,
+    opened         INTEGER NOT NULL DEFAULT 0,
+    blocked_until  INTEGER,
+    probe_until    INTEGER,
+    paused_at      INTEGER,
+    paused_reason  TEXT,
+    PRIMARY KEY (route, target)
+);
+CREATE INDEX deliveries_pending_target ON deliveries (route, target, next_attempt_at) WHERE status = 'pending';
+";
 
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once

@@ -20,12 +20,13 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
-use super::{cannot_cancel, owned_by, CancelFilter};
+use super::{cannot_cancel, owned_by, CancelFilter, TargetChange, TargetRecord};
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
     EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
 };
+use crate::delivery::breaker::Reschedule;
 
 /// How long a statement waits for a lock held by another connection (another process on
 /// the same file, or a checkpoint) before failing with SQLITE_BUSY.
@@ -475,6 +476,83 @@ impl Store for SqliteStore {
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.writer.write(move |conn| Ok(conn.execute("DELETE FROM api_routes WHERE name = ?1", [&name])? > 0)).await
+    }
+
+    async fn target_records(&self) -> Result<Vec<TargetRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!("SELECT {TARGET_COLUMNS} FROM target_states ORDER BY route, target"))?;
+            let records = stmt.query_map([], target_record)?.collect::<Result<_, _>>()?;
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn update_target(&self, route: &str, target: &str, change: TargetChange, now: i64) -> Result<TargetRecord, StoreError> {
+        let (route, target) = (route.to_owned(), target.to_owned());
+        // An operator's pause or resume waits for the disk; a breaker's count may be lost with the machine.
+        let synced = !matches!(change, TargetChange::Attempted(..));
+        let op = move |conn: &Connection| {
+            let sql = format!("SELECT {TARGET_COLUMNS} FROM target_states WHERE route = ?1 AND target = ?2");
+            let record = conn.query_row(&sql, [&route, &target], target_record).optional()?;
+            let (record, reschedule) = change.apply(record.unwrap_or_else(|| TargetRecord::new(&route, &target)), now);
+            conn.prepare_cached(
+                "INSERT INTO target_states (route, target, failures, opened, blocked_until, probe_until, paused_at, paused_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (route, target) DO UPDATE SET failures = excluded.failures, opened = excluded.opened,
+                     blocked_until = excluded.blocked_until, probe_until = excluded.probe_until,
+                     paused_at = excluded.paused_at, paused_reason = excluded.paused_reason",
+            )?
+            .execute(params![
+                route,
+                target,
+                record.failures,
+                record.opened,
+                record.blocked_until,
+                record.probe_until,
+                record.paused_at,
+                record.paused_reason
+            ])?;
+            if let Reschedule::Move { up_to, to } = reschedule {
+                conn.prepare_cached(
+                    "UPDATE deliveries SET next_attempt_at = ?4
+                     WHERE status = 'pending' AND route = ?1 AND target = ?2 AND next_attempt_at <= ?3 AND next_attempt_at <> ?4",
+                )?
+                .execute(params![route, target, up_to, to])?;
+            }
+            Ok(record)
+        };
+        if synced {
+            self.writer.write(op).await
+        } else {
+            self.writer.write_unsynced(op).await
+        }
+    }
+
+    async fn take_probe(&self, route: &str, target: &str, until: i64, now: i64) -> Result<bool, StoreError> {
+        let (route, target) = (route.to_owned(), target.to_owned());
+        self.writer
+            .write_unsynced(move |conn| {
+                let taken = conn
+                    .prepare_cached(
+                        "UPDATE target_states SET probe_until = ?3
+                         WHERE route = ?1 AND target = ?2 AND paused_at IS NULL AND blocked_until <= ?4
+                           AND (probe_until IS NULL OR probe_until <= ?4)",
+                    )?
+                    .execute(params![route, target, until, now])?;
+                Ok(taken == 1)
+            })
+            .await
+    }
+
+    async fn queued_by_target(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT route, target, COUNT(*) FROM deliveries WHERE status IN ('pending', 'in_flight') GROUP BY route, target",
+            )?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)?.unsigned_abs())))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

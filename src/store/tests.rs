@@ -83,6 +83,7 @@ conformance!(
     concurrent_duplicates_accept_exactly_one,
     a_failing_write_does_not_spoil_its_batch,
     pages_have_no_gaps_or_duplicates,
+    target_breakers_hold_and_release_their_pending_deliveries,
     events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay,
     prune_keeps_events_with_unfinished_deliveries,
     attempt_bodies_are_cut_to_64_kib,
@@ -613,6 +614,49 @@ async fn events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_
     let delivery = delivery("d-e1-again", &batched, "t", T0);
     store.accept_unless_duplicate(batched, vec![delivery], None).await.unwrap();
     assert_eq!(store.get_event("e1-again").await.unwrap().unwrap().replay_of.as_deref(), Some("e1"));
+}
+
+async fn target_breakers_hold_and_release_their_pending_deliveries(store: Arc<dyn Store>) {
+    use crate::delivery::breaker::{BreakerPolicy, TargetResult, TargetState, PAUSED_UNTIL_MS};
+    let policy = BreakerPolicy { failures: 2, cooldown: Duration::from_secs(10), max_cooldown: Duration::from_secs(60) };
+    for n in 0..3 {
+        accept_one(&*store, &format!("e{n}"), "r", T0).await;
+    }
+    let other = event("o", "r", T0);
+    let other_delivery = delivery("d-o", &other, "elsewhere", T0);
+    store.accept(other, vec![other_delivery]).await.unwrap();
+    assert!(store.target_records().await.unwrap().is_empty(), "no record: closed");
+    let failed = TargetChange::Attempted(TargetResult::Failed, policy);
+    let once = store.update_target("r", "t", failed.clone(), T0).await.unwrap();
+    assert_eq!((once.failures, once.state(T0)), (1, TargetState::Closed));
+    let open = store.update_target("r", "t", failed.clone(), T0).await.unwrap();
+    assert_eq!((open.state(T0), open.blocked_until), (TargetState::Open, Some(T0 + 10_000)));
+    assert_eq!(store.target_records().await.unwrap(), vec![open.clone()]);
+    // Its pending deliveries wait for the cool-down; another target's do not.
+    let due: Vec<String> = store.claim_due(T0 + 1, 10, LEASE).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(due, ["d-o"]);
+    assert!(!store.take_probe("r", "t", T0 + 20_000, T0 + 1).await.unwrap(), "no probe while open");
+    assert!(store.take_probe("r", "t", T0 + 20_000, T0 + 10_000).await.unwrap(), "half-open: one probe");
+    assert!(!store.take_probe("r", "t", T0 + 20_000, T0 + 10_001).await.unwrap(), "and only one");
+    let claimed = store.claim_due(T0 + 10_000, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3, "due again once the cool-down is over");
+    for delivery in &claimed {
+        store.release(&delivery.id, delivery.claim, T0 + 10_000, T0 + 10_000).await.unwrap();
+    }
+    let closed = store.update_target("r", "t", TargetChange::Attempted(TargetResult::Succeeded, policy), T0 + 10_000).await.unwrap();
+    assert_eq!((closed.state(T0), closed.failures, closed.blocked_until), (TargetState::Closed, 0, None));
+
+    let paused = store.update_target("r", "t", TargetChange::Pause("by hand".into()), T0 + 10_000).await.unwrap();
+    assert_eq!((paused.state(T0), paused.paused_reason.as_deref()), (TargetState::Paused, Some("by hand")));
+    let claimed = store.claim_due(PAUSED_UNTIL_MS - 1, 10, LEASE).await.unwrap();
+    assert!(claimed.iter().all(|d| d.target != "t"), "paused until resumed");
+    let mut queued = store.queued_by_target().await.unwrap();
+    queued.sort();
+    assert_eq!(queued, [("r".to_string(), "elsewhere".to_string(), 1), ("r".to_string(), "t".to_string(), 3)]);
+    let resumed = store.update_target("r", "t", TargetChange::Resume, T0 + 20_000).await.unwrap();
+    assert_eq!(resumed, crate::store::TargetRecord::new("r", "t"));
+    let claimed = store.claim_due(T0 + 20_000, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.iter().filter(|d| d.target == "t").count(), 3, "due at once when resumed");
 }
 
 async fn pages_have_no_gaps_or_duplicates(store: Arc<dyn Store>) {

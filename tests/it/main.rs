@@ -2,6 +2,7 @@
 
 mod api_routes;
 mod architecture;
+mod breakers;
 mod cli;
 mod delivery;
 mod escaping;

@@ -10,9 +10,10 @@ use serde_json::Value;
 
 use super::*;
 use crate::condition::compile_match;
-use crate::config::model::{RawMatch, RawRateLimit, RawRetry, RawTarget};
+use crate::config::model::{RawBreaker, RawMatch, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
+use crate::delivery::breaker::BreakerPolicy;
 use crate::delivery::credentials::EnvCredentials;
 use crate::delivery::retry::{RetryOn, RetryPolicy};
 use crate::ratelimit::compile_spec;
@@ -75,6 +76,30 @@ fn compile_template(source: &str, escape: Escape, strict: bool, at: &str, ctx: &
             None
         }
     }
+}
+
+fn compile_breaker(raw: &RawBreaker, at: &str, problems: &mut Problems) -> BreakerPolicy {
+    let defaults = BreakerPolicy::default();
+    let duration = |name: &str, value: &Option<String>, fallback: Duration, problems: &mut Problems| match value {
+        Some(text) => match parse_duration(text) {
+            Ok(duration) if !duration.is_zero() => duration,
+            Ok(_) => {
+                problems.push(format!("{at}.{name}"), "must be longer than zero");
+                fallback
+            }
+            Err(message) => {
+                problems.push(format!("{at}.{name}"), message);
+                fallback
+            }
+        },
+        None => fallback,
+    };
+    let cooldown = duration("cooldown", &raw.cooldown, defaults.cooldown, problems);
+    let max_cooldown = duration("max_cooldown", &raw.max_cooldown, defaults.max_cooldown.max(cooldown), problems);
+    if max_cooldown < cooldown {
+        problems.push(format!("{at}.max_cooldown"), "must not be shorter than cooldown");
+    }
+    BreakerPolicy { failures: raw.failures.unwrap_or(defaults.failures), cooldown, max_cooldown }
 }
 
 /// `overrides` merged field by field over `base` (the compiled `defaults.retry`).
@@ -278,6 +303,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
         None => None,
     };
+    let breaker =
+        raw.breaker.as_ref().map_or_else(BreakerPolicy::default, |raw| compile_breaker(raw, &format!("{at}.breaker"), ctx.problems));
     Some(Target {
         name,
         trusted: ctx.trusted_origin || matches!(url, Some(UrlSpec::Upstream(_))),
@@ -296,6 +323,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         timeout,
         retry,
         rate_limit,
+        breaker,
         signer: raw.sign.as_ref().and_then(|sign| crate::delivery::sign::compile(sign, &format!("{at}.sign"), ctx.problems)),
         when,
         success_when,

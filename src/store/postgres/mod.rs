@@ -31,11 +31,12 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
-use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, CancelFilter};
+use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, CancelFilter, TargetChange, TargetRecord};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
 };
+use crate::delivery::breaker::Reschedule;
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
 const DUE_CHANNEL: &str = "hookrelay_due";
@@ -631,6 +632,90 @@ impl Store for PostgresStore {
 
     fn notices(&self) -> Option<broadcast::Receiver<StoreNotice>> {
         Some(self.notices.subscribe())
+    }
+
+    async fn target_records(&self) -> Result<Vec<TargetRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(&format!("SELECT {TARGET_COLUMNS} FROM hookrelay_target_states ORDER BY route, target"), &[]).await?;
+        rows.iter().map(target_record).collect()
+    }
+
+    async fn update_target(&self, route: &str, target: &str, change: TargetChange, now: i64) -> Result<TargetRecord, StoreError> {
+        let synced = !matches!(change, TargetChange::Attempted(..));
+        in_transaction!(self, |tx| {
+            if synced {
+                durable(&tx).await?;
+            }
+            tx.execute(
+                "INSERT INTO hookrelay_target_states (route, target) VALUES ($1, $2) ON CONFLICT (route, target) DO NOTHING",
+                &[&route, &target],
+            )
+            .await?;
+            let row = tx
+                .query_one(
+                    &format!("SELECT {TARGET_COLUMNS} FROM hookrelay_target_states WHERE route = $1 AND target = $2 FOR UPDATE"),
+                    &[&route, &target],
+                )
+                .await?;
+            let (record, reschedule) = change.apply(target_record(&row)?, now);
+            tx.execute(
+                "UPDATE hookrelay_target_states SET failures = $3, opened = $4, blocked_until = $5, probe_until = $6, paused_at = $7,
+                        paused_reason = $8
+                 WHERE route = $1 AND target = $2",
+                &[
+                    &route,
+                    &target,
+                    &i32::try_from(record.failures).unwrap_or(i32::MAX),
+                    &i32::try_from(record.opened).unwrap_or(i32::MAX),
+                    &record.blocked_until,
+                    &record.probe_until,
+                    &record.paused_at,
+                    &record.paused_reason,
+                ],
+            )
+            .await?;
+            // Due times are on the database's clock: the times are moved there as offsets from now.
+            if let Reschedule::Move { up_to, to } = reschedule {
+                tx.execute(
+                    concat!(
+                        "UPDATE hookrelay_deliveries SET next_attempt_at = ",
+                        db_now!(3),
+                        " + $5 WHERE status = 'pending' AND route = $1 AND target = $2 AND next_attempt_at <= ",
+                        db_now!(3),
+                        " + $4 AND next_attempt_at <> ",
+                        db_now!(3),
+                        " + $5"
+                    ),
+                    &[&route, &target, &self.pinned(now), &up_to.saturating_sub(now), &to.saturating_sub(now)],
+                )
+                .await?;
+            }
+            Ok(record)
+        })
+    }
+
+    async fn take_probe(&self, route: &str, target: &str, until: i64, now: i64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let taken = client
+            .execute(
+                "UPDATE hookrelay_target_states SET probe_until = $3
+                 WHERE route = $1 AND target = $2 AND paused_at IS NULL AND blocked_until <= $4
+                   AND (probe_until IS NULL OR probe_until <= $4)",
+                &[&route, &target, &until, &now],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    async fn queued_by_target(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT route, target, COUNT(*) FROM hookrelay_deliveries WHERE status IN ('pending', 'in_flight') GROUP BY route, target",
+                &[],
+            )
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get::<_, i64>(2)?.unsigned_abs()))).collect()
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::store::record::lossy;
-use crate::store::{cursor_seq, page_size, EventFilter, NamePattern, Page};
+use crate::store::{cursor_seq, page_size, EventFilter, NamePattern, Page, TargetRecord};
 use crate::store::{
     AttemptView, ClaimedDelivery, DeliveryStatus, DeliveryView, EventView, StoreError, StoredRequest, StoredRequestView, StoredRoute,
 };
@@ -17,6 +17,21 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         StoreError::Postgres(std::sync::Arc::new(error))
     }
+}
+
+pub(super) const TARGET_COLUMNS: &str = "route, target, failures, opened, blocked_until, probe_until, paused_at, paused_reason";
+
+pub(super) fn target_record(row: &Row) -> Result<TargetRecord, StoreError> {
+    Ok(TargetRecord {
+        route: row.try_get("route")?,
+        target: row.try_get("target")?,
+        failures: row.try_get::<_, i32>("failures")?.unsigned_abs(),
+        opened: row.try_get::<_, i32>("opened")?.unsigned_abs(),
+        blocked_until: row.try_get("blocked_until")?,
+        probe_until: row.try_get("probe_until")?,
+        paused_at: row.try_get("paused_at")?,
+        paused_reason: row.try_get("paused_reason")?,
+    })
 }
 
 pub(super) const EVENT_COLUMNS: &str = "seq, id, received_at, route, event, delivery_id, method, path, headers, body, replay_of";

@@ -24,10 +24,28 @@ pub(in crate::store) struct Migration {
 }
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(in crate::store) const MIGRATIONS: &[Migration] = &[Migration { sql: V1, readable_from: 1 }, Migration { sql: V2, readable_from: 1 }];
+pub(in crate::store) const MIGRATIONS: &[Migration] =
+    &[Migration { sql: V1, readable_from: 1 }, Migration { sql: V2, readable_from: 1 }, Migration { sql: V3, readable_from: 1 }];
 
 // An event replayed by hand names the event it replays (nullable: the release before ignores it).
 const V2: &str = "ALTER TABLE hookrelay_events ADD COLUMN replay_of text;";
+
+// Each target's circuit breaker and pause (a target without a row is closed); the
+// release before ignores it.
+const V3: &str = "
+CREATE TABLE hookrelay_target_states (
+    route          text NOT NULL,
+    target         text NOT NULL,
+    failures       integer NOT NULL DEFAULT 0,
+    opened         integer NOT NULL DEFAULT 0,
+    blocked_until  bigint,
+    probe_until    bigint,
+    paused_at      bigint,
+    paused_reason  text,
+    PRIMARY KEY (route, target)
+);
+CREATE INDEX hookrelay_deliveries_pending_target ON hookrelay_deliveries (route, target, next_attempt_at) WHERE status = 'pending';
+";
 
 /// The advisory lock held while migrating ("hookrelay" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;

@@ -1,0 +1,127 @@
+//! Per-target circuit breakers and pause: a failing receiver is left alone for a cool-down
+//! that doubles, one probe tests it, and waiting deliveries use no attempt; a `410 Gone`
+//! pauses its target until resumed, across a restart.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Answer, Relay, TestSink};
+
+const AUTH: [(&str, &str); 1] = [("authorization", "Bearer t0ken")];
+
+fn config(flaky: &str, gone: &str) -> String {
+    format!(
+        r#"listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0, token: t0ken }}
+routes:
+  - name: hook
+    match: {{ path: /hooks/flaky }}
+    forward:
+      - name: flaky
+        url: {flaky}/in
+        retry: {{ max_attempts: 20, initial: 100ms, max: 100ms, jitter: false }}
+        breaker: {{ failures: 2, cooldown: 1s }}
+  - name: gone
+    match: {{ path: /hooks/gone }}
+    forward:
+      - name: old
+        url: {gone}/in
+"#
+    )
+}
+
+async fn targets(relay: &Relay) -> Vec<Value> {
+    relay.client.get(&relay.admin_url("/api/targets"), &AUTH).await.json()["items"].as_array().unwrap().clone()
+}
+
+async fn target(relay: &Relay, name: &str) -> Value {
+    targets(relay).await.into_iter().find(|t| t["target"] == name).unwrap()
+}
+
+async fn wait_state(relay: &Relay, name: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let target = target(relay, name).await;
+        if target["state"] == state {
+            return target;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} never became {state}: {target}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_open_breaker_holds_deliveries_without_using_attempts_and_one_probe_closes_it() {
+    let flaky = TestSink::scripted(vec![Answer::status_only(503), Answer::status_only(503), Answer::status_only(503)]).await;
+    let gone = TestSink::start().await;
+    let relay = Relay::start(&config(&flaky.url(), &gone.url())).await;
+    assert_eq!(target(&relay, "flaky").await["state"], "closed");
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/flaky"), &[], r#"{"n":0}"#).await.status, 202);
+    // Two failures in a row (the first try and one retry) open it.
+    let open = wait_state(&relay, "flaky", "open").await;
+    assert_eq!(open["failures"], 2, "{open}");
+    assert!(open["next_probe"].as_i64().is_some(), "{open}");
+    for n in 1..3 {
+        assert_eq!(relay.client.post_json(&relay.url("/hooks/flaky"), &[], format!(r#"{{"n":{n}}}"#)).await.status, 202);
+    }
+    assert_eq!(target(&relay, "flaky").await["queued"], 3);
+    // After the cool-down one probe goes (and fails: open again, for twice as long); after
+    // that one, the next probe succeeds and everything waiting goes.
+    let seen = flaky.wait_for(6).await;
+    assert!(seen[..3].iter().all(|s| s.uri == "/in"));
+    let gap = |a: usize, b: usize| seen[b].at.duration_since(seen[a].at);
+    assert!(gap(1, 2) >= Duration::from_millis(900), "the cool-down was not kept: {:?}", gap(1, 2));
+    assert!(gap(2, 3) >= Duration::from_millis(1_900), "the cool-down did not double: {:?}", gap(2, 3));
+    let closed = wait_state(&relay, "flaky", "closed").await;
+    assert_eq!((closed["failures"].as_u64(), closed["next_probe"].clone()), (Some(0), Value::Null), "{closed}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while target(&relay, "flaky").await["queued"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "deliveries left waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(flaky.seen().len(), 6, "3 failures, then each of the 3 deliveries once: nothing sent while open");
+    // Waiting used no attempt: 6 requests, 6 attempts recorded over the 3 deliveries.
+    let deliveries = relay.client.get(&relay.admin_url("/api/deliveries?route=hook"), &AUTH).await.json();
+    let attempts: u64 = deliveries["items"].as_array().unwrap().iter().map(|d| d["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(attempts, 6, "{deliveries}");
+    let metrics = relay.client.get(&relay.admin_url("/metrics"), &AUTH).await.text();
+    assert!(metrics.contains(r#"hookrelay_target_state{route="hook",target="flaky",state="closed"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"hookrelay_target_state{route="hook",target="flaky",state="open"} 0"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_410_pauses_its_target_across_a_restart_until_it_is_resumed() {
+    let flaky = TestSink::start().await;
+    let gone = TestSink::scripted(vec![Answer::status_only(410)]).await;
+    let relay = Relay::start(&config(&flaky.url(), &gone.url())).await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/gone"), &[], "{}").await.status, 202);
+    let paused = wait_state(&relay, "old", "paused").await;
+    assert_eq!(paused["paused_reason"], "the receiver answered 410 Gone", "{paused}");
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/gone"), &[], r#"{"n":2}"#).await.status, 202, "still accepted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gone.seen().len(), 1, "nothing is sent to a paused target");
+    assert_eq!(target(&relay, "old").await["queued"], 1);
+
+    relay.running.stop();
+    relay.running.relay.engine.store().close().await.unwrap();
+    relay.running.relay.store_owner.as_ref().expect("a SQLite store").release();
+    let again = Relay::attach(hookrelay::app::start(&relay.config_path()).await.unwrap());
+    assert_eq!(target(&again, "old").await["state"], "paused", "the pause survives a restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gone.seen().len(), 1);
+
+    let url = |call: &str| again.admin_url(&format!("/api/targets/gone/old/{call}"));
+    let resumed = again.client.post_json(&url("resume"), &AUTH, "").await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    assert_eq!(resumed.json()["state"], "closed");
+    assert_eq!(gone.wait_for(2).await[1].json()["n"], 2, "the held delivery goes once resumed");
+    // Paused by hand, with a reason; an unknown target is 404.
+    let paused = again.client.post_json(&url("pause"), &AUTH, r#"{"reason":"maintenance"}"#).await;
+    assert_eq!((paused.status, paused.json()["paused_reason"].clone()), (200, Value::from("maintenance")));
+    let missing = again.client.post_json(&again.admin_url("/api/targets/gone/nope/pause"), &AUTH, "").await;
+    assert_eq!(missing.status, 404);
+    let flaky_state = target(&again, "flaky").await;
+    assert_eq!(flaky_state["state"], "closed", "other targets are not affected: {flaky_state}");
+}
