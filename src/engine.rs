@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
 
 use crate::delivery::attempt::AttemptSettings;
-use crate::delivery::breaker::{self, Gate, TargetResult};
+use crate::delivery::breaker::{self, Gate, TargetChange, TargetResult};
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
 use crate::delivery::target::{OutgoingRequest, Target};
 use crate::delivery::verdict::{decide, TargetSettings};
@@ -22,7 +22,7 @@ use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoreNotice, StoredRequest,
-    TargetChange, TargetRecord,
+    TargetRecord,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
@@ -223,7 +223,7 @@ impl Engine {
 
     fn remember(&self, record: TargetRecord) {
         let plain = record == TargetRecord::new(&record.route, &record.target);
-        metrics::set_target_state(&record.route, &record.target, record.state(self.clock.now_ms()));
+        metrics::set_target_state(&record.route, &record.target, record.state(self.clock.now_ms()).as_str());
         let mut records = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         records.retain(|r| !(r.route == record.route && r.target == record.target));
         if !plain {
@@ -236,18 +236,19 @@ impl Engine {
         let mut records = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         // Targets no longer listed were closed (by another relay): say so once.
         for gone in records.iter().filter(|old| !fresh.iter().any(|r| r.route == old.route && r.target == old.target)) {
-            metrics::set_target_state(&gone.route, &gone.target, breaker::TargetState::Closed);
+            metrics::set_target_state(&gone.route, &gone.target, breaker::TargetState::Closed.as_str());
         }
         *records = fresh.into_iter().filter(|r| *r != TargetRecord::new(&r.route, &r.target)).collect();
         for record in records.iter() {
-            metrics::set_target_state(&record.route, &record.target, record.state(now));
+            metrics::set_target_state(&record.route, &record.target, record.state(now).as_str());
         }
     }
 
     /// Changes a target's record in the store (a pause, a resume, an attempt's result),
     /// keeps the result, and wakes the workers for deliveries it made due.
     pub async fn change_target(&self, route: &str, target: &str, change: TargetChange) -> Result<TargetRecord, StoreError> {
-        let record = self.store.update_target(route, target, change, self.clock.now_ms()).await?;
+        let now = self.clock.now_ms();
+        let record = self.store.update_target(route, target, change.update(now), now).await?;
         self.remember(record.clone());
         self.wake();
         Ok(record)

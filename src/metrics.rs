@@ -127,10 +127,14 @@ pub fn count_delivery(route: &str, target: &str, result: DeliveryResult, seconds
     }
 }
 
-/// Publishes a target's circuit-breaker state as `hookrelay_target_state{route,target,state}`.
-pub fn set_target_state(route: &str, target: &str, state: crate::delivery::breaker::TargetState) {
-    for each in crate::delivery::breaker::TargetState::ALL {
+/// The states a target's circuit breaker reports.
+pub const TARGET_STATES: [&str; 4] = ["closed", "open", "half_open", "paused"];
+
+/// Publishes a target's circuit-breaker state (one of [`TARGET_STATES`]) as
+/// `hookrelay_target_state{route,target,state}`.
+pub fn set_target_state(route: &str, target: &str, state: &str) {
+    for each in TARGET_STATES {
         let value = if each == state { 1.0 } else { 0.0 };
-        ::metrics::gauge!(TARGET_STATE, "route" => route.to_string(), "target" => target.to_string(), "state" => each.as_str()).set(value);
+        ::metrics::gauge!(TARGET_STATE, "route" => route.to_string(), "target" => target.to_string(), "state" => each).set(value);
     }
 }

@@ -8,12 +8,12 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{store_error, ApiError};
-use crate::delivery::breaker::TargetState;
+use crate::delivery::breaker::{TargetChange, TargetState};
 use crate::delivery::client::Body;
 use crate::engine::now_ms;
 use crate::relay::Relay;
 use crate::respond::json_response;
-use crate::store::{TargetChange, TargetRecord};
+use crate::store::TargetRecord;
 
 /// Every target of the config serving now, then any other with a record or a queue (a
 /// target removed by a reload while deliveries to it wait).

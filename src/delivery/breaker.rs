@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::store::TargetRecord;
+use crate::store::{Reschedule, TargetRecord, TargetUpdate};
 
 /// When paused deliveries are due: never, until the target is resumed (year 2200).
 pub const PAUSED_UNTIL_MS: i64 = 7_258_118_400_000;
@@ -50,8 +50,6 @@ pub enum TargetState {
 }
 
 impl TargetState {
-    pub const ALL: [TargetState; 4] = [TargetState::Closed, TargetState::Open, TargetState::HalfOpen, TargetState::Paused];
-
     pub fn as_str(self) -> &'static str {
         match self {
             TargetState::Closed => "closed",
@@ -62,16 +60,26 @@ impl TargetState {
     }
 }
 
-/// What happens to a target's pending deliveries when its state changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reschedule {
-    Nothing,
-    /// Those due at or before `up_to` (which includes every one the breaker held back)
-    /// are due at `to` instead.
-    Move {
-        up_to: i64,
-        to: i64,
-    },
+/// What changes a target's record: an attempt's result, or an operator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetChange {
+    Attempted(TargetResult, BreakerPolicy),
+    Pause(String),
+    Resume,
+}
+
+impl TargetChange {
+    /// The store's update for this change at `now`: the record after it, and which pending
+    /// deliveries move (every one the breaker held back is at or before `up_to`).
+    pub fn update(self, now: i64) -> TargetUpdate {
+        let durable = !matches!(self, TargetChange::Attempted(..));
+        let apply = move |record: TargetRecord| match self {
+            TargetChange::Attempted(result, policy) => record.after(result, &policy, now),
+            TargetChange::Pause(reason) => record.paused(&reason, now),
+            TargetChange::Resume => record.resumed(now),
+        };
+        TargetUpdate { apply: Box::new(apply), durable }
+    }
 }
 
 /// The latest time the breaker made a delivery wait for: the cool-down or the probe.

@@ -340,7 +340,7 @@ pub struct CancelFilter {
     pub before: Option<i64>,
 }
 
-/// A target's circuit-breaker and pause record (see [`crate::delivery::breaker`]); times
+/// A target's circuit-breaker and pause record (the breaker module of delivery decides it); times
 /// are the relay's milliseconds. A target with no record is closed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetRecord {
@@ -358,23 +358,23 @@ pub struct TargetRecord {
     pub paused_reason: Option<String>,
 }
 
-/// What [`Store::update_target`] does to a target's record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TargetChange {
-    Attempted(crate::delivery::breaker::TargetResult, crate::delivery::breaker::BreakerPolicy),
-    Pause(String),
-    Resume,
+/// What happens to a target's pending deliveries when its record changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reschedule {
+    Nothing,
+    /// Those due at or before `up_to` are due at `to` instead.
+    Move {
+        up_to: i64,
+        to: i64,
+    },
 }
 
-impl TargetChange {
-    /// The record after this change, and what happens to the target's pending deliveries.
-    pub fn apply(&self, record: TargetRecord, now: i64) -> (TargetRecord, crate::delivery::breaker::Reschedule) {
-        match self {
-            TargetChange::Attempted(result, policy) => record.after(*result, policy, now),
-            TargetChange::Pause(reason) => record.paused(reason, now),
-            TargetChange::Resume => record.resumed(now),
-        }
-    }
+/// A change to a target's record, worked out from the record as stored (under its lock):
+/// the new record and what happens to its pending deliveries.
+pub struct TargetUpdate {
+    pub apply: Box<dyn FnOnce(TargetRecord) -> (TargetRecord, Reschedule) + Send>,
+    /// Whether the change must be on disk before it is reported (an operator's pause).
+    pub durable: bool,
 }
 
 /// A route created through the admin API; `definition` has the YAML route schema, as JSON.
@@ -587,10 +587,10 @@ pub trait Store: Send + Sync {
     /// Every target with a breaker or pause record.
     async fn target_records(&self) -> Result<Vec<TargetRecord>, StoreError>;
 
-    /// Applies `change` to the target's record (a new one when it has none) under a lock,
+    /// Applies `update` to the target's record (a new one when it has none) under a lock,
     /// stores the result and moves the target's pending deliveries as it says. Returns the
     /// record as stored.
-    async fn update_target(&self, route: &str, target: &str, change: TargetChange, now: i64) -> Result<TargetRecord, StoreError>;
+    async fn update_target(&self, route: &str, target: &str, update: TargetUpdate, now: i64) -> Result<TargetRecord, StoreError>;
 
     /// Takes the one probe of a half-open target until `until`: false when it is not
     /// half-open or another send is probing.

@@ -20,13 +20,12 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
-use super::{cannot_cancel, owned_by, CancelFilter, TargetChange, TargetRecord};
+use super::{cannot_cancel, owned_by, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
     EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
 };
-use crate::delivery::breaker::Reschedule;
 
 /// How long a statement waits for a lock held by another connection (another process on
 /// the same file, or a checkpoint) before failing with SQLITE_BUSY.
@@ -487,14 +486,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_target(&self, route: &str, target: &str, change: TargetChange, now: i64) -> Result<TargetRecord, StoreError> {
+    // Due times here are the relay's own: nothing to map `now` onto.
+    async fn update_target(&self, route: &str, target: &str, update: TargetUpdate, _now: i64) -> Result<TargetRecord, StoreError> {
         let (route, target) = (route.to_owned(), target.to_owned());
         // An operator's pause or resume waits for the disk; a breaker's count may be lost with the machine.
-        let synced = !matches!(change, TargetChange::Attempted(..));
+        let synced = update.durable;
         let op = move |conn: &Connection| {
             let sql = format!("SELECT {TARGET_COLUMNS} FROM target_states WHERE route = ?1 AND target = ?2");
             let record = conn.query_row(&sql, [&route, &target], target_record).optional()?;
-            let (record, reschedule) = change.apply(record.unwrap_or_else(|| TargetRecord::new(&route, &target)), now);
+            let (record, reschedule) = (update.apply)(record.unwrap_or_else(|| TargetRecord {
+                route: route.clone(),
+                target: target.clone(),
+                ..TargetRecord::default()
+            }));
             conn.prepare_cached(
                 "INSERT INTO target_states (route, target, failures, opened, blocked_until, probe_until, paused_at, paused_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)

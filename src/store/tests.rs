@@ -617,8 +617,12 @@ async fn events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_
 }
 
 async fn target_breakers_hold_and_release_their_pending_deliveries(store: Arc<dyn Store>) {
-    use crate::delivery::breaker::{BreakerPolicy, TargetResult, TargetState, PAUSED_UNTIL_MS};
-    let policy = BreakerPolicy { failures: 2, cooldown: Duration::from_secs(10), max_cooldown: Duration::from_secs(60) };
+    const HELD: i64 = T0 + 10_000;
+    const PROBING: i64 = T0 + 20_000;
+    const FAR: i64 = T0 + 1_000_000_000;
+    fn update(apply: impl FnOnce(TargetRecord) -> (TargetRecord, Reschedule) + Send + 'static) -> TargetUpdate {
+        TargetUpdate { apply: Box::new(apply), durable: false }
+    }
     for n in 0..3 {
         accept_one(&*store, &format!("e{n}"), "r", T0).await;
     }
@@ -626,36 +630,60 @@ async fn target_breakers_hold_and_release_their_pending_deliveries(store: Arc<dy
     let other_delivery = delivery("d-o", &other, "elsewhere", T0);
     store.accept(other, vec![other_delivery]).await.unwrap();
     assert!(store.target_records().await.unwrap().is_empty(), "no record: closed");
-    let failed = TargetChange::Attempted(TargetResult::Failed, policy);
-    let once = store.update_target("r", "t", failed.clone(), T0).await.unwrap();
-    assert_eq!((once.failures, once.state(T0)), (1, TargetState::Closed));
-    let open = store.update_target("r", "t", failed.clone(), T0).await.unwrap();
-    assert_eq!((open.state(T0), open.blocked_until), (TargetState::Open, Some(T0 + 10_000)));
-    assert_eq!(store.target_records().await.unwrap(), vec![open.clone()]);
-    // Its pending deliveries wait for the cool-down; another target's do not.
+    let count =
+        || update(|mut record| (TargetRecord { failures: record.failures + 1, ..std::mem::take(&mut record) }, Reschedule::Nothing));
+    let once = store.update_target("r", "t", count(), T0).await.unwrap();
+    assert_eq!((once.route.as_str(), once.target.as_str(), once.failures), ("r", "t", 1));
+    assert_eq!(store.update_target("r", "t", count(), T0).await.unwrap().failures, 2, "each update sees the stored record");
+    let hold = update(|record| (TargetRecord { blocked_until: Some(HELD), ..record }, Reschedule::Move { up_to: HELD, to: HELD }));
+    let held = store.update_target("r", "t", hold, T0).await.unwrap();
+    assert_eq!(store.target_records().await.unwrap(), vec![held]);
+    // Its pending deliveries wait; another target's do not.
     let due: Vec<String> = store.claim_due(T0 + 1, 10, LEASE).await.unwrap().into_iter().map(|d| d.id).collect();
     assert_eq!(due, ["d-o"]);
-    assert!(!store.take_probe("r", "t", T0 + 20_000, T0 + 1).await.unwrap(), "no probe while open");
-    assert!(store.take_probe("r", "t", T0 + 20_000, T0 + 10_000).await.unwrap(), "half-open: one probe");
-    assert!(!store.take_probe("r", "t", T0 + 20_000, T0 + 10_001).await.unwrap(), "and only one");
-    let claimed = store.claim_due(T0 + 10_000, 10, LEASE).await.unwrap();
-    assert_eq!(claimed.len(), 3, "due again once the cool-down is over");
+    assert!(!store.take_probe("r", "t", PROBING, T0 + 1).await.unwrap(), "no probe while held");
+    assert!(store.take_probe("r", "t", PROBING, HELD).await.unwrap(), "then one probe");
+    assert!(!store.take_probe("r", "t", PROBING, HELD + 1).await.unwrap(), "and only one");
+    let claimed = store.claim_due(HELD, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3, "due again once held no longer");
     for delivery in &claimed {
-        store.release(&delivery.id, delivery.claim, T0 + 10_000, T0 + 10_000).await.unwrap();
+        store.release(&delivery.id, delivery.claim, PROBING, HELD).await.unwrap();
     }
-    let closed = store.update_target("r", "t", TargetChange::Attempted(TargetResult::Succeeded, policy), T0 + 10_000).await.unwrap();
-    assert_eq!((closed.state(T0), closed.failures, closed.blocked_until), (TargetState::Closed, 0, None));
+    // Closed again: everything held up to the probe's end is due at once.
+    let close = update(|record| {
+        (
+            TargetRecord { route: record.route, target: record.target, ..TargetRecord::default() },
+            Reschedule::Move { up_to: PROBING, to: HELD },
+        )
+    });
+    let closed = store.update_target("r", "t", close, HELD).await.unwrap();
+    assert_eq!((closed.failures, closed.blocked_until, closed.probe_until), (0, None, None));
+    let claimed = store.claim_due(HELD, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    for delivery in &claimed {
+        store.release(&delivery.id, delivery.claim, HELD, HELD).await.unwrap();
+    }
 
-    let paused = store.update_target("r", "t", TargetChange::Pause("by hand".into()), T0 + 10_000).await.unwrap();
-    assert_eq!((paused.state(T0), paused.paused_reason.as_deref()), (TargetState::Paused, Some("by hand")));
-    let claimed = store.claim_due(PAUSED_UNTIL_MS - 1, 10, LEASE).await.unwrap();
-    assert!(claimed.iter().all(|d| d.target != "t"), "paused until resumed");
+    let pause = TargetUpdate {
+        apply: Box::new(|record| {
+            (
+                TargetRecord { paused_at: Some(HELD), paused_reason: Some("by hand".into()), ..record },
+                Reschedule::Move { up_to: FAR, to: FAR },
+            )
+        }),
+        durable: true,
+    };
+    let paused = store.update_target("r", "t", pause, HELD).await.unwrap();
+    assert_eq!(paused.paused_reason.as_deref(), Some("by hand"));
+    let claimed = store.claim_due(FAR - 1, 10, LEASE).await.unwrap();
+    assert!(claimed.iter().all(|d| d.target != "t"), "held until resumed");
     let mut queued = store.queued_by_target().await.unwrap();
     queued.sort();
     assert_eq!(queued, [("r".to_string(), "elsewhere".to_string(), 1), ("r".to_string(), "t".to_string(), 3)]);
-    let resumed = store.update_target("r", "t", TargetChange::Resume, T0 + 20_000).await.unwrap();
-    assert_eq!(resumed, crate::store::TargetRecord::new("r", "t"));
-    let claimed = store.claim_due(T0 + 20_000, 10, LEASE).await.unwrap();
+    let resume =
+        update(|record| (TargetRecord { paused_at: None, paused_reason: None, ..record }, Reschedule::Move { up_to: FAR, to: PROBING }));
+    assert_eq!(store.update_target("r", "t", resume, PROBING).await.unwrap().paused_at, None);
+    let claimed = store.claim_due(PROBING, 10, LEASE).await.unwrap();
     assert_eq!(claimed.iter().filter(|d| d.target == "t").count(), 3, "due at once when resumed");
 }
 
@@ -1191,12 +1219,20 @@ async fn postgres_prune_passes_by_an_event_being_retried() {
 async fn the_deliveries_rebuild_keeps_the_numbering() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookrelay.db");
-    let store = SqliteStore::open_with(&path, &schema::MIGRATIONS[..4]).unwrap();
+    SqliteStore::open_with(&path, &schema::MIGRATIONS[..4]).unwrap().close().await.unwrap();
+    // Rows as the release with schema V4 wrote them.
+    let conn = rusqlite::Connection::open(&path).unwrap();
     for n in 1..=3 {
-        accept_one(&store, &format!("e{n}"), "r", T0 + n).await;
+        conn.execute_batch(&format!(
+            "INSERT INTO events (id, received_at, route, method, path, headers, body) VALUES ('e{n}', {T0}, 'r', 'POST', '/', '[]', x'7b7d');
+             INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status, attempts,
+                                     next_attempt_at, created_at, updated_at, guarded)
+             VALUES ('d-e{n}', 'e{n}', 'r', 't', 'POST', 'https://t/', '[]', x'', 'pending', 0, {T0}, {T0}, {T0}, 0);"
+        ))
+        .unwrap();
     }
-    store.close().await.unwrap();
-    rusqlite::Connection::open(&path).unwrap().execute("DELETE FROM events WHERE id = 'e3'", []).unwrap();
+    conn.execute_batch("DELETE FROM deliveries WHERE id = 'd-e3'; DELETE FROM events WHERE id = 'e3';").unwrap();
+    drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     accept_one(&store, "e4", "r", T0 + 4).await;
     store.close().await.unwrap();

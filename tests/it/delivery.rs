@@ -188,7 +188,7 @@ async fn acknowledged_events_survive_kill_9() {
     std::fs::write(
         &path,
         format!(
-            "listen: 127.0.0.1:{port}\nstore: {{ path: ./state/relay.db }}\nroutes:\n  - name: crash\n    match: {{ path: /hooks/crash }}\n    forward:\n      - name: down\n        url: http://127.0.0.1:{target_port}/x\n        body: {{ n: '{{{{json body.n}}}}' }}\n        retry: {{ max_attempts: 1000, initial: 50ms, max: 300ms }}\n"
+            "listen: 127.0.0.1:{port}\nstore: {{ path: ./state/relay.db }}\nroutes:\n  - name: crash\n    match: {{ path: /hooks/crash }}\n    forward:\n      - name: down\n        url: http://127.0.0.1:{target_port}/x\n        body: {{ n: '{{{{json body.n}}}}' }}\n        retry: {{ max_attempts: 1000, initial: 50ms, max: 300ms }}\n        breaker: {{ cooldown: 200ms, max_cooldown: 1s }}\n"
         ),
     )
     .unwrap();

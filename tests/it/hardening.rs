@@ -122,7 +122,7 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
     let path = dir.path().join("hookrelay.yaml");
     std::fs::write(
         &path,
-        format!("listen: 127.0.0.1:{port}\nroutes:\n  - name: load\n    match: {{ path: /hooks/load }}\n    forward:\n      - url: http://127.0.0.1:{target_port}/x\n        body: {{ n: '{{{{json body.n}}}}' }}\n        retry: {{ max_attempts: 1000, initial: 50ms, max: 200ms }}\n"),
+        format!("listen: 127.0.0.1:{port}\nroutes:\n  - name: load\n    match: {{ path: /hooks/load }}\n    forward:\n      - url: http://127.0.0.1:{target_port}/x\n        body: {{ n: '{{{{json body.n}}}}' }}\n        retry: {{ max_attempts: 1000, initial: 50ms, max: 200ms }}\n        breaker: {{ cooldown: 200ms, max_cooldown: 1s }}\n"),
     )
     .unwrap();
     let client = Client::new();

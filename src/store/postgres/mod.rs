@@ -31,12 +31,11 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
-use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, CancelFilter, TargetChange, TargetRecord};
+use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
 };
-use crate::delivery::breaker::Reschedule;
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
 const DUE_CHANNEL: &str = "hookrelay_due";
@@ -640,8 +639,8 @@ impl Store for PostgresStore {
         rows.iter().map(target_record).collect()
     }
 
-    async fn update_target(&self, route: &str, target: &str, change: TargetChange, now: i64) -> Result<TargetRecord, StoreError> {
-        let synced = !matches!(change, TargetChange::Attempted(..));
+    async fn update_target(&self, route: &str, target: &str, update: TargetUpdate, now: i64) -> Result<TargetRecord, StoreError> {
+        let synced = update.durable;
         in_transaction!(self, |tx| {
             if synced {
                 durable(&tx).await?;
@@ -657,7 +656,7 @@ impl Store for PostgresStore {
                     &[&route, &target],
                 )
                 .await?;
-            let (record, reschedule) = change.apply(target_record(&row)?, now);
+            let (record, reschedule) = (update.apply)(target_record(&row)?);
             tx.execute(
                 "UPDATE hookrelay_target_states SET failures = $3, opened = $4, blocked_until = $5, probe_until = $6, paused_at = $7,
                         paused_reason = $8
