@@ -129,7 +129,16 @@ impl Engine {
             targets: Mutex::new(Vec::new()),
         });
         engine.publish_depth();
+        // A store of its own: any probe on record was this relay's, and died with it.
+        let lost: Vec<(String, String)> = targets
+            .iter()
+            .filter(|r| r.probe_until.is_some() && !engine.store.shared())
+            .map(|r| (r.route.clone(), r.target.clone()))
+            .collect();
         engine.remember_all(targets);
+        for (route, target) in lost {
+            engine.change_target(&route, &target, TargetChange::ProbeLost).await?;
+        }
         if let Some(notices) = engine.store.notices() {
             tokio::spawn(engine.clone().follow(notices, shutdown.clone()));
         }
@@ -375,6 +384,7 @@ impl Engine {
         let record = self.target_record(&delivery.route, &delivery.target);
         let wait_until = match breaker::gate(record.as_ref(), now) {
             Gate::Go => return true,
+            Gate::Wait(until) if record.as_ref().is_some_and(|r| r.probe_until == Some(until)) => until.min(now + PROBE_MARGIN_MS),
             Gate::Wait(until) => until,
             Gate::Probe => {
                 let probe_until = now + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 4) + PROBE_MARGIN_MS;
@@ -383,7 +393,9 @@ impl Engine {
                         tracing::info!(route = %delivery.route, target = %delivery.target, delivery = %delivery.id, "half-open: sending a probe");
                         return true;
                     }
-                    Ok(false) => probe_until,
+                    // Another send is probing: look again soon, since its result may
+                    // land before this hand-back (a long wait would then outlive it).
+                    Ok(false) => probe_until.min(now + PROBE_MARGIN_MS),
                     Err(err) => {
                         tracing::warn!(error = %err, "could not take the probe");
                         now + PROBE_MARGIN_MS

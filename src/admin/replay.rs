@@ -45,6 +45,9 @@ struct Many {
     status: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// Required for a real replay without any filter, so that an empty body resends nothing.
+    #[serde(default)]
+    all: bool,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, what: &'static str) -> Result<T, ApiError> {
@@ -93,6 +96,16 @@ pub async fn many(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
+    let unfiltered = request.route.is_none()
+        && request.event.is_none()
+        && request.since.is_none()
+        && request.until.is_none()
+        && request.status.is_none()
+        && request.cursor.is_none();
+    if unfiltered && !request.dry_run && !request.all {
+        let detail = json!("name a route, an event, a time (since, until) or a status, or say \"all\": true");
+        return ApiError::BadRequest { error: "invalid replay filter", detail }.into_response();
+    }
     let filter = match filter_of(&request) {
         Ok(filter) => filter,
         Err(err) => return err.into_response(),

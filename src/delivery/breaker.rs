@@ -66,6 +66,8 @@ pub enum TargetChange {
     Attempted(TargetResult, BreakerPolicy),
     Pause(String),
     Resume,
+    /// The relay restarted: a probe it had on the wire is gone, and those waiting for it go now.
+    ProbeLost,
 }
 
 impl TargetChange {
@@ -77,6 +79,7 @@ impl TargetChange {
             TargetChange::Attempted(result, policy) => record.after(result, &policy, now),
             TargetChange::Pause(reason) => record.paused(&reason, now),
             TargetChange::Resume => record.resumed(now),
+            TargetChange::ProbeLost => record.probe_lost(now),
         };
         TargetUpdate { apply: Box::new(apply), durable }
     }
@@ -158,6 +161,14 @@ impl TargetRecord {
         }
         self.paused_reason = Some(reason.to_string());
         (self, Reschedule::Move { up_to: PAUSED_UNTIL_MS, to: PAUSED_UNTIL_MS })
+    }
+
+    /// The probe on the wire was lost with its relay: the next delivery may probe now.
+    pub fn probe_lost(mut self, now: i64) -> (TargetRecord, Reschedule) {
+        match self.probe_until.take() {
+            Some(up_to) => (self, Reschedule::Move { up_to, to: now }),
+            None => (self, Reschedule::Nothing),
+        }
     }
 
     /// Resumed by hand: closed, its failures forgotten, and everything it held back due now.

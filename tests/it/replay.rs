@@ -199,6 +199,10 @@ async fn replay_chooses_routes_and_says_why_one_does_not_match() {
     assert_eq!((status, none["events"].as_u64()), (200, Some(0)), "{none}");
     let (status, bad) = admin(&relay, "/api/replay", json!({ "since": "last tuesday" })).await;
     assert_eq!(status, 400, "{bad}");
+    let (status, unfiltered) = admin(&relay, "/api/replay", json!({})).await;
+    assert_eq!(status, 400, "an empty filter resends nothing: {unfiltered}");
+    let (status, everything) = admin(&relay, "/api/replay", json!({ "dry_run": true })).await;
+    assert_eq!((status, everything["dry_run"].clone()), (200, json!(true)), "a dry run may look at everything: {everything}");
 }
 
 fn hookrelay(args: &[&str]) -> (i32, String, String) {
