@@ -130,11 +130,11 @@ impl Engine {
         });
         engine.publish_depth();
         // A store of its own: any probe on record was this relay's, and died with it.
-        let lost: Vec<(String, String)> = targets
-            .iter()
-            .filter(|r| r.probe_until.is_some() && !engine.store.shared())
-            .map(|r| (r.route.clone(), r.target.clone()))
-            .collect();
+        let lost: Vec<(String, String)> = if engine.store.shared() {
+            Vec::new()
+        } else {
+            targets.iter().filter(|r| r.probe_until.is_some()).map(|r| (r.route.clone(), r.target.clone())).collect()
+        };
         engine.remember_all(targets);
         for (route, target) in lost {
             engine.change_target(&route, &target, TargetChange::ProbeLost).await?;
@@ -231,7 +231,7 @@ impl Engine {
     }
 
     fn remember(&self, record: TargetRecord) {
-        let plain = record == TargetRecord::new(&record.route, &record.target);
+        let plain = record.is_plain();
         metrics::set_target_state(&record.route, &record.target, record.state(self.clock.now_ms()).as_str());
         let mut records = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         records.retain(|r| !(r.route == record.route && r.target == record.target));
@@ -247,7 +247,7 @@ impl Engine {
         for gone in records.iter().filter(|old| !fresh.iter().any(|r| r.route == old.route && r.target == old.target)) {
             metrics::set_target_state(&gone.route, &gone.target, breaker::TargetState::Closed.as_str());
         }
-        *records = fresh.into_iter().filter(|r| *r != TargetRecord::new(&r.route, &r.target)).collect();
+        *records = fresh.into_iter().filter(|r| !r.is_plain()).collect();
         for record in records.iter() {
             metrics::set_target_state(&record.route, &record.target, record.state(now).as_str());
         }

@@ -1,6 +1,7 @@
 //! Dry runs: which routes a request matches and the exact requests they would send,
 //! through the same selection and rendering as live traffic, with nothing sent. Used by
-//! `hookrelay render` (and the admin API's render call).
+//! `hookrelay render` (and the admin API's render call); replay reports why a route did
+//! not fire the same way.
 
 use chrono::Utc;
 use indexmap::IndexMap;
@@ -11,7 +12,7 @@ use crate::delivery::target::OutgoingRequest;
 use crate::inbound::InboundRequest;
 use crate::plan::{plan, PlannedRoute};
 use crate::redact::{is_sensitive_header, Redactions};
-use crate::routing::{self, path::Params, source::EventInfo, RouteMatch};
+use crate::routing::{self, path::Params, source::EventInfo, Route, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::verify::VerifyInput;
 
@@ -74,6 +75,15 @@ impl RequestView {
     }
 }
 
+/// Why `route` did not fire for `request` when `final_route` (if any) fired: the first
+/// thing that failed (configured secret values masked), or that it was not reached.
+pub fn why_not_fired(snapshot: &Snapshot, route: &Route, request: &InboundRequest, final_route: Option<&str>) -> String {
+    match (final_route, routing::why_not(route, request)) {
+        (Some(final_route), why) if why == "it matches" => format!("not reached: the final route {final_route} fired before it"),
+        (_, why) => snapshot.redactions.mask_values(&why),
+    }
+}
+
 /// Matches `request` against every route (or only `only_route`, rendered whether or not
 /// it matches) and renders each target.
 pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option<&str>, show_secrets: bool) -> Result<DryRun, String> {
@@ -132,14 +142,10 @@ pub fn dry_run(snapshot: &Snapshot, request: &InboundRequest, only_route: Option
         let fired: Vec<String> = routes.iter().map(|r| r.route.clone()).collect();
         let stopped_by = routes.iter().find(|r| snapshot.route(&r.route).is_some_and(|route| route.is_final)).map(|r| r.route.clone());
         for route in snapshot.routes.iter().filter(|route| !fired.contains(&route.name)) {
-            let why = match (&stopped_by, routing::why_not(route, request)) {
-                (Some(final_route), why) if why == "it matches" => format!("not reached: the final route {final_route} fired before it"),
-                (_, why) => snapshot.redactions.mask_values(&why),
-            };
             routes.push(RouteReport {
                 route: route.name.clone(),
                 matched: false,
-                why_not: Some(why),
+                why_not: Some(why_not_fired(snapshot, route, request, stopped_by.as_deref())),
                 verify_errors: Vec::new(),
                 event: None,
                 delivery_id: None,

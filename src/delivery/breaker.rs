@@ -105,6 +105,16 @@ impl TargetRecord {
         TargetRecord { route: route.to_string(), target: target.to_string(), ..TargetRecord::default() }
     }
 
+    /// Closed with nothing counted: the same as having no record.
+    pub fn is_plain(&self) -> bool {
+        self.failures == 0
+            && self.opened == 0
+            && self.blocked_until.is_none()
+            && self.probe_until.is_none()
+            && self.paused_at.is_none()
+            && self.paused_reason.is_none()
+    }
+
     pub fn state(&self, now: i64) -> TargetState {
         match (self.paused_at, self.blocked_until) {
             (Some(_), _) => TargetState::Paused,

@@ -16,6 +16,7 @@ use crate::engine::{delivery_of, stored, Accepted};
 use crate::inbound::InboundRequest;
 use crate::plan::{plan, PlannedRoute, Rendered};
 use crate::redact::Redactions;
+use crate::render::why_not_fired;
 use crate::routing::{self, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::store::{EventView, NewEvent, StoredRequest};
@@ -160,12 +161,9 @@ fn choose<'s>(
         if selected.iter().any(|m| m.route.name == name) {
             continue;
         }
-        let why_not = match (snapshot.route(name), &stopped_by) {
-            (None, _) => "the route is no longer in the config".to_string(),
-            (Some(route), stopped_by) => match (routing::why_not(route, inbound), stopped_by) {
-                (why, Some(final_route)) if why == "it matches" => format!("not reached: the final route {final_route} fired before it"),
-                (why, _) => snapshot.redactions.mask_values(&why),
-            },
+        let why_not = match snapshot.route(name) {
+            None => "the route is no longer in the config".to_string(),
+            Some(route) => why_not_fired(snapshot, route, inbound, stopped_by.as_deref()),
         };
         not_matched.push(NotMatched { route: name.to_string(), why_not });
     }
@@ -173,15 +171,26 @@ fn choose<'s>(
     Ok((chosen, not_matched))
 }
 
-/// Renders the event under `snapshot` as its first delivery did (same event id and
-/// receipt time, so only the config makes a difference) and compares per target.
-pub fn compare(snapshot: &Snapshot, event: &EventView, choice: &RouteChoice) -> Result<Comparison, ReplayError> {
+/// The event matched and rendered again under `snapshot`, at its receipt time, each route's
+/// event named by `event_id`; and the routes asked for that do not match now.
+fn replan<'s>(
+    snapshot: &'s Snapshot,
+    event: &EventView,
+    choice: &RouteChoice,
+    event_id: impl FnMut() -> String,
+) -> Result<(Vec<PlannedRoute<'s>>, Vec<NotMatched>), ReplayError> {
     let mut inbound = inbound_of(event);
     let (chosen, not_matched) = choose(snapshot, &inbound, event, choice)?;
     let received_at = DateTime::<Utc>::from_timestamp_millis(event.received_at).unwrap_or_default();
     let body = inbound.take_body();
-    let routes: Vec<String> = chosen.iter().map(|m| m.route.name.clone()).collect();
-    let planned = plan(snapshot, &inbound, body, chosen, received_at, || event.id.clone());
+    Ok((plan(snapshot, &inbound, body, chosen, received_at, event_id), not_matched))
+}
+
+/// Renders the event under `snapshot` as its first delivery did (same event id and
+/// receipt time, so only the config makes a difference) and compares per target.
+pub fn compare(snapshot: &Snapshot, event: &EventView, choice: &RouteChoice) -> Result<Comparison, ReplayError> {
+    let (planned, not_matched) = replan(snapshot, event, choice, || event.id.clone())?;
+    let routes: Vec<String> = planned.iter().map(|p| p.matched.route.name.clone()).collect();
     let mut targets = Vec::new();
     let mut compared: Vec<&str> = Vec::new();
     for PlannedRoute { matched, targets: rendered, .. } in planned {
@@ -321,11 +330,7 @@ pub fn events<'s>(
     choice: &RouteChoice,
     now: DateTime<Utc>,
 ) -> Result<Replayed<'s>, ReplayError> {
-    let mut inbound = inbound_of(event);
-    let (chosen, _) = choose(snapshot, &inbound, event, choice)?;
-    let received_at = DateTime::<Utc>::from_timestamp_millis(event.received_at).unwrap_or_default();
-    let body = inbound.take_body();
-    let planned = plan(snapshot, &inbound, body, chosen, received_at, || ulid::Ulid::generate().to_string());
+    let (planned, _) = replan(snapshot, event, choice, || ulid::Ulid::generate().to_string())?;
     let mut accepted = Vec::with_capacity(planned.len());
     let mut failures = Vec::new();
     for PlannedRoute { matched, event_id, targets } in planned {
