@@ -379,10 +379,16 @@ impl Engine {
     /// Whether the target's breaker lets this claimed delivery go now; if not, the claim is
     /// handed back (no attempt used), due when it may go. Half-open, one delivery takes the
     /// probe (for as long as its send may take) and the others wait for its result.
-    async fn passes_breaker(&self, delivery: &ClaimedDelivery, timeout: Duration) -> bool {
+    async fn passes_breaker(&self, delivery: &ClaimedDelivery, target: Option<&Target>, timeout: Duration) -> bool {
         let now = self.clock.now_ms();
         let record = self.target_record(&delivery.route, &delivery.target);
-        let wait_until = match breaker::gate(record.as_ref(), now) {
+        // A breaker turned off (by a reload) no longer holds what it opened; a pause still holds.
+        let breaker_off = target.is_some_and(|t| t.breaker.failures == 0);
+        let gate = match breaker::gate(record.as_ref(), now) {
+            Gate::Wait(_) | Gate::Probe if breaker_off && record.as_ref().is_some_and(|r| r.paused_at.is_none()) => Gate::Go,
+            gate => gate,
+        };
+        let wait_until = match gate {
             Gate::Go => return true,
             Gate::Wait(until) if record.as_ref().is_some_and(|r| r.probe_until == Some(until)) => until.min(now + PROBE_MARGIN_MS),
             Gate::Wait(until) => until,
@@ -414,7 +420,7 @@ impl Engine {
         let snapshot = self.config.load_full();
         let target = snapshot.route(&delivery.route).and_then(|route| route.targets.iter().find(|t| t.name == delivery.target));
         let settings = TargetSettings::of(target);
-        if !self.passes_breaker(&delivery, settings.timeout).await {
+        if !self.passes_breaker(&delivery, target, settings.timeout).await {
             return;
         }
         if let Some(limit) = &settings.rate_limit {

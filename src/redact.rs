@@ -40,8 +40,12 @@ pub struct Redactions {
     headers: Vec<http::HeaderName>,
     fields: Vec<serde_json_path::JsonPath>,
     query_names: Vec<String>,
-    /// Values from `${VAR}` that appear inside URLs and header values.
+    /// Credential values, masked wherever they appear: `${VAR}`s written into URLs and
+    /// headers, compared with in matches or named like credentials, and inbound secrets.
     values: Vec<String>,
+    /// All of `values` found in one pass (built on first use: a config may hold hundreds,
+    /// and every recorded header is searched for them).
+    finder: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>>,
 }
 
 impl Redactions {
@@ -52,19 +56,25 @@ impl Redactions {
     }
 
     pub fn add_value(&mut self, value: &str) {
-        if !self.values.iter().any(|v| v == value) {
+        if !value.is_empty() && !self.values.iter().any(|v| v == value) {
             self.values.push(value.to_string());
-            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+            self.finder = std::sync::OnceLock::new();
         }
     }
 
     /// `text` with configured secret values and stored credential markers as `***`.
     pub fn mask_values(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for value in &self.values {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), "***");
-            }
+        let finder = self.finder.get_or_init(|| {
+            // Longest first, so that a secret containing another is masked whole.
+            aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostLongest).build(&self.values).ok()
+        });
+        let mut out = String::with_capacity(text.len());
+        match finder {
+            Some(finder) if !self.values.is_empty() => finder.replace_all_with(text, &mut out, |_, _, dst| {
+                dst.push_str("***");
+                true
+            }),
+            _ => out.push_str(text),
         }
         while let Some(start) = out.find('\u{1}') {
             let end = out[start + 1..].find('\u{1}').map_or(out.len(), |end| start + 1 + end + 1);
@@ -152,6 +162,18 @@ impl Redactions {
             }
             Err(_) => body.clone(),
         }
+    }
+
+    /// A body for display: [`Redactions::body`], and every configured secret value in it as
+    /// `***` (a template may have put one anywhere).
+    pub fn shown_body(&self, content_type: Option<&str>, body: &bytes::Bytes) -> bytes::Bytes {
+        let masked = self.body(content_type, body);
+        let text = String::from_utf8_lossy(&masked);
+        let shown = self.mask_values(&text);
+        if shown == text {
+            return masked;
+        }
+        bytes::Bytes::from(shown)
     }
 
     fn form(&self, body: &[u8]) -> Option<String> {

@@ -215,12 +215,16 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
     let allow_private = settings.as_ref().is_some_and(|s| s.allow_private);
     let mut compiler = Compiler::new(defaults);
     let mut routes = Vec::new();
-    // A `${VAR}` compared with in a match condition is often a shared secret: never shown.
-    let mut match_secrets: Vec<String> = Vec::new();
+    // A `${VAR}` compared with in a match condition is often a shared secret, and one named
+    // like a credential (by its variable or by the key it is written to) is one: never shown.
+    let mut env_secrets: Vec<String> = Vec::new();
     for (source_index, (file, trees)) in route_sources.into_iter().enumerate() {
         let origin = if source_index < yaml_sources { Origin::Yaml } else { Origin::Api };
-        let in_matches = file.from_env.iter().filter(|(path, _)| path.contains(".match"));
-        match_secrets.extend(in_matches.flat_map(|(_, from_env)| from_env.values.iter().map(|substituted| substituted.value.clone())));
+        for (path, from_env) in &file.from_env {
+            let secret_key = path.contains(".match") || crate::redact::is_secret_name(path.rsplit('.').next().unwrap_or(path));
+            let secrets = from_env.values.iter().filter(|each| secret_key || crate::redact::is_secret_name(&each.name));
+            env_secrets.extend(secrets.map(|each| each.value.clone()));
+        }
         for (index, tree) in trees.into_iter().enumerate() {
             let at = match origin {
                 Origin::Yaml => format!("routes[{index}]"),
@@ -244,7 +248,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
         }
     }
     let mut redactions = credentials_named_by(&routes);
-    match_secrets.iter().filter(|value| !value.is_empty()).for_each(|value| redactions.add_value(value));
+    env_secrets.iter().for_each(|value| redactions.add_value(value));
     // Main file first, then includes in order; within a file, by position.
     errors.sort_by_key(|e| (e.file != path, e.file.clone(), e.position.map(|p| (p.line, p.column))));
     match (settings, errors.is_empty()) {

@@ -49,11 +49,22 @@ impl Check {
     /// Adds what this check reads as a credential to what is redacted when recorded.
     pub fn mark_credentials(&self, redactions: &mut crate::redact::Redactions) {
         match self {
-            Check::HeaderToken { header, .. } => redactions.add_header(header),
-            Check::Hmac(hmac) => redactions.add_header(&hmac.header),
-            Check::FieldToken { path, .. } => redactions.add_field(path),
-            // Their headers (Authorization, webhook-signature, X-Gitee-Token) are on the fixed list.
-            Check::BasicAuth { .. } | Check::StandardWebhooks { .. } | Check::Gitee { .. } | Check::IpAllow(_) => {}
+            Check::HeaderToken { header, value } => {
+                redactions.add_header(header);
+                redactions.add_value(value);
+            }
+            Check::Hmac(hmac) => {
+                redactions.add_header(&hmac.header);
+                redactions.add_value(&String::from_utf8_lossy(&hmac.secret));
+            }
+            Check::FieldToken { path, value } => {
+                redactions.add_field(path);
+                redactions.add_value(value);
+            }
+            // Its header (X-Gitee-Token) is on the fixed list; a template may copy the secret.
+            Check::Gitee { secret, .. } => redactions.add_value(secret),
+            // Their headers (Authorization, webhook-signature) are on the fixed list.
+            Check::BasicAuth { .. } | Check::StandardWebhooks { .. } | Check::IpAllow(_) => {}
         }
     }
 }

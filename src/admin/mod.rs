@@ -396,7 +396,7 @@ fn redact_event(event: &mut EventView, redactions: &Redactions) {
 
 fn redact_text(redactions: &Redactions, headers: &[(String, String)], body: &str) -> String {
     let content_type = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str());
-    let masked = redactions.body(content_type, &Bytes::copy_from_slice(body.as_bytes()));
+    let masked = redactions.shown_body(content_type, &Bytes::copy_from_slice(body.as_bytes()));
     String::from_utf8_lossy(&masked).into_owned()
 }
 

@@ -92,16 +92,22 @@ pub async fn one(relay: &Arc<Relay>, id: &str, body: Bytes) -> Response<Body> {
 /// `POST /api/replay`: a page of stored events (newest first, at most [`MAX_REPLAY_PAGE`]),
 /// each replayed as [`one`] would.
 pub async fn many(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
-    let request: Many = match parse(&body, "invalid replay filter") {
+    let mut request: Many = match parse(&body, "invalid replay filter") {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
+    // An empty text filters nothing, as in `GET /api/events`.
+    for text in [&mut request.route, &mut request.event, &mut request.status, &mut request.cursor] {
+        if text.as_deref() == Some("") {
+            *text = None;
+        }
+    }
+    // A cursor only says where a page starts, not which events: it is no filter.
     let unfiltered = request.route.is_none()
         && request.event.is_none()
         && request.since.is_none()
         && request.until.is_none()
-        && request.status.is_none()
-        && request.cursor.is_none();
+        && request.status.is_none();
     if unfiltered && !request.dry_run && !request.all {
         let detail = json!("name a route, an event, a time (since, until) or a status, or say \"all\": true");
         return ApiError::BadRequest { error: "invalid replay filter", detail }.into_response();

@@ -287,16 +287,27 @@ fn document(request: &StoredRequest) -> Value {
     json!({ "method": request.method, "url": request.url, "headers": headers, "body": body })
 }
 
-/// The request as people may see it: credential headers, query values and body fields masked.
+fn content_type(headers: &[(String, String)]) -> Option<&str> {
+    headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str())
+}
+
+/// The request as people may see it: credential headers, query values, body fields and
+/// secret values masked.
 fn shown(redactions: &Redactions, request: &StoredRequest) -> Value {
     let headers = redactions.headers(&request.headers);
-    let content_type = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str());
-    let body = redactions.body(content_type, &request.body);
+    let body = redactions.shown_body(content_type(&headers), &request.body);
     document(&StoredRequest { method: request.method.clone(), url: redactions.url(&request.url), headers, body })
 }
 
-/// What differs between the two requests, compared as stored (so a changed credential is
-/// found) and shown masked (so it is not printed).
+/// The request as compared: as stored, except credential body fields (the event keeps them
+/// masked, so a body forwarded from it has the mask where the first request had the value).
+fn compared(redactions: &Redactions, request: &StoredRequest) -> Value {
+    let body = redactions.body(content_type(&request.headers), &request.body);
+    document(&StoredRequest { body, ..request.clone() })
+}
+
+/// What differs between the two requests, compared as stored (so a changed credential in a
+/// URL or header is found) and shown masked (so it is not printed).
 fn differences(redactions: &Redactions, first: Option<&StoredRequest>, now: Option<&StoredRequest>) -> Vec<Change> {
     let (first, now) = match (first, now) {
         (None, None) => return Vec::new(),
@@ -307,7 +318,7 @@ fn differences(redactions: &Redactions, first: Option<&StoredRequest>, now: Opti
         (Some(first), Some(now)) => (first, now),
     };
     let (shown_first, shown_now) = (shown(redactions, first), shown(redactions, now));
-    json_patch::diff(&document(first), &document(now))
+    json_patch::diff(&compared(redactions, first), &compared(redactions, now))
         .0
         .iter()
         .map(|operation| {

@@ -1,6 +1,7 @@
 //! `hookrelay replay`: stored events compared, offline, under a config file that is not
 //! deployed yet, printed as a readable diff. Nothing is sent and nothing is written: the
-//! SQLite file is opened read-only (its relay may be running).
+//! SQLite file is opened read-only (its relay may be running), PostgreSQL sessions refuse
+//! writes, and neither store is created or migrated.
 
 use std::fmt::Write as _;
 
@@ -38,7 +39,7 @@ impl StoredEvents {
                 .await
                 .map_err(|_| StoreError::Closed)?
                 .map(StoredEvents::Sqlite),
-            StoreLocation::Postgres(url) => PostgresStore::connect(&url).await.map(StoredEvents::Shared),
+            StoreLocation::Postgres(url) => PostgresStore::connect_read_only(&url).await.map(StoredEvents::Shared),
         }
     }
 
@@ -86,15 +87,18 @@ pub async fn compare_stored(
 /// One event's comparison as lines of text: unchanged in one line, else each route that no
 /// longer matches and each target's differences (`first → now`, credentials as `***`).
 pub fn describe(comparison: &Comparison) -> String {
-    let name = comparison.event.as_deref().map(|event| format!(" ({event})")).unwrap_or_default();
-    let mut out = format!("event {}{name}: {}\n", comparison.replay_of, if comparison.changed { "would change" } else { "unchanged" });
+    // Names and reasons carry what senders sent: control characters must not reach a terminal.
+    let safe = |text: &str| text.escape_debug().to_string();
+    let name = comparison.event.as_deref().map(|event| format!(" ({})", safe(event))).unwrap_or_default();
+    let mut out =
+        format!("event {}{name}: {}\n", safe(&comparison.replay_of), if comparison.changed { "would change" } else { "unchanged" });
     for missed in &comparison.not_matched {
-        let _ = writeln!(out, "  route {}: no longer matches: {}", missed.route, missed.why_not);
+        let _ = writeln!(out, "  route {}: no longer matches: {}", safe(&missed.route), safe(&missed.why_not));
     }
     for target in &comparison.targets {
-        let heading = format!("  {} → {}", target.route, target.target);
+        let heading = format!("  {} → {}", safe(&target.route), safe(&target.target));
         if let Some(error) = &target.error {
-            let _ = writeln!(out, "{heading}: cannot render now: {error}");
+            let _ = writeln!(out, "{heading}: cannot render now: {}", safe(error));
         } else if let Some(skipped) = &target.skipped {
             let sent = if target.first.is_some() { " (it was sent the first time)" } else { "" };
             let _ = writeln!(out, "{heading}: skipped now: {skipped}{sent}");
@@ -109,7 +113,7 @@ pub fn describe(comparison: &Comparison) -> String {
             for change in &target.changes {
                 let shown = |value: &Option<Value>| value.as_ref().map(Value::to_string).unwrap_or_else(|| "(none)".to_string());
                 let secret = if change.secret { " (a credential changed)" } else { "" };
-                let _ = writeln!(out, "    {}: {} → {}{secret}", change.path, shown(&change.first), shown(&change.now));
+                let _ = writeln!(out, "    {}: {} → {}{secret}", safe(&change.path), shown(&change.first), shown(&change.now));
             }
         }
     }

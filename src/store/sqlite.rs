@@ -63,7 +63,7 @@ impl SqliteStore {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate(&mut conn, migrations)?;
         let writer = Writer::start(conn).map_err(|error| io_error(path, error))?;
-        let readers = Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) });
+        let readers = Arc::new(Readers::new(path, false));
         Ok(SqliteStore { writer, readers, path: path.to_path_buf() })
     }
 
@@ -146,9 +146,21 @@ impl SqliteReader {
         if !path.exists() {
             return Err(io_error(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
         }
-        let readers = Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) });
+        let version =
+            |readers: &Readers| readers.read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))?));
+        let mut readers = Readers::new(path, false);
+        let found = match version(&readers) {
+            Ok(found) => found,
+            // A read-only folder with no -shm file: WAL readers cannot start there. With no
+            // -wal file either, no relay is writing it, and it can be read as a still file.
+            Err(_) if !wal_file(path).exists() => {
+                readers = Readers::new(path, true);
+                version(&readers)?
+            }
+            Err(error) => return Err(error),
+        };
+        let readers = Arc::new(readers);
         let known = MIGRATIONS.len() as i64;
-        let found: i64 = readers.read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?))?;
         if found > known {
             return Err(StoreError::SchemaTooNew { found, known });
         }
@@ -172,13 +184,40 @@ impl SqliteReader {
     }
 }
 
+fn wal_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
 struct Readers {
     path: PathBuf,
+    /// Opened as a file nobody changes (`immutable=1`): no -shm or -wal is needed or made.
+    immutable: bool,
     idle: Mutex<Vec<Connection>>,
     closed: AtomicBool,
 }
 
 impl Readers {
+    fn new(path: &Path, immutable: bool) -> Readers {
+        Readers { path: path.to_path_buf(), immutable, idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) }
+    }
+
+    fn open(&self) -> Result<Connection, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = if self.immutable {
+            let absolute = std::path::absolute(&self.path).map_err(|error| io_error(&self.path, error))?;
+            let mut uri = url::Url::from_file_path(&absolute)
+                .map_err(|()| StoreError::InvalidInput(format!("{}: not a file path", self.path.display())))?;
+            uri.set_query(Some("immutable=1"));
+            Connection::open_with_flags(uri.as_str(), flags | OpenFlags::SQLITE_OPEN_URI)?
+        } else {
+            Connection::open_with_flags(&self.path, flags)?
+        };
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+
     /// Runs `op` in one read transaction, so a view assembled from several queries is consistent.
     fn read<T>(&self, op: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         if self.closed.load(Ordering::Acquire) {
@@ -187,12 +226,7 @@ impl Readers {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let conn = Connection::open_with_flags(&self.path, flags)?;
-                conn.busy_timeout(BUSY_TIMEOUT)?;
-                conn
-            }
+            None => self.open()?,
         };
         let result = conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| op(&tx));
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

@@ -125,3 +125,45 @@ async fn a_410_pauses_its_target_across_a_restart_until_it_is_resumed() {
     let flaky_state = target(&again, "flaky").await;
     assert_eq!(flaky_state["state"], "closed", "other targets are not affected: {flaky_state}");
 }
+
+/// A breaker cannot hold a target for longer than its cap, and one turned off by a reload
+/// lets what it held go at once.
+#[tokio::test]
+async fn breaker_limits_are_checked_and_turning_it_off_releases_what_it_held() {
+    for (breaker, message) in [
+        ("{ cooldown: 2h }", "cooldown: must not be longer than max_cooldown (1h)"),
+        ("{ cooldown: 18446744073709551615s }", "breaker.cooldown"),
+        ("{ max_cooldown: 30d }", "max_cooldown: must not be longer than 1day"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /r }}\n    forward:\n      - url: http://127.0.0.1:9/\n        breaker: {breaker}\n");
+        std::fs::write(&path, yaml).unwrap();
+        let output =
+            std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c", path.to_str().unwrap()]).output().unwrap();
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{breaker}: {errors}");
+        assert!(errors.contains(message), "{breaker}: {errors}");
+    }
+
+    let flaky = TestSink::scripted(vec![Answer::status_only(503), Answer::status_only(503)]).await;
+    let gone = TestSink::start().await;
+    let held =
+        config(&flaky.url(), &gone.url()).replace("breaker: { failures: 2, cooldown: 1s }", "breaker: { failures: 2, cooldown: 1h }");
+    let relay = Relay::start(&held).await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/flaky"), &[], r#"{"n":0}"#).await.status, 202);
+    wait_state(&relay, "flaky", "open").await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/flaky"), &[], r#"{"n":1}"#).await.status, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(flaky.seen().len(), 2, "held for the hour");
+    std::fs::write(relay.config_path(), held.replace("failures: 2, cooldown: 1h", "failures: 0")).unwrap();
+    let reloaded = relay.client.post_json(&relay.admin_url("/api/reload"), &AUTH, "").await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    // The next delivery goes through the breaker turned off; its answer closes the target
+    // and brings what was held.
+    relay.client.post_json(&relay.url("/hooks/flaky"), &[], r#"{"n":2}"#).await;
+    let seen = flaky.wait_for(5).await;
+    let mut sent: Vec<i64> = seen[2..].iter().map(|s| s.json()["n"].as_i64().unwrap()).collect();
+    sent.sort();
+    assert_eq!(sent, [0, 1, 2]);
+}

@@ -316,3 +316,37 @@ async fn a_reload_to_another_store_waits_for_a_restart() {
     assert!(!status.to_string().contains("pw-in-url"), "{status}");
     assert!(status["store"]["path"].as_str().unwrap().ends_with("relay.db"), "{status}");
 }
+
+/// `hookrelay replay` on a shared store reads it without writing: an empty database gets
+/// no tables, and a store in use is compared like a SQLite one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_replay_reads_a_shared_store_and_creates_none() {
+    let Some(empty) = fresh_database("offline_replay_reads_a_shared_store_and_creates_none").await else { return };
+    let Some(url) = fresh_database("offline_replay_reads_a_shared_store_and_creates_none").await else { return };
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&shared_config(&url, &sink)).await;
+    let accepted = relay.client.post_json(&relay.url("/hooks/github"), &[("x-github-event", "push")], r#"{"ref":"main"}"#).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    sink.wait_for(1).await;
+    let config = relay.config_path();
+    let replay = |store: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .env_clear()
+            .args(["replay", "-c", config.to_str().unwrap(), "--store", store, "--fail-on-change"])
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (code, out, err) = replay(&url);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.ends_with("1 events: 0 would change, 1 unchanged\n"), "{out}");
+
+    let (code, _, err) = replay(&empty);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no hookrelay store"), "{err}");
+    let (client, connection) = tokio_postgres::connect(&empty, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let tables: i64 =
+        client.query_one("SELECT COUNT(*) FROM information_schema.tables WHERE table_name LIKE 'hookrelay%'", &[]).await.unwrap().get(0);
+    assert_eq!(tables, 0, "an offline replay creates no store");
+}

@@ -199,8 +199,10 @@ async fn replay_chooses_routes_and_says_why_one_does_not_match() {
     assert_eq!((status, none["events"].as_u64()), (200, Some(0)), "{none}");
     let (status, bad) = admin(&relay, "/api/replay", json!({ "since": "last tuesday" })).await;
     assert_eq!(status, 400, "{bad}");
-    let (status, unfiltered) = admin(&relay, "/api/replay", json!({})).await;
-    assert_eq!(status, 400, "an empty filter resends nothing: {unfiltered}");
+    for unfiltered in [json!({}), json!({ "cursor": "999999999" }), json!({ "route": "", "limit": 1 })] {
+        let (status, answer) = admin(&relay, "/api/replay", unfiltered.clone()).await;
+        assert_eq!(status, 400, "{unfiltered} resends nothing: {answer}");
+    }
     let (status, everything) = admin(&relay, "/api/replay", json!({ "dry_run": true })).await;
     assert_eq!((status, everything["dry_run"].clone()), (200, json!(true)), "a dry run may look at everything: {everything}");
 }
@@ -273,4 +275,100 @@ async fn offline_replay_shows_what_a_new_config_would_change() {
     // Nothing was sent or written by the offline runs; the relay still serves from its file.
     assert_eq!(sink.seen().len(), 3);
     assert_eq!(get(&relay, "/api/events").await["items"].as_array().unwrap().len(), 3);
+}
+
+/// Secrets a template copied into a request (an inbound verify secret, a `${VAR}` named like
+/// a credential) are masked in the replay's comparison and in the delivery log; a body
+/// forwarded from the event (whose record keeps its secret field masked) is not reported
+/// as a change.
+#[tokio::test]
+async fn replay_masks_secrets_templates_copied_and_a_forwarded_secret_field_is_no_change() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0, token: t0ken }}
+routes:
+  - name: tapd
+    source: tapd
+    match: {{ path: /hooks/tapd }}
+    verify: {{ secret: TAPDBODYSECRET42 }}
+    vars: {{ api_key: "${{HOOKRELAY_UNSET_TEST_KEY:-APIKEYSECRET77}}" }}
+    forward:
+      - name: raw
+        url: {sink}/raw
+      - name: templated
+        url: {sink}/templated
+        body: {{ s: "{{{{body.secret}}}}", key: "{{{{vars.api_key}}}}", title: "{{{{body.title}}}}" }}
+"#,
+        sink = sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let body = r#"{"event":"bug::update","title":"t","secret":"TAPDBODYSECRET42"}"#;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/tapd"), &[], body).await.status, 202);
+    let seen = sink.wait_for(2).await;
+    let templated = seen.iter().find(|s| s.uri == "/templated").unwrap().json();
+    assert_eq!(templated, json!({"s": "TAPDBODYSECRET42", "key": "APIKEYSECRET77", "title": "t"}), "sent as configured");
+    let event = get(&relay, "/api/events").await["items"][0]["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&relay, &format!("/api/events/{event}")).await["deliveries"].as_array().unwrap().iter().any(|d| d["status"] != "succeeded") {
+        assert!(tokio::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (status, dry) = admin(&relay, &format!("/api/events/{event}/replay"), json!({ "dry_run": true })).await;
+    assert_eq!(status, 200, "{dry}");
+    let shown = dry.to_string();
+    assert!(!shown.contains("TAPDBODYSECRET42") && !shown.contains("APIKEYSECRET77"), "secrets shown: {shown}");
+    let target = |name: &str| dry["targets"].as_array().unwrap().iter().find(|t| t["target"] == name).unwrap().clone();
+    assert_eq!(target("raw")["changes"], json!([]), "the forwarded body's secret field is masked on both sides: {dry}");
+    // The replay really would send the mask where the secret was: reported, both sides masked.
+    assert_eq!(target("templated")["changes"], json!([{ "path": "/body/s", "first": "***", "now": "[redacted]" }]), "{dry}");
+    assert_eq!(target("templated")["first"]["body"]["key"], "***");
+    let log = relay.client.get(&relay.admin_url("/api/deliveries"), &AUTH).await.text();
+    assert!(!log.contains("TAPDBODYSECRET42") && !log.contains("APIKEYSECRET77"), "the delivery log shows them: {log}");
+}
+
+/// A stopped relay's SQLite store in a folder the reader may not write (a read-only mount)
+/// is still read, and nothing is written beside it. As root (whom permissions do not stop)
+/// the command runs as `nobody`, which owns the folder without write permission.
+#[cfg(unix)]
+#[tokio::test]
+async fn offline_replay_reads_a_store_in_a_read_only_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink.url(), "T", "")).await;
+    relay.client.post_json(&relay.url("/hooks/robot"), &[("x-github-event", "issues")], r#"{"action":"closed"}"#).await;
+    sink.wait_for(1).await;
+    relay.running.stop();
+    relay.running.relay.engine.store().close().await.unwrap();
+    relay.running.relay.store_owner.as_ref().expect("a SQLite store").release();
+    let data = relay.dir.path().join("data");
+    let db = data.join("hookrelay.db");
+    let before: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        const NOBODY: u32 = 65534;
+        std::fs::set_permissions(relay.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for path in [&data, &db] {
+            std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_hookrelay");
+    let config = relay.config_path();
+    let args = ["replay", "-c", config.to_str().unwrap(), "--store", db.to_str().unwrap()];
+    let mut command = if as_root {
+        let mut setpriv = std::process::Command::new("setpriv");
+        setpriv.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", bin]);
+        setpriv
+    } else {
+        std::process::Command::new(bin)
+    };
+    let output = command.env_clear().args(args).output().unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{out}{err}");
+    assert!(out.ends_with("1 events: 0 would change, 1 unchanged\n"), "{out}");
+    let after: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "nothing written beside the store");
 }

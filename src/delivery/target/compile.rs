@@ -78,6 +78,9 @@ fn compile_template(source: &str, escape: Escape, strict: bool, at: &str, ctx: &
     }
 }
 
+/// The longest a breaker may hold a target (a `410` or an operator pauses for longer).
+const LONGEST_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+
 fn compile_breaker(raw: &RawBreaker, at: &str, problems: &mut Problems) -> BreakerPolicy {
     let defaults = BreakerPolicy::default();
     let duration = |name: &str, value: &Option<String>, fallback: Duration, problems: &mut Problems| match value {
@@ -95,9 +98,13 @@ fn compile_breaker(raw: &RawBreaker, at: &str, problems: &mut Problems) -> Break
         None => fallback,
     };
     let cooldown = duration("cooldown", &raw.cooldown, defaults.cooldown, problems);
-    let max_cooldown = duration("max_cooldown", &raw.max_cooldown, defaults.max_cooldown.max(cooldown), problems);
-    if max_cooldown < cooldown {
-        problems.push(format!("{at}.max_cooldown"), "must not be shorter than cooldown");
+    let max_cooldown = duration("max_cooldown", &raw.max_cooldown, defaults.max_cooldown, problems);
+    if max_cooldown > LONGEST_COOLDOWN {
+        problems.push(format!("{at}.max_cooldown"), format!("must not be longer than {}", humantime::format_duration(LONGEST_COOLDOWN)));
+    }
+    if cooldown > max_cooldown {
+        problems
+            .push(format!("{at}.cooldown"), format!("must not be longer than max_cooldown ({})", humantime::format_duration(max_cooldown)));
     }
     BreakerPolicy { failures: raw.failures.unwrap_or(defaults.failures), cooldown, max_cooldown }
 }

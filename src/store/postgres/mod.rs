@@ -97,6 +97,12 @@ impl PostgresStore {
         Self::connect_with(url, schema::MIGRATIONS, false).await
     }
 
+    /// Connects for reading only (offline commands): sessions refuse writes, and the schema
+    /// must already be one this build reads; nothing is created or migrated.
+    pub async fn connect_read_only(url: &str) -> Result<PostgresStore, StoreError> {
+        Self::open(url, schema::MIGRATIONS, false, true).await
+    }
+
     /// Whether `url` is one [`PostgresStore::connect`] can use (without connecting).
     pub fn check_url(url: &str) -> Result<(), StoreError> {
         parse_url(url).map(|_| ())
@@ -107,6 +113,10 @@ impl PostgresStore {
         migrations: &[schema::Migration],
         caller_clock: bool,
     ) -> Result<PostgresStore, StoreError> {
+        Self::open(url, migrations, caller_clock, false).await
+    }
+
+    async fn open(url: &str, migrations: &[schema::Migration], caller_clock: bool, read_only: bool) -> Result<PostgresStore, StoreError> {
         let Connection { mut config, extra_roots } = parse_url(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -119,7 +129,10 @@ impl PostgresStore {
         let tls = crate::tls::client_config(&extra_roots).map_err(|error| StoreError::InvalidInput(format!("TLS setup: {error}")))?;
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
         // Accepts are a promise: their sessions commit synchronously, whatever the server's default.
-        let base_options = config.get_options().unwrap_or_default().to_owned();
+        let mut base_options = config.get_options().unwrap_or_default().to_owned();
+        if read_only {
+            base_options.push_str(" -c default_transaction_read_only=on");
+        }
         let mut durable_config = config.clone();
         durable_config.options(format!("{base_options} -c synchronous_commit=on {READ_COMMITTED}").trim());
         let accepts = pool_of(durable_config, tls.clone(), batch::WRITERS)?;
@@ -143,9 +156,16 @@ impl PostgresStore {
             leases_checked_at: AtomicI64::new(0),
         };
         let mut client = store.client().await?;
-        schema::migrate(&mut client, migrations).await?;
+        if read_only {
+            schema::readable(&client, migrations).await?;
+        } else {
+            schema::migrate(&mut client, migrations).await?;
+        }
         drop(client);
-        tokio::spawn(listen::run(config, tls, store.notices.clone(), stopped));
+        // A reader wakes no engine (and a standby refuses LISTEN).
+        if !read_only {
+            tokio::spawn(listen::run(config, tls, store.notices.clone(), stopped));
+        }
         Ok(store)
     }
 

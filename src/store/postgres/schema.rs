@@ -150,6 +150,30 @@ pub(super) async fn migrate(client: &mut Client, migrations: &[Migration]) -> Re
     Ok(())
 }
 
+/// Checks, without changing anything, that the database holds a store whose schema this
+/// build reads (for offline commands, which must not create or migrate one).
+pub(super) async fn readable(client: &Client, migrations: &[Migration]) -> Result<(), StoreError> {
+    let exists: bool = client.query_one("SELECT to_regclass('hookrelay_schema') IS NOT NULL", &[]).await?.try_get(0)?;
+    if !exists {
+        return Err(StoreError::InvalidInput("the database holds no hookrelay store".to_string()));
+    }
+    let known = migrations.len() as i64;
+    let newest = client.query_opt("SELECT version, readable_from FROM hookrelay_schema ORDER BY version DESC LIMIT 1", &[]).await?;
+    let (found, readable_from) = match newest {
+        Some(row) => (i64::from(row.try_get::<_, i32>(0)?), i64::from(row.try_get::<_, i32>(1)?)),
+        None => (0, 0),
+    };
+    if found > known && readable_from > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    if found < known {
+        return Err(StoreError::InvalidInput(format!(
+            "the store's schema is version {found}, older than this hookrelay's ({known}); start this release's relay on it once to migrate it"
+        )));
+    }
+    Ok(())
+}
+
 async fn apply(client: &mut Client, migrations: &[Migration]) -> Result<(), StoreError> {
     client
         .batch_execute(
