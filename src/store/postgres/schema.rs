@@ -150,6 +150,16 @@ pub(super) async fn migrate(client: &mut Client, migrations: &[Migration]) -> Re
     Ok(())
 }
 
+/// The schema version the database is at, and the oldest version that can read it (0, 0
+/// for a store not created yet).
+async fn newest_version(client: &Client) -> Result<(i64, i64), StoreError> {
+    let newest = client.query_opt("SELECT version, readable_from FROM hookrelay_schema ORDER BY version DESC LIMIT 1", &[]).await?;
+    Ok(match newest {
+        Some(row) => (i64::from(row.try_get::<_, i32>(0)?), i64::from(row.try_get::<_, i32>(1)?)),
+        None => (0, 0),
+    })
+}
+
 /// Checks, without changing anything, that the database holds a store whose schema this
 /// build reads (for offline commands, which must not create or migrate one).
 pub(super) async fn readable(client: &Client, migrations: &[Migration]) -> Result<(), StoreError> {
@@ -158,11 +168,7 @@ pub(super) async fn readable(client: &Client, migrations: &[Migration]) -> Resul
         return Err(StoreError::InvalidInput("the database holds no hookrelay store".to_string()));
     }
     let known = migrations.len() as i64;
-    let newest = client.query_opt("SELECT version, readable_from FROM hookrelay_schema ORDER BY version DESC LIMIT 1", &[]).await?;
-    let (found, readable_from) = match newest {
-        Some(row) => (i64::from(row.try_get::<_, i32>(0)?), i64::from(row.try_get::<_, i32>(1)?)),
-        None => (0, 0),
-    };
+    let (found, readable_from) = newest_version(client).await?;
     if found > known && readable_from > known {
         return Err(StoreError::SchemaTooNew { found, known });
     }
@@ -186,11 +192,7 @@ async fn apply(client: &mut Client, migrations: &[Migration]) -> Result<(), Stor
         .await?;
     let known = migrations.len() as i64;
     loop {
-        let newest = client.query_opt("SELECT version, readable_from FROM hookrelay_schema ORDER BY version DESC LIMIT 1", &[]).await?;
-        let (found, readable_from) = match newest {
-            Some(row) => (i64::from(row.try_get::<_, i32>(0)?), i64::from(row.try_get::<_, i32>(1)?)),
-            None => (0, 0),
-        };
+        let (found, readable_from) = newest_version(client).await?;
         if found > known {
             if readable_from > known {
                 return Err(StoreError::SchemaTooNew { found, known });
