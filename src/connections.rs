@@ -316,7 +316,7 @@ impl Refusal {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        retry_later(self.status(), &self.to_string(), self.retry_after())
+        retry_later(self.status(), &self.to_string(), None, self.retry_after())
     }
 }
 

@@ -15,7 +15,8 @@ use tokio::sync::{broadcast, watch, Notify, Semaphore};
 use crate::delivery::attempt::AttemptSettings;
 use crate::delivery::breaker::{self, Gate, TargetChange, TargetResult};
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
-use crate::delivery::target::{OutgoingRequest, Target};
+use crate::delivery::queue_share::{tally, TargetFull, TargetQueues, Wanted};
+use crate::delivery::target::{OutgoingRequest, QueueBound, Target};
 use crate::delivery::verdict::{decide, TargetSettings};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
@@ -45,6 +46,8 @@ const LONGEST_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 pub enum AcceptError {
     #[error("too many deliveries waiting")]
     Full,
+    #[error("too many deliveries waiting for {} → {}", .0.route, .0.target)]
+    TargetFull(TargetFull),
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -69,6 +72,8 @@ pub struct Engine {
     /// Deliveries accepted and not finished; starts from the store's count.
     depth: AtomicI64,
     capacity: i64,
+    /// Deliveries accepted and not finished, per target (bounded by each one's `max_queued`).
+    per_target: TargetQueues,
     /// The breaker and pause records of targets that are not plainly closed, as last read
     /// or written (few: a scan is cheaper than a map keyed by owned strings).
     targets: Mutex<Vec<TargetRecord>>,
@@ -113,6 +118,8 @@ impl Engine {
             tracing::warn!(recovered, "deliveries in flight when the last process stopped will be sent again");
         }
         let waiting = store.queue_depth().await?;
+        let per_target = TargetQueues::default();
+        per_target.reset(store.queued_by_target().await?);
         let targets = store.target_records().await?;
         let capacity = config.load().settings.limits.queue_capacity;
         let engine = Arc::new(Engine {
@@ -126,6 +133,7 @@ impl Engine {
             concurrency,
             depth: AtomicI64::new(i64::try_from(waiting).unwrap_or(i64::MAX)),
             capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
+            per_target,
             targets: Mutex::new(Vec::new()),
         });
         engine.publish_depth();
@@ -167,6 +175,17 @@ impl Engine {
             self.depth.fetch_sub(count, Ordering::AcqRel);
             return Err(AcceptError::Full);
         }
+        // Per event, its deliveries' targets: counted in now, and out again if it does not commit.
+        let per_event: Vec<Vec<(String, String)>> =
+            events.iter().map(|e| e.deliveries.iter().map(|d| (d.route.clone(), d.target.clone())).collect()).collect();
+        let mut wanted = Wanted::new();
+        for (route, target) in per_event.iter().flatten() {
+            tally(&mut wanted, route, target);
+        }
+        if let Err(full) = self.reserve_targets(&wanted) {
+            self.depth.fetch_sub(count, Ordering::AcqRel);
+            return Err(AcceptError::TargetFull(full));
+        }
         let mut outcomes = Vec::with_capacity(events.len());
         let mut committed = 0;
         let mut failure = None;
@@ -177,14 +196,18 @@ impl Engine {
             async move { (deliveries, store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await) }
         }))
         .await;
-        for (deliveries, result) in results {
+        for ((deliveries, result), targets) in results.into_iter().zip(&per_event) {
             match result {
                 Ok(AcceptOutcome::Accepted) => {
                     committed += deliveries;
                     outcomes.push(AcceptOutcome::Accepted);
+                    continue;
                 }
                 Ok(duplicate) => outcomes.push(duplicate),
                 Err(err) => failure = Some(err),
+            }
+            for (route, target) in targets {
+                self.per_target.release(route, target, 1);
             }
         }
         self.depth.fetch_sub(count - committed, Ordering::AcqRel);
@@ -206,17 +229,32 @@ impl Engine {
         }
     }
 
-    /// Takes `count` deliveries cancelled by hand out of the queue count.
-    pub fn forget(&self, count: u64) {
-        let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let _ = self.depth.fetch_update(Ordering::AcqRel, Ordering::Acquire, |depth| Some(depth.saturating_sub(count).max(0)));
+    /// Counts the queue again from the store, in all and per target: after a change by hand
+    /// (a cancel, a retry of a finished delivery) and, on a shared store, every second.
+    pub async fn recount(&self) -> Result<(), StoreError> {
+        let waiting = self.store.queue_depth().await?;
+        let per_target = self.store.queued_by_target().await?;
+        self.depth.store(i64::try_from(waiting).unwrap_or(i64::MAX), Ordering::Release);
+        self.per_target.reset(per_target);
         self.publish_depth();
+        Ok(())
     }
 
-    /// Puts `count` finished deliveries retried by hand back into the queue count.
-    pub fn requeued(&self, count: u64) {
-        self.depth.fetch_add(i64::try_from(count).unwrap_or(i64::MAX), Ordering::AcqRel);
-        self.publish_depth();
+    /// Counts a batch's deliveries into their targets' shares, or none of them.
+    fn reserve_targets(&self, wanted: &[(&str, &str, u64)]) -> Result<(), TargetFull> {
+        let snapshot = self.config.load();
+        self.per_target.reserve(wanted, |route, target| self.max_queued_in(&snapshot, route, target))
+    }
+
+    /// How many of a target's deliveries may wait (its `max_queued` as a count; the default
+    /// share for a target the config no longer has).
+    pub fn max_queued(&self, route: &str, target: &str) -> u64 {
+        self.max_queued_in(&self.config.load(), route, target)
+    }
+
+    fn max_queued_in(&self, snapshot: &Snapshot, route: &str, target: &str) -> u64 {
+        let configured = snapshot.route(route).and_then(|r| r.targets.iter().find(|t| t.name == target)).map(|t| t.max_queued);
+        configured.unwrap_or(QueueBound::DEFAULT).of(u64::try_from(self.capacity).unwrap_or(0))
     }
 
     /// Wakes the workers now (after a manual retry, say).
@@ -276,9 +314,8 @@ impl Engine {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = recount.tick() => {
-                    if let Ok(waiting) = self.store.queue_depth().await {
-                        self.depth.store(i64::try_from(waiting).unwrap_or(i64::MAX), Ordering::Release);
-                        self.publish_depth();
+                    if let Err(err) = self.recount().await {
+                        tracing::debug!(error = %err, "could not count the queue");
                     }
                     // Other relays open, close and pause targets too.
                     if let Ok(records) = self.store.target_records().await {
@@ -494,6 +531,7 @@ impl Engine {
         match self.store.finish_attempt(&delivery.id, delivery.claim, record, decision.outcome, self.clock.now_ms()).await {
             Ok(()) if finished => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
+                self.per_target.release(&delivery.route, &delivery.target, 1);
                 self.publish_depth();
             }
             Ok(()) => {}

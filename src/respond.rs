@@ -21,8 +21,8 @@ pub fn json_error(status: StatusCode, error: &str, detail: Option<Value>) -> Res
 }
 
 /// A 429/503 that tells the sender when to come back.
-pub fn retry_later(status: StatusCode, error: &str, seconds: u64) -> Response<Body> {
-    let mut response = json_error(status, error, None);
+pub fn retry_later(status: StatusCode, error: &str, detail: Option<Value>, seconds: u64) -> Response<Body> {
+    let mut response = json_error(status, error, detail);
     response.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }

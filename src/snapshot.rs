@@ -154,6 +154,7 @@ fn compile_files(path: &Path, env: &dyn Lookup, api_routes: &[ApiRoute]) -> Resu
         timeout: Duration::from_secs(10),
         retry: RetryPolicy::default(),
         rate_limit: None,
+        max_queued: target::QueueBound::DEFAULT,
     });
     main.file.collect(problems, &mut errors, &mut warnings);
 
@@ -338,7 +339,12 @@ fn compile_defaults(raw: &RawConfig, problems: &mut Problems) -> TargetDefaults 
             problems,
         );
     }
-    TargetDefaults { timeout, retry, rate_limit: raw.defaults.rate_limit.clone() }
+    let max_queued = raw
+        .defaults
+        .max_queued
+        .as_ref()
+        .map_or(target::QueueBound::DEFAULT, |bound| target::compile_queue_bound(bound, "defaults.max_queued", problems));
+    TargetDefaults { timeout, retry, rate_limit: raw.defaults.rate_limit.clone(), max_queued }
 }
 
 /// What one compile shares across its routes: the templates registered so far, regexes

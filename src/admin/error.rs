@@ -30,8 +30,8 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(&'static str),
     /// The relay cannot take the work now (its queue is full); try again later.
-    #[error("{0}")]
-    Busy(&'static str),
+    #[error("{error}")]
+    Busy { error: &'static str, detail: Option<Value> },
     /// `/readyz`: the relay cannot take webhooks (its store was lost).
     #[error("not ready")]
     NotReady(String),
@@ -51,7 +51,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } | ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Store(_) | ApiError::NotReady(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::NotReady(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -68,6 +68,7 @@ impl ApiError {
             }
             ApiError::TooLarge(detail) => ("request body unreadable or too large".to_string(), Some(json!(detail))),
             ApiError::NotReady(reason) => ("not ready".to_string(), Some(json!(reason))),
+            ApiError::Busy { error, detail } => (error.to_string(), detail),
             ApiError::NotFound { what, detail } => (what.to_string(), detail),
             ApiError::BadRequest { error, detail } | ApiError::Conflict { error, detail } | ApiError::Invalid { error, detail } => {
                 (error.to_string(), Some(detail))

@@ -92,7 +92,7 @@ async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
     let filter = CancelFilter { route: filter.route, target: filter.target, before };
     match relay.engine.store().cancel_pending(filter, now_ms()).await {
         Ok(cancelled) => {
-            relay.engine.forget(cancelled);
+            recount(relay).await;
             json_response(StatusCode::OK, &json!({ "cancelled": cancelled }))
         }
         Err(err) => store_error(err),
@@ -250,7 +250,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             let id = delivery_call(other, "/cancel").unwrap_or_default();
             match relay.engine.store().cancel(id, now_ms()).await {
                 Ok(mut delivery) => {
-                    relay.engine.forget(1);
+                    recount(relay).await;
                     redact_delivery(&mut delivery, &relay.snapshot().redactions);
                     json_response(StatusCode::OK, &json!(delivery))
                 }
@@ -264,7 +264,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             match relay.engine.store().retry_now(id, now_ms()).await {
                 Ok(mut delivery) => {
                     if finished {
-                        relay.engine.requeued(1);
+                        recount(relay).await;
                     }
                     relay.engine.wake();
                     redact_delivery(&mut delivery, &relay.snapshot().redactions);
@@ -398,6 +398,14 @@ fn redact_text(redactions: &Redactions, headers: &[(String, String)], body: &str
     let content_type = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str());
     let masked = redactions.shown_body(content_type, &Bytes::copy_from_slice(body.as_bytes()));
     String::from_utf8_lossy(&masked).into_owned()
+}
+
+/// The queue counted again after a change by hand; a failure only leaves the count stale
+/// until the next change.
+async fn recount(relay: &Relay) {
+    if let Err(err) = relay.engine.recount().await {
+        tracing::warn!(error = %err, "could not count the queue again");
+    }
 }
 
 pub(crate) fn store_error(err: StoreError) -> Response<Body> {

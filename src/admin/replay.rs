@@ -210,7 +210,13 @@ async fn commit(relay: &Arc<Relay>, events: &[&EventView], choice: &RouteChoice)
     }
     match relay.engine.accept(all).await {
         Ok(_) => {}
-        Err(AcceptError::Full) => return Err(ApiError::Busy("the queue is full: nothing was replayed")),
+        Err(AcceptError::Full) => return Err(ApiError::Busy { error: "the queue is full: nothing was replayed", detail: None }),
+        Err(AcceptError::TargetFull(full)) => {
+            return Err(ApiError::Busy {
+                error: "a target's share of the queue is full: nothing was replayed",
+                detail: Some(full.describe()),
+            })
+        }
         Err(AcceptError::Store(err)) => return Err(ApiError::Store(err)),
     }
     let committed: Vec<&String> = ids.iter().flatten().collect();

@@ -37,7 +37,9 @@ pub async fn list(relay: &Arc<Relay>) -> Response<Body> {
         .map(|(route, target)| {
             let record = relay.engine.target_record(route, target).unwrap_or_else(|| TargetRecord::new(route, target));
             let waiting = queued.iter().find(|(r, t, _)| r == route && t == target).map_or(0, |(_, _, n)| *n);
-            describe(&record, waiting, now)
+            let mut item = describe(&record, waiting, now);
+            item["max_queued"] = json!(relay.engine.max_queued(route, target));
+            item
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "items": items }))

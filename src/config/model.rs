@@ -107,6 +107,17 @@ pub struct RawDefaults {
     #[serde(default)]
     pub retry: RawRetry,
     pub rate_limit: Option<RawRateLimit>,
+    /// Every target's `max_queued` unless it sets its own (default `"50%"`).
+    pub max_queued: Option<RawQueueBound>,
+}
+
+/// How many of a target's deliveries may wait at once: a count (`2000`) or a share of
+/// `limits.queue_capacity` (`"25%"`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawQueueBound {
+    Count(u64),
+    Share(String),
 }
 
 /// Outbound: `per_second` / `per_minute` / `per_hour` (one of them), `burst`, a shared `key`
@@ -309,6 +320,10 @@ pub struct RawTarget {
     /// it off) deliveries wait `cooldown` (default 30s, doubling each time, up to
     /// `max_cooldown`, default 1h), then one probe goes.
     pub breaker: Option<RawBreaker>,
+    /// How many of this target's deliveries may wait at once (a count, or a share of
+    /// `limits.queue_capacity` such as `"25%"`; default `defaults.max_queued`, else `"50%"`).
+    /// Beyond it the routes sending to it answer 503, and other targets keep their room.
+    pub max_queued: Option<RawQueueBound>,
     pub sign: Option<RawSign>,
     pub when: Option<String>,
     /// Conditions on the answer's JSON body that must also hold for success.

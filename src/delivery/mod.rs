@@ -1,6 +1,6 @@
 //! Delivery: compiled targets and their rendering, credentials and signing, the shared
 //! HTTP client and its guard, one attempt and its verdict, the retry schedule, the
-//! per-target circuit breaker. The engine
+//! per-target circuit breaker and share of the queue. The engine
 //! that sends stored deliveries in the background is [`crate::engine`].
 
 pub mod answers;
@@ -10,6 +10,7 @@ pub mod client;
 pub mod credentials;
 pub mod guard;
 pub mod preset;
+pub mod queue_share;
 pub mod request;
 pub mod retry;
 pub mod sign;

@@ -26,7 +26,7 @@ use crate::signature::basic_auth_header;
 use crate::template::{TemplateEngine, TemplateId};
 
 mod compile;
-pub use compile::{compile, compile_retry, valid_name};
+pub use compile::{compile, compile_queue_bound, compile_retry, valid_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentKind {
@@ -82,6 +82,7 @@ pub struct Target {
     pub retry: RetryPolicy,
     pub rate_limit: Option<TargetLimit>,
     pub breaker: crate::delivery::breaker::BreakerPolicy,
+    pub max_queued: QueueBound,
     /// Applied at send time, over the exact bytes sent.
     pub signer: Option<Signer>,
     /// Sent without the private-address guard: targets of YAML routes and `upstream:` URLs.
@@ -108,6 +109,28 @@ pub struct TargetLimit {
     pub max_wait: Duration,
 }
 
+/// How many of a target's deliveries may wait in the queue at once, so that one dead or
+/// paused receiver cannot fill the queue for everyone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QueueBound {
+    Count(u64),
+    /// A fraction (0, 1] of `limits.queue_capacity`.
+    Share(f64),
+}
+
+impl QueueBound {
+    pub const DEFAULT: QueueBound = QueueBound::Share(0.5);
+
+    /// The bound as a count, for a queue of `capacity`.
+    pub fn of(self, capacity: u64) -> u64 {
+        match self {
+            QueueBound::Count(count) => count,
+            // At most `capacity`, so the float round trip cannot overflow.
+            QueueBound::Share(share) => ((capacity as f64 * share).ceil() as u64).clamp(1, capacity.max(1)),
+        }
+    }
+}
+
 /// What the admin API shows of a target.
 #[derive(Debug, Serialize)]
 pub struct TargetSummary<'a> {
@@ -122,6 +145,7 @@ pub struct TargetDefaults {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub rate_limit: Option<RawRateLimit>,
+    pub max_queued: QueueBound,
 }
 
 pub struct CompileCtx<'a> {

@@ -271,6 +271,7 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let outcomes = match relay.engine.accept(events).await {
         Ok(outcomes) => outcomes,
         Err(AcceptError::Full) => return fail_all(&route_names, IngressError::QueueFull),
+        Err(AcceptError::TargetFull(full)) => return fail_all(&route_names, IngressError::TargetQueueFull(full)),
         Err(AcceptError::Store(err)) => {
             tracing::error!(error = %err, "could not store the event");
             return fail_all(&route_names, IngressError::StoreFailed);

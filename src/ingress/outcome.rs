@@ -37,6 +37,9 @@ pub enum IngressError {
     Render(RenderError),
     #[error("delivery queue is full")]
     QueueFull,
+    /// One target's share of the queue is full (its receiver is down or paused).
+    #[error("delivery queue for a target is full")]
+    TargetQueueFull(crate::delivery::queue_share::TargetFull),
     #[error("could not store the event")]
     StoreFailed,
     #[error("target unavailable")]
@@ -58,9 +61,11 @@ impl IngressError {
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::Render(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            IngressError::BuffersFull | IngressError::StoreLost | IngressError::QueueFull | IngressError::StoreFailed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IngressError::BuffersFull
+            | IngressError::StoreLost
+            | IngressError::QueueFull
+            | IngressError::TargetQueueFull(_)
+            | IngressError::StoreFailed => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::TargetUnavailable { timed_out: true, .. } => StatusCode::GATEWAY_TIMEOUT,
             IngressError::TargetUnavailable { timed_out: false, .. } | IngressError::Upstream(_) => StatusCode::BAD_GATEWAY,
             IngressError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -79,7 +84,7 @@ impl IngressError {
             IngressError::Unauthorized => "unauthorized",
             IngressError::StoreLost | IngressError::StoreFailed => "store_error",
             IngressError::Render(_) => "render_error",
-            IngressError::QueueFull => "queue_full",
+            IngressError::QueueFull | IngressError::TargetQueueFull(_) => "queue_full",
             IngressError::TargetUnavailable { .. } => "forwarded",
             IngressError::Upstream(_) | IngressError::UpstreamTimeout(_) => "proxied",
         }
@@ -102,6 +107,8 @@ impl IngressError {
             IngressError::RateLimited { wait } => Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
             IngressError::BuffersFull | IngressError::QueueFull | IngressError::StoreFailed => Some(1),
             IngressError::StoreLost => Some(5),
+            // A target's share drains only as fast as its receiver comes back.
+            IngressError::TargetQueueFull(_) => Some(30),
             _ => None,
         }
     }
@@ -117,6 +124,7 @@ impl IngressError {
                 Some(json!(format!("no response headers within {limit:?} (limits.upstream_header_timeout)")))
             }
             IngressError::Render(err) => Some(json!(err.to_string())),
+            IngressError::TargetQueueFull(full) => Some(full.describe()),
             _ => None,
         }
     }
@@ -135,7 +143,7 @@ impl IngressError {
         let status = self.status();
         let message = self.to_string();
         match self.retry_after() {
-            Some(seconds) => retry_later(status, &message, seconds),
+            Some(seconds) => retry_later(status, &message, self.detail(), seconds),
             None => json_error(status, &message, self.detail()),
         }
     }

@@ -167,3 +167,73 @@ async fn breaker_limits_are_checked_and_turning_it_off_releases_what_it_held() {
     sent.sort();
     assert_eq!(sent, [0, 1, 2]);
 }
+
+/// A paused (or dead) target fills only its own share of the queue: beyond its
+/// `max_queued` the route sending to it answers 503 and stores nothing, while other
+/// targets keep their room; cancelling what waits makes room again.
+#[tokio::test]
+async fn a_paused_target_fills_only_its_own_share_of_the_queue() {
+    let held = TestSink::start().await;
+    let live = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0, token: t0ken }}
+limits: {{ queue_capacity: 10 }}
+routes:
+  - name: slow
+    match: {{ path: /hooks/slow }}
+    forward:
+      - name: held
+        url: {held}/in
+        max_queued: 2
+  - name: other
+    match: {{ path: /hooks/other }}
+    forward:
+      - name: live
+        url: {live}/in
+"#,
+        held = held.url(),
+        live = live.url()
+    ))
+    .await;
+    let paused = relay.client.post_json(&relay.admin_url("/api/targets/slow/held/pause"), &AUTH, "").await;
+    assert_eq!(paused.status, 200, "{}", paused.text());
+    for n in 0..2 {
+        assert_eq!(relay.client.post_json(&relay.url("/hooks/slow"), &[], format!(r#"{{"n":{n}}}"#)).await.status, 202);
+    }
+    let full = relay.client.post_json(&relay.url("/hooks/slow"), &[], r#"{"n":2}"#).await;
+    assert_eq!((full.status, full.headers.get("retry-after").and_then(|v| v.to_str().ok())), (503, Some("30")), "{}", full.text());
+    assert_eq!(full.json()["detail"], serde_json::json!({ "route": "slow", "target": "held", "max_queued": 2 }));
+    let events = relay.client.get(&relay.admin_url("/api/events?route=slow"), &AUTH).await.json();
+    assert_eq!(events["items"].as_array().unwrap().len(), 2, "the refused event was not stored: {events}");
+
+    // The other route still has its room (half of the queue by default).
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/other"), &[], r#"{"n":9}"#).await.status, 202);
+    assert_eq!(live.wait_for(1).await[0].json()["n"], 9);
+    assert_eq!(target(&relay, "held").await["max_queued"], 2);
+    let other = target(&relay, "live").await;
+    assert_eq!((other["max_queued"].as_u64(), other["queued"].as_u64()), (Some(5), Some(0)), "{other}");
+
+    // A replay into the full share is refused whole, with the same reason.
+    let first = events["items"][0]["id"].as_str().unwrap();
+    let replay = relay.client.post_json(&relay.admin_url(&format!("/api/events/{first}/replay")), &AUTH, "{}").await;
+    assert_eq!(replay.status, 503, "{}", replay.text());
+    assert_eq!(replay.json()["detail"]["target"], "held");
+
+    let cancelled = relay.client.post_json(&relay.admin_url("/api/deliveries/cancel"), &AUTH, r#"{"route":"slow"}"#).await;
+    assert_eq!(cancelled.json()["cancelled"], 2);
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/slow"), &[], r#"{"n":3}"#).await.status, 202, "room again");
+
+    for (bound, message) in [("0", "max_queued: must be at least 1"), ("\"150%\"", "at most 100%"), ("lots", "neither a count nor a share")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /r }}\n    forward:\n      - url: http://127.0.0.1:9/\n        max_queued: {bound}\n");
+        std::fs::write(&path, yaml).unwrap();
+        let output =
+            std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c", path.to_str().unwrap()]).output().unwrap();
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{bound}: {errors}");
+        assert!(errors.contains(message), "{bound}: {errors}");
+    }
+}

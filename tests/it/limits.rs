@@ -131,7 +131,7 @@ async fn full_queue_answers_503_with_retry_after_instead_of_dropping() {
             keep.lock().unwrap().push(stream);
         }
     });
-    let yaml = format!("listen: 127.0.0.1:0\nlimits: {{ queue_capacity: 3 }}\nroutes:\n  - name: slow\n    match: {{ path: /hooks/slow }}\n    forward:\n      - url: http://{hole}/x\n        timeout: 20s\n");
+    let yaml = format!("listen: 127.0.0.1:0\nlimits: {{ queue_capacity: 3 }}\nroutes:\n  - name: slow\n    match: {{ path: /hooks/slow }}\n    forward:\n      - url: http://{hole}/x\n        timeout: 20s\n        max_queued: 100%\n");
     let relay = Relay::start(&yaml).await;
     let mut accepted = 0;
     let mut refused = None;

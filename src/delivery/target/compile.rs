@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::condition::compile_match;
-use crate::config::model::{RawBreaker, RawMatch, RawRateLimit, RawRetry, RawTarget};
+use crate::config::model::{RawBreaker, RawMatch, RawQueueBound, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
 use crate::delivery::breaker::BreakerPolicy;
@@ -107,6 +107,20 @@ fn compile_breaker(raw: &RawBreaker, at: &str, problems: &mut Problems) -> Break
             .push(format!("{at}.cooldown"), format!("must not be longer than max_cooldown ({})", humantime::format_duration(max_cooldown)));
     }
     BreakerPolicy { failures: raw.failures.unwrap_or(defaults.failures), cooldown, max_cooldown }
+}
+
+/// `max_queued:` as written: a count of at least 1, or a share such as `"25%"`.
+pub fn compile_queue_bound(raw: &RawQueueBound, at: &str, problems: &mut Problems) -> QueueBound {
+    match raw {
+        RawQueueBound::Count(0) => problems.push(at, "must be at least 1"),
+        RawQueueBound::Count(count) => return QueueBound::Count(*count),
+        RawQueueBound::Share(text) => match text.trim().strip_suffix('%').map(|number| number.trim().parse::<f64>()) {
+            Some(Ok(percent)) if percent > 0.0 && percent <= 100.0 => return QueueBound::Share(percent / 100.0),
+            Some(Ok(_)) => problems.push(at, "a share must be more than 0% and at most 100%"),
+            _ => problems.push(at, format!("{text:?} is neither a count nor a share such as \"25%\"")),
+        },
+    }
+    QueueBound::DEFAULT
 }
 
 /// `overrides` merged field by field over `base` (the compiled `defaults.retry`).
@@ -312,6 +326,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     };
     let breaker =
         raw.breaker.as_ref().map_or_else(BreakerPolicy::default, |raw| compile_breaker(raw, &format!("{at}.breaker"), ctx.problems));
+    let max_queued =
+        raw.max_queued.as_ref().map_or(ctx.defaults.max_queued, |raw| compile_queue_bound(raw, &format!("{at}.max_queued"), ctx.problems));
     Some(Target {
         name,
         trusted: ctx.trusted_origin || matches!(url, Some(UrlSpec::Upstream(_))),
@@ -331,6 +347,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         retry,
         rate_limit,
         breaker,
+        max_queued,
         signer: raw.sign.as_ref().and_then(|sign| crate::delivery::sign::compile(sign, &format!("{at}.sign"), ctx.problems)),
         when,
         success_when,
