@@ -18,6 +18,7 @@ use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
 use crate::delivery::queue_share::{tally, TargetFull, TargetQueues, Wanted};
 use crate::delivery::target::{OutgoingRequest, QueueBound, Target};
 use crate::delivery::verdict::{decide, TargetSettings};
+use crate::feed::{DeliveryChange, Feed};
 use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
@@ -74,6 +75,7 @@ pub struct Engine {
     capacity: i64,
     /// Deliveries accepted and not finished, per target (bounded by each one's `max_queued`).
     per_target: TargetQueues,
+    feed: Feed,
     /// The breaker and pause records of targets that are not plainly closed, as last read
     /// or written (few: a scan is cheaper than a map keyed by owned strings).
     targets: Mutex<Vec<TargetRecord>>,
@@ -134,6 +136,7 @@ impl Engine {
             depth: AtomicI64::new(i64::try_from(waiting).unwrap_or(i64::MAX)),
             capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
             per_target,
+            feed: Feed::new(shutdown.clone()),
             targets: Mutex::new(Vec::new()),
         });
         engine.publish_depth();
@@ -156,6 +159,11 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Live changes, for `/api/stream`.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     pub fn depth(&self) -> i64 {
@@ -193,7 +201,14 @@ impl Engine {
         let results = join_all(events.into_iter().map(|accepted| {
             let deliveries = accepted.deliveries.len() as i64;
             let store = self.store.clone();
-            async move { (deliveries, store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await) }
+            let frame = self.feed.event_frame(&accepted.event);
+            async move {
+                let outcome = store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await;
+                if matches!(outcome, Ok(AcceptOutcome::Accepted)) {
+                    self.feed.send(frame);
+                }
+                (deliveries, outcome)
+            }
         }))
         .await;
         for ((deliveries, result), targets) in results.into_iter().zip(&per_event) {
@@ -526,15 +541,25 @@ impl Engine {
                 tracing::warn!(delivery = %delivery.id, route = %delivery.route, target = %delivery.target, reason = %reason, "delivery failed")
             }
         }
-        let finished = !matches!(decision.outcome, AttemptOutcome::RetryAt(_));
+        let status = decision.outcome.status();
+        let change = DeliveryChange {
+            id: &delivery.id,
+            event_id: &delivery.event_id,
+            route: &delivery.route,
+            target: &delivery.target,
+            status,
+            attempts: delivery.attempts + u32::from(decision.counted),
+            last_status: result.status,
+        };
         let record = AttemptRecord { counted: decision.counted, ..tried.record };
         match self.store.finish_attempt(&delivery.id, delivery.claim, record, decision.outcome, self.clock.now_ms()).await {
-            Ok(()) if finished => {
+            Ok(()) if status.is_finished() => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
                 self.per_target.release(&delivery.route, &delivery.target, 1);
                 self.publish_depth();
+                self.feed.delivery(change);
             }
-            Ok(()) => {}
+            Ok(()) => self.feed.delivery(change),
             Err(err) => {
                 tracing::error!(delivery = %delivery.id, error = %err, "could not record the attempt; the lease will expire and it will be sent again")
             }

@@ -13,6 +13,7 @@ pub mod connections;
 pub mod context;
 pub mod delivery;
 pub mod engine;
+pub mod feed;
 pub mod inbound;
 pub mod ingress;
 pub mod metrics;

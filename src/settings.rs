@@ -60,6 +60,8 @@ impl Upstream {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// Lowercase names a browser may use for the listener when it has no token.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +171,7 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
         listen: parse_addr(&admin.listen, "admin.listen", problems),
         // A blank token is no token (anyone could send it); it then needs a loopback address.
         token: admin.token.clone().filter(|t| !t.chars().all(|c| c.is_whitespace() || is_invisible(c))),
+        hosts: admin.hosts.iter().map(|host| host.trim().trim_end_matches('.').to_ascii_lowercase()).collect(),
     });
     if let Some(admin) = &admin {
         if admin.token.is_none() && !admin.listen.ip().is_loopback() {

@@ -22,6 +22,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{error}")]
     Conflict { error: &'static str, detail: Value },
+    #[error("{error}")]
+    Forbidden { error: &'static str, detail: Value },
+    #[error("{error}")]
+    UnsupportedMediaType { error: &'static str, detail: Value },
     /// A config or route that does not compile: every error listed.
     #[error("{error}")]
     Invalid { error: &'static str, detail: Value },
@@ -51,6 +55,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } | ApiError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Store(_) | ApiError::NotReady(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,9 +76,11 @@ impl ApiError {
             ApiError::NotReady(reason) => ("not ready".to_string(), Some(json!(reason))),
             ApiError::Busy { error, detail } => (error.to_string(), detail),
             ApiError::NotFound { what, detail } => (what.to_string(), detail),
-            ApiError::BadRequest { error, detail } | ApiError::Conflict { error, detail } | ApiError::Invalid { error, detail } => {
-                (error.to_string(), Some(detail))
-            }
+            ApiError::BadRequest { error, detail }
+            | ApiError::Conflict { error, detail }
+            | ApiError::Invalid { error, detail }
+            | ApiError::Forbidden { error, detail }
+            | ApiError::UnsupportedMediaType { error, detail } => (error.to_string(), Some(detail)),
             other => (other.to_string(), None),
         };
         let mut response = json_error(status, &error, detail);

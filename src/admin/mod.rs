@@ -7,6 +7,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+mod browsers;
+mod console;
 mod error;
 mod replay;
 mod routes;
@@ -19,6 +21,7 @@ pub use routes::follow_store;
 const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
 use crate::delivery::client::{full, Body};
@@ -93,6 +96,7 @@ async fn cancel_pending(relay: &Arc<Relay>, body: &Bytes) -> Response<Body> {
     match relay.engine.store().cancel_pending(filter, now_ms()).await {
         Ok(cancelled) => {
             recount(relay).await;
+            relay.engine.feed().changed();
             json_response(StatusCode::OK, &json!({ "cancelled": cancelled }))
         }
         Err(err) => store_error(err),
@@ -107,6 +111,12 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> 
 }
 
 pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<Body> {
+    let mut response = answer(relay, request).await;
+    browsers::secure(&mut response);
+    response
+}
+
+async fn answer(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<Body> {
     if let Some(problem) = crate::connections::host_problem(&request) {
         return ApiError::BadRequest { error: problem, detail: serde_json::Value::Null }.into_response();
     }
@@ -129,10 +139,34 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
         }
         _ => {}
     }
+    if let Some(name) = browsers::rebound(relay, &request) {
+        let detail = json!(format!("{name:?} is not this listener's address: add it to admin.hosts, or set admin.token"));
+        return ApiError::Forbidden { error: "Host not allowed", detail }.into_response();
+    }
+    if request.method() == Method::GET {
+        if let Some(asset) = console::asset(&path) {
+            return asset;
+        }
+    }
     if !authorized(relay, &request) {
         return ApiError::Unauthorized.into_response();
     }
-    match (request.method().clone(), path.as_str()) {
+    if !browsers::changes(request.method()) {
+        return api(relay, request, &path).await;
+    }
+    if !browsers::is_json(&request) {
+        let detail = json!("send the body as JSON, with Content-Type: application/json (an empty body needs it too)");
+        return ApiError::UnsupportedMediaType { error: "a change must be sent as JSON", detail }.into_response();
+    }
+    let (by, method) = (browsers::caller(&request, relay), request.method().clone());
+    let response = api(relay, request, &path).await;
+    browsers::audit(&by, &method, &path, response.status());
+    response
+}
+
+/// `/metrics` and `/api/*`, once the caller is known to be allowed.
+async fn api(relay: &Arc<Relay>, request: Request<Incoming>, path: &str) -> Response<Body> {
+    match (request.method().clone(), path) {
         (Method::GET, "/metrics") => {
             let mut response = Response::new(full(crate::metrics::render()));
             response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -184,6 +218,15 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             }
         }
         (Method::GET, "/api/targets") => targets::list(relay).await,
+        (Method::GET, "/api/stream") => {
+            let frames = relay.engine.feed().stream().map(|chunk| chunk.map(hyper::body::Frame::data));
+            let body = http_body_util::StreamBody::new(frames).map_err(|never| match never {}).boxed();
+            let mut response = Response::new(body);
+            let headers = response.headers_mut();
+            headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+            headers.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+            response
+        }
         (Method::POST, other) if other.starts_with("/api/targets/") && (other.ends_with("/pause") || other.ends_with("/resume")) => {
             let pause = other.ends_with("/pause");
             let Some((route, target)) = targets::target_call(other, if pause { "/pause" } else { "/resume" }) else {
@@ -251,6 +294,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
             match relay.engine.store().cancel(id, now_ms()).await {
                 Ok(mut delivery) => {
                     recount(relay).await;
+                    announce(relay, &delivery);
                     redact_delivery(&mut delivery, &relay.snapshot().redactions);
                     json_response(StatusCode::OK, &json!(delivery))
                 }
@@ -266,6 +310,7 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
                     if finished {
                         recount(relay).await;
                     }
+                    announce(relay, &delivery);
                     relay.engine.wake();
                     redact_delivery(&mut delivery, &relay.snapshot().redactions);
                     json_response(StatusCode::OK, &json!(delivery))
@@ -329,7 +374,8 @@ pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<
         },
         (
             _,
-            "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries" | "/api/replay" | "/api/targets",
+            "/metrics" | "/api/status" | "/api/routes" | "/api/reload" | "/api/events" | "/api/deliveries" | "/api/replay" | "/api/targets"
+            | "/api/stream",
         ) => ApiError::MethodNotAllowed.into_response(),
         _ => ApiError::NotFound { what: "not found", detail: None }.into_response(),
     }
@@ -398,6 +444,19 @@ fn redact_text(redactions: &Redactions, headers: &[(String, String)], body: &str
     let content_type = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str());
     let masked = redactions.shown_body(content_type, &Bytes::copy_from_slice(body.as_bytes()));
     String::from_utf8_lossy(&masked).into_owned()
+}
+
+/// Tells the live feed about a delivery changed by hand.
+fn announce(relay: &Relay, delivery: &DeliveryView) {
+    relay.engine.feed().delivery(crate::feed::DeliveryChange {
+        id: &delivery.id,
+        event_id: &delivery.event_id,
+        route: &delivery.route,
+        target: &delivery.target,
+        status: delivery.status,
+        attempts: delivery.attempts,
+        last_status: delivery.last_status,
+    });
 }
 
 /// The queue counted again after a change by hand; a failure only leaves the count stale

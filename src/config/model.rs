@@ -67,6 +67,10 @@ pub struct RawAdmin {
     pub listen: String,
     #[serde(default)]
     pub token: Option<String>,
+    /// Without a token, the names (besides its own address and `localhost`) a browser may
+    /// reach the admin listener by; others are refused (DNS rebinding).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -19,6 +19,7 @@ use crate::delivery::client::{self, Body};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::{delivery_of, now_ms, recorded_headers, stored, AcceptError, Accepted};
+use crate::feed::DeliveryChange;
 use crate::inbound::InboundRequest;
 use crate::metrics::{count_request, DeliveryResult};
 use crate::plan::{plan, PlannedRoute};
@@ -401,6 +402,7 @@ async fn forward_sync(
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
     crate::metrics::count_delivery(&route, &target_name, DeliveryResult::from(&outcome), Some(answer.duration.as_secs_f64()));
+    let last_status = answer.status;
     let delivery = NewDelivery {
         id: ulid::Ulid::generate().to_string(),
         event_id: event_id.to_string(),
@@ -411,14 +413,25 @@ async fn forward_sync(
         ordered_key: None,
         guarded: !target.trusted,
     };
-    let store = relay.engine.store().clone();
+    let engine = relay.engine.clone();
     // Logging happens after the answer, but a slow disk must not let the backlog (and the
     // bodies it holds) grow without bound: past this many, the request waits its turn.
     let slot = relay.sync_log_slots.clone().acquire_owned().await;
     tokio::spawn(async move {
         let _slot = slot;
-        if let Err(err) = store.record_finished(deferred, delivery, record, outcome, now_ms()).await {
-            tracing::warn!(error = %err, "could not log the sync delivery");
+        let feed = engine.feed();
+        let event_frame = deferred.as_ref().and_then(|event| feed.event_frame(event));
+        let status = outcome.status();
+        // Names copied only while someone watches the feed.
+        let names = feed.watched().then(|| [&delivery.id, &delivery.event_id, &delivery.route, &delivery.target].map(String::clone));
+        match engine.store().record_finished(deferred, delivery, record, outcome, now_ms()).await {
+            Ok(()) => {
+                feed.send(event_frame);
+                if let Some([id, event_id, route, target]) = &names {
+                    feed.delivery(DeliveryChange { id, event_id, route, target, status, attempts: 1, last_status });
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "could not log the sync delivery"),
         }
     });
     match (answer.status, answer.error) {

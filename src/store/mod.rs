@@ -181,6 +181,17 @@ pub enum AttemptOutcome {
     Failed { reason: String },
 }
 
+impl AttemptOutcome {
+    /// The delivery's status once this outcome is recorded.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            AttemptOutcome::Succeeded => DeliveryStatus::Succeeded,
+            AttemptOutcome::RetryAt(_) => DeliveryStatus::Pending,
+            AttemptOutcome::Failed { .. } => DeliveryStatus::Failed,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum AcceptOutcome {
     Accepted,

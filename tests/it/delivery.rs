@@ -84,15 +84,20 @@ async fn failed_delivery_is_kept_and_can_be_retried_by_hand() {
     let failed = get(&relay, "/api/deliveries?status=failed").await;
     assert_eq!(failed["items"][0]["id"], id);
 
-    let retried = relay.client.send("POST", &relay.admin_url(&format!("/api/deliveries/{id}/retry")), &AUTH, "").await;
+    // A change must say it is JSON (a cross-site form cannot), even with no body.
+    let retry_url = relay.admin_url(&format!("/api/deliveries/{id}/retry"));
+    let refused = relay.client.send("POST", &retry_url, &AUTH, "").await;
+    assert_eq!(refused.status, 415, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "a change must be sent as JSON");
+    let retried = relay.client.post_json(&retry_url, &AUTH, "").await;
     assert_eq!(retried.status, 200, "{}", retried.text());
     assert_eq!(retried.json()["status"], "pending");
     let delivery = finished_delivery(&relay, &event_id).await;
     assert_eq!(delivery["status"], "succeeded");
     assert_eq!(sink.seen().len(), 3);
-    let again = relay.client.send("POST", &relay.admin_url(&format!("/api/deliveries/{id}/retry")), &AUTH, "").await;
+    let again = relay.client.post_json(&relay.admin_url(&format!("/api/deliveries/{id}/retry")), &AUTH, "").await;
     assert_eq!(again.status, 409, "a delivered delivery is not retried: {}", again.text());
-    let missing = relay.client.send("POST", &relay.admin_url("/api/deliveries/nope/retry"), &AUTH, "").await;
+    let missing = relay.client.post_json(&relay.admin_url("/api/deliveries/nope/retry"), &AUTH, "").await;
     assert_eq!(missing.status, 404);
 }
 

@@ -3,7 +3,9 @@
 mod api_routes;
 mod architecture;
 mod breakers;
+mod browser;
 mod cli;
+mod console;
 mod delivery;
 mod escaping;
 mod examples;

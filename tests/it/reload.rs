@@ -38,7 +38,7 @@ async fn api_reload_reports_errors_and_keeps_the_old_config() {
     let sink = TestSink::start().await;
     let relay = Relay::start(&versioned(&sink, 1)).await;
     std::fs::write(relay.config_path(), "listen: 127.0.0.1:0\nroutes:\n  - name: load\n    match: { path: /hooks/load\n").unwrap();
-    let reply = relay.client.send("POST", &relay.admin_url("/api/reload"), &[], "").await;
+    let reply = relay.client.post_json(&relay.admin_url("/api/reload"), &[], "").await;
     assert_eq!(reply.status, 422, "{}", reply.text());
     let answer = reply.json();
     assert_eq!(answer["error"], "config invalid; the previous config keeps serving");
@@ -50,7 +50,7 @@ async fn api_reload_reports_errors_and_keeps_the_old_config() {
     assert!(status["config"]["last_error"].as_str().unwrap().contains("YAML syntax error"));
 
     std::fs::write(relay.config_path(), versioned(&sink, 2)).unwrap();
-    let reply = relay.client.send("POST", &relay.admin_url("/api/reload"), &[], "").await;
+    let reply = relay.client.post_json(&relay.admin_url("/api/reload"), &[], "").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["generation"], 2, "the watcher may have reloaded first; either way generation 2 serves");
     assert_eq!(delivered_version(&relay, &sink).await, "2");
@@ -61,7 +61,7 @@ async fn api_reload_reports_errors_and_keeps_the_old_config() {
 
     // A file truncated by a writer that has not written yet is not a config with no routes.
     std::fs::write(relay.config_path(), "").unwrap();
-    let reply = relay.client.send("POST", &relay.admin_url("/api/reload"), &[], "").await;
+    let reply = relay.client.post_json(&relay.admin_url("/api/reload"), &[], "").await;
     assert_eq!(reply.status, 422, "{}", reply.text());
     assert!(reply.text().contains("the config file is empty"), "{}", reply.text());
     assert_eq!(delivered_version(&relay, &sink).await, "2");
