@@ -19,6 +19,7 @@ use crate::settings::StoreLocation;
 use crate::snapshot::{self, Snapshot};
 use crate::store::ownership::{OwnershipError, StoreOwnership};
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
+use crate::unmatched::MAX_KEPT;
 use crate::{admin, connections, metrics, reload};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,37 @@ async fn prune_periodically(store: Arc<dyn Store>, retention: std::time::Duratio
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often kept unmatched requests are pruned (past `store.keep_unmatched`, and beyond
+/// the newest [`MAX_KEPT`]).
+const UNMATCHED_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Prunes kept unmatched requests while `store.keep_unmatched` is set (a reload may set it
+/// or take it away; taken away, what was kept goes at once).
+async fn prune_unmatched_periodically(relay: Arc<Relay>, mut shutdown: watch::Receiver<bool>) {
+    let mut kept_before = false;
+    loop {
+        let keep = relay.snapshot().settings.keep_unmatched;
+        if keep.is_some() || kept_before {
+            let window_ms = keep.map_or(0, |keep| i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+            let newest = if keep.is_some() { MAX_KEPT } else { 0 };
+            match relay.engine.store().prune_unmatched(now_ms().saturating_sub(window_ms), newest).await {
+                Ok(pruned) => {
+                    relay.unmatched.pruned();
+                    if pruned > 0 {
+                        tracing::info!(pruned, "pruned kept unmatched requests");
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "pruning kept unmatched requests failed"),
+            }
+        }
+        kept_before = keep.is_some();
+        tokio::select! {
+            _ = tokio::time::sleep(UNMATCHED_PRUNE_EVERY) => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -209,6 +241,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         startup_error,
     }));
     tokio::spawn(watch_store_file(relay.clone(), receiver.clone()));
+    tokio::spawn(prune_unmatched_periodically(relay.clone(), receiver.clone()));
     if let Some(notices) = relay.engine.store().notices() {
         tokio::spawn(admin::follow_store(relay.clone(), notices, receiver.clone()));
     }

@@ -32,5 +32,6 @@ pub mod snapshot;
 pub mod store;
 pub mod template;
 pub mod tls;
+pub mod unmatched;
 pub mod values;
 pub mod verify;

@@ -88,8 +88,11 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
         /// Events the named route took.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "unmatched")]
         route: Option<String>,
+        /// Only requests no route took, kept by `store.keep_unmatched`.
+        #[arg(long)]
+        unmatched: bool,
         /// Events whose name matches this glob (`*`, `?`).
         #[arg(long)]
         event: Option<String>,
@@ -250,7 +253,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Replay { config, store, since, until, route, event, status, limit, through, json, fail_on_change } => {
+        Command::Replay { config, store, since, until, route, unmatched, event, status, limit, through, json, fail_on_change } => {
             let snapshot = match snapshot::load(&config, &ProcessEnv) {
                 Ok(snapshot) => snapshot,
                 Err(errors) => {
@@ -266,7 +269,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
                     .map_err(|err| anyhow::anyhow!("{flag}: {err}"))
             };
             let filter = hookrelay::store::EventFilter {
-                route,
+                route: if unmatched { Some(hookrelay::store::UNMATCHED_ROUTE.to_string()) } else { route },
                 event,
                 since: time("--since", since)?,
                 until: time("--until", until)?,

@@ -52,6 +52,8 @@ pub struct Relay {
     api_routes: Mutex<Vec<ApiRoute>>,
     /// Sync deliveries being logged after their answer, at most this many at once.
     pub sync_log_slots: Arc<tokio::sync::Semaphore>,
+    /// Requests no route took, kept when `store.keep_unmatched` asks.
+    pub unmatched: crate::unmatched::Keeper,
     /// `limits.max_buffered_bytes`, in KiB: request bodies held in memory at once.
     buffered_kib: Arc<tokio::sync::Semaphore>,
     /// Serialises route changes made through the API (check, persist, swap).
@@ -105,6 +107,7 @@ impl Relay {
             api_lock: tokio::sync::Mutex::new(()),
             store_owner: parts.store_owner,
             sync_log_slots: Arc::new(tokio::sync::Semaphore::new(256)),
+            unmatched: Default::default(),
         }
     }
 

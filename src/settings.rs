@@ -109,6 +109,8 @@ pub struct Settings {
     pub store: StoreLocation,
     /// How long finished events stay in the store.
     pub retention: Duration,
+    /// `store.keep_unmatched`: how long requests no route took are kept (off when `None`).
+    pub keep_unmatched: Option<Duration>,
     /// Extra CAs for HTTPS targets (`outbound.ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub allow_private: bool,
@@ -265,6 +267,14 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
         }),
         None => Duration::from_secs(7 * 24 * 3600),
     };
+    let keep_unmatched = raw.store.as_ref().and_then(|s| s.keep_unmatched.as_ref()).and_then(|text| match parse_duration(text) {
+        Ok(duration) if duration.is_zero() => None,
+        Ok(duration) => Some(duration),
+        Err(message) => {
+            problems.push("store.keep_unmatched", message);
+            None
+        }
+    });
     let extra_roots = match &raw.outbound.ca_file {
         Some(file) => {
             let full = store_dir.join(file);
@@ -304,6 +314,7 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
         },
         store,
         retention,
+        keep_unmatched,
         extra_roots,
         allow_private: raw.outbound.allow_private,
     }

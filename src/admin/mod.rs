@@ -404,7 +404,11 @@ impl Query {
                 .map_err(|err| ApiError::BadRequest { error: "invalid event filter", detail: json!(format!("{name}: {err}")) })
         };
         Ok(EventFilter {
-            route: self.get("route"),
+            route: if self.get("unmatched").as_deref() == Some("true") {
+                Some(crate::store::UNMATCHED_ROUTE.to_string())
+            } else {
+                self.get("route")
+            },
             event: self.get("event"),
             since: time("since")?,
             until: time("until")?,

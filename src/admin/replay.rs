@@ -45,6 +45,9 @@ struct Many {
     status: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// Only requests kept unmatched (`store.keep_unmatched`).
+    #[serde(default)]
+    unmatched: bool,
     /// Required for a real replay without any filter, so that an empty body resends nothing.
     #[serde(default)]
     all: bool,
@@ -102,6 +105,13 @@ pub async fn many(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
             *text = None;
         }
     }
+    if request.unmatched {
+        if request.route.is_some() {
+            let detail = json!("a request kept unmatched has no route: give route or unmatched, not both");
+            return ApiError::BadRequest { error: "invalid replay filter", detail }.into_response();
+        }
+        request.route = Some(crate::store::UNMATCHED_ROUTE.to_string());
+    }
     // A cursor only says where a page starts, not which events: it is no filter.
     let unfiltered = request.route.is_none()
         && request.event.is_none()
@@ -157,7 +167,10 @@ pub async fn many(relay: &Arc<Relay>, body: Bytes) -> Response<Body> {
             // The comparison of each event is what a dry run is for; a real run answers ids.
             if let Some(item) = item.as_object_mut() {
                 item.remove("targets");
-                item.remove("verification");
+                // Said once for all below; a request kept unmatched keeps its own.
+                if item.get("verification").and_then(Value::as_str) == Some(replay::VERIFICATION_SKIPPED) {
+                    item.remove("verification");
+                }
             }
         }
         items.push(item);

@@ -82,6 +82,9 @@ pub struct RawStore {
     /// (`sslmode=disable|prefer|require|verify-ca|verify-full`, `sslrootcert=FILE`).
     pub url: Option<String>,
     pub retention: Option<String>,
+    /// Keep requests that a route's path and method could take but no route matched, for
+    /// this long (e.g. `24h`), so that a replay under a fixed config can pick them up.
+    pub keep_unmatched: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

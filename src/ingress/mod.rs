@@ -113,6 +113,36 @@ async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, p
     }
 }
 
+/// A request some route's path and method could take, but no route matched: recorded as
+/// an event would be (credentials masked), with no route and no delivery.
+fn keep_unmatched(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest) {
+    let content_type = inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let event = NewEvent {
+        id: ulid::Ulid::generate().to_string(),
+        received_at: now_ms(),
+        route: crate::store::UNMATCHED_ROUTE.to_string(),
+        event: None,
+        delivery_id: None,
+        method: inbound.method.to_string(),
+        path: recorded_path(snapshot, inbound),
+        headers: recorded_headers(&inbound.headers, &snapshot.redactions),
+        body: snapshot.redactions.body(content_type, &inbound.raw),
+        replay_of: None,
+    };
+    if !relay.unmatched.keep(&relay.engine, event) {
+        tracing::debug!(path = %inbound.path, "an unmatched request was not kept: store.keep_unmatched is at its bound");
+    }
+}
+
+/// The path as events record it: with its query, credential values masked (a replay sees it too).
+fn recorded_path(snapshot: &Snapshot, inbound: &InboundRequest) -> String {
+    if inbound.raw_query.is_empty() {
+        inbound.path.clone()
+    } else {
+        snapshot.redactions.url(&format!("{}?{}", inbound.path, inbound.raw_query))
+    }
+}
+
 async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Incoming>, peer: Peer) -> Response<Body> {
     let max_body = snapshot.settings.limits.max_body;
     let declared = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -133,6 +163,9 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let mut inbound = InboundRequest::new(parts.method.clone(), path_and_query, headers, raw, peer.addr.ip());
     let matched = routing::select(&snapshot.routes, &inbound);
     if matched.is_empty() {
+        if snapshot.settings.keep_unmatched.is_some() {
+            keep_unmatched(relay, snapshot, &inbound);
+        }
         parts.headers = inbound.headers;
         let request = Request::from_parts(parts, client::full(inbound.raw));
         return unmatched(relay, snapshot, request, peer).await;
@@ -206,14 +239,11 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let received_at = Utc::now();
     // The event as recorded (credentials masked) is the same for every route it fires.
     let content_type = inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    // The path keeps its query (credential values masked), so that a replay sees it too.
-    let recorded_path = if inbound.raw_query.is_empty() {
-        inbound.path.clone()
-    } else {
-        snapshot.redactions.url(&format!("{}?{}", inbound.path, inbound.raw_query))
-    };
-    let recorded =
-        (recorded_headers(&inbound.headers, &snapshot.redactions), snapshot.redactions.body(content_type, &inbound.raw), recorded_path);
+    let recorded = (
+        recorded_headers(&inbound.headers, &snapshot.redactions),
+        snapshot.redactions.body(content_type, &inbound.raw),
+        recorded_path(snapshot, inbound),
+    );
     let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
     let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
     let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;

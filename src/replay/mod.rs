@@ -23,6 +23,17 @@ use crate::store::{EventView, NewEvent, StoredRequest};
 
 /// Said in every answer, so nobody mistakes a replay for a fresh, verified request.
 pub const VERIFICATION_SKIPPED: &str = "skipped: the event was verified when it was received";
+/// Said instead for a request kept unmatched (`store.keep_unmatched`).
+pub const NEVER_VERIFIED: &str =
+    "none: no route took the request when it arrived, so it was never verified; routes that verify do not replay it";
+/// Why a route that verifies does not replay a kept unmatched request.
+const CANNOT_VERIFY: &str =
+    "verify: the request was kept unmatched and never verified, and its credentials are stored masked: a route that verifies cannot replay it";
+
+/// A request kept by `store.keep_unmatched`, not an event a route took.
+fn was_unmatched(event: &EventView) -> bool {
+    event.route == crate::store::UNMATCHED_ROUTE
+}
 
 /// Which routes an event is replayed through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +58,8 @@ impl RouteChoice {
 
     fn wants(&self, route: &str, original: &str) -> bool {
         match self {
+            // A kept unmatched request had no route: every route that matches now.
+            RouteChoice::Original if original == crate::store::UNMATCHED_ROUTE => true,
             RouteChoice::Original => route == original,
             RouteChoice::Named(names) => names.iter().any(|name| name == route),
             RouteChoice::All => true,
@@ -153,6 +166,7 @@ fn choose<'s>(
     let stopped_by = selected.iter().find(|m| m.route.is_final).map(|m| m.route.name.clone());
     let mut not_matched = Vec::new();
     let asked: Vec<&str> = match choice {
+        RouteChoice::Original if was_unmatched(event) => Vec::new(),
         RouteChoice::Original => vec![event.route.as_str()],
         RouteChoice::Named(names) => names.iter().map(String::as_str).collect(),
         RouteChoice::All => Vec::new(),
@@ -167,7 +181,16 @@ fn choose<'s>(
         };
         not_matched.push(NotMatched { route: name.to_string(), why_not });
     }
-    let chosen = selected.into_iter().filter(|m| choice.wants(&m.route.name, &event.route)).collect();
+    let mut chosen: Vec<RouteMatch<'s>> = selected.into_iter().filter(|m| choice.wants(&m.route.name, &event.route)).collect();
+    if was_unmatched(event) {
+        chosen.retain(|m| {
+            let verifies = !m.route.verify.is_empty();
+            if verifies {
+                not_matched.push(NotMatched { route: m.route.name.clone(), why_not: CANNOT_VERIFY.to_string() });
+            }
+            !verifies
+        });
+    }
     Ok((chosen, not_matched))
 }
 
@@ -224,7 +247,7 @@ pub fn compare(snapshot: &Snapshot, event: &EventView, choice: &RouteChoice) -> 
     Ok(Comparison {
         replay_of: event.id.clone(),
         event: event.event.clone(),
-        verification: VERIFICATION_SKIPPED,
+        verification: if was_unmatched(event) { NEVER_VERIFIED } else { VERIFICATION_SKIPPED },
         routes,
         not_matched,
         targets,

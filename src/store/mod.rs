@@ -70,6 +70,10 @@ pub struct StoredRequest {
     pub body: Bytes,
 }
 
+/// The route of a kept request that no route took (`store.keep_unmatched`): such an event
+/// has no deliveries.
+pub const UNMATCHED_ROUTE: &str = "";
+
 /// One target's delivery of an event, created `pending` by [`Store::accept`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
@@ -551,6 +555,10 @@ pub trait Store: Send + Sync {
     /// Deletes events received before `older_than` whose deliveries are all finished, with
     /// their deliveries and attempts. Returns how many events went.
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Deletes kept unmatched requests (events of [`UNMATCHED_ROUTE`]) received before
+    /// `older_than`, and all but the newest `keep_newest`. Returns how many went.
+    async fn prune_unmatched(&self, older_than: i64, keep_newest: u64) -> Result<u64, StoreError>;
 
     /// Ordered by name.
     async fn list_routes(&self) -> Result<Vec<StoredRoute>, StoreError>;

@@ -463,6 +463,21 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn prune_unmatched(&self, older_than: i64, keep_newest: u64) -> Result<u64, StoreError> {
+        let keep_newest = i64::try_from(keep_newest).unwrap_or(i64::MAX);
+        self.writer
+            .write(move |conn| {
+                let deleted = conn
+                    .prepare_cached(
+                        "DELETE FROM events WHERE route = '' AND (received_at < ?1 OR seq <= COALESCE(
+                           (SELECT seq FROM events WHERE route = '' ORDER BY seq DESC LIMIT 1 OFFSET ?2), 0))",
+                    )?
+                    .execute(params![older_than, keep_newest])?;
+                Ok(deleted as u64)
+            })
+            .await
+    }
+
     async fn list_routes(&self) -> Result<Vec<StoredRoute>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!("SELECT {ROUTE_COLUMNS} FROM api_routes ORDER BY name"))?;

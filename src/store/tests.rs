@@ -86,6 +86,7 @@ conformance!(
     target_breakers_hold_and_release_their_pending_deliveries,
     events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay,
     prune_keeps_events_with_unfinished_deliveries,
+    kept_unmatched_requests_are_pruned_by_age_and_count,
     attempt_bodies_are_cut_to_64_kib,
     api_route_crud,
     retried_attempts_store_only_what_differs_and_read_back_whole,
@@ -766,6 +767,22 @@ async fn prune_keeps_events_with_unfinished_deliveries(store: Arc<dyn Store>) {
         assert!(store.get_event(kept).await.unwrap().is_some(), "{kept}");
     }
     assert_eq!(store.prune(T0 + 5_000).await.unwrap(), 0);
+}
+
+async fn kept_unmatched_requests_are_pruned_by_age_and_count(store: Arc<dyn Store>) {
+    for n in 0..6 {
+        store.accept(event(&format!("u{n}"), UNMATCHED_ROUTE, T0 + n * 1_000), vec![]).await.unwrap();
+    }
+    accept_one(&*store, "routed", "r", T0).await;
+    let unmatched = EventFilter { route: Some(UNMATCHED_ROUTE.into()), ..EventFilter::default() };
+    let ids = |page: Page<EventView>| page.items.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_events(unmatched.clone()).await.unwrap()), ["u5", "u4", "u3", "u2", "u1", "u0"]);
+    // Older than T0 + 1.5 s: u0 and u1; beyond the newest 3: u2 as well.
+    assert_eq!(store.prune_unmatched(T0 + 1_500, 3).await.unwrap(), 3);
+    assert_eq!(ids(store.list_events(unmatched.clone()).await.unwrap()), ["u5", "u4", "u3"]);
+    assert_eq!(store.prune_unmatched(T0, 10).await.unwrap(), 0, "nothing past either bound");
+    assert_eq!(store.prune_unmatched(T0 + 10_000, 10).await.unwrap(), 3);
+    assert!(store.get_event("routed").await.unwrap().is_some(), "events a route took are not touched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

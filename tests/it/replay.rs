@@ -372,3 +372,76 @@ async fn offline_replay_reads_a_store_in_a_read_only_folder() {
     let after: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after, "nothing written beside the store");
 }
+
+/// `store.keep_unmatched`: a request a route's path could take but no route matched is
+/// kept (credentials masked); once the config is fixed, a replay delivers it. A route that
+/// verifies never replays it (it was never verified, and its token is stored masked).
+#[tokio::test]
+async fn requests_no_route_took_are_kept_and_replay_under_the_fixed_config() {
+    let sink = TestSink::start().await;
+    let yaml = |event: &str| {
+        format!(
+            r#"listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0, token: t0ken }}
+store: {{ keep_unmatched: 24h }}
+routes:
+  - name: pushes
+    match: {{ path: /hooks/codeup, headers: {{ Codeup-Event: {event} }} }}
+    forward:
+      - name: ci
+        url: {sink}/ci
+        body: {{ ref: "{{{{body.ref}}}}" }}
+  - name: verified
+    source: gitlab
+    match: {{ path: /hooks/codeup, headers: {{ Codeup-Event: {event} }} }}
+    verify: {{ token: {{ header: X-Gitlab-Token, value: gitlab-s3cret }} }}
+    forward:
+      - name: audit
+        url: {sink}/audit
+"#,
+            sink = sink.url()
+        )
+    };
+    let relay = Relay::start(&yaml("Push Hook")).await;
+    let headers = [("codeup-event", "Tag Push Hook"), ("x-gitlab-token", "gitlab-s3cret")];
+    let missed = relay.client.post_json(&relay.url("/hooks/codeup?access_token=q-s3cret"), &headers, r#"{"ref":"refs/tags/v1"}"#).await;
+    assert_eq!(missed.status, 404, "{}", missed.text());
+    // Paths no route could take are the service's traffic: never kept.
+    assert_eq!(relay.client.post_json(&relay.url("/elsewhere"), &[], "{}").await.status, 404);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let page = get(&relay, "/api/events?unmatched=true").await;
+        if let Some(first) = page["items"].as_array().and_then(|items| items.first()) {
+            break first.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the unmatched request was never kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(get(&relay, "/api/events?unmatched=true").await["items"].as_array().unwrap().len(), 1);
+    assert_eq!((&kept["route"], &kept["path"]), (&json!(""), &json!("/hooks/codeup?access_token=***")), "{kept}");
+    let token = kept["headers"].as_array().unwrap().iter().find(|h| h[0] == "x-gitlab-token").unwrap();
+    assert_eq!(token[1], "[redacted]", "credentials are kept masked: {kept}");
+    let id = kept["id"].as_str().unwrap().to_string();
+
+    // Under the old config nothing matches; fixed, the route that does not verify replays it.
+    let (status, before) = admin(&relay, &format!("/api/events/{id}/replay"), json!({ "dry_run": true })).await;
+    assert_eq!((status, &before["routes"]), (200, &json!([])), "{before}");
+    assert_eq!(admin(&relay, &format!("/api/events/{id}/replay"), json!({})).await.0, 422, "nothing to replay yet");
+    std::fs::write(relay.config_path(), yaml("Tag Push Hook")).unwrap();
+    assert_eq!(admin(&relay, "/api/reload", json!({})).await.0, 200);
+    let (status, dry) = admin(&relay, &format!("/api/events/{id}/replay"), json!({ "dry_run": true })).await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["routes"], json!(["pushes"]), "{dry}");
+    assert!(dry["verification"].as_str().unwrap().starts_with("none: "), "{dry}");
+    assert_eq!(dry["not_matched"][0]["route"], "verified");
+    assert!(dry["not_matched"][0]["why_not"].as_str().unwrap().contains("never verified"), "{dry}");
+    assert_eq!(dry["targets"][0]["now"]["body"], json!({ "ref": "refs/tags/v1" }), "{dry}");
+
+    let (status, replayed) = admin(&relay, "/api/replay", json!({ "unmatched": true })).await;
+    assert_eq!((status, replayed["replayed"].as_u64()), (200, Some(1)), "{replayed}");
+    let seen = sink.wait_for(1).await;
+    assert_eq!((seen[0].uri.as_str(), seen[0].json()), ("/ci", json!({ "ref": "refs/tags/v1" })));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.seen().len(), 1, "the route that verifies sent nothing");
+}

@@ -72,6 +72,8 @@
   const heading = (level, text, attrs) => el('h' + level, attrs, text);
   const hint = (text) => el('p', { class: 'hint' }, text);
   const dash = (value) => (value === null || value === undefined || value === '' ? '—' : String(value));
+  // A request kept by store.keep_unmatched has no route.
+  const routeOf = (value) => (value === '' ? '(none: kept unmatched)' : dash(value));
   const code = (text) => el('code', {}, text);
   const field = (id, label, control) => el('div', { class: 'field' }, el('label', { for: id }, label), control);
 
@@ -404,7 +406,7 @@
 
   function eventRow(item) {
     const link = el('a', { class: 'event-link', href: '#/events/' + enc(item.id), 'data-key': 'event:' + item.id }, String(item.id));
-    return row(EVENT_COLUMNS, [time(item.received_at), dash(item.route), dash(item.event), code(dash(item.method) + ' ' + dash(item.path)),
+    return row(EVENT_COLUMNS, [time(item.received_at), routeOf(item.route), dash(item.event), code(dash(item.method) + ' ' + dash(item.path)),
       [link, item.replay_of ? el('span', { class: 'detail' }, 'replay of ' + item.replay_of) : null]]);
   }
 
@@ -458,7 +460,7 @@
       defs([
         ['ID', code(String(event.id))],
         ['Received', time(event.received_at)],
-        ['Route', dash(event.route)],
+        ['Route', routeOf(event.route)],
         ['Event', dash(event.event)],
         ['Sender delivery id', dash(event.delivery_id)],
         ['Replay of', event.replay_of ? el('a', { href: '#/events/' + enc(event.replay_of), id: 'replay-of-link' }, String(event.replay_of)) : undefined],

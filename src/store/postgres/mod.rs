@@ -526,6 +526,19 @@ impl Store for PostgresStore {
         Ok(depth.unsigned_abs())
     }
 
+    async fn prune_unmatched(&self, older_than: i64, keep_newest: u64) -> Result<u64, StoreError> {
+        let keep_newest = i64::try_from(keep_newest).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM hookrelay_events WHERE route = '' AND (received_at < $1 OR seq <= COALESCE(
+                   (SELECT seq FROM hookrelay_events WHERE route = '' ORDER BY seq DESC LIMIT 1 OFFSET $2), 0))",
+                &[&older_than, &keep_newest],
+            )
+            .await?;
+        Ok(deleted)
+    }
+
     async fn prune(&self, older_than: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
