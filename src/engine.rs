@@ -75,6 +75,10 @@ pub struct Engine {
     capacity: i64,
     /// Deliveries accepted and not finished, per target (bounded by each one's `max_queued`).
     per_target: TargetQueues,
+    /// Held (shared) from counting deliveries in or out until the store has them, and
+    /// (exclusively) while the counts are read again from the store, so that a recount
+    /// never misses a change the store does not show yet.
+    counting: tokio::sync::RwLock<()>,
     feed: Feed,
     /// The breaker and pause records of targets that are not plainly closed, as last read
     /// or written (few: a scan is cheaper than a map keyed by owned strings).
@@ -136,6 +140,7 @@ impl Engine {
             depth: AtomicI64::new(i64::try_from(waiting).unwrap_or(i64::MAX)),
             capacity: i64::try_from(capacity).unwrap_or(i64::MAX),
             per_target,
+            counting: tokio::sync::RwLock::new(()),
             feed: Feed::new(shutdown.clone()),
             targets: Mutex::new(Vec::new()),
         });
@@ -177,6 +182,7 @@ impl Engine {
     /// Commits every event with its deliveries; only after this returns may the sender be
     /// told 202. Returns, per event, whether it was a duplicate.
     pub async fn accept(&self, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
+        let _counting = self.counting.read().await;
         let count: i64 = events.iter().map(|e| e.deliveries.len() as i64).sum();
         let depth = self.depth.fetch_add(count, Ordering::AcqRel) + count;
         if depth > self.capacity {
@@ -247,12 +253,43 @@ impl Engine {
     /// Counts the queue again from the store, in all and per target: after a change by hand
     /// (a cancel, a retry of a finished delivery) and, on a shared store, every second.
     pub async fn recount(&self) -> Result<(), StoreError> {
+        let _counting = self.counting.write().await;
         let waiting = self.store.queue_depth().await?;
         let per_target = self.store.queued_by_target().await?;
         self.depth.store(i64::try_from(waiting).unwrap_or(i64::MAX), Ordering::Release);
         self.per_target.reset(per_target);
         self.publish_depth();
         Ok(())
+    }
+
+    /// Retries a finished delivery by hand (`retry`, a store call that queues it again) if
+    /// the queue and its target's share have room for it; counts it back in when it does.
+    pub async fn requeue<T>(
+        &self,
+        route: &str,
+        target: &str,
+        retry: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, AcceptError> {
+        let _counting = self.counting.read().await;
+        if self.depth.fetch_add(1, Ordering::AcqRel) + 1 > self.capacity {
+            self.depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(AcceptError::Full);
+        }
+        if let Err(full) = self.reserve_targets(&[(route, target, 1)]) {
+            self.depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(AcceptError::TargetFull(full));
+        }
+        match retry.await {
+            Ok(done) => {
+                self.publish_depth();
+                Ok(done)
+            }
+            Err(err) => {
+                self.depth.fetch_sub(1, Ordering::AcqRel);
+                self.per_target.release(route, target, 1);
+                Err(AcceptError::Store(err))
+            }
+        }
     }
 
     /// Counts a batch's deliveries into their targets' shares, or none of them.
@@ -552,6 +589,7 @@ impl Engine {
             last_status: result.status,
         };
         let record = AttemptRecord { counted: decision.counted, ..tried.record };
+        let _counting = self.counting.read().await;
         match self.store.finish_attempt(&delivery.id, delivery.claim, record, decision.outcome, self.clock.now_ms()).await {
             Ok(()) if status.is_finished() => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);

@@ -3,12 +3,13 @@
 //! someone watches, so the feed costs the hot path nothing otherwise.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Semaphore};
 
 use crate::store::{DeliveryStatus, NewEvent};
 
@@ -16,10 +17,14 @@ use crate::store::{DeliveryStatus, NewEvent};
 const BACKLOG: usize = 1024;
 /// A comment line this often keeps proxies and the browser from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Streams open at once: each holds an admin connection for good, and the listener's
+/// connection cap must leave room for probes and API calls.
+pub const MAX_STREAMS: usize = 32;
 
 pub struct Feed {
     frames: broadcast::Sender<Bytes>,
     shutdown: watch::Receiver<bool>,
+    streams: Arc<Semaphore>,
 }
 
 /// A delivery whose status just changed.
@@ -39,7 +44,7 @@ fn frame(name: &str, data: &serde_json::Value) -> Bytes {
 
 impl Feed {
     pub fn new(shutdown: watch::Receiver<bool>) -> Feed {
-        Feed { frames: broadcast::channel(BACKLOG).0, shutdown }
+        Feed { frames: broadcast::channel(BACKLOG).0, shutdown, streams: Arc::new(Semaphore::new(MAX_STREAMS)) }
     }
 
     /// Whether anyone reads the feed now (so that frames are worth building).
@@ -91,13 +96,15 @@ impl Feed {
     }
 
     /// The frames from now on, a keep-alive comment when idle, a `changed` frame when the
-    /// reader fell behind; it ends when the relay shuts down.
-    pub fn stream(&self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    /// reader fell behind; it ends when the relay shuts down. `None` when [`MAX_STREAMS`]
+    /// are open.
+    pub fn stream(&self) -> Option<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static> {
+        let permit = self.streams.clone().try_acquire_owned().ok()?;
         let opening = Bytes::from_static(b": hookrelay live changes\nretry: 2000\n\n");
-        let state = (self.frames.subscribe(), self.shutdown.clone(), Some(opening));
-        stream::unfold(state, |(mut frames, mut shutdown, first)| async move {
+        let state = (self.frames.subscribe(), self.shutdown.clone(), Some(opening), permit);
+        Some(stream::unfold(state, |(mut frames, mut shutdown, first, permit)| async move {
             if let Some(first) = first {
-                return Some((Ok(first), (frames, shutdown, None)));
+                return Some((Ok(first), (frames, shutdown, None, permit)));
             }
             if *shutdown.borrow() {
                 return None;
@@ -111,7 +118,7 @@ impl Feed {
                 _ = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b": keep-alive\n\n"),
                 _ = shutdown.changed() => return None,
             };
-            Some((Ok(next), (frames, shutdown, None)))
-        })
+            Some((Ok(next), (frames, shutdown, None, permit)))
+        }))
     }
 }

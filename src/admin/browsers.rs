@@ -45,12 +45,16 @@ pub fn rebound(relay: &Relay, request: &Request<hyper::body::Incoming>) -> Optio
     if relay.admin_token().is_some() {
         return None;
     }
-    // HTTP/2 names the host in the URI, HTTP/1.1 in the header (checked equal before).
-    let host = request
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().to_string())
-        .or_else(|| request.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string))?;
+    // HTTP/2 names the host in the URI, HTTP/1.1 in the header (checked equal before). No
+    // name, or one that is not text, is no name of this listener.
+    let host = match request.uri().authority() {
+        Some(authority) => authority.as_str().to_string(),
+        None => match request.headers().get(http::header::HOST).map(|v| v.to_str()) {
+            Some(Ok(host)) => host.to_string(),
+            Some(Err(_)) => return Some("(a Host that is not ASCII)".to_string()),
+            None => return Some("(no Host)".to_string()),
+        },
+    };
     let name = host_name(&host).trim_end_matches('.').to_ascii_lowercase();
     let snapshot = relay.snapshot();
     let admin = snapshot.settings.admin.as_ref();
@@ -67,7 +71,7 @@ pub fn changes(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
 }
 
-/// Whether a state-changing call says its body is JSON (`DELETE` has none to say).
+/// Whether a state-changing call says its body is `application/json` (`DELETE` has none to say).
 pub fn is_json(request: &Request<hyper::body::Incoming>) -> bool {
     if request.method() == Method::DELETE {
         return true;
@@ -75,8 +79,8 @@ pub fn is_json(request: &Request<hyper::body::Incoming>) -> bool {
     let Some(content_type) = request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
 }
 
 /// Who made a call: the first 12 hex digits of the SHA-256 of the token it carried

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
 use crate::delivery::client::{full, Body};
-use crate::engine::now_ms;
+use crate::engine::{now_ms, AcceptError};
 use crate::redact::Redactions;
 use crate::relay::{Relay, ReloadOutcome};
 use crate::reload::reload_now;
@@ -219,7 +219,11 @@ async fn api(relay: &Arc<Relay>, request: Request<Incoming>, path: &str) -> Resp
         }
         (Method::GET, "/api/targets") => targets::list(relay).await,
         (Method::GET, "/api/stream") => {
-            let frames = relay.engine.feed().stream().map(|chunk| chunk.map(hyper::body::Frame::data));
+            let Some(frames) = relay.engine.feed().stream() else {
+                let detail = json!(format!("at most {} live streams are open at once", crate::feed::MAX_STREAMS));
+                return ApiError::Busy { error: "too many live streams", detail: Some(detail) }.into_response();
+            };
+            let frames = frames.map(|chunk| chunk.map(hyper::body::Frame::data));
             let body = http_body_util::StreamBody::new(frames).map_err(|never| match never {}).boxed();
             let mut response = Response::new(body);
             let headers = response.headers_mut();
@@ -302,21 +306,7 @@ async fn api(relay: &Arc<Relay>, request: Request<Incoming>, path: &str) -> Resp
             }
         }
         (Method::POST, other) if delivery_call(other, "/retry").is_some() => {
-            let id = delivery_call(other, "/retry").unwrap_or_default();
-            // A finished delivery retried by hand joins the queue count again.
-            let finished = matches!(relay.engine.store().get_delivery(id).await, Ok(Some((before, _))) if before.status.is_finished());
-            match relay.engine.store().retry_now(id, now_ms()).await {
-                Ok(mut delivery) => {
-                    if finished {
-                        recount(relay).await;
-                    }
-                    announce(relay, &delivery);
-                    relay.engine.wake();
-                    redact_delivery(&mut delivery, &relay.snapshot().redactions);
-                    json_response(StatusCode::OK, &json!(delivery))
-                }
-                Err(err) => store_error(err),
-            }
+            retry(relay, delivery_call(other, "/retry").unwrap_or_default()).await
         }
         (Method::GET, other) if other.starts_with("/api/deliveries/") => {
             let id = &other["/api/deliveries/".len()..];
@@ -448,6 +438,36 @@ fn redact_text(redactions: &Redactions, headers: &[(String, String)], body: &str
     let content_type = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("content-type")).map(|(_, value)| value.as_str());
     let masked = redactions.shown_body(content_type, &Bytes::copy_from_slice(body.as_bytes()));
     String::from_utf8_lossy(&masked).into_owned()
+}
+
+/// `POST /api/deliveries/{id}/retry`: due now. A finished delivery joins the queue again,
+/// so it needs room there and in its target's share, like a new one.
+async fn retry(relay: &Arc<Relay>, id: &str) -> Response<Body> {
+    let store = relay.engine.store();
+    let before = match store.get_delivery(id).await {
+        Ok(Some((before, _))) => before,
+        Ok(None) => return ApiError::not_found("no such delivery", id).into_response(),
+        Err(err) => return store_error(err),
+    };
+    let retried = if before.status.is_finished() {
+        relay.engine.requeue(&before.route, &before.target, store.retry_now(id, now_ms())).await
+    } else {
+        store.retry_now(id, now_ms()).await.map_err(AcceptError::Store)
+    };
+    match retried {
+        Ok(mut delivery) => {
+            announce(relay, &delivery);
+            relay.engine.wake();
+            redact_delivery(&mut delivery, &relay.snapshot().redactions);
+            json_response(StatusCode::OK, &json!(delivery))
+        }
+        Err(AcceptError::Store(err)) => store_error(err),
+        Err(AcceptError::Full) => ApiError::Busy { error: "the queue is full: nothing was retried", detail: None }.into_response(),
+        Err(AcceptError::TargetFull(full)) => {
+            ApiError::Busy { error: "the target's share of the queue is full: nothing was retried", detail: Some(full.describe()) }
+                .into_response()
+        }
+    }
 }
 
 /// Tells the live feed about a delivery changed by hand.

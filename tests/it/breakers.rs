@@ -224,6 +224,16 @@ routes:
     assert_eq!(cancelled.json()["cancelled"], 2);
     assert_eq!(relay.client.post_json(&relay.url("/hooks/slow"), &[], r#"{"n":3}"#).await.status, 202, "room again");
 
+    // A cancelled delivery retried by hand joins the queue again: only while there is room.
+    let gone = relay.client.get(&relay.admin_url("/api/deliveries?route=slow&status=cancelled"), &AUTH).await.json();
+    let ids: Vec<&str> = gone["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let retry = |id: &str| relay.admin_url(&format!("/api/deliveries/{id}/retry"));
+    assert_eq!(relay.client.post_json(&retry(ids[0]), &AUTH, "").await.status, 200);
+    let refused = relay.client.post_json(&retry(ids[1]), &AUTH, "").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["detail"]["max_queued"], 2);
+    assert_eq!(target(&relay, "held").await["queued"], 2);
+
     for (bound, message) in [("0", "max_queued: must be at least 1"), ("\"150%\"", "at most 100%"), ("lots", "neither a count nor a share")]
     {
         let dir = tempfile::tempdir().unwrap();
@@ -236,4 +246,48 @@ routes:
         assert_eq!(output.status.code(), Some(1), "{bound}: {errors}");
         assert!(errors.contains(message), "{bound}: {errors}");
     }
+}
+
+/// The share holds while counts are read again from the store (after every cancel) under
+/// concurrent accepts: a delivery reserved but not yet committed is never lost from the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_share_holds_while_cancels_recount_the_queue_under_load() {
+    let held = TestSink::start().await;
+    let relay = std::sync::Arc::new(
+        Relay::start(&format!(
+            r#"listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0, token: t0ken }}
+routes:
+  - name: slow
+    match: {{ path: /hooks/slow }}
+    forward:
+      - name: held
+        url: {held}/in
+        max_queued: 10
+"#,
+            held = held.url()
+        ))
+        .await,
+    );
+    assert_eq!(relay.client.post_json(&relay.admin_url("/api/targets/slow/held/pause"), &AUTH, "").await.status, 200);
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let relay = relay.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    relay.client.post_json(&relay.url("/hooks/slow"), &[], "{}").await;
+                }
+            })
+        })
+        .collect();
+    let cancel = r#"{"route":"slow","before":"2000-01-01T00:00:00Z"}"#;
+    for _ in 0..40 {
+        // Cancels nothing (nothing is that old), but recounts the queue each time.
+        relay.client.post_json(&relay.admin_url("/api/deliveries/cancel"), &AUTH, cancel).await;
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let pending = relay.client.get(&relay.admin_url("/api/deliveries?route=slow&status=pending&limit=100"), &AUTH).await.json();
+    assert_eq!(pending["items"].as_array().unwrap().len(), 10, "exactly the share, never more");
 }

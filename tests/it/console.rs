@@ -79,6 +79,14 @@ async fn without_a_token_only_the_listeners_own_names_are_served() {
         let page = relay.client.get(&relay.admin_url("/"), &[("host", &refused)]).await;
         assert_eq!(page.status, 403, "the console is not served to a rebound name either");
     }
+    // No name, or one that is not text, is not the listener's either.
+    for request in [&b"GET /api/status HTTP/1.0\r\n\r\n"[..], b"GET /api/status HTTP/1.1\r\nhost: evil\xff.example\r\n\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(relay.running.admin_addr.unwrap()).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut seen = String::new();
+        read_until(&mut stream, &mut seen, &["HTTP/1."]).await;
+        read_until(&mut stream, &mut seen, &[" 403 "]).await;
+    }
     // Probes answer whatever the name.
     let health = relay.client.get(&relay.admin_url("/healthz"), &[("host", "rebound.example")]).await;
     assert_eq!(health.status, 200);
@@ -157,6 +165,18 @@ async fn live_changes_stream_as_server_sent_events() {
         (&serde_json::json!(id), &serde_json::json!("ci"), &serde_json::json!(1))
     );
 
-    // Without the token there is no stream.
+    // Without the token there is no stream; and streams are capped, so that open ones can
+    // never take every admin connection from probes and API calls.
     assert_eq!(relay.client.get(&relay.admin_url("/api/stream"), &[]).await.status, 401);
+    let mut open = vec![stream];
+    for _ in 1..hookrelay::feed::MAX_STREAMS {
+        let mut another = tokio::net::TcpStream::connect(relay.running.admin_addr.unwrap()).await.unwrap();
+        another.write_all(b"GET /api/stream HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer t0ken\r\n\r\n").await.unwrap();
+        read_until(&mut another, &mut String::new(), &["HTTP/1.1 200"]).await;
+        open.push(another);
+    }
+    let refused = relay.client.get(&relay.admin_url("/api/stream"), &AUTH).await;
+    assert_eq!((refused.status, refused.json()["error"].clone()), (503, serde_json::json!("too many live streams")));
+    assert_eq!(relay.client.get(&relay.admin_url("/healthz"), &[]).await.status, 200);
+    drop(open);
 }
