@@ -16,6 +16,7 @@ pub mod engine;
 pub mod feed;
 pub mod inbound;
 pub mod ingress;
+pub mod logwriter;
 pub mod metrics;
 pub mod plan;
 pub mod ratelimit;

@@ -114,6 +114,19 @@ enum Command {
     },
 }
 
+/// jemalloc instead of the C library's allocator: request buffers are allocated on the
+/// runtime's threads and freed on the store's writer, where glibc's arenas spend a sixth of
+/// a sync route's CPU consolidating and locking (see the README's Performance section).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start: one arena per core (not four), and freed pages
+/// handed back within a second, to keep the resident size near glibc's.
+#[cfg(not(target_env = "msvc"))]
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     match try_main() {
         Ok(code) => code,
@@ -124,10 +137,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines go to stderr from a thread of their own, so a request never waits on the
-/// terminal or pipe; keep the guard until exit, when it flushes what is left. Also returns
-/// the count of lines dropped because stderr was not keeping up.
-fn init_logs(format: LogFormat) -> (tracing_appender::non_blocking::WorkerGuard, tracing_appender::non_blocking::ErrorCounter) {
+/// Log lines go to stderr from a thread of their own, gathered a few milliseconds at a
+/// time, so a request never waits on the terminal or pipe; keep the guard until exit, when
+/// it writes what is left. The writer also counts the lines dropped because stderr was not
+/// keeping up.
+fn init_logs(format: LogFormat) -> anyhow::Result<(hookrelay::logwriter::FlushGuard, hookrelay::logwriter::LogWriter)> {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The file watcher's own trace lines, written to a log in a watched folder, would
     // produce more events to trace: keep them quiet unless asked for by name.
@@ -139,21 +153,15 @@ fn init_logs(format: LogFormat) -> (tracing_appender::non_blocking::WorkerGuard,
         }
     }
     // Lossy: when stderr stops being read (a full pipe), the relay must go on serving
-    // webhooks, health checks and shutdown; lines past a backlog of 8,192 (about 2 MiB) are
-    // dropped and counted (`hookrelay_log_lines_dropped_total`) instead of stopping every
-    // thread that logs. Lines queued together go out in one write; the thread flushes
-    // whenever the queue is empty, so no line waits in the buffer.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(8192)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(std::io::stderr().is_terminal());
+    // webhooks, health checks and shutdown; lines past 1 MiB waiting are dropped and
+    // counted (`hookrelay_log_lines_dropped_total`) instead of stopping every thread that logs.
+    let (writer, guard) = hookrelay::logwriter::LogWriter::start(std::io::stderr()).context("starting the log writer")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    (guard, dropped)
+    Ok((guard, writer))
 }
 
 /// SIGINT or SIGTERM.
@@ -175,7 +183,7 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn try_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config, log_format, no_watch } => {
-            let (guard, dropped_log_lines) = init_logs(log_format);
+            let (guard, dropped_log_lines) = init_logs(log_format)?;
             let mut flush_logs_on_exit = Some(guard);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {

@@ -58,11 +58,11 @@ pub async fn keep_up(mut shutdown: tokio::sync::watch::Receiver<bool>) {
 
 /// Publishes `dropped()` (a running total kept by the log writer) as
 /// [`LOG_LINES_DROPPED`] every [`UPKEEP_EVERY`], for as long as the runtime runs.
-pub async fn count_dropped_log_lines(dropped: impl Fn() -> usize + Send + 'static) {
+pub async fn count_dropped_log_lines(dropped: impl Fn() -> u64 + Send + 'static) {
     let mut every = tokio::time::interval(UPKEEP_EVERY);
     loop {
         every.tick().await;
-        metrics::counter!(LOG_LINES_DROPPED).absolute(u64::try_from(dropped()).unwrap_or(u64::MAX));
+        metrics::counter!(LOG_LINES_DROPPED).absolute(dropped());
     }
 }
 

@@ -320,7 +320,7 @@ async fn a_log_pipe_nobody_reads_does_not_stop_the_relay() {
     let mut process = spawn_with_unread_log(&folder.config(), &[]);
     let client = Client::new();
     wait_up(&client, &mut process, admin).await;
-    // Far more request lines than the pipe (64 KiB) and the backlog (8,192 lines) hold.
+    // Far more request lines than the pipe (64 KiB) and the waiting buffer (1 MiB) hold.
     let sent = tokio::time::timeout(Duration::from_secs(60), async {
         let senders = (0..16).map(|_| {
             let (client, url) = (client.clone(), format!("http://127.0.0.1:{port}/elsewhere"));
