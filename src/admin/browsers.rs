@@ -89,13 +89,7 @@ pub fn caller(request: &Request<hyper::body::Incoming>, relay: &Relay) -> String
     if relay.admin_token().is_none() {
         return "no-token".to_string();
     }
-    let given = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let digest = Sha256::digest(given.as_bytes());
+    let digest = Sha256::digest(super::bearer(request).as_bytes());
     format!("token:{}", &hex::encode(digest)[..12])
 }
 

@@ -36,17 +36,21 @@ use crate::store::{
 };
 use crate::values::{instant_ms, secret_eq};
 
-fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
-    let Some(token) = relay.admin_token() else {
-        return true;
-    };
-    let given = request
+/// The bearer token a request carries ("" when none).
+fn bearer<B>(request: &Request<B>) -> &str {
+    request
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    secret_eq(given.as_bytes(), token.as_bytes())
+        .unwrap_or_default()
+}
+
+fn authorized(relay: &Relay, request: &Request<Incoming>) -> bool {
+    let Some(token) = relay.admin_token() else {
+        return true;
+    };
+    secret_eq(bearer(request).as_bytes(), token.as_bytes())
 }
 
 /// API request bodies (route definitions, sample requests) are small.

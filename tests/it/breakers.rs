@@ -31,6 +31,19 @@ routes:
     )
 }
 
+/// `hookrelay check` refuses a target with `setting` (one YAML line), saying `message`.
+fn check_refuses(setting: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /r }}\n    forward:\n      - url: http://127.0.0.1:9/\n        {setting}\n");
+    std::fs::write(&path, yaml).unwrap();
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c", path.to_str().unwrap()]).output().unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{setting}: {errors}");
+    assert!(errors.contains(message), "{setting}: {errors}");
+}
+
 async fn targets(relay: &Relay) -> Vec<Value> {
     relay.client.get(&relay.admin_url("/api/targets"), &AUTH).await.json()["items"].as_array().unwrap().clone()
 }
@@ -135,15 +148,7 @@ async fn breaker_limits_are_checked_and_turning_it_off_releases_what_it_held() {
         ("{ cooldown: 18446744073709551615s }", "breaker.cooldown"),
         ("{ max_cooldown: 30d }", "max_cooldown: must not be longer than 1day"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /r }}\n    forward:\n      - url: http://127.0.0.1:9/\n        breaker: {breaker}\n");
-        std::fs::write(&path, yaml).unwrap();
-        let output =
-            std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c", path.to_str().unwrap()]).output().unwrap();
-        let errors = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{breaker}: {errors}");
-        assert!(errors.contains(message), "{breaker}: {errors}");
+        check_refuses(&format!("breaker: {breaker}"), message);
     }
 
     let flaky = TestSink::scripted(vec![Answer::status_only(503), Answer::status_only(503)]).await;
@@ -236,15 +241,7 @@ routes:
 
     for (bound, message) in [("0", "max_queued: must be at least 1"), ("\"150%\"", "at most 100%"), ("lots", "neither a count nor a share")]
     {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        let yaml = format!("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /r }}\n    forward:\n      - url: http://127.0.0.1:9/\n        max_queued: {bound}\n");
-        std::fs::write(&path, yaml).unwrap();
-        let output =
-            std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c", path.to_str().unwrap()]).output().unwrap();
-        let errors = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{bound}: {errors}");
-        assert!(errors.contains(message), "{bound}: {errors}");
+        check_refuses(&format!("max_queued: {bound}"), message);
     }
 }
 
