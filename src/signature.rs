@@ -78,6 +78,122 @@ pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// A Standard Webhooks key as written: `whsec_` (a shared secret: `v1`, HMAC-SHA256),
+/// `whsk_` (an ed25519 signing key: `v1a`) or `whpk_` (an ed25519 public key, to verify `v1a`).
+#[derive(Clone)]
+pub enum StandardKey {
+    Secret(Vec<u8>),
+    Signing(std::sync::Arc<ring::signature::Ed25519KeyPair>),
+    Public(Vec<u8>),
+}
+
+/// Names the kind of key, never its bytes.
+impl std::fmt::Debug for StandardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StandardKey::Secret(_) => "StandardKey::Secret(***)",
+            StandardKey::Signing(_) => "StandardKey::Signing(***)",
+            StandardKey::Public(_) => "StandardKey::Public(..)",
+        })
+    }
+}
+
+impl StandardKey {
+    pub fn parse(text: &str) -> Result<StandardKey, String> {
+        let text = text.trim();
+        let decode = |encoded: &str, prefix: &str| {
+            base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| format!("`{prefix}` must be followed by base64"))
+        };
+        if let Some(encoded) = text.strip_prefix("whsk_") {
+            let bytes = decode(encoded, "whsk_")?;
+            // The seed alone, or the seed followed by its public key (libsodium's form).
+            let pair = match bytes.len() {
+                32 => ring::signature::Ed25519KeyPair::from_seed_unchecked(&bytes),
+                64 => ring::signature::Ed25519KeyPair::from_seed_and_public_key(&bytes[..32], &bytes[32..]),
+                other => return Err(format!("an ed25519 signing key (`whsk_`) is 32 bytes, or 64 with its public key, not {other}")),
+            };
+            return pair
+                .map(|pair| StandardKey::Signing(std::sync::Arc::new(pair)))
+                .map_err(|_| "the `whsk_` key is not an ed25519 key".to_string());
+        }
+        if let Some(encoded) = text.strip_prefix("whpk_") {
+            let bytes = decode(encoded, "whpk_")?;
+            if bytes.len() != 32 {
+                return Err(format!("an ed25519 public key (`whpk_`) is 32 bytes, not {}", bytes.len()));
+            }
+            return Ok(StandardKey::Public(bytes));
+        }
+        standard_webhooks_key(text).map(StandardKey::Secret)
+    }
+
+    /// The signature of `content` as sent in `webhook-signature` (`v1,…` or `v1a,…`); `None`
+    /// for a public key, which cannot sign.
+    pub fn sign(&self, content: &[u8]) -> Option<String> {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        match self {
+            StandardKey::Secret(key) => hmac_digest(HmacAlgorithm::Sha256, key, content).map(|digest| format!("v1,{}", b64(&digest))),
+            StandardKey::Signing(pair) => Some(format!("v1a,{}", b64(pair.sign(content).as_ref()))),
+            StandardKey::Public(_) => None,
+        }
+    }
+
+    /// Whether one `webhook-signature` entry (`v1,…` or `v1a,…`) is this key's signature of
+    /// `content`. A signing key checks with its own public half.
+    pub fn verifies(&self, entry: &str, content: &[u8]) -> bool {
+        let decode = |encoded: &str| base64::engine::general_purpose::STANDARD.decode(encoded).ok();
+        match self {
+            StandardKey::Secret(key) => entry.strip_prefix("v1,").and_then(decode).is_some_and(|given| {
+                hmac_digest(HmacAlgorithm::Sha256, key, content).is_some_and(|expected| crate::values::secret_eq(&given, &expected))
+            }),
+            StandardKey::Signing(pair) => {
+                use ring::signature::KeyPair as _;
+                verify_ed25519(pair.public_key().as_ref(), entry, content)
+            }
+            StandardKey::Public(public) => verify_ed25519(public, entry, content),
+        }
+    }
+}
+
+/// `standard_webhooks: { secret: … }` as written (one key or a list); `signing` refuses
+/// public keys, which cannot sign. Problems are reported at each key's path.
+pub fn compile_standard_keys(
+    raw: &crate::config::model::RawStandardKeys,
+    at: &str,
+    signing: bool,
+    problems: &mut Problems,
+) -> Vec<StandardKey> {
+    let (texts, listed) = match &raw.secret {
+        crate::config::model::OneOrMany::One(text) => (vec![text.as_str()], false),
+        crate::config::model::OneOrMany::Many(texts) => (texts.iter().map(String::as_str).collect(), true),
+    };
+    if texts.is_empty() {
+        problems.push(format!("{at}.secret"), "list at least one key");
+    }
+    let mut keys = Vec::with_capacity(texts.len());
+    for (index, text) in texts.into_iter().enumerate() {
+        let path = if listed { format!("{at}.secret[{index}]") } else { format!("{at}.secret") };
+        if !problems.secret(path.clone(), text) {
+            continue;
+        }
+        match StandardKey::parse(text) {
+            Ok(StandardKey::Public(_)) if signing => {
+                problems.push(path, "a public key (`whpk_`) only verifies: sign with the `whsk_` signing key")
+            }
+            Ok(key) => keys.push(key),
+            Err(message) => problems.push(path, message),
+        }
+    }
+    keys
+}
+
+fn verify_ed25519(public: &[u8], entry: &str, content: &[u8]) -> bool {
+    let Some(signature) = entry.strip_prefix("v1a,").and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
+    else {
+        return false;
+    };
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public).verify(content, &signature).is_ok()
+}
+
 /// Compiles an `hmac:` block (inbound `verify.hmac` and outbound `sign.hmac` share it).
 pub fn compile_hmac(raw: &RawHmac, at: &str, problems: &mut Problems) -> Option<HmacCheck> {
     let header = header_name(&raw.header, format!("{at}.header"), problems);
@@ -148,4 +264,36 @@ pub fn header_name(name: &str, at: String, problems: &mut Problems) -> Option<He
 pub fn basic_auth_header(auth: &RawBasicAuth) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.username, auth.password));
     format!("Basic {encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn standard_webhooks_keys_say_what_is_wrong_with_them() {
+        let seed = [3u8; 32];
+        let Ok(StandardKey::Signing(pair)) = StandardKey::parse(&format!("whsk_{}", b64(&seed))) else { panic!("a 32-byte seed") };
+        use ring::signature::KeyPair as _;
+        let public = pair.public_key().as_ref().to_vec();
+        let both = [&seed[..], &public[..]].concat();
+        assert!(matches!(StandardKey::parse(&format!("whsk_{}", b64(&both))), Ok(StandardKey::Signing(_))), "seed and public key");
+        let mismatched = [&seed[..], &[0u8; 32][..]].concat();
+        assert_eq!(StandardKey::parse(&format!("whsk_{}", b64(&mismatched))).unwrap_err(), "the `whsk_` key is not an ed25519 key");
+        assert!(StandardKey::parse(&format!("whsk_{}", b64(&[1u8; 16]))).unwrap_err().contains("not 16"));
+        assert!(StandardKey::parse(&format!("whpk_{}", b64(&[1u8; 31]))).unwrap_err().contains("32 bytes, not 31"));
+        assert!(StandardKey::parse("whpk_***").unwrap_err().contains("base64"));
+        // What a key signs, its public half (and only it) verifies; a public key cannot sign.
+        let signing = StandardKey::parse(&format!("whsk_{}", b64(&seed))).unwrap();
+        let entry = signing.sign(b"m").unwrap();
+        assert!(entry.starts_with("v1a,"));
+        assert!(StandardKey::Public(public.clone()).verifies(&entry, b"m"));
+        assert!(!StandardKey::Public(public.clone()).verifies(&entry, b"n"));
+        assert!(!StandardKey::Public(public).verifies(&entry.replacen("v1a,", "v1,", 1), b"m"));
+        assert_eq!(StandardKey::Public(vec![0; 32]).sign(b"m"), None);
+    }
 }

@@ -13,7 +13,7 @@ use serde_json_path::JsonPath;
 use crate::config::model::{RawToken, RawVerify};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
-use crate::signature::{basic_auth_header, compile_hmac, header_name, standard_webhooks_key};
+use crate::signature::{basic_auth_header, compile_hmac, compile_standard_keys, header_name, StandardKey};
 pub use crate::signature::{hmac_digest, HmacAlgorithm, HmacCheck, SignatureEncoding, SignedMessage};
 use crate::values::{secret_eq, unix_seconds};
 
@@ -32,9 +32,10 @@ pub enum Check {
     },
     Hmac(Box<HmacCheck>),
     IpAllow(Vec<ipnet::IpNet>),
-    /// Standard Webhooks v1: `webhook-signature` over `id.timestamp.body`, timestamp fresh.
+    /// Standard Webhooks: `webhook-signature` over `id.timestamp.body` by any of the keys
+    /// (`v1` shared secrets, `v1a` ed25519 public keys), timestamp fresh.
     StandardWebhooks {
-        key: Vec<u8>,
+        keys: Vec<StandardKey>,
         tolerance: Duration,
     },
     /// Gitee: `X-Gitee-Token` is the password, or base64 HMAC-SHA256 of `timestamp\nsecret`
@@ -112,7 +113,7 @@ impl Check {
             Check::IpAllow(nets) => {
                 nets.iter().any(|net| net.contains(&canonical(input.peer))).then_some(()).ok_or(VerifyError::AddressNotAllowed)
             }
-            Check::StandardWebhooks { key, tolerance } => check_standard_webhooks(key, *tolerance, input),
+            Check::StandardWebhooks { keys, tolerance } => check_standard_webhooks(keys, *tolerance, input),
             Check::Gitee { secret, tolerance } => check_gitee(secret, *tolerance, input),
         }
     }
@@ -186,21 +187,16 @@ fn fresh(seconds: i64, now: i64, tolerance: Duration) -> Result<(), VerifyError>
     Ok(())
 }
 
-fn check_standard_webhooks(key: &[u8], tolerance: Duration, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+fn check_standard_webhooks(keys: &[StandardKey], tolerance: Duration, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
     let bad = || VerifyError::BadSignature("webhook-signature".to_string());
     let id = header_text(input, "webhook-id").ok_or_else(bad)?;
     let timestamp = header_text(input, "webhook-timestamp").ok_or(VerifyError::StaleTimestamp)?;
     fresh(timestamp.trim().parse().map_err(|_| VerifyError::StaleTimestamp)?, input.now_unix, tolerance)?;
     let mut content = format!("{id}.{timestamp}.").into_bytes();
     content.extend_from_slice(input.raw_body);
-    let expected = hmac_digest(HmacAlgorithm::Sha256, key, &content).ok_or_else(bad)?;
-    // The header lists signatures separated by spaces (key rotation); any v1 may match.
+    // The header lists signatures separated by spaces (key rotation); any one by any key passes.
     let signatures = header_text(input, "webhook-signature").ok_or_else(bad)?;
-    let matched = signatures
-        .split(' ')
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
-        .any(|given| secret_eq(&given, &expected));
+    let matched = signatures.split(' ').any(|entry| keys.iter().any(|key| key.verifies(entry, &content)));
     matched.then_some(()).ok_or_else(bad)
 }
 
@@ -242,13 +238,10 @@ pub fn compile(raw: &RawVerify, scheme: SecretScheme, at: &str, problems: &mut P
         None => DEFAULT_TOLERANCE,
     };
     if let Some(standard) = &raw.standard_webhooks {
-        if !problems.secret(format!("{at}.standard_webhooks.secret"), &standard.secret) {
-            // Reported; an empty key must not become a check.
-        } else {
-            match standard_webhooks_key(&standard.secret) {
-                Ok(key) => checks.push(Check::StandardWebhooks { key, tolerance }),
-                Err(message) => problems.push(format!("{at}.standard_webhooks.secret"), message),
-            }
+        // Keys with problems are reported and left out; none left is no check (and an error).
+        let keys = compile_standard_keys(standard, &format!("{at}.standard_webhooks"), false, problems);
+        if !keys.is_empty() {
+            checks.push(Check::StandardWebhooks { keys, tolerance });
         }
     }
     if let Some(secret) = raw.secret.as_ref().filter(|secret| problems.secret(format!("{at}.secret"), secret)) {
@@ -343,7 +336,7 @@ fn secret_scheme(scheme: SecretScheme, secret: &str, tolerance: Duration) -> Res
             Err(err) => Err(err.to_string()),
         },
         SecretScheme::Gitee => Ok(Check::Gitee { secret: secret.to_string(), tolerance }),
-        SecretScheme::StandardWebhooks => standard_webhooks_key(secret).map(|key| Check::StandardWebhooks { key, tolerance }),
+        SecretScheme::StandardWebhooks => StandardKey::parse(secret).map(|key| Check::StandardWebhooks { keys: vec![key], tolerance }),
         SecretScheme::Unsupported => {
             Err("`secret:` needs a source with its own scheme; for generic use verify.token, verify.hmac or verify.standard_webhooks"
                 .to_string())

@@ -242,7 +242,7 @@ pub struct RawVerify {
     pub hmac: Option<RawHmac>,
     /// The source's own scheme (`github`: HMAC-SHA256, `gitlab`: token header, …).
     pub secret: Option<String>,
-    pub standard_webhooks: Option<RawSecret>,
+    pub standard_webhooks: Option<RawStandardKeys>,
     pub ip_allow: Option<Vec<String>>,
     /// How far a signed timestamp may be from now (schemes with a timestamp); default 5m.
     pub tolerance: Option<String>,
@@ -259,7 +259,7 @@ pub struct RawBasicAuth {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSign {
-    pub standard_webhooks: Option<RawSecret>,
+    pub standard_webhooks: Option<RawStandardKeys>,
     pub github: Option<RawSecret>,
     pub hmac: Option<RawHmac>,
     pub dingtalk: Option<RawSecret>,
@@ -270,6 +270,15 @@ pub struct RawSign {
 #[serde(deny_unknown_fields)]
 pub struct RawSecret {
     pub secret: String,
+}
+
+/// Standard Webhooks keys: one, or a list while keys rotate (signing sends a signature for
+/// each, newest first; verifying accepts any). `whsec_…` (v1, a shared secret), `whsk_…`
+/// (v1a, an ed25519 signing key, to sign) or `whpk_…` (v1a, its public key, to verify).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStandardKeys {
+    pub secret: OneOrMany,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

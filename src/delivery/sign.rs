@@ -10,13 +10,14 @@ use serde_json::Value;
 use crate::config::model::{RawHmac, RawSign};
 use crate::config::Problems;
 use crate::delivery::request::OutgoingRequest;
-use crate::signature::{hmac_digest, standard_webhooks_key, HmacAlgorithm, SignatureEncoding};
+use crate::signature::{compile_standard_keys, hmac_digest, HmacAlgorithm, SignatureEncoding, StandardKey};
 
 #[derive(Debug, Clone)]
 pub enum Signer {
-    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>` over `id.timestamp.body`.
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` over `id.timestamp.body`: one
+    /// signature per key (`v1,<base64>` or `v1a,<base64>`), space-separated, newest key first.
     StandardWebhooks {
-        key: Vec<u8>,
+        keys: Vec<StandardKey>,
     },
     /// `X-Hub-Signature-256: sha256=<hex>` over the body.
     Github {
@@ -86,13 +87,16 @@ impl Signer {
     pub fn apply(&self, request: &mut OutgoingRequest, message_id: &str, now_ms: i64) -> Result<(), SignError> {
         let seconds = now_ms.div_euclid(1000);
         match self {
-            Signer::StandardWebhooks { key } => {
+            Signer::StandardWebhooks { keys } => {
                 let mut content = format!("{message_id}.{seconds}.").into_bytes();
                 content.extend_from_slice(&request.body);
-                let signature = b64(&digest(HmacAlgorithm::Sha256, key, &content)?);
+                let signatures: Vec<String> = keys.iter().filter_map(|key| key.sign(&content)).collect();
+                if signatures.is_empty() {
+                    return Err(SignError::Failed("no Standard Webhooks key could sign".to_string()));
+                }
                 request.headers.insert(HeaderName::from_static("webhook-id"), header(message_id.to_string())?);
                 request.headers.insert(HeaderName::from_static("webhook-timestamp"), header(seconds.to_string())?);
-                request.headers.insert(HeaderName::from_static("webhook-signature"), header(format!("v1,{signature}"))?);
+                request.headers.insert(HeaderName::from_static("webhook-signature"), header(signatures.join(" "))?);
             }
             Signer::Github { secret } => {
                 let signature = hex::encode(digest(HmacAlgorithm::Sha256, secret, &request.body)?);
@@ -144,8 +148,11 @@ pub fn compile(raw: &RawSign, at: &str, problems: &mut Problems) -> Option<Signe
         problems.push(at, "give exactly one of standard_webhooks, github, hmac, dingtalk, feishu");
         return None;
     }
+    if let Some(keys) = &raw.standard_webhooks {
+        let keys = compile_standard_keys(keys, &format!("{at}.standard_webhooks"), true, problems);
+        return (!keys.is_empty()).then_some(Signer::StandardWebhooks { keys });
+    }
     let secret = [
-        raw.standard_webhooks.as_ref().map(|s| ("standard_webhooks", &s.secret)),
         raw.github.as_ref().map(|s| ("github", &s.secret)),
         raw.dingtalk.as_ref().map(|s| ("dingtalk", &s.secret)),
         raw.feishu.as_ref().map(|s| ("feishu", &s.secret)),
@@ -154,15 +161,6 @@ pub fn compile(raw: &RawSign, at: &str, problems: &mut Problems) -> Option<Signe
         if !problems.secret(format!("{at}.{scheme}.secret"), secret) {
             return None;
         }
-    }
-    if let Some(secret) = &raw.standard_webhooks {
-        return match standard_webhooks_key(&secret.secret) {
-            Ok(key) => Some(Signer::StandardWebhooks { key }),
-            Err(message) => {
-                problems.push(format!("{at}.standard_webhooks.secret"), message);
-                None
-            }
-        };
     }
     if let Some(secret) = &raw.github {
         return Some(Signer::Github { secret: secret.secret.as_bytes().to_vec() });
@@ -232,8 +230,8 @@ mod tests {
     #[test]
     fn standard_webhooks_and_github() {
         let mut req = request("https://example.com/hook", r#"{"a":1}"#);
-        let key = standard_webhooks_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        Signer::StandardWebhooks { key }.apply(&mut req, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330_000).unwrap();
+        let key = StandardKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        Signer::StandardWebhooks { keys: vec![key] }.apply(&mut req, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330_000).unwrap();
         assert_eq!(req.headers["webhook-id"], "msg_p5jXN8AQM9LWM0D4loKWxJek");
         assert_eq!(req.headers["webhook-timestamp"], "1614265330");
         assert_eq!(req.headers["webhook-signature"], format!("v1,{STANDARD_SIGN}").as_str());

@@ -173,3 +173,75 @@ fn dingtalk_verifier_matches_the_vendor_sample() {
 fn feishu_verifier_matches_the_vendor_sample() {
     assert_eq!(feishu_sign("this is secret", "1599360473"), "/eYKrXQBzTjUZJ3s6NX16VxGbTwmK7AEs8/FnvC1CSw=");
 }
+
+/// Standard Webhooks v1a and key rotation, checked against independent implementations:
+/// what the relay signs with an ed25519 `whsk_` key (beside a `whsec_` one, as while keys
+/// rotate) verifies with ed25519-dalek and the official crate; what ed25519-dalek signs
+/// passes the relay's `verify` with the `whpk_` public key, as does the old shared secret,
+/// and nothing else does.
+#[tokio::test]
+async fn standard_webhooks_v1a_and_rotation_verify_with_independent_implementations() {
+    use ed25519_dalek::{Signer as _, SigningKey};
+    let seed = [7u8; 32];
+    let signing = SigningKey::from_bytes(&seed);
+    let whsk = format!("whsk_{}", b64(&seed));
+    let whpk = format!("whpk_{}", b64(signing.verifying_key().as_bytes()));
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: out
+    match: {{ path: /hooks/out }}
+    forward:
+      - name: signed
+        url: {sink}/signed
+        sign: {{ standard_webhooks: {{ secret: [ {whsk}, {STANDARD_SECRET} ] }} }}
+  - name: in
+    match: {{ path: /hooks/in }}
+    verify: {{ standard_webhooks: {{ secret: [ {whpk}, {STANDARD_SECRET} ] }} }}
+    forward:
+      - url: {sink}/verified
+"#,
+        sink = sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/out"), &[], r#"{"a":1}"#).await.status, 202);
+    let sent = sink.wait_for(1).await.remove(0);
+    let header = |name: &str| sent.header(name).unwrap_or_else(|| panic!("no {name}")).to_string();
+    let content = [format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes(), &sent.body[..]].concat();
+    let signatures = header("webhook-signature");
+    let entries: Vec<&str> = signatures.split(' ').collect();
+    assert_eq!(entries.len(), 2, "one signature per key, newest first: {signatures}");
+    let v1a = entries[0].strip_prefix("v1a,").expect("the ed25519 signature first");
+    let signature = ed25519_dalek::Signature::from_slice(&base64::engine::general_purpose::STANDARD.decode(v1a).unwrap()).unwrap();
+    signing.verifying_key().verify_strict(&content, &signature).expect("ed25519-dalek verifies the relay's v1a signature");
+    assert!(signing.verifying_key().verify_strict(b"something else", &signature).is_err());
+    verified_elsewhere("standard_webhooks", STANDARD_SECRET, &sent).expect("the official crate verifies the v1 signature beside it");
+
+    // Inbound: signed by ed25519-dalek (v1a), or by the old shared secret (v1), passes.
+    let now = chrono::Utc::now().timestamp().to_string();
+    let body = r#"{"b":2}"#;
+    let signed_by =
+        |signature: String| vec![("webhook-id", "msg_1".to_string()), ("webhook-timestamp", now.clone()), ("webhook-signature", signature)];
+    let message = format!("msg_1.{now}.{body}");
+    let dalek = format!("v1a,{}", b64(&signing.sign(message.as_bytes()).to_bytes()));
+    let key = base64::engine::general_purpose::STANDARD.decode(STANDARD_SECRET.strip_prefix("whsec_").unwrap()).unwrap();
+    let shared = format!("v1,{}", b64(&hmac_sha256(&key, message.as_bytes())));
+    let other = SigningKey::from_bytes(&[9u8; 32]);
+    let stranger = format!("v1a,{}", b64(&other.sign(message.as_bytes()).to_bytes()));
+    for (signature, status) in [(dalek.clone(), 202), (shared, 202), (format!("{stranger} v1,bm9wZQ=="), 401), (stranger, 401)] {
+        let headers = signed_by(signature.clone());
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let reply = relay.client.post_json(&relay.url("/hooks/in"), &headers, body).await;
+        assert_eq!(reply.status, status, "{signature}: {}", reply.text());
+    }
+    // A public key cannot sign.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let bad = format!("listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /r }}\n    forward:\n      - url: http://127.0.0.1:9/\n        sign: {{ standard_webhooks: {{ secret: [ {whpk} ] }} }}\n");
+    std::fs::write(&path, bad).unwrap();
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["check", "-c", path.to_str().unwrap()]).output().unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(errors.contains("secret[0]") && errors.contains("only verifies"), "{errors}");
+}
