@@ -8,7 +8,7 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use http::HeaderName;
 
-use crate::config::model::{RawBasicAuth, RawHmac};
+use crate::config::model::{OneOrMany, RawBasicAuth, RawHmac};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
 
@@ -154,24 +154,19 @@ impl StandardKey {
     }
 }
 
-/// `standard_webhooks: { secret: … }` as written (one key or a list); `signing` refuses
-/// public keys, which cannot sign. Problems are reported at each key's path.
-pub fn compile_standard_keys(
-    raw: &crate::config::model::RawStandardKeys,
-    at: &str,
-    signing: bool,
-    problems: &mut Problems,
-) -> Vec<StandardKey> {
-    let (texts, listed) = match &raw.secret {
-        crate::config::model::OneOrMany::One(text) => (vec![text.as_str()], false),
-        crate::config::model::OneOrMany::Many(texts) => (texts.iter().map(String::as_str).collect(), true),
+/// Standard Webhooks keys as written at `at` (one key or a list); `signing` refuses public
+/// keys, which cannot sign. Problems are reported at each key's path.
+pub fn compile_standard_keys(written: &OneOrMany, at: &str, signing: bool, problems: &mut Problems) -> Vec<StandardKey> {
+    let (texts, listed) = match written {
+        OneOrMany::One(text) => (vec![text.as_str()], false),
+        OneOrMany::Many(texts) => (texts.iter().map(String::as_str).collect(), true),
     };
     if texts.is_empty() {
-        problems.push(format!("{at}.secret"), "list at least one key");
+        problems.push(at, "list at least one key");
     }
     let mut keys = Vec::with_capacity(texts.len());
     for (index, text) in texts.into_iter().enumerate() {
-        let path = if listed { format!("{at}.secret[{index}]") } else { format!("{at}.secret") };
+        let path = if listed { format!("{at}[{index}]") } else { at.to_string() };
         if !problems.secret(path.clone(), text) {
             continue;
         }

@@ -239,7 +239,13 @@ pub fn compile(raw: &RawVerify, scheme: SecretScheme, at: &str, problems: &mut P
     };
     if let Some(standard) = &raw.standard_webhooks {
         // Keys with problems are reported and left out; none left is no check (and an error).
-        let keys = compile_standard_keys(standard, &format!("{at}.standard_webhooks"), false, problems);
+        let keys = compile_standard_keys(&standard.secret, &format!("{at}.standard_webhooks.secret"), false, problems);
+        if !keys.is_empty() {
+            checks.push(Check::StandardWebhooks { keys, tolerance });
+        }
+    }
+    if let Some(token) = &raw.signing_token {
+        let keys = compile_standard_keys(token, &format!("{at}.signing_token"), false, problems);
         if !keys.is_empty() {
             checks.push(Check::StandardWebhooks { keys, tolerance });
         }
@@ -265,10 +271,11 @@ pub fn compile(raw: &RawVerify, scheme: SecretScheme, at: &str, problems: &mut P
         || raw.token.is_some()
         || raw.hmac.is_some()
         || raw.standard_webhooks.is_some()
+        || raw.signing_token.is_some()
         || raw.secret.is_some()
         || raw.ip_allow.is_some();
     if !given {
-        problems.push(at, "`verify` is empty: give basic_auth, token, hmac, secret or ip_allow");
+        problems.push(at, "`verify` is empty: give basic_auth, token, hmac, secret, standard_webhooks, signing_token or ip_allow");
     }
     checks
 }

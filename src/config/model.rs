@@ -243,6 +243,9 @@ pub struct RawVerify {
     /// The source's own scheme (`github`: HMAC-SHA256, `gitlab`: token header, …).
     pub secret: Option<String>,
     pub standard_webhooks: Option<RawStandardKeys>,
+    /// GitLab's webhook signing token (`whsec_…`, or a list while it rotates): checks
+    /// `webhook-signature` as Standard Webhooks do, beside or instead of `X-Gitlab-Token`.
+    pub signing_token: Option<OneOrMany>,
     pub ip_allow: Option<Vec<String>>,
     /// How far a signed timestamp may be from now (schemes with a timestamp); default 5m.
     pub tolerance: Option<String>,

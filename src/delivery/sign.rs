@@ -149,7 +149,7 @@ pub fn compile(raw: &RawSign, at: &str, problems: &mut Problems) -> Option<Signe
         return None;
     }
     if let Some(keys) = &raw.standard_webhooks {
-        let keys = compile_standard_keys(keys, &format!("{at}.standard_webhooks"), true, problems);
+        let keys = compile_standard_keys(&keys.secret, &format!("{at}.standard_webhooks.secret"), true, problems);
         return (!keys.is_empty()).then_some(Signer::StandardWebhooks { keys });
     }
     let secret = [

@@ -245,3 +245,57 @@ routes:
     let errors = String::from_utf8_lossy(&output.stderr);
     assert!(errors.contains("secret[0]") && errors.contains("only verifies"), "{errors}");
 }
+
+/// GitLab's webhook signing tokens are Standard Webhooks: `source: gitlab` checks them with
+/// `verify.signing_token`, within the tolerance, beside (or instead of) `X-Gitlab-Token`.
+/// Requests are signed by the official `standardwebhooks` crate.
+#[tokio::test]
+async fn gitlab_signing_tokens_are_checked_as_standard_webhooks() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: both
+    source: gitlab
+    match: {{ path: /hooks/both }}
+    verify: {{ secret: gl-t0ken, signing_token: {STANDARD_SECRET} }}
+    forward: [ {{ url: "{sink}/both" }} ]
+  - name: signed
+    source: gitlab
+    match: {{ path: /hooks/signed }}
+    verify: {{ signing_token: {STANDARD_SECRET} }}
+    forward: [ {{ url: "{sink}/signed" }} ]
+"#,
+        sink = sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let body = r#"{"object_kind":"push","ref":"refs/heads/main"}"#;
+    let webhook = standardwebhooks::Webhook::new(STANDARD_SECRET).unwrap();
+    let headers_at = |seconds: i64| {
+        let signature = webhook.sign("msg_gl_1", seconds, body.as_bytes()).unwrap();
+        vec![
+            ("x-gitlab-event", "Push Hook".to_string()),
+            ("webhook-id", "msg_gl_1".to_string()),
+            ("webhook-timestamp", seconds.to_string()),
+            ("webhook-signature", signature),
+        ]
+    };
+    let now = chrono::Utc::now().timestamp();
+    let send = |path: &'static str, headers: Vec<(&'static str, String)>| {
+        let relay = &relay;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            relay.client.post_json(&relay.url(path), &headers, body).await.status
+        }
+    };
+    assert_eq!(send("/hooks/signed", headers_at(now)).await, 202, "a signature alone passes");
+    assert_eq!(send("/hooks/signed", headers_at(now - 3600)).await, 401, "outside the tolerance");
+    let mut forged = headers_at(now);
+    forged[3].1 = format!("v1,{}", b64(&[0u8; 32]));
+    assert_eq!(send("/hooks/signed", forged).await, 401);
+    let mut both = headers_at(now);
+    assert_eq!(send("/hooks/both", both.clone()).await, 401, "the token is still required where it is configured");
+    both.push(("x-gitlab-token", "gl-t0ken".to_string()));
+    assert_eq!(send("/hooks/both", both).await, 202);
+    assert_eq!(sink.wait_for(2).await.len(), 2);
+}
