@@ -33,6 +33,7 @@ pub mod snapshot;
 pub mod store;
 pub mod template;
 pub mod tls;
+pub mod trace;
 pub mod unmatched;
 pub mod values;
 pub mod verify;

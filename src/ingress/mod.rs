@@ -29,6 +29,7 @@ use crate::respond::json_response;
 use crate::routing::{self, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
+use crate::trace::Trace;
 use crate::verify::VerifyInput;
 
 mod outcome;
@@ -55,9 +56,11 @@ pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: Peer) -
     let path = request.uri().path().to_string();
     let mut response = route_request(relay, request, peer).await;
     let routes = response.extensions_mut().remove::<FiredRoutes>().map(|fired| fired.0.join(",")).unwrap_or_default();
+    let trace_id = response.extensions_mut().remove::<Trace>().map(|trace| trace.id()).unwrap_or_default();
     tracing::info!(
         target: "hookrelay::request",
         request_id = %String::from_utf8_lossy(id.as_bytes()),
+        trace_id = %trace_id,
         peer = %peer.addr.ip(),
         method = %method,
         path = %path,
@@ -245,6 +248,8 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         recorded_path(snapshot, inbound),
     );
     let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
+    // The sender's trace goes on; without one, the deliveries start one.
+    let trace = Trace::of(&inbound.headers).unwrap_or_else(Trace::start);
     let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
     let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
     let mut render_failures = Vec::new();
@@ -256,8 +261,14 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         for (index, (target, rendered)) in targets.into_iter().enumerate() {
             let first_sync = wants_sync && index == 0;
             match rendered {
-                Ok(Some(outgoing)) if first_sync => sync_send = Some((outgoing, target, event_id.clone())),
-                Ok(Some(outgoing)) => deliveries.push(delivery_of(&event_id, &outgoing, target, received_at.timestamp_millis())),
+                Ok(Some(mut outgoing)) => {
+                    trace.mark(&mut outgoing.headers, &inbound.headers);
+                    if first_sync {
+                        sync_send = Some((outgoing, target, event_id.clone()));
+                    } else {
+                        deliveries.push(delivery_of(&event_id, &outgoing, target, received_at.timestamp_millis()));
+                    }
+                }
                 Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
                 Err(err) => {
                     crate::metrics::count_delivery(&route.name, &target.name, DeliveryResult::RenderError, None);
@@ -329,12 +340,16 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         if !duplicates.is_empty() {
             answer["duplicates"] = json!(duplicates);
         }
-        return with_routes(json_response(StatusCode::ACCEPTED, &answer), &route_names);
+        let mut response = with_routes(json_response(StatusCode::ACCEPTED, &answer), &route_names);
+        response.extensions_mut().insert(trace);
+        return response;
     };
     for name in &route_names {
         Handled::Forwarded.count(name);
     }
-    with_routes(forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names)
+    let mut response = with_routes(forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names);
+    response.extensions_mut().insert(trace);
+    response
 }
 
 /// Every passing route counts `err`; the sender gets its answer once.

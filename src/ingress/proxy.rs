@@ -17,6 +17,7 @@ use hyper::body::Frame;
 use super::IngressError;
 use crate::delivery::client::{error_chain, Body, BoxError, HttpClient};
 use crate::settings::{Limits, Upstream};
+use crate::trace::{Trace, TRACEPARENT};
 
 const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
@@ -78,6 +79,12 @@ pub async fn forward(
         parts.headers.insert("x-forwarded-for", value);
     }
     parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    // A trace the sender started goes on with a span of the relay's; none is started here,
+    // so the service's own traffic reaches it as it was sent.
+    let trace = Trace::of(&parts.headers);
+    if let Some(trace) = trace {
+        parts.headers.insert(TRACEPARENT, trace.child());
+    }
     if let Some(host) = original_host {
         parts.headers.insert(http::header::HOST, host.clone());
         parts.headers.insert("x-forwarded-host", host);
@@ -91,6 +98,9 @@ pub async fn forward(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(trace) = trace {
+                parts.extensions.insert(trace);
+            }
             Response::from_parts(parts, body.map_err(Into::into).boxed())
         }
         _ if expired.load(Ordering::Acquire) => IngressError::RequestTimeout(limits.request_timeout).counted(),

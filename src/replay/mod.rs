@@ -20,6 +20,7 @@ use crate::render::why_not_fired;
 use crate::routing::{self, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::store::{EventView, NewEvent, StoredRequest};
+use crate::trace::{Trace, TRACEPARENT, TRACESTATE};
 
 /// Said in every answer, so nobody mistakes a replay for a fresh, verified request.
 pub const VERIFICATION_SKIPPED: &str = "skipped: the event was verified when it was received";
@@ -291,11 +292,15 @@ fn request_of(view: &crate::store::StoredRequestView) -> StoredRequest {
 }
 
 /// `{method, url, headers, body}`: headers by lower-cased name (repeats joined with `, `),
-/// the body as JSON when it parses, else as text.
+/// the body as JSON when it parses, else as text. Trace context headers are left out: every
+/// delivery has a span of its own, so they differ every time, whatever the config.
 fn document(request: &StoredRequest) -> Value {
     let mut headers = Map::new();
     for (name, value) in &request.headers {
         let name = name.to_ascii_lowercase();
+        if name == TRACEPARENT.as_str() || name == TRACESTATE.as_str() {
+            continue;
+        }
         match headers.get_mut(&name) {
             Some(Value::String(joined)) => {
                 joined.push_str(", ");
@@ -365,6 +370,9 @@ pub fn events<'s>(
     now: DateTime<Utc>,
 ) -> Result<Replayed<'s>, ReplayError> {
     let (planned, _) = replan(snapshot, event, choice, || ulid::Ulid::generate().to_string())?;
+    // The sender's trace, if the event carried one, goes on; else the replay starts one.
+    let received = inbound_of(event).headers;
+    let trace = Trace::of(&received).unwrap_or_else(Trace::start);
     let mut accepted = Vec::with_capacity(planned.len());
     let mut failures = Vec::new();
     for PlannedRoute { matched, event_id, targets } in planned {
@@ -372,7 +380,10 @@ pub fn events<'s>(
         let mut deliveries = Vec::with_capacity(targets.len());
         for (target, rendered) in targets {
             match rendered {
-                Ok(Some(outgoing)) => deliveries.push(delivery_of(&event_id, &outgoing, target, now.timestamp_millis())),
+                Ok(Some(mut outgoing)) => {
+                    trace.mark(&mut outgoing.headers, &received);
+                    deliveries.push(delivery_of(&event_id, &outgoing, target, now.timestamp_millis()));
+                }
                 Ok(None) => {}
                 Err(err) => failures.push((event_id.clone(), target, err)),
             }

@@ -25,3 +25,4 @@ mod sidecar;
 mod signing;
 mod support;
 mod tls;
+mod trace_context;
