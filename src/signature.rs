@@ -112,16 +112,24 @@ impl StandardKey {
                 64 => ring::signature::Ed25519KeyPair::from_seed_and_public_key(&bytes[..32], &bytes[32..]),
                 other => return Err(format!("an ed25519 signing key (`whsk_`) is 32 bytes, or 64 with its public key, not {other}")),
             };
+            if bytes[..32].iter().all(|byte| *byte == 0) {
+                return Err("the `whsk_` key is all zeros, which anyone can sign with".to_string());
+            }
             return pair
                 .map(|pair| StandardKey::Signing(std::sync::Arc::new(pair)))
                 .map_err(|_| "the `whsk_` key is not an ed25519 key".to_string());
         }
         if let Some(encoded) = text.strip_prefix("whpk_") {
             let bytes = decode(encoded, "whpk_")?;
-            if bytes.len() != 32 {
+            let Ok(array) = <[u8; 32]>::try_from(bytes.as_slice()) else {
                 return Err(format!("an ed25519 public key (`whpk_`) is 32 bytes, not {}", bytes.len()));
-            }
-            return Ok(StandardKey::Public(bytes));
+            };
+            // A small-order point verifies signatures made without any secret.
+            return match ed25519_dalek::VerifyingKey::from_bytes(&array) {
+                Ok(key) if !key.is_weak() => Ok(StandardKey::Public(bytes)),
+                Ok(_) => Err("the `whpk_` key is a weak (small-order) ed25519 point: signatures could be forged".to_string()),
+                Err(_) => Err("the `whpk_` key is not an ed25519 public key".to_string()),
+            };
         }
         standard_webhooks_key(text).map(StandardKey::Secret)
     }
@@ -134,22 +142,6 @@ impl StandardKey {
             StandardKey::Secret(key) => hmac_digest(HmacAlgorithm::Sha256, key, content).map(|digest| format!("v1,{}", b64(&digest))),
             StandardKey::Signing(pair) => Some(format!("v1a,{}", b64(pair.sign(content).as_ref()))),
             StandardKey::Public(_) => None,
-        }
-    }
-
-    /// Whether one `webhook-signature` entry (`v1,…` or `v1a,…`) is this key's signature of
-    /// `content`. A signing key checks with its own public half.
-    pub fn verifies(&self, entry: &str, content: &[u8]) -> bool {
-        let decode = |encoded: &str| base64::engine::general_purpose::STANDARD.decode(encoded).ok();
-        match self {
-            StandardKey::Secret(key) => entry.strip_prefix("v1,").and_then(decode).is_some_and(|given| {
-                hmac_digest(HmacAlgorithm::Sha256, key, content).is_some_and(|expected| crate::values::secret_eq(&given, &expected))
-            }),
-            StandardKey::Signing(pair) => {
-                use ring::signature::KeyPair as _;
-                verify_ed25519(pair.public_key().as_ref(), entry, content)
-            }
-            StandardKey::Public(public) => verify_ed25519(public, entry, content),
         }
     }
 }
@@ -181,12 +173,49 @@ pub fn compile_standard_keys(written: &OneOrMany, at: &str, signing: bool, probl
     keys
 }
 
-fn verify_ed25519(public: &[u8], entry: &str, content: &[u8]) -> bool {
-    let Some(signature) = entry.strip_prefix("v1a,").and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
-    else {
-        return false;
+/// The most `webhook-signature` entries read: rotation needs a handful, and each `v1a`
+/// entry costs a hash of the whole body per public key.
+const MAX_SIGNATURES: usize = 8;
+
+/// Whether a `webhook-signature` header holds a valid signature of `content` by any of
+/// `keys`. Each shared secret's HMAC is computed once; only entries of the right length are
+/// checked, and only the first [`MAX_SIGNATURES`], so a header of thousands cannot make a
+/// request cost more than a few hashes of its body.
+pub fn standard_signature_valid(keys: &[StandardKey], header: &str, content: &[u8]) -> bool {
+    let decode = |encoded: &str| base64::engine::general_purpose::STANDARD.decode(encoded).ok();
+    let entries: Vec<&str> = header.split(' ').filter(|entry| !entry.is_empty()).take(MAX_SIGNATURES).collect();
+    let shared: Vec<Vec<u8>> = if entries.iter().any(|entry| entry.starts_with("v1,")) {
+        keys.iter()
+            .filter_map(|key| match key {
+                StandardKey::Secret(secret) => hmac_digest(HmacAlgorithm::Sha256, secret, content),
+                _ => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public).verify(content, &signature).is_ok()
+    let public: Vec<&[u8]> = keys
+        .iter()
+        .filter_map(|key| match key {
+            StandardKey::Public(public) => Some(public.as_slice()),
+            StandardKey::Signing(pair) => {
+                use ring::signature::KeyPair as _;
+                Some(pair.public_key().as_ref())
+            }
+            StandardKey::Secret(_) => None,
+        })
+        .collect();
+    entries.iter().any(|entry| {
+        if let Some(given) = entry.strip_prefix("v1,").and_then(decode).filter(|given| given.len() == 32) {
+            return shared.iter().any(|expected| crate::values::secret_eq(&given, expected));
+        }
+        if let Some(signature) = entry.strip_prefix("v1a,").and_then(decode).filter(|signature| signature.len() == 64) {
+            return public
+                .iter()
+                .any(|key| ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key).verify(content, &signature).is_ok());
+        }
+        false
+    })
 }
 
 /// Compiles an `hmac:` block (inbound `verify.hmac` and outbound `sign.hmac` share it).
@@ -282,13 +311,23 @@ mod tests {
         assert!(StandardKey::parse(&format!("whsk_{}", b64(&[1u8; 16]))).unwrap_err().contains("not 16"));
         assert!(StandardKey::parse(&format!("whpk_{}", b64(&[1u8; 31]))).unwrap_err().contains("32 bytes, not 31"));
         assert!(StandardKey::parse("whpk_***").unwrap_err().contains("base64"));
+        assert!(StandardKey::parse(&format!("whsk_{}", b64(&[0u8; 32]))).unwrap_err().contains("all zeros"));
+        // Small-order points (the identity, and all zeros) would verify forged signatures.
+        let identity = [&[1u8][..], &[0u8; 31][..]].concat();
+        for weak in [identity, vec![0u8; 32]] {
+            assert!(StandardKey::parse(&format!("whpk_{}", b64(&weak))).unwrap_err().contains("weak"), "{weak:?}");
+        }
         // What a key signs, its public half (and only it) verifies; a public key cannot sign.
         let signing = StandardKey::parse(&format!("whsk_{}", b64(&seed))).unwrap();
         let entry = signing.sign(b"m").unwrap();
         assert!(entry.starts_with("v1a,"));
-        assert!(StandardKey::Public(public.clone()).verifies(&entry, b"m"));
-        assert!(!StandardKey::Public(public.clone()).verifies(&entry, b"n"));
-        assert!(!StandardKey::Public(public).verifies(&entry.replacen("v1a,", "v1,", 1), b"m"));
-        assert_eq!(StandardKey::Public(vec![0; 32]).sign(b"m"), None);
+        let keys = [StandardKey::parse(&format!("whpk_{}", b64(&public))).unwrap()];
+        assert!(standard_signature_valid(&keys, &entry, b"m"));
+        assert!(!standard_signature_valid(&keys, &entry, b"n"));
+        assert!(!standard_signature_valid(&keys, &entry.replacen("v1a,", "v1,", 1), b"m"));
+        // Only the first eight entries are read.
+        assert!(!standard_signature_valid(&keys, &format!("{} {entry}", ["v1a,AAAA"; 8].join(" ")), b"m"));
+        assert!(standard_signature_valid(&keys, &format!("{} {entry}", ["v1a,AAAA"; 7].join(" ")), b"m"));
+        assert_eq!(keys[0].sign(b"m"), None);
     }
 }

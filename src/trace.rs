@@ -13,7 +13,13 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub struct Trace {
     trace_id: u128,
     flags: u8,
+    /// Received from the sender (its `tracestate` goes on with it), not started here.
+    continued: bool,
 }
+
+/// A `tracestate` longer than this is not passed on (the specification lets a vendor drop
+/// it); a receiver with a small header limit would refuse every delivery carrying it.
+const MAX_TRACESTATE: usize = 512;
 
 fn hex_field<const N: usize>(text: &str) -> Option<u128> {
     (text.len() == N && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
@@ -35,8 +41,9 @@ impl Trace {
         }
         let trace_id = hex_field::<32>(trace_id).filter(|id| *id != 0)?;
         hex_field::<16>(parent_id).filter(|id| *id != 0)?;
-        let flags = u8::try_from(hex_field::<2>(flags)?).ok()?;
-        Some(Trace { trace_id, flags })
+        // Version 00 defines only the sampled flag: others are sent on as zero.
+        let flags = u8::try_from(hex_field::<2>(flags)?).ok()? & 0x01;
+        Some(Trace { trace_id, flags, continued: true })
     }
 
     /// The trace a request carries, if it carries exactly one valid `traceparent`.
@@ -51,7 +58,7 @@ impl Trace {
 
     /// A new trace, sampled.
     pub fn start() -> Trace {
-        Trace { trace_id: fastrand::u128(1..), flags: 0x01 }
+        Trace { trace_id: fastrand::u128(1..), flags: 0x01, continued: false }
     }
 
     pub fn id(&self) -> String {
@@ -64,15 +71,24 @@ impl Trace {
         HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
     }
 
-    /// Puts a new span of this trace on an outgoing request, with the sender's
-    /// `tracestate`, unless the request already names its own trace (a target's `headers:`).
+    /// Puts a new span of this trace on an outgoing request, with the sender's `tracestate`
+    /// when the trace is the sender's, unless the request already names its own trace (a
+    /// target's `headers:`).
     pub fn mark(&self, outgoing: &mut HeaderMap, received: &HeaderMap) {
         if outgoing.contains_key(TRACEPARENT) {
             return;
         }
         outgoing.insert(TRACEPARENT, self.child());
-        if let Some(state) = received.get(TRACESTATE) {
-            outgoing.entry(TRACESTATE).or_insert(state.clone());
+        if !self.continued || outgoing.contains_key(TRACESTATE) {
+            return;
+        }
+        // Several `tracestate` headers are one list.
+        let parts: Vec<&str> = received.get_all(TRACESTATE).iter().filter_map(|v| v.to_str().ok()).collect();
+        let state = parts.join(",");
+        if !state.is_empty() && state.len() <= MAX_TRACESTATE {
+            if let Ok(value) = HeaderValue::from_str(&state) {
+                outgoing.insert(TRACESTATE, value);
+            }
         }
     }
 }
@@ -87,6 +103,8 @@ mod tests {
         let trace = Trace::parse(valid).unwrap();
         assert_eq!(trace.id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(trace.flags, 1);
+        let unknown = Trace::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff");
+        assert_eq!(unknown.map(|t| t.flags), Some(1), "unknown flags go on as zero");
         // A later version is read by its first fields, and may carry more.
         assert!(Trace::parse("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-ever").is_some());
         for invalid in [

@@ -13,7 +13,7 @@ use serde_json_path::JsonPath;
 use crate::config::model::{RawToken, RawVerify};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
-use crate::signature::{basic_auth_header, compile_hmac, compile_standard_keys, header_name, StandardKey};
+use crate::signature::{basic_auth_header, compile_hmac, compile_standard_keys, header_name, standard_signature_valid, StandardKey};
 pub use crate::signature::{hmac_digest, HmacAlgorithm, HmacCheck, SignatureEncoding, SignedMessage};
 use crate::values::{secret_eq, unix_seconds};
 
@@ -196,8 +196,7 @@ fn check_standard_webhooks(keys: &[StandardKey], tolerance: Duration, input: &Ve
     content.extend_from_slice(input.raw_body);
     // The header lists signatures separated by spaces (key rotation); any one by any key passes.
     let signatures = header_text(input, "webhook-signature").ok_or_else(bad)?;
-    let matched = signatures.split(' ').any(|entry| keys.iter().any(|key| key.verifies(entry, &content)));
-    matched.then_some(()).ok_or_else(bad)
+    standard_signature_valid(keys, signatures, &content).then_some(()).ok_or_else(bad)
 }
 
 fn check_gitee(secret: &str, tolerance: Duration, input: &VerifyInput<'_>) -> Result<(), VerifyError> {

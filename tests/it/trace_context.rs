@@ -31,7 +31,7 @@ routes:
         service = service.url()
     ))
     .await;
-    let traced = [("traceparent", SENT), ("tracestate", "vendor=x")];
+    let traced = [("traceparent", SENT), ("tracestate", "vendor=x"), ("tracestate", "other=y")];
     assert_eq!(relay.client.post_json(&relay.url("/hooks/in"), &traced, "{}").await.status, 202);
     let seen = sink.wait_for(2).await;
     let spans: Vec<String> = seen
@@ -39,7 +39,7 @@ routes:
         .map(|request| {
             let parent = fields(request.header("traceparent").expect("a traceparent"));
             assert_eq!((parent[1], parent[3]), ("4bf92f3577b34da6a3ce929d0e0e4736", "01"), "the same trace");
-            assert_eq!(request.header("tracestate"), Some("vendor=x"));
+            assert_eq!(request.header("tracestate"), Some("vendor=x,other=y"), "several tracestate headers are one list");
             parent[2].to_string()
         })
         .collect();
@@ -55,11 +55,13 @@ routes:
 
     // No trace, or one that is not valid: the deliveries start their own (one per event).
     for sent in [None, Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01")] {
-        let headers: Vec<(&str, &str)> = sent.map(|value| ("traceparent", value)).into_iter().collect();
+        let mut headers: Vec<(&str, &str)> = sent.map(|value| ("traceparent", value)).into_iter().collect();
+        headers.push(("tracestate", "orphan=1"));
         assert_eq!(relay.client.post_json(&relay.url("/hooks/in"), &headers, "{}").await.status, 202);
     }
     let seen = sink.wait_for(6).await;
     let started: Vec<String> = seen[2..].iter().map(|r| fields(r.header("traceparent").unwrap())[1].to_string()).collect();
+    assert!(seen[2..].iter().all(|r| r.header("tracestate").is_none()), "a tracestate goes only with the sender's own trace");
     assert!(started.iter().all(|id| id != "00000000000000000000000000000000"));
     let mut distinct = started.clone();
     distinct.sort();
