@@ -50,6 +50,13 @@ enum Command {
     },
     /// Print the JSON Schema of the config file, for editors.
     Schema,
+    /// Exit 0 when the admin listener's `/readyz` answers 200 within 3 seconds, else 1: a
+    /// health check for containers that needs no shell tools.
+    Probe {
+        /// The admin listener (with the example config: http://127.0.0.1:9090).
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+    },
     /// Show which routes a request matches and the exact requests they would send. Nothing is sent.
     Render {
         #[arg(short, long, default_value = "hookrelay.yaml")]
@@ -261,6 +268,34 @@ fn try_main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Probe { admin } => {
+            let url = format!("{}/readyz", admin.trim_end_matches('/'));
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let answered = runtime.block_on(async {
+                let client = hookrelay::delivery::client::Outbound::build(&[]).context("building the HTTP client")?;
+                let request =
+                    http::Request::get(&url).body(hookrelay::delivery::client::full(bytes::Bytes::new())).context("the --admin URL")?;
+                match tokio::time::timeout(std::time::Duration::from_secs(3), client.trusted.request(request)).await {
+                    Ok(Ok(response)) => anyhow::Ok(Ok(response.status())),
+                    Ok(Err(err)) => anyhow::Ok(Err(hookrelay::delivery::client::error_chain(&err))),
+                    Err(_) => anyhow::Ok(Err("no answer within 3s".to_string())),
+                }
+            })?;
+            match answered {
+                Ok(status) if status == http::StatusCode::OK => {
+                    println!("ready: {url} answered 200");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(status) => {
+                    eprintln!("not ready: {url} answered {status}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(reason) => {
+                    eprintln!("not ready: {url}: {reason}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Replay { config, store, since, until, route, unmatched, event, status, limit, through, json, fail_on_change } => {
             let snapshot = match snapshot::load(&config, &ProcessEnv) {
                 Ok(snapshot) => snapshot,

@@ -177,3 +177,22 @@ routes:
     // (The matching route forwards the body as it came: its request shows it, as sent.)
     assert!(why.values().all(|reason| !reason.contains("HUNTER2")), "{why:?}");
 }
+
+/// `hookrelay probe`: a container health check without shell tools.
+#[tokio::test]
+async fn probe_exits_0_only_when_the_relay_is_ready() {
+    let relay = crate::support::Relay::start("listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nroutes: []\n").await;
+    let admin = format!("http://{}", relay.running.admin_addr.unwrap());
+    let probe = |admin: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_hookrelay")).args(["probe", "--admin", &admin]).output().unwrap()
+        })
+    };
+    let ready = probe(admin.clone()).await.unwrap();
+    assert_eq!(ready.status.code(), Some(0), "{}", String::from_utf8_lossy(&ready.stderr));
+    assert!(String::from_utf8_lossy(&ready.stdout).contains("answered 200"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let down = probe(format!("http://{closed}")).await.unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("not ready"), "{}", String::from_utf8_lossy(&down.stderr));
+}
