@@ -323,8 +323,12 @@ impl Refusal {
 /// Over `limits.max_connections`: answer 503 on this connection and close it, so the
 /// sender backs off instead of hanging.
 async fn refuse_busy(stream: TcpStream) {
-    let service =
-        service_fn(|_request: Request<Incoming>| async { Ok::<_, std::convert::Infallible>(Refusal::TooManyConnections.into_response()) });
+    // Either listener: the admin one's answers carry its security headers, refusals too.
+    let service = service_fn(|_request: Request<Incoming>| async {
+        let mut refused = Refusal::TooManyConnections.into_response();
+        crate::respond::secure(&mut refused);
+        Ok::<_, std::convert::Infallible>(refused)
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(false).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(2));
     let _ = tokio::time::timeout(Duration::from_secs(5), builder.serve_connection(TokioIo::new(stream), service)).await;

@@ -1,30 +1,14 @@
-//! What the admin listener does because browsers reach it: security headers on every
-//! answer, `Host` checked against DNS rebinding when no token guards it, state changes
+//! What the admin listener does because browsers reach it (the security headers every
+//! answer carries are [`crate::respond::secure`]): `Host` checked against DNS rebinding when no token guards it, state changes
 //! accepted only as JSON (a cross-site form cannot send that), and one audit line per
 //! change naming who made it by the fingerprint of their token.
 
 use std::net::IpAddr;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{Method, Request};
 use sha2::{Digest, Sha256};
 
-use crate::delivery::client::Body;
 use crate::relay::Relay;
-
-/// The console's own files and the API's JSON are all the admin listener serves: nothing
-/// may run, load or frame anything else.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-     img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// Adds the headers every admin answer carries.
-pub fn secure(response: &mut Response<Body>) {
-    let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.entry(http::header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
-}
 
 /// The name in a `Host` header, without its port (`[::1]:9090` → `::1`).
 fn host_name(host: &str) -> &str {

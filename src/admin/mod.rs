@@ -116,7 +116,7 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Body>> 
 
 pub async fn handle(relay: &Arc<Relay>, request: Request<Incoming>) -> Response<Body> {
     let mut response = answer(relay, request).await;
-    browsers::secure(&mut response);
+    crate::respond::secure(&mut response);
     response
 }
 

@@ -69,6 +69,7 @@ async fn connections_over_the_cap_get_503() {
     let answer = raw_exchange(relay.running.ingress_addr, b"POST /hooks/r HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{answer}");
 }
 
 #[tokio::test]
