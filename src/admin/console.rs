@@ -2,7 +2,7 @@
 //! admin listener at `/`. The page holds no data; everything it shows comes from the API
 //! with the token the user enters.
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response};
 
 use crate::delivery::client::{full, Body};
 
@@ -19,7 +19,6 @@ pub fn asset(path: &str) -> Option<Response<Body>> {
         _ => return None,
     };
     let mut response = Response::new(full(body));
-    *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Some(response)
 }

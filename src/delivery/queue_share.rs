@@ -49,6 +49,7 @@ impl TargetQueues {
     }
 
     /// How many of the target's deliveries wait.
+    #[cfg(test)]
     pub fn waiting(&self, route: &str, target: &str) -> u64 {
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         waiting.get(route).and_then(|targets| targets.get(target)).copied().unwrap_or(0)
