@@ -23,6 +23,7 @@ use crate::delivery::client::{self, Body};
 use crate::relay::Relay;
 use crate::respond::retry_later;
 use crate::settings::Limits;
+use crate::upstream_link::UpstreamLink;
 
 /// Who sent a request, and over what.
 #[derive(Debug, Clone, Copy)]
@@ -114,9 +115,12 @@ where
         tokio::spawn(async move {
             let peer = Peer { addr: peer, tls: acceptor.is_some() };
             let activity = Arc::new(Activity::new());
+            let link = UpstreamLink::new();
             let service = {
                 let activity = activity.clone();
-                service_fn(move |request| {
+                let link = link.clone();
+                service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(link.clone());
                     let busy = activity.begin();
                     let answer = handle(relay.clone(), request, peer);
                     async move { Ok::<_, std::convert::Infallible>(busy.until_sent(answer.await)) }
@@ -141,6 +145,7 @@ where
                     crate::metrics::count_limit("idle_connection");
                     Ok(())
                 }
+                () = link.drive() => Ok(()),
             };
             if let Err(err) = served {
                 tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");

@@ -20,6 +20,12 @@ pub struct Upstream {
     /// `scheme://authority/base-path` without a trailing slash: a proxied request's path
     /// and query are appended to it.
     proxy_prefix: String,
+    /// `host[:port]` as the URL gives it: the `Host` of a proxied request that had none.
+    authority: String,
+    /// The base path without a trailing slash, for origin-form request targets.
+    base_path: String,
+    /// `host:port` to connect to when the service speaks plain HTTP; `None` for `https`.
+    plain_http_authority: Option<String>,
 }
 
 impl Upstream {
@@ -30,8 +36,28 @@ impl Upstream {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let proxy_prefix = format!("{}://{authority}{}", base.scheme(), base.path().trim_end_matches('/'));
-        Some(Upstream { base, proxy_prefix })
+        let base_path = base.path().trim_end_matches('/').to_string();
+        let proxy_prefix = format!("{}://{authority}{base_path}", base.scheme());
+        let plain_http_authority = (base.scheme() == "http").then(|| format!("{host}:{}", base.port().unwrap_or(80)));
+        Some(Upstream { base, proxy_prefix, authority, base_path, plain_http_authority })
+    }
+
+    /// `host[:port]` as the URL gives it.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// `host:port` of a service that speaks plain HTTP (`None` for `https`).
+    pub fn plain_http_authority(&self) -> Option<&str> {
+        self.plain_http_authority.as_deref()
+    }
+
+    /// The origin-form request target (`/base/path?query`) for `path_and_query`.
+    pub fn origin_form(&self, path_and_query: &str) -> String {
+        let mut target = String::with_capacity(self.base_path.len() + path_and_query.len());
+        target.push_str(&self.base_path);
+        target.push_str(path_and_query);
+        target
     }
 
     /// Where a request for `path_and_query` is proxied to.
@@ -344,6 +370,12 @@ mod tests {
         assert_eq!(proxied("http://[::1]", "/x"), "http://[::1]/x");
         assert_eq!(proxied("http://127.0.0.1:3000/base/", "/x"), "http://127.0.0.1:3000/base/x");
         assert_eq!(proxied("https://svc.internal:443/base", "/x"), "https://svc.internal/base/x");
+        let upstream = |base: &str| Upstream::new(url::Url::parse(base).unwrap()).unwrap();
+        assert_eq!(upstream("http://[::1]:8080").plain_http_authority(), Some("[::1]:8080"));
+        assert_eq!(upstream("http://svc/base/").plain_http_authority(), Some("svc:80"));
+        assert_eq!(upstream("https://svc:8443").plain_http_authority(), None);
+        assert_eq!(upstream("http://svc/base/").origin_form("/x?y"), "/base/x?y");
+        assert_eq!(upstream("http://svc").origin_form("/x"), "/x");
         for uri in [proxied("http://[::1]:8080", "/x?y=1"), proxied("http://127.0.0.1:3000/base/", "/a/b?c")] {
             assert!(uri.parse::<http::Uri>().is_ok(), "{uri}");
         }

@@ -110,7 +110,9 @@ async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, p
     match &snapshot.settings.upstream {
         Some(upstream) => {
             Handled::Proxied.count("");
-            proxy::forward(&relay.outbound.trusted, upstream, request, peer.addr, peer.scheme(), &snapshot.settings.limits).await
+            let link = request.extensions().get::<Arc<crate::upstream_link::UpstreamLink>>().cloned();
+            let limits = &snapshot.settings.limits;
+            proxy::forward(&relay.outbound.trusted, link.as_deref(), upstream, request, peer.addr, peer.scheme(), limits).await
         }
         None => IngressError::Unmatched.answer(""),
     }

@@ -18,6 +18,7 @@ use super::IngressError;
 use crate::delivery::client::{error_chain, Body, BoxError, HttpClient};
 use crate::settings::{Limits, Upstream};
 use crate::trace::{Trace, TRACEPARENT};
+use crate::upstream_link::UpstreamLink;
 
 const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
@@ -47,8 +48,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Forwards one request to `upstream` and streams the answer back. The request body must
 /// arrive within `limits.request_timeout` (else `408`), the service's response headers
 /// within `limits.upstream_header_timeout` (else `504`); the response body is never cut.
+/// An HTTP/1 request to a plain-HTTP service goes over its connection's `link`; others
+/// over the shared pool.
 pub async fn forward(
     client: &HttpClient,
+    link: Option<&UpstreamLink>,
     upstream: &Upstream,
     request: Request<Body>,
     peer: SocketAddr,
@@ -65,7 +69,15 @@ pub async fn forward(
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    parts.uri = match upstream.proxied(path_and_query).parse() {
+    let over_link = match (link, upstream.plain_http_authority()) {
+        (Some(link), Some(authority)) if parts.version <= http::Version::HTTP_11 => Some((link, authority)),
+        _ => None,
+    };
+    let target = match over_link {
+        Some(_) => upstream.origin_form(path_and_query),
+        None => upstream.proxied(path_and_query),
+    };
+    parts.uri = match target.parse() {
         Ok(uri) => uri,
         Err(err) => return IngressError::Upstream(format!("cannot build the upstream URL: {err}")).counted(),
     };
@@ -85,11 +97,26 @@ pub async fn forward(
     if let Some(trace) = trace {
         parts.headers.insert(TRACEPARENT, trace.child());
     }
-    if let Some(host) = original_host {
-        parts.headers.insert(http::header::HOST, host.clone());
-        parts.headers.insert("x-forwarded-host", host);
+    match original_host {
+        Some(host) => {
+            parts.headers.insert(http::header::HOST, host.clone());
+            parts.headers.insert("x-forwarded-host", host);
+        }
+        // The pool fills it in from the URL; the link sends what it is given.
+        None if over_link.is_some() => {
+            if let Ok(host) = HeaderValue::from_str(upstream.authority()) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
+        None => {}
     }
-    let sent = client.request(Request::from_parts(parts, body.boxed()));
+    let request = Request::from_parts(parts, body.boxed());
+    let sent = async move {
+        match over_link {
+            Some((link, authority)) => link.send(authority, request).await,
+            None => client.request(request).await.map_err(BoxError::from),
+        }
+    };
     let answered = match limits.upstream_header_timeout {
         Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
         None => Ok(sent.await),
@@ -105,8 +132,8 @@ pub async fn forward(
         }
         _ if expired.load(Ordering::Acquire) => IngressError::RequestTimeout(limits.request_timeout).counted(),
         Ok(Err(err)) => {
-            tracing::warn!(error = %error_chain(&err), "upstream request failed");
-            IngressError::Upstream(error_chain(&err)).counted()
+            tracing::warn!(error = %error_chain(err.as_ref()), "upstream request failed");
+            IngressError::Upstream(error_chain(err.as_ref())).counted()
         }
         Err(limit) => IngressError::UpstreamTimeout(limit).counted(),
     }

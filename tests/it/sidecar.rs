@@ -1,5 +1,8 @@
 //! Requests no route takes go to `upstream` untouched.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use serde_json::json;
 
 use crate::support::{Answer, Relay, TestSink};
@@ -74,4 +77,75 @@ async fn upstream_down_is_502_json() {
     let reply = relay.client.get(&relay.url("/x"), &[]).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.json()["error"], "upstream unavailable");
+}
+
+/// A plain HTTP/1 service that answers each request with the port the request came from
+/// (so a test sees which connection carried it) and closes every connection silently
+/// `keep_for` after accepting it, as services with a short keep-alive timeout do.
+async fn service_closing_connections_after(keep_for: std::time::Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let service = hyper::service::service_fn(move |_request: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    peer.port().to_string(),
+                ))))
+            });
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(keep_for, connection).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_senders_connection_keeps_one_service_connection_and_replaces_it_when_the_service_closes_it() {
+    let (service, accepted) = service_closing_connections_after(std::time::Duration::from_millis(150)).await;
+    let relay = Relay::start(&format!("listen: 127.0.0.1:0\nupstream: http://{service}\n")).await;
+    // One client, so one connection to the relay (it is reused within its idle time).
+    let first = relay.client.get(&relay.url("/a"), &[]).await;
+    let second = relay.client.get(&relay.url("/b"), &[]).await;
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.text(), second.text(), "both requests went over the same service connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The service has closed that connection meanwhile: the next request makes a new one.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let third = relay.client.get(&relay.url("/c"), &[]).await;
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_ne!(third.text(), first.text());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_answer_with_connection_close_does_not_fail_the_next_request() {
+    let upstream =
+        TestSink::scripted(vec![Answer { status: 200, headers: vec![("connection".into(), "close".into())], body: "closing".into() }])
+            .await;
+    let relay = Relay::start(&format!("listen: 127.0.0.1:0\nupstream: {}\n", upstream.url())).await;
+    let first = relay.client.get(&relay.url("/a"), &[]).await;
+    assert_eq!((first.status, first.text().as_str()), (200, "closing"));
+    assert_eq!(first.headers.get("connection"), None, "the service's hop-by-hop header is not passed on");
+    let second = relay.client.get(&relay.url("/b"), &[]).await;
+    assert_eq!((second.status, second.text().as_str()), (200, "{}"));
+    assert_eq!(upstream.wait_for(2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_the_upstream_moves_open_connections_too() {
+    let old = TestSink::start().await;
+    let new = TestSink::start().await;
+    let config = |upstream: &TestSink| format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstream: {}\n", upstream.url());
+    let relay = Relay::start(&config(&old)).await;
+    assert_eq!(relay.client.get(&relay.url("/before"), &[]).await.status, 200);
+    std::fs::write(relay.config_path(), config(&new)).unwrap();
+    relay.wait_for_generation(2).await;
+    assert_eq!(relay.client.get(&relay.url("/after"), &[]).await.status, 200);
+    assert_eq!(old.seen().iter().map(|s| s.uri.clone()).collect::<Vec<_>>(), ["/before"]);
+    assert_eq!(new.wait_for(1).await[0].uri, "/after");
 }
