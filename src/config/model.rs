@@ -350,6 +350,9 @@ pub struct RawTarget {
     pub success_when: Vec<serde_json::Map<String, serde_json::Value>>,
     /// A template: deliveries with the same rendered key go out one at a time, in order.
     pub ordered_by: Option<String>,
-    #[serde(default)]
-    pub strict: bool,
+    /// Unset: a URL path segment or query value written with a placeholder may not render
+    /// empty (a missing value, null, `""`), and a missing value in the URL is an error.
+    /// `true`: every template of the target fails on a missing value too. `false`: empty URL
+    /// values are sent as they render.
+    pub strict: Option<bool>,
 }

@@ -26,7 +26,9 @@ use crate::signature::basic_auth_header;
 use crate::template::{TemplateEngine, TemplateId};
 
 mod compile;
+mod url_values;
 pub use compile::{compile, compile_queue_bound, compile_retry, valid_name};
+use url_values::{UrlValues, EMPTY_VALUE_HELP};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentKind {
@@ -68,6 +70,10 @@ pub struct Target {
     pub name: String,
     url: UrlSpec,
     url_source: String,
+    /// The URL parts written with a placeholder, and whether they may render empty
+    /// (`strict: false`).
+    url_values: UrlValues,
+    empty_url_values_allowed: bool,
     pub method: Method,
     query: Vec<(String, TemplateId)>,
     headers: Vec<(HeaderName, TemplateId)>,
@@ -218,6 +224,12 @@ impl Target {
         self.success.as_deref()
     }
 
+    /// Why `url` (as this target rendered it) carries an empty value a placeholder wrote,
+    /// whatever the target's `strict` says.
+    pub fn empty_url_value(&self, url: &str) -> Option<String> {
+        self.url_values.empty_part(url).map(|why| format!("{why} {EMPTY_VALUE_HELP}"))
+    }
+
     /// Renders the request for one event, or `None` when `when` says to skip it.
     pub fn render(
         &self,
@@ -279,6 +291,12 @@ impl Target {
                 // The field is named only when something fails: no allocation per request.
                 let value = engine.render(id, context).map_err(|err| fail(&format!("query.{name}"), err.to_string()))?;
                 pairs.append_pair(name, &value);
+            }
+        }
+
+        if !self.empty_url_values_allowed {
+            if let Some(why) = self.empty_url_value(url.as_str()) {
+                return Err(fail("url", why));
             }
         }
 

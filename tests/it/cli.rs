@@ -77,6 +77,28 @@ fn check_reports_yaml_syntax_errors_with_position() {
 
 #[test]
 fn render_on_a_named_route_shows_requests_even_when_it_does_not_match() {
+    // A push to a feature branch: the route's `ref` condition does not hold.
+    let dir = tempfile::tempdir().unwrap();
+    let feature_push = dir.path().join("feature-push.json");
+    let push = std::fs::read_to_string("examples/codeup-to-codearts/push.json").unwrap();
+    std::fs::write(&feature_push, push.replace("refs/heads/master", "refs/heads/feature-x")).unwrap();
+    let (code, stdout, stderr) = hookrelay(&[
+        "render",
+        "-c",
+        "examples/codeup-to-codearts/hookrelay.yaml",
+        "--route",
+        "codeup-push-to-codearts",
+        "--body",
+        feature_push.to_str().unwrap(),
+        "--path",
+        "/hooks/codeup/demo",
+        "--show-secrets",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["routes"][0]["matched"], false);
+    assert_eq!(report["routes"][0]["requests"][0]["headers"]["authorization"], "Basic Y2k6c2VjcmV0");
+    // Off its path, `params.project` is missing: the URL would carry `project=`.
     let (code, stdout, stderr) = hookrelay(&[
         "render",
         "-c",
@@ -87,12 +109,11 @@ fn render_on_a_named_route_shows_requests_even_when_it_does_not_match() {
         "examples/codeup-to-codearts/push.json",
         "--path",
         "/elsewhere",
-        "--show-secrets",
     ]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["routes"][0]["matched"], false);
-    assert_eq!(report["routes"][0]["requests"][0]["headers"]["authorization"], "Basic Y2k6c2VjcmV0");
+    let error = report["routes"][0]["requests"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("query.project") && error.contains("params.project"), "{report}");
 }
 
 #[test]

@@ -26,3 +26,4 @@ mod signing;
 mod support;
 mod tls;
 mod trace_context;
+mod url_values;

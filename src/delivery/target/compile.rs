@@ -179,8 +179,12 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
         None => url_text,
     };
+    // Unset, the URL is strict and the rest is not; `strict: true|false` sets both.
+    let strict = raw.strict == Some(true);
+    let url_strict = raw.strict != Some(false);
+    let mut url_values = UrlValues::of(url_text.strip_prefix("upstream:").unwrap_or(&url_text));
     let url = match url_text.strip_prefix("upstream:") {
-        Some(path) => compile_template(path, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
+        Some(path) => compile_template(path, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
         None => {
             if !url_text.contains("{{") {
                 match url::Url::parse(&url_text) {
@@ -189,7 +193,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
                     Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", redact_url(&raw.url))),
                 }
             }
-            compile_template(&url_text, Escape::UrlPath, raw.strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
+            compile_template(&url_text, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
         }
     };
     let method = match Method::from_bytes(raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().as_bytes()) {
@@ -207,7 +211,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
         if ctx.from_env.contains_key(&here) && !value.contains("{{") {
             env_credentials.add_query_value(name, value);
-        } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
+        } else if let Some(id) = compile_template(value, Escape::Plain, url_strict, &here, ctx) {
+            url_values.push_query(name, value);
             query.push((name.clone(), id));
         }
     }
@@ -230,7 +235,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
                 Ok(value) => env_credentials.add_header(header, value),
                 Err(_) => ctx.problems.push(here, "the value has characters not allowed in a header"),
             }
-        } else if let Some(id) = compile_template(value, Escape::Plain, raw.strict, &here, ctx) {
+        } else if let Some(id) = compile_template(value, Escape::Plain, strict, &here, ctx) {
             headers.push((header, id));
         }
     }
@@ -278,20 +283,20 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
                 ContentKind::Form => Escape::UrlPath,
                 ContentKind::Text | ContentKind::Raw => Escape::Plain,
             };
-            compile_template(text, escape, raw.strict, &body_at, ctx).map(BodySpec::Template).unwrap_or(BodySpec::Original)
+            compile_template(text, escape, strict, &body_at, ctx).map(BodySpec::Template).unwrap_or(BodySpec::Original)
         }
         (Some(tree @ (Value::Object(_) | Value::Array(_))), ContentKind::Json | ContentKind::Form) => {
             if content == ContentKind::Form && !tree.is_object() {
                 ctx.problems.push(body_at.clone(), "a form body must be a mapping");
             }
-            BodySpec::Structured(compile_structured(tree, &body_at, raw.strict, ctx))
+            BodySpec::Structured(compile_structured(tree, &body_at, strict, ctx))
         }
         (Some(_), _) => {
             ctx.problems.push(body_at, "body must be a string template, or a mapping/sequence for json and form");
             BodySpec::Original
         }
     };
-    let when = raw.when.as_ref().and_then(|w| compile_template(w, Escape::Plain, raw.strict, &format!("{at}.when"), ctx));
+    let when = raw.when.as_ref().and_then(|w| compile_template(w, Escape::Plain, strict, &format!("{at}.when"), ctx));
     let timeout = match &raw.timeout {
         Some(text) => parse_duration(text).unwrap_or_else(|message| {
             ctx.problems.push(format!("{at}.timeout"), message);
@@ -318,8 +323,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
         condition
     });
-    let ordered_by =
-        raw.ordered_by.as_ref().and_then(|key| compile_template(key, Escape::Plain, raw.strict, &format!("{at}.ordered_by"), ctx));
+    let ordered_by = raw.ordered_by.as_ref().and_then(|key| compile_template(key, Escape::Plain, strict, &format!("{at}.ordered_by"), ctx));
     let rate_limit = match raw.rate_limit.as_ref().or(ctx.defaults.rate_limit.as_ref()) {
         Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
         None => None,
@@ -334,6 +338,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         origin: literal_origin(&url_text),
         url: url?,
         // Shown by the admin API: as written (`${VAR}` names, not their values).
+        url_values,
+        empty_url_values_allowed: raw.strict == Some(false),
         url_source: redact_url(ctx.from_env.get(&format!("{at}.url")).map_or(raw.url.as_str(), |from_env| from_env.original.as_str())),
         method,
         query,
