@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod console;
 mod delivery;
+mod deploy;
 mod escaping;
 mod examples;
 mod forwarding;
