@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::condition::{compile_match, Regexes};
 use crate::config::env::{expand_tree, Expansion, Lookup};
-use crate::config::model::{RawConfig, RawInclude, RawRoute};
+use crate::config::model::{OneOrMany, RawConfig, RawInclude, RawRoute};
 use crate::config::units::parse_duration;
 use crate::config::{serde_error, ApiRoute, ConfigError, ConfigErrors, Problems, SourceFile};
 use crate::delivery::retry::RetryPolicy;
@@ -443,6 +443,11 @@ fn compile_route(
         }
     }
     let condition = compile_match(&raw.matcher, &match_at, false, problems, &mut compiler.regexes);
+    for pattern in raw.matcher.event.clone().map(OneOrMany::into_vec).unwrap_or_default() {
+        if let Some(why) = crate::routing::events::never_matches(kind, &pattern) {
+            problems.warn(format!("{match_at}.event"), why);
+        }
+    }
     let verify =
         raw.verify.as_ref().map(|v| verify::compile(v, kind.secret_scheme(), &format!("{at}.verify"), problems)).unwrap_or_default();
     if raw.forward.is_empty() {

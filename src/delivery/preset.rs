@@ -26,6 +26,13 @@ pub fn apply(raw: &RawTarget, at: &str, problems: &mut Problems) -> RawTarget {
             success_when(&mut target, "$.errcode", json!(0));
             rate_limit(&mut target, 20, robot.map(|id| format!("dingtalk:{id}")));
             sign(&mut target, |secret| RawSign { dingtalk: Some(secret), ..empty_sign() });
+            if raw.secret.is_none() && raw.sign.is_none() {
+                problems.warn(
+                    format!("{at}.secret"),
+                    "a DingTalk robot without `secret` (signing) relies on its keyword or IP security setting: \
+                     every message must contain the robot's keyword, or DingTalk answers errcode 310000",
+                );
+            }
         }
         "wecom" => {
             success_when(&mut target, "$.errcode", json!(0));

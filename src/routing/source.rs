@@ -39,6 +39,21 @@ impl SourceKind {
         })
     }
 
+    /// The name a config gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Generic => "generic",
+            SourceKind::Github => "github",
+            SourceKind::Gitlab => "gitlab",
+            SourceKind::Codeup => "codeup",
+            SourceKind::Gitee => "gitee",
+            SourceKind::Tapd => "tapd",
+            SourceKind::Codearts => "codearts",
+            SourceKind::Bkrepo => "bkrepo",
+            SourceKind::Standard => "standard",
+        }
+    }
+
     /// What `verify: { secret: … }` checks for this platform.
     pub fn secret_scheme(self) -> SecretScheme {
         match self {

@@ -131,6 +131,72 @@ fn schema_describes_the_config_for_editors() {
         assert!(route["properties"].get(key).is_some(), "route.{key} missing: {route}");
     }
     assert!(schema["$defs"]["RawTarget"]["properties"].get("success_when").is_some());
+    // Editors complete and validate: every property says what it is, and the closed sets
+    // of names are enums.
+    fn undescribed(value: &serde_json::Value, at: &str, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, property) in fields.get("properties").and_then(|p| p.as_object()).into_iter().flatten() {
+                    if property.get("description").is_none() {
+                        found.push(format!("{at}.{name}"));
+                    }
+                }
+                fields.iter().for_each(|(key, inner)| undescribed(inner, &format!("{at}/{key}"), found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| undescribed(item, at, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    undescribed(&schema, "", &mut found);
+    assert!(found.is_empty(), "properties without a description: {found:?}");
+    let enum_of = |definition: &str, property: &str| schema["$defs"][definition]["properties"][property]["enum"].clone();
+    assert_eq!(enum_of("RawRoute", "source")[0], "github");
+    assert_eq!(enum_of("RawTarget", "preset").as_array().map(Vec::len), Some(6));
+    assert_eq!(enum_of("RawTarget", "content_type"), serde_json::json!(["json", "form", "text", "raw"]));
+    assert_eq!(schema["$defs"]["Respond"]["enum"], serde_json::json!(["async", "sync"]));
+    let operators = schema["$defs"]["OperatorsShape"]["properties"].as_object().unwrap();
+    let names: Vec<&str> = operators.keys().map(String::as_str).collect();
+    assert_eq!(names, ["equals", "in", "regex", "glob", "exists", "contains", "gt", "gte", "lt", "lte"]);
+}
+
+#[test]
+fn check_warns_about_routes_that_never_fire_and_unsigned_dingtalk_robots() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &config,
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: codeup-push
+    source: codeup
+    match: { path: /hooks/codeup, event: "Push Hook" }
+    forward:
+      - preset: dingtalk
+        url: https://oapi.dingtalk.com/robot/send?access_token=abc
+        body: { msgtype: text, text: { content: "pushed" } }
+  - name: tapd-bugs
+    source: tapd
+    match: { path: /hooks/tapd, event: "bug::*" }
+    forward:
+      - preset: dingtalk
+        url: https://oapi.dingtalk.com/robot/send?access_token=def
+        secret: SEC123
+        body: { msgtype: text, text: { content: "bug" } }
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = hookrelay(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "warnings do not fail the check: {stderr}");
+    assert!(stdout.contains("ok (2 routes"), "{stdout}");
+    let warnings: Vec<&str> = stderr.lines().filter(|line| line.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0]
+            .contains(r#"routes[0].match.event: no codeup event is named "Push Hook" (did you mean "push"?): this route never fires"#),
+        "{stderr}"
+    );
+    assert!(warnings[1].contains("routes[0].forward[0].secret: a DingTalk robot without `secret`"), "{stderr}");
 }
 
 /// `render` names, for every route that did not fire, the first condition that failed and

@@ -18,6 +18,7 @@ mod limits;
 mod postgres;
 mod postgres_cluster;
 mod ratelimits;
+mod reference;
 mod reload;
 mod replay;
 mod robustness;
