@@ -13,7 +13,12 @@ use crate::routing::RouteMatch;
 /// template needs it, to avoid a copy of the body otherwise.
 /// `body` is the parsed body, moved in (see [`InboundRequest::take_body`]).
 pub fn base(request: &InboundRequest, body: Value, received_at: DateTime<Utc>, include_raw: bool) -> Context {
-    let mut root = Map::with_capacity(14);
+    let mut root = Map::with_capacity(16);
+    // A CloudEvent (from any route) also gives `ce`, its attributes, and `data`.
+    if let Some((attributes, data)) = crate::routing::cloudevents::template_fields(&request.headers, &body) {
+        root.insert("ce".into(), attributes);
+        root.insert("data".into(), data);
+    }
     root.insert("body".into(), body);
     let raw = if include_raw { Value::String(String::from_utf8_lossy(&request.raw).into_owned()) } else { Value::String(String::new()) };
     root.insert("raw".into(), raw);

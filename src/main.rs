@@ -53,9 +53,11 @@ enum Command {
     /// Exit 0 when the admin listener's `/readyz` answers 200 within 3 seconds, else 1: a
     /// health check for containers that needs no shell tools.
     Probe {
-        /// The admin listener (with the example config: http://127.0.0.1:9090).
-        #[arg(long, default_value = "http://127.0.0.1:9090")]
-        admin: String,
+        /// The admin listener. Default: `http://` + `HOOKRELAY_ADMIN_LISTEN` when that is set
+        /// (as the container image's config reads it; `0.0.0.0` is asked on 127.0.0.1), else
+        /// http://127.0.0.1:9090 (the example config's).
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Show which routes a request matches and the exact requests they would send. Nothing is sent.
     Render {
@@ -269,6 +271,12 @@ fn try_main() -> anyhow::Result<ExitCode> {
             }
         },
         Command::Probe { admin } => {
+            let admin = admin.unwrap_or_else(|| match std::env::var("HOOKRELAY_ADMIN_LISTEN") {
+                Ok(listen) if !listen.trim().is_empty() => {
+                    format!("http://{}", listen.trim().replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]"))
+                }
+                _ => "http://127.0.0.1:9090".to_string(),
+            });
             let url = format!("{}/readyz", admin.trim_end_matches('/'));
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let answered = runtime.block_on(async {

@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -70,6 +71,9 @@ impl UpstreamLink {
                 (authority, sender, false)
             }
         };
+        // The service may close a kept-alive connection just as a request goes out on it;
+        // an idempotent request without a body can then safely go again, as proxies do.
+        let again = if reused { Replayable::of(&request) } else { None };
         let request = match sender.ready().await {
             Ok(()) => match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -78,7 +82,13 @@ impl UpstreamLink {
                 }
                 Err(mut err) => match err.take_message() {
                     Some(request) if reused => request,
-                    _ => return Err(err.into_error().into()),
+                    _ => {
+                        let error = err.into_error();
+                        match again {
+                            Some(again) if error.is_incomplete_message() || error.is_closed() => again.request(),
+                            _ => return Err(error.into()),
+                        }
+                    }
                 },
             },
             Err(_) if reused => request,
@@ -106,5 +116,35 @@ impl UpstreamLink {
         *self.made.lock().unwrap_or_else(PoisonError::into_inner) = Some(driver);
         self.made_signal.notify_one();
         Ok(sender)
+    }
+}
+
+/// What it takes to send a bodiless idempotent request again.
+struct Replayable {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replayable {
+    fn of(request: &Request<Body>) -> Option<Replayable> {
+        let idempotent =
+            matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+        (idempotent && request.body().is_end_stream()).then(|| Replayable {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<Body> {
+        let mut request = Request::new(crate::delivery::client::full(bytes::Bytes::new()));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
     }
 }

@@ -325,7 +325,8 @@ pub async fn test(relay: &Arc<Relay>, name: &str, body: Bytes) -> Response<Body>
         // A sample rarely has the values a trigger needs; sending one with `?branch=` starts
         // a real pipeline with the wrong parameters, so not even `strict: false` sends it here.
         if let Some(why) = target.empty_url_value(&outgoing.url) {
-            results.push(json!({ "target": target.name, "error": format!("not sent: {why}") }));
+            let error = format!("not sent: {why}; the test call never sends an empty URL value, whatever `strict` says");
+            results.push(json!({ "target": target.name, "error": error }));
             continue;
         }
         let send = AttemptSettings::for_rendered(

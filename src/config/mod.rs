@@ -49,6 +49,14 @@ impl Problems {
         true
     }
 
+    /// A credential the relay sends (a target's bearer token or password): a well-known
+    /// placeholder is a warning; empty is the receiver's business.
+    pub fn sent_credential(&mut self, path: impl Into<String>, value: &str) {
+        if PLACEHOLDER_SECRETS.iter().any(|placeholder| value.trim().eq_ignore_ascii_case(placeholder)) {
+            self.warn(path, format!("the credential is the placeholder {:?}: replace it before sending to a real receiver", value.trim()));
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

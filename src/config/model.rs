@@ -216,7 +216,7 @@ pub struct RawRoute {
     /// Unique route name, `[a-z0-9_-]+`.
     pub name: String,
     /// The sending platform: how the event and delivery id are read and what `verify.secret` checks.
-    #[schemars(extend("enum" = ["github", "gitlab", "codeup", "gitee", "tapd", "codearts", "bkrepo", "standard", "generic"]))]
+    #[schemars(extend("enum" = ["github", "gitlab", "codeup", "gitee", "tapd", "codearts", "bkrepo", "standard", "cloudevents", "generic"]))]
     pub source: Option<String>,
     /// `generic` source: a header name or a JSONPath (`$.…`) naming the event.
     pub event_from: Option<String>,
@@ -465,6 +465,26 @@ pub struct RawTarget {
     /// `true`: every template of the target fails on a missing value too. `false`: empty URL
     /// values are sent as they render.
     pub strict: Option<bool>,
+    /// Send the request as a CloudEvent: the rendered body is its data.
+    pub cloudevents: Option<RawCloudEvents>,
+}
+
+/// A target's CloudEvents envelope (HTTP binding 1.0). `id` is the delivery's
+/// Idempotency-Key, `time` the event's receipt time, `datacontenttype` the body's type.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloudEvents {
+    /// `binary` (default: `ce-*` headers, the body as it is) or `structured` (one
+    /// `application/cloudevents+json` envelope).
+    #[schemars(extend("enum" = ["binary", "structured"]))]
+    pub mode: Option<String>,
+    /// The event type, a template (`com.example.push`).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event source, a template (a URI reference such as `/hookrelay/{{route}}`).
+    pub source: String,
+    /// The subject, a template; left out when it renders empty.
+    pub subject: Option<String>,
 }
 
 // Shapes for `hookrelay schema` only: conditions are read as plain JSON and compiled by

@@ -25,6 +25,7 @@ use crate::settings::Upstream;
 use crate::signature::basic_auth_header;
 use crate::template::{TemplateEngine, TemplateId};
 
+mod cloudevents;
 mod compile;
 mod url_values;
 pub use compile::{compile, compile_queue_bound, compile_retry, valid_name};
@@ -104,6 +105,7 @@ pub struct Target {
     /// The preset receiver's answer codes: which failures are final or throttled.
     pub answer_codes: Option<&'static AnswerCodes>,
     ordered_by: Option<TemplateId>,
+    cloudevents: Option<cloudevents::CloudEventsOut>,
 }
 
 /// A target's outbound rate limit: its bucket key and settings.
@@ -227,7 +229,7 @@ impl Target {
     /// Why `url` (as this target rendered it) carries an empty value a placeholder wrote,
     /// whatever the target's `strict` says.
     pub fn empty_url_value(&self, url: &str) -> Option<String> {
-        self.url_values.empty_part(url).map(|why| format!("{why} {EMPTY_VALUE_HELP}"))
+        self.url_values.empty_part(url)
     }
 
     /// Renders the request for one event, or `None` when `when` says to skip it.
@@ -296,11 +298,17 @@ impl Target {
 
         if !self.empty_url_values_allowed {
             if let Some(why) = self.empty_url_value(url.as_str()) {
-                return Err(fail("url", why));
+                return Err(fail("url", format!("{why} {EMPTY_VALUE_HELP}")));
             }
         }
 
-        let (body, content_type) = self.render_body(engine, context, request, &fail)?;
+        let idempotency = format!("{event_id}.{}", self.name);
+        let (mut body, mut content_type) = self.render_body(engine, context, request, &fail)?;
+        if let Some(envelope) = &self.cloudevents {
+            (body, content_type) = envelope
+                .wrap(engine, context, &idempotency, body, content_type, &mut headers)
+                .map_err(|(field, message)| fail(field, message))?;
+        }
         if let Some(content_type) = content_type {
             headers.insert(http::header::CONTENT_TYPE, content_type);
         }
@@ -309,7 +317,6 @@ impl Target {
         if let Some(id) = request.headers.get("x-request-id") {
             headers.insert(HeaderName::from_static("x-request-id"), id.clone());
         }
-        let idempotency = format!("{event_id}.{}", self.name);
         if let Ok(value) = HeaderValue::from_str(&idempotency) {
             headers.insert(HeaderName::from_static("idempotency-key"), value);
         }

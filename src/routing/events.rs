@@ -169,7 +169,7 @@ fn known(kind: SourceKind) -> Option<&'static [&'static str]> {
         SourceKind::Codeup => Some(CODEUP),
         SourceKind::Gitee => Some(GITEE),
         SourceKind::Tapd => Some(TAPD),
-        SourceKind::Codearts | SourceKind::Bkrepo | SourceKind::Standard | SourceKind::Generic => None,
+        SourceKind::Codearts | SourceKind::Bkrepo | SourceKind::Standard | SourceKind::Cloudevents | SourceKind::Generic => None,
     }
 }
 

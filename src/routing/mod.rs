@@ -1,6 +1,7 @@
 //! The compiled route table and the pure selection of routes for one request: path and
 //! method, source event extraction, conditions, `final`. No I/O happens here.
 
+pub mod cloudevents;
 pub mod events;
 pub mod path;
 pub mod source;

@@ -19,10 +19,11 @@ pub enum SourceKind {
     Codearts,
     Bkrepo,
     Standard,
+    Cloudevents,
 }
 
 impl SourceKind {
-    pub const NAMES: &'static str = "github, gitlab, codeup, gitee, tapd, codearts, bkrepo, standard, generic";
+    pub const NAMES: &'static str = "github, gitlab, codeup, gitee, tapd, codearts, bkrepo, standard, cloudevents, generic";
 
     pub fn parse(name: &str) -> Option<SourceKind> {
         Some(match name {
@@ -35,6 +36,7 @@ impl SourceKind {
             "codearts" => SourceKind::Codearts,
             "bkrepo" => SourceKind::Bkrepo,
             "standard" => SourceKind::Standard,
+            "cloudevents" => SourceKind::Cloudevents,
             _ => return None,
         })
     }
@@ -51,6 +53,7 @@ impl SourceKind {
             SourceKind::Codearts => "codearts",
             SourceKind::Bkrepo => "bkrepo",
             SourceKind::Standard => "standard",
+            SourceKind::Cloudevents => "cloudevents",
         }
     }
 
@@ -65,7 +68,8 @@ impl SourceKind {
             // Neither signs its webhooks; both let users add custom headers.
             SourceKind::Codearts | SourceKind::Bkrepo => SecretScheme::HeaderToken(TOKEN_HEADER),
             SourceKind::Standard => SecretScheme::StandardWebhooks,
-            SourceKind::Generic => SecretScheme::Unsupported,
+            // CloudEvents defines no signature; senders use tokens, HMAC or Standard Webhooks.
+            SourceKind::Generic | SourceKind::Cloudevents => SecretScheme::Unsupported,
         }
     }
 }
@@ -136,6 +140,8 @@ impl Source {
             SourceKind::Codearts => (vec![E::body("$.eventCode")], vec![E::body("$.event.id")]),
             SourceKind::Bkrepo => (vec![E::body("$.type"), Some(E::header("x-bkrepo-event"))], vec![]),
             SourceKind::Standard => (vec![E::body("$.type")], vec![Some(E::header("webhook-id"))]),
+            // Read by `cloudevents::attribute`: which one applies depends on the mode.
+            SourceKind::Cloudevents => (vec![], vec![]),
         };
         let (event, delivery_id) = (event.into_iter().flatten().collect(), delivery_id.into_iter().flatten().collect());
         Source { kind, event, delivery_id }
@@ -147,6 +153,12 @@ impl Source {
     }
 
     pub fn extract(&self, headers: &HeaderMap, body: Option<&Value>) -> EventInfo {
+        if self.kind == SourceKind::Cloudevents {
+            return EventInfo {
+                event: super::cloudevents::attribute(headers, body, "type"),
+                delivery_id: super::cloudevents::delivery_id(headers, body),
+            };
+        }
         let first = |list: &[Extractor]| list.iter().find_map(|e| e.read(headers, body));
         EventInfo { event: first(&self.event), delivery_id: first(&self.delivery_id) }
     }

@@ -237,7 +237,9 @@ fn the_image_layout_runs_as_an_unprivileged_user_and_passes_its_health_check() {
         .stderr(std::process::Stdio::piped());
     let mut child = relay.spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let probe = || run(Command::new(&binary).args(["probe", "--admin", &format!("http://127.0.0.1:{admin_port}")]));
+    // The HEALTHCHECK's own command: `probe` finds the admin listener the container's
+    // environment moved.
+    let probe = || run(Command::new(&binary).arg("probe").env_clear().env("HOOKRELAY_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")));
     let healthy = loop {
         if probe().0 {
             break true;

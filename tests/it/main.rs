@@ -5,6 +5,7 @@ mod architecture;
 mod breakers;
 mod browser;
 mod cli;
+mod cloudevents;
 mod console;
 mod delivery;
 mod deploy;

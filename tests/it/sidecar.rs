@@ -149,3 +149,41 @@ async fn a_reload_that_moves_the_upstream_moves_open_connections_too() {
     assert_eq!(old.seen().iter().map(|s| s.uri.clone()).collect::<Vec<_>>(), ["/before"]);
     assert_eq!(new.wait_for(1).await[0].uri, "/after");
 }
+
+/// A service that answers the first request on each connection and drops the connection
+/// on the second without answering, as one whose keep-alive ran out just then does.
+async fn service_dropping_second_requests() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let served = Arc::new(AtomicUsize::new(0));
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let served = served.clone();
+                async move {
+                    if served.fetch_add(1, Ordering::SeqCst) == 1 {
+                        return Err("the connection is gone".to_string());
+                    }
+                    let body = format!("{} {}", request.method(), request.uri());
+                    Ok(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_bodiless_idempotent_request_goes_again_when_the_service_drops_a_kept_connection() {
+    let service = service_dropping_second_requests().await;
+    let relay = Relay::start(&format!("listen: 127.0.0.1:0\nupstream: http://{service}\n")).await;
+    assert_eq!(relay.client.get(&relay.url("/first"), &[]).await.text(), "GET /first");
+    let again = relay.client.get(&relay.url("/second"), &[]).await;
+    assert_eq!((again.status, again.text().as_str()), (200, "GET /second"), "sent again on a new connection");
+    // The same happens to a POST (the second request on the new connection): it may have
+    // had its effect, so it is not sent twice.
+    let lost = relay.client.post_json(&relay.url("/third"), &[], "{}").await;
+    assert_eq!(lost.status, 502, "{}", lost.text());
+    assert_eq!(relay.client.get(&relay.url("/fourth"), &[]).await.text(), "GET /fourth");
+}

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::condition::compile_match;
-use crate::config::model::{RawBreaker, RawMatch, RawQueueBound, RawRateLimit, RawRetry, RawTarget};
+use crate::config::model::{RawBreaker, RawCloudEvents, RawMatch, RawQueueBound, RawRateLimit, RawRetry, RawTarget};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
 use crate::delivery::breaker::BreakerPolicy;
@@ -240,6 +240,12 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
     }
     let basic_auth = raw.basic_auth.clone().or(userinfo);
+    if let Some(auth) = &raw.basic_auth {
+        ctx.problems.sent_credential(format!("{at}.basic_auth.password"), &auth.password);
+    }
+    if let Some(token) = &raw.bearer {
+        ctx.problems.sent_credential(format!("{at}.bearer"), token);
+    }
     let authorization = match (&basic_auth, &raw.bearer) {
         (Some(_), Some(_)) => {
             ctx.problems.push(format!("{at}.bearer"), "give either basic_auth or bearer, not both");
@@ -323,6 +329,8 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
         condition
     });
+    let cloudevents =
+        raw.cloudevents.as_ref().and_then(|envelope| compile_cloudevents(envelope, strict, &format!("{at}.cloudevents"), ctx));
     let ordered_by = raw.ordered_by.as_ref().and_then(|key| compile_template(key, Escape::Plain, strict, &format!("{at}.ordered_by"), ctx));
     let rate_limit = match raw.rate_limit.as_ref().or(ctx.defaults.rate_limit.as_ref()) {
         Some(limit) => compile_limit(limit, &format!("{}/{name}", ctx.route), &format!("{at}.rate_limit"), ctx),
@@ -359,6 +367,7 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         success_when,
         answer_codes: crate::delivery::answers::for_preset(raw.preset.as_deref()),
         ordered_by,
+        cloudevents,
     })
 }
 
@@ -411,6 +420,32 @@ fn split_userinfo(url: &str) -> (String, Option<crate::config::model::RawBasicAu
 
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn compile_cloudevents(
+    raw: &RawCloudEvents,
+    strict: bool,
+    at: &str,
+    ctx: &mut CompileCtx<'_>,
+) -> Option<super::cloudevents::CloudEventsOut> {
+    use super::cloudevents::{CloudEventsOut, Mode};
+    let mode = match raw.mode.as_deref() {
+        None | Some("binary") => Mode::Binary,
+        Some("structured") => Mode::Structured,
+        Some(other) => {
+            ctx.problems.push(format!("{at}.mode"), format!("unknown mode {other:?} (binary or structured)"));
+            Mode::Binary
+        }
+    };
+    for (field, value) in [("type", &raw.event_type), ("source", &raw.source)] {
+        if value.trim().is_empty() {
+            ctx.problems.push(format!("{at}.{field}"), "the CloudEvents spec requires a non-empty value");
+        }
+    }
+    let event_type = compile_template(&raw.event_type, Escape::Plain, strict, &format!("{at}.type"), ctx);
+    let source = compile_template(&raw.source, Escape::Plain, strict, &format!("{at}.source"), ctx);
+    let subject = raw.subject.as_ref().and_then(|subject| compile_template(subject, Escape::Plain, strict, &format!("{at}.subject"), ctx));
+    Some(CloudEventsOut { mode, event_type: event_type?, source: source?, subject })
 }
 
 #[cfg(test)]

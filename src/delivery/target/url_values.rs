@@ -10,11 +10,18 @@ pub struct UrlValues {
     path: Vec<Option<String>>,
     /// Each query pair: its name, and the value's source when it is checked.
     query: Vec<(String, Option<String>)>,
+    /// A raw placeholder can write URL structure: parts are judged without the template's
+    /// positions (see [`UrlValues::empty_part`]).
+    raw: bool,
+    /// Query names the template itself writes with an empty value (`?flag=`).
+    literal_empty: Vec<String>,
 }
 
 /// Stands for one `{{…}}` in a template's skeleton.
 const PLACEHOLDER: char = '\u{0}';
 const DEFAULTED: char = '\u{1}';
+/// A `{{{…}}}`: inserted unescaped, it may bring `/`, `?`, `&` and `=` of its own.
+const RAW: char = '\u{2}';
 
 impl UrlValues {
     /// The parts of the URL template `source` (absolute, or an `upstream:` path).
@@ -25,13 +32,18 @@ impl UrlValues {
             let text: String = part
                 .chars()
                 .map(|c| match c {
-                    PLACEHOLDER | DEFAULTED => expressions.next().unwrap_or_default(),
+                    PLACEHOLDER | DEFAULTED | RAW => expressions.next().unwrap_or_default(),
                     c => c.to_string(),
                 })
                 .collect();
-            (part.contains(PLACEHOLDER)).then_some(text)
+            (part.contains(PLACEHOLDER) || part.contains(RAW)).then_some(text)
         };
         let (path, query) = parts(&skeleton);
+        let literal_empty = query
+            .iter()
+            .filter(|(name, value)| value.is_empty() && !name.contains([PLACEHOLDER, DEFAULTED, RAW]))
+            .map(|(name, _)| name.to_string())
+            .collect();
         let path = path.iter().map(|segment| source_of(segment)).collect();
         let query = query
             .iter()
@@ -40,33 +52,56 @@ impl UrlValues {
                 (name, source_of(value))
             })
             .collect();
-        UrlValues { path, query }
+        UrlValues { path, query, raw: skeleton.contains(RAW), literal_empty }
     }
 
     /// A `query:` entry, appended after the template's own query.
     pub fn push_query(&mut self, name: &str, value_source: &str) {
-        self.query.push((name.to_string(), skeleton(value_source).0.contains(PLACEHOLDER).then(|| value_source.to_string())));
+        let (skeleton, _) = skeleton(value_source);
+        let checked = skeleton.contains(PLACEHOLDER) || skeleton.contains(RAW);
+        if !checked && value_source.is_empty() {
+            self.literal_empty.push(name.to_string());
+        }
+        self.query.push((name.to_string(), checked.then(|| value_source.to_string())));
     }
 
     /// Why the URL as it will be sent breaks the rule, if it does. Its path may start with
-    /// the upstream's base path: the template's segments are its last ones. A render whose
-    /// parts no longer line up with the template's (a placeholder wrote `/`, `?` or `&`
-    /// unescaped) is not judged.
+    /// the upstream's base path: the template's segments are its last ones. When the
+    /// rendered parts do not line up with the template's (a raw `{{{…}}}` wrote `/`, `?`,
+    /// `&` or `=`), every empty query value and every empty path segment but a trailing
+    /// one is refused, except query values the template itself writes empty.
     pub fn empty_part(&self, url: &str) -> Option<String> {
         let (path, query) = parts(url);
-        if let Some(offset) = path.len().checked_sub(self.path.len()) {
-            let empty = self.path.iter().zip(&path[offset..]).find_map(|(source, segment)| source.as_ref().filter(|_| segment.is_empty()));
-            if let Some(source) = empty {
-                return Some(format!("the path segment `{source}` rendered empty"));
-            }
+        let aligned = !self.raw && query.len() == self.query.len() && path.len() >= self.path.len();
+        if !aligned {
+            return self.empty_unaligned(&path, &query);
         }
-        if query.len() == self.query.len() {
-            let empty = self.query.iter().zip(&query).find(|((_, source), (_, value))| source.is_some() && value.is_empty());
-            if let Some(((name, Some(source)), _)) = empty {
-                return Some(format!("the query value `{name}` (`{source}`) rendered empty"));
+        let offset = path.len() - self.path.len();
+        let empty = self.path.iter().zip(&path[offset..]).find_map(|(source, segment)| source.as_ref().filter(|_| segment.is_empty()));
+        if let Some(source) = empty {
+            return Some(format!("the path segment `{source}` rendered empty"));
+        }
+        for ((name, source), (rendered_name, value)) in self.query.iter().zip(&query) {
+            match source {
+                Some(source) if value.is_empty() => return Some(format!("the query value `{name}` (`{source}`) rendered empty")),
+                _ if rendered_name.is_empty() && name.contains("{{") => return Some(format!("the query name `{name}` rendered empty")),
+                _ => {}
             }
         }
         None
+    }
+
+    fn empty_unaligned(&self, path: &[&str], query: &[(&str, &str)]) -> Option<String> {
+        let templated = self.path.iter().any(Option::is_some) || self.query.iter().any(|(_, source)| source.is_some());
+        if !templated {
+            return None;
+        }
+        let inner = path.len().saturating_sub(1);
+        if path[..inner].iter().any(|segment| segment.is_empty()) {
+            return Some("the URL rendered with an empty path segment (`//`)".to_string());
+        }
+        let empty = query.iter().find(|(name, value)| value.is_empty() && !self.literal_empty.iter().any(|literal| literal == name));
+        empty.map(|(name, _)| format!("the query value `{name}` rendered empty"))
     }
 }
 
@@ -75,7 +110,7 @@ pub const EMPTY_VALUE_HELP: &str = "(a missing value, null, \"\" or a capture th
      give a default ({{default body.x \"main\"}}) or set `strict: false` on the target to send it empty";
 
 /// `source` with each `{{…}}` (or `{{{…}}}`) replaced by one marker ([`DEFAULTED`] when it
-/// calls `default`, else [`PLACEHOLDER`]) so that the URL's own separators can be found,
+/// calls `default`, [`RAW`] for `{{{…}}}`, else [`PLACEHOLDER`]) so that the URL's own separators can be found,
 /// and the expressions replaced, in order.
 fn skeleton(source: &str) -> (String, Vec<String>) {
     let mut out = String::with_capacity(source.len());
@@ -91,7 +126,13 @@ fn skeleton(source: &str) -> (String, Vec<String>) {
         let end = end + 2 + usize::from(inner[end + 2..].starts_with('}'));
         let expression = &inner[..end];
         let defaulted = expression.split(|c: char| !c.is_alphanumeric() && c != '_').any(|word| word == "default");
-        out.push(if defaulted { DEFAULTED } else { PLACEHOLDER });
+        out.push(if defaulted {
+            DEFAULTED
+        } else if expression.starts_with("{{{") {
+            RAW
+        } else {
+            PLACEHOLDER
+        });
         expressions.push(expression.to_string());
         rest = &inner[end..];
     }
@@ -145,12 +186,26 @@ mod tests {
     }
 
     #[test]
-    fn a_default_and_unaligned_renders_are_not_judged() {
-        let defaulted = UrlValues::of("https://h/x?tag={{default body.tag \"\"}}&b={{{body.b}}}");
+    fn a_default_may_render_empty() {
+        let defaulted = UrlValues::of("https://h/x?tag={{default body.tag \"\"}}&b={{body.b}}");
         assert_eq!(defaulted.empty_part("https://h/x?tag=&b=1"), None);
-        assert_eq!(defaulted.empty_part("https://h/x?tag=&b=").unwrap(), "the query value `b` (`{{{body.b}}}`) rendered empty");
-        // `{{{q}}}` wrote two pairs: the parts no longer line up with the template.
-        let whole_query = UrlValues::of("https://h/x?{{{body.q}}}");
-        assert_eq!(whole_query.empty_part("https://h/x?a=1&b="), None);
+        assert_eq!(defaulted.empty_part("https://h/x?tag=&b=").unwrap(), "the query value `b` (`{{body.b}}`) rendered empty");
+        let named = UrlValues::of("https://h/x?{{body.name}}=1");
+        assert_eq!(named.empty_part("https://h/x?=1").unwrap(), "the query name `{{body.name}}` rendered empty");
+    }
+
+    #[test]
+    fn raw_placeholders_are_judged_on_what_they_rendered() {
+        // A raw base that brings its own query: the empty value it carries is refused.
+        let base = UrlValues::of("{{{body.base}}}{{body.empty}}");
+        assert_eq!(base.empty_part("http://h/esc?ref=").unwrap(), "the query value `ref` rendered empty");
+        // …but a base ending in `/` is a legitimate URL.
+        assert_eq!(UrlValues::of("{{{vars.base}}}").empty_part("http://h/trail/"), None);
+        assert_eq!(UrlValues::of("http://h/a/{{{body.sub}}}").empty_part("http://h/a/b/"), None);
+        let inner = UrlValues::of("http://h/a/{{{body.slash}}}/c");
+        assert_eq!(inner.empty_part("http://h/a///c").unwrap(), "the URL rendered with an empty path segment (`//`)");
+        let amp = UrlValues::of("https://h/x?b={{{body.amp}}}&flag=");
+        assert_eq!(amp.empty_part("https://h/x?b=&x=&flag=").unwrap(), "the query value `b` rendered empty");
+        assert_eq!(amp.empty_part("https://h/x?b=1&x=2&flag="), None, "the template's own `flag=` stays");
     }
 }

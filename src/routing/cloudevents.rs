@@ -1,0 +1,116 @@
+//! Reading a CloudEvent off a request (HTTP binding 1.0): binary mode (`ce-*` headers,
+//! the body is the data) or structured mode (an `application/cloudevents+json` body).
+//! Gives the `cloudevents` source its event name and delivery id, and templates `ce` and
+//! `data`.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+const PREFIX: &str = "ce-";
+
+/// Whether the request carries a CloudEvent, and in which mode.
+enum Mode {
+    Binary,
+    Structured,
+}
+
+fn mode(headers: &HeaderMap) -> Option<Mode> {
+    if headers.contains_key("ce-specversion") {
+        return Some(Mode::Binary);
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/cloudevents+json").then_some(Mode::Structured)
+}
+
+/// One context attribute: from its `ce-` header (percent-decoded, as the binding says),
+/// or from the structured envelope.
+pub fn attribute(headers: &HeaderMap, body: Option<&Value>, name: &str) -> Option<String> {
+    match mode(headers)? {
+        Mode::Binary => headers.get(format!("{PREFIX}{name}").as_str()).and_then(|value| value.to_str().ok()).map(decode),
+        Mode::Structured => body?.get(name).and_then(Value::as_str).map(str::to_string),
+    }
+}
+
+/// The delivery id a sender's retries share: `source` and `id` together (the spec makes
+/// the pair unique).
+pub fn delivery_id(headers: &HeaderMap, body: Option<&Value>) -> Option<String> {
+    Some(format!("{} {}", attribute(headers, body, "source")?, attribute(headers, body, "id")?))
+}
+
+/// `ce` (every context attribute, extensions included) and `data`, for templates; `None`
+/// when the request is no CloudEvent.
+pub fn template_fields(headers: &HeaderMap, body: &Value) -> Option<(Value, Value)> {
+    match mode(headers)? {
+        Mode::Binary => {
+            let mut attributes: Map<String, Value> = headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    let name = name.as_str().strip_prefix(PREFIX)?;
+                    Some((name.to_string(), Value::String(decode(value.to_str().ok()?))))
+                })
+                .collect();
+            if let Some(content_type) = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) {
+                attributes.insert("datacontenttype".into(), Value::String(content_type.to_string()));
+            }
+            Some((Value::Object(attributes), body.clone()))
+        }
+        Mode::Structured => {
+            let Value::Object(envelope) = body else { return Some((Value::Object(Map::new()), Value::Null)) };
+            let mut attributes = envelope.clone();
+            let data = match (attributes.remove("data"), attributes.remove("data_base64")) {
+                (Some(data), _) => data,
+                (None, Some(Value::String(encoded))) => STANDARD
+                    .decode(encoded.as_bytes())
+                    .ok()
+                    .map(|bytes| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+                    .unwrap_or(Value::Null),
+                _ => Value::Null,
+            };
+            Some((Value::Object(attributes), data))
+        }
+    }
+}
+
+fn decode(value: &str) -> String {
+    percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn binary_and_structured_events_read_alike() {
+        let mut binary = HeaderMap::new();
+        for (name, value) in
+            [("ce-specversion", "1.0"), ("ce-id", "A%20234"), ("ce-source", "/git"), ("ce-type", "push"), ("ce-traceid", "t1")]
+        {
+            binary.insert(name, value.parse().unwrap());
+        }
+        binary.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let data = json!({"ref": "main"});
+        assert_eq!(attribute(&binary, Some(&data), "type").as_deref(), Some("push"));
+        assert_eq!(delivery_id(&binary, Some(&data)).as_deref(), Some("/git A 234"));
+        let (ce, read) = template_fields(&binary, &data).unwrap();
+        assert_eq!(
+            ce,
+            json!({"specversion": "1.0", "id": "A 234", "source": "/git", "type": "push", "traceid": "t1", "datacontenttype": "application/json"})
+        );
+        assert_eq!(read, data);
+
+        let mut structured = HeaderMap::new();
+        structured.insert(http::header::CONTENT_TYPE, "application/cloudevents+json; charset=utf-8".parse().unwrap());
+        let envelope = json!({"specversion": "1.0", "id": "A 234", "source": "/git", "type": "push", "data": {"ref": "main"}});
+        assert_eq!(delivery_id(&structured, Some(&envelope)).as_deref(), Some("/git A 234"));
+        let (ce, read) = template_fields(&structured, &envelope).unwrap();
+        assert_eq!(ce, json!({"specversion": "1.0", "id": "A 234", "source": "/git", "type": "push"}));
+        assert_eq!(read, data);
+        let encoded = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data_base64": "aGk="});
+        assert_eq!(template_fields(&structured, &encoded).unwrap().1, json!("hi"));
+        assert!(template_fields(&HeaderMap::new(), &data).is_none(), "no CloudEvent: no `ce`");
+    }
+}

@@ -1,0 +1,143 @@
+//! CloudEvents (HTTP binding 1.0) in and out, checked with the official SDK: what the
+//! relay sends parses as the event it should be, in both modes, and the SDK's own output
+//! is read on the way in (`source: cloudevents`, `ce` and `data` in templates, dedupe on
+//! `source` + `id`).
+
+use std::time::Duration;
+
+use cloudevents::{AttributesReader, Data, EventBuilder, EventBuilderV10};
+use serde_json::{json, Value};
+
+use crate::support::{Relay, TestSink};
+
+fn event_of(seen: &crate::support::Seen) -> cloudevents::Event {
+    cloudevents::binding::http::to_event(&seen.headers, seen.body.to_vec())
+        .unwrap_or_else(|err| panic!("not a CloudEvent ({err}): {seen:?}"))
+}
+
+#[tokio::test]
+async fn a_target_sends_the_rendered_body_as_a_cloudevent_in_either_mode() {
+    let sink = TestSink::start().await;
+    let url = sink.url();
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: pushes
+    match: {{ path: /hooks/push }}
+    forward:
+      - name: binary
+        url: {url}/binary
+        body: {{ repo: "{{{{body.repo}}}}", commits: "{{{{len body.commits}}}}" }}
+        cloudevents: {{ type: "com.example.{{{{body.kind}}}}", source: "/hookrelay/{{{{route}}}}", subject: "{{{{body.ref}}}}" }}
+      - name: structured
+        url: {url}/structured
+        body: {{ repo: "{{{{body.repo}}}}", commits: "{{{{len body.commits}}}}" }}
+        cloudevents: {{ mode: structured, type: "com.example.{{{{body.kind}}}}", source: "/hookrelay/{{{{route}}}}", subject: "{{{{body.missing}}}}" }}
+      - name: text
+        url: {url}/text
+        content_type: text
+        body: "{{{{body.repo}}}} 100% done"
+        cloudevents: {{ mode: structured, type: t, source: s }}
+"#
+    ))
+    .await;
+    let payload = json!({"kind": "push", "ref": "refs/heads/main", "repo": "web", "commits": [1, 2]});
+    let reply = relay.client.post_json(&relay.url("/hooks/push"), &[], payload.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let event_id = reply.json()["id"].as_str().unwrap().to_string();
+    let seen = sink.wait_for(3).await;
+    let by_path = |path: &str| seen.iter().find(|s| s.uri == path).unwrap_or_else(|| panic!("nothing at {path}: {seen:?}"));
+
+    let binary = by_path("/binary");
+    assert!(binary.header("ce-specversion").is_some() && binary.header("content-type") == Some("application/json"));
+    let event = event_of(binary);
+    assert_eq!(event.id(), format!("{event_id}.binary"), "the id is the delivery's Idempotency-Key");
+    assert_eq!(binary.header("idempotency-key"), Some(event.id()));
+    assert_eq!((event.ty(), event.source().as_str()), ("com.example.push", "/hookrelay/pushes"));
+    assert_eq!(event.subject(), Some("refs/heads/main"));
+    assert_eq!(event.datacontenttype(), Some("application/json"));
+    assert!(event.time().is_some(), "time is the receipt time");
+    // In binary mode the SDK hands the body over as bytes: they are the rendered JSON.
+    let Some(Data::Binary(bytes)) = event.data() else { panic!("{event}") };
+    assert_eq!(serde_json::from_slice::<Value>(bytes).unwrap(), json!({"repo": "web", "commits": 2}));
+
+    let structured = by_path("/structured");
+    assert_eq!(structured.header("content-type"), Some("application/cloudevents+json; charset=utf-8"));
+    let event = event_of(structured);
+    assert_eq!(event.id(), format!("{event_id}.structured"));
+    assert_eq!(event.subject(), None, "a subject that renders empty is left out");
+    assert_eq!(event.data(), Some(&Data::Json(json!({"repo": "web", "commits": 2}))));
+    let time = event.time().unwrap();
+    assert_eq!(event_of(binary).time(), Some(time), "both carry the same receipt time");
+
+    let text = event_of(by_path("/text"));
+    assert_eq!(text.datacontenttype(), Some("text/plain; charset=utf-8"));
+    assert_eq!(text.data(), Some(&Data::String("web 100% done".into())));
+}
+
+#[tokio::test]
+async fn the_sdks_events_are_read_in_both_modes_with_ce_data_and_dedupe() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: knative
+    source: cloudevents
+    dedupe: 1h
+    match: {{ path: /hooks/ce, event: "com.example.*", body: [ {{ path: $.ref, exists: true }} ] }}
+    forward:
+      - url: {}/got
+        body: {{ event: "{{{{event}}}}", ref: "{{{{data.ref}}}}", ext: "{{{{ce.team}}}}", source: "{{{{ce.source}}}}", delivery: "{{{{delivery_id}}}}" }}
+  - name: structured
+    source: cloudevents
+    dedupe: 1h
+    match: {{ path: /hooks/ce-structured, event: "com.example.*" }}
+    forward:
+      - url: {}/got
+        body: {{ event: "{{{{event}}}}", ref: "{{{{data.ref}}}}", ext: "{{{{ce.team}}}}", source: "{{{{ce.source}}}}", delivery: "{{{{delivery_id}}}}" }}
+"#,
+        sink.url(),
+        sink.url()
+    ))
+    .await;
+    let event = EventBuilderV10::new()
+        .id("evt 1")
+        .source("https://git.example.com/web")
+        .ty("com.example.push")
+        .extension("team", "platform")
+        .data("application/json", json!({"ref": "refs/heads/main"}))
+        .build()
+        .unwrap();
+    // Binary mode, as the SDK writes it.
+    let request: http::Request<Option<Vec<u8>>> = http::Request::try_from(event.clone()).unwrap();
+    let headers: Vec<(String, String)> =
+        request.headers().iter().map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string())).collect();
+    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let body = request.into_body().unwrap();
+    for _ in 0..2 {
+        let reply = relay.client.send("POST", &relay.url("/hooks/ce"), &header_refs, body.clone()).await;
+        assert!(reply.status == 202 || reply.status == 200, "{}: {}", reply.status, reply.text());
+    }
+    // Structured mode: the SDK's JSON event format.
+    let envelope = serde_json::to_vec(&event).unwrap();
+    for _ in 0..2 {
+        let reply = relay
+            .client
+            .send("POST", &relay.url("/hooks/ce-structured"), &[("content-type", "application/cloudevents+json")], envelope.clone())
+            .await;
+        assert!(reply.status == 202 || reply.status == 200, "{}: {}", reply.status, reply.text());
+    }
+    let seen = sink.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.seen().len(), 2, "each repeat of source + id was dropped: {:?}", sink.seen());
+    let expected = json!({
+        "event": "com.example.push",
+        "ref": "refs/heads/main",
+        "ext": "platform",
+        "source": "https://git.example.com/web",
+        "delivery": "https://git.example.com/web evt 1",
+    });
+    for got in &seen {
+        assert_eq!(got.json(), expected, "{got:?}");
+    }
+}
