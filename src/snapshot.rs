@@ -504,6 +504,7 @@ fn compile_route(
         needs_body: condition.needs_body(),
         condition,
         verify,
+        cloudevents_origins: raw.verify.as_ref().and_then(|v| v.cloudevents_origins.clone()).unwrap_or_default(),
         ingress_limit,
         dedupe,
         vars: Value::Object(raw.vars.clone()),

@@ -272,9 +272,14 @@ pub fn compile(raw: &RawVerify, scheme: SecretScheme, at: &str, problems: &mut P
         || raw.standard_webhooks.is_some()
         || raw.signing_token.is_some()
         || raw.secret.is_some()
-        || raw.ip_allow.is_some();
+        || raw.ip_allow.is_some()
+        // The handshake's origins check no webhook, but they are a deliberate setting.
+        || raw.cloudevents_origins.is_some();
     if !given {
-        problems.push(at, "`verify` is empty: give basic_auth, token, hmac, secret, standard_webhooks, signing_token or ip_allow");
+        problems.push(
+            at,
+            "`verify` is empty: give basic_auth, token, hmac, secret, standard_webhooks, signing_token, ip_allow or cloudevents_origins",
+        );
     }
     checks
 }

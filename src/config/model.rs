@@ -316,6 +316,10 @@ pub struct RawVerify {
     pub ip_allow: Option<Vec<String>>,
     /// How far a signed timestamp may be from now (schemes with a timestamp); default 5m.
     pub tolerance: Option<String>,
+    /// Senders allowed by the CloudEvents webhook validation handshake: an `OPTIONS`
+    /// request with `WebHook-Request-Origin` naming one of these (or any, with `*`) is
+    /// answered with `WebHook-Allowed-Origin`.
+    pub cloudevents_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

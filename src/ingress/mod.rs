@@ -32,6 +32,7 @@ use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, Ne
 use crate::trace::Trace;
 use crate::verify::VerifyInput;
 
+mod handshake;
 mod outcome;
 pub mod proxy;
 pub use outcome::{Handled, IngressError};
@@ -96,6 +97,10 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) ->
         return IngressError::AmbiguousHost(problem).answer("");
     }
     let snapshot = relay.snapshot();
+    if let Some(answer) = handshake::answer(&snapshot.routes, &request) {
+        Handled::Options.count("");
+        return answer;
+    }
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
         return unmatched(relay, &snapshot, request.map(|b| b.map_err(Into::into).boxed()), peer).await;
     }

@@ -40,6 +40,8 @@ pub struct Route {
     pub condition: Condition,
     pub needs_body: bool,
     pub verify: Vec<Check>,
+    /// Origins the CloudEvents validation handshake allows (`*`: any); empty: no handshake.
+    pub cloudevents_origins: Vec<String>,
     pub ingress_limit: Option<IngressLimit>,
     /// Drop repeats of the same sender delivery id within this window.
     pub dedupe: Option<std::time::Duration>,

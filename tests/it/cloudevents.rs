@@ -141,3 +141,43 @@ routes:
         assert_eq!(got.json(), expected, "{got:?}");
     }
 }
+
+#[tokio::test]
+async fn the_validation_handshake_answers_allowed_origins_only() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: events
+    source: cloudevents
+    match: {{ path: /hooks/events }}
+    verify: {{ cloudevents_origins: [eventemitter.example.com] }}
+    ingress_limit: {{ per_minute: 120 }}
+    forward:
+      - url: {}/got
+  - name: plain
+    match: {{ path: /hooks/plain }}
+    forward:
+      - url: {}/got
+"#,
+        sink.url(),
+        sink.url()
+    ))
+    .await;
+    let options = |path: &str, origin: &'static str| {
+        let url = relay.url(path);
+        let client = relay.client.clone();
+        async move { client.send("OPTIONS", &url, &[("webhook-request-origin", origin), ("webhook-request-rate", "600")], "").await }
+    };
+    let granted = options("/hooks/events", "eventemitter.example.com").await;
+    assert_eq!(granted.status, 200, "{}", granted.text());
+    assert_eq!(granted.headers.get("webhook-allowed-origin").unwrap(), "eventemitter.example.com");
+    assert_eq!(granted.headers.get("webhook-allowed-rate").unwrap(), "120", "the route's own limit, per minute");
+    assert_eq!(granted.headers.get("allow").unwrap(), "POST");
+    let refused = options("/hooks/events", "intruder.example.net").await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.headers.get("webhook-allowed-origin").is_none(), "no consent to read into a refusal");
+    let not_opted = options("/hooks/plain", "eventemitter.example.com").await;
+    assert!(not_opted.headers.get("webhook-allowed-origin").is_none(), "a route that does not opt in gives no consent");
+    assert!(sink.seen().is_empty());
+}
