@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::config::model::{RawToken, RawVerify};
+use crate::config::model::{OneOrMany, RawToken, RawVerify};
 use crate::config::units::parse_duration;
 use crate::config::Problems;
 use crate::signature::{basic_auth_header, compile_hmac, compile_standard_keys, header_name, standard_signature_valid, StandardKey};
@@ -249,11 +249,24 @@ pub fn compile(raw: &RawVerify, scheme: SecretScheme, at: &str, problems: &mut P
             checks.push(Check::StandardWebhooks { keys, tolerance });
         }
     }
-    if let Some(secret) = raw.secret.as_ref().filter(|secret| problems.secret(format!("{at}.secret"), secret)) {
-        match secret_scheme(scheme, secret, tolerance) {
-            Ok(check) => checks.push(check),
-            Err(message) => problems.push(format!("{at}.secret"), message),
+    match (&raw.secret, scheme) {
+        // Standard Webhooks keys rotate: any of a list may have signed.
+        (Some(secret), SecretScheme::StandardWebhooks) => {
+            let keys = compile_standard_keys(secret, &format!("{at}.secret"), false, problems);
+            if !keys.is_empty() {
+                checks.push(Check::StandardWebhooks { keys, tolerance });
+            }
         }
+        (Some(OneOrMany::Many(_)), _) => {
+            problems.push(format!("{at}.secret"), "a list of secrets is for `source: standard` (Standard Webhooks keys); give one")
+        }
+        (Some(OneOrMany::One(secret)), _) if problems.secret(format!("{at}.secret"), secret) => {
+            match secret_scheme(scheme, secret, tolerance) {
+                Ok(check) => checks.push(check),
+                Err(message) => problems.push(format!("{at}.secret"), message),
+            }
+        }
+        _ => {}
     }
     if let Some(list) = &raw.ip_allow {
         let mut nets = Vec::new();

@@ -305,8 +305,9 @@ pub struct RawVerify {
     pub token: Option<RawToken>,
     /// An HMAC signature over the body (or a pattern) in a header.
     pub hmac: Option<RawHmac>,
-    /// The source's own scheme (`github`: HMAC-SHA256, `gitlab`: token header, …).
-    pub secret: Option<String>,
+    /// The source's own scheme (`github`: HMAC-SHA256, `gitlab`: token header, …); with
+    /// `source: standard`, one key or a list while keys rotate.
+    pub secret: Option<OneOrMany>,
     /// Standard Webhooks keys (v1 `whsec_…`, v1a `whpk_…`).
     pub standard_webhooks: Option<RawStandardKeys>,
     /// GitLab's webhook signing token (`whsec_…`, or a list while it rotates): checks

@@ -299,3 +299,34 @@ routes:
     assert_eq!(send("/hooks/both", both).await, 202);
     assert_eq!(sink.wait_for(2).await.len(), 2);
 }
+
+/// `source: standard` takes a list under `secret:` while keys rotate; other sources one.
+#[tokio::test]
+async fn a_standard_source_accepts_any_key_of_a_rotating_list() {
+    const NEW_SECRET: &str = "whsec_QWxsIHlvdXIgYmFzZSBhcmUgYmVsb25nIHRvIHVz";
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: rotating\n    source: standard\n    match: {{ path: /hooks/std }}\n    verify: {{ secret: [ {NEW_SECRET}, {STANDARD_SECRET} ] }}\n    forward: [ {{ url: \"{}/std\" }} ]\n",
+        sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let body = r#"{"type":"invoice.paid"}"#;
+    let now = chrono::Utc::now().timestamp();
+    for (secret, expected) in [(NEW_SECRET, 202), (STANDARD_SECRET, 202), ("whsec_c2VjcmV0LW5vdC1saXN0ZWQtYW55d2hlcmU=", 401)] {
+        let signature = standardwebhooks::Webhook::new(secret).unwrap().sign("msg_1", now, body.as_bytes()).unwrap();
+        let timestamp = now.to_string();
+        let headers = [("webhook-id", "msg_1"), ("webhook-timestamp", timestamp.as_str()), ("webhook-signature", signature.as_str())];
+        assert_eq!(relay.client.post_json(&relay.url("/hooks/std"), &headers, body).await.status, expected, "signed with {secret}");
+    }
+    assert_eq!(sink.wait_for(2).await.len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nroutes:\n  - name: gh\n    source: github\n    match: { path: /gh }\n    verify: { secret: [a-long-secret, another-secret] }\n    forward: [ { url: \"http://127.0.0.1:9/x\" } ]\n",
+    )
+    .unwrap();
+    let refused = hookrelay::app::start(&path).await.err().expect("a list is refused for github").to_string();
+    assert!(refused.contains("routes[0].verify.secret: a list of secrets is for `source: standard`"), "{refused}");
+}
