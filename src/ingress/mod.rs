@@ -32,6 +32,7 @@ use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, Ne
 use crate::trace::Trace;
 use crate::verify::VerifyInput;
 
+mod batch;
 mod handshake;
 mod outcome;
 pub mod proxy;
@@ -171,6 +172,9 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let headers = std::mem::take(&mut parts.headers);
     let mut inbound = InboundRequest::new(parts.method.clone(), path_and_query, headers, raw, peer.addr.ip());
+    if batch::is_batch(&inbound.headers) {
+        return batch::accept(relay, snapshot, &inbound, peer).await;
+    }
     let matched = routing::select(&snapshot.routes, &inbound);
     if matched.is_empty() {
         if snapshot.settings.keep_unmatched.is_some() {
@@ -180,10 +184,27 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         let request = Request::from_parts(parts, client::full(inbound.raw));
         return unmatched(relay, snapshot, request, peer).await;
     }
+    let passed = match admit(relay, &inbound, matched, peer) {
+        Ok(passed) => passed,
+        Err(refused) => return refused.counted(),
+    };
+    let body = inbound.take_body();
+    accept(relay, snapshot, &inbound, body, passed).await
+}
+
+/// The matched routes a request may fire: routes over their `ingress_limit` (charged before
+/// and after verification) and routes whose verification fails are dropped; the refusal
+/// when none is left.
+fn admit<'r>(
+    relay: &Relay,
+    inbound: &InboundRequest,
+    matched: Vec<RouteMatch<'r>>,
+    peer: Peer,
+) -> Result<Vec<RouteMatch<'r>>, IngressError> {
     let mut retry_after = None;
-    let matched = charge_ingress_limits(relay, &inbound, matched, true, &mut retry_after);
+    let matched = charge_ingress_limits(relay, inbound, matched, true, &mut retry_after);
     if let (true, Some(wait)) = (matched.is_empty(), retry_after) {
-        return IngressError::RateLimited { wait }.counted();
+        return Err(IngressError::RateLimited { wait });
     }
     let now_unix = Utc::now().timestamp();
     let verify_input = VerifyInput {
@@ -200,14 +221,13 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         tracing::info!(route = %route.route.name, peer = %peer.addr.ip(), "verification failed");
     }
     if passed.is_empty() {
-        return IngressError::Unauthorized.counted();
+        return Err(IngressError::Unauthorized);
     }
-    let passed = charge_ingress_limits(relay, &inbound, passed, false, &mut retry_after);
+    let passed = charge_ingress_limits(relay, inbound, passed, false, &mut retry_after);
     if let (true, Some(wait)) = (passed.is_empty(), retry_after) {
-        return IngressError::RateLimited { wait }.counted();
+        return Err(IngressError::RateLimited { wait });
     }
-    let body = inbound.take_body();
-    accept(relay, snapshot, &inbound, body, passed).await
+    Ok(passed)
 }
 
 /// Takes each route's `ingress_limit` (those keyed by IP before verification, those keyed by
@@ -247,63 +267,9 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         return fail_all(&route_names, IngressError::StoreLost);
     }
     let received_at = Utc::now();
-    // The event as recorded (credentials masked) is the same for every route it fires.
-    let content_type = inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let recorded = (
-        recorded_headers(&inbound.headers, &snapshot.redactions),
-        snapshot.redactions.body(content_type, &inbound.raw),
-        recorded_path(snapshot, inbound),
-    );
-    let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
     // The sender's trace goes on; without one, the deliveries start one.
     let trace = Trace::of(&inbound.headers).unwrap_or_else(Trace::start);
-    let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
-    let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
-    let mut render_failures = Vec::new();
-    let mut sync_failure = None;
-    for PlannedRoute { matched, event_id, targets } in planned {
-        let route = matched.route;
-        let wants_sync = route.respond == Respond::Sync && sync_send.is_none() && sync_failure.is_none();
-        let mut deliveries = Vec::with_capacity(route.targets.len());
-        for (index, (target, rendered)) in targets.into_iter().enumerate() {
-            let first_sync = wants_sync && index == 0;
-            match rendered {
-                Ok(Some(mut outgoing)) => {
-                    trace.mark(&mut outgoing.headers, &inbound.headers);
-                    if first_sync {
-                        sync_send = Some((outgoing, target, event_id.clone()));
-                    } else {
-                        deliveries.push(delivery_of(&event_id, &outgoing, target, received_at.timestamp_millis()));
-                    }
-                }
-                Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
-                Err(err) => {
-                    crate::metrics::count_delivery(&route.name, &target.name, DeliveryResult::RenderError, None);
-                    tracing::warn!(error = %err, "render failed");
-                    if first_sync {
-                        sync_failure = Some((route.name.as_str(), err));
-                    } else {
-                        render_failures.push((event_id.clone(), target, err));
-                    }
-                }
-            }
-        }
-        let event = NewEvent {
-            id: event_id,
-            received_at: received_at.timestamp_millis(),
-            route: route.name.clone(),
-            event: matched.info.event.clone(),
-            delivery_id: matched.info.delivery_id.clone(),
-            method: inbound.method.to_string(),
-            path: recorded.2.clone(),
-            headers: recorded.0.clone(),
-            body: recorded.1.clone(),
-            replay_of: None,
-        };
-        let dedupe_since =
-            route.dedupe.map(|window| received_at.timestamp_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2));
-        events.push(Accepted { event, deliveries, dedupe_since });
-    }
+    let Prepared { mut events, sync_send, render_failures, sync_failure } = prepare(snapshot, inbound, body, passed, received_at, &trace);
     // The sender of a sync route will retry after an error: store nothing, or the other
     // targets would receive the event twice.
     if let Some((route, err)) = sync_failure {
@@ -357,6 +323,81 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     let mut response = with_routes(forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names);
     response.extensions_mut().insert(trace);
     response
+}
+
+/// What one request (or one entry of a batch) becomes: an event per passing route with its
+/// rendered deliveries, the sync send if a sync route fired, and the render failures.
+struct Prepared<'s> {
+    events: Vec<Accepted>,
+    sync_send: Option<(OutgoingRequest, &'s Target, String)>,
+    render_failures: Vec<(String, &'s Target, RenderError)>,
+    sync_failure: Option<(&'s str, RenderError)>,
+}
+
+fn prepare<'s>(
+    snapshot: &'s Snapshot,
+    inbound: &InboundRequest,
+    body: Value,
+    passed: Vec<RouteMatch<'s>>,
+    received_at: chrono::DateTime<Utc>,
+    trace: &Trace,
+) -> Prepared<'s> {
+    // The event as recorded (credentials masked) is the same for every route it fires.
+    let content_type = inbound.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let recorded = (
+        recorded_headers(&inbound.headers, &snapshot.redactions),
+        snapshot.redactions.body(content_type, &inbound.raw),
+        recorded_path(snapshot, inbound),
+    );
+    let planned = plan(snapshot, inbound, body, passed, received_at, || ulid::Ulid::generate().to_string());
+    let mut events: Vec<Accepted> = Vec::with_capacity(planned.len());
+    let mut sync_send: Option<(OutgoingRequest, &Target, String)> = None;
+    let mut render_failures = Vec::new();
+    let mut sync_failure = None;
+    for PlannedRoute { matched, event_id, targets } in planned {
+        let route = matched.route;
+        let wants_sync = route.respond == Respond::Sync && sync_send.is_none() && sync_failure.is_none();
+        let mut deliveries = Vec::with_capacity(route.targets.len());
+        for (index, (target, rendered)) in targets.into_iter().enumerate() {
+            let first_sync = wants_sync && index == 0;
+            match rendered {
+                Ok(Some(mut outgoing)) => {
+                    trace.mark(&mut outgoing.headers, &inbound.headers);
+                    if first_sync {
+                        sync_send = Some((outgoing, target, event_id.clone()));
+                    } else {
+                        deliveries.push(delivery_of(&event_id, &outgoing, target, received_at.timestamp_millis()));
+                    }
+                }
+                Ok(None) => tracing::debug!(route = %route.name, target = %target.name, "skipped by `when`"),
+                Err(err) => {
+                    crate::metrics::count_delivery(&route.name, &target.name, DeliveryResult::RenderError, None);
+                    tracing::warn!(error = %err, "render failed");
+                    if first_sync {
+                        sync_failure = Some((route.name.as_str(), err));
+                    } else {
+                        render_failures.push((event_id.clone(), target, err));
+                    }
+                }
+            }
+        }
+        let event = NewEvent {
+            id: event_id,
+            received_at: received_at.timestamp_millis(),
+            route: route.name.clone(),
+            event: matched.info.event.clone(),
+            delivery_id: matched.info.delivery_id.clone(),
+            method: inbound.method.to_string(),
+            path: recorded.2.clone(),
+            headers: recorded.0.clone(),
+            body: recorded.1.clone(),
+            replay_of: None,
+        };
+        let dedupe_since =
+            route.dedupe.map(|window| received_at.timestamp_millis() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX / 2));
+        events.push(Accepted { event, deliveries, dedupe_since });
+    }
+    Prepared { events, sync_send, render_failures, sync_failure }
 }
 
 /// Every passing route counts `err`; the sender gets its answer once.

@@ -35,6 +35,9 @@ pub enum IngressError {
     StoreLost,
     #[error("could not build the outgoing request")]
     Render(RenderError),
+    /// A CloudEvents batch has no single answer to relay.
+    #[error("a CloudEvents batch cannot go to a respond: sync route")]
+    SyncBatch { route: String },
     #[error("delivery queue is full")]
     QueueFull,
     /// One target's share of the queue is full (its receiver is down or paused).
@@ -60,7 +63,7 @@ impl IngressError {
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
-            IngressError::Render(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IngressError::Render(_) | IngressError::SyncBatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::BuffersFull
             | IngressError::StoreLost
             | IngressError::QueueFull
@@ -84,6 +87,7 @@ impl IngressError {
             IngressError::Unauthorized => "unauthorized",
             IngressError::StoreLost | IngressError::StoreFailed => "store_error",
             IngressError::Render(_) => "render_error",
+            IngressError::SyncBatch { .. } => "bad_request",
             IngressError::QueueFull | IngressError::TargetQueueFull(_) => "queue_full",
             IngressError::TargetUnavailable { .. } => "forwarded",
             IngressError::Upstream(_) | IngressError::UpstreamTimeout(_) => "proxied",
@@ -124,6 +128,9 @@ impl IngressError {
                 Some(json!(format!("no response headers within {limit:?} (limits.upstream_header_timeout)")))
             }
             IngressError::Render(err) => Some(json!(err.to_string())),
+            IngressError::SyncBatch { route } => {
+                Some(json!({ "route": route, "hint": "send the events one by one, or use a respond: async route" }))
+            }
             IngressError::TargetQueueFull(full) => Some(full.describe()),
             _ => None,
         }

@@ -181,3 +181,80 @@ routes:
     assert!(not_opted.headers.get("webhook-allowed-origin").is_none(), "a route that does not opt in gives no consent");
     assert!(sink.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_batch_is_taken_entry_by_entry_and_stored_whole_or_not_at_all() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: batched
+    source: cloudevents
+    dedupe: 1h
+    match: {{ path: /hooks/batch, event: "com.example.*" }}
+    verify: {{ token: {{ field: $.data.token, value: s3cret }} }}
+    forward:
+      - url: {}/got
+        body: {{ event: "{{{{event}}}}", n: "{{{{data.n}}}}" }}
+  - name: answering
+    source: cloudevents
+    respond: sync
+    match: {{ path: /hooks/sync-batch }}
+    forward:
+      - url: {}/sync
+"#,
+        sink.url(),
+        sink.url()
+    ))
+    .await;
+    let event = |id: &str, n: i64, token: &str| {
+        EventBuilderV10::new()
+            .id(id)
+            .source("https://shop.example.com")
+            .ty("com.example.order")
+            .data("application/json", json!({ "n": n, "token": token }))
+            .build()
+            .unwrap()
+    };
+    let post = |path: &'static str, events: Vec<cloudevents::Event>| {
+        let body = serde_json::to_vec(&events).unwrap();
+        let url = relay.url(path);
+        let client = relay.client.clone();
+        async move { client.send("POST", &url, &[("content-type", "application/cloudevents-batch+json")], body).await }
+    };
+    let batch = vec![event("1", 1, "s3cret"), event("2", 2, "s3cret"), event("3", 3, "s3cret")];
+    let reply = post("/hooks/batch", batch.clone()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let entries = reply.json()["entries"].as_array().cloned().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(
+        entries.iter().all(|entry| entry["ids"].as_array().map(Vec::len) == Some(1) && entry["routes"] == json!(["batched"])),
+        "{entries:?}"
+    );
+    let seen = sink.wait_for(3).await;
+    let mut numbers: Vec<i64> = seen.iter().map(|s| s.json()["n"].as_i64().unwrap()).collect();
+    numbers.sort();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert!(seen.iter().all(|s| s.json()["event"] == "com.example.order"));
+
+    // The same batch again: every entry is a repeat of its source + id.
+    let again = post("/hooks/batch", batch).await;
+    assert_eq!(again.status, 202, "{}", again.text());
+    assert!(
+        again.json()["entries"].as_array().unwrap().iter().all(|entry| entry["duplicates"].as_array().map(Vec::len) == Some(1)),
+        "{}",
+        again.text()
+    );
+
+    // One entry that fails verification refuses the whole batch: nothing of it is stored.
+    let mixed = post("/hooks/batch", vec![event("4", 4, "s3cret"), event("5", 5, "wrong")]).await;
+    assert_eq!(mixed.status, 401, "{}", mixed.text());
+    let synced = post("/hooks/sync-batch", vec![event("6", 6, "s3cret")]).await;
+    assert_eq!(synced.status, 422, "{}", synced.text());
+    assert_eq!(synced.json()["detail"]["route"], "answering");
+    let broken =
+        relay.client.send("POST", &relay.url("/hooks/batch"), &[("content-type", "application/cloudevents-batch+json")], "{}").await;
+    assert_eq!(broken.status, 400, "{}", broken.text());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.seen().len(), 3, "{:?}", sink.seen());
+}

@@ -1,0 +1,122 @@
+//! CloudEvents batch mode (`application/cloudevents-batch+json`): each entry is matched,
+//! verified, limited and deduplicated as a structured event of its own, and the batch is
+//! stored atomically: the events of every entry, or nothing (`503`). A batch cannot go to
+//! a `respond: sync` route (`422`): it has no single answer to relay.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::{admit, fail_all, prepare, record_render_failures, with_routes, Handled, IngressError, Prepared};
+use crate::config::model::Respond;
+use crate::connections::Peer;
+use crate::delivery::client::Body;
+use crate::engine::AcceptError;
+use crate::inbound::InboundRequest;
+use crate::relay::Relay;
+use crate::respond::json_response;
+use crate::routing;
+use crate::snapshot::Snapshot;
+use crate::store::AcceptOutcome;
+use crate::trace::Trace;
+
+const BATCH: &str = "application/cloudevents-batch+json";
+const STRUCTURED: &str = "application/cloudevents+json";
+
+pub fn is_batch(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(BATCH)
+}
+
+/// Takes a whole batch; the answer lists, per entry, the events it became.
+pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequest, peer: Peer) -> Response<Body> {
+    let entries = match serde_json::from_slice::<Value>(&batch.raw) {
+        Ok(Value::Array(entries)) => entries,
+        _ => return IngressError::BadBody("a CloudEvents batch is a JSON array of events in the JSON format".into()).answer(""),
+    };
+    if relay.store_lost() {
+        return IngressError::StoreLost.answer("");
+    }
+    let received_at = Utc::now();
+    let trace = Trace::of(&batch.headers).unwrap_or_else(Trace::start);
+    let path_and_query = if batch.raw_query.is_empty() { batch.path.clone() } else { format!("{}?{}", batch.path, batch.raw_query) };
+    let mut events = Vec::new();
+    let mut render_failures = Vec::new();
+    // Per entry: the routes it fired and the event id of each.
+    let mut entry_events: Vec<Vec<(String, String)>> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut headers = batch.headers.clone();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(STRUCTURED));
+        let raw = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
+        let mut one = InboundRequest::new(batch.method.clone(), &path_and_query, headers, raw, batch.peer);
+        let matched = routing::select(&snapshot.routes, &one);
+        if let Some(sync) = matched.iter().find(|m| m.route.respond == Respond::Sync) {
+            return IngressError::SyncBatch { route: sync.route.name.clone() }.answer(&sync.route.name);
+        }
+        if matched.is_empty() {
+            entry_events.push(Vec::new());
+            continue;
+        }
+        // One entry refused refuses the batch: it is taken whole or not at all.
+        let passed = match admit(relay, &one, matched, peer) {
+            Ok(passed) => passed,
+            Err(refused) => return refused.counted(),
+        };
+        let body = one.take_body();
+        let Prepared { events: prepared, render_failures: failed, .. } = prepare(snapshot, &one, body, passed, received_at, &trace);
+        entry_events.push(prepared.iter().map(|accepted| (accepted.event.route.clone(), accepted.event.id.clone())).collect());
+        events.extend(prepared);
+        render_failures.extend(failed);
+    }
+    if entry_events.iter().all(Vec::is_empty) && !entry_events.is_empty() {
+        return IngressError::Unmatched.answer("");
+    }
+    let route_names: Vec<String> = entry_events.iter().flatten().map(|(route, _)| route.clone()).collect();
+    let names: Vec<&str> = route_names.iter().map(String::as_str).collect();
+    let outcomes = if events.is_empty() {
+        Vec::new()
+    } else {
+        match relay.engine.accept(events).await {
+            Ok(outcomes) => outcomes,
+            Err(AcceptError::Full) => return fail_all(&names, IngressError::QueueFull),
+            Err(AcceptError::TargetFull(full)) => return fail_all(&names, IngressError::TargetQueueFull(full)),
+            Err(AcceptError::Store(err)) => {
+                tracing::error!(error = %err, "could not store a batch");
+                return fail_all(&names, IngressError::StoreFailed);
+            }
+        }
+    };
+    let mut outcomes = outcomes.into_iter();
+    let mut accepted_ids = Vec::new();
+    let mut answered = Vec::with_capacity(entry_events.len());
+    for fired in &entry_events {
+        let mut ids = Vec::new();
+        let mut duplicates = Vec::new();
+        for (route, id) in fired {
+            match outcomes.next() {
+                Some(AcceptOutcome::Duplicate { original_event_id }) => {
+                    Handled::Duplicate.count(route);
+                    duplicates.push(json!({ "route": route, "id": id, "original": original_event_id }));
+                }
+                _ => {
+                    Handled::Accepted.count(route);
+                    accepted_ids.push(id.clone());
+                }
+            }
+            ids.push(id.clone());
+        }
+        let mut entry = json!({ "ids": ids, "routes": fired.iter().map(|(route, _)| route).collect::<Vec<_>>() });
+        if !duplicates.is_empty() {
+            entry["duplicates"] = json!(duplicates);
+        }
+        answered.push(entry);
+    }
+    let accepted: Vec<&String> = accepted_ids.iter().collect();
+    record_render_failures(relay, &accepted, render_failures).await;
+    let mut response = with_routes(json_response(StatusCode::ACCEPTED, &json!({ "entries": answered })), &names);
+    response.extensions_mut().insert(trace);
+    response
+}
