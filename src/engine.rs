@@ -23,8 +23,8 @@ use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoreNotice, StoredRequest,
-    TargetRecord,
+    AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoreNotice,
+    StoredRequest, TargetRecord,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
@@ -182,6 +182,16 @@ impl Engine {
     /// Commits every event with its deliveries; only after this returns may the sender be
     /// told 202. Returns, per event, whether it was a duplicate.
     pub async fn accept(&self, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
+        self.accept_events(events, false).await
+    }
+
+    /// Like [`Engine::accept`], but the events commit in one transaction: all, or none
+    /// (a CloudEvents batch).
+    pub async fn accept_whole(&self, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
+        self.accept_events(events, true).await
+    }
+
+    async fn accept_events(&self, events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {
         let _counting = self.counting.read().await;
         let count: i64 = events.iter().map(|e| e.deliveries.len() as i64).sum();
         let depth = self.depth.fetch_add(count, Ordering::AcqRel) + count;
@@ -203,20 +213,42 @@ impl Engine {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut committed = 0;
         let mut failure = None;
-        // Each event commits on its own (the writer batches them into one transaction).
-        let results = join_all(events.into_iter().map(|accepted| {
-            let deliveries = accepted.deliveries.len() as i64;
-            let store = self.store.clone();
-            let frame = self.feed.event_frame(&accepted.event);
-            async move {
-                let outcome = store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await;
-                if matches!(outcome, Ok(AcceptOutcome::Accepted)) {
-                    self.feed.send(frame);
-                }
-                (deliveries, outcome)
+        let results: Vec<(i64, Result<AcceptOutcome, StoreError>)> = if whole {
+            let frames: Vec<_> =
+                events.iter().map(|accepted| (accepted.deliveries.len() as i64, self.feed.event_frame(&accepted.event))).collect();
+            let items = events
+                .into_iter()
+                .map(|accepted| AcceptItem { event: accepted.event, deliveries: accepted.deliveries, dedupe_since: accepted.dedupe_since })
+                .collect();
+            match self.store.accept_all(items).await {
+                Ok(outcomes) => frames
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|((deliveries, frame), outcome)| {
+                        if outcome == AcceptOutcome::Accepted {
+                            self.feed.send(frame);
+                        }
+                        (deliveries, Ok(outcome))
+                    })
+                    .collect(),
+                Err(err) => frames.into_iter().map(|(deliveries, _)| (deliveries, Err(err.clone()))).collect(),
             }
-        }))
-        .await;
+        } else {
+            // Each event commits on its own (the writer batches them into one transaction).
+            join_all(events.into_iter().map(|accepted| {
+                let deliveries = accepted.deliveries.len() as i64;
+                let store = self.store.clone();
+                let frame = self.feed.event_frame(&accepted.event);
+                async move {
+                    let outcome = store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await;
+                    if matches!(outcome, Ok(AcceptOutcome::Accepted)) {
+                        self.feed.send(frame);
+                    }
+                    (deliveries, outcome)
+                }
+            }))
+            .await
+        };
         for ((deliveries, result), targets) in results.into_iter().zip(&per_event) {
             match result {
                 Ok(AcceptOutcome::Accepted) => {

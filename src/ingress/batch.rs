@@ -1,6 +1,6 @@
 //! CloudEvents batch mode (`application/cloudevents-batch+json`): each entry is matched,
 //! verified, limited and deduplicated as a structured event of its own, and the batch is
-//! stored atomically: the events of every entry, or nothing (`503`). A batch cannot go to
+//! stored in one transaction: the events of every entry, or nothing (`503`). A batch cannot go to
 //! a `respond: sync` route (`422`): it has no single answer to relay.
 
 use std::sync::Arc;
@@ -79,7 +79,7 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        match relay.engine.accept(events).await {
+        match relay.engine.accept_whole(events).await {
             Ok(outcomes) => outcomes,
             Err(AcceptError::Full) => return fail_all(&names, IngressError::QueueFull),
             Err(AcceptError::TargetFull(full)) => return fail_all(&names, IngressError::TargetQueueFull(full)),

@@ -420,6 +420,14 @@ pub enum StoreNotice {
     RoutesChanged,
 }
 
+/// One event to accept with its deliveries, deduplicated since `dedupe_since` (ms) if given.
+#[derive(Debug, Clone)]
+pub struct AcceptItem {
+    pub event: NewEvent,
+    pub deliveries: Vec<NewDelivery>,
+    pub dedupe_since: Option<i64>,
+}
+
 /// Clone so one failed commit can answer every write in its batch.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -479,6 +487,11 @@ pub trait Store: Send + Sync {
         deliveries: Vec<NewDelivery>,
         dedupe_since: Option<i64>,
     ) -> Result<AcceptOutcome, StoreError>;
+
+    /// Every item as [`Store::accept_unless_duplicate`] would take it, in one transaction:
+    /// all of them (each stored or found a duplicate), or on an error none (a CloudEvents
+    /// batch is taken whole).
+    async fn accept_all(&self, items: Vec<AcceptItem>) -> Result<Vec<AcceptOutcome>, StoreError>;
 
     /// Leases up to `limit` due deliveries until `now + lease_ms`, oldest due first. Deliveries
     /// whose lease ran out (the worker died) are due again. Of the unfinished deliveries

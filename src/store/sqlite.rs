@@ -20,7 +20,7 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
-use super::{cannot_cancel, owned_by, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
+use super::{cannot_cancel, owned_by, AcceptItem, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
@@ -251,6 +251,13 @@ impl Store for SqliteStore {
         dedupe_since: Option<i64>,
     ) -> Result<AcceptOutcome, StoreError> {
         self.writer.write(move |conn| accept(conn, &event, &deliveries, dedupe_since)).await
+    }
+
+    async fn accept_all(&self, items: Vec<AcceptItem>) -> Result<Vec<AcceptOutcome>, StoreError> {
+        // One write job: its savepoint is rolled back whole if any insert fails.
+        self.writer
+            .write(move |conn| items.iter().map(|item| accept(conn, &item.event, &item.deliveries, item.dedupe_since)).collect())
+            .await
     }
 
     async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {

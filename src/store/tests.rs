@@ -80,6 +80,7 @@ conformance!(
     expired_lease_is_claimable_again,
     ordered_key_goes_one_at_a_time_in_order,
     dedupe_window,
+    accept_all_takes_every_item_or_none,
     concurrent_duplicates_accept_exactly_one,
     a_failing_write_does_not_spoil_its_batch,
     pages_have_no_gaps_or_duplicates,
@@ -490,6 +491,25 @@ async fn dedupe_window(store: Arc<dyn Store>) {
 
     let later = store.accept_unless_duplicate(again, vec![], Some(T0 + 1)).await.unwrap();
     assert_eq!(later, AcceptOutcome::Accepted, "the first one fell out of the window");
+}
+
+async fn accept_all_takes_every_item_or_none(store: Arc<dyn Store>) {
+    let item = |id: &str, delivery_id: Option<&str>, delivery: &str| {
+        let mut event = event(id, "ce", T0);
+        event.delivery_id = delivery_id.map(str::to_string);
+        let deliveries = vec![self::delivery(delivery, &event, "t", T0)];
+        AcceptItem { event, deliveries, dedupe_since: Some(T0 - 60_000) }
+    };
+    let outcomes =
+        store.accept_all(vec![item("e1", None, "d1"), item("e2", Some("src 1"), "d2"), item("e3", Some("src 1"), "d3")]).await.unwrap();
+    assert_eq!(outcomes, [AcceptOutcome::Accepted, AcceptOutcome::Accepted, AcceptOutcome::Duplicate { original_event_id: "e2".into() }]);
+    assert_eq!(store.queue_depth().await.unwrap(), 2, "the duplicate's delivery is not stored");
+    // An item that cannot be stored (its id is taken) takes the whole batch down with it.
+    let failed = store.accept_all(vec![item("e9", None, "d9"), item("e1", None, "d10")]).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(store.get_event("e9").await.unwrap().is_none(), "nothing of a failed batch is stored");
+    assert_eq!(store.queue_depth().await.unwrap(), 2);
+    assert_eq!(store.accept_all(Vec::new()).await.unwrap(), []);
 }
 
 async fn concurrent_duplicates_accept_exactly_one(store: Arc<dyn Store>) {

@@ -31,7 +31,7 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
-use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
+use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, AcceptItem, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
@@ -271,6 +271,73 @@ impl Store for PostgresStore {
                     tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL]).await?;
                 }
                 Ok(AcceptOutcome::Accepted)
+            }
+            .await
+        })
+    }
+
+    async fn accept_all(&self, items: Vec<AcceptItem>) -> Result<Vec<AcceptOutcome>, StoreError> {
+        for item in &items {
+            owned_by(&item.event, &item.deliveries)?;
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        in_transaction!(self, |tx| {
+            async {
+                durable(&tx).await?;
+                // Every lock the items need (seed 0: a route's delivery id; 1: an ordering
+                // key), taken in one order so that concurrent batches cannot deadlock.
+                let mut locks: Vec<(i64, String)> = Vec::new();
+                for item in &items {
+                    if let (Some(_), Some(delivery_id)) = (item.dedupe_since, &item.event.delivery_id) {
+                        locks.push((0, format!("{}:{}:{}", item.event.route.len(), item.event.route, storable(delivery_id))));
+                    }
+                    for d in &item.deliveries {
+                        if let Some(key) = d.ordered_key.as_deref() {
+                            locks
+                                .push((1, format!("{}:{}:{}:{}", d.route.len(), d.route, d.target.len(), d.target) + ":" + &storable(key)));
+                        }
+                    }
+                }
+                locks.sort();
+                locks.dedup();
+                for (seed, key) in &locks {
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", &[key, seed]).await?;
+                }
+                let mut outcomes = Vec::with_capacity(items.len());
+                let mut due = false;
+                for item in &items {
+                    let event = &item.event;
+                    let now = self.pinned(event.received_at);
+                    if let (Some(since), Some(delivery_id)) = (item.dedupe_since, &event.delivery_id) {
+                        let window = event.received_at.saturating_sub(since);
+                        let first = tx
+                            .query_opt(
+                                concat!(
+                                    "SELECT id FROM hookrelay_events WHERE route = $1 AND delivery_id = $2 AND stored_at >= ",
+                                    db_now!(3),
+                                    " - $4 ORDER BY seq LIMIT 1"
+                                ),
+                                &[&event.route, &storable(delivery_id), &now, &window],
+                            )
+                            .await?;
+                        if let Some(row) = first {
+                            outcomes.push(AcceptOutcome::Duplicate { original_event_id: row.try_get(0)? });
+                            continue;
+                        }
+                    }
+                    insert_event(&tx, event, now).await?;
+                    for delivery in &item.deliveries {
+                        insert_delivery(&tx, delivery, Some(&event.body), event.received_at, now, None).await?;
+                    }
+                    due |= !item.deliveries.is_empty();
+                    outcomes.push(AcceptOutcome::Accepted);
+                }
+                if due {
+                    tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL]).await?;
+                }
+                Ok(outcomes)
             }
             .await
         })
