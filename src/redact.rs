@@ -20,7 +20,9 @@ const SENSITIVE_HEADERS: [&str; 11] = [
 pub const REDACTED: &str = "[redacted]";
 
 pub fn is_sensitive_header(name: &str) -> bool {
-    SENSITIVE_HEADERS.iter().any(|sensitive| sensitive.eq_ignore_ascii_case(name))
+    // A CloudEvents extension carried as `ce-<name>` is a credential when its name says so.
+    let extension = name.get(..3).filter(|prefix| prefix.eq_ignore_ascii_case("ce-")).map(|_| &name[3..]);
+    SENSITIVE_HEADERS.iter().any(|sensitive| sensitive.eq_ignore_ascii_case(name)) || extension.is_some_and(is_secret_name)
 }
 
 /// Header pairs with secret values replaced by `[redacted]`.
@@ -246,6 +248,17 @@ fn is_template(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credential_like_cloudevents_extensions_are_secret() {
+        for name in ["ce-authorization", "CE-Token", "ce-apisecret", "authorization"] {
+            assert!(is_sensitive_header(name), "{name}");
+        }
+        for name in ["ce-type", "ce-source", "ce-id", "content-type"] {
+            assert!(!is_sensitive_header(name), "{name}");
+        }
+    }
+
     use super::*;
 
     #[test]

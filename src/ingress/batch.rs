@@ -24,6 +24,9 @@ use crate::store::AcceptOutcome;
 use crate::trace::Trace;
 
 const BATCH: &str = "application/cloudevents-batch+json";
+/// Each entry costs a match, a render and a row: a batch is bounded so one request cannot
+/// hold the server's threads for long.
+pub const MAX_ENTRIES: usize = 1000;
 const STRUCTURED: &str = "application/cloudevents+json";
 
 pub fn is_batch(headers: &HeaderMap) -> bool {
@@ -37,6 +40,12 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
         Ok(Value::Array(entries)) => entries,
         _ => return IngressError::BadBody("a CloudEvents batch is a JSON array of events in the JSON format".into()).answer(""),
     };
+    if entries.len() > MAX_ENTRIES {
+        return IngressError::BadBody(format!("a batch of {} events; at most {MAX_ENTRIES} are taken at once", entries.len())).answer("");
+    }
+    if let Some(problem) = entries.iter().enumerate().find_map(|(index, entry)| invalid(entry).map(|why| format!("entry {index}: {why}"))) {
+        return IngressError::BadBody(problem).answer("");
+    }
     if relay.store_lost() {
         return IngressError::StoreLost.answer("");
     }
@@ -119,4 +128,20 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     let mut response = with_routes(json_response(StatusCode::ACCEPTED, &json!({ "entries": answered })), &names);
     response.extensions_mut().insert(trace);
     response
+}
+
+/// Why an entry is no CloudEvent in the JSON format, if it is not: an object with
+/// `specversion` 1.0, non-empty string `id`, `source` and `type`, and not both `data` and
+/// `data_base64`.
+fn invalid(entry: &Value) -> Option<String> {
+    let Value::Object(attributes) = entry else { return Some("not a JSON object".into()) };
+    if attributes.get("specversion").and_then(Value::as_str) != Some("1.0") {
+        return Some("`specversion` must be \"1.0\"".into());
+    }
+    for required in ["id", "source", "type"] {
+        if attributes.get(required).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Some(format!("`{required}` must be a non-empty string"));
+        }
+    }
+    (attributes.contains_key("data") && attributes.contains_key("data_base64")).then(|| "both `data` and `data_base64`".into())
 }

@@ -16,28 +16,31 @@ enum Mode {
     Structured,
 }
 
+/// The content type decides (HTTP binding §3): `application/cloudevents…` is structured
+/// (its `ce-*` headers do not count), anything else with `ce-specversion` is binary.
 fn mode(headers: &HeaderMap) -> Option<Mode> {
-    if headers.contains_key("ce-specversion") {
-        return Some(Mode::Binary);
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence.starts_with("application/cloudevents") {
+        return (essence == "application/cloudevents+json").then_some(Mode::Structured);
     }
-    let content_type = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    essence.eq_ignore_ascii_case("application/cloudevents+json").then_some(Mode::Structured)
+    headers.contains_key("ce-specversion").then_some(Mode::Binary)
 }
 
 /// One context attribute: from its `ce-` header (percent-decoded, as the binding says),
 /// or from the structured envelope.
 pub fn attribute(headers: &HeaderMap, body: Option<&Value>, name: &str) -> Option<String> {
     match mode(headers)? {
-        Mode::Binary => headers.get(format!("{PREFIX}{name}").as_str()).and_then(|value| value.to_str().ok()).map(decode),
+        Mode::Binary => headers.get(format!("{PREFIX}{name}").as_str()).and_then(|value| value.to_str().ok()).and_then(decode),
         Mode::Structured => body?.get(name).and_then(Value::as_str).map(str::to_string),
     }
 }
 
 /// The delivery id a sender's retries share: `source` and `id` together (the spec makes
-/// the pair unique).
+/// the pair unique), written as a JSON pair so that no two pairs read alike.
 pub fn delivery_id(headers: &HeaderMap, body: Option<&Value>) -> Option<String> {
-    Some(format!("{} {}", attribute(headers, body, "source")?, attribute(headers, body, "id")?))
+    let pair = [attribute(headers, body, "source")?, attribute(headers, body, "id")?];
+    serde_json::to_string(&pair).ok()
 }
 
 /// `ce` (every context attribute, extensions included) and `data`, for templates; `None`
@@ -45,13 +48,14 @@ pub fn delivery_id(headers: &HeaderMap, body: Option<&Value>) -> Option<String> 
 pub fn template_fields(headers: &HeaderMap, body: &Value) -> Option<(Value, Value)> {
     match mode(headers)? {
         Mode::Binary => {
-            let mut attributes: Map<String, Value> = headers
-                .iter()
-                .filter_map(|(name, value)| {
-                    let name = name.as_str().strip_prefix(PREFIX)?;
-                    Some((name.to_string(), Value::String(decode(value.to_str().ok()?))))
-                })
-                .collect();
+            // A repeated header counts once, as matching reads it: the first.
+            let mut attributes = Map::new();
+            for (name, value) in headers {
+                let Some(attribute) = name.as_str().strip_prefix(PREFIX) else { continue };
+                if let Some(decoded) = value.to_str().ok().and_then(decode) {
+                    attributes.entry(attribute.to_string()).or_insert(Value::String(decoded));
+                }
+            }
             if let Some(content_type) = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) {
                 attributes.insert("datacontenttype".into(), Value::String(content_type.to_string()));
             }
@@ -74,8 +78,10 @@ pub fn template_fields(headers: &HeaderMap, body: &Value) -> Option<(Value, Valu
     }
 }
 
-fn decode(value: &str) -> String {
-    percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned()
+/// Percent-decoded; a value that does not decode to UTF-8 is no value (the binding says
+/// to reject it).
+fn decode(value: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(value).decode_utf8().ok().map(|text| text.into_owned())
 }
 
 #[cfg(test)]
@@ -94,7 +100,7 @@ mod tests {
         binary.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
         let data = json!({"ref": "main"});
         assert_eq!(attribute(&binary, Some(&data), "type").as_deref(), Some("push"));
-        assert_eq!(delivery_id(&binary, Some(&data)).as_deref(), Some("/git A 234"));
+        assert_eq!(delivery_id(&binary, Some(&data)).as_deref(), Some(r#"["/git","A 234"]"#));
         let (ce, read) = template_fields(&binary, &data).unwrap();
         assert_eq!(
             ce,
@@ -105,7 +111,18 @@ mod tests {
         let mut structured = HeaderMap::new();
         structured.insert(http::header::CONTENT_TYPE, "application/cloudevents+json; charset=utf-8".parse().unwrap());
         let envelope = json!({"specversion": "1.0", "id": "A 234", "source": "/git", "type": "push", "data": {"ref": "main"}});
-        assert_eq!(delivery_id(&structured, Some(&envelope)).as_deref(), Some("/git A 234"));
+        assert_eq!(delivery_id(&structured, Some(&envelope)).as_deref(), Some(r#"["/git","A 234"]"#));
+        // The content type decides: `ce-*` headers beside a structured body do not count.
+        let mut both = structured.clone();
+        both.insert("ce-specversion", "1.0".parse().unwrap());
+        both.insert("ce-type", "from.header".parse().unwrap());
+        assert_eq!(attribute(&both, Some(&envelope), "type").as_deref(), Some("push"));
+        // Pairs that would read alike joined with a space stay apart; undecodable is no value.
+        let pair = |source: &str, id: &str| delivery_id(&structured, Some(&json!({"source": source, "id": id})));
+        assert_ne!(pair("a", "b c"), pair("a b", "c"));
+        let mut invalid = binary.clone();
+        invalid.insert("ce-id", "%C0%A0".parse().unwrap());
+        assert_eq!(attribute(&invalid, None, "id"), None);
         let (ce, read) = template_fields(&structured, &envelope).unwrap();
         assert_eq!(ce, json!({"specversion": "1.0", "id": "A 234", "source": "/git", "type": "push"}));
         assert_eq!(read, data);

@@ -135,7 +135,7 @@ routes:
         "ref": "refs/heads/main",
         "ext": "platform",
         "source": "https://git.example.com/web",
-        "delivery": "https://git.example.com/web evt 1",
+        "delivery": r#"["https://git.example.com/web","evt 1"]"#,
     });
     for got in &seen {
         assert_eq!(got.json(), expected, "{got:?}");
@@ -257,4 +257,67 @@ routes:
     assert_eq!(broken.status, 400, "{}", broken.text());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sink.seen().len(), 3, "{:?}", sink.seen());
+}
+
+#[tokio::test]
+async fn malformed_batches_and_mixed_signals_are_refused_or_read_by_the_content_type() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: by-type
+    source: cloudevents
+    match: {{ path: /hooks/ce, event: "com.example.*" }}
+    forward:
+      - url: {url}/got
+        body: {{ type: "{{{{ce.type}}}}" }}
+  - name: rewrap
+    source: cloudevents
+    respond: sync
+    match: {{ path: /hooks/rewrap }}
+    forward:
+      - url: {url}/rewrapped
+        cloudevents: {{ mode: binary, type: relay.wrapped, source: /relay }}
+"#,
+        url = sink.url()
+    ))
+    .await;
+    let batch = |body: String| {
+        let url = relay.url("/hooks/ce");
+        let client = relay.client.clone();
+        async move { client.send("POST", &url, &[("content-type", "application/cloudevents-batch+json")], body).await }
+    };
+    let entry = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.example.a"});
+    let too_many = format!("[{}]", vec![entry.to_string(); 1001].join(","));
+    let refused = batch(too_many).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.json()["detail"].as_str().unwrap().contains("at most 1000"));
+    for (bad, why) in
+        [(json!([entry, "str"]), "entry 1: not a JSON object"), (json!([{"specversion": "1.0", "source": "/s", "type": "t"}]), "`id`")]
+    {
+        let reply = batch(bad.to_string()).await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
+        assert!(reply.json()["detail"].as_str().unwrap().contains(why), "{}", reply.text());
+    }
+    // A structured event's own attributes count, not `ce-*` headers beside it.
+    let structured = json!({"specversion": "1.0", "id": "2", "source": "/s", "type": "com.example.body", "data": {}});
+    let reply = relay
+        .client
+        .send(
+            "POST",
+            &relay.url("/hooks/ce"),
+            &[("content-type", "application/cloudevents+json"), ("ce-specversion", "1.0"), ("ce-type", "org.other.header")],
+            structured.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(sink.wait_for(1).await[0].json(), json!({"type": "com.example.body"}));
+    // Binary mode cannot carry a CloudEvent envelope as its data.
+    let reply = relay
+        .client
+        .send("POST", &relay.url("/hooks/rewrap"), &[("content-type", "application/cloudevents+json")], structured.to_string())
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.text().contains("binary mode cannot carry"), "{}", reply.text());
+    assert_eq!(sink.seen().len(), 1);
 }

@@ -65,6 +65,9 @@ impl CloudEventsOut {
         attributes.extend(time.map(|time| ("time", time)));
         attributes.extend(subject.map(|subject| ("subject", subject)));
         match self.mode {
+            Mode::Binary if datacontenttype.as_deref().is_some_and(|kind| kind.trim().to_ascii_lowercase().starts_with("application/cloudevents")) => {
+                Err(("cloudevents.mode", "binary mode cannot carry a CloudEvent envelope as its data (receivers would read the content type as structured mode and ignore the ce-* headers): give a `body:` or use `mode: structured`".to_string()))
+            }
             Mode::Binary => {
                 for (name, value) in attributes {
                     let encoded: String = utf8_percent_encode(&value, HEADER_VALUE).collect();
