@@ -182,6 +182,43 @@ impl PostgresStore {
     }
 }
 
+/// The advisory lock that serialises accepts of one route's delivery id on every replica,
+/// so of concurrent duplicates exactly one gets in (seed 0).
+fn dedupe_lock(route: &str, delivery_id: &str) -> String {
+    format!("{}:{}:{}", route.len(), route, storable(delivery_id))
+}
+
+/// The advisory lock of one ordering key (seed 1): its deliveries commit one at a time.
+fn ordering_lock(delivery: &NewDelivery, key: &str) -> String {
+    format!("{}:{}:{}:{}", delivery.route.len(), delivery.route, delivery.target.len(), delivery.target) + ":" + &storable(key)
+}
+
+/// The first event of `event`'s route with `delivery_id` stored within the dedupe window
+/// (`since` as the event's receipt time counts it), if any.
+async fn earlier_duplicate(
+    tx: &deadpool_postgres::Transaction<'_>,
+    event: &NewEvent,
+    delivery_id: &str,
+    since: i64,
+    now: Option<i64>,
+) -> Result<Option<String>, StoreError> {
+    let window = event.received_at.saturating_sub(since);
+    let first = tx
+        .query_opt(
+            concat!(
+                "SELECT id FROM hookrelay_events WHERE route = $1 AND delivery_id = $2 AND stored_at >= ",
+                db_now!(3),
+                " - $4 ORDER BY seq LIMIT 1"
+            ),
+            &[&event.route, &storable(delivery_id), &now, &window],
+        )
+        .await?;
+    Ok(match first {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}
+
 /// Makes the transaction's commit wait for the disk (the pool's sessions do not by default).
 async fn durable(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
     tx.batch_execute("SET LOCAL synchronous_commit = on").await?;
@@ -231,33 +268,15 @@ impl Store for PostgresStore {
                 if let (Some(since), Some(delivery_id)) = (dedupe_since, &event.delivery_id) {
                     // One accept at a time per (route, delivery id), on every replica, so of
                     // concurrent duplicates exactly one gets in. (Seed 0; ordering keys use 1.)
-                    let key = format!("{}:{}:{}", event.route.len(), event.route, storable(delivery_id));
-                    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
-                    let window = event.received_at.saturating_sub(since);
-                    let first = tx
-                        .query_opt(
-                            concat!(
-                                "SELECT id FROM hookrelay_events WHERE route = $1 AND delivery_id = $2 AND stored_at >= ",
-                                db_now!(3),
-                                " - $4 ORDER BY seq LIMIT 1"
-                            ),
-                            &[&event.route, &storable(delivery_id), &now, &window],
-                        )
-                        .await?;
-                    if let Some(row) = first {
-                        return Ok(AcceptOutcome::Duplicate { original_event_id: row.try_get(0)? });
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&dedupe_lock(&event.route, delivery_id)]).await?;
+                    if let Some(original_event_id) = earlier_duplicate(&tx, &event, delivery_id, since, now).await? {
+                        return Ok(AcceptOutcome::Duplicate { original_event_id });
                     }
                 }
                 // Deliveries of one ordering key are numbered (`seq`) in the order they commit:
                 // a younger one never becomes visible to claims before an older one.
-                let mut keys: Vec<String> = deliveries
-                    .iter()
-                    .filter_map(|d| {
-                        d.ordered_key
-                            .as_deref()
-                            .map(|key| format!("{}:{}:{}:{}", d.route.len(), d.route, d.target.len(), d.target) + ":" + &storable(key))
-                    })
-                    .collect();
+                let mut keys: Vec<String> =
+                    deliveries.iter().filter_map(|d| d.ordered_key.as_deref().map(|key| ordering_lock(d, key))).collect();
                 keys.sort();
                 keys.dedup();
                 for key in &keys {
@@ -291,12 +310,11 @@ impl Store for PostgresStore {
                 let mut locks: Vec<(i64, String)> = Vec::new();
                 for item in &items {
                     if let (Some(_), Some(delivery_id)) = (item.dedupe_since, &item.event.delivery_id) {
-                        locks.push((0, format!("{}:{}:{}", item.event.route.len(), item.event.route, storable(delivery_id))));
+                        locks.push((0, dedupe_lock(&item.event.route, delivery_id)));
                     }
                     for d in &item.deliveries {
                         if let Some(key) = d.ordered_key.as_deref() {
-                            locks
-                                .push((1, format!("{}:{}:{}:{}", d.route.len(), d.route, d.target.len(), d.target) + ":" + &storable(key)));
+                            locks.push((1, ordering_lock(d, key)));
                         }
                     }
                 }
@@ -311,19 +329,8 @@ impl Store for PostgresStore {
                     let event = &item.event;
                     let now = self.pinned(event.received_at);
                     if let (Some(since), Some(delivery_id)) = (item.dedupe_since, &event.delivery_id) {
-                        let window = event.received_at.saturating_sub(since);
-                        let first = tx
-                            .query_opt(
-                                concat!(
-                                    "SELECT id FROM hookrelay_events WHERE route = $1 AND delivery_id = $2 AND stored_at >= ",
-                                    db_now!(3),
-                                    " - $4 ORDER BY seq LIMIT 1"
-                                ),
-                                &[&event.route, &storable(delivery_id), &now, &window],
-                            )
-                            .await?;
-                        if let Some(row) = first {
-                            outcomes.push(AcceptOutcome::Duplicate { original_event_id: row.try_get(0)? });
+                        if let Some(original_event_id) = earlier_duplicate(&tx, event, delivery_id, since, now).await? {
+                            outcomes.push(AcceptOutcome::Duplicate { original_event_id });
                             continue;
                         }
                     }
