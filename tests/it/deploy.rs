@@ -177,6 +177,19 @@ fn the_image_layout_runs_as_an_unprivileged_user_and_passes_its_health_check() {
     assert!(instruction("HEALTHCHECK").contains(r#"CMD ["/usr/local/bin/hookrelay", "probe"]"#), "the health check needs no shell");
     let exposed = instruction("EXPOSE");
 
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    // The build stage's own COPY lines, too, must find their files in the context.
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    for copy in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+        let parts: Vec<&str> = copy.split_whitespace().collect();
+        for from in &parts[1..parts.len() - 1] {
+            let admitted = ignore
+                .lines()
+                .filter_map(|line| line.strip_prefix('!'))
+                .any(|kept| from.trim_end_matches('/').starts_with(kept.trim_end_matches('/')));
+            assert!(admitted, "{copy}: .dockerignore leaves {from} out of the build context");
+        }
+    }
     // The image's files, laid out in a folder as the COPY lines put them.
     let image = tempfile::tempdir().unwrap();
     let place = |inside: &str| image.path().join(inside.trim_start_matches('/'));
