@@ -43,7 +43,11 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     if entries.len() > MAX_ENTRIES {
         return IngressError::BadBody(format!("a batch of {} events; at most {MAX_ENTRIES} are taken at once", entries.len())).answer("");
     }
-    if let Some(problem) = entries.iter().enumerate().find_map(|(index, entry)| invalid(entry).map(|why| format!("entry {index}: {why}"))) {
+    if let Some(problem) = entries
+        .iter()
+        .enumerate()
+        .find_map(|(index, entry)| routing::cloudevents::envelope_problem(entry).map(|why| format!("entry {index}: {why}")))
+    {
         return IngressError::BadBody(problem).answer("");
     }
     if relay.store_lost() {
@@ -128,20 +132,4 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     let mut response = with_routes(json_response(StatusCode::ACCEPTED, &json!({ "entries": answered })), &names);
     response.extensions_mut().insert(trace);
     response
-}
-
-/// Why an entry is no CloudEvent in the JSON format, if it is not: an object with
-/// `specversion` 1.0, non-empty string `id`, `source` and `type`, and not both `data` and
-/// `data_base64`.
-fn invalid(entry: &Value) -> Option<String> {
-    let Value::Object(attributes) = entry else { return Some("not a JSON object".into()) };
-    if attributes.get("specversion").and_then(Value::as_str) != Some("1.0") {
-        return Some("`specversion` must be \"1.0\"".into());
-    }
-    for required in ["id", "source", "type"] {
-        if attributes.get(required).and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Some(format!("`{required}` must be a non-empty string"));
-        }
-    }
-    (attributes.contains_key("data") && attributes.contains_key("data_base64")).then(|| "both `data` and `data_base64`".into())
 }

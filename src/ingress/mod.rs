@@ -184,6 +184,12 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         let request = Request::from_parts(parts, client::full(inbound.raw));
         return unmatched(relay, snapshot, request, peer).await;
     }
+    // A `cloudevents` route takes CloudEvents only: anything else is refused with why.
+    if let Some(route) = matched.iter().find(|m| m.route.source.kind == routing::source::SourceKind::Cloudevents) {
+        if let Some(problem) = routing::cloudevents::problem(&inbound.headers, inbound.body.as_matchable()) {
+            return IngressError::BadBody(problem).answer(&route.route.name);
+        }
+    }
     let passed = match admit(relay, &inbound, matched, peer) {
         Ok(passed) => passed,
         Err(refused) => return refused.counted(),

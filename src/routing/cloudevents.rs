@@ -78,6 +78,42 @@ pub fn template_fields(headers: &HeaderMap, body: &Value) -> Option<(Value, Valu
     }
 }
 
+/// Why a request to a `cloudevents` route is no CloudEvent, if it is not.
+pub fn problem(headers: &HeaderMap, body: Option<&Value>) -> Option<String> {
+    match mode(headers) {
+        None => Some("not a CloudEvent: no `ce-specversion` header and not `application/cloudevents+json`".into()),
+        Some(Mode::Structured) => match body {
+            Some(envelope) => envelope_problem(envelope),
+            None => Some("a structured CloudEvent must be a JSON object".into()),
+        },
+        Some(Mode::Binary) => {
+            if attribute(headers, None, "specversion").as_deref() != Some("1.0") {
+                return Some("`ce-specversion` must be 1.0".into());
+            }
+            ["id", "source", "type"]
+                .into_iter()
+                .find(|name| attribute(headers, None, name).is_none_or(|value| value.is_empty()))
+                .map(|name| format!("`ce-{name}` must be a non-empty UTF-8 value"))
+        }
+    }
+}
+
+/// Why a JSON-format event (structured, or a batch entry) is no CloudEvent, if it is not:
+/// an object with `specversion` 1.0, non-empty string `id`, `source` and `type`, and not
+/// both `data` and `data_base64`.
+pub fn envelope_problem(entry: &Value) -> Option<String> {
+    let Value::Object(attributes) = entry else { return Some("not a JSON object".into()) };
+    if attributes.get("specversion").and_then(Value::as_str) != Some("1.0") {
+        return Some("`specversion` must be \"1.0\"".into());
+    }
+    for required in ["id", "source", "type"] {
+        if attributes.get(required).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Some(format!("`{required}` must be a non-empty string"));
+        }
+    }
+    (attributes.contains_key("data") && attributes.contains_key("data_base64")).then(|| "both `data` and `data_base64`".into())
+}
+
 /// Percent-decoded; a value that does not decode to UTF-8 is no value (the binding says
 /// to reject it).
 fn decode(value: &str) -> Option<String> {

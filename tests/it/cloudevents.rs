@@ -299,6 +299,16 @@ routes:
         assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
         assert!(reply.json()["detail"].as_str().unwrap().contains(why), "{}", reply.text());
     }
+    // A `cloudevents` route takes CloudEvents only, and says what is missing.
+    let plain = relay.client.post_json(&relay.url("/hooks/rewrap"), &[], r#"{"type":"com.example.x"}"#).await;
+    assert_eq!(plain.status, 400, "{}", plain.text());
+    assert!(plain.json()["detail"].as_str().unwrap().contains("not a CloudEvent"), "{}", plain.text());
+    let binary = relay
+        .client
+        .post_json(&relay.url("/hooks/rewrap"), &[("ce-specversion", "1.0"), ("ce-type", "com.example.x"), ("ce-source", "/s")], "{}")
+        .await;
+    assert_eq!(binary.status, 400, "{}", binary.text());
+    assert!(binary.json()["detail"].as_str().unwrap().contains("`ce-id`"), "{}", binary.text());
     // A structured event's own attributes count, not `ce-*` headers beside it.
     let structured = json!({"specversion": "1.0", "id": "2", "source": "/s", "type": "com.example.body", "data": {}});
     let reply = relay
