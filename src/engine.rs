@@ -213,42 +213,35 @@ impl Engine {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut committed = 0;
         let mut failure = None;
-        let results: Vec<(i64, Result<AcceptOutcome, StoreError>)> = if whole {
-            let frames: Vec<_> =
-                events.iter().map(|accepted| (accepted.deliveries.len() as i64, self.feed.event_frame(&accepted.event))).collect();
+        let frames: Vec<_> =
+            events.iter().map(|accepted| (accepted.deliveries.len() as i64, self.feed.event_frame(&accepted.event))).collect();
+        let stored: Vec<Result<AcceptOutcome, StoreError>> = if whole {
             let items = events
                 .into_iter()
                 .map(|accepted| AcceptItem { event: accepted.event, deliveries: accepted.deliveries, dedupe_since: accepted.dedupe_since })
                 .collect();
             match self.store.accept_all(items).await {
-                Ok(outcomes) => frames
-                    .into_iter()
-                    .zip(outcomes)
-                    .map(|((deliveries, frame), outcome)| {
-                        if outcome == AcceptOutcome::Accepted {
-                            self.feed.send(frame);
-                        }
-                        (deliveries, Ok(outcome))
-                    })
-                    .collect(),
-                Err(err) => frames.into_iter().map(|(deliveries, _)| (deliveries, Err(err.clone()))).collect(),
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                Err(err) => frames.iter().map(|_| Err(err.clone())).collect(),
             }
         } else {
             // Each event commits on its own (the writer batches them into one transaction).
             join_all(events.into_iter().map(|accepted| {
-                let deliveries = accepted.deliveries.len() as i64;
                 let store = self.store.clone();
-                let frame = self.feed.event_frame(&accepted.event);
-                async move {
-                    let outcome = store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await;
-                    if matches!(outcome, Ok(AcceptOutcome::Accepted)) {
-                        self.feed.send(frame);
-                    }
-                    (deliveries, outcome)
-                }
+                async move { store.accept_unless_duplicate(accepted.event, accepted.deliveries, accepted.dedupe_since).await }
             }))
             .await
         };
+        let results: Vec<(i64, Result<AcceptOutcome, StoreError>)> = frames
+            .into_iter()
+            .zip(stored)
+            .map(|((deliveries, frame), outcome)| {
+                if matches!(outcome, Ok(AcceptOutcome::Accepted)) {
+                    self.feed.send(frame);
+                }
+                (deliveries, outcome)
+            })
+            .collect();
         for ((deliveries, result), targets) in results.into_iter().zip(&per_event) {
             match result {
                 Ok(AcceptOutcome::Accepted) => {

@@ -18,10 +18,21 @@ pub enum ParsedBody {
     Invalid,
 }
 
+/// A content type's media type without its parameters, lower-case (`""` when there is none):
+/// `application/json; charset=utf-8` is `application/json`.
+pub fn media_type(content_type: Option<&str>) -> String {
+    content_type.and_then(|ct| ct.split(';').next()).map(|ct| ct.trim().to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// Whether a media type (as [`media_type`] gives it) is JSON: `application/json` or `…+json`.
+pub fn is_json(media_type: &str) -> bool {
+    media_type == "application/json" || media_type.ends_with("+json")
+}
+
 impl ParsedBody {
     pub fn parse(content_type: Option<&str>, raw: &[u8]) -> ParsedBody {
-        let essence = content_type.and_then(|ct| ct.split(';').next()).map(|ct| ct.trim().to_ascii_lowercase()).unwrap_or_default();
-        if essence == "application/json" || essence.ends_with("+json") || (essence.is_empty() && looks_like_json(raw)) {
+        let essence = media_type(content_type);
+        if is_json(&essence) || (essence.is_empty() && looks_like_json(raw)) {
             return serde_json::from_slice(raw).map(ParsedBody::Parsed).unwrap_or(ParsedBody::Invalid);
         }
         if essence == "application/x-www-form-urlencoded" {

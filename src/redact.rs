@@ -141,8 +141,7 @@ impl Redactions {
         if self.fields.is_empty() || body.is_empty() {
             return body.clone();
         }
-        let essence = content_type.and_then(|ct| ct.split(';').next()).map(|ct| ct.trim().to_ascii_lowercase()).unwrap_or_default();
-        if essence == "application/x-www-form-urlencoded" {
+        if crate::inbound::media_type(content_type) == "application/x-www-form-urlencoded" {
             return self.form(body).map_or_else(|| body.clone(), bytes::Bytes::from);
         }
         match serde_json::from_slice::<serde_json::Value>(body) {

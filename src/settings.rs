@@ -20,10 +20,10 @@ pub struct Upstream {
     /// `scheme://authority/base-path` without a trailing slash: a proxied request's path
     /// and query are appended to it.
     proxy_prefix: String,
+    /// Where the base path starts in `proxy_prefix` (origin-form request targets).
+    path_start: usize,
     /// `host[:port]` as the URL gives it: the `Host` of a proxied request that had none.
     authority: String,
-    /// The base path without a trailing slash, for origin-form request targets.
-    base_path: String,
     /// `host:port` to connect to when the service speaks plain HTTP; `None` for `https`.
     plain_http_authority: Option<String>,
 }
@@ -36,10 +36,11 @@ impl Upstream {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let base_path = base.path().trim_end_matches('/').to_string();
-        let proxy_prefix = format!("{}://{authority}{base_path}", base.scheme());
+        let origin = format!("{}://{authority}", base.scheme());
+        let path_start = origin.len();
+        let proxy_prefix = origin + base.path().trim_end_matches('/');
         let plain_http_authority = (base.scheme() == "http").then(|| format!("{host}:{}", base.port().unwrap_or(80)));
-        Some(Upstream { base, proxy_prefix, authority, base_path, plain_http_authority })
+        Some(Upstream { base, proxy_prefix, path_start, authority, plain_http_authority })
     }
 
     /// `host[:port]` as the URL gives it.
@@ -54,18 +55,12 @@ impl Upstream {
 
     /// The origin-form request target (`/base/path?query`) for `path_and_query`.
     pub fn origin_form(&self, path_and_query: &str) -> String {
-        let mut target = String::with_capacity(self.base_path.len() + path_and_query.len());
-        target.push_str(&self.base_path);
-        target.push_str(path_and_query);
-        target
+        [&self.proxy_prefix[self.path_start..], path_and_query].concat()
     }
 
     /// Where a request for `path_and_query` is proxied to.
     pub fn proxied(&self, path_and_query: &str) -> String {
-        let mut uri = String::with_capacity(self.proxy_prefix.len() + path_and_query.len());
-        uri.push_str(&self.proxy_prefix);
-        uri.push_str(path_and_query);
-        uri
+        [self.proxy_prefix.as_str(), path_and_query].concat()
     }
 
     /// Joins an `upstream:` target path (with optional query) onto the base URL.

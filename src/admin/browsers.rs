@@ -60,11 +60,8 @@ pub fn is_json(request: &Request<hyper::body::Incoming>) -> bool {
     if request.method() == Method::DELETE {
         return true;
     }
-    let Some(content_type) = request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    essence.eq_ignore_ascii_case("application/json")
+    let content_type = request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    crate::inbound::media_type(content_type) == "application/json"
 }
 
 /// Who made a call: the first 12 hex digits of the SHA-256 of the token it carried

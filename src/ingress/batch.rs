@@ -30,8 +30,7 @@ pub const MAX_ENTRIES: usize = 1000;
 const STRUCTURED: &str = "application/cloudevents+json";
 
 pub fn is_batch(headers: &HeaderMap) -> bool {
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
-    content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(BATCH)
+    crate::inbound::media_type(headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok())) == BATCH
 }
 
 /// Takes a whole batch; the answer lists, per entry, the events it became.

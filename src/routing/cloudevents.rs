@@ -19,8 +19,7 @@ enum Mode {
 /// The content type decides (HTTP binding §3): `application/cloudevents…` is structured
 /// (its `ce-*` headers do not count), anything else with `ce-specversion` is binary.
 fn mode(headers: &HeaderMap) -> Option<Mode> {
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = crate::inbound::media_type(headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()));
     if essence.starts_with("application/cloudevents") {
         return (essence == "application/cloudevents+json").then_some(Mode::Structured);
     }

@@ -25,20 +25,21 @@ pub enum SourceKind {
 impl SourceKind {
     pub const NAMES: &'static str = "github, gitlab, codeup, gitee, tapd, codearts, bkrepo, standard, cloudevents, generic";
 
+    const ALL: [SourceKind; 10] = [
+        SourceKind::Generic,
+        SourceKind::Github,
+        SourceKind::Gitlab,
+        SourceKind::Codeup,
+        SourceKind::Gitee,
+        SourceKind::Tapd,
+        SourceKind::Codearts,
+        SourceKind::Bkrepo,
+        SourceKind::Standard,
+        SourceKind::Cloudevents,
+    ];
+
     pub fn parse(name: &str) -> Option<SourceKind> {
-        Some(match name {
-            "generic" => SourceKind::Generic,
-            "github" => SourceKind::Github,
-            "gitlab" => SourceKind::Gitlab,
-            "codeup" => SourceKind::Codeup,
-            "gitee" => SourceKind::Gitee,
-            "tapd" => SourceKind::Tapd,
-            "codearts" => SourceKind::Codearts,
-            "bkrepo" => SourceKind::Bkrepo,
-            "standard" => SourceKind::Standard,
-            "cloudevents" => SourceKind::Cloudevents,
-            _ => return None,
-        })
+        SourceKind::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
     /// The name a config gives it.

@@ -65,7 +65,7 @@ impl CloudEventsOut {
         attributes.extend(time.map(|time| ("time", time)));
         attributes.extend(subject.map(|subject| ("subject", subject)));
         match self.mode {
-            Mode::Binary if datacontenttype.as_deref().is_some_and(|kind| kind.trim().to_ascii_lowercase().starts_with("application/cloudevents")) => {
+            Mode::Binary if crate::inbound::media_type(datacontenttype.as_deref()).starts_with("application/cloudevents") => {
                 Err(("cloudevents.mode", "binary mode cannot carry a CloudEvent envelope as its data (receivers would read the content type as structured mode and ignore the ce-* headers): give a `body:` or use `mode: structured`".to_string()))
             }
             Mode::Binary => {
@@ -100,9 +100,8 @@ impl CloudEventsOut {
 /// The JSON event format's data member: JSON data as JSON, text as a string, anything
 /// else base64-encoded in `data_base64`.
 fn data_member(content_type: Option<&str>, body: &[u8]) -> (&'static str, Value) {
-    let essence = content_type.and_then(|value| value.split(';').next()).map(|value| value.trim().to_ascii_lowercase()).unwrap_or_default();
-    let is_json = essence == "application/json" || essence.ends_with("+json");
-    if is_json {
+    let essence = crate::inbound::media_type(content_type);
+    if crate::inbound::is_json(&essence) {
         if let Ok(value) = serde_json::from_slice(body) {
             return ("data", value);
         }
