@@ -71,8 +71,9 @@ impl UpstreamLink {
                 (authority, sender, false)
             }
         };
-        // The service may close a kept-alive connection just as a request goes out on it;
-        // an idempotent request without a body can then safely go again, as proxies do.
+        // The service may close a kept-alive connection just as a request goes out on it; a
+        // safe request without a body can then go again. Only safe ones: hyper cannot tell
+        // "closed unanswered" from "closed mid-answer", and a DELETE seen twice is not safe.
         let again = if reused { Replayable::of(&request) } else { None };
         let request = match sender.ready().await {
             Ok(()) => match sender.try_send_request(request).await {
@@ -119,7 +120,7 @@ impl UpstreamLink {
     }
 }
 
-/// What it takes to send a bodiless idempotent request again.
+/// What it takes to send a bodiless safe request again.
 struct Replayable {
     method: Method,
     uri: http::Uri,
@@ -129,9 +130,8 @@ struct Replayable {
 
 impl Replayable {
     fn of(request: &Request<Body>) -> Option<Replayable> {
-        let idempotent =
-            matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
-        (idempotent && request.body().is_end_stream()).then(|| Replayable {
+        let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+        (safe && request.body().is_end_stream()).then(|| Replayable {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),

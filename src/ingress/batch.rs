@@ -83,7 +83,8 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
         events.extend(prepared);
         render_failures.extend(failed);
     }
-    if entry_events.iter().all(Vec::is_empty) && !entry_events.is_empty() {
+    // An empty batch included: no entry matched.
+    if entry_events.iter().all(Vec::is_empty) {
         return IngressError::Unmatched.answer("");
     }
     let route_names: Vec<String> = entry_events.iter().flatten().map(|(route, _)| route.clone()).collect();

@@ -255,6 +255,8 @@ routes:
     let broken =
         relay.client.send("POST", &relay.url("/hooks/batch"), &[("content-type", "application/cloudevents-batch+json")], "{}").await;
     assert_eq!(broken.status, 400, "{}", broken.text());
+    let empty = post("/hooks/batch", Vec::new()).await;
+    assert_eq!(empty.status, 404, "an empty batch matches nothing: {}", empty.text());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sink.seen().len(), 3, "{:?}", sink.seen());
 }
