@@ -36,6 +36,8 @@ pub enum StartError {
     StoreOwner(#[from] OwnershipError),
     #[error("TLS setup failed: {0}")]
     Tls(rustls::Error),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// Opens the store with its ownership: a SQLite file is locked to this relay; a PostgreSQL
@@ -140,6 +142,7 @@ pub struct Running {
     pub relay: Arc<Relay>,
     shutdown: watch::Sender<bool>,
     ingress: tokio::task::JoinHandle<()>,
+    telemetry: Option<crate::telemetry::Exporting>,
 }
 
 impl Running {
@@ -161,6 +164,9 @@ impl Running {
         }
         if let Some(owner) = &self.relay.store_owner {
             owner.release();
+        }
+        if let Some(telemetry) = self.telemetry {
+            telemetry.flush().await;
         }
         tracing::info!("stopped");
     }
@@ -194,6 +200,7 @@ pub async fn start_with_options(path: &Path, options: &StartOptions) -> Result<R
 pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions) -> Result<Running, StartError> {
     metrics::handle();
     let outbound = Outbound::build(&snapshot.settings.extra_roots)?;
+    let telemetry = crate::telemetry::install(snapshot.settings.telemetry.as_ref(), &snapshot.settings.extra_roots)?;
     let listen = snapshot.settings.listen;
     let admin_listen = snapshot.settings.admin.as_ref().map(|a| a.listen);
     let ingress_listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { what: "listen", addr: listen, source })?;
@@ -274,5 +281,5 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         tracing::warn!(warning = %warning, "config warning");
     }
     tracing::info!(%ingress_addr, admin = ?admin_addr, "hookrelay listening");
-    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress })
+    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress, telemetry })
 }

@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::sync::{broadcast, watch, Notify, Semaphore};
 
-use crate::delivery::attempt::AttemptSettings;
+use crate::delivery::attempt::{AttemptOf, AttemptSettings};
 use crate::delivery::breaker::{self, Gate, TargetChange, TargetResult};
 use crate::delivery::client::{header_pairs, Outbound, MAX_RECORDED_ANSWER};
 use crate::delivery::queue_share::{tally, TargetFull, TargetQueues, Wanted};
@@ -559,6 +559,7 @@ impl Engine {
             redactions: &snapshot.redactions,
             timeout: settings.timeout,
             max_answer: MAX_RECORDED_ANSWER,
+            of: Some(AttemptOf { event_id: &delivery.event_id, delivery_id: Some(&delivery.id), number: i64::from(delivery.attempts) + 1 }),
         };
         let tried = self.renewing_lease(&delivery, send.attempt(outgoing(&delivery, target), started_at)).await;
         let result = &tried.answer;

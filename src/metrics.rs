@@ -18,10 +18,12 @@ pub const CONNECTIONS: &str = "hookrelay_connections_total";
 pub const CONNECTIONS_OPEN: &str = "hookrelay_connections_open";
 /// `accept` calls that failed (e.g. out of file descriptors).
 pub const ACCEPT_ERRORS: &str = "hookrelay_accept_errors_total";
-/// Log lines dropped because stderr was not being read fast enough.
 /// 1 for each target's current state (closed, open, half_open, paused), 0 for the others.
 pub const TARGET_STATE: &str = "hookrelay_target_state";
+/// Log lines dropped because stderr was not being read fast enough.
 pub const LOG_LINES_DROPPED: &str = "hookrelay_log_lines_dropped_total";
+/// Spans the OTLP collector did not take (exports that failed).
+pub const SPANS_DROPPED: &str = "hookrelay_spans_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -256,6 +256,7 @@ struct StartupSettings {
     /// The admin listener's client CA certificates (DER), compared whole.
     admin_client_ca: Vec<Vec<u8>>,
     store: crate::settings::StoreLocation,
+    telemetry: Option<crate::telemetry::OtlpSettings>,
 }
 
 impl StartupSettings {
@@ -270,6 +271,7 @@ impl StartupSettings {
             tls: settings.tls.is_some(),
             admin_client_ca: settings.tls.as_ref().map_or_else(Vec::new, |tls| tls.client_ca.iter().map(|ca| ca.to_vec()).collect()),
             store: settings.store.clone(),
+            telemetry: settings.telemetry.clone(),
         }
     }
 }
@@ -294,6 +296,9 @@ fn restart_required(started: &StartupSettings, new: &Settings) -> Vec<String> {
     }
     if new.tls != started.tls {
         notes.push("tls turned on or off: restart to apply (a renewed certificate needs no restart)".to_string());
+    }
+    if new.telemetry != started.telemetry {
+        notes.push("telemetry changed: restart to apply".to_string());
     }
     if new.admin_client_ca != started.admin_client_ca {
         notes.push("tls.client_ca changed: the admin listener keeps the certificates it started with until a restart".to_string());

@@ -135,6 +135,8 @@ pub struct Settings {
     /// Extra CAs for HTTPS targets (`outbound.ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub allow_private: bool,
+    /// `telemetry.otlp`: where spans are exported, if anywhere.
+    pub telemetry: Option<crate::telemetry::OtlpSettings>,
 }
 
 /// Where the relay keeps its events and deliveries.
@@ -338,6 +340,7 @@ pub fn compile_settings(raw: &RawConfig, config_path: &Path, problems: &mut Prob
         keep_unmatched,
         extra_roots,
         allow_private: raw.outbound.allow_private,
+        telemetry: crate::telemetry::compile(&raw.telemetry, problems),
     }
 }
 

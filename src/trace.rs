@@ -7,14 +7,15 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// A received or started trace: its id and flags (the sender's span is not needed: every
-/// request the relay sends is a new child span).
+/// One span of the relay's in a trace: the trace, this span's id, the span it continues
+/// (the sender's, or the relay's own span a delivery was rendered in) and the flags. Every
+/// request the relay sends names the span it is sent from as its parent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trace {
     trace_id: u128,
+    span_id: u64,
+    parent_id: Option<u64>,
     flags: u8,
-    /// Received from the sender (its `tracestate` goes on with it), not started here.
-    continued: bool,
 }
 
 /// A `tracestate` longer than this is not passed on (the specification lets a vendor drop
@@ -27,10 +28,14 @@ fn hex_field<const N: usize>(text: &str) -> Option<u128> {
         .flatten()
 }
 
+fn new_span_id() -> u64 {
+    fastrand::u64(1..)
+}
+
 impl Trace {
-    /// The trace in a `traceparent` value, when it is valid: version `00` exactly, or a
-    /// later version read by its first four fields; `ff`, upper-case hex and all-zero ids
-    /// are not valid.
+    /// A new span continuing the one a `traceparent` value names, when the value is valid:
+    /// version `00` exactly, or a later version read by its first four fields; `ff`,
+    /// upper-case hex and all-zero ids are not valid.
     pub fn parse(value: &str) -> Option<Trace> {
         let mut fields = value.trim().split('-');
         let version = fields.next()?;
@@ -40,13 +45,14 @@ impl Trace {
             return None;
         }
         let trace_id = hex_field::<32>(trace_id).filter(|id| *id != 0)?;
-        hex_field::<16>(parent_id).filter(|id| *id != 0)?;
+        let parent_id = u64::try_from(hex_field::<16>(parent_id).filter(|id| *id != 0)?).ok()?;
         // Version 00 defines only the sampled flag: others are sent on as zero.
         let flags = u8::try_from(hex_field::<2>(flags)?).ok()? & 0x01;
-        Some(Trace { trace_id, flags, continued: true })
+        Some(Trace { trace_id, span_id: new_span_id(), parent_id: Some(parent_id), flags })
     }
 
-    /// The trace a request carries, if it carries exactly one valid `traceparent`.
+    /// A new span continuing the one a request names, if it carries exactly one valid
+    /// `traceparent`.
     pub fn of(headers: &HeaderMap) -> Option<Trace> {
         let mut values = headers.get_all(TRACEPARENT).iter();
         let value = values.next()?;
@@ -56,30 +62,60 @@ impl Trace {
         Trace::parse(value.to_str().ok()?)
     }
 
-    /// A new trace, sampled.
+    /// The first span of a new trace, sampled.
     pub fn start() -> Trace {
-        Trace { trace_id: fastrand::u128(1..), flags: 0x01, continued: false }
+        Trace { trace_id: fastrand::u128(1..), span_id: new_span_id(), parent_id: None, flags: 0x01 }
+    }
+
+    /// A new span under this one.
+    pub fn child(&self) -> Trace {
+        Trace { span_id: new_span_id(), parent_id: Some(self.span_id), ..*self }
+    }
+
+    /// The span of one send of a stored or rendered request: a child of the span its
+    /// `traceparent` names, which it then names instead (each attempt is a span of its own).
+    pub fn next_hop(headers: &mut HeaderMap) -> Option<Trace> {
+        let hop = Trace::of(headers)?;
+        headers.insert(TRACEPARENT, hop.traceparent());
+        Some(hop)
     }
 
     pub fn id(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
 
-    /// The `traceparent` of a new span of this trace.
-    pub fn child(&self) -> HeaderValue {
-        let value = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, fastrand::u64(1..), self.flags);
+    pub fn trace_id(&self) -> u128 {
+        self.trace_id
+    }
+
+    pub fn span_id(&self) -> u64 {
+        self.span_id
+    }
+
+    pub fn parent_id(&self) -> Option<u64> {
+        self.parent_id
+    }
+
+    /// Whether the trace is recorded: the sender's choice, or yes for a trace started here.
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+
+    /// The `traceparent` naming this span as the parent of a request sent from it.
+    pub fn traceparent(&self) -> HeaderValue {
+        let value = format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags);
         HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
     }
 
-    /// Puts a new span of this trace on an outgoing request, with the sender's `tracestate`
-    /// when the trace is the sender's, unless the request already names its own trace (a
-    /// target's `headers:`).
+    /// Names this span as the parent of an outgoing request, with the sender's
+    /// `tracestate` when the trace is the sender's, unless the request already names its
+    /// own trace (a target's `headers:`).
     pub fn mark(&self, outgoing: &mut HeaderMap, received: &HeaderMap) {
         if outgoing.contains_key(TRACEPARENT) {
             return;
         }
-        outgoing.insert(TRACEPARENT, self.child());
-        if !self.continued || outgoing.contains_key(TRACESTATE) {
+        outgoing.insert(TRACEPARENT, self.traceparent());
+        if self.parent_id.is_none() || outgoing.contains_key(TRACESTATE) {
             return;
         }
         // Several `tracestate` headers are one list.
@@ -119,10 +155,15 @@ mod tests {
         ] {
             assert_eq!(Trace::parse(invalid), None, "{invalid}");
         }
+        assert_eq!(trace.parent_id(), Some(0x00f067aa0ba902b7));
+        let sent = trace.traceparent();
+        let sent = sent.to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"), "{sent}");
+        assert_ne!(&sent[36..52], "00f067aa0ba902b7", "a span of its own");
+        let next = Trace::parse(sent).unwrap();
+        assert_eq!((next.id(), next.parent_id()), (trace.id(), Some(trace.span_id())));
         let child = trace.child();
-        let child = child.to_str().unwrap();
-        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"), "{child}");
-        assert_ne!(&child[36..52], "00f067aa0ba902b7", "a span of its own");
-        assert_eq!(Trace::parse(child).map(|t| t.id()), Some(trace.id()));
+        assert_eq!((child.trace_id(), child.parent_id()), (trace.trace_id(), Some(trace.span_id())));
+        assert_ne!(child.span_id(), trace.span_id());
     }
 }

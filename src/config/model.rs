@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// Outbound HTTP settings.
     #[serde(default)]
     pub outbound: RawOutbound,
+    /// Telemetry export (off by default).
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// Globs of more files holding routes, relative to this file.
     #[serde(default)]
     pub include: Vec<String>,
@@ -50,6 +53,40 @@ pub struct RawOutbound {
     pub allow_private: bool,
     /// Extra CA certificates (PEM) trusted for HTTPS targets, beside the public roots.
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// Spans exported over OTLP: the request, matching, rendering, the store commit and each
+    /// delivery attempt. Read at start (a change needs a restart).
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The collector: `http://host:4318` (`/v1/traces` is added when the URL has no path)
+    /// for `http/protobuf`, `http://host:4317` for `grpc`.
+    pub endpoint: String,
+    /// `http/protobuf` (default) or `grpc`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers sent with every export (an API key, say); values may use `${VAR}`.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// The `service.name` resource attribute (default `hookrelay`).
+    pub service_name: Option<String>,
+}
+
+/// How spans are sent to the collector.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
 }
 
 /// An included file: it may hold only routes.

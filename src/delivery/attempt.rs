@@ -13,6 +13,9 @@ use crate::delivery::request::{OutgoingRequest, WireRequest};
 use crate::delivery::target::Target;
 use crate::redact::Redactions;
 use crate::store::AttemptRecord;
+use crate::telemetry::Span;
+use crate::trace::Trace;
+use opentelemetry::trace::SpanKind;
 
 /// What one attempt sent and got.
 pub struct Tried {
@@ -36,6 +39,18 @@ pub struct AttemptSettings<'a> {
     pub timeout: Duration,
     /// The answer body is read up to this many bytes (the record keeps at most 64 KiB).
     pub max_answer: usize,
+    /// Which delivery this is, for the attempt's span; `None` for the admin test call.
+    pub of: Option<AttemptOf<'a>>,
+}
+
+/// The delivery an attempt belongs to.
+#[derive(Clone, Copy)]
+pub struct AttemptOf<'a> {
+    pub event_id: &'a str,
+    /// `None` for a sync delivery, logged after its answer.
+    pub delivery_id: Option<&'a str>,
+    /// 1 for the first attempt.
+    pub number: i64,
 }
 
 impl<'a> AttemptSettings<'a> {
@@ -55,10 +70,13 @@ impl<'a> AttemptSettings<'a> {
             redactions,
             timeout: target.timeout,
             max_answer,
+            of: None,
         }
     }
 
-    pub async fn attempt(&self, rendered: OutgoingRequest, now_ms: i64) -> Tried {
+    pub async fn attempt(&self, mut rendered: OutgoingRequest, now_ms: i64) -> Tried {
+        // Each attempt is a span of its own, under the one the request was rendered in.
+        let span = Trace::next_hop(&mut rendered.headers).and_then(|hop| self.span(hop, &rendered));
         let prepared = match self.target {
             Some(target) => target.prepare(rendered, now_ms),
             None => Ok(WireRequest::bare(rendered)),
@@ -78,6 +96,17 @@ impl<'a> AttemptSettings<'a> {
                 (unsigned, Attempt::failed_before_sending(err.to_string()))
             }
         };
+        if let Some(mut span) = span {
+            if let Some(status) = answer.status {
+                span.set("http.response.status_code", i64::from(status));
+            }
+            if let Some(error) = &answer.error {
+                span.fail(error.clone());
+            } else if answer.status.is_some_and(|status| status >= 400) {
+                span.fail(format!("answer {}", answer.status.unwrap_or_default()));
+            }
+            span.end();
+        }
         let recorded = RecordedRequest::of(&sent, self.target, self.redactions);
         let record = AttemptRecord {
             started_at: now_ms,
@@ -93,6 +122,26 @@ impl<'a> AttemptSettings<'a> {
             counted: true,
         };
         Tried { sent, answer, record }
+    }
+
+    /// The attempt's span, named by what it sends: never its URL's path or query, headers or
+    /// body (they may carry credentials), only the host.
+    fn span(&self, ids: Trace, rendered: &OutgoingRequest) -> Option<Span> {
+        let mut span = Span::begin(ids, "attempt", SpanKind::Client)?
+            .with("hookrelay.route", rendered.route.clone())
+            .with("hookrelay.target", rendered.target.clone())
+            .with("http.request.method", rendered.method.to_string());
+        if let Some(host) = url::Url::parse(&rendered.url).ok().and_then(|url| url.host_str().map(str::to_string)) {
+            span.set("server.address", host);
+        }
+        if let Some(of) = self.of {
+            span.set("hookrelay.event_id", of.event_id.to_string());
+            if let Some(delivery) = of.delivery_id {
+                span.set("hookrelay.delivery_id", delivery.to_string());
+            }
+            span.set("hookrelay.attempt", of.number);
+        }
+        Some(span)
     }
 }
 

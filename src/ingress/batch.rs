@@ -10,7 +10,7 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{admit, fail_all, prepare, record_render_failures, with_routes, Handled, IngressError, Prepared};
+use super::{admit, commit_span, fail_all, prepare, record_render_failures, with_routes, Handled, IngressError, Prepared};
 use crate::config::model::Respond;
 use crate::connections::Peer;
 use crate::delivery::client::Body;
@@ -34,7 +34,7 @@ pub fn is_batch(headers: &HeaderMap) -> bool {
 }
 
 /// Takes a whole batch; the answer lists, per entry, the events it became.
-pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequest, peer: Peer) -> Response<Body> {
+pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequest, peer: Peer, trace: Trace) -> Response<Body> {
     let entries = match serde_json::from_slice::<Value>(&batch.raw) {
         Ok(Value::Array(entries)) => entries,
         _ => return IngressError::BadBody("a CloudEvents batch is a JSON array of events in the JSON format".into()).answer(""),
@@ -53,7 +53,6 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
         return IngressError::StoreLost.answer("");
     }
     let received_at = Utc::now();
-    let trace = Trace::of(&batch.headers).unwrap_or_else(Trace::start);
     let path_and_query = if batch.raw_query.is_empty() { batch.path.clone() } else { format!("{}?{}", batch.path, batch.raw_query) };
     let mut events = Vec::new();
     let mut render_failures = Vec::new();
@@ -92,7 +91,10 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        match relay.engine.accept_whole(events).await {
+        let commit = commit_span(&trace, events.len());
+        let committed = relay.engine.accept_whole(events).await;
+        crate::telemetry::end_with(commit, &committed);
+        match committed {
             Ok(outcomes) => outcomes,
             Err(AcceptError::Full) => return fail_all(&names, IngressError::QueueFull),
             Err(AcceptError::TargetFull(full)) => return fail_all(&names, IngressError::TargetQueueFull(full)),

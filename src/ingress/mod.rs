@@ -13,13 +13,9 @@ use serde_json::{json, Value};
 
 use crate::config::model::Respond;
 use crate::connections::Peer;
-use crate::delivery::answers::CodeClass;
-use crate::delivery::attempt::{AttemptSettings, Tried};
 use crate::delivery::client::{self, Body};
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
-use crate::delivery::verdict::{Judged, TargetSettings};
-use crate::engine::{delivery_of, now_ms, recorded_headers, stored, AcceptError, Accepted};
-use crate::feed::DeliveryChange;
+use crate::engine::{delivery_of, now_ms, recorded_headers, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
 use crate::metrics::{count_request, DeliveryResult};
 use crate::plan::{plan, PlannedRoute};
@@ -29,13 +25,16 @@ use crate::respond::json_response;
 use crate::routing::{self, RouteMatch};
 use crate::snapshot::Snapshot;
 use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
+use crate::telemetry::Span;
 use crate::trace::Trace;
 use crate::verify::VerifyInput;
+use opentelemetry::trace::SpanKind;
 
 mod batch;
 mod handshake;
 mod outcome;
 pub mod proxy;
+mod sync;
 pub use outcome::{Handled, IngressError};
 
 /// The request id: the sender's `X-Request-Id` if it gave a sane one, else a new one.
@@ -53,12 +52,25 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// One log line per request: who, what, which routes, how it ended, how long it took.
 pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = std::time::Instant::now();
+    let started_at = std::time::SystemTime::now();
     let id = request_id(&mut request);
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let mut response = route_request(relay, request, peer).await;
     let routes = response.extensions_mut().remove::<FiredRoutes>().map(|fired| fired.0.join(",")).unwrap_or_default();
-    let trace_id = response.extensions_mut().remove::<Trace>().map(|trace| trace.id()).unwrap_or_default();
+    let trace = response.extensions_mut().remove::<Trace>();
+    if let Some(span) = trace.and_then(|trace| Span::begin_at(trace, "request", SpanKind::Server, started_at)) {
+        let mut span =
+            span.with("http.request.method", method.to_string()).with("http.response.status_code", i64::from(response.status().as_u16()));
+        if !routes.is_empty() {
+            span.set("hookrelay.routes", routes.clone());
+        }
+        if response.status().is_server_error() {
+            span.fail(response.status().to_string());
+        }
+        span.end();
+    }
+    let trace_id = trace.map(|trace| trace.id()).unwrap_or_default();
     tracing::info!(
         target: "hookrelay::request",
         request_id = %String::from_utf8_lossy(id.as_bytes()),
@@ -172,15 +184,30 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let headers = std::mem::take(&mut parts.headers);
     let mut inbound = InboundRequest::new(parts.method.clone(), path_and_query, headers, raw, peer.addr.ip());
+    // The sender's trace goes on; without one, deliveries start one (a pass-through never
+    // does: the proxy sends only a trace it was sent).
+    let received = Trace::of(&inbound.headers);
+    let trace = received.unwrap_or_else(Trace::start);
     if batch::is_batch(&inbound.headers) {
-        return batch::accept(relay, snapshot, &inbound, peer).await;
+        return batch::accept(relay, snapshot, &inbound, peer, trace).await;
     }
+    let matching = Span::begin(trace.child(), "match", SpanKind::Internal);
     let matched = routing::select(&snapshot.routes, &inbound);
+    if let Some(mut span) = matching.filter(|_| !matched.is_empty()) {
+        span.set("hookrelay.routes", matched.iter().map(|m| m.route.name.as_str()).collect::<Vec<_>>().join(","));
+        if let Some(event) = matched.iter().find_map(|m| m.info.event.as_deref()) {
+            span.set("hookrelay.event", event.to_string());
+        }
+        span.end();
+    }
     if matched.is_empty() {
         if snapshot.settings.keep_unmatched.is_some() {
             keep_unmatched(relay, snapshot, &inbound);
         }
         parts.headers = inbound.headers;
+        if let Some(received) = received {
+            parts.extensions.insert(received);
+        }
         let request = Request::from_parts(parts, client::full(inbound.raw));
         return unmatched(relay, snapshot, request, peer).await;
     }
@@ -195,7 +222,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         Err(refused) => return refused.counted(),
     };
     let body = inbound.take_body();
-    accept(relay, snapshot, &inbound, body, passed).await
+    accept(relay, snapshot, &inbound, body, passed, trace).await
 }
 
 /// The matched routes a request may fire: routes over their `ingress_limit` (charged before
@@ -267,15 +294,31 @@ fn charge_ingress_limits<'r>(
 
 /// Renders every target of every passing route, commits the event and its deliveries to
 /// the store (one event per route), and answers: 202, or the sync target's answer.
-async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, body: Value, passed: Vec<RouteMatch<'_>>) -> Response<Body> {
+async fn accept(
+    relay: &Relay,
+    snapshot: &Snapshot,
+    inbound: &InboundRequest,
+    body: Value,
+    passed: Vec<RouteMatch<'_>>,
+    trace: Trace,
+) -> Response<Body> {
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
     if relay.store_lost() {
         return fail_all(&route_names, IngressError::StoreLost);
     }
     let received_at = Utc::now();
-    // The sender's trace goes on; without one, the deliveries start one.
-    let trace = Trace::of(&inbound.headers).unwrap_or_else(Trace::start);
+    let rendering = Span::begin(trace.child(), "render", SpanKind::Internal);
     let Prepared { mut events, sync_send, render_failures, sync_failure } = prepare(snapshot, inbound, body, passed, received_at, &trace);
+    if let Some(mut span) = rendering {
+        let rendered: usize = events.iter().map(|e| e.deliveries.len()).sum::<usize>() + usize::from(sync_send.is_some());
+        span.set("hookrelay.deliveries", rendered as i64);
+        if let Some((_, err)) = &sync_failure {
+            span.fail(err.to_string());
+        } else if let Some((_, _, err)) = render_failures.first() {
+            span.fail(format!("{} of the targets failed to render: {err}", render_failures.len()));
+        }
+        span.end();
+    }
     // The sender of a sync route will retry after an error: store nothing, or the other
     // targets would receive the event twice.
     if let Some((route, err)) = sync_failure {
@@ -289,7 +332,10 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
         (!failed).then(|| events.remove(position).event)
     });
     let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
-    let outcomes = match relay.engine.accept(events).await {
+    let commit = if events.is_empty() { None } else { commit_span(&trace, events.len()) };
+    let committed = relay.engine.accept(events).await;
+    crate::telemetry::end_with(commit, &committed);
+    let outcomes = match committed {
         Ok(outcomes) => outcomes,
         Err(AcceptError::Full) => return fail_all(&route_names, IngressError::QueueFull),
         Err(AcceptError::TargetFull(full)) => return fail_all(&route_names, IngressError::TargetQueueFull(full)),
@@ -326,9 +372,14 @@ async fn accept(relay: &Relay, snapshot: &Snapshot, inbound: &InboundRequest, bo
     for name in &route_names {
         Handled::Forwarded.count(name);
     }
-    let mut response = with_routes(forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names);
+    let mut response = with_routes(sync::forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names);
     response.extensions_mut().insert(trace);
     response
+}
+
+/// The span of one store commit of `events` events.
+fn commit_span(trace: &Trace, events: usize) -> Option<Span> {
+    Span::begin(trace.child(), "commit", SpanKind::Internal).map(|span| span.with("hookrelay.events", events as i64))
 }
 
 /// What one request (or one entry of a batch) becomes: an event per passing route with its
@@ -451,101 +502,6 @@ pub(crate) async fn record_render_failures(relay: &Relay, accepted: &[&String], 
         let outcome = AttemptOutcome::Failed { reason: format!("render error: {err}") };
         if let Err(store_err) = relay.engine.store().record_finished(None, delivery, record, outcome, now).await {
             tracing::warn!(error = %store_err, "could not log a render error");
-        }
-    }
-}
-
-/// A sync target's answer is buffered up to this size so it can be both returned and logged.
-const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
-
-/// Sends the sync target now, relays its answer (status, headers and body) and logs the
-/// delivery with its one attempt on the route's event.
-async fn forward_sync(
-    relay: &Relay,
-    snapshot: &Snapshot,
-    outgoing: OutgoingRequest,
-    target: &Target,
-    event_id: &str,
-    deferred: Option<NewEvent>,
-) -> Response<Body> {
-    if let Some(limit) = &target.rate_limit {
-        if let Err(Throttled(wait)) = relay.outbound_limits.acquire(&limit.key, limit.spec, Some(limit.max_wait)).await {
-            return IngressError::RateLimited { wait }.answer(&outgoing.route);
-        }
-    }
-    let started_at = now_ms();
-    // What is stored is the request as rendered: credentials and signatures are added by
-    // the attempt, at send time, and never reach the store.
-    let stored_request = stored(&outgoing, target);
-    let (route, target_name) = (outgoing.route.clone(), outgoing.target.clone());
-    let send =
-        AttemptSettings::for_rendered(&relay.outbound, target, snapshot.settings.allow_private, &snapshot.redactions, MAX_SYNC_ANSWER);
-    let Tried { answer, record, .. } = send.attempt(outgoing, started_at).await;
-    // Judged as the engine judges (`success`, `success_when`, the preset's answer codes);
-    // the sender gets the answer either way and retries on its own terms.
-    let settings = TargetSettings::of(Some(target));
-    let judged = match (answer.status, &answer.error) {
-        (Some(code), None) => Some(settings.judge(code, &answer.answer)),
-        _ => None,
-    };
-    let outcome = match (judged, &answer.error) {
-        (Some(Judged::Delivered), _) => AttemptOutcome::Succeeded,
-        (Some(Judged::Status(code)), _) => AttemptOutcome::Failed { reason: format!("answer {code} (returned to the sender)") },
-        (Some(Judged::Code { class, reason }), _) => {
-            if let (CodeClass::Throttled(pause), Some(limit)) = (class, &target.rate_limit) {
-                relay.outbound_limits.pause(&limit.key, limit.spec, pause).await;
-            }
-            AttemptOutcome::Failed { reason: format!("{reason} (returned to the sender)") }
-        }
-        (None, Some(message)) => AttemptOutcome::Failed { reason: message.clone() },
-        (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
-    };
-    crate::metrics::count_delivery(&route, &target_name, DeliveryResult::from(&outcome), Some(answer.duration.as_secs_f64()));
-    let last_status = answer.status;
-    let delivery = NewDelivery {
-        id: ulid::Ulid::generate().to_string(),
-        event_id: event_id.to_string(),
-        route: route.clone(),
-        target: target_name.clone(),
-        request: stored_request,
-        next_attempt_at: started_at,
-        ordered_key: None,
-        guarded: !target.trusted,
-    };
-    let engine = relay.engine.clone();
-    // Logging happens after the answer, but a slow disk must not let the backlog (and the
-    // bodies it holds) grow without bound: past this many, the request waits its turn.
-    let slot = relay.sync_log_slots.clone().acquire_owned().await;
-    tokio::spawn(async move {
-        let _slot = slot;
-        let feed = engine.feed();
-        let event_frame = deferred.as_ref().and_then(|event| feed.event_frame(event));
-        let status = outcome.status();
-        // Names copied only while someone watches the feed.
-        let names = feed.watched().then(|| [&delivery.id, &delivery.event_id, &delivery.route, &delivery.target].map(String::clone));
-        match engine.store().record_finished(deferred, delivery, record, outcome, now_ms()).await {
-            Ok(()) => {
-                feed.send(event_frame);
-                if let Some([id, event_id, route, target]) = &names {
-                    feed.delivery(DeliveryChange { id, event_id, route, target, status, attempts: 1, last_status });
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "could not log the sync delivery"),
-        }
-    });
-    match (answer.status, answer.error) {
-        (Some(status), None) => {
-            let mut headers = answer.headers;
-            proxy::strip_hop_by_hop(&mut headers);
-            let mut response = Response::new(client::full(answer.answer));
-            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            *response.headers_mut() = headers;
-            response
-        }
-        (_, error) => {
-            let message = error.unwrap_or_else(|| "no answer".to_string());
-            tracing::warn!(route = %route, target = %target_name, error = %message, "sync delivery failed");
-            IngressError::TargetUnavailable { timed_out: answer.timed_out, detail: message }.counted()
         }
     }
 }

@@ -93,9 +93,9 @@ pub async fn forward(
     parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     // A trace the sender started goes on with a span of the relay's; none is started here,
     // so the service's own traffic reaches it as it was sent.
-    let trace = Trace::of(&parts.headers);
+    let trace = parts.extensions.remove::<Trace>().or_else(|| Trace::of(&parts.headers));
     if let Some(trace) = trace {
-        parts.headers.insert(TRACEPARENT, trace.child());
+        parts.headers.insert(TRACEPARENT, trace.traceparent());
     }
     match original_host {
         Some(host) => {

@@ -27,6 +27,7 @@ mod security;
 mod sidecar;
 mod signing;
 mod support;
+mod telemetry;
 mod tls;
 mod trace_context;
 mod url_values;
