@@ -312,3 +312,35 @@ fn a_bad_collector_setting_is_a_config_error() {
         assert!(!output.status.success() && said.contains(expected), "{telemetry}: {said}");
     }
 }
+
+#[tokio::test]
+async fn a_collector_that_is_down_costs_spans_not_webhooks() {
+    let sink = TestSink::start().await;
+    let (port, admin, down) = (free_port(), free_port(), free_port());
+    let telemetry = format!("  otlp: {{ endpoint: \"http://127.0.0.1:{down}\" }}");
+    let folder = Folder::new(&config(port, admin, &sink, &telemetry));
+    let mut relay = spawn(&folder.config(), &[], &[("SINK_TOKEN", SINK_TOKEN), ("SINK_BEARER", SINK_BEARER)]);
+    let run = Run { client: crate::support::reqwest_like::Client::new(), port };
+    wait_up(&run.client, &mut relay, admin).await;
+    for _ in 0..3 {
+        assert_eq!(run.post("/hooks/sync", &[]).await, 200);
+    }
+    assert_eq!(sink.wait_for(3).await.len(), 3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = run.client.get(&format!("http://127.0.0.1:{admin}/metrics"), &[]).await.text();
+        let dropped = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("hookrelay_spans_dropped_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped >= 6.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the dropped spans are counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(run.post("/hooks/sync", &[]).await, 200, "still serving");
+    let logs = stop(relay);
+    assert_eq!(logs.matches("could not export spans").count(), 1, "said once per outage: {logs}");
+}
