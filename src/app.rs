@@ -171,7 +171,7 @@ impl Running {
             owner.release();
         }
         if let Some(telemetry) = self.telemetry {
-            telemetry.flush().await;
+            telemetry.flush(deadline).await;
         }
         self.shards.stop();
         tracing::info!("stopped");

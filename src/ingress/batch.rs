@@ -131,7 +131,5 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     }
     let accepted: Vec<&String> = accepted_ids.iter().collect();
     record_render_failures(relay, &accepted, render_failures).await;
-    let mut response = with_routes(json_response(StatusCode::ACCEPTED, &json!({ "entries": answered })), &names);
-    response.extensions_mut().insert(trace);
-    response
+    with_routes(json_response(StatusCode::ACCEPTED, &json!({ "entries": answered })), &names)
 }

@@ -189,7 +189,7 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     let received = Trace::of(&inbound.headers);
     let trace = received.unwrap_or_else(Trace::start);
     if batch::is_batch(&inbound.headers) {
-        return batch::accept(relay, snapshot, &inbound, peer, trace).await;
+        return traced(batch::accept(relay, snapshot, &inbound, peer, trace).await, trace);
     }
     let matching = Span::begin(trace.child(), "match", SpanKind::Internal);
     let matched = routing::select(&snapshot.routes, &inbound);
@@ -214,15 +214,22 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
     // A `cloudevents` route takes CloudEvents only: anything else is refused with why.
     if let Some(route) = matched.iter().find(|m| m.route.source.kind == routing::source::SourceKind::Cloudevents) {
         if let Some(problem) = routing::cloudevents::problem(&inbound.headers, inbound.body.as_matchable()) {
-            return IngressError::BadBody(problem).answer(&route.route.name);
+            return traced(IngressError::BadBody(problem).answer(&route.route.name), trace);
         }
     }
     let passed = match admit(relay, &inbound, matched, peer) {
         Ok(passed) => passed,
-        Err(refused) => return refused.counted(),
+        Err(refused) => return traced(refused.counted(), trace),
     };
     let body = inbound.take_body();
-    accept(relay, snapshot, &inbound, body, passed, trace).await
+    traced(accept(relay, snapshot, &inbound, body, passed, trace).await, trace)
+}
+
+/// Marks an answer with the trace its request was handled in, for its log line and its
+/// `request` span (every answer a route gave, refusals included).
+fn traced(mut response: Response<Body>, trace: Trace) -> Response<Body> {
+    response.extensions_mut().insert(trace);
+    response
 }
 
 /// The matched routes a request may fire: routes over their `ingress_limit` (charged before
@@ -312,10 +319,17 @@ async fn accept(
     if let Some(mut span) = rendering {
         let rendered: usize = events.iter().map(|e| e.deliveries.len()).sum::<usize>() + usize::from(sync_send.is_some());
         span.set("hookrelay.deliveries", rendered as i64);
+        // Named by where it failed only: a render error may quote a value from the body.
         if let Some((_, err)) = &sync_failure {
-            span.fail(err.to_string());
+            span.fail(format!("route {:?}, target {:?}, {}: failed to render", err.route, err.target, err.field));
         } else if let Some((_, _, err)) = render_failures.first() {
-            span.fail(format!("{} of the targets failed to render: {err}", render_failures.len()));
+            span.fail(format!(
+                "{} of the targets failed to render (first: route {:?}, target {:?}, {})",
+                render_failures.len(),
+                err.route,
+                err.target,
+                err.field
+            ));
         }
         span.end();
     }
@@ -365,16 +379,12 @@ async fn accept(
         if !duplicates.is_empty() {
             answer["duplicates"] = json!(duplicates);
         }
-        let mut response = with_routes(json_response(StatusCode::ACCEPTED, &answer), &route_names);
-        response.extensions_mut().insert(trace);
-        return response;
+        return with_routes(json_response(StatusCode::ACCEPTED, &answer), &route_names);
     };
     for name in &route_names {
         Handled::Forwarded.count(name);
     }
-    let mut response = with_routes(sync::forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names);
-    response.extensions_mut().insert(trace);
-    response
+    with_routes(sync::forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names)
 }
 
 /// The span of one store commit of `events` events.

@@ -3,7 +3,7 @@
 //! never retried into memory without bound (the batch queue drops beyond its size).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,15 @@ static PIPELINE: ArcSwapOption<BatchSpanProcessor<Tokio>> = ArcSwapOption::const
 /// How long one export may take before it is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Spans waiting to be exported, at most: more are dropped (and counted) while the
+/// collector is slow or down, so memory stays bounded.
+const MAX_QUEUED: usize = 8192;
+
+/// Spans handed to the batch processor and not yet through an export. Kept here because the
+/// processor drops spans past its queue silently; counting them here lets the relay count
+/// every dropped span.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("telemetry.otlp: {0}")]
@@ -45,6 +54,11 @@ pub(super) fn scope() -> InstrumentationScope {
 
 pub(super) fn send(span: SpanData) {
     if let Some(pipeline) = PIPELINE.load().as_ref() {
+        if QUEUED.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            QUEUED.fetch_sub(1, Ordering::Relaxed);
+            ::metrics::counter!(crate::metrics::SPANS_DROPPED).increment(1);
+            return;
+        }
         pipeline.on_end(span);
     }
 }
@@ -55,16 +69,29 @@ pub struct Exporting {
 }
 
 impl Exporting {
-    /// Sends the spans still batched (within the export timeout) and stops exporting.
-    pub async fn flush(self) {
+    /// Sends the spans still batched, until `deadline` at most, and stops exporting. Spans
+    /// not sent by then are dropped: a slow collector never holds up the relay's exit.
+    pub async fn flush(self, deadline: tokio::time::Instant) {
         // Only this exporter's: a relay started after it in the same process has its own.
         let ours = Some(self.processor.clone());
         PIPELINE.compare_and_swap(&ours, None);
         let processor = self.processor;
-        // The processor waits on its own task's answer by blocking the calling thread.
-        let flushed = tokio::task::spawn_blocking(move || processor.shutdown_with_timeout(EXPORT_TIMEOUT)).await;
-        if let Ok(Err(err)) = flushed {
-            tracing::warn!(error = %err, "could not send the last spans");
+        // The processor waits on its own task's answer by blocking the calling thread: a
+        // thread of its own, left behind at the deadline (the runtime would wait for it).
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("hookrelay-otlp-flush".into()).spawn(move || {
+            let _ = done.send(processor.shutdown_with_timeout(EXPORT_TIMEOUT));
+        });
+        if spawned.is_err() {
+            return;
+        }
+        match tokio::time::timeout_at(deadline, flushed).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "could not send the last spans"),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                tracing::warn!(spans = QUEUED.load(Ordering::Relaxed), "the last spans were not sent within limits.shutdown_grace; dropped")
+            }
         }
     }
 }
@@ -83,13 +110,16 @@ pub fn install(settings: Option<&OtlpSettings>, extra_roots: &[CertificateDer<'s
             .build(),
     );
     let batching = BatchConfigBuilder::default()
-        .with_max_queue_size(8192)
+        // Room beyond `MAX_QUEUED`, so the processor itself never drops a span uncounted.
+        .with_max_queue_size(MAX_QUEUED * 2)
         .with_max_export_batch_size(512)
         .with_scheduled_delay(Duration::from_secs(1))
         .build();
     let processor = Arc::new(BatchSpanProcessor::builder(exporter, Tokio).with_batch_config(batching).build());
     PIPELINE.store(Some(processor.clone()));
-    tracing::info!(endpoint = %settings.endpoint, protocol = ?settings.protocol, "exporting spans over OTLP");
+    // The endpoint without its query, which may carry a key.
+    let shown = settings.endpoint.split('?').next().unwrap_or_default();
+    tracing::info!(endpoint = %shown, protocol = ?settings.protocol, "exporting spans over OTLP");
     Ok(Some(Exporting { processor }))
 }
 
@@ -149,6 +179,7 @@ impl SpanExporter for Logged {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len();
         let result = self.inner.export(batch).await;
+        let _ = QUEUED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| Some(queued.saturating_sub(spans)));
         match &result {
             Err(err) => {
                 ::metrics::counter!(crate::metrics::SPANS_DROPPED).increment(spans as u64);

@@ -31,28 +31,40 @@ pub struct OtlpSettings {
 
 pub fn compile(raw: &RawTelemetry, problems: &mut Problems) -> Option<OtlpSettings> {
     let otlp = raw.otlp.as_ref()?;
+    // Messages never quote the endpoint: it may carry a key.
+    let at = "telemetry.otlp.endpoint";
     let mut endpoint = match url::Url::parse(otlp.endpoint.trim()) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => url,
         Ok(_) => {
-            problems.push("telemetry.otlp.endpoint", "must be an http:// or https:// URL with a host");
+            problems.push(at, "must be an http:// or https:// URL with a host");
             return None;
         }
         Err(err) => {
-            problems.push("telemetry.otlp.endpoint", format!("invalid URL {:?}: {err}", otlp.endpoint));
+            problems.push(at, format!("not a valid URL: {err}"));
             return None;
         }
     };
-    if otlp.protocol == OtlpProtocol::HttpProtobuf && endpoint.path() == "/" {
-        endpoint.set_path("/v1/traces");
+    if !endpoint.username().is_empty() || endpoint.password().is_some() {
+        problems.push(at, "credentials in the URL are not sent: give them in telemetry.otlp.headers (an authorization header)");
     }
-    let mut headers = Vec::with_capacity(otlp.headers.len());
+    match otlp.protocol {
+        OtlpProtocol::HttpProtobuf if endpoint.path() == "/" => endpoint.set_path("/v1/traces"),
+        OtlpProtocol::Grpc if endpoint.path() != "/" || endpoint.query().is_some() => {
+            problems.push(at, "a grpc endpoint is a scheme, host and port only (the service path is fixed)");
+        }
+        _ => {}
+    }
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(otlp.headers.len());
     for (name, value) in &otlp.headers {
+        let lower = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             problems.push(format!("telemetry.otlp.headers.{name}"), "not a valid header name");
         } else if http::HeaderValue::from_str(value).is_err() {
             problems.push(format!("telemetry.otlp.headers.{name}"), "not a valid header value");
+        } else if headers.iter().any(|(known, _)| *known == lower) {
+            problems.push(format!("telemetry.otlp.headers.{name}"), "given twice (header names ignore case)");
         } else {
-            headers.push((name.to_ascii_lowercase(), value.clone()));
+            headers.push((lower, value.clone()));
         }
     }
     let service_name = otlp.service_name.clone().filter(|name| !name.trim().is_empty()).unwrap_or_else(|| "hookrelay".to_string());

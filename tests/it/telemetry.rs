@@ -116,6 +116,16 @@ routes:
     match: {{ path: /hooks/sync }}
     forward:
       - {{ name: answer, url: "{sink}/sync" }}
+  - name: dated
+    match: {{ path: /hooks/dated }}
+    forward:
+      - {{ name: dated, url: "{sink}/dated", body: {{ when: '{{{{date body.ts "%Y"}}}}' }} }}
+  - name: signed
+    source: github
+    match: {{ path: /hooks/signed }}
+    verify: {{ secret: "${{SINK_TOKEN}}" }}
+    forward:
+      - {{ name: signed, url: "{sink}/signed" }}
 "#,
         sink = sink.url()
     )
@@ -203,11 +213,38 @@ async fn check_span_tree(run: &Run, sink: &TestSink, spans: impl Fn() -> Vec<Exp
     spans_of(&spans, marker, &["request", "attempt"]).await;
     assert!(spans().iter().all(|s| s.trace() != unsampled), "an unsampled trace is not exported");
 
-    // Nothing credential-like in any span or resource attribute.
+    // A target that fails to render: the span says where, never the value that failed.
+    let card = "CARD-4111111111111111";
+    let dated_trace = "22222222222222222222222222222222";
+    let status = run
+        .client
+        .post_json(
+            &format!("http://127.0.0.1:{}/hooks/dated", run.port),
+            &[("traceparent", &format!("00-{dated_trace}-b7ad6b7169203331-01"))],
+            format!(r#"{{"ts":"{card}"}}"#),
+        )
+        .await
+        .status;
+    assert_eq!(status, 202);
+    let tree = spans_of(&spans, dated_trace, &["request", "render"]).await;
+    let render = one(&tree, "render");
+    let status = render.span.status.clone().expect("a status");
+    assert_eq!(status.code, StatusCode::Error as i32);
+    assert!(status.message.contains("\"dated\"") && !status.message.contains(card), "{}", status.message);
+
+    // A request a route refuses is a span too, failed or not, with the children it had.
+    let refused_trace = "33333333333333333333333333333333";
+    assert_eq!(run.post("/hooks/signed", &[("traceparent", &format!("00-{refused_trace}-b7ad6b7169203331-01"))]).await, 401);
+    let tree = spans_of(&spans, refused_trace, &["request", "match"]).await;
+    let request = one(&tree, "request");
+    assert_eq!(request.attribute("http.response.status_code").as_deref(), Some("401"));
+    assert_eq!(one(&tree, "match").parent(), request.id());
+
+    // Nothing credential-like in any span, its status or resource attributes.
     for span in spans() {
-        for kv in &span.span.attributes {
-            let text = value_text(kv);
-            assert!(!text.contains(SINK_TOKEN) && !text.contains(SINK_BEARER), "{}: {text}", kv.key);
+        let status = span.span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default();
+        for text in span.span.attributes.iter().map(value_text).chain([status, span.span.name.clone()]) {
+            assert!(!text.contains(SINK_TOKEN) && !text.contains(SINK_BEARER) && !text.contains(card), "{span:?}: {text}");
         }
     }
 }
@@ -299,6 +336,9 @@ fn a_bad_collector_setting_is_a_config_error() {
         ("  otlp: { endpoint: \"ftp://collector\" }", "telemetry.otlp.endpoint"),
         ("  otlp: { endpoint: \"http://collector:4318\", protocol: zipkin }", "protocol"),
         ("  otlp: { endpoint: \"http://collector:4318\", headers: { \"bad header\": x } }", "telemetry.otlp.headers"),
+        ("  otlp: { endpoint: \"http://collector:4318\", headers: { X-Key: a, x-key: b } }", "given twice"),
+        ("  otlp: { endpoint: \"http://user:pw-1234@collector:4318\" }", "credentials in the URL"),
+        ("  otlp: { endpoint: \"http://collector:4317/traces\", protocol: grpc }", "a grpc endpoint"),
     ] {
         let yaml = format!("listen: 127.0.0.1:0\ntelemetry:\n{telemetry}\n");
         let folder = Folder::new(&yaml);
@@ -310,6 +350,7 @@ fn a_bad_collector_setting_is_a_config_error() {
             .unwrap();
         let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(!output.status.success() && said.contains(expected), "{telemetry}: {said}");
+        assert!(!said.contains("pw-1234"), "the endpoint's credentials are not repeated: {said}");
     }
 }
 
@@ -343,4 +384,40 @@ async fn a_collector_that_is_down_costs_spans_not_webhooks() {
     assert_eq!(run.post("/hooks/sync", &[]).await, 200, "still serving");
     let logs = stop(relay);
     assert_eq!(logs.matches("could not export spans").count(), 1, "said once per outage: {logs}");
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_does_not_hold_up_the_exit() {
+    // Accepts connections and never answers one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holding = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            holding.lock().unwrap().push(stream);
+        }
+    });
+    let sink = TestSink::start().await;
+    let (port, admin) = (free_port(), free_port());
+    let telemetry = format!("  otlp: {{ endpoint: \"http://{collector}\" }}");
+    let yaml = config(port, admin, &sink, &telemetry).replace("store: ", "limits: { shutdown_grace: 1s }\nstore: ");
+    let folder = Folder::new(&yaml);
+    let mut relay = spawn(&folder.config(), &[], &[("SINK_TOKEN", SINK_TOKEN), ("SINK_BEARER", SINK_BEARER)]);
+    let run = Run { client: crate::support::reqwest_like::Client::new(), port };
+    wait_up(&run.client, &mut relay, admin).await;
+    for _ in 0..20 {
+        assert_eq!(run.post("/hooks/sync", &[]).await, 200);
+    }
+    // Wait for an export to be waiting on the collector, with more spans queued behind it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the relay is exporting: {}", relay.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = std::time::Instant::now();
+    let logs = stop(relay);
+    // The grace is 1 s; one export alone may wait 10 s for its answer.
+    assert!(stopping.elapsed() < Duration::from_secs(8), "exit took {:?}: {logs}", stopping.elapsed());
+    assert!(logs.contains("stopped"), "{logs}");
 }
