@@ -37,6 +37,8 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Chromium outlives a killed driver: end every process of this test's profile.
+        let _ = Command::new("pkill").args(["-f", "--"]).arg(format!("--user-data-dir={}", self._profile.path().display())).status();
     }
 }
 
