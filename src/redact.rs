@@ -138,20 +138,23 @@ impl Redactions {
     /// field name the path ends in. Anything else, or a body with no such field, is
     /// returned as it is (without a copy).
     pub fn body(&self, content_type: Option<&str>, body: &bytes::Bytes) -> bytes::Bytes {
-        if self.fields.is_empty() || body.is_empty() {
+        let media_type = crate::inbound::media_type(content_type);
+        let cloudevents = matches!(media_type.as_str(), "application/cloudevents+json" | "application/cloudevents-batch+json");
+        if (self.fields.is_empty() && !cloudevents) || body.is_empty() {
             return body.clone();
         }
-        if crate::inbound::media_type(content_type) == "application/x-www-form-urlencoded" {
+        if media_type == "application/x-www-form-urlencoded" {
             return self.form(body).map_or_else(|| body.clone(), bytes::Bytes::from);
         }
         match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(mut value) => {
+                let masked_extensions = cloudevents && mask_cloudevent_extensions(&mut value);
                 let pointers: Vec<String> = self
                     .fields
                     .iter()
                     .flat_map(|path| path.query_located(&value).locations().map(|at| at.to_json_pointer()).collect::<Vec<_>>())
                     .collect();
-                if pointers.is_empty() {
+                if pointers.is_empty() && !masked_extensions {
                     return body.clone();
                 }
                 for pointer in pointers {
@@ -236,6 +239,29 @@ pub fn redact_url(text: &str) -> String {
 
 /// Query parameter names that carry credentials (`access_token`, `sign`, `api_key`, …).
 /// Whether a parameter or field name says its value is a credential.
+/// Masks the extension attributes of a structured CloudEvent (or of each event of a batch)
+/// whose names say they are credentials, as their `ce-*` headers are in binary mode.
+/// Whether it masked any.
+fn mask_cloudevent_extensions(value: &mut serde_json::Value) -> bool {
+    const DEFINED: [&str; 10] =
+        ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema", "data", "data_base64"];
+    let events: Vec<&mut serde_json::Value> = match value {
+        serde_json::Value::Array(entries) => entries.iter_mut().collect(),
+        event => vec![event],
+    };
+    let mut masked = false;
+    for event in events {
+        let Some(attributes) = event.as_object_mut() else { continue };
+        for (name, value) in attributes.iter_mut() {
+            if !DEFINED.contains(&name.as_str()) && is_secret_name(name) {
+                *value = serde_json::Value::String(REDACTED.to_string());
+                masked = true;
+            }
+        }
+    }
+    masked
+}
+
 pub fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["token", "secret", "key", "sign", "sig", "password", "passwd", "auth", "credential"].iter().any(|word| name.contains(word))
@@ -259,6 +285,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn credential_extensions_of_structured_cloudevents_are_masked() {
+        let none = Redactions::default();
+        let event =
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"t","authtoken":"abc","traceparent":"x","data":{"token":"kept"}}"#;
+        let masked = none.body(Some("application/cloudevents+json"), &bytes::Bytes::from_static(event));
+        let masked: serde_json::Value = serde_json::from_slice(&masked).unwrap();
+        assert_eq!((masked["authtoken"].as_str(), masked["id"].as_str()), (Some(REDACTED), Some("1")));
+        assert_eq!(masked["data"]["token"], "kept", "data is the payload: only configured fields are masked in it");
+        let batch = bytes::Bytes::from(format!("[{}]", std::str::from_utf8(event).unwrap()));
+        let masked: serde_json::Value = serde_json::from_slice(&none.body(Some("application/cloudevents-batch+json"), &batch)).unwrap();
+        assert_eq!(masked[0]["authtoken"], REDACTED);
+        let plain = bytes::Bytes::from_static(event);
+        assert_eq!(none.body(Some("application/json"), &plain), plain, "other JSON is left alone");
+    }
 
     #[test]
     fn configured_headers_and_fields_are_redacted() {
