@@ -98,8 +98,9 @@ pub fn problem(headers: &HeaderMap, body: Option<&Value>) -> Option<String> {
 }
 
 /// Why a JSON-format event (structured, or a batch entry) is no CloudEvent, if it is not:
-/// an object with `specversion` 1.0, non-empty string `id`, `source` and `type`, and not
-/// both `data` and `data_base64`.
+/// an object with `specversion` 1.0, non-empty string `id`, `source` and `type`, not both
+/// `data` and `data_base64` (which must be base64), a string `subject`, `datacontenttype`
+/// and `dataschema`, and an RFC 3339 `time`.
 pub fn envelope_problem(entry: &Value) -> Option<String> {
     let Value::Object(attributes) = entry else { return Some("not a JSON object".into()) };
     if attributes.get("specversion").and_then(Value::as_str) != Some("1.0") {
@@ -110,7 +111,27 @@ pub fn envelope_problem(entry: &Value) -> Option<String> {
             return Some(format!("`{required}` must be a non-empty string"));
         }
     }
-    (attributes.contains_key("data") && attributes.contains_key("data_base64")).then(|| "both `data` and `data_base64`".into())
+    if attributes.contains_key("data") && attributes.contains_key("data_base64") {
+        return Some("both `data` and `data_base64`".into());
+    }
+    if let Some(encoded) = attributes.get("data_base64") {
+        let decodes = encoded.as_str().is_some_and(|text| STANDARD.decode(text).is_ok());
+        if !decodes {
+            return Some("`data_base64` must be a base64 string".into());
+        }
+    }
+    // Optional attributes have types of their own (the JSON format's type system).
+    for optional in ["subject", "datacontenttype", "dataschema"] {
+        if attributes.get(optional).is_some_and(|value| !value.is_string()) {
+            return Some(format!("`{optional}` must be a string"));
+        }
+    }
+    if let Some(time) = attributes.get("time") {
+        if time.as_str().is_none_or(|text| chrono::DateTime::parse_from_rfc3339(text).is_err()) {
+            return Some("`time` must be an RFC 3339 timestamp".into());
+        }
+    }
+    None
 }
 
 /// Percent-decoded; a value that does not decode to UTF-8 is no value (the binding says
@@ -123,6 +144,27 @@ fn decode(value: &str) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn attributes_of_the_wrong_type_are_named() {
+        let event = |extra: Value| {
+            let mut event = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+            event.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            envelope_problem(&event)
+        };
+        assert_eq!(event(json!({"time": "2026-12-02T10:00:00Z", "data_base64": "aGk=", "subject": "x"})), None);
+        for (extra, named) in [
+            (json!({"time": 1733133600}), "`time`"),
+            (json!({"time": "yesterday"}), "`time`"),
+            (json!({"data_base64": "not base64!"}), "`data_base64`"),
+            (json!({"data_base64": 12}), "`data_base64`"),
+            (json!({"subject": {"a": 1}}), "`subject`"),
+            (json!({"datacontenttype": 5}), "`datacontenttype`"),
+        ] {
+            let problem = event(extra.clone()).unwrap_or_default();
+            assert!(problem.contains(named), "{extra}: {problem}");
+        }
+    }
 
     #[test]
     fn binary_and_structured_events_read_alike() {
