@@ -14,7 +14,7 @@ use crate::delivery::target::Target;
 use crate::redact::Redactions;
 use crate::store::AttemptRecord;
 use crate::telemetry::Span;
-use crate::trace::Trace;
+use crate::trace::{Trace, TRACEPARENT};
 use opentelemetry::trace::SpanKind;
 
 /// What one attempt sent and got.
@@ -76,6 +76,7 @@ impl<'a> AttemptSettings<'a> {
 
     pub async fn attempt(&self, mut rendered: OutgoingRequest, now_ms: i64) -> Tried {
         // Each attempt is a span of its own, under the one the request was rendered in.
+        let rendered_in = rendered.headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()).map(str::to_string);
         let span = Trace::next_hop(&mut rendered.headers).and_then(|hop| self.span(hop, &rendered));
         let prepared = match self.target {
             Some(target) => target.prepare(rendered, now_ms),
@@ -107,7 +108,15 @@ impl<'a> AttemptSettings<'a> {
             }
             span.end();
         }
-        let recorded = RecordedRequest::of(&sent, self.target, self.redactions);
+        let mut recorded = RecordedRequest::of(&sent, self.target, self.redactions);
+        // The log keeps the `traceparent` the delivery was rendered with (its trace and the
+        // relay's span): the attempt's own span id is all that changes per attempt, and
+        // recording it would store every attempt's headers again.
+        if let Some(rendered_in) = rendered_in {
+            for (_, value) in recorded.headers.iter_mut().filter(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT.as_str())) {
+                value.clone_from(&rendered_in);
+            }
+        }
         let record = AttemptRecord {
             started_at: now_ms,
             duration_ms: i64::try_from(answer.duration.as_millis()).unwrap_or(i64::MAX),

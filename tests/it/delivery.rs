@@ -70,6 +70,15 @@ async fn two_503s_then_200_is_delivered_with_three_attempts_on_record() {
     assert_eq!(seen[2].header("authorization"), Some("Bearer very-secret"), "the real credential still goes to the target");
     let keys: Vec<&str> = seen.iter().map(|s| s.header("idempotency-key").unwrap()).collect();
     assert!(keys.iter().all(|k| *k == format!("{event_id}.sink")), "{keys:?}");
+    // Each attempt is a span of its own in one trace; the log keeps the delivery's
+    // `traceparent` for all three.
+    let sent: Vec<&str> = seen.iter().map(|s| s.header("traceparent").unwrap()).collect();
+    assert!(sent.iter().all(|t| t[..35] == sent[0][..35]) && sent[0] != sent[1] && sent[1] != sent[2], "{sent:?}");
+    let traceparent = |attempt: &serde_json::Value| {
+        attempt["request_headers"].as_array().unwrap().iter().find(|h| h[0] == "traceparent").unwrap()[1].clone()
+    };
+    let logged: Vec<serde_json::Value> = record["attempts"].as_array().unwrap().iter().map(traceparent).collect();
+    assert!(logged.iter().all(|t| *t == logged[0] && t.as_str().unwrap()[..35] == sent[0][..35]), "{logged:?}");
 }
 
 #[tokio::test]

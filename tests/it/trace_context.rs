@@ -52,6 +52,11 @@ routes:
         .iter()
         .any(|h| h[0] == "traceparent" && h[1].as_str().unwrap().contains("4bf92f3577b34da6a3ce929d0e0e4736"));
     assert!(recorded, "{deliveries}");
+    // An attempt's own span id is not worth a copy of the request's headers in the store.
+    let db = rusqlite::Connection::open_with_flags(relay.dir.path().join("data/hookrelay.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let own_headers: i64 = db.query_row("SELECT count(*) FROM attempts WHERE request_headers IS NOT NULL", [], |row| row.get(0)).unwrap();
+    assert_eq!(own_headers, 0, "attempts store only what differs from the delivery's request");
 
     // No trace, or one that is not valid: the deliveries start their own (one per event).
     for sent in [None, Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01")] {
