@@ -38,8 +38,6 @@ pub enum StartError {
     Tls(rustls::Error),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
-    #[error("cannot start the connection threads: {0}")]
-    Shards(std::io::Error),
 }
 
 /// Opens the store with its ownership: a SQLite file is locked to this relay; a PostgreSQL
@@ -145,9 +143,6 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     ingress: tokio::task::JoinHandle<()>,
     telemetry: Option<crate::telemetry::Exporting>,
-    /// The threads serving ingress connections; stopped last, as pooled connections to
-    /// targets may live on them.
-    shards: Arc<crate::shards::Shards>,
 }
 
 impl Running {
@@ -173,7 +168,6 @@ impl Running {
         if let Some(telemetry) = self.telemetry {
             telemetry.flush(deadline).await;
         }
-        self.shards.stop();
         tracing::info!("stopped");
     }
 }
@@ -265,14 +259,8 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         false => None,
     };
     let limits = relay.snapshot().settings.limits.clone();
-    let shards = Arc::new(crate::shards::Shards::per_core().map_err(StartError::Shards)?);
-    let ingress = connections::Listener {
-        listener: ingress_listener,
-        acceptor,
-        max_connections: limits.max_connections,
-        limits: limits.clone(),
-        shards: Some(shards.clone()),
-    };
+    let ingress =
+        connections::Listener { listener: ingress_listener, acceptor, max_connections: limits.max_connections, limits: limits.clone() };
     let ingress = tokio::spawn(connections::serve(ingress, relay.clone(), receiver.clone(), |relay, request, peer| async move {
         crate::ingress::handle(&relay, request, peer).await
     }));
@@ -281,7 +269,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
             Some(tls) => Some(crate::tls::admin_acceptor(relay.current_certificate(), &tls.client_ca).map_err(StartError::Tls)?),
             None => None,
         };
-        let admin = connections::Listener { listener, acceptor: admin_tls, max_connections: ADMIN_MAX_CONNECTIONS, limits, shards: None };
+        let admin = connections::Listener { listener, acceptor: admin_tls, max_connections: ADMIN_MAX_CONNECTIONS, limits };
         tokio::spawn(connections::serve(admin, relay.clone(), receiver.clone(), |relay, request, _| async move {
             admin::handle(&relay, request).await
         }));
@@ -293,5 +281,5 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         tracing::warn!(warning = %warning, "config warning");
     }
     tracing::info!(%ingress_addr, admin = ?admin_addr, "hookrelay listening");
-    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress, telemetry, shards })
+    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress, telemetry })
 }

@@ -68,8 +68,6 @@ pub struct Listener {
     /// Connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
     pub limits: Limits,
-    /// Where connections are served: the shards, or (none) the runtime accepting them.
-    pub shards: Option<Arc<crate::shards::Shards>>,
 }
 
 /// Serves a listener until `shutdown` turns true, then stops accepting and lets in-flight
@@ -81,7 +79,7 @@ where
     H: Fn(Arc<Relay>, Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let Listener { listener, acceptor, max_connections, limits, shards } = served;
+    let Listener { listener, acceptor, max_connections, limits } = served;
     let builder = Arc::new(connection_builder(&limits));
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
@@ -114,7 +112,7 @@ where
         let acceptor = acceptor.clone();
         let idle_limit = limits.header_timeout;
         let handle = handle.clone();
-        let connection = move |stream: TcpStream| async move {
+        tokio::spawn(async move {
             let peer = Peer { addr: peer, tls: acceptor.is_some() };
             let activity = Arc::new(Activity::new());
             let link = UpstreamLink::new();
@@ -154,19 +152,7 @@ where
             }
             drop(permit);
             ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
-        };
-        match &shards {
-            Some(shards) => {
-                if let Err(err) = shards.serve(stream, connection) {
-                    // The permit went with the closure; the socket is closed.
-                    tracing::debug!(error = %err, "an accepted connection could not be handed over");
-                    ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
-                }
-            }
-            None => {
-                tokio::spawn(connection(stream));
-            }
-        }
+        });
     }
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {

@@ -28,7 +28,6 @@ pub mod replay;
 pub mod respond;
 pub mod routing;
 pub mod settings;
-pub mod shards;
 pub mod signature;
 pub mod snapshot;
 pub mod store;
