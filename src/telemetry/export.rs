@@ -90,7 +90,10 @@ impl Exporting {
             Ok(Ok(Err(err))) => tracing::warn!(error = %err, "could not send the last spans"),
             Ok(Err(_)) => {}
             Err(_) => {
-                tracing::warn!(spans = QUEUED.load(Ordering::Relaxed), "the last spans were not sent within limits.shutdown_grace; dropped")
+                let spans = QUEUED.load(Ordering::Relaxed);
+                if spans > 0 {
+                    tracing::warn!(spans, "the last spans were not sent within limits.shutdown_grace; dropped");
+                }
             }
         }
     }
