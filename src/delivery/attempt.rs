@@ -101,10 +101,10 @@ impl<'a> AttemptSettings<'a> {
             if let Some(status) = answer.status {
                 span.set("http.response.status_code", i64::from(status));
             }
-            if let Some(error) = &answer.error {
-                span.fail(error.clone());
-            } else if answer.status.is_some_and(|status| status >= 400) {
-                span.fail(format!("answer {}", answer.status.unwrap_or_default()));
+            match (&answer.error, answer.status) {
+                (Some(error), _) => span.fail(error.clone()),
+                (None, Some(status)) if status >= 400 => span.fail(format!("answer {status}")),
+                _ => {}
             }
             span.end();
         }

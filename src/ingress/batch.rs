@@ -10,11 +10,10 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{admit, commit_span, fail_all, prepare, record_render_failures, with_routes, Handled, IngressError, Prepared};
+use super::{admit, commit, fail_all, prepare, record_render_failures, with_routes, Handled, IngressError, Prepared};
 use crate::config::model::Respond;
 use crate::connections::Peer;
 use crate::delivery::client::Body;
-use crate::engine::AcceptError;
 use crate::inbound::InboundRequest;
 use crate::relay::Relay;
 use crate::respond::json_response;
@@ -91,17 +90,9 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {
-        let commit = commit_span(&trace, events.len());
-        let committed = relay.engine.accept_whole(events).await;
-        crate::telemetry::end_with(commit, &committed);
-        match committed {
+        match commit(relay, &trace, events, true).await {
             Ok(outcomes) => outcomes,
-            Err(AcceptError::Full) => return fail_all(&names, IngressError::QueueFull),
-            Err(AcceptError::TargetFull(full)) => return fail_all(&names, IngressError::TargetQueueFull(full)),
-            Err(AcceptError::Store(err)) => {
-                tracing::error!(error = %err, "could not store a batch");
-                return fail_all(&names, IngressError::StoreFailed);
-            }
+            Err(refused) => return fail_all(&names, refused),
         }
     };
     let mut outcomes = outcomes.into_iter();

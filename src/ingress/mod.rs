@@ -346,17 +346,9 @@ async fn accept(
         (!failed).then(|| events.remove(position).event)
     });
     let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
-    let commit = if events.is_empty() { None } else { commit_span(&trace, events.len()) };
-    let committed = relay.engine.accept(events).await;
-    crate::telemetry::end_with(commit, &committed);
-    let outcomes = match committed {
+    let outcomes = match commit(relay, &trace, events, false).await {
         Ok(outcomes) => outcomes,
-        Err(AcceptError::Full) => return fail_all(&route_names, IngressError::QueueFull),
-        Err(AcceptError::TargetFull(full)) => return fail_all(&route_names, IngressError::TargetQueueFull(full)),
-        Err(AcceptError::Store(err)) => {
-            tracing::error!(error = %err, "could not store the event");
-            return fail_all(&route_names, IngressError::StoreFailed);
-        }
+        Err(refused) => return fail_all(&route_names, refused),
     };
     let accepted: Vec<&String> =
         ids.iter().zip(&outcomes).filter(|(_, outcome)| matches!(outcome, AcceptOutcome::Accepted)).map(|(id, _)| id).collect();
@@ -387,9 +379,24 @@ async fn accept(
     with_routes(sync::forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names)
 }
 
-/// The span of one store commit of `events` events.
-fn commit_span(trace: &Trace, events: usize) -> Option<Span> {
-    Span::begin(trace.child(), "commit", SpanKind::Internal).map(|span| span.with("hookrelay.events", events as i64))
+/// Commits accepted events to the store, each on its own or (`whole`) all in one
+/// transaction, timed as the request's `commit` span; a refusal is what every fired route
+/// answers.
+async fn commit(relay: &Relay, trace: &Trace, events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, IngressError> {
+    let span = match events.is_empty() {
+        true => None,
+        false => Span::begin(trace.child(), "commit", SpanKind::Internal).map(|span| span.with("hookrelay.events", events.len() as i64)),
+    };
+    let committed = if whole { relay.engine.accept_whole(events).await } else { relay.engine.accept(events).await };
+    crate::telemetry::end_with(span, &committed);
+    committed.map_err(|err| match err {
+        AcceptError::Full => IngressError::QueueFull,
+        AcceptError::TargetFull(full) => IngressError::TargetQueueFull(full),
+        AcceptError::Store(err) => {
+            tracing::error!(error = %err, "could not store the event");
+            IngressError::StoreFailed
+        }
+    })
 }
 
 /// What one request (or one entry of a batch) becomes: an event per passing route with its
