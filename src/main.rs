@@ -161,6 +161,13 @@ fn init_logs(format: LogFormat) -> anyhow::Result<(hookrelay::logwriter::FlushGu
             }
         }
     }
+    // The template engine's debug lines print the render context: request headers and
+    // bodies, credentials included. Only by name.
+    if !std::env::var("RUST_LOG").unwrap_or_default().contains("handlebars") {
+        if let Ok(directive) = "handlebars=info".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     // Lossy: when stderr stops being read (a full pipe), the relay must go on serving
     // webhooks, health checks and shutdown; lines past 1 MiB waiting are dropped and
     // counted (`hookrelay_log_lines_dropped_total`) instead of stopping every thread that logs.

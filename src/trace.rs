@@ -108,10 +108,12 @@ impl Trace {
     }
 
     /// Names this span as the parent of an outgoing request, with the sender's
-    /// `tracestate` when the trace is the sender's, unless the request already names its
-    /// own trace (a target's `headers:`).
+    /// `tracestate` when the trace is the sender's, unless the request already names a
+    /// valid trace of its own (a target's `headers:`).
     pub fn mark(&self, outgoing: &mut HeaderMap, received: &HeaderMap) {
-        if outgoing.contains_key(TRACEPARENT) {
+        // A target's own trace is kept only when it is one: an invalid value (a template
+        // fed from the body, say) is replaced, as a sender's invalid one would be.
+        if Trace::of(outgoing).is_some() {
             return;
         }
         outgoing.insert(TRACEPARENT, self.traceparent());

@@ -61,6 +61,9 @@ pub fn compile(raw: &RawTelemetry, problems: &mut Problems) -> Option<OtlpSettin
             problems.push(format!("telemetry.otlp.headers.{name}"), "not a valid header name");
         } else if http::HeaderValue::from_str(value).is_err() {
             problems.push(format!("telemetry.otlp.headers.{name}"), "not a valid header value");
+        } else if value.trim().is_empty() {
+            // `${KEY:-}` left empty: no key, so no header (an empty one is refused by some).
+            continue;
         } else if headers.iter().any(|(known, _)| *known == lower) {
             problems.push(format!("telemetry.otlp.headers.{name}"), "given twice (header names ignore case)");
         } else {
@@ -154,5 +157,20 @@ pub fn end_with<T, E: std::fmt::Display>(span: Option<Span>, result: &Result<T, 
             span.fail(err.to_string());
         }
         span.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_header_value_sends_no_header() {
+        let raw: RawTelemetry =
+            serde_yaml::from_str("otlp: { endpoint: \"http://127.0.0.1:4318\", headers: { authorization: \"\", x-key: k } }").unwrap();
+        let mut problems = Problems::default();
+        let settings = compile(&raw, &mut problems).unwrap();
+        assert_eq!(settings.headers, [("x-key".to_string(), "k".to_string())]);
+        assert_eq!(settings.endpoint, "http://127.0.0.1:4318/v1/traces");
     }
 }

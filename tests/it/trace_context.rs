@@ -83,3 +83,34 @@ routes:
     assert_eq!(proxied[0].header("tracestate"), Some("vendor=x"));
     assert_eq!(proxied[1].header("traceparent"), None, "the service's own traffic gets no trace it was not sent");
 }
+
+#[tokio::test]
+async fn a_target_traceparent_that_is_not_valid_is_replaced_by_the_relays() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: hook
+    match: {{ path: /hooks/in }}
+    forward:
+      - {{ name: own, url: "{sink}/own", headers: {{ traceparent: "{{{{body.tp}}}}" }} }}
+"#,
+        sink = sink.url()
+    ))
+    .await;
+    let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for tp in ["not-valid", "", "00-00000000000000000000000000000000-b7ad6b7169203331-01", valid] {
+        let body = serde_json::json!({ "tp": tp }).to_string();
+        assert_eq!(relay.client.post_json(&relay.url("/hooks/in"), &[], body).await.status, 202);
+    }
+    let seen = sink.wait_for(4).await;
+    for request in &seen {
+        let sent = request.header("traceparent").expect("a traceparent");
+        let parts = fields(sent);
+        assert!(parts[1] != "00000000000000000000000000000000" && parts[3].len() == 2, "a valid traceparent: {sent}");
+    }
+    let traces: Vec<&str> = seen.iter().map(|r| fields(r.header("traceparent").unwrap())[1]).collect();
+    assert!(traces.contains(&"0af7651916cd43dd8448eb211c80319c"), "a valid trace of the target's own is kept: {traces:?}");
+    let own = seen.iter().find(|r| r.header("traceparent").unwrap().contains("0af7651916cd43dd8448eb211c80319c")).unwrap();
+    assert_ne!(fields(own.header("traceparent").unwrap())[2], "b7ad6b7169203331", "with a span of the relay's own");
+}
