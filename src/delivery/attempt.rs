@@ -78,6 +78,7 @@ impl<'a> AttemptSettings<'a> {
         // Each attempt is a span of its own, under the one the request was rendered in.
         let rendered_in = rendered.headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()).map(str::to_string);
         let span = Trace::next_hop(&mut rendered.headers).and_then(|hop| self.span(hop, &rendered));
+        let delivery_url = rendered.url.clone();
         let prepared = match self.target {
             Some(target) => target.prepare(rendered, now_ms),
             None => Ok(WireRequest::bare(rendered)),
@@ -120,7 +121,9 @@ impl<'a> AttemptSettings<'a> {
         let record = AttemptRecord {
             started_at: now_ms,
             duration_ms: i64::try_from(answer.duration.as_millis()).unwrap_or(i64::MAX),
-            request_url: recorded.url,
+            // Masked, the URL would differ from the delivery's stored one whenever its query
+            // carries a credential: the log would then keep it once per attempt.
+            request_url: (sent.url != delivery_url).then_some(recorded.url),
             request_method: recorded.method,
             request_headers: recorded.headers,
             request_body: recorded.body,

@@ -496,7 +496,7 @@ pub(crate) async fn record_render_failures(relay: &Relay, accepted: &[&String], 
         let record = AttemptRecord {
             started_at: now,
             duration_ms: 0,
-            request_url: request.url.clone(),
+            request_url: None,
             request_method: request.method.clone(),
             request_headers: Vec::new(),
             request_body: Bytes::new(),

@@ -165,7 +165,9 @@ pub struct ClaimedDelivery {
 pub struct AttemptRecord {
     pub started_at: i64,
     pub duration_ms: i64,
-    pub request_url: String,
+    /// `None` when the attempt went to the URL its delivery holds (most do: only a signer
+    /// that adds to the query changes it), so the log need not keep it once per attempt.
+    pub request_url: Option<String>,
     pub request_method: String,
     pub request_headers: Vec<(String, String)>,
     pub request_body: Bytes,

@@ -826,7 +826,7 @@ fn insert_attempt(
         number,
         attempt.started_at,
         attempt.duration_ms,
-        (attempt.request_url != stored.url).then_some(&attempt.request_url),
+        attempt.request_url.as_ref().filter(|url| *url != stored.url),
         attempt.request_method,
         (headers != stored.headers).then_some(&headers),
         // Read back in place of the delivery's, a body is never longer than the bound.

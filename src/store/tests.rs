@@ -141,7 +141,7 @@ fn attempt(status: Option<u16>, counted: bool) -> AttemptRecord {
     AttemptRecord {
         started_at: T0,
         duration_ms: 12,
-        request_url: "https://t.example/hook".into(),
+        request_url: Some("https://t.example/hook".into()),
         request_method: "POST".into(),
         request_headers: vec![("authorization".into(), "[redacted]".into())],
         request_body: Bytes::from_static(b"{}"),
@@ -944,7 +944,7 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
     let sent = accept_one(&*store, "e1", "r", T0).await;
     let long_answer = Bytes::from(vec![b'x'; 5000]);
     let same_request = AttemptRecord {
-        request_url: sent.request.url.clone(),
+        request_url: None,
         request_headers: sent.request.headers.clone(),
         request_body: sent.request.body.clone(),
         status: Some(503),
@@ -957,10 +957,12 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
         let outcome = if round < 2 { AttemptOutcome::RetryAt(T0 + round + 1) } else { AttemptOutcome::Failed { reason: "503".into() } };
         finish(&*store, "d-e1", same_request.clone(), outcome, T0 + round).await.unwrap();
     }
-    // A signed retry: its headers differ from the stored request, so they are stored.
+    // A signed retry: its headers and URL differ from the stored request, so they are stored.
     store.retry_now("d-e1", T0 + 10).await.unwrap();
     store.claim_due(T0 + 10, 1, LEASE).await.unwrap();
+    let signed_url = format!("{}?sign=[redacted]", sent.request.url);
     let signed = AttemptRecord {
+        request_url: Some(signed_url.clone()),
         request_headers: vec![("webhook-signature".into(), "[redacted]".into())],
         status: Some(200),
         response_body: Bytes::from_static(b"ok"),
@@ -971,9 +973,10 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
 
     let (_, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!(attempts.len(), 4);
-    for attempt in &attempts {
+    for attempt in &attempts[..3] {
         assert_eq!((attempt.request_url.as_str(), attempt.request_body.as_str()), (sent.request.url.as_str(), r#"{"text":"hi"}"#));
     }
+    assert_eq!((attempts[3].request_url.as_str(), attempts[3].request_body.as_str()), (signed_url.as_str(), r#"{"text":"hi"}"#));
     assert_eq!(attempts[0].request_headers, sent.request.headers);
     assert_eq!(attempts[3].request_headers, vec![("webhook-signature".to_string(), "[redacted]".to_string())]);
     let answer_sizes: Vec<usize> = attempts.iter().map(|a| a.response_body.len()).collect();
@@ -1023,7 +1026,8 @@ async fn a_delivery_forwarding_the_event_body_does_not_store_it_again(store: Arc
 
     let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
     assert_eq!(claimed[0].request.body, event.body);
-    let same = AttemptRecord { request_url: claimed[0].request.url.clone(), request_body: event.body.clone(), ..attempt(Some(200), true) };
+    let same =
+        AttemptRecord { request_url: Some(claimed[0].request.url.clone()), request_body: event.body.clone(), ..attempt(Some(200), true) };
     finish(&*store, "d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.request.body.as_str(), attempts[0].request_body.as_str()), (r#"{"ref":"main"}"#, r#"{"ref":"main"}"#));
@@ -1038,8 +1042,7 @@ async fn attempt_bodies_read_back_within_the_bound(store: Arc<dyn Store>) {
     large.request.body = Bytes::from(vec![b'a'; MAX_STORED_BODY + 10]);
     store.accept(event, vec![large.clone()]).await.unwrap();
     store.claim_due(T0, 1, LEASE).await.unwrap();
-    let same =
-        AttemptRecord { request_url: large.request.url.clone(), request_body: large.request.body.clone(), ..attempt(Some(200), true) };
+    let same = AttemptRecord { request_url: None, request_body: large.request.body.clone(), ..attempt(Some(200), true) };
     finish(&*store, "d-e1", same, AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
     let (view, attempts) = store.get_delivery("d-e1").await.unwrap().unwrap();
     assert_eq!((view.request.body.len(), attempts[0].request_body.len()), (MAX_STORED_BODY + 10, MAX_STORED_BODY));
@@ -1072,7 +1075,9 @@ async fn sqlite_stores_a_retried_request_once_and_a_repeated_error_once() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(stored[..3], [(None, None, None), (None, None, None), (None, None, None)], "the same request is not stored again");
-    assert_eq!(stored[3], (None, Some(r#"[["webhook-signature","[redacted]"]]"#.to_string()), None));
+    let (url, headers, body) = &stored[3];
+    assert!(url.as_deref().is_some_and(|url| url.ends_with("?sign=[redacted]")), "{url:?}");
+    assert_eq!((headers.as_deref(), body), (Some(r#"[["webhook-signature","[redacted]"]]"#), &None));
     let errors: Vec<(Option<String>, Option<i64>)> = conn
         .prepare("SELECT error, error_repeats FROM attempts ORDER BY number")
         .unwrap()

@@ -81,6 +81,29 @@ async fn two_503s_then_200_is_delivered_with_three_attempts_on_record() {
     assert!(logged.iter().all(|t| *t == logged[0] && t.as_str().unwrap()[..35] == sent[0][..35]), "{logged:?}");
 }
 
+/// A target URL with a credential in its query: every attempt shows it masked, and the
+/// store keeps the URL once, on the delivery, not once per attempt.
+#[tokio::test]
+async fn a_retried_url_with_a_query_credential_is_shown_masked_and_stored_once() {
+    let sink = TestSink::scripted(vec![Answer::status_only(503), Answer::status_only(503), Answer::with_body(200, "{}")]).await;
+    let yaml = config(&sink, "").replace("/deliver\n", "/deliver?access_token=q-secret&page=2\n");
+    let relay = Relay::start(&yaml).await;
+    let event_id = send(&relay, "d-url").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!((delivery["status"].as_str(), delivery["attempts"].as_u64()), (Some("succeeded"), Some(3)), "{delivery}");
+    let seen = sink.seen();
+    assert!(seen.iter().all(|s| s.uri == "/deliver?access_token=q-secret&page=2"), "the target gets the real URL");
+    let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
+    let shown = format!("{}/deliver?access_token=***&page=2", sink.url());
+    assert_eq!(record["delivery"]["request"]["url"], shown.as_str());
+    let urls: Vec<&str> = record["attempts"].as_array().unwrap().iter().map(|a| a["request_url"].as_str().unwrap()).collect();
+    assert_eq!(urls, [shown.as_str(); 3]);
+    let db = rusqlite::Connection::open_with_flags(relay.dir.path().join("data/hookrelay.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let own_urls: i64 = db.query_row("SELECT count(*) FROM attempts WHERE request_url IS NOT NULL", [], |row| row.get(0)).unwrap();
+    assert_eq!(own_urls, 0, "an attempt to the delivery's URL does not store it again");
+}
+
 #[tokio::test]
 async fn failed_delivery_is_kept_and_can_be_retried_by_hand() {
     let sink = TestSink::scripted(vec![Answer::status_only(500), Answer::status_only(500)]).await;
