@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use tokio::sync::{broadcast, watch, Notify, Semaphore};
+use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::delivery::attempt::{AttemptOf, AttemptSettings};
 use crate::delivery::breaker::{self, Gate, TargetChange, TargetResult};
@@ -23,8 +23,8 @@ use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, NewDelivery, NewEvent, Store, StoreError, StoreNotice,
-    StoredRequest, TargetRecord,
+    new_claim_token, AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, HandOff, NewDelivery, NewEvent, Store,
+    StoreError, StoreNotice, StoredRequest, TargetRecord,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
@@ -52,6 +52,9 @@ pub enum AcceptError {
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
 }
+
+/// A delivery claimed as it is accepted, with the worker slot that will send it.
+type Handed = (OwnedSemaphorePermit, ClaimedDelivery);
 
 /// One event to commit: the event and its deliveries, with the route's dedupe window.
 pub struct Accepted {
@@ -181,17 +184,17 @@ impl Engine {
 
     /// Commits every event with its deliveries; only after this returns may the sender be
     /// told 202. Returns, per event, whether it was a duplicate.
-    pub async fn accept(&self, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
+    pub async fn accept(self: &Arc<Self>, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
         self.accept_events(events, false).await
     }
 
     /// Like [`Engine::accept`], but the events commit in one transaction: all, or none
     /// (a CloudEvents batch).
-    pub async fn accept_whole(&self, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
+    pub async fn accept_whole(self: &Arc<Self>, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
         self.accept_events(events, true).await
     }
 
-    async fn accept_events(&self, events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {
+    async fn accept_events(self: &Arc<Self>, mut events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {
         let _counting = self.counting.read().await;
         let count: i64 = events.iter().map(|e| e.deliveries.len() as i64).sum();
         let depth = self.depth.fetch_add(count, Ordering::AcqRel) + count;
@@ -210,6 +213,8 @@ impl Engine {
             self.depth.fetch_sub(count, Ordering::AcqRel);
             return Err(AcceptError::TargetFull(full));
         }
+        let now = self.clock.now_ms();
+        let handed: Vec<Vec<Handed>> = events.iter_mut().map(|accepted| self.hand_off(accepted, now)).collect();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut committed = 0;
         let mut failure = None;
@@ -242,11 +247,16 @@ impl Engine {
                 (deliveries, outcome)
             })
             .collect();
-        for ((deliveries, result), targets) in results.into_iter().zip(&per_event) {
+        let mut sent_at_once = 0;
+        for (((deliveries, result), targets), handed) in results.into_iter().zip(&per_event).zip(handed) {
             match result {
                 Ok(AcceptOutcome::Accepted) => {
                     committed += deliveries;
                     outcomes.push(AcceptOutcome::Accepted);
+                    sent_at_once += handed.len() as i64;
+                    for (slot, delivery) in handed {
+                        self.send_claimed(slot, delivery);
+                    }
                     continue;
                 }
                 Ok(duplicate) => outcomes.push(duplicate),
@@ -258,13 +268,69 @@ impl Engine {
         }
         self.depth.fetch_sub(count - committed, Ordering::AcqRel);
         self.publish_depth();
-        if committed > 0 {
+        if committed > sent_at_once {
             self.wake.notify_one();
         }
         match failure {
             Some(err) => Err(AcceptError::Store(err)),
             None => Ok(outcomes),
         }
+    }
+
+    /// Claims for free workers the deliveries of `accepted` that are due and need nothing
+    /// the store decides (their order, a breaker or a pause): stored in flight, they are
+    /// sent as soon as their event commits, without a claim through the store. Relays
+    /// sharing a store claim through it.
+    fn hand_off(&self, accepted: &mut Accepted, now: i64) -> Vec<Handed> {
+        if self.store.shared() {
+            return Vec::new();
+        }
+        let mut handed = Vec::new();
+        for delivery in &mut accepted.deliveries {
+            if delivery.ordered_key.is_some()
+                || delivery.next_attempt_at > now
+                || self.target_record(&delivery.route, &delivery.target).is_some()
+            {
+                continue;
+            }
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
+            let claim = new_claim_token();
+            delivery.handed_off = Some(HandOff { token: claim, lease_until: now.saturating_add(LEASE_MS) });
+            let claimed = ClaimedDelivery {
+                id: delivery.id.clone(),
+                event_id: delivery.event_id.clone(),
+                route: delivery.route.clone(),
+                target: delivery.target.clone(),
+                request: delivery.request.clone(),
+                attempts: 0,
+                created_at: accepted.event.received_at,
+                guarded: Some(delivery.guarded),
+                claim,
+            };
+            handed.push((slot, claimed));
+        }
+        handed
+    }
+
+    /// Sends a claimed delivery on a worker of its own, which gives `slot` back when done.
+    fn send_claimed(self: &Arc<Self>, slot: OwnedSemaphorePermit, delivery: ClaimedDelivery) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine.process(delivery).await;
+            drop(slot);
+            // A free slot is worth a claim only if deliveries wait in the store (the count
+            // can lag a change made over the admin API: the poll still finds those). Other
+            // relays fill a shared store unseen.
+            if engine.store.shared() || engine.waiting() > 0 {
+                engine.wake.notify_one();
+            }
+        });
+    }
+
+    /// Deliveries accepted and unfinished that no worker holds: due, or waiting for a retry.
+    fn waiting(&self) -> i64 {
+        let sending = self.concurrency.saturating_sub(self.slots.available_permits());
+        self.depth.load(Ordering::Acquire) - i64::try_from(sending).unwrap_or(i64::MAX)
     }
 
     /// Waits (until `deadline`) for the deliveries on the wire to finish. Claims still held
@@ -425,12 +491,7 @@ impl Engine {
                         claimed_all = claimed.len() == free;
                         for delivery in claimed {
                             let Ok(slot) = self.slots.clone().acquire_owned().await else { return };
-                            let engine = self.clone();
-                            tokio::spawn(async move {
-                                engine.process(delivery).await;
-                                drop(slot);
-                                engine.wake.notify_one();
-                            });
+                            self.send_claimed(slot, delivery);
                         }
                     }
                     Err(err) => {
@@ -679,6 +740,7 @@ pub fn delivery_of(event_id: &str, outgoing: &OutgoingRequest, target: &Target, 
         next_attempt_at: due_ms,
         ordered_key: outgoing.ordered_key.clone(),
         guarded: !target.trusted,
+        handed_off: None,
     }
 }
 
@@ -793,6 +855,7 @@ routes:
             next_attempt_at: accepted_at,
             ordered_key: None,
             guarded: false,
+            handed_off: None,
         };
         engine.accept(vec![Accepted { event, deliveries: vec![delivery], dedupe_since: None }]).await.unwrap();
 

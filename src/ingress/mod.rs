@@ -515,6 +515,7 @@ pub(crate) async fn record_render_failures(relay: &Relay, accepted: &[&String], 
             next_attempt_at: now,
             ordered_key: None,
             guarded: !target.trusted,
+            handed_off: None,
         };
         let outcome = AttemptOutcome::Failed { reason: format!("render error: {err}") };
         if let Err(store_err) = relay.engine.store().record_finished(None, delivery, record, outcome, now).await {

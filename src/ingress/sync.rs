@@ -75,6 +75,7 @@ pub(super) async fn forward_sync(
         next_attempt_at: started_at,
         ordered_key: None,
         guarded: !target.trusted,
+        handed_off: None,
     };
     let engine = relay.engine.clone();
     // Logging happens after the answer, but a slow disk must not let the backlog (and the

@@ -89,6 +89,19 @@ pub struct NewDelivery {
     /// Every attempt refuses private addresses (the route came from the admin API), whatever
     /// the route carrying this name has become since.
     pub guarded: bool,
+    /// `Some`: stored already claimed, for a worker of this relay that sends it as soon as
+    /// it is committed (no claim round trip through the store).
+    pub handed_off: Option<HandOff>,
+}
+
+/// A delivery stored `in_flight` under a claim of this relay: `token` names the claim as
+/// [`ClaimedDelivery::claim`] does, and the lease runs until `lease_until` (ms). Only a store
+/// of this relay's own takes one ([`Store::shared`] false): relays sharing a store claim
+/// through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOff {
+    pub token: i64,
+    pub lease_until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -649,6 +662,16 @@ pub(crate) fn owned_by<'d>(event: &NewEvent, deliveries: impl IntoIterator<Item 
     match deliveries.into_iter().find(|delivery| delivery.event_id != event.id) {
         Some(stray) => {
             Err(StoreError::InvalidInput(format!("delivery {} belongs to event {}, not {}", stray.id, stray.event_id, event.id)))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A shared store refuses deliveries handed off to one relay's worker (see [`HandOff`]).
+pub(crate) fn not_handed_off<'d>(deliveries: impl IntoIterator<Item = &'d NewDelivery>) -> Result<(), StoreError> {
+    match deliveries.into_iter().find(|delivery| delivery.handed_off.is_some()) {
+        Some(claimed) => {
+            Err(StoreError::InvalidInput(format!("delivery {} is claimed already; a shared store claims its own", claimed.id)))
         }
         None => Ok(()),
     }

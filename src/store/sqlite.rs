@@ -675,13 +675,15 @@ fn insert_delivery(
         Some((attempt, finished)) => {
             (finished.status, i64::from(attempt.counted), finished.next_attempt_at, attempt.status, finished.last_error.as_deref())
         }
+        None if delivery.handed_off.is_some() => (DeliveryStatus::InFlight, 0, Some(delivery.next_attempt_at), None, None),
         None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at), None, None),
     };
+    let claim = delivery.handed_off.filter(|_| finished.is_none());
     conn.prepare_cached(
         "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
                                  attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
-                                 last_error, guarded, req_body_from_event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
+                                 last_error, guarded, req_body_from_event, lease_until, claim_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         delivery.id,
@@ -701,6 +703,8 @@ fn insert_delivery(
         last_error,
         delivery.guarded,
         body_from_event.then_some(1),
+        claim.map(|claim| claim.lease_until),
+        claim.map(|claim| claim.token),
     ])
     .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
     Ok(headers)

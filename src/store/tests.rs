@@ -67,6 +67,7 @@ macro_rules! conformance {
 
 conformance!(
     accept_claim_finish_succeeded,
+    a_delivery_handed_off_at_accept_is_stored_claimed,
     retry_at_is_not_claimed_early,
     failed_then_retry_now,
     throttled_attempt_does_not_count,
@@ -126,6 +127,7 @@ fn delivery(id: &str, event: &NewEvent, target: &str, next_attempt_at: i64) -> N
         next_attempt_at,
         ordered_key: None,
         guarded: false,
+        handed_off: None,
     }
 }
 
@@ -266,6 +268,37 @@ async fn recover_claims_hands_back_every_in_flight_delivery() {
     assert!(store.claim_due(T0 + 1, 10, LEASE).await.unwrap().is_empty(), "both leased");
     assert_eq!(store.recover_claims(T0 + 2).await.unwrap(), 2);
     assert_eq!(store.claim_due(T0 + 2, 10, LEASE).await.unwrap().len(), 2, "claimable at once, not after the lease");
+}
+
+/// A delivery handed to a worker as it is accepted is stored in flight under that claim:
+/// not claimed again while its lease holds, finished by its token, handed back by a
+/// restart. A shared store refuses it (its relays claim through the store).
+async fn a_delivery_handed_off_at_accept_is_stored_claimed(store: Arc<dyn Store>) {
+    let first = event("e1", "github", T0);
+    let mut handed = delivery("d-e1", &first, "t", T0);
+    handed.handed_off = Some(HandOff { token: 42, lease_until: T0 + LEASE });
+    let accepted = store.accept(first.clone(), vec![handed, delivery("d-other", &first, "t", T0)]).await;
+    if store.shared() {
+        assert!(matches!(accepted, Err(StoreError::InvalidInput(_))), "{accepted:?}");
+        assert!(store.get_event("e1").await.unwrap().is_none(), "nothing of it is stored");
+        return;
+    }
+    accepted.unwrap();
+    assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::InFlight);
+    assert_eq!(store.current_claim("d-e1").await.unwrap(), Some(42));
+    assert_eq!(ids(&store.claim_due(T0, 10, LEASE).await.unwrap()), ["d-other"], "only the other one is claimed");
+    assert!(store.finish_attempt("d-e1", 41, attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1).await.is_err(), "a wrong token");
+    store.finish_attempt("d-e1", 42, attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::Succeeded);
+
+    // One handed off and lost with its process: a restart hands it back.
+    let second = event("e2", "github", T0);
+    let mut lost = delivery("d-e2", &second, "t", T0);
+    lost.handed_off = Some(HandOff { token: 7, lease_until: T0 + LEASE });
+    store.accept(second, vec![lost]).await.unwrap();
+    assert!(store.claim_due(T0 + 2, 10, LEASE).await.unwrap().is_empty(), "its lease holds");
+    assert_eq!(store.recover_claims(T0 + 3).await.unwrap(), 2, "it and d-other");
+    assert_eq!(ids(&store.claim_due(T0 + 3, 10, LEASE).await.unwrap()), ["d-other", "d-e2"]);
 }
 
 async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed(store: Arc<dyn Store>) {

@@ -31,7 +31,9 @@ use self::connect::{parse_url, pool_of, Connection};
 use self::rows::*;
 use self::writes::{finish_in_flight, insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
-use super::{cannot_cancel, new_claim_token, not_claimed, owned_by, AcceptItem, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
+use super::{
+    cannot_cancel, new_claim_token, not_claimed, not_handed_off, owned_by, AcceptItem, CancelFilter, Reschedule, TargetRecord, TargetUpdate,
+};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
     NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
@@ -250,6 +252,7 @@ impl Store for PostgresStore {
         dedupe_since: Option<i64>,
     ) -> Result<AcceptOutcome, StoreError> {
         owned_by(&event, &deliveries)?;
+        not_handed_off(&deliveries)?;
         let ordered = deliveries.iter().any(|delivery| delivery.ordered_key.is_some());
         if !ordered && (dedupe_since.is_none() || event.delivery_id.is_none()) {
             if self.closed.load(Ordering::Acquire) {
@@ -298,6 +301,7 @@ impl Store for PostgresStore {
     async fn accept_all(&self, items: Vec<AcceptItem>) -> Result<Vec<AcceptOutcome>, StoreError> {
         for item in &items {
             owned_by(&item.event, &item.deliveries)?;
+            not_handed_off(&item.deliveries)?;
         }
         if items.is_empty() {
             return Ok(Vec::new());
@@ -452,6 +456,7 @@ impl Store for PostgresStore {
         outcome: AttemptOutcome,
         now: i64,
     ) -> Result<(), StoreError> {
+        not_handed_off([&delivery])?;
         if let Some(event) = &event {
             owned_by(event, [&delivery])?;
         }
