@@ -24,6 +24,26 @@ pub(super) fn headers_json(headers: &[(String, String)]) -> Result<String, Store
     serde_json::to_string(headers).map_err(|error| StoreError::InvalidInput(format!("headers: {error}")))
 }
 
+/// An attempt's request headers (JSON) as stored beside its delivery's `stored` ones:
+/// `(None, None)` when they are the same; `(None, Some(added))` when they are the
+/// delivery's followed by more (the credential or signature a target adds at send time,
+/// masked), `added` being the JSON of those; else `(Some(own), None)`. Both come from
+/// [`headers_json`], so a text prefix that ends with a header pair is that pair.
+pub(super) fn headers_beside(attempt: &str, stored: &str) -> (Option<String>, Option<String>) {
+    if attempt == stored {
+        return (None, None);
+    }
+    let added = stored
+        .strip_suffix(']')
+        .filter(|open| open.len() > 1)
+        .and_then(|open| attempt.strip_prefix(open))
+        .and_then(|rest| rest.strip_prefix(','));
+    match added {
+        Some(more) => (None, Some(format!("[{more}"))),
+        None => (Some(attempt.to_owned()), None),
+    }
+}
+
 /// Attempts in order, with the errors stored as "the same as the attempt before"
 /// (`error_repeats`) filled in.
 pub(super) fn with_repeated_errors(rows: Vec<(AttemptView, bool)>) -> Vec<AttemptView> {
@@ -74,4 +94,21 @@ pub(super) fn cut(body: &[u8], bound: usize) -> &[u8] {
         end -= 1;
     }
     &body[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headers_beside;
+
+    #[test]
+    fn an_attempt_keeps_only_the_headers_it_added() {
+        let stored = r#"[["a","1"],["b","2"]]"#;
+        assert_eq!(headers_beside(stored, stored), (None, None));
+        assert_eq!(headers_beside(r#"[["a","1"],["b","2"],["c","3"]]"#, stored), (None, Some(r#"[["c","3"]]"#.to_string())));
+        // A changed value, a value that only starts the same, fewer headers, none stored.
+        for own in [r#"[["a","1"],["b","22"]]"#, r#"[["a","1"],["b","2\"],[\"c"]]"#, r#"[["a","1"]]"#] {
+            assert_eq!(headers_beside(own, stored), (Some(own.to_string()), None), "{own}");
+        }
+        assert_eq!(headers_beside(r#"[["c","3"]]"#, "[]"), (Some(r#"[["c","3"]]"#.to_string()), None));
+    }
 }

@@ -195,7 +195,7 @@ pub(super) fn attempt_view(row: &Row<'_>) -> rusqlite::Result<(AttemptView, bool
         duration_ms: row.get("duration_ms")?,
         request_url: row.get("request_url")?,
         request_method: row.get("request_method")?,
-        request_headers: row.get::<_, Headers>("request_headers")?.0,
+        request_headers: headers_with_added(row.get::<_, Headers>("request_headers")?, row.get("request_headers_added")?),
         request_body: lossy(row.get("request_body")?),
         status: row.get("status")?,
         response_headers: row.get::<_, Headers>("response_headers")?.0,
@@ -213,6 +213,13 @@ pub(super) fn stored_route(row: &Row<'_>) -> rusqlite::Result<StoredRoute> {
         created_at: row.get("created_at")?,
         updated_at: row.get("updated_at")?,
     })
+}
+
+/// An attempt's request headers: its own, or its delivery's followed by those it added.
+fn headers_with_added(headers: Headers, added: Option<Headers>) -> Vec<(String, String)> {
+    let mut all = headers.0;
+    all.extend(added.into_iter().flat_map(|added| added.0));
+    all
 }
 
 /// Headers as stored: JSON `[[name, value], ...]`, keeping order and repeats.

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use super::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 // `seq` columns are AUTOINCREMENT so a pruned row's number is never handed out again: page
 // cursors are `seq` values and must keep meaning the same place.
@@ -188,6 +188,10 @@ CREATE TABLE target_states (
 );
 CREATE INDEX deliveries_pending_target ON deliveries (route, target, next_attempt_at) WHERE status = 'pending';
 ";
+
+// An attempt sent with its delivery's headers and a few more (the credential or signature a
+// target adds at send time) keeps only those: `request_headers` NULL, the added ones here.
+const V8: &str = "ALTER TABLE attempts ADD COLUMN request_headers_added TEXT;";
 
 /// Brings the schema up to the last of `migrations`, one transaction per step. Each step
 /// re-reads the version under the write lock, so two processes opening one file at once

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::record::{answer_bound, cut, headers_json, with_repeated_errors, Finished};
+use super::record::{answer_bound, cut, headers_beside, headers_json, with_repeated_errors, Finished};
 use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
@@ -426,7 +426,7 @@ impl Store for SqliteStore {
             let Some((seq, view)) = delivery_by_id(conn, &id)? else { return Ok(None) };
             let mut stmt = conn.prepare_cached(concat!(
                 "SELECT a.number, a.started_at, a.duration_ms, COALESCE(a.request_url, d.req_url) AS request_url, a.request_method,
-                            COALESCE(a.request_headers, d.req_headers) AS request_headers,
+                            COALESCE(a.request_headers, d.req_headers) AS request_headers, a.request_headers_added,
                             COALESCE(a.request_body, ",
                 delivery_body!(),
                 ") AS request_body, a.status, a.response_headers, a.response_body, a.error, a.error_repeats, a.counted
@@ -820,10 +820,12 @@ fn insert_attempt(
         None
     };
     let repeats = attempt.error.is_some() && attempt.error == error_before;
+    let (own_headers, added_headers) = headers_beside(&headers, stored.headers);
     conn.prepare_cached(
         "INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method, request_headers,
-                               request_body, status, response_headers, response_body, error, error_repeats, counted)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               request_body, status, response_headers, response_body, error, error_repeats, counted,
+                               request_headers_added)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         seq,
@@ -832,7 +834,7 @@ fn insert_attempt(
         attempt.duration_ms,
         attempt.request_url.as_ref().filter(|url| *url != stored.url),
         attempt.request_method,
-        (headers != stored.headers).then_some(&headers),
+        own_headers,
         // Read back in place of the delivery's, a body is never longer than the bound.
         (attempt.request_body.as_ref() != stored.body || stored.body.len() > MAX_STORED_BODY)
             .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
@@ -842,6 +844,7 @@ fn insert_attempt(
         if repeats { None } else { attempt.error.as_deref() },
         repeats.then_some(1),
         attempt.counted,
+        added_headers,
     ])?;
     Ok(())
 }

@@ -988,7 +988,12 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
     for round in 0..3 {
         store.claim_due(T0 + round, 1, LEASE).await.unwrap();
         let outcome = if round < 2 { AttemptOutcome::RetryAt(T0 + round + 1) } else { AttemptOutcome::Failed { reason: "503".into() } };
-        finish(&*store, "d-e1", same_request.clone(), outcome, T0 + round).await.unwrap();
+        // The second with a credential added at send time (masked), after the delivery's headers.
+        let mut sent_as = same_request.clone();
+        if round == 1 {
+            sent_as.request_headers.push(("authorization".into(), "[redacted]".into()));
+        }
+        finish(&*store, "d-e1", sent_as, outcome, T0 + round).await.unwrap();
     }
     // A signed retry: its headers and URL differ from the stored request, so they are stored.
     store.retry_now("d-e1", T0 + 10).await.unwrap();
@@ -1011,6 +1016,8 @@ async fn retried_attempts_store_only_what_differs_and_read_back_whole(store: Arc
     }
     assert_eq!((attempts[3].request_url.as_str(), attempts[3].request_body.as_str()), (signed_url.as_str(), r#"{"text":"hi"}"#));
     assert_eq!(attempts[0].request_headers, sent.request.headers);
+    let with_credential = [sent.request.headers.clone(), vec![("authorization".to_string(), "[redacted]".to_string())]].concat();
+    assert_eq!((&attempts[1].request_headers, &attempts[2].request_headers), (&with_credential, &sent.request.headers));
     assert_eq!(attempts[3].request_headers, vec![("webhook-signature".to_string(), "[redacted]".to_string())]);
     let answer_sizes: Vec<usize> = attempts.iter().map(|a| a.response_body.len()).collect();
     assert_eq!(answer_sizes, [MAX_EARLIER_ANSWER, MAX_EARLIER_ANSWER, 5000, 2], "retried answers cut, final ones whole");
@@ -1108,6 +1115,14 @@ async fn sqlite_stores_a_retried_request_once_and_a_repeated_error_once() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(stored[..3], [(None, None, None), (None, None, None), (None, None, None)], "the same request is not stored again");
+    let added: Vec<Option<String>> = conn
+        .prepare("SELECT request_headers_added FROM attempts ORDER BY number")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(added, [None, Some(r#"[["authorization","[redacted]"]]"#.to_string()), None, None], "only the added header is stored");
     let (url, headers, body) = &stored[3];
     assert!(url.as_deref().is_some_and(|url| url.ends_with("?sign=[redacted]")), "{url:?}");
     assert_eq!((headers.as_deref(), body), (Some(r#"[["webhook-signature","[redacted]"]]"#), &None));

@@ -81,10 +81,11 @@ async fn two_503s_then_200_is_delivered_with_three_attempts_on_record() {
     assert!(logged.iter().all(|t| *t == logged[0] && t.as_str().unwrap()[..35] == sent[0][..35]), "{logged:?}");
 }
 
-/// A target URL with a credential in its query: every attempt shows it masked, and the
-/// store keeps the URL once, on the delivery, not once per attempt.
+/// A target with a credential in its URL's query and a bearer token: every attempt shows
+/// both masked, and the store keeps the URL and headers once, on the delivery, with only
+/// the header the target adds (masked) per attempt.
 #[tokio::test]
-async fn a_retried_url_with_a_query_credential_is_shown_masked_and_stored_once() {
+async fn a_retried_request_with_credentials_is_shown_masked_and_stored_once() {
     let sink = TestSink::scripted(vec![Answer::status_only(503), Answer::status_only(503), Answer::with_body(200, "{}")]).await;
     let yaml = config(&sink, "").replace("/deliver\n", "/deliver?access_token=q-secret&page=2\n");
     let relay = Relay::start(&yaml).await;
@@ -102,6 +103,19 @@ async fn a_retried_url_with_a_query_credential_is_shown_masked_and_stored_once()
         .unwrap();
     let own_urls: i64 = db.query_row("SELECT count(*) FROM attempts WHERE request_url IS NOT NULL", [], |row| row.get(0)).unwrap();
     assert_eq!(own_urls, 0, "an attempt to the delivery's URL does not store it again");
+    for attempt in record["attempts"].as_array().unwrap() {
+        let headers = attempt["request_headers"].as_array().unwrap();
+        assert_eq!(headers[..headers.len() - 1], record["delivery"]["request"]["headers"].as_array().unwrap()[..], "{attempt}");
+        assert_eq!(headers.last().unwrap(), &json!(["authorization", "[redacted]"]));
+    }
+    let stored: Vec<(Option<String>, Option<String>)> = db
+        .prepare("SELECT request_headers, request_headers_added FROM attempts ORDER BY number")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored, vec![(None, Some(r#"[["authorization","[redacted]"]]"#.to_string())); 3]);
 }
 
 #[tokio::test]

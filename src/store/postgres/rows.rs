@@ -88,7 +88,7 @@ pub(super) const DELIVERY_COLUMNS: &str = concat!(
 /// The attempts of the delivery with `seq` `$1`, oldest first, read back whole.
 pub(super) const ATTEMPTS_OF_DELIVERY: &str = concat!(
     "SELECT a.number, a.started_at, a.duration_ms, COALESCE(a.request_url, d.req_url) AS request_url, a.request_method,
-            COALESCE(a.request_headers, d.req_headers) AS request_headers,
+            COALESCE(a.request_headers, d.req_headers) AS request_headers, a.request_headers_added,
             COALESCE(a.request_body, ",
     delivery_body!(),
     ") AS request_body, a.status, a.response_headers, a.response_body, a.error, a.error_repeats, a.counted
@@ -101,6 +101,14 @@ pub(super) fn status_of(row: &Row, column: usize) -> Result<DeliveryStatus, Stor
 
 fn headers(row: &Row, column: &str) -> Result<Vec<(String, String)>, StoreError> {
     serde_json::from_str(row.try_get(column)?).map_err(|error| StoreError::Corrupt(format!("{column}: {error}")))
+}
+
+/// An attempt's request headers: its own, or its delivery's followed by those it added.
+fn with_added_headers(mut own: Vec<(String, String)>, row: &Row, added: &str) -> Result<Vec<(String, String)>, StoreError> {
+    if row.try_get::<_, Option<&str>>(added)?.is_some() {
+        own.extend(headers(row, added)?);
+    }
+    Ok(own)
 }
 
 fn unsigned<T: TryFrom<i32>>(row: &Row, column: &str) -> Result<T, StoreError> {
@@ -181,7 +189,7 @@ pub(super) fn attempt_view(row: &Row) -> Result<(AttemptView, bool), StoreError>
         duration_ms: row.try_get("duration_ms")?,
         request_url: row.try_get("request_url")?,
         request_method: row.try_get("request_method")?,
-        request_headers: headers(row, "request_headers")?,
+        request_headers: with_added_headers(headers(row, "request_headers")?, row, "request_headers_added")?,
         request_body: lossy(row.try_get("request_body")?),
         status: http_status(row, "status")?,
         response_headers: headers(row, "response_headers")?,

@@ -24,8 +24,12 @@ pub(in crate::store) struct Migration {
 }
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-pub(in crate::store) const MIGRATIONS: &[Migration] =
-    &[Migration { sql: V1, readable_from: 1 }, Migration { sql: V2, readable_from: 1 }, Migration { sql: V3, readable_from: 1 }];
+pub(in crate::store) const MIGRATIONS: &[Migration] = &[
+    Migration { sql: V1, readable_from: 1 },
+    Migration { sql: V2, readable_from: 1 },
+    Migration { sql: V3, readable_from: 1 },
+    Migration { sql: V4, readable_from: 1 },
+];
 
 // An event replayed by hand names the event it replays (nullable: the release before ignores it).
 const V2: &str = "ALTER TABLE hookrelay_events ADD COLUMN replay_of text;";
@@ -46,6 +50,11 @@ CREATE TABLE hookrelay_target_states (
 );
 CREATE INDEX hookrelay_deliveries_pending_target ON hookrelay_deliveries (route, target, next_attempt_at) WHERE status = 'pending';
 ";
+
+// An attempt sent with its delivery's headers and a few more (the credential or signature a
+// target adds at send time) keeps only those: `request_headers` NULL, the added ones here.
+// The release before shows such an attempt with its delivery's headers alone.
+const V4: &str = "ALTER TABLE hookrelay_attempts ADD COLUMN request_headers_added text;";
 
 /// The advisory lock held while migrating ("hookrelay" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;

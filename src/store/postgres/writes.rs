@@ -8,7 +8,7 @@ use tokio_postgres::error::SqlState;
 
 use super::db_now;
 use super::rows::delivery_body;
-use crate::store::record::{answer_bound, cut, headers_json, Finished};
+use crate::store::record::{answer_bound, cut, headers_beside, headers_json, Finished};
 use crate::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, NewDelivery, NewEvent, StoreError, MAX_STORED_BODY};
 
 /// A delivery's request as its row stores it (headers as their JSON text).
@@ -125,11 +125,13 @@ pub(super) async fn insert_attempt(
     let headers = headers_json(&attempt.request_headers)?;
     // The error the attempt before had: that of the last attempt that stored its own.
     let repeats = attempt.error.is_some() && attempt.error.as_deref() == error_before;
+    let (own_headers, added_headers) = headers_beside(&headers, &stored.headers);
     let statement = tx
         .prepare_cached(
             "INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
-                 request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted,
+                 request_headers_added)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .await?;
     tx.execute(
@@ -141,7 +143,7 @@ pub(super) async fn insert_attempt(
             &attempt.duration_ms,
             &attempt.request_url.as_ref().filter(|url| **url != stored.url),
             &attempt.request_method,
-            &(headers != stored.headers).then_some(&headers),
+            &own_headers,
             // Read back in place of the delivery's, a body is never longer than the bound.
             &(attempt.request_body.as_ref() != stored.body || stored.body.len() > MAX_STORED_BODY)
                 .then(|| cut(&attempt.request_body, MAX_STORED_BODY)),
@@ -151,6 +153,7 @@ pub(super) async fn insert_attempt(
             &if repeats { None } else { attempt.error.as_deref().map(storable) },
             &repeats,
             &attempt.counted,
+            &added_headers,
         ],
     )
     .await?;
@@ -185,16 +188,21 @@ const FINISH_IN_FLIGHT: &str = concat!(
     " AS body,
                 (SELECT COALESCE(MAX(a.number), 0) + 1 FROM hookrelay_attempts a WHERE a.delivery_seq = d.seq) AS number,
                 (SELECT a.error FROM hookrelay_attempts a WHERE a.delivery_seq = d.seq AND NOT a.error_repeats
-                 ORDER BY a.number DESC LIMIT 1) AS error_before
+                 ORDER BY a.number DESC LIMIT 1) AS error_before,
+                length(d.req_headers) > 2 AND starts_with($6::text, left(d.req_headers, -1) || ',') AS adds_headers
          FROM hookrelay_deliveries d WHERE d.id = $1 AND d.status = 'in_flight' AND d.claim_token = $21 FOR UPDATE OF d
      ), recorded AS (
          INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
-             request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted)
-         SELECT d.seq, d.number, $2, $3, NULLIF($4::text, d.req_url), $5, NULLIF($6::text, d.req_headers),
+             request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted,
+             request_headers_added)
+         SELECT d.seq, d.number, $2, $3, NULLIF($4::text, d.req_url), $5,
+                CASE WHEN $6::text = d.req_headers OR d.adds_headers THEN NULL ELSE $6::text END,
                 CASE WHEN $7::bytea = d.body AND length(d.body) <= $8 THEN NULL ELSE $9::bytea END,
                 $10, $11, $12,
                 CASE WHEN COALESCE($13::text = d.error_before, false) THEN NULL ELSE $13::text END,
-                COALESCE($13::text = d.error_before, false), $14
+                COALESCE($13::text = d.error_before, false), $14,
+                -- As `headers_beside`: the delivery's headers followed by more keep only those.
+                CASE WHEN d.adds_headers THEN '[' || substr($6::text, length(d.req_headers) + 1) END
          FROM d
      )
      UPDATE hookrelay_deliveries u SET status = $15, next_attempt_at = ",
