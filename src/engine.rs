@@ -185,13 +185,24 @@ impl Engine {
     /// Commits every event with its deliveries; only after this returns may the sender be
     /// told 202. Returns, per event, whether it was a duplicate.
     pub async fn accept(self: &Arc<Self>, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
-        self.accept_events(events, false).await
+        self.accept_detached(events, false).await
     }
 
     /// Like [`Engine::accept`], but the events commit in one transaction: all, or none
     /// (a CloudEvents batch).
     pub async fn accept_whole(self: &Arc<Self>, events: Vec<Accepted>) -> Result<Vec<AcceptOutcome>, AcceptError> {
-        self.accept_events(events, true).await
+        self.accept_detached(events, true).await
+    }
+
+    /// Accepts on a task of its own: a commit, once asked for, happens whether or not the
+    /// request is still waiting for it (its sender hung up, its timeout fired), and the
+    /// queue's counts and the sends of its deliveries must follow it.
+    async fn accept_detached(self: &Arc<Self>, events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {
+        let engine = self.clone();
+        match tokio::spawn(async move { engine.accept_events(events, whole).await }).await {
+            Ok(accepted) => accepted,
+            Err(stopped) => Err(AcceptError::Store(StoreError::Unavailable(format!("accepting stopped: {stopped}")))),
+        }
     }
 
     async fn accept_events(self: &Arc<Self>, mut events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {

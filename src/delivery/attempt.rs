@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::delivery::client::{header_pairs, Attempt, Outbound, MAX_RECORDED_ANSWER};
 use crate::delivery::request::{OutgoingRequest, WireRequest};
 use crate::delivery::target::Target;
-use crate::redact::Redactions;
+use crate::redact::{redact_url, Redactions};
 use crate::store::AttemptRecord;
 use crate::telemetry::Span;
 use crate::trace::{Trace, TRACEPARENT};
@@ -121,9 +121,10 @@ impl<'a> AttemptSettings<'a> {
         let record = AttemptRecord {
             started_at: now_ms,
             duration_ms: i64::try_from(answer.duration.as_millis()).unwrap_or(i64::MAX),
-            // Masked, the URL would differ from the delivery's stored one whenever its query
-            // carries a credential: the log would then keep it once per attempt.
-            request_url: (sent.url != delivery_url).then_some(recorded.url),
+            // Left to the delivery's copy (masked when read back) unless the signer changed it,
+            // or a value only this config knows to mask is in it: the config serving when it
+            // is read may no longer know it.
+            request_url: (sent.url != delivery_url || recorded.url != redact_url(&sent.url)).then_some(recorded.url),
             request_method: recorded.method,
             request_headers: recorded.headers,
             request_body: recorded.body,

@@ -496,3 +496,58 @@ async fn pending_deliveries_are_cancelled_over_the_admin_api() {
     assert_eq!(cancelled["items"].as_array().unwrap().len(), 3);
     assert!(cancelled["items"].as_array().unwrap().iter().all(|d| ids.contains(&d["event_id"].as_str().unwrap().to_string())));
 }
+
+/// A secret the config knows only by value (a `${VAR}` copied through `vars` into a URL)
+/// stays masked in the attempts' record after a reload that drops it from the config.
+#[tokio::test]
+async fn an_attempt_url_masked_by_a_config_value_stays_masked_after_a_reload() {
+    let sink = TestSink::start().await;
+    let yaml = |vars: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: hooks\n    match: {{ path: /hooks/in }}\n{vars}    forward:\n      - name: sink\n        url: \"{}/vp/{{{{default vars.k \\\"none\\\"}}}}\"\n",
+            sink.url()
+        )
+    };
+    let relay = Relay::start(&yaml("    vars: { k: \"${HOOKRELAY_TEST_PATH_SECRET:-path-secret-5150}\" }\n")).await;
+    let reply = relay.client.post_json(&relay.url("/hooks/in"), &[], r#"{"a":1}"#).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let event_id = reply.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(sink.wait_for(1).await[0].uri, "/vp/path-secret-5150");
+    let delivery = finished_delivery(&relay, &event_id).await;
+    let path = format!("/api/deliveries/{}", delivery["id"].as_str().unwrap());
+    let shown = format!("{}/vp/***", sink.url());
+    assert_eq!(get(&relay, &path).await["attempts"][0]["request_url"], shown.as_str());
+
+    std::fs::write(relay.config_path(), yaml("")).unwrap();
+    let reloaded = relay.client.post_json(&relay.admin_url("/api/reload"), &AUTH, "").await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(get(&relay, &path).await["attempts"][0]["request_url"], shown.as_str(), "masked as it was recorded");
+}
+
+/// An event whose commit outlasts its request (the sender was answered 408 while the store
+/// was busy) is still committed; its delivery then goes out at once, not when a lease runs
+/// out, and the queue's count comes back to 0.
+#[tokio::test]
+async fn a_delivery_committed_after_its_request_timed_out_is_sent_at_once() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nlimits: {{ request_timeout: 300ms }}\nroutes:\n  - name: hooks\n    match: {{ path: /hooks/in }}\n    forward:\n      - name: sink\n        url: {}/deliver\n",
+        sink.url()
+    ))
+    .await;
+    assert_eq!(relay.client.post_json(&relay.url("/hooks/in"), &[], r#"{"n":0}"#).await.status, 202);
+    sink.wait_for(1).await;
+    let db = rusqlite::Connection::open(relay.dir.path().join("data/hookrelay.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let timed_out = relay.client.post_json(&relay.url("/hooks/in"), &[], r#"{"n":1}"#).await;
+    assert_eq!(timed_out.status, 408, "{}", timed_out.text());
+    db.execute_batch("COMMIT").unwrap();
+    // Bounded by `wait_for` (10 s), well within the 30 s a lost claim would hold it.
+    let seen = sink.wait_for(2).await;
+    assert_eq!(seen[1].json()["n"], 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while get(&relay, "/api/status").await["queue_depth"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "queue_depth stays above 0");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
