@@ -419,6 +419,7 @@ def report(work, out, meta_path):
     if store_result is not None:
         rss = read_text(os.path.join(work, "store.rss"))
         store_result["peak_rss_kib"] = int(rss) if rss else None
+    bearer_result = read_json(os.path.join(work, "store-bearer.json"))
     fsync_result = read_json(os.path.join(work, "fsync.json"))
 
     ratios = {
@@ -472,6 +473,7 @@ def report(work, out, meta_path):
         "ratios": ratios,
         "latency_at_fixed_rate": latency,
         "store_while_target_down": store_result,
+        "store_while_bearer_target_down": bearer_result,
         "fsync": fsync_result,
         "micro": bench,
         "targets": targets,
@@ -534,6 +536,14 @@ def report(work, out, meta_path):
             f"{s['attempts_seen']} attempts). Store (database + WAL after a TRUNCATE checkpoint): "
             f"{s['empty_bytes']:,} → {s['after_bytes']:,} bytes, **{s['bytes_per_event']:,.0f} bytes per event, "
             f"{s['vs_payload']:.2f}× the payload**; peak RSS {fmt_rss(s.get('peak_rss_kib'))}."
+        )
+    if bearer_result:
+        b = bearer_result
+        say("")
+        say(
+            f"The same with `bearer:` on the target (each attempt records the masked `authorization` header it "
+            f"added): {b['empty_bytes']:,} → {b['after_bytes']:,} bytes, **{b['bytes_per_event']:,.0f} bytes per event, "
+            f"{b['vs_payload']:.2f}× the payload**."
         )
     if fsync_result:
         say("")
