@@ -494,12 +494,10 @@ impl Engine {
                 }
             }
             let free = self.slots.available_permits();
-            let mut claimed_all = false;
             if free > 0 {
                 match self.store.claim_due(self.clock.now_ms(), free, LEASE_MS).await {
                     Ok(claimed) => {
                         backoff = POLL;
-                        claimed_all = claimed.len() == free;
                         for delivery in claimed {
                             let Ok(slot) = self.slots.clone().acquire_owned().await else { return };
                             self.send_claimed(slot, delivery);
@@ -516,14 +514,8 @@ impl Engine {
                     }
                 }
             }
-            if claimed_all {
-                // More may be due: look again as soon as a slot frees up.
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.changed() => return,
-                }
-                continue;
-            }
+            // A send that frees a slot while more wait wakes this; the poll finds what the
+            // count missed.
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
