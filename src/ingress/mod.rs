@@ -117,7 +117,11 @@ async fn route_request(relay: &Relay, request: Request<Incoming>, peer: Peer) ->
     if !routing::may_take(&snapshot.routes, request.method(), request.uri().path()) {
         return unmatched(relay, &snapshot, request.map(|b| b.map_err(Into::into).boxed()), peer).await;
     }
-    buffered(relay, &snapshot, request, peer).await
+    let limits = &snapshot.settings.limits;
+    match tokio::time::timeout(limits.request_timeout, buffered(relay, &snapshot, request, peer)).await {
+        Ok(response) => response,
+        Err(_) => IngressError::RequestTimeout(limits.request_timeout).answer(""),
+    }
 }
 
 async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, peer: Peer) -> Response<Body> {
@@ -172,15 +176,10 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         return IngressError::BuffersFull.answer("");
     };
     let (mut parts, body) = request.into_parts();
-    // The timeout bounds receiving the body only: once the relay has the request, the
-    // sender's answer (a commit, a sync send) is the relay's to give.
-    let request_timeout = snapshot.settings.limits.request_timeout;
-    let receiving = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).collect();
-    let raw = match tokio::time::timeout(request_timeout, receiving).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return IngressError::TooLarge { max_body }.answer(""),
-        Ok(Err(err)) => return IngressError::BadBody(err.to_string()).answer(""),
-        Err(_) => return IngressError::RequestTimeout(request_timeout).answer(""),
+    let raw = match Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return IngressError::TooLarge { max_body }.answer(""),
+        Err(err) => return IngressError::BadBody(err.to_string()).answer(""),
     };
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let headers = std::mem::take(&mut parts.headers);
