@@ -1,7 +1,7 @@
 //! How the delivery log keeps an attempt small, the same for every backend: bodies cut
 //! without splitting a character, the answer of an attempt to be retried cut shorter, an
-//! error equal to the one before stored as a repeat, and the delivery's state after an
-//! attempt.
+//! error equal to the one before stored as a repeat, request headers kept as what they add
+//! to the delivery's, and the delivery's state after an attempt.
 
 use super::{AttemptOutcome, AttemptRecord, AttemptView, DeliveryStatus, StoreError, MAX_EARLIER_ANSWER, MAX_STORED_BODY};
 
