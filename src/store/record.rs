@@ -29,7 +29,7 @@ pub(super) fn headers_json(headers: &[(String, String)]) -> Result<String, Store
 /// delivery's followed by more (the credential or signature a target adds at send time,
 /// masked), `added` being the JSON of those; else `(Some(own), None)`. Both come from
 /// [`headers_json`], so a text prefix that ends with a header pair is that pair.
-pub(super) fn headers_beside(attempt: &str, stored: &str) -> (Option<String>, Option<String>) {
+pub(super) fn headers_beside<'a>(attempt: &'a str, stored: &str) -> (Option<&'a str>, Option<String>) {
     if attempt == stored {
         return (None, None);
     }
@@ -40,7 +40,7 @@ pub(super) fn headers_beside(attempt: &str, stored: &str) -> (Option<String>, Op
         .and_then(|rest| rest.strip_prefix(','));
     match added {
         Some(more) => (None, Some(format!("[{more}"))),
-        None => (Some(attempt.to_owned()), None),
+        None => (Some(attempt), None),
     }
 }
 
@@ -107,8 +107,8 @@ mod tests {
         assert_eq!(headers_beside(r#"[["a","1"],["b","2"],["c","3"]]"#, stored), (None, Some(r#"[["c","3"]]"#.to_string())));
         // A changed value, a value that only starts the same, fewer headers, none stored.
         for own in [r#"[["a","1"],["b","22"]]"#, r#"[["a","1"],["b","2\"],[\"c"]]"#, r#"[["a","1"]]"#] {
-            assert_eq!(headers_beside(own, stored), (Some(own.to_string()), None), "{own}");
+            assert_eq!(headers_beside(own, stored), (Some(own), None), "{own}");
         }
-        assert_eq!(headers_beside(r#"[["c","3"]]"#, "[]"), (Some(r#"[["c","3"]]"#.to_string()), None));
+        assert_eq!(headers_beside(r#"[["c","3"]]"#, "[]"), (Some(r#"[["c","3"]]"#), None));
     }
 }

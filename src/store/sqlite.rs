@@ -671,14 +671,14 @@ fn insert_delivery(
     let request = &delivery.request;
     let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
     let headers = headers_json(&request.headers)?;
+    let claim = delivery.handed_off.filter(|_| finished.is_none());
     let (status, attempts, next_attempt_at, last_status, last_error) = match finished {
         Some((attempt, finished)) => {
             (finished.status, i64::from(attempt.counted), finished.next_attempt_at, attempt.status, finished.last_error.as_deref())
         }
-        None if delivery.handed_off.is_some() => (DeliveryStatus::InFlight, 0, Some(delivery.next_attempt_at), None, None),
+        None if claim.is_some() => (DeliveryStatus::InFlight, 0, Some(delivery.next_attempt_at), None, None),
         None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at), None, None),
     };
-    let claim = delivery.handed_off.filter(|_| finished.is_none());
     conn.prepare_cached(
         "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
                                  attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
