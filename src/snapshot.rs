@@ -483,7 +483,6 @@ fn compile_route(
         limit_keys: &mut compiler.limit_keys,
         route: &raw.name,
         from_env: &file.from_env,
-        route_at: at,
         trusted_origin: origin == Origin::Yaml,
     };
     for (index, raw_target) in raw.forward.iter().enumerate() {

@@ -166,8 +166,6 @@ pub struct CompileCtx<'a> {
     pub route: &'a str,
     /// The text before `${VAR}` expansion of the file's values that held one, by YAML path.
     pub from_env: &'a std::collections::HashMap<String, crate::config::env::FromEnv>,
-    /// The route's YAML path (`routes[2]`), under which its `vars` are found in `from_env`.
-    pub route_at: &'a str,
     /// The route came from the config files (trusted), not the admin API (guarded; its
     /// `upstream:` targets excepted).
     pub trusted_origin: bool,

@@ -17,7 +17,6 @@ use crate::delivery::breaker::BreakerPolicy;
 use crate::delivery::credentials::EnvCredentials;
 use crate::delivery::retry::{RetryOn, RetryPolicy};
 use crate::ratelimit::compile_spec;
-use crate::redact::is_secret_name;
 use crate::redact::redact_url;
 use crate::signature::basic_auth_header;
 use crate::template::{Escape, TemplateId};
@@ -180,14 +179,6 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         }
         None => url_text,
     };
-    // A credential that the route's `vars` hand to templates (its variable or key named like
-    // one) is as secret in this target's URL or headers as one written there: stored as a
-    // marker, filled in at send time. Other vars may name places (a host), and stay.
-    let vars_at = format!("{}.vars.", ctx.route_at);
-    for (path, from_env) in ctx.from_env.iter().filter(|(path, _)| path.starts_with(&vars_at)) {
-        let secret_key = is_secret_name(path.rsplit('.').next().unwrap_or(path));
-        env_credentials.add_secret_values(from_env.values.iter().filter(|each| secret_key || is_secret_name(&each.name)));
-    }
     // Unset, the URL is strict and the rest is not; `strict: true|false` sets both.
     let strict = raw.strict == Some(true);
     let url_strict = raw.strict != Some(false);
