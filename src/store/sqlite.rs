@@ -710,6 +710,13 @@ fn insert_delivery(
     Ok(headers)
 }
 
+// A parameter SQLite's planner may look at (a LIMIT, the key of a backward index walk)
+// makes it compile the statement again whenever its value changes, which costs more than
+// the query itself; a unary `+` keeps the value out of the plan.
+
+/// The number the next attempt of delivery `?1` gets.
+const NEXT_ATTEMPT_NUMBER: &str = "SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_seq = +?1";
+
 /// Which deliveries may be claimed, given `?1` = now. An ordered delivery must be the oldest
 /// unfinished one of its key, with no other one of its key holding a live lease (a failed
 /// one retried by hand can be older than one already in flight).
@@ -720,17 +727,25 @@ const CLAIMABLE: &str = "
           AND o.status IN ('pending', 'in_flight') AND o.seq <> d.seq
           AND (o.seq < d.seq OR (o.status = 'in_flight' AND o.lease_until >= ?1))))
     ORDER BY d.next_attempt_at, d.seq
-    LIMIT ?2";
+    LIMIT +?2";
+
+/// The claim's queries, given `?1` = now and `?2` = how many: deliveries whose lease
+/// expired, then deliveries due.
+fn claim_queries() -> [String; 2] {
+    [
+        format!(
+            "SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'in_flight' AND d.next_attempt_at IS NOT NULL AND d.lease_until < ?1 {CLAIMABLE}"
+        ),
+        format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 {CLAIMABLE}"),
+    ]
+}
 
 fn claim_due(conn: &Connection, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
     // Expired leases first: their worker died and they have waited longest. Each query walks
     // the due index in due order and stops at the limit, however long the queue.
     // `next_attempt_at IS NOT NULL` (always true of unfinished deliveries) lets both use the
     // due index, which holds unfinished deliveries only.
-    let expired = format!(
-        "SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'in_flight' AND d.next_attempt_at IS NOT NULL AND d.lease_until < ?1 {CLAIMABLE}"
-    );
-    let due = format!("SELECT {CLAIM_COLUMNS} FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 {CLAIMABLE}");
+    let [expired, due] = claim_queries();
     let lease_until = now.saturating_add(lease_ms);
     let token = new_claim_token();
     let mut claimed = Vec::new();
@@ -768,9 +783,7 @@ fn finish_attempt(
     let (url, headers, body) = conn
         .prepare_cached(concat!("SELECT d.req_url, d.req_headers, ", delivery_body!(), " FROM deliveries d WHERE d.seq = ?1"))?
         .query_row([seq], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Vec<u8>>(2)?)))?;
-    let number: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_seq = ?1")?
-        .query_row([seq], |row| row.get(0))?;
+    let number: i64 = conn.prepare_cached(NEXT_ATTEMPT_NUMBER)?.query_row([seq], |row| row.get(0))?;
     insert_attempt(conn, seq, number, attempt, &StoredForm { url: &url, headers: &headers, body: &body }, outcome)?;
     let finished = Finished::of(attempt, outcome);
     conn.prepare_cached(
@@ -857,7 +870,7 @@ fn prune_chunk(conn: &Connection, older_than: i64) -> Result<u64, StoreError> {
              SELECT e.seq FROM events e
              WHERE e.received_at < ?1
                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status IN ('pending', 'in_flight'))
-             LIMIT ?2)",
+             LIMIT +?2)",
         )?
         .execute(params![older_than, PRUNE_CHUNK as i64])?;
     Ok(deleted as u64)
@@ -909,4 +922,29 @@ fn delivery_by_id(conn: &Connection, id: &str) -> Result<Option<(i64, DeliveryVi
 fn route_by_name(conn: &Connection, name: &str) -> Result<Option<StoredRoute>, StoreError> {
     let sql = format!("SELECT {ROUTE_COLUMNS} FROM api_routes WHERE name = ?1");
     Ok(conn.prepare_cached(&sql)?.query_row([name], stored_route).optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection, StatementStatus};
+
+    use super::{claim_queries, migrate, MIGRATIONS, NEXT_ATTEMPT_NUMBER};
+
+    #[test]
+    fn statements_run_per_delivery_are_not_compiled_again_for_each_value() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        let [expired, due] = claim_queries();
+        for sql in [NEXT_ATTEMPT_NUMBER, &expired, &due] {
+            let mut statement = conn.prepare(sql).unwrap();
+            for value in 1..=3_i64 {
+                let mut rows = match statement.parameter_count() {
+                    1 => statement.query(params![value]).unwrap(),
+                    _ => statement.query(params![value * 1000, value]).unwrap(),
+                };
+                while rows.next().unwrap().is_some() {}
+            }
+            assert_eq!(statement.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
+    }
 }
