@@ -510,7 +510,7 @@ impl Store for SqliteStore {
                     "INSERT INTO api_routes (name, definition, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
                     params![name, definition.to_string(), now],
                 )?;
-                Ok(StoredRoute { name, definition, created_at: now, updated_at: now })
+                Ok(StoredRoute { name: name.clone(), definition: definition.clone(), created_at: now, updated_at: now })
             })
             .await
     }
@@ -581,11 +581,7 @@ impl Store for SqliteStore {
             }
             Ok(record)
         };
-        if synced {
-            self.writer.write(op).await
-        } else {
-            self.writer.write_unsynced(op).await
-        }
+        self.writer.write_once(synced, op).await
     }
 
     async fn take_probe(&self, route: &str, target: &str, until: i64, now: i64) -> Result<bool, StoreError> {

@@ -1,8 +1,9 @@
 //! Group commit: one thread owns the only write connection. It takes every write queued
 //! (up to [`MAX_BATCH`]), runs them in one transaction, commits once and only then answers
-//! them all, so many concurrent writers share one fsync. Each write runs in its own
-//! savepoint, so a write that fails is undone alone and the rest of its batch still
-//! commits. A batch of only unsynced writes commits without the fsync (the next synced
+//! them all, so many concurrent writers share one fsync. A write that fails is undone
+//! alone and the rest of its batch still commits: the batch then runs again with each write
+//! in its own savepoint (paid only then, as a savepoint copies every page its write
+//! changes). A batch of only unsynced writes commits without the fsync (the next synced
 //! commit or checkpoint syncs it). Owns batching and the commit counter; knows nothing of
 //! the domain's SQL.
 
@@ -22,9 +23,14 @@ const QUEUE_CAPACITY: usize = 4096;
 
 /// One queued write: run inside the batch's transaction, answered once the batch's fate is known.
 trait Job: Send {
-    /// Runs the write. An error here means the savepoint machinery failed and the whole
-    /// transaction can no longer be trusted; the write's own errors are kept for `answer`.
-    fn run(&mut self, conn: &Connection) -> Result<(), StoreError>;
+    /// Runs the write, `isolated` in a savepoint of its own that its failure rolls back. An
+    /// error here means the savepoint machinery failed and the whole transaction can no
+    /// longer be trusted; the write's own errors are kept for `answer`.
+    fn run(&mut self, conn: &Connection, isolated: bool) -> Result<(), StoreError>;
+    /// Whether its last run failed (and left the transaction with part of it, unless isolated).
+    fn failed(&self) -> bool;
+    /// Whether it can run again after its batch was rolled back; one that cannot runs isolated.
+    fn rerunnable(&self) -> bool;
     fn answer(self: Box<Self>, batch: Result<(), StoreError>);
     /// Whether its commit must reach the disk before it is answered.
     fn synced(&self) -> bool;
@@ -32,7 +38,7 @@ trait Job: Send {
 
 struct Write<T, F> {
     synced: bool,
-    op: Option<F>,
+    op: F,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -40,34 +46,92 @@ struct Write<T, F> {
 impl<T, F> Job for Write<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    F: FnMut(&Connection) -> Result<T, StoreError> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        let Some(op) = self.op.take() else { return Ok(()) };
-        conn.prepare_cached("SAVEPOINT write")?.execute([])?;
-        let result = op(conn);
-        if result.is_err() {
-            conn.prepare_cached("ROLLBACK TO write")?.execute([])?;
+    fn run(&mut self, conn: &Connection, isolated: bool) -> Result<(), StoreError> {
+        if !isolated {
+            self.result = Some((self.op)(conn));
+            return Ok(());
         }
-        conn.prepare_cached("RELEASE write")?.execute([])?;
-        self.result = Some(result);
+        self.result = Some(in_savepoint(conn, &mut self.op)?);
         Ok(())
     }
 
+    fn failed(&self) -> bool {
+        matches!(self.result, Some(Err(_)))
+    }
+
+    fn rerunnable(&self) -> bool {
+        true
+    }
+
     fn answer(self: Box<Self>, batch: Result<(), StoreError>) {
-        let result = match (batch, self.result) {
-            (Err(error), _) => Err(error),
-            (Ok(()), Some(result)) => result,
-            // A batch only commits after running every job in it, so this is unreachable.
-            (Ok(()), None) => Err(StoreError::Closed),
-        };
-        // The caller may have stopped waiting; the write stands either way.
-        let _ = self.reply.send(result);
+        answer(self.reply, batch, self.result);
     }
 
     fn synced(&self) -> bool {
         self.synced
     }
+}
+
+/// A write that can run only once (it consumes what it writes): its batch runs isolated.
+struct WriteOnce<T, F> {
+    synced: bool,
+    op: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for WriteOnce<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection, _isolated: bool) -> Result<(), StoreError> {
+        let Some(op) = self.op.take() else { return Ok(()) };
+        self.result = Some(in_savepoint(conn, op)?);
+        Ok(())
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.result, Some(Err(_)))
+    }
+
+    fn rerunnable(&self) -> bool {
+        false
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), StoreError>) {
+        answer(self.reply, batch, self.result);
+    }
+
+    fn synced(&self) -> bool {
+        self.synced
+    }
+}
+
+/// Runs `op` in a savepoint of its own, rolled back if it fails; the outer error is the
+/// savepoint machinery's.
+fn in_savepoint<T>(conn: &Connection, op: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<Result<T, StoreError>, StoreError> {
+    conn.prepare_cached("SAVEPOINT write")?.execute([])?;
+    let result = op(conn);
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO write")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE write")?.execute([])?;
+    Ok(result)
+}
+
+/// Answers a write with its own result once its batch committed, else with the batch's error.
+fn answer<T>(reply: oneshot::Sender<Result<T, StoreError>>, batch: Result<(), StoreError>, result: Option<Result<T, StoreError>>) {
+    let result = match (batch, result) {
+        (Err(error), _) => Err(error),
+        (Ok(()), Some(result)) => result,
+        // A batch only commits after running every job in it, so this is unreachable.
+        (Ok(()), None) => Err(StoreError::Closed),
+    };
+    // The caller may have stopped waiting; the write stands either way.
+    let _ = reply.send(result);
 }
 
 type Queue = mpsc::Sender<Box<dyn Job>>;
@@ -91,7 +155,7 @@ impl Writer {
     pub(super) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.queue_write(true, op).await
     }
@@ -103,21 +167,35 @@ impl Writer {
     pub(super) async fn write_unsynced<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.queue_write(false, op).await
+    }
+
+    /// As [`Writer::write`] or [`Writer::write_unsynced`], for an `op` that can run only once.
+    pub(super) async fn write_once<T, F>(&self, synced: bool, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.queue_job(Box::new(WriteOnce { synced, op: Some(op), result: None, reply }), answer).await
     }
 
     async fn queue_write<T, F>(&self, synced: bool, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
+        self.queue_job(Box::new(Write { synced, op, result: None, reply }), answer).await
+    }
+
+    async fn queue_job<T>(&self, job: Box<dyn Job>, answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StoreError::Closed)?;
         #[cfg(test)]
         let _held = HoldPausedClock::new();
-        queue.send(Box::new(Write { synced, op: Some(op), result: None, reply })).await.map_err(|_| StoreError::Closed)?;
+        queue.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -202,11 +280,28 @@ fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>], synced: &mut 
 }
 
 fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    if !batch.iter().all(|job| job.rerunnable()) {
+        return run_writes(conn, batch, true).map(|_| ());
+    }
+    if run_writes(conn, batch, false)? {
+        return Ok(());
+    }
+    // A write failed and left part of itself: the batch runs again from the start, each
+    // write isolated, so that only the failed one is undone.
+    run_writes(conn, batch, true).map(|_| ())
+}
+
+/// Runs every write of `batch` in one transaction and commits it; not isolated, it stops at
+/// the first write that fails and rolls everything back (false).
+fn run_writes(conn: &mut Connection, batch: &mut [Box<dyn Job>], isolated: bool) -> Result<bool, StoreError> {
+    // Dropping `tx` on the way out rolls the whole batch back.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch.iter_mut() {
-        // Dropping `tx` on the way out rolls the whole batch back.
-        job.run(&tx)?;
+        job.run(&tx, isolated)?;
+        if !isolated && job.failed() {
+            return Ok(false);
+        }
     }
     tx.commit()?;
-    Ok(())
+    Ok(true)
 }
