@@ -38,6 +38,8 @@ trait Job: Send {
 
 struct Write<T, F> {
     synced: bool,
+    /// False for a write that consumes what it writes: its batch runs isolated.
+    rerunnable: bool,
     op: F,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -62,47 +64,18 @@ where
     }
 
     fn rerunnable(&self) -> bool {
-        true
+        self.rerunnable
     }
 
     fn answer(self: Box<Self>, batch: Result<(), StoreError>) {
-        answer(self.reply, batch, self.result);
-    }
-
-    fn synced(&self) -> bool {
-        self.synced
-    }
-}
-
-/// A write that can run only once (it consumes what it writes): its batch runs isolated.
-struct WriteOnce<T, F> {
-    synced: bool,
-    op: Option<F>,
-    result: Option<Result<T, StoreError>>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<T, F> Job for WriteOnce<T, F>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
-{
-    fn run(&mut self, conn: &Connection, _isolated: bool) -> Result<(), StoreError> {
-        let Some(op) = self.op.take() else { return Ok(()) };
-        self.result = Some(in_savepoint(conn, op)?);
-        Ok(())
-    }
-
-    fn failed(&self) -> bool {
-        matches!(self.result, Some(Err(_)))
-    }
-
-    fn rerunnable(&self) -> bool {
-        false
-    }
-
-    fn answer(self: Box<Self>, batch: Result<(), StoreError>) {
-        answer(self.reply, batch, self.result);
+        let result = match (batch, self.result) {
+            (Err(error), _) => Err(error),
+            (Ok(()), Some(result)) => result,
+            // A batch only commits after running every job in it, so this is unreachable.
+            (Ok(()), None) => Err(StoreError::Closed),
+        };
+        // The caller may have stopped waiting; the write stands either way.
+        let _ = self.reply.send(result);
     }
 
     fn synced(&self) -> bool {
@@ -120,18 +93,6 @@ fn in_savepoint<T>(conn: &Connection, op: impl FnOnce(&Connection) -> Result<T, 
     }
     conn.prepare_cached("RELEASE write")?.execute([])?;
     Ok(result)
-}
-
-/// Answers a write with its own result once its batch committed, else with the batch's error.
-fn answer<T>(reply: oneshot::Sender<Result<T, StoreError>>, batch: Result<(), StoreError>, result: Option<Result<T, StoreError>>) {
-    let result = match (batch, result) {
-        (Err(error), _) => Err(error),
-        (Ok(()), Some(result)) => result,
-        // A batch only commits after running every job in it, so this is unreachable.
-        (Ok(()), None) => Err(StoreError::Closed),
-    };
-    // The caller may have stopped waiting; the write stands either way.
-    let _ = reply.send(result);
 }
 
 type Queue = mpsc::Sender<Box<dyn Job>>;
@@ -152,12 +113,14 @@ impl Writer {
     }
 
     /// Queues `op` and answers once the transaction it ran in is on disk (fsynced), or failed.
+    /// `op` runs again, from the start, when another write of its batch fails: it may
+    /// depend on nothing but the connection and what it captured.
     pub(super) async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.queue_write(true, op).await
+        self.queue_write(true, true, op).await
     }
 
     /// Runs `op` and answers once its transaction is committed, without waiting for the
@@ -169,7 +132,7 @@ impl Writer {
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.queue_write(false, op).await
+        self.queue_write(false, true, op).await
     }
 
     /// As [`Writer::write`] or [`Writer::write_unsynced`], for an `op` that can run only once.
@@ -178,20 +141,22 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        self.queue_job(Box::new(WriteOnce { synced, op: Some(op), result: None, reply }), answer).await
+        let mut op = Some(op);
+        let once = move |conn: &Connection| match op.take() {
+            Some(op) => op(conn),
+            // Unreachable: a write that cannot run again runs isolated, once.
+            None => Err(StoreError::Closed),
+        };
+        self.queue_write(synced, false, once).await
     }
 
-    async fn queue_write<T, F>(&self, synced: bool, op: F) -> Result<T, StoreError>
+    async fn queue_write<T, F>(&self, synced: bool, rerunnable: bool, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        self.queue_job(Box::new(Write { synced, op, result: None, reply }), answer).await
-    }
-
-    async fn queue_job<T>(&self, job: Box<dyn Job>, answer: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+        let job = Box::new(Write { synced, rerunnable, op, result: None, reply });
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StoreError::Closed)?;
         #[cfg(test)]
         let _held = HoldPausedClock::new();
