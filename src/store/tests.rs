@@ -616,6 +616,11 @@ async fn a_failing_write_does_not_spoil_its_batch(store: Arc<dyn Store>) {
     assert_eq!(store.list_events(EventFilter::default()).await.unwrap().items.len(), 31, "the rejected accepts left no event");
     assert_eq!(store.queue_depth().await.unwrap(), 31);
     assert!(matches!(store.accept(event("taken", "r", T0), vec![]).await, Err(StoreError::Conflict(_))), "event ids are unique too");
+    // Alone in its batch, a write that fails after its event row went in leaves nothing either.
+    let lone = event("lone", "r", T0);
+    let taken = vec![delivery("d-taken", &lone, "t", T0)];
+    assert!(matches!(store.accept(lone, taken).await, Err(StoreError::Conflict(_))));
+    assert!(store.get_event("lone").await.unwrap().is_none(), "the failed write left its event row");
 
     let event = event("stray", "r", T0);
     let mut foreign = delivery("d-stray", &event, "t", T0);

@@ -245,10 +245,8 @@ fn commit_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>], synced: &mut 
 }
 
 fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    if !batch.iter().all(|job| job.rerunnable()) {
-        return run_writes(conn, batch, true).map(|_| ());
-    }
-    if run_writes(conn, batch, false)? {
+    // A write that failed alone was undone with its rollback: nothing to run again.
+    if batch.iter().all(|job| job.rerunnable()) && (run_writes(conn, batch, false)? || batch.len() == 1) {
         return Ok(());
     }
     // A write failed and left part of itself: the batch runs again from the start, each
