@@ -780,10 +780,20 @@ fn finish_attempt(
     outcome: &AttemptOutcome,
     now: i64,
 ) -> Result<(), StoreError> {
-    let seq = claimed_seq(conn, id, claim)?;
-    let (url, headers, body) = conn
-        .prepare_cached(concat!("SELECT d.req_url, d.req_headers, ", delivery_body!(), " FROM deliveries d WHERE d.seq = ?1"))?
-        .query_row([seq], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, Vec<u8>>(2)?)))?;
+    // The claim check and the stored request in one lookup of the row.
+    let found = conn
+        .prepare_cached(concat!(
+            "SELECT d.seq, d.status, d.claim_token, d.req_url, d.req_headers, ",
+            delivery_body!(),
+            " FROM deliveries d WHERE d.id = ?1"
+        ))?
+        .query_row([id], |row| {
+            let state = (row.get(0)?, row.get(1)?, row.get(2)?);
+            Ok((state, row.get::<_, String>(3)?, row.get::<_, String>(4)?, row.get::<_, Vec<u8>>(5)?))
+        })
+        .optional()?;
+    let (state, url, headers, body) = found.ok_or(StoreError::NotFound)?;
+    let seq = claimed(id, claim, state)?;
     let number: i64 = conn.prepare_cached(NEXT_ATTEMPT_NUMBER)?.query_row([seq], |row| row.get(0))?;
     insert_attempt(conn, seq, number, attempt, &StoredForm { url: &url, headers: &headers, body: &body }, outcome)?;
     let finished = Finished::of(attempt, outcome);
@@ -896,14 +906,18 @@ fn first_with_delivery_id(conn: &Connection, route: &str, delivery_id: &str, sin
 
 /// The `seq` of the delivery in flight under `claim`; NotFound, or Conflict if it is not.
 fn claimed_seq(conn: &Connection, id: &str, claim: i64) -> Result<i64, StoreError> {
-    let state: Option<(i64, DeliveryStatus, Option<i64>)> = conn
+    let state = conn
         .prepare_cached("SELECT seq, status, claim_token FROM deliveries WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .optional()?;
+    claimed(id, claim, state.ok_or(StoreError::NotFound)?)
+}
+
+/// The delivery's seq if its row (seq, status, claim token) still holds `claim`.
+fn claimed(id: &str, claim: i64, state: (i64, DeliveryStatus, Option<i64>)) -> Result<i64, StoreError> {
     match state {
-        None => Err(StoreError::NotFound),
-        Some((seq, DeliveryStatus::InFlight, Some(token))) if token == claim => Ok(seq),
-        Some((_, status, _)) => Err(not_claimed(id, status)),
+        (seq, DeliveryStatus::InFlight, Some(token)) if token == claim => Ok(seq),
+        (_, status, _) => Err(not_claimed(id, status)),
     }
 }
 
