@@ -259,7 +259,7 @@ impl Store for SqliteStore {
     }
 
     async fn accept_all(&self, items: Vec<AcceptItem>) -> Result<Vec<AcceptOutcome>, StoreError> {
-        // One write job: its savepoint is rolled back whole if any insert fails.
+        // One write: if any insert fails, all of its inserts are undone.
         self.writer
             .write(move |conn| items.iter().map(|item| accept(conn, &item.event, &item.deliveries, item.dedupe_since)).collect())
             .await
