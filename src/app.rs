@@ -158,6 +158,7 @@ impl Running {
         let deadline = tokio::time::Instant::now() + grace;
         self.stop();
         let _ = tokio::time::timeout_at(deadline, self.ingress).await;
+        self.relay.sync_log.close(deadline).await;
         self.relay.engine.drain(deadline).await;
         if let Err(err) = self.relay.engine.store().close().await {
             tracing::warn!(error = %err, "closing the store");

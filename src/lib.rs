@@ -31,6 +31,7 @@ pub mod settings;
 pub mod signature;
 pub mod snapshot;
 pub mod store;
+pub mod sync_log;
 pub mod telemetry;
 pub mod template;
 pub mod tls;

@@ -17,6 +17,7 @@ use crate::ratelimit::{IngressLimiters, OutboundLimiters};
 use crate::settings::Settings;
 use crate::snapshot::{self, Snapshot};
 use crate::store::ownership::StoreOwnership;
+use crate::sync_log::SyncLog;
 
 /// What `GET /api/status` reports about the config.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,8 +51,8 @@ pub struct Relay {
     status: Mutex<ConfigStatus>,
     started_with: StartupSettings,
     api_routes: Mutex<Vec<ApiRoute>>,
-    /// Sync deliveries being logged after their answer, at most this many at once.
-    pub sync_log_slots: Arc<tokio::sync::Semaphore>,
+    /// Sync deliveries, logged after their answer.
+    pub sync_log: SyncLog,
     /// Requests no route took, kept when `store.keep_unmatched` asks.
     pub unmatched: crate::unmatched::Keeper,
     /// `limits.max_buffered_bytes`, in KiB: request bodies held in memory at once.
@@ -93,6 +94,7 @@ impl Relay {
             config: parts.config,
             config_path: parts.config_path,
             outbound: parts.outbound,
+            sync_log: SyncLog::start(parts.engine.clone()),
             engine: parts.engine,
             outbound_limits: parts.outbound_limits,
             ingress_limits: IngressLimiters::default(),
@@ -106,7 +108,6 @@ impl Relay {
             api_routes: Mutex::new(parts.api_routes),
             api_lock: tokio::sync::Mutex::new(()),
             store_owner: parts.store_owner,
-            sync_log_slots: Arc::new(tokio::sync::Semaphore::new(256)),
             unmatched: Default::default(),
         }
     }

@@ -24,7 +24,7 @@ use crate::relay::Relay;
 use crate::respond::json_response;
 use crate::routing::{self, RouteMatch};
 use crate::snapshot::Snapshot;
-use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, NewDelivery, NewEvent, StoredRequest};
+use crate::store::{AcceptOutcome, AttemptOutcome, AttemptRecord, FinishedDelivery, NewDelivery, NewEvent, StoredRequest};
 use crate::telemetry::Span;
 use crate::trace::Trace;
 use crate::verify::VerifyInput;
@@ -518,7 +518,8 @@ pub(crate) async fn record_render_failures(relay: &Relay, accepted: &[&String], 
             handed_off: None,
         };
         let outcome = AttemptOutcome::Failed { reason: format!("render error: {err}") };
-        if let Err(store_err) = relay.engine.store().record_finished(None, delivery, record, outcome, now).await {
+        let finished = FinishedDelivery { event: None, delivery, attempt: record, outcome };
+        if let Err(store_err) = relay.engine.store().record_finished(Arc::from([finished]), now).await {
             tracing::warn!(error = %store_err, "could not log a render error");
         }
     }

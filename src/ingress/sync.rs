@@ -1,5 +1,5 @@
 //! A sync route's send: the first target is sent the event now and its answer goes back to
-//! the sender; the delivery is logged afterwards, off the request path but bounded.
+//! the sender; the delivery is logged afterwards (see [`crate::sync_log`]).
 
 use http::{Response, StatusCode};
 
@@ -10,12 +10,11 @@ use crate::delivery::client::{self, Body};
 use crate::delivery::target::{OutgoingRequest, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::{now_ms, stored};
-use crate::feed::DeliveryChange;
 use crate::metrics::DeliveryResult;
 use crate::ratelimit::Throttled;
 use crate::relay::Relay;
 use crate::snapshot::Snapshot;
-use crate::store::{AttemptOutcome, NewDelivery, NewEvent};
+use crate::store::{AttemptOutcome, FinishedDelivery, NewDelivery, NewEvent};
 
 /// A sync target's answer is buffered up to this size so it can be both returned and logged.
 const MAX_SYNC_ANSWER: usize = 4 * 1024 * 1024;
@@ -65,7 +64,6 @@ pub(super) async fn forward_sync(
         (None, None) => AttemptOutcome::Failed { reason: "no answer".to_string() },
     };
     crate::metrics::count_delivery(&route, &target_name, DeliveryResult::from(&outcome), Some(answer.duration.as_secs_f64()));
-    let last_status = answer.status;
     let delivery = NewDelivery {
         id: ulid::Ulid::generate().to_string(),
         event_id: event_id.to_string(),
@@ -77,27 +75,9 @@ pub(super) async fn forward_sync(
         guarded: !target.trusted,
         handed_off: None,
     };
-    let engine = relay.engine.clone();
-    // Logging happens after the answer, but a slow disk must not let the backlog (and the
-    // bodies it holds) grow without bound: past this many, the request waits its turn.
-    let slot = relay.sync_log_slots.clone().acquire_owned().await;
-    tokio::spawn(async move {
-        let _slot = slot;
-        let feed = engine.feed();
-        let event_frame = deferred.as_ref().and_then(|event| feed.event_frame(event));
-        let status = outcome.status();
-        // Names copied only while someone watches the feed.
-        let names = feed.watched().then(|| [&delivery.id, &delivery.event_id, &delivery.route, &delivery.target].map(String::clone));
-        match engine.store().record_finished(deferred, delivery, record, outcome, now_ms()).await {
-            Ok(()) => {
-                feed.send(event_frame);
-                if let Some([id, event_id, route, target]) = &names {
-                    feed.delivery(DeliveryChange { id, event_id, route, target, status, attempts: 1, last_status });
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "could not log the sync delivery"),
-        }
-    });
+    // Logged after the answer; a slow disk makes the request wait only once the log's
+    // queue is full.
+    relay.sync_log.log(&relay.engine, FinishedDelivery { event: deferred, delivery, attempt: record, outcome }).await;
     match (answer.status, answer.error) {
         (Some(status), None) => {
             let mut headers = answer.headers;

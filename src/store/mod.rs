@@ -44,6 +44,16 @@ pub const MAX_PAGE: usize = 500;
 /// The page size of `EventFilter::default()` and `DeliveryFilter::default()`.
 pub const DEFAULT_PAGE: usize = 50;
 
+/// A delivery that already happened or never can, with its one attempt: to `event`, stored
+/// in the same write, or to an event accepted before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishedDelivery {
+    pub event: Option<NewEvent>,
+    pub delivery: NewDelivery,
+    pub attempt: AttemptRecord,
+    pub outcome: AttemptOutcome,
+}
+
 /// A received webhook, as it came in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -540,17 +550,10 @@ pub trait Store: Send + Sync {
     #[cfg(test)]
     async fn current_claim(&self, delivery_id: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Adds a delivery that already happened (a sync route's answered request) or never can
-    /// (a render error) with its one attempt, so the log is complete: to `event`, stored in
-    /// the same write, or to an event accepted before.
-    async fn record_finished(
-        &self,
-        event: Option<NewEvent>,
-        delivery: NewDelivery,
-        attempt: AttemptRecord,
-        outcome: AttemptOutcome,
-        now: i64,
-    ) -> Result<(), StoreError>;
+    /// Adds deliveries that already happened (a sync route's answered requests) or never can
+    /// (a render error), each with its one attempt, so the log is complete; all in one
+    /// write, all or none.
+    async fn record_finished(&self, finished: Arc<[FinishedDelivery]>, now: i64) -> Result<(), StoreError>;
 
     /// Hands back every claim at startup, due at `now`: called by the only process using
     /// this store, so any in-flight delivery belonged to a process that died (at-least-once:

@@ -24,7 +24,7 @@ use super::{cannot_cancel, owned_by, AcceptItem, CancelFilter, Reschedule, Targe
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
+    EventView, FinishedDelivery, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
 };
 
 /// How long a statement waits for a lock held by another connection (another process on
@@ -324,33 +324,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_finished(
-        &self,
-        event: Option<NewEvent>,
-        delivery: NewDelivery,
-        attempt: AttemptRecord,
-        outcome: AttemptOutcome,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn record_finished(&self, finished: Arc<[FinishedDelivery]>, now: i64) -> Result<(), StoreError> {
         // Unsynced: this records what already happened, after its sender was answered (a
         // sync route's answer, a 202 for an event already stored); an event only becomes a
         // promise through `accept`, which is synced.
-        self.writer
-            .write_unsynced(move |conn| {
-                if let Some(event) = &event {
-                    insert_event(conn, event)?;
-                }
-                if let Some(event) = &event {
-                    owned_by(event, [&delivery])?;
-                }
-                let finished = Finished::of(&attempt, &outcome);
-                let event_body = event.as_ref().map(|event| &event.body[..]);
-                let headers = insert_delivery(conn, &delivery, event_body, now, Some((&attempt, &finished)))?;
-                let request = &delivery.request;
-                let stored = StoredForm { url: &request.url, headers: &headers, body: &request.body };
-                insert_attempt(conn, conn.last_insert_rowid(), 1, &attempt, &stored, &outcome)
-            })
-            .await
+        self.writer.write_unsynced(move |conn| finished.iter().try_for_each(|finished| insert_finished(conn, finished, now))).await
     }
 
     async fn recover_claims(&self, now: i64) -> Result<u64, StoreError> {
@@ -637,6 +615,20 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
         insert_delivery(conn, delivery, Some(&event.body), event.received_at, None)?;
     }
     Ok(AcceptOutcome::Accepted)
+}
+
+fn insert_finished(conn: &Connection, finished: &FinishedDelivery, now: i64) -> Result<(), StoreError> {
+    let FinishedDelivery { event, delivery, attempt, outcome } = finished;
+    if let Some(event) = event {
+        owned_by(event, [delivery])?;
+        insert_event(conn, event)?;
+    }
+    let finished = Finished::of(attempt, outcome);
+    let event_body = event.as_ref().map(|event| &event.body[..]);
+    let headers = insert_delivery(conn, delivery, event_body, now, Some((attempt, &finished)))?;
+    let request = &delivery.request;
+    let stored = StoredForm { url: &request.url, headers: &headers, body: &request.body };
+    insert_attempt(conn, conn.last_insert_rowid(), 1, attempt, &stored, outcome)
 }
 
 fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {

@@ -72,6 +72,7 @@ conformance!(
     failed_then_retry_now,
     throttled_attempt_does_not_count,
     finished_deliveries_are_recorded_with_their_attempt_and_never_claimed,
+    finished_deliveries_logged_together_are_stored_all_or_none,
     release_hands_the_claim_back,
     renewed_leases_are_not_taken_over,
     a_claim_taken_over_is_no_longer_the_old_workers,
@@ -153,6 +154,10 @@ fn attempt(status: Option<u16>, counted: bool) -> AttemptRecord {
         error: None,
         counted,
     }
+}
+
+fn finished(event: Option<NewEvent>, delivery: NewDelivery, attempt: AttemptRecord, outcome: AttemptOutcome) -> FinishedDelivery {
+    FinishedDelivery { event, delivery, attempt, outcome }
 }
 
 /// Finishes the delivery's current claim, whoever made it.
@@ -304,13 +309,10 @@ async fn a_delivery_handed_off_at_accept_is_stored_claimed(store: Arc<dyn Store>
 async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed(store: Arc<dyn Store>) {
     let event = event("e1", "github", T0);
     store.accept(event.clone(), vec![]).await.unwrap();
-    let sync = delivery("d-sync", &event, "sync", T0);
-    store.record_finished(None, sync, attempt(Some(201), true), AttemptOutcome::Succeeded, T0 + 5).await.unwrap();
-    let broken = delivery("d-render", &event, "broken", T0);
-    store
-        .record_finished(None, broken, attempt(None, false), AttemptOutcome::Failed { reason: "render error".into() }, T0 + 5)
-        .await
-        .unwrap();
+    let sync = finished(None, delivery("d-sync", &event, "sync", T0), attempt(Some(201), true), AttemptOutcome::Succeeded);
+    let reason = "render error".to_string();
+    let broken = finished(None, delivery("d-render", &event, "broken", T0), attempt(None, false), AttemptOutcome::Failed { reason });
+    store.record_finished(Arc::from([sync, broken]), T0 + 5).await.unwrap();
     let (view, attempts) = store.get_delivery("d-sync").await.unwrap().unwrap();
     assert_eq!((view.status, view.attempts, view.last_status), (DeliveryStatus::Succeeded, 1, Some(201)));
     assert_eq!(attempts.len(), 1);
@@ -318,6 +320,26 @@ async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed(s
     assert_eq!((view.status, view.last_error.as_deref()), (DeliveryStatus::Failed, Some("render error")));
     assert!(store.claim_due(T0 + 10, 10, LEASE).await.unwrap().is_empty());
     assert_eq!(store.get_event("e1").await.unwrap().unwrap().deliveries.len(), 2);
+}
+
+async fn finished_deliveries_logged_together_are_stored_all_or_none(store: Arc<dyn Store>) {
+    let first = event("e1", "github", T0);
+    let second = event("e2", "github", T0);
+    let logged = |event: &NewEvent, id: &str| {
+        finished(Some(event.clone()), delivery(id, event, "sync", T0), attempt(Some(200), true), AttemptOutcome::Succeeded)
+    };
+    // The second names a delivery id the first already took: the write fails as a whole.
+    let clashing = Arc::from([logged(&first, "d-1"), logged(&second, "d-1")]);
+    assert!(store.record_finished(clashing, T0 + 5).await.is_err());
+    assert!(store.get_event("e1").await.unwrap().is_none(), "nothing of a failed write is kept");
+    assert!(store.get_delivery("d-1").await.unwrap().is_none());
+    store.record_finished(Arc::from([logged(&first, "d-1"), logged(&second, "d-2")]), T0 + 5).await.unwrap();
+    for (event, delivery) in [("e1", "d-1"), ("e2", "d-2")] {
+        let view = store.get_event(event).await.unwrap().unwrap();
+        assert_eq!(view.deliveries.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [delivery]);
+        let (_, attempts) = store.get_delivery(delivery).await.unwrap().unwrap();
+        assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(200)]);
+    }
 }
 
 async fn release_hands_the_claim_back(store: Arc<dyn Store>) {

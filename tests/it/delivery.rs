@@ -357,6 +357,48 @@ async fn a_single_target_sync_route_is_logged_after_answering() {
     }
 }
 
+/// Sync deliveries answered together are logged together; a stop right after the answers
+/// still logs every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_sync_delivery_is_logged_even_when_the_relay_stops_at_once() {
+    const SENT: usize = 300;
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: burst\n    respond: sync\n    match: {{ path: /hooks/burst }}\n    forward:\n      - {{ name: one, url: '{}/one', body: '{{\"n\": {{{{body.n}}}}}}' }}\n",
+        sink.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let running = hookrelay::app::start(&config).await.unwrap();
+    let url = format!("http://{}/hooks/burst", running.ingress_addr);
+    let client = crate::support::reqwest_like::Client::new();
+    let mut sending = tokio::task::JoinSet::new();
+    for n in 0..SENT {
+        let (client, url) = (client.clone(), url.clone());
+        sending.spawn(async move { client.post_json(&url, &[], format!(r#"{{"n":{n}}}"#)).await.status });
+    }
+    while let Some(status) = sending.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    running.shutdown().await;
+
+    let relay = Relay::attach(hookrelay::app::start(&config).await.unwrap());
+    let logged = get(&relay, "/api/deliveries?route=burst&limit=500").await;
+    let items = logged["items"].as_array().unwrap();
+    assert_eq!(items.len(), SENT, "one logged delivery per answered request");
+    assert!(items.iter().all(|d| d["status"] == "succeeded" && d["last_status"] == 200), "{logged}");
+    let mut bodies: Vec<i64> = Vec::with_capacity(SENT);
+    for delivery in items {
+        let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
+        assert_eq!(record["attempts"].as_array().unwrap().len(), 1, "{record}");
+        let sent: Value = serde_json::from_str(record["attempts"][0]["request_body"].as_str().unwrap()).unwrap();
+        bodies.push(sent["n"].as_i64().unwrap());
+    }
+    bodies.sort();
+    assert_eq!(bodies, (0..SENT as i64).collect::<Vec<_>>(), "each with the body it was sent");
+}
+
 #[tokio::test]
 async fn retry_on_decides_which_failures_are_retried() {
     let sink = TestSink::scripted(vec![Answer::status_only(404), Answer::status_only(503)]).await;

@@ -21,6 +21,7 @@ pub(in crate::store) mod schema;
 mod writes;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ use super::{
 };
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
-    NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
+    FinishedDelivery, NewDelivery, NewEvent, Page, SharedLimit, Store, StoreError, StoreNotice, StoredRoute,
 };
 
 /// Notified (after commit) when deliveries become due: accepts and manual retries.
@@ -448,30 +449,28 @@ impl Store for PostgresStore {
         Ok(row.map(|row| row.try_get::<_, Option<i64>>(0)).transpose()?.flatten())
     }
 
-    async fn record_finished(
-        &self,
-        event: Option<NewEvent>,
-        delivery: NewDelivery,
-        attempt: AttemptRecord,
-        outcome: AttemptOutcome,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        not_handed_off([&delivery])?;
-        if let Some(event) = &event {
-            owned_by(event, [&delivery])?;
+    async fn record_finished(&self, finished: Arc<[FinishedDelivery]>, now: i64) -> Result<(), StoreError> {
+        for FinishedDelivery { event, delivery, .. } in finished.iter() {
+            not_handed_off([delivery])?;
+            if let Some(event) = event {
+                owned_by(event, [delivery])?;
+            }
         }
         let pinned = self.pinned(now);
         in_transaction!(self, |tx| {
             async {
-                if let Some(event) = &event {
-                    insert_event(&tx, event, pinned).await?;
+                for FinishedDelivery { event, delivery, attempt, outcome } in finished.iter() {
+                    if let Some(event) = event {
+                        insert_event(&tx, event, pinned).await?;
+                    }
+                    let finished = Finished::of(attempt, outcome);
+                    let event_body = event.as_ref().map(|event| &event.body[..]);
+                    let (seq, headers) = insert_delivery(&tx, delivery, event_body, now, pinned, Some((attempt, &finished))).await?;
+                    let request = &delivery.request;
+                    let stored = StoredForm { url: request.url.clone(), headers, body: request.body.to_vec() };
+                    insert_attempt(&tx, seq, 1, attempt, &stored, outcome, None).await?;
                 }
-                let finished = Finished::of(&attempt, &outcome);
-                let event_body = event.as_ref().map(|event| &event.body[..]);
-                let (seq, headers) = insert_delivery(&tx, &delivery, event_body, now, pinned, Some((&attempt, &finished))).await?;
-                let request = &delivery.request;
-                let stored = StoredForm { url: request.url.clone(), headers, body: request.body.to_vec() };
-                insert_attempt(&tx, seq, 1, &attempt, &stored, &outcome, None).await
+                Ok(())
             }
             .await
         })

@@ -1,0 +1,115 @@
+//! The log of sync deliveries: a sync route queues each answered delivery here and goes on;
+//! one task writes what is queued, in one store write at a time, so a busy relay logs many
+//! deliveries per commit and an idle one logs each at once. The queue is bounded: when it
+//! is full, the request that wants to log waits its turn.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::engine::{now_ms, Engine};
+use crate::feed::DeliveryChange;
+use crate::store::FinishedDelivery;
+
+/// The most deliveries one write takes.
+const MAX_BATCH: usize = 128;
+/// Deliveries waiting beyond the batch being written; with it, at most 256 answered sync
+/// deliveries (and the bodies they hold) wait for the disk.
+const QUEUE_CAPACITY: usize = 128;
+
+/// A delivery to log, with the feed's frame of its event when it brings one and someone
+/// watches (built before the write, sent after it).
+struct Queued {
+    finished: FinishedDelivery,
+    event_frame: Option<Bytes>,
+}
+
+pub struct SyncLog {
+    queue: mpsc::Sender<Queued>,
+    closing: watch::Sender<bool>,
+    writing: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SyncLog {
+    /// Starts the task that writes the log to `engine`'s store; call within the runtime.
+    pub fn start(engine: Arc<Engine>) -> SyncLog {
+        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        let (closing, closed) = watch::channel(false);
+        let writing = tokio::spawn(write_queued(engine, queued, closed));
+        SyncLog { queue, closing, writing: Mutex::new(Some(writing)) }
+    }
+
+    /// Queues `finished` to be logged, waiting while the queue is full.
+    pub async fn log(&self, engine: &Engine, finished: FinishedDelivery) {
+        let event_frame = finished.event.as_ref().and_then(|event| engine.feed().event_frame(event));
+        if self.queue.send(Queued { finished, event_frame }).await.is_err() {
+            tracing::warn!("could not log the sync delivery: the relay is stopping");
+        }
+    }
+
+    /// Takes no more deliveries and waits, until `deadline`, for those queued to be written.
+    pub async fn close(&self, deadline: tokio::time::Instant) {
+        let _ = self.closing.send(true);
+        let writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(writing) = writing {
+            if tokio::time::timeout_at(deadline, writing).await.is_err() {
+                tracing::warn!("stopped before every sync delivery was logged");
+            }
+        }
+    }
+}
+
+/// Writes what is queued, a batch at a time, until the log is closed and its queue empty.
+async fn write_queued(engine: Arc<Engine>, mut queued: mpsc::Receiver<Queued>, mut closed: watch::Receiver<bool>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        tokio::select! {
+            taken = queued.recv_many(&mut batch, MAX_BATCH) => if taken == 0 { return },
+            // Senders may outlive the relay's shutdown: closing ends the queue, and what
+            // is already in it is still written.
+            _ = closed.wait_for(|closed| *closed), if !queued.is_closed() => {
+                queued.close();
+                continue;
+            }
+        }
+        let (finished, frames): (Vec<FinishedDelivery>, Vec<Option<Bytes>>) =
+            batch.drain(..).map(|queued| (queued.finished, queued.event_frame)).unzip();
+        write(&engine, finished.into(), frames).await;
+    }
+}
+
+async fn write(engine: &Engine, finished: Arc<[FinishedDelivery]>, frames: Vec<Option<Bytes>>) {
+    match engine.store().record_finished(finished.clone(), now_ms()).await {
+        Ok(()) => announce(engine, &finished, frames),
+        Err(error) if finished.len() == 1 => tracing::warn!(%error, "could not log the sync delivery"),
+        // One write for all: one delivery the store refuses must not lose the others.
+        Err(_) => {
+            for (one, frame) in finished.iter().zip(frames) {
+                let one: Arc<[FinishedDelivery]> = Arc::from([one.clone()]);
+                match engine.store().record_finished(one.clone(), now_ms()).await {
+                    Ok(()) => announce(engine, &one, vec![frame]),
+                    Err(error) => tracing::warn!(%error, "could not log the sync delivery"),
+                }
+            }
+        }
+    }
+}
+
+/// Tells the live feed about logged deliveries, and their events.
+fn announce(engine: &Engine, finished: &[FinishedDelivery], frames: Vec<Option<Bytes>>) {
+    let feed = engine.feed();
+    for (FinishedDelivery { delivery, attempt, outcome, .. }, frame) in finished.iter().zip(frames) {
+        feed.send(frame);
+        feed.delivery(DeliveryChange {
+            id: &delivery.id,
+            event_id: &delivery.event_id,
+            route: &delivery.route,
+            target: &delivery.target,
+            status: outcome.status(),
+            attempts: 1,
+            last_status: attempt.status,
+        });
+    }
+}
