@@ -145,6 +145,9 @@ pub struct Running {
     telemetry: Option<crate::telemetry::Exporting>,
 }
 
+/// The most a stop waits past the grace for the queued log of answered sync requests.
+const SYNC_LOG_CLOSING: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Running {
     /// Signals every task to stop, without waiting.
     pub fn stop(&self) {
@@ -152,13 +155,17 @@ impl Running {
     }
 
     /// Graceful stop: no new connections, in-flight requests finish, deliveries on the wire
-    /// finish or are handed back, the store is flushed — all within `limits.shutdown_grace`.
+    /// finish or are handed back, the store is flushed — all within `limits.shutdown_grace`,
+    /// but for writing the log of the sync requests answered in it.
     pub async fn shutdown(self) {
         let grace = self.relay.snapshot().settings.limits.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         self.stop();
-        let _ = tokio::time::timeout_at(deadline, self.ingress).await;
-        self.relay.sync_log.close(deadline).await;
+        // The ingress ends by itself: its connections close when the grace is over.
+        let _ = self.ingress.await;
+        // Every answered sync request is logged, even when the grace is used up: writing
+        // what is queued takes milliseconds.
+        self.relay.sync_log.close(deadline.max(tokio::time::Instant::now() + SYNC_LOG_CLOSING)).await;
         self.relay.engine.drain(deadline).await;
         if let Err(err) = self.relay.engine.store().close().await {
             tracing::warn!(error = %err, "closing the store");

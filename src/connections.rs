@@ -83,6 +83,9 @@ where
     let builder = Arc::new(connection_builder(&limits));
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
+    // Turned true when the grace is over: every connection still open ends at once, so no
+    // answer goes out after the relay has moved on to closing its store.
+    let (closing, closed) = watch::channel(false);
     let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -109,6 +112,7 @@ where
         let relay = relay.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let mut closed = closed.clone();
         let acceptor = acceptor.clone();
         let idle_limit = limits.header_timeout;
         let handle = handle.clone();
@@ -146,6 +150,7 @@ where
                     Ok(())
                 }
                 () = link.drive() => Ok(()),
+                _ = closed.wait_for(|closed| *closed) => Ok(()),
             };
             if let Err(err) = served {
                 tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
@@ -157,8 +162,15 @@ where
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace; closing them");
+        let _ = closing.send(true);
+        // Each ends at its next poll, a request's work included.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(CLOSING, connections.acquire_many(all)).await;
     }
 }
+
+/// How long connections closed at the end of the grace may take to end.
+const CLOSING: Duration = Duration::from_secs(1);
 
 /// File descriptors the relay needs besides its connections (store, listeners, outbound
 /// pools, watched folders).

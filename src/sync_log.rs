@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -24,15 +23,8 @@ const LINGER: Duration = Duration::from_millis(2);
 /// deliveries (and the bodies they hold) wait for the disk.
 const QUEUE_CAPACITY: usize = 128;
 
-/// A delivery to log, with the feed's frame of its event when it brings one and someone
-/// watches (built before the write, sent after it).
-struct Queued {
-    finished: FinishedDelivery,
-    event_frame: Option<Bytes>,
-}
-
 pub struct SyncLog {
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::Sender<FinishedDelivery>,
     closing: watch::Sender<bool>,
     writing: Mutex<Option<JoinHandle<()>>>,
 }
@@ -47,9 +39,8 @@ impl SyncLog {
     }
 
     /// Queues `finished` to be logged, waiting while the queue is full.
-    pub async fn log(&self, engine: &Engine, finished: FinishedDelivery) {
-        let event_frame = finished.event.as_ref().and_then(|event| engine.feed().event_frame(event));
-        if self.queue.send(Queued { finished, event_frame }).await.is_err() {
+    pub async fn log(&self, finished: FinishedDelivery) {
+        if self.queue.send(finished).await.is_err() {
             tracing::warn!("could not log the sync delivery: the relay is stopping");
         }
     }
@@ -67,7 +58,7 @@ impl SyncLog {
 }
 
 /// Writes what is queued, a batch at a time, until the log is closed and its queue empty.
-async fn write_queued(engine: Arc<Engine>, mut queued: mpsc::Receiver<Queued>, mut closed: watch::Receiver<bool>) {
+async fn write_queued(engine: Arc<Engine>, mut queued: mpsc::Receiver<FinishedDelivery>, mut closed: watch::Receiver<bool>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
@@ -90,22 +81,20 @@ async fn write_queued(engine: Arc<Engine>, mut queued: mpsc::Receiver<Queued>, m
                 }
             }
         }
-        let (finished, frames): (Vec<FinishedDelivery>, Vec<Option<Bytes>>) =
-            batch.drain(..).map(|queued| (queued.finished, queued.event_frame)).unzip();
-        write(&engine, finished.into(), frames).await;
+        write(&engine, batch.drain(..).collect()).await;
     }
 }
 
-async fn write(engine: &Engine, finished: Arc<[FinishedDelivery]>, frames: Vec<Option<Bytes>>) {
+async fn write(engine: &Engine, finished: Arc<[FinishedDelivery]>) {
     match engine.store().record_finished(finished.clone(), now_ms()).await {
-        Ok(()) => announce(engine, &finished, frames),
+        Ok(()) => announce(engine, &finished),
         Err(error) if finished.len() == 1 => tracing::warn!(%error, "could not log the sync delivery"),
         // One write for all: one delivery the store refuses must not lose the others.
         Err(_) => {
-            for (one, frame) in finished.iter().zip(frames) {
+            for one in finished.iter() {
                 let one: Arc<[FinishedDelivery]> = Arc::from([one.clone()]);
                 match engine.store().record_finished(one.clone(), now_ms()).await {
-                    Ok(()) => announce(engine, &one, vec![frame]),
+                    Ok(()) => announce(engine, &one),
                     Err(error) => tracing::warn!(%error, "could not log the sync delivery"),
                 }
             }
@@ -113,11 +102,11 @@ async fn write(engine: &Engine, finished: Arc<[FinishedDelivery]>, frames: Vec<O
     }
 }
 
-/// Tells the live feed about logged deliveries, and their events.
-fn announce(engine: &Engine, finished: &[FinishedDelivery], frames: Vec<Option<Bytes>>) {
+/// Tells the live feed about logged deliveries, each after its event when it brought one.
+fn announce(engine: &Engine, finished: &[FinishedDelivery]) {
     let feed = engine.feed();
-    for (FinishedDelivery { delivery, attempt, outcome, .. }, frame) in finished.iter().zip(frames) {
-        feed.send(frame);
+    for FinishedDelivery { event, delivery, attempt, outcome } in finished {
+        feed.send(event.as_ref().and_then(|event| feed.event_frame(event)));
         feed.delivery(DeliveryChange {
             id: &delivery.id,
             event_id: &delivery.event_id,

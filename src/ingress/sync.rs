@@ -77,7 +77,7 @@ pub(super) async fn forward_sync(
     };
     // Logged after the answer; a slow disk makes the request wait only once the log's
     // queue is full.
-    relay.sync_log.log(&relay.engine, FinishedDelivery { event: deferred, delivery, attempt: record, outcome }).await;
+    relay.sync_log.log(FinishedDelivery { event: deferred, delivery, attempt: record, outcome }).await;
     match (answer.status, answer.error) {
         (Some(status), None) => {
             let mut headers = answer.headers;

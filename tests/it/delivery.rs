@@ -163,8 +163,13 @@ async fn chat_api_errcode_is_retried_under_success_when() {
 
 #[tokio::test]
 async fn a_429_is_recorded_but_does_not_use_up_an_attempt() {
-    let sink =
-        TestSink::scripted(vec![Answer { status: 429, headers: vec![("retry-after".into(), "1".into())], body: String::new() }]).await;
+    let sink = TestSink::scripted(vec![Answer {
+        status: 429,
+        headers: vec![("retry-after".into(), "1".into())],
+        body: String::new(),
+        ..Default::default()
+    }])
+    .await;
     let relay = Relay::start(&config(&sink, "").replace("max_attempts: 3", "max_attempts: 1")).await;
     let started = std::time::Instant::now();
     let event_id = send(&relay, "d-4").await;
@@ -397,6 +402,45 @@ async fn every_answered_sync_delivery_is_logged_even_when_the_relay_stops_at_onc
     }
     bodies.sort();
     assert_eq!(bodies, (0..SENT as i64).collect::<Vec<_>>(), "each with the body it was sent");
+}
+
+/// A stop whose grace runs out while sync requests wait on a slow target: those answered
+/// in the grace are all logged, the others are cut off unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_past_its_grace_logs_every_sync_request_it_answered() {
+    const SENT: usize = 60;
+    // The answers come out from 0.6 s to 1.4 s after the requests: the 1 s grace ends among them.
+    let script = (0..SENT).map(|k| Answer::with_body(200, "{}").after(Duration::from_millis(600 + 800 * k as u64 / SENT as u64)));
+    let sink = TestSink::scripted(script.collect()).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nlimits: {{ shutdown_grace: 1s }}\nroutes:\n  - name: slow\n    respond: sync\n    match: {{ path: /hooks/slow }}\n    forward:\n      - {{ name: one, url: '{}/one', timeout: 10s }}\n",
+        sink.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let running = hookrelay::app::start(&config).await.unwrap();
+    let url = format!("http://{}/hooks/slow", running.ingress_addr);
+    let client = crate::support::reqwest_like::Client::new();
+    let mut sending = tokio::task::JoinSet::new();
+    for n in 0..SENT {
+        let (client, url) = (client.clone(), url.clone());
+        sending.spawn(async move { client.try_send("POST", &url, &[], format!(r#"{{"n":{n}}}"#)).await.ok().map(|reply| reply.status) });
+    }
+    sink.wait_for(SENT).await;
+    running.shutdown().await;
+    let mut answered = 0;
+    while let Some(status) = sending.join_next().await {
+        if let Some(status) = status.unwrap() {
+            assert_eq!(status, 200);
+            answered += 1;
+        }
+    }
+    assert!(0 < answered && answered < SENT, "the grace ended among the answers: {answered} of {SENT} answered");
+
+    let relay = Relay::attach(hookrelay::app::start(&config).await.unwrap());
+    let logged = get(&relay, "/api/deliveries?route=slow&limit=500").await;
+    assert_eq!(logged["items"].as_array().unwrap().len(), answered, "every answered request is logged: {logged}");
 }
 
 #[tokio::test]

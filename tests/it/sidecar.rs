@@ -13,6 +13,7 @@ async fn put_with_query_passes_through_and_418_comes_back() {
         status: 418,
         headers: vec![("x-teapot".into(), "short and stout".into())],
         body: "I'm a teapot".into(),
+        ..Default::default()
     }])
     .await;
     let yaml = format!(
@@ -124,9 +125,13 @@ async fn a_senders_connection_keeps_one_service_connection_and_replaces_it_when_
 
 #[tokio::test]
 async fn an_answer_with_connection_close_does_not_fail_the_next_request() {
-    let upstream =
-        TestSink::scripted(vec![Answer { status: 200, headers: vec![("connection".into(), "close".into())], body: "closing".into() }])
-            .await;
+    let upstream = TestSink::scripted(vec![Answer {
+        status: 200,
+        headers: vec![("connection".into(), "close".into())],
+        body: "closing".into(),
+        ..Default::default()
+    }])
+    .await;
     let relay = Relay::start(&format!("listen: 127.0.0.1:0\nupstream: {}\n", upstream.url())).await;
     let first = relay.client.get(&relay.url("/a"), &[]).await;
     assert_eq!((first.status, first.text().as_str()), (200, "closing"));

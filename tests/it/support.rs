@@ -38,20 +38,26 @@ impl Seen {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// How long after the request arrived the answer goes out.
+    pub delay: Duration,
 }
 
 impl Answer {
     pub fn status_only(status: u16) -> Answer {
-        Answer { status, headers: Vec::new(), body: String::new() }
+        Answer { status, ..Default::default() }
     }
 
     pub fn with_body(status: u16, body: &str) -> Answer {
-        Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: body.to_string() }
+        Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: body.to_string(), ..Default::default() }
+    }
+
+    pub fn after(self, delay: Duration) -> Answer {
+        Answer { delay, ..self }
     }
 }
 
@@ -182,6 +188,7 @@ where
                 state.script.pop_front().unwrap_or_else(|| Answer::with_body(200, "{}"))
             };
             arrived.notify_waiters();
+            tokio::time::sleep(answer.delay).await;
             let mut response = http::Response::builder().status(answer.status);
             for (name, value) in &answer.headers {
                 response = response.header(name, value);
