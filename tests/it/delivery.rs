@@ -362,6 +362,28 @@ async fn a_single_target_sync_route_is_logged_after_answering() {
     }
 }
 
+/// Starts a relay on `yaml` (kept in a folder of its own, so that it can start again on the
+/// same store) and sends `count` sync requests `{"n": k}` to `path` at once; each task
+/// yields the answer's status, None when no answer came.
+async fn start_and_send(
+    yaml: String,
+    path: &str,
+    count: usize,
+) -> (tempfile::TempDir, std::path::PathBuf, hookrelay::app::Running, tokio::task::JoinSet<Option<u16>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let running = hookrelay::app::start(&config).await.unwrap();
+    let url = format!("http://{}{path}", running.ingress_addr);
+    let client = crate::support::reqwest_like::Client::new();
+    let mut sending = tokio::task::JoinSet::new();
+    for n in 0..count {
+        let (client, url) = (client.clone(), url.clone());
+        sending.spawn(async move { client.try_send("POST", &url, &[], format!(r#"{{"n":{n}}}"#)).await.ok().map(|reply| reply.status) });
+    }
+    (dir, config, running, sending)
+}
+
 /// Sync deliveries answered together are logged together; a stop right after the answers
 /// still logs every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,19 +394,9 @@ async fn every_answered_sync_delivery_is_logged_even_when_the_relay_stops_at_onc
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nroutes:\n  - name: burst\n    respond: sync\n    match: {{ path: /hooks/burst }}\n    forward:\n      - {{ name: one, url: '{}/one', body: '{{\"n\": {{{{body.n}}}}}}' }}\n",
         sink.url()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookrelay.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let running = hookrelay::app::start(&config).await.unwrap();
-    let url = format!("http://{}/hooks/burst", running.ingress_addr);
-    let client = crate::support::reqwest_like::Client::new();
-    let mut sending = tokio::task::JoinSet::new();
-    for n in 0..SENT {
-        let (client, url) = (client.clone(), url.clone());
-        sending.spawn(async move { client.post_json(&url, &[], format!(r#"{{"n":{n}}}"#)).await.status });
-    }
+    let (_dir, config, running, mut sending) = start_and_send(yaml, "/hooks/burst", SENT).await;
     while let Some(status) = sending.join_next().await {
-        assert_eq!(status.unwrap(), 200);
+        assert_eq!(status.unwrap(), Some(200));
     }
     running.shutdown().await;
 
@@ -416,17 +428,7 @@ async fn a_stop_past_its_grace_logs_every_sync_request_it_answered() {
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nlimits: {{ shutdown_grace: 1s }}\nroutes:\n  - name: slow\n    respond: sync\n    match: {{ path: /hooks/slow }}\n    forward:\n      - {{ name: one, url: '{}/one', timeout: 10s }}\n",
         sink.url()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookrelay.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let running = hookrelay::app::start(&config).await.unwrap();
-    let url = format!("http://{}/hooks/slow", running.ingress_addr);
-    let client = crate::support::reqwest_like::Client::new();
-    let mut sending = tokio::task::JoinSet::new();
-    for n in 0..SENT {
-        let (client, url) = (client.clone(), url.clone());
-        sending.spawn(async move { client.try_send("POST", &url, &[], format!(r#"{{"n":{n}}}"#)).await.ok().map(|reply| reply.status) });
-    }
+    let (_dir, config, running, mut sending) = start_and_send(yaml, "/hooks/slow", SENT).await;
     sink.wait_for(SENT).await;
     running.shutdown().await;
     let mut answered = 0;
