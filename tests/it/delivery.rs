@@ -163,13 +163,7 @@ async fn chat_api_errcode_is_retried_under_success_when() {
 
 #[tokio::test]
 async fn a_429_is_recorded_but_does_not_use_up_an_attempt() {
-    let sink = TestSink::scripted(vec![Answer {
-        status: 429,
-        headers: vec![("retry-after".into(), "1".into())],
-        body: String::new(),
-        ..Default::default()
-    }])
-    .await;
+    let sink = TestSink::scripted(vec![Answer::too_many_requests("1")]).await;
     let relay = Relay::start(&config(&sink, "").replace("max_attempts: 3", "max_attempts: 1")).await;
     let started = std::time::Instant::now();
     let event_id = send(&relay, "d-4").await;

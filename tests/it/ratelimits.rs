@@ -71,13 +71,7 @@ async fn ingress_limit_answers_429_per_sender_and_stores_nothing() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_honoured_and_the_event_still_arrives() {
-    let sink = TestSink::scripted(vec![Answer {
-        status: 429,
-        headers: vec![("retry-after".into(), "1".into())],
-        body: String::new(),
-        ..Default::default()
-    }])
-    .await;
+    let sink = TestSink::scripted(vec![Answer::too_many_requests("1")]).await;
     let yaml = format!(
         "listen: 127.0.0.1:0\nroutes:\n  - name: r\n    match: {{ path: /hooks/r }}\n    forward:\n      - url: {}/r\n        retry: {{ max_attempts: 1, initial: 10ms }}\n        rate_limit: {{ per_second: 50 }}\n",
         sink.url()

@@ -56,6 +56,11 @@ impl Answer {
         Answer { status, headers: vec![("content-type".into(), "application/json".into())], body: body.to_string(), ..Default::default() }
     }
 
+    /// `429` with a `Retry-After` of `retry_after`.
+    pub fn too_many_requests(retry_after: &str) -> Answer {
+        Answer { status: 429, headers: vec![("retry-after".into(), retry_after.into())], ..Default::default() }
+    }
+
     pub fn after(self, delay: Duration) -> Answer {
         Answer { delay, ..self }
     }
