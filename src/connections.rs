@@ -214,12 +214,11 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `started` when the connection last became idle.
     idle_since_ms: AtomicU64,
-    changed: tokio::sync::Notify,
 }
 
 impl Activity {
     fn new() -> Activity {
-        Activity { started: Instant::now(), in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0), changed: Default::default() }
+        Activity { started: Instant::now(), in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0) }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
@@ -227,25 +226,22 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Resolves once the connection has had nothing in flight for `limit`.
+    /// Resolves once the connection has had nothing in flight for `limit`. Requests do
+    /// not touch the timer: it is looked at when it fires and set again to when the
+    /// connection could next have been idle that long.
     async fn idle_for(&self, limit: Duration) {
+        let mut deadline = self.started + limit;
         loop {
-            let notified = self.changed.notified();
+            tokio::time::sleep_until(deadline).await;
             if self.in_flight.load(Ordering::Acquire) > 0 {
-                notified.await;
+                deadline = Instant::now() + limit;
                 continue;
             }
-            let since = self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-            tokio::select! {
-                () = tokio::time::sleep_until(since + limit) => {
-                    let still_idle = self.in_flight.load(Ordering::Acquire) == 0;
-                    let unchanged = self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) == since;
-                    if still_idle && unchanged {
-                        return;
-                    }
-                }
-                () = notified => {}
+            let idle_since = self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            if idle_since + limit <= Instant::now() {
+                return;
             }
+            deadline = idle_since + limit;
         }
     }
 }
@@ -271,7 +267,6 @@ impl Drop for Busy {
         let since = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since_ms.store(since, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        activity.changed.notify_waiters();
     }
 }
 

@@ -79,6 +79,9 @@ fn render_err(message: impl Into<String>) -> TemplateError {
 pub struct TemplateEngine {
     registries: Vec<Handlebars<'static>>,
     names: Vec<String>,
+    /// Per template (by index): its text when it has no expression at all, which renders
+    /// as itself without a trip through handlebars.
+    fixed: Vec<Option<String>>,
     /// Literal patterns and paths of `regex_capture` / `jsonpath` calls, compiled with the
     /// templates; written while compiling, only read while rendering.
     literals: Arc<RwLock<Literals>>,
@@ -114,7 +117,7 @@ impl TemplateEngine {
                 registries.push(build_registry(escape, strict, &literals));
             }
         }
-        Self { registries, names: Vec::new(), literals }
+        Self { registries, names: Vec::new(), fixed: Vec::new(), literals }
     }
 
     /// Compiles `source` into the registry for `escape`/`strict`. Partials and
@@ -128,14 +131,23 @@ impl TemplateEngine {
         self.precompile_literals(source);
         let id = TemplateId { registry: registry_index(escape, strict), index: self.names.len() };
         let name = format!("t{}", id.index);
+        self.fixed.push(fixed_text(&template));
         // Index is in range: `new` builds one registry per (escape, strict) pair.
         self.registries[id.registry].register_template(&name, template);
         self.names.push(name);
         Ok(id)
     }
 
+    /// The text `id` always renders to, when it has no expression.
+    pub fn fixed_text(&self, id: &TemplateId) -> Option<&str> {
+        self.fixed.get(id.index).and_then(Option::as_deref)
+    }
+
     /// Renders against a context the caller builds once per request and reuses.
     pub fn render(&self, id: &TemplateId, ctx: &Context) -> Result<String, TemplateError> {
+        if let Some(text) = self.fixed_text(id) {
+            return Ok(text.to_owned());
+        }
         let (Some(registry), Some(name)) = (self.registries.get(id.registry), self.names.get(id.index)) else {
             return Err(render_err("unknown template id"));
         };
@@ -175,6 +187,16 @@ impl TemplateEngine {
 /// Partials resolve against every template in the registry (and inline ones), so a
 /// template including itself would recurse until the stack overflows and take the
 /// whole relay down. Hookrelay templates are standalone, so refuse them outright.
+/// The text of a template that handlebars parsed as raw text only (no expression, no
+/// block, no comment), which is what it renders to in every context.
+fn fixed_text(template: &Template) -> Option<String> {
+    match template.elements.as_slice() {
+        [] => Some(String::new()),
+        [TemplateElement::RawString(text)] => Some(text.clone()),
+        _ => None,
+    }
+}
+
 fn reject_partials(template: &Template) -> Result<(), TemplateError> {
     for (i, element) in template.elements.iter().enumerate() {
         let nested = match element {
@@ -573,6 +595,26 @@ mod tests {
             Err(TemplateError::Render { message, .. }) => message,
             other => panic!("expected render error for {src}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn text_without_expressions_renders_as_handlebars_renders_it() {
+        let texts =
+            ["", "plain", "a } b { c }} d", "\\{{escaped}}", "https://h/p?q=1&r=%20#f", "中文 🚀\n\t\\", "{{! comment }}x", "x{{y}}"];
+        for escape in Escape::ALL {
+            for text in texts {
+                let mut engine = TemplateEngine::new();
+                let id = engine.compile(text, escape, false).unwrap();
+                let data = Context::from(json!({"y": "<&>"}));
+                let handlebars = engine.registries[id.registry].render_with_context(&engine.names[id.index], &data).unwrap();
+                assert_eq!(engine.render(&id, &data).unwrap(), handlebars, "{text:?} ({escape:?})");
+            }
+        }
+        let mut engine = TemplateEngine::new();
+        let fixed = engine.compile("https://example.com/hook", Escape::UrlPath, true).unwrap();
+        let templated = engine.compile("https://example.com/{{y}}", Escape::UrlPath, true).unwrap();
+        assert_eq!(engine.fixed_text(&fixed), Some("https://example.com/hook"));
+        assert_eq!(engine.fixed_text(&templated), None);
     }
 
     #[test]

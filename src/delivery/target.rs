@@ -41,6 +41,8 @@ pub enum ContentKind {
 
 #[derive(Debug)]
 enum UrlSpec {
+    /// A URL with no placeholder, parsed once.
+    Fixed(url::Url),
     Absolute(TemplateId),
     /// `upstream:/path`: the path part, joined to `upstream` at render time.
     Upstream(TemplateId),
@@ -194,10 +196,7 @@ impl Target {
     /// Whether `url` goes where this target's configured URL does (always, when the target's
     /// host is templated or `upstream:`).
     pub fn sends_to(&self, url: &str) -> bool {
-        match &self.origin {
-            None => true,
-            Some(origin) => url::Url::parse(url).is_ok_and(|parsed| parsed.origin().ascii_serialization() == *origin),
-        }
+        self.origin.as_deref().is_none_or(|origin| has_origin(url, origin))
     }
 
     /// Header and query names whose values come from `${VAR}` (redacted wherever shown).
@@ -257,6 +256,7 @@ impl Target {
         }
 
         let mut url = match &self.url {
+            UrlSpec::Fixed(url) => url.clone(),
             UrlSpec::Absolute(id) => {
                 let text = render(id, "url")?;
                 reject_dot_segments(text.trim()).map_err(|message| fail("url", message))?;
@@ -393,6 +393,16 @@ impl Target {
 
 /// URL parsers resolve `.` and `..` segments (also as `%2e`), so a value rendered into the
 /// path could climb out of the configured prefix; such a request is refused instead.
+/// Whether `url` has `origin` (as `Origin::ascii_serialization` writes it). A URL written
+/// as its origin followed by its path (as the URL parser writes every URL it renders) needs
+/// no parse.
+fn has_origin(url: &str, origin: &str) -> bool {
+    if url.strip_prefix(origin).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+        return true;
+    }
+    url::Url::parse(url).is_ok_and(|parsed| parsed.origin().ascii_serialization() == origin)
+}
+
 fn reject_dot_segments(url: &str) -> Result<(), String> {
     // As the URL parser sees it: tabs and line breaks dropped, `\` a separator.
     let seen: String = url.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).map(|c| if c == '\\' { '/' } else { c }).collect();
@@ -445,6 +455,29 @@ fn render_structured(tree: &Structured, engine: &TemplateEngine, context: &Conte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_has_the_origin_its_scheme_host_and_port_name() {
+        let origin = "https://hooks.example.com";
+        for url in [
+            "https://hooks.example.com/a?b=1",
+            "https://hooks.example.com",
+            "https://HOOKS.example.com:443/a",
+            "https://user:pw@hooks.example.com/a",
+        ] {
+            assert!(has_origin(url, origin), "{url}");
+        }
+        for url in [
+            "https://hooks.example.com.evil.net/a",
+            "https://hooks.example.com:8443/a",
+            "https://hooks.example.com@evil.net/a",
+            "http://hooks.example.com/a",
+            "not a url",
+        ] {
+            assert!(!has_origin(url, origin), "{url}");
+        }
+        assert!(has_origin("http://127.0.0.1:18080/robot/send?access_token=x", "http://127.0.0.1:18080"));
+    }
 
     #[test]
     fn dot_segments_are_refused() {

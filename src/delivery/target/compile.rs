@@ -193,7 +193,14 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
                     Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", redact_url(&raw.url))),
                 }
             }
-            compile_template(&url_text, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx).map(UrlSpec::Absolute)
+            let id = compile_template(&url_text, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx);
+            // What rendering would give every time (a URL that fails is left to report
+            // itself where rendering does).
+            let fixed = id.as_ref().and_then(|id| ctx.templates.fixed_text(id)).and_then(|text| {
+                super::reject_dot_segments(text.trim()).ok()?;
+                url::Url::parse(text.trim()).ok()
+            });
+            fixed.map(UrlSpec::Fixed).or(id.map(UrlSpec::Absolute))
         }
     };
     let method = match Method::from_bytes(raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().as_bytes()) {
