@@ -62,6 +62,40 @@ async fn idle_connections_are_closed_and_free_the_cap() {
     assert!(started.elapsed() >= Duration::from_millis(900), "closed only after idling for header_timeout");
 }
 
+/// Headers sent a byte at a time never complete a request: the connection is closed once
+/// `header_timeout` has passed since accept, however steadily the bytes keep coming.
+#[tokio::test]
+async fn headers_trickled_a_byte_at_a_time_are_cut_off_at_header_timeout() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&sync_route(&sink, "header_timeout: 1s")).await;
+    let stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (mut reading, mut writing) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for byte in b"POST /hooks/r HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().chain([b'a'; 40].iter()) {
+            if writing.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut chunk = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match reading.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(closed.is_ok(), "a connection trickling its headers was still open after 4 s");
+    let after = started.elapsed();
+    assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "closed after {after:?}, not at header_timeout");
+    assert!(sink.seen().is_empty(), "an incomplete request reached the target");
+}
+
 /// The admin listener has the same idle deadline as the ingress one.
 #[tokio::test]
 async fn idle_admin_connections_are_closed_too() {
