@@ -290,12 +290,9 @@ impl Engine {
 
     /// Claims for free workers the deliveries of `accepted` that are due and need nothing
     /// the store decides (their order, a breaker or a pause): stored in flight, they are
-    /// sent as soon as their event commits, without a claim through the store. Relays
-    /// sharing a store claim through it.
+    /// sent as soon as their event commits, without a claim through the store. Other relays
+    /// sharing the store see them leased, as if claimed there.
     fn hand_off(&self, accepted: &mut Accepted, now: i64) -> Vec<Handed> {
-        if self.store.shared() {
-            return Vec::new();
-        }
         let mut handed = Vec::new();
         for delivery in &mut accepted.deliveries {
             if delivery.ordered_key.is_some()
@@ -306,7 +303,7 @@ impl Engine {
             }
             let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
             let claim = new_claim_token();
-            delivery.handed_off = Some(HandOff { token: claim, lease_until: now.saturating_add(LEASE_MS) });
+            delivery.handed_off = Some(HandOff { token: claim, lease_until: now.saturating_add(LEASE_MS), lease_ms: LEASE_MS });
             let claimed = ClaimedDelivery {
                 id: delivery.id.clone(),
                 event_id: delivery.event_id.clone(),

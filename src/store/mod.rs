@@ -105,13 +105,14 @@ pub struct NewDelivery {
 }
 
 /// A delivery stored `in_flight` under a claim of this relay: `token` names the claim as
-/// [`ClaimedDelivery::claim`] does, and the lease runs until `lease_until` (ms). Only a store
-/// of this relay's own takes one ([`Store::shared`] false): relays sharing a store claim
-/// through it.
+/// [`ClaimedDelivery::claim`] does, and the lease runs until `lease_until` (ms, the relay's
+/// clock). A shared store leases it as its claims do, for `lease_ms` from the database's
+/// clock, so other relays see it claimed until that lease runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandOff {
     pub token: i64,
     pub lease_until: i64,
+    pub lease_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

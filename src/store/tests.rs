@@ -68,6 +68,7 @@ macro_rules! conformance {
 conformance!(
     accept_claim_finish_succeeded,
     a_delivery_handed_off_at_accept_is_stored_claimed,
+    a_delivery_handed_off_with_a_duplicate_check_is_stored_claimed,
     retry_at_is_not_claimed_early,
     failed_then_retry_now,
     throttled_attempt_does_not_count,
@@ -277,18 +278,12 @@ async fn recover_claims_hands_back_every_in_flight_delivery() {
 
 /// A delivery handed to a worker as it is accepted is stored in flight under that claim:
 /// not claimed again while its lease holds, finished by its token, handed back by a
-/// restart. A shared store refuses it (its relays claim through the store).
+/// restart (a shared store: claimable once its lease ran out, as other relays see it).
 async fn a_delivery_handed_off_at_accept_is_stored_claimed(store: Arc<dyn Store>) {
     let first = event("e1", "github", T0);
     let mut handed = delivery("d-e1", &first, "t", T0);
-    handed.handed_off = Some(HandOff { token: 42, lease_until: T0 + LEASE });
-    let accepted = store.accept(first.clone(), vec![handed, delivery("d-other", &first, "t", T0)]).await;
-    if store.shared() {
-        assert!(matches!(accepted, Err(StoreError::InvalidInput(_))), "{accepted:?}");
-        assert!(store.get_event("e1").await.unwrap().is_none(), "nothing of it is stored");
-        return;
-    }
-    accepted.unwrap();
+    handed.handed_off = Some(HandOff { token: 42, lease_until: T0 + LEASE, lease_ms: LEASE });
+    store.accept(first.clone(), vec![handed, delivery("d-other", &first, "t", T0)]).await.unwrap();
     assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::InFlight);
     assert_eq!(store.current_claim("d-e1").await.unwrap(), Some(42));
     assert_eq!(ids(&store.claim_due(T0, 10, LEASE).await.unwrap()), ["d-other"], "only the other one is claimed");
@@ -299,11 +294,36 @@ async fn a_delivery_handed_off_at_accept_is_stored_claimed(store: Arc<dyn Store>
     // One handed off and lost with its process: a restart hands it back.
     let second = event("e2", "github", T0);
     let mut lost = delivery("d-e2", &second, "t", T0);
-    lost.handed_off = Some(HandOff { token: 7, lease_until: T0 + LEASE });
+    lost.handed_off = Some(HandOff { token: 7, lease_until: T0 + LEASE, lease_ms: LEASE });
     store.accept(second, vec![lost]).await.unwrap();
     assert!(store.claim_due(T0 + 2, 10, LEASE).await.unwrap().is_empty(), "its lease holds");
+    if store.shared() {
+        assert!(store.claim_due(T0 + LEASE - 1, 10, LEASE).await.unwrap().is_empty(), "its lease holds to its end");
+        assert_eq!(
+            ids(&store.claim_due(T0 + LEASE + 1, 10, LEASE).await.unwrap()),
+            ["d-other", "d-e2"],
+            "claimable once their leases ran out"
+        );
+        return;
+    }
     assert_eq!(store.recover_claims(T0 + 3).await.unwrap(), 2, "it and d-other");
     assert_eq!(ids(&store.claim_due(T0 + 3, 10, LEASE).await.unwrap()), ["d-other", "d-e2"]);
+}
+
+/// The same through an accept that checks for a duplicate first (its own transaction on a
+/// shared store, not the batch of plain accepts).
+async fn a_delivery_handed_off_with_a_duplicate_check_is_stored_claimed(store: Arc<dyn Store>) {
+    let mut first = event("e1", "github", T0);
+    first.delivery_id = Some("gh-1".into());
+    let mut handed = delivery("d-e1", &first, "t", T0);
+    handed.handed_off = Some(HandOff { token: 9, lease_until: T0 + LEASE, lease_ms: LEASE });
+    let outcome = store.accept_unless_duplicate(first, vec![handed], Some(T0 - 1)).await.unwrap();
+    assert!(matches!(outcome, AcceptOutcome::Accepted), "{outcome:?}");
+    assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::InFlight);
+    assert_eq!(store.current_claim("d-e1").await.unwrap(), Some(9));
+    assert!(store.claim_due(T0 + LEASE - 1, 10, LEASE).await.unwrap().is_empty(), "its lease holds");
+    store.finish_attempt("d-e1", 9, attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::Succeeded);
 }
 
 async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed(store: Arc<dyn Store>) {

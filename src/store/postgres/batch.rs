@@ -92,8 +92,10 @@ async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
     }
 }
 
-/// The events, their deliveries and the wake-up for idle relays, in one statement (so one
-/// round trip and one commit, atomic without a transaction). `now` is NULL (the
+/// The events, their deliveries (those handed off at accept in flight under their claim,
+/// leased from the database's clock) and the wake-up for idle relays when some delivery
+/// waits for a claim, in one statement (so one round trip and one commit, atomic without a
+/// transaction). `now` is NULL (the
 /// database's clock) unless pinned.
 const INSERT_BATCH: &str = "WITH events AS (
          INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body, replay_of)
@@ -104,15 +106,20 @@ const INSERT_BATCH: &str = "WITH events AS (
               AS u(id, received_at, now, route, event, delivery_id, method, path, headers, body, replay_of)
      ), deliveries AS (
          INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
-             req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at)
-         SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event, 'pending', 0,
-                COALESCE(u.now, hookrelay_now_ms()) + u.delay, u.ordered_key, u.guarded, u.created_at, u.created_at
+             req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
+             claim_token, lease_until)
+         SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event,
+                CASE WHEN u.claim IS NULL THEN 'pending' ELSE 'in_flight' END, 0,
+                COALESCE(u.now, hookrelay_now_ms()) + u.delay, u.ordered_key, u.guarded, u.created_at, u.created_at,
+                u.claim, COALESCE(u.now, hookrelay_now_ms()) + u.lease
          FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bytea[],
-                     $20::boolean[], $21::bigint[], $22::bigint[], $23::text[], $24::boolean[], $25::bigint[])
-              AS u(id, event_id, route, target, method, url, headers, body, from_event, now, delay, ordered_key, guarded, created_at)
-         RETURNING 1
+                     $20::boolean[], $21::bigint[], $22::bigint[], $23::text[], $24::boolean[], $25::bigint[], $27::bigint[],
+                     $28::bigint[])
+              AS u(id, event_id, route, target, method, url, headers, body, from_event, now, delay, ordered_key, guarded, created_at,
+                   claim, lease)
+         RETURNING claim_token
      )
-     SELECT pg_notify($26, '') WHERE EXISTS (SELECT 1 FROM deliveries)";
+     SELECT pg_notify($26, '') WHERE EXISTS (SELECT 1 FROM deliveries WHERE claim_token IS NULL)";
 
 /// Writes `batch` in one statement, on a session that waits for the disk. Each accept's
 /// deliveries were checked to be its own before it was queued.
@@ -158,6 +165,8 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
                 &deliveries.iter().map(|(d, _)| d.guarded).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(_, e)| e.received_at).collect::<Vec<_>>(),
                 &super::DUE_CHANNEL,
+                &deliveries.iter().map(|(d, _)| d.handed_off.map(|hand_off| hand_off.token)).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.handed_off.map(|hand_off| hand_off.lease_ms)).collect::<Vec<_>>(),
             ],
         )
         .await

@@ -253,7 +253,6 @@ impl Store for PostgresStore {
         dedupe_since: Option<i64>,
     ) -> Result<AcceptOutcome, StoreError> {
         owned_by(&event, &deliveries)?;
-        not_handed_off(&deliveries)?;
         let ordered = deliveries.iter().any(|delivery| delivery.ordered_key.is_some());
         if !ordered && (dedupe_since.is_none() || event.delivery_id.is_none()) {
             if self.closed.load(Ordering::Acquire) {
@@ -302,7 +301,6 @@ impl Store for PostgresStore {
     async fn accept_all(&self, items: Vec<AcceptItem>) -> Result<Vec<AcceptOutcome>, StoreError> {
         for item in &items {
             owned_by(&item.event, &item.deliveries)?;
-            not_handed_off(&item.deliveries)?;
         }
         if items.is_empty() {
             return Ok(Vec::new());

@@ -62,6 +62,7 @@ pub(super) async fn insert_delivery(
     let request = &delivery.request;
     let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
     let headers = headers_json(&request.headers)?;
+    let claim = delivery.handed_off.filter(|_| finished.is_none());
     let (status, attempts, delay, last_status, last_error) = match finished {
         Some((attempt, finished)) => (
             finished.status,
@@ -70,16 +71,19 @@ pub(super) async fn insert_delivery(
             attempt.status.map(i32::from),
             finished.last_error.as_deref(),
         ),
+        None if claim.is_some() => (DeliveryStatus::InFlight, 0, Some(delivery.next_attempt_at.saturating_sub(created_at)), None, None),
         None => (DeliveryStatus::Pending, 0, Some(delivery.next_attempt_at.saturating_sub(created_at)), None, None),
     };
     let statement = tx
         .prepare_cached(concat!(
             "INSERT INTO hookrelay_deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body,
                  req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
-                 last_status, last_error)
+                 last_status, last_error, claim_token, lease_until)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ",
             db_now!(12),
-            " + $13, $14, $15, $16, $16, $17, $18) RETURNING seq"
+            " + $13, $14, $15, $16, $16, $17, $18, $19, ",
+            db_now!(12),
+            " + $20) RETURNING seq"
         ))
         .await?;
     let row = tx
@@ -104,6 +108,8 @@ pub(super) async fn insert_delivery(
                 &created_at,
                 &last_status,
                 &last_error.map(storable),
+                &claim.map(|claim| claim.token),
+                &claim.map(|claim| claim.lease_ms),
             ],
         )
         .await
