@@ -391,8 +391,6 @@ impl Target {
     }
 }
 
-/// URL parsers resolve `.` and `..` segments (also as `%2e`), so a value rendered into the
-/// path could climb out of the configured prefix; such a request is refused instead.
 /// Whether `url` has `origin` (as `Origin::ascii_serialization` writes it). A URL written
 /// as its origin followed by its path (as the URL parser writes every URL it renders) needs
 /// no parse.
@@ -403,6 +401,8 @@ fn has_origin(url: &str, origin: &str) -> bool {
     url::Url::parse(url).is_ok_and(|parsed| parsed.origin().ascii_serialization() == origin)
 }
 
+/// URL parsers resolve `.` and `..` segments (also as `%2e`), so a value rendered into the
+/// path could climb out of the configured prefix; such a request is refused instead.
 fn reject_dot_segments(url: &str) -> Result<(), String> {
     // As the URL parser sees it: tabs and line breaks dropped, `\` a separator.
     let seen: String = url.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).map(|c| if c == '\\' { '/' } else { c }).collect();

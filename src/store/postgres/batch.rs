@@ -95,8 +95,7 @@ async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
 /// The events, their deliveries (those handed off at accept in flight under their claim,
 /// leased from the database's clock) and the wake-up for idle relays when some delivery
 /// waits for a claim, in one statement (so one round trip and one commit, atomic without a
-/// transaction). `now` is NULL (the
-/// database's clock) unless pinned.
+/// transaction). `now` is NULL (the database's clock) unless pinned.
 const INSERT_BATCH: &str = "WITH events AS (
          INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body, replay_of)
          SELECT u.id, u.received_at, COALESCE(u.now, hookrelay_now_ms()), u.route, u.event, u.delivery_id, u.method, u.path,
