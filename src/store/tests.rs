@@ -1329,6 +1329,46 @@ async fn postgres_schedules_on_the_database_clock() {
     assert!(store.claim_due(skewed + 120_000, 10, LEASE).await.unwrap().is_empty(), "the relay's clock cannot make it due early");
 }
 
+/// A paused target's deliveries are parked at the pause's mark and all come back on resume,
+/// however far the relay's clock is from the database's and however long each waited to
+/// be written (the mark is stored exactly, not as an offset from the database's now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_resume_finds_every_delivery_its_pause_parked() {
+    use crate::delivery::breaker::{TargetChange, PAUSED_UNTIL_MS};
+    let Some(url) = postgres_cluster::fresh_database("postgres_resume_finds_every_delivery_its_pause_parked").await else { return };
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let relay_now = now_ms() - 1_234;
+    store.update_target("r", "t", TargetChange::Pause("maintenance".into()).update(relay_now), relay_now).await.unwrap();
+    // Accepted while paused (held at the mark), one through each way in: the batch of plain
+    // accepts, an accept with a duplicate check, and a claim handed back.
+    let first = event("e1", "r", relay_now);
+    store.accept(first.clone(), vec![delivery("d-e1", &first, "t", PAUSED_UNTIL_MS)]).await.unwrap();
+    let mut second = event("e2", "r", relay_now - 5_000);
+    second.delivery_id = Some("x-2".into());
+    store.accept_unless_duplicate(second.clone(), vec![delivery("d-e2", &second, "t", PAUSED_UNTIL_MS)], Some(0)).await.unwrap();
+    accept_one(&store, "e3", "r", relay_now).await;
+    let claimed = store.claim_due(relay_now, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e3"]);
+    store.release("d-e3", claimed[0].claim, PAUSED_UNTIL_MS, relay_now + 777).await.unwrap();
+    for id in ["d-e1", "d-e2", "d-e3"] {
+        assert_eq!(status_of(&store, id).await.next_attempt_at, Some(PAUSED_UNTIL_MS), "{id} is parked at the mark");
+    }
+    let later = relay_now + 2_500;
+    store.update_target("r", "t", TargetChange::Resume.update(later), later).await.unwrap();
+    let due = store.claim_due(later, 10, LEASE).await.unwrap();
+    assert_eq!(due.len(), 3, "every parked delivery is due again: {:?}", ids(&due));
+}
+
+/// The SQL that keeps a pause's mark exact names the mark's value.
+#[test]
+fn the_due_time_sql_names_the_pause_mark() {
+    use crate::delivery::breaker::PAUSED_UNTIL_MS;
+    let due = postgres::db_due_sql();
+    assert!(due.contains(&PAUSED_UNTIL_MS.to_string()), "{due}");
+    assert!(due.contains(&(PAUSED_UNTIL_MS - 86_400_000).to_string()), "{due}");
+    assert!(postgres::db_due_up_to_sql().contains(&(PAUSED_UNTIL_MS + 86_400_000).to_string()));
+}
+
 /// A prune on one relay never deletes an event whose delivery another relay is retrying by
 /// hand at that moment: the retry holds the event, and the prune passes it by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,7 +109,10 @@ const INSERT_BATCH: &str = "WITH events AS (
              claim_token, lease_until)
          SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event,
                 CASE WHEN u.claim IS NULL THEN 'pending' ELSE 'in_flight' END, 0,
-                COALESCE(u.now, hookrelay_now_ms()) + u.delay, u.ordered_key, u.guarded, u.created_at, u.created_at,
+                -- As `db_due!`: a pause's mark is stored exactly.
+                CASE WHEN COALESCE(u.now, hookrelay_now_ms()) + u.delay >= 7258032000000 THEN 7258118400000
+                     ELSE COALESCE(u.now, hookrelay_now_ms()) + u.delay END,
+                u.ordered_key, u.guarded, u.created_at, u.created_at,
                 u.claim, COALESCE(u.now, hookrelay_now_ms()) + u.lease
          FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bytea[],
                      $20::boolean[], $21::bigint[], $22::bigint[], $23::text[], $24::boolean[], $25::bigint[], $27::bigint[],

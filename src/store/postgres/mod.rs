@@ -77,6 +77,54 @@ macro_rules! db_now {
 }
 use db_now;
 
+/// `db_now!($n) + $delay`: a due time on the database's clock, from a delay on the relay's.
+/// A time at the pause's mark ([`PAUSED_UNTIL_MS`], far in the future) is a mark, not a
+/// time: it is stored exactly, so that a resume finds every delivery a pause parked.
+macro_rules! db_due {
+    ($n:literal, $delay:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            db_now!($n),
+            " + $",
+            $delay,
+            " >= 7258032000000 THEN 7258118400000 ELSE ",
+            db_now!($n),
+            " + $",
+            $delay,
+            " END)"
+        )
+    };
+}
+use db_due;
+
+/// The highest due time a move up to `db_due!($n, $up_to)` takes: past the pause's mark, any
+/// time near it (stored before the mark was kept exactly).
+macro_rules! db_due_up_to {
+    ($n:literal, $up_to:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            db_now!($n),
+            " + $",
+            $up_to,
+            " >= 7258032000000 THEN 7258204800000 ELSE ",
+            db_now!($n),
+            " + $",
+            $up_to,
+            " END)"
+        )
+    };
+}
+
+#[cfg(test)]
+pub(crate) fn db_due_sql() -> &'static str {
+    db_due!(1, 2)
+}
+
+#[cfg(test)]
+pub(crate) fn db_due_up_to_sql() -> &'static str {
+    db_due_up_to!(1, 2)
+}
+
 pub struct PostgresStore {
     pool: Pool,
     /// The accepts' own sessions (see [`batch`]).
@@ -410,8 +458,8 @@ impl Store for PostgresStore {
             .execute(
                 concat!(
                     "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
-                    db_now!(2),
-                    " + $3, lease_until = NULL, claim_token = NULL WHERE id = $1 AND status = 'in_flight' AND claim_token = $4"
+                    db_due!(2, 3),
+                    ", lease_until = NULL, claim_token = NULL WHERE id = $1 AND status = 'in_flight' AND claim_token = $4"
                 ),
                 &[&delivery_id, &self.pinned(now), &delay, &claim],
             )
@@ -789,12 +837,11 @@ impl Store for PostgresStore {
                 tx.execute(
                     concat!(
                         "UPDATE hookrelay_deliveries SET next_attempt_at = ",
-                        db_now!(3),
-                        " + $5 WHERE status = 'pending' AND route = $1 AND target = $2 AND next_attempt_at <= ",
-                        db_now!(3),
-                        " + $4 AND next_attempt_at <> ",
-                        db_now!(3),
-                        " + $5"
+                        db_due!(3, 5),
+                        " WHERE status = 'pending' AND route = $1 AND target = $2 AND next_attempt_at <= ",
+                        db_due_up_to!(3, 4),
+                        " AND next_attempt_at <> ",
+                        db_due!(3, 5)
                     ),
                     &[&route, &target, &self.pinned(now), &up_to.saturating_sub(now), &to.saturating_sub(now)],
                 )

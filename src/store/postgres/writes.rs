@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 
-use super::db_now;
 use super::rows::delivery_body;
+use super::{db_due, db_now};
 use crate::store::record::{answer_bound, cut, headers_beside, headers_json, Finished};
 use crate::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, NewDelivery, NewEvent, StoreError, MAX_STORED_BODY};
 
@@ -80,8 +80,8 @@ pub(super) async fn insert_delivery(
                  req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
                  last_status, last_error, claim_token, lease_until)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, ",
-            db_now!(12),
-            " + $13, $14, $15, $16, $16, $17, $18, $19, ",
+            db_due!(12, 13),
+            ", $14, $15, $16, $16, $17, $18, $19, ",
             db_now!(12),
             " + $20) RETURNING seq"
         ))
@@ -212,8 +212,8 @@ const FINISH_IN_FLIGHT: &str = concat!(
          FROM d
      )
      UPDATE hookrelay_deliveries u SET status = $15, next_attempt_at = ",
-    db_now!(16),
-    " + $17, lease_until = NULL, claim_token = NULL, attempts = u.attempts + $18, updated_at = $19, last_status = $10,
+    db_due!(16, 17),
+    ", lease_until = NULL, claim_token = NULL, attempts = u.attempts + $18, updated_at = $19, last_status = $10,
              last_error = $20
      FROM d WHERE u.seq = d.seq"
 );
