@@ -462,6 +462,11 @@ impl Engine {
                 notice = notices.recv() => match notice {
                     Ok(StoreNotice::Due) | Err(broadcast::error::RecvError::Lagged(_)) => self.wake(),
                     Ok(StoreNotice::RoutesChanged) => {}
+                    Ok(StoreNotice::TargetsChanged) => {
+                        if let Ok(records) = self.store.target_records().await {
+                            self.remember_all(records);
+                        }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = recount.tick() => {

@@ -120,7 +120,7 @@ pub async fn follow_store(relay: Arc<Relay>, mut notices: broadcast::Receiver<St
             };
             match notice {
                 Ok(StoreNotice::RoutesChanged) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Ok(StoreNotice::Due) => continue,
+                Ok(StoreNotice::Due | StoreNotice::TargetsChanged) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }

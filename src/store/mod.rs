@@ -444,6 +444,9 @@ pub enum StoreNotice {
     Due,
     /// A route was created, replaced or deleted through the admin API: re-read them.
     RoutesChanged,
+    /// A target was paused or resumed, or its breaker opened or closed: re-read the targets'
+    /// records.
+    TargetsChanged,
 }
 
 /// One event to accept with its deliveries, deduplicated since `dedupe_since` (ms) if given.

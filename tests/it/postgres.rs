@@ -164,6 +164,37 @@ async fn a_relay_killed_mid_stream_loses_nothing_acknowledged() {
 /// `rate_limit: { per_second: 5 }` on a target of three relays sharing one database holds
 /// for all of them together: over 20 s of steady traffic, no 1 s window carries more than
 /// the limit's burst plus its rate allows, and the total is the limit's, not three times it.
+/// A pause through one relay holds the other relay's deliveries at once, not at its next
+/// re-read of the targets (every second): none goes out after the pause answered, and every
+/// one held goes out when the target is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_one_relay_holds_every_relay_at_once() {
+    let Some(url) = fresh_database("a_pause_through_one_relay_holds_every_relay_at_once").await else { return };
+    let sink = TestSink::start().await;
+    let first = Relay::start(&shared_config(&url, &sink)).await;
+    let second = Relay::start(&shared_config(&url, &sink)).await;
+    let warm = first.client.post_json(&first.url("/hooks/github"), &[("x-github-event", "push")], "{}").await;
+    assert_eq!(warm.status, 202);
+    sink.wait_for(1).await;
+
+    let paused = second.client.post_json(&second.admin_url("/api/targets/github/sink/pause"), &AUTH, "").await;
+    assert_eq!(paused.status, 200, "{}", paused.text());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Spread over most of a second, so that a relay re-reading the targets only every
+    // second sends some of them.
+    for n in 0..8 {
+        let sent = first.client.post_json(&first.url("/hooks/github"), &[("x-github-event", "push")], format!(r#"{{"n":{n}}}"#)).await;
+        assert_eq!(sent.status, 202);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.seen().len(), 1, "a delivery went to the paused target");
+
+    let resumed = second.client.post_json(&second.admin_url("/api/targets/github/sink/resume"), &AUTH, "").await;
+    assert_eq!(resumed.status, 200, "{}", resumed.text());
+    sink.wait_for(9).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_across_relays() {
     let Some(url) = fresh_database("a_rate_limit_holds_across_relays").await else { return };

@@ -1,7 +1,7 @@
 //! The `LISTEN` side of the shared store: one connection of its own (outside the pool, as
 //! `LISTEN` belongs to a session) receiving what other replicas `NOTIFY`, turned into
 //! [`StoreNotice`]s. It reconnects with backoff for as long as the store is open, and after
-//! every reconnect announces both notices, since whatever was notified meanwhile is lost.
+//! every reconnect announces every notice, since whatever was notified meanwhile is lost.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{DUE_CHANNEL, ROUTES_CHANNEL};
+use super::{DUE_CHANNEL, ROUTES_CHANNEL, TARGETS_CHANNEL};
 use crate::store::StoreNotice;
 
 const LONGEST_BACKOFF: Duration = Duration::from_secs(30);
@@ -65,7 +65,7 @@ async fn listen_once(
     // The connection's messages are only read while the stream is polled, so the LISTEN
     // runs beside it.
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let statement = format!("LISTEN {DUE_CHANNEL}; LISTEN {ROUTES_CHANNEL}");
+    let statement = format!("LISTEN {DUE_CHANNEL}; LISTEN {ROUTES_CHANNEL}; LISTEN {TARGETS_CHANNEL}");
     let listen = client.batch_execute(&statement);
     tokio::pin!(listen);
     let mut listening = false;
@@ -77,13 +77,18 @@ async fn listen_once(
                     if announce {
                         let _ = notices.send(StoreNotice::Due);
                         let _ = notices.send(StoreNotice::RoutesChanged);
+                        let _ = notices.send(StoreNotice::TargetsChanged);
                     }
                 }
                 Err(error) => return Listened::NeverConnected(error),
             },
             message = messages.next() => match message {
                 Some(Ok(AsyncMessage::Notification(note))) => {
-                    let notice = if note.channel() == ROUTES_CHANNEL { StoreNotice::RoutesChanged } else { StoreNotice::Due };
+                    let notice = match note.channel() {
+                        ROUTES_CHANNEL => StoreNotice::RoutesChanged,
+                        TARGETS_CHANNEL => StoreNotice::TargetsChanged,
+                        _ => StoreNotice::Due,
+                    };
                     // No receiver yet (still starting) is fine: everything is re-read then.
                     let _ = notices.send(notice);
                 }

@@ -10,7 +10,9 @@
 //!
 //! Claims take rows `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other's
 //! claims; a claim is a lease that any replica may take over once it has run out. Accepts
-//! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once.
+//! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once; a pause,
+//! a resume or a breaker opening `NOTIFY` [`TARGETS_CHANNEL`] so that every replica holds
+//! back at once.
 
 mod batch;
 mod connect;
@@ -44,6 +46,9 @@ use super::{
 const DUE_CHANNEL: &str = "hookrelay_due";
 /// Notified (after commit) with the route's name when an API route changes.
 const ROUTES_CHANNEL: &str = "hookrelay_routes";
+/// Notified when a target is paused, resumed, or its breaker opens or closes, so that every
+/// relay stops (or starts) sending to it at once rather than at its next re-read.
+const TARGETS_CHANNEL: &str = "hookrelay_targets";
 
 /// Connections per relay. Accepts commit concurrently (PostgreSQL groups their WAL
 /// flushes), so a few more than the cores keep the disk busy without crowding the server.
@@ -815,7 +820,9 @@ impl Store for PostgresStore {
                     &[&route, &target],
                 )
                 .await?;
-            let (record, reschedule) = (update.apply)(target_record(&row)?);
+            let before = target_record(&row)?;
+            let gate_before = (before.paused_at, before.blocked_until, before.opened);
+            let (record, reschedule) = (update.apply)(before);
             tx.execute(
                 "UPDATE hookrelay_target_states SET failures = $3, opened = $4, blocked_until = $5, probe_until = $6, paused_at = $7,
                         paused_reason = $8
@@ -846,6 +853,9 @@ impl Store for PostgresStore {
                     &[&route, &target, &self.pinned(now), &up_to.saturating_sub(now), &to.saturating_sub(now)],
                 )
                 .await?;
+            }
+            if gate_before != (record.paused_at, record.blocked_until, record.opened) {
+                tx.execute("SELECT pg_notify($1, '')", &[&TARGETS_CHANNEL]).await?;
             }
             Ok(record)
         })
