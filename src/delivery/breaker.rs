@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::store::PAUSED_UNTIL_MS;
 use crate::store::{Reschedule, TargetRecord, TargetUpdate};
-
-/// When paused deliveries are due: never, until the target is resumed (year 2200).
-pub const PAUSED_UNTIL_MS: i64 = 7_258_118_400_000;
 
 /// A target's `breaker:` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -410,6 +410,10 @@ pub enum Reschedule {
     },
 }
 
+/// When paused deliveries are due: never, until the target is resumed (year 2200). A mark
+/// rather than a time: stores keep it exactly.
+pub const PAUSED_UNTIL_MS: i64 = 7_258_118_400_000;
+
 /// A change to a target's record, worked out from the record as stored (under its lock):
 /// the new record and what happens to its pending deliveries.
 pub struct TargetUpdate {

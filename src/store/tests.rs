@@ -1334,11 +1334,17 @@ async fn postgres_schedules_on_the_database_clock() {
 /// be written (the mark is stored exactly, not as an offset from the database's now).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_resume_finds_every_delivery_its_pause_parked() {
-    use crate::delivery::breaker::{TargetChange, PAUSED_UNTIL_MS};
     let Some(url) = postgres_cluster::fresh_database("postgres_resume_finds_every_delivery_its_pause_parked").await else { return };
     let store = PostgresStore::connect(&url).await.unwrap();
     let relay_now = now_ms() - 1_234;
-    store.update_target("r", "t", TargetChange::Pause("maintenance".into()).update(relay_now), relay_now).await.unwrap();
+    let pause = TargetUpdate {
+        apply: Box::new(move |mut record: TargetRecord| {
+            record.paused_at = Some(relay_now);
+            (record, Reschedule::Move { up_to: PAUSED_UNTIL_MS, to: PAUSED_UNTIL_MS })
+        }),
+        durable: true,
+    };
+    store.update_target("r", "t", pause, relay_now).await.unwrap();
     // Accepted while paused (held at the mark), one through each way in: the batch of plain
     // accepts, an accept with a duplicate check, and a claim handed back.
     let first = event("e1", "r", relay_now);
@@ -1354,7 +1360,14 @@ async fn postgres_resume_finds_every_delivery_its_pause_parked() {
         assert_eq!(status_of(&store, id).await.next_attempt_at, Some(PAUSED_UNTIL_MS), "{id} is parked at the mark");
     }
     let later = relay_now + 2_500;
-    store.update_target("r", "t", TargetChange::Resume.update(later), later).await.unwrap();
+    let resume = TargetUpdate {
+        apply: Box::new(move |mut record: TargetRecord| {
+            record.paused_at = None;
+            (record, Reschedule::Move { up_to: PAUSED_UNTIL_MS, to: later })
+        }),
+        durable: true,
+    };
+    store.update_target("r", "t", resume, later).await.unwrap();
     let due = store.claim_due(later, 10, LEASE).await.unwrap();
     assert_eq!(due.len(), 3, "every parked delivery is due again: {:?}", ids(&due));
 }
@@ -1362,7 +1375,6 @@ async fn postgres_resume_finds_every_delivery_its_pause_parked() {
 /// The SQL that keeps a pause's mark exact names the mark's value.
 #[test]
 fn the_due_time_sql_names_the_pause_mark() {
-    use crate::delivery::breaker::PAUSED_UNTIL_MS;
     let due = postgres::db_due_sql();
     assert!(due.contains(&PAUSED_UNTIL_MS.to_string()), "{due}");
     assert!(due.contains(&(PAUSED_UNTIL_MS - 86_400_000).to_string()), "{due}");

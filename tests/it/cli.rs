@@ -283,3 +283,27 @@ async fn probe_exits_0_only_when_the_relay_is_ready() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("not ready"), "{}", String::from_utf8_lossy(&down.stderr));
 }
+
+/// A fixed URL that cannot be sent is reported when the config is checked, as written: a
+/// `${VAR}` value in its path (a credential) is never echoed.
+#[test]
+fn check_reports_an_unsendable_url_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &config,
+        "listen: 127.0.0.1:0\nroutes:\n  - name: typo\n    match: { path: /a }\n    forward:\n      - url: http://127.0.0.1:190033/robot/${ROBOT_TOKEN}/send\n  - name: climbs\n    match: { path: /b }\n    forward:\n      - url: http://127.0.0.1:9/api/../admin\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .env_clear()
+        .env("ROBOT_TOKEN", "robotTOKENxyz123")
+        .args(["check", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("robotTOKENxyz123"), "the token is echoed:\n{stderr}");
+    assert!(stderr.contains("routes[0].forward[0].url: invalid URL \"http://127.0.0.1:190033/robot/${ROBOT_TOKEN}/send\""), "{stderr}");
+    assert!(stderr.contains("routes[1].forward[0].url: the URL's path has a `.` or `..` segment"), "{stderr}");
+}

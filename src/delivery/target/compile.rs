@@ -187,10 +187,16 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
         Some(path) => compile_template(path, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
         None => {
             if !url_text.contains("{{") {
+                // Shown as written: a `${VAR}` value in the path is a credential.
+                let written =
+                    || redact_url(ctx.from_env.get(&format!("{at}.url")).map_or(raw.url.as_str(), |from_env| from_env.original.as_str()));
                 match url::Url::parse(&url_text) {
                     Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
                     Ok(parsed) => ctx.problems.push(format!("{at}.url"), format!("scheme {:?} is not http or https", parsed.scheme())),
-                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", redact_url(&raw.url))),
+                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", written())),
+                }
+                if super::reject_dot_segments(url_text.trim()).is_err() {
+                    ctx.problems.push(format!("{at}.url"), "the URL's path has a `.` or `..` segment: every delivery would be refused");
                 }
             }
             let id = compile_template(&url_text, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx);

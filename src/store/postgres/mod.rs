@@ -83,8 +83,9 @@ macro_rules! db_now {
 use db_now;
 
 /// `db_now!($n) + $delay`: a due time on the database's clock, from a delay on the relay's.
-/// A time at the pause's mark ([`PAUSED_UNTIL_MS`], far in the future) is a mark, not a
-/// time: it is stored exactly, so that a resume finds every delivery a pause parked.
+/// A time at the pause's mark ([`PAUSED_UNTIL_MS`](crate::store::PAUSED_UNTIL_MS), far in
+/// the future) is a mark, not a time: it is stored exactly, so that a resume finds every
+/// delivery a pause parked.
 macro_rules! db_due {
     ($n:literal, $delay:literal) => {
         concat!(
