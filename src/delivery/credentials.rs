@@ -17,7 +17,14 @@ pub struct EnvCredentials {
     /// a header mixing a secret with a template), by variable name: stored as markers
     /// naming the variable, filled in at send time.
     secret_values: Vec<(String, String)>,
+    /// The same values as the URL parser writes them into a path (percent-encoded), where
+    /// that differs: a URL carries them in that form.
+    encoded_values: Vec<(String, String)>,
 }
+
+/// What the URL parser percent-encodes in a path (the WHATWG path percent-encode set).
+const PATH_ENCODED: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'<').add(b'>').add(b'`').add(b'#').add(b'?').add(b'{').add(b'}');
 
 /// Short values (`1`, `main`) would mask half of every request; credentials are longer.
 const MIN_SECRET_LEN: usize = 6;
@@ -30,6 +37,12 @@ fn marker(name: &str) -> String {
     format!("\u{1}{name}\u{1}")
 }
 
+/// The marker for variable `name` in its percent-encoded form (`%` never occurs in a
+/// variable's name).
+fn encoded_marker(name: &str) -> String {
+    format!("\u{1}{name}%\u{1}")
+}
+
 impl EnvCredentials {
     pub fn add_secret_values<'v>(&mut self, values: impl Iterator<Item = &'v crate::config::env::Substituted>) {
         for substituted in values.filter(|v| v.value.len() >= MIN_SECRET_LEN) {
@@ -39,6 +52,13 @@ impl EnvCredentials {
         }
         // Longest first, so a value inside another is never replaced half-way.
         self.secret_values.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        self.encoded_values = self
+            .secret_values
+            .iter()
+            .map(|(name, value)| (name.clone(), percent_encoding::utf8_percent_encode(value, PATH_ENCODED).to_string()))
+            .filter(|(name, encoded)| self.secret_values.iter().all(|(other, value)| other != name || value != encoded))
+            .collect();
+        self.encoded_values.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
     }
 
     pub fn secret_values(&self) -> impl Iterator<Item = &str> {
@@ -48,6 +68,11 @@ impl EnvCredentials {
     /// `text` with every secret value replaced by the marker of its variable (for the store).
     pub fn to_markers(&self, text: &str) -> String {
         let mut out = text.to_string();
+        for (name, value) in &self.encoded_values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &encoded_marker(name));
+            }
+        }
         for (name, value) in &self.secret_values {
             if out.contains(value.as_str()) {
                 out = out.replace(value.as_str(), &marker(name));
@@ -63,6 +88,9 @@ impl EnvCredentials {
             return std::borrow::Cow::Borrowed(stored);
         }
         let mut out = stored.to_string();
+        for (name, value) in &self.encoded_values {
+            out = out.replace(&encoded_marker(name), value);
+        }
         for (name, value) in &self.secret_values {
             out = out.replace(&marker(name), value);
         }
@@ -181,5 +209,20 @@ mod tests {
         assert_eq!(request.headers["x-api-key"], "k1");
         let mut bare = EnvCredentials::default();
         assert_eq!(bare.take_from_url("https://h/p?t=s", "https://h/p?t=${T}"), "https://h/p");
+    }
+
+    /// A path token the URL parser percent-encodes (a space, non-ASCII) is stored as a
+    /// marker in that form too, and comes back in the form it went out in.
+    #[test]
+    fn a_path_token_is_kept_out_in_the_form_the_url_carries_it() {
+        let substituted =
+            |name: &str, value: &str| crate::config::env::Substituted { name: name.into(), value: value.into(), at_start: false };
+        let mut credentials = EnvCredentials::default();
+        credentials.add_secret_values([substituted("SP_TOKEN", "tok enSECRET2"), substituted("WEIRD_TOKEN", "tökenSECRET1")].iter());
+        let sent = url::Url::parse("http://h/robot/tok enSECRET2/x/tökenSECRET1/send").unwrap().to_string();
+        let stored = credentials.to_markers(&sent);
+        assert!(!stored.contains("SECRET"), "{stored}");
+        assert_eq!(credentials.from_markers(&stored), sent);
+        assert_eq!(crate::redact::Redactions::default().mask_values(&stored), "http://h/robot/***/x/***/send");
     }
 }
