@@ -139,7 +139,7 @@ impl TemplateEngine {
     }
 
     /// The text `id` always renders to, when it has no expression.
-    pub fn fixed_text(&self, id: &TemplateId) -> Option<&str> {
+    fn fixed_text(&self, id: &TemplateId) -> Option<&str> {
         self.fixed.get(id.index).and_then(Option::as_deref)
     }
 

@@ -55,8 +55,10 @@ impl EnvCredentials {
         self.encoded_values = self
             .secret_values
             .iter()
-            .map(|(name, value)| (name.clone(), percent_encoding::utf8_percent_encode(value, PATH_ENCODED).to_string()))
-            .filter(|(name, encoded)| self.secret_values.iter().all(|(other, value)| other != name || value != encoded))
+            .filter_map(|(name, value)| {
+                let encoded = percent_encoding::utf8_percent_encode(value, PATH_ENCODED).to_string();
+                (encoded != *value).then(|| (name.clone(), encoded))
+            })
             .collect();
         self.encoded_values.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
     }

@@ -186,27 +186,32 @@ pub fn compile(raw: &RawTarget, index: usize, at: &str, ctx: &mut CompileCtx<'_>
     let url = match url_text.strip_prefix("upstream:") {
         Some(path) => compile_template(path, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx).map(UrlSpec::Upstream),
         None => {
-            if !url_text.contains("{{") {
-                // Shown as written: a `${VAR}` value in the path is a credential.
+            let id = compile_template(&url_text, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx);
+            if url_text.contains("{{") {
+                id.map(UrlSpec::Absolute)
+            } else {
+                // A URL without placeholders is parsed once, here. Shown as written: a
+                // `${VAR}` value in the path is a credential.
                 let written =
                     || redact_url(ctx.from_env.get(&format!("{at}.url")).map_or(raw.url.as_str(), |from_env| from_env.original.as_str()));
-                match url::Url::parse(&url_text) {
-                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                    Ok(parsed) => ctx.problems.push(format!("{at}.url"), format!("scheme {:?} is not http or https", parsed.scheme())),
-                    Err(err) => ctx.problems.push(format!("{at}.url"), format!("invalid URL {:?}: {err}", written())),
-                }
-                if super::reject_dot_segments(url_text.trim()).is_err() {
-                    ctx.problems.push(format!("{at}.url"), "the URL's path has a `.` or `..` segment: every delivery would be refused");
+                let checked = match url::Url::parse(url_text.trim()) {
+                    Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                        Err(format!("scheme {:?} is not http or https", parsed.scheme()))
+                    }
+                    Ok(_) if super::reject_dot_segments(url_text.trim()).is_err() => {
+                        Err("the URL's path has a `.` or `..` segment: every delivery would be refused".to_string())
+                    }
+                    Ok(parsed) => Ok(parsed),
+                    Err(err) => Err(format!("invalid URL {:?}: {err}", written())),
+                };
+                match checked {
+                    Ok(parsed) => Some(UrlSpec::Fixed(parsed)),
+                    Err(problem) => {
+                        ctx.problems.push(format!("{at}.url"), problem);
+                        id.map(UrlSpec::Absolute)
+                    }
                 }
             }
-            let id = compile_template(&url_text, Escape::UrlPath, url_strict, &format!("{at}.url"), ctx);
-            // What rendering would give every time (a URL that fails is left to report
-            // itself where rendering does).
-            let fixed = id.as_ref().and_then(|id| ctx.templates.fixed_text(id)).and_then(|text| {
-                super::reject_dot_segments(text.trim()).ok()?;
-                url::Url::parse(text.trim()).ok()
-            });
-            fixed.map(UrlSpec::Fixed).or(id.map(UrlSpec::Absolute))
         }
     };
     let method = match Method::from_bytes(raw.method.as_deref().unwrap_or("POST").to_ascii_uppercase().as_bytes()) {

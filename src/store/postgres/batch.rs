@@ -8,6 +8,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::at_mark_or;
 use super::writes::storable;
 use crate::store::record::headers_json;
 use crate::store::{NewDelivery, NewEvent, StoreError};
@@ -96,7 +97,8 @@ async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
 /// leased from the database's clock) and the wake-up for idle relays when some delivery
 /// waits for a claim, in one statement (so one round trip and one commit, atomic without a
 /// transaction). `now` is NULL (the database's clock) unless pinned.
-const INSERT_BATCH: &str = "WITH events AS (
+const INSERT_BATCH: &str = concat!(
+    "WITH events AS (
          INSERT INTO hookrelay_events (id, received_at, stored_at, route, event, delivery_id, method, path, headers, body, replay_of)
          SELECT u.id, u.received_at, COALESCE(u.now, hookrelay_now_ms()), u.route, u.event, u.delivery_id, u.method, u.path,
                 u.headers, u.body, u.replay_of
@@ -108,10 +110,9 @@ const INSERT_BATCH: &str = "WITH events AS (
              req_body_from_event, status, attempts, next_attempt_at, ordered_key, guarded, created_at, updated_at,
              claim_token, lease_until)
          SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event,
-                CASE WHEN u.claim IS NULL THEN 'pending' ELSE 'in_flight' END, 0,
-                -- As `db_due!`: a pause's mark is stored exactly.
-                CASE WHEN COALESCE(u.now, hookrelay_now_ms()) + u.delay >= 7258032000000 THEN 7258118400000
-                     ELSE COALESCE(u.now, hookrelay_now_ms()) + u.delay END,
+                CASE WHEN u.claim IS NULL THEN 'pending' ELSE 'in_flight' END, 0, ",
+    at_mark_or!("COALESCE(u.now, hookrelay_now_ms()) + u.delay", "7258118400000"),
+    ",
                 u.ordered_key, u.guarded, u.created_at, u.created_at,
                 u.claim, COALESCE(u.now, hookrelay_now_ms()) + u.lease
          FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::bytea[],
@@ -121,7 +122,8 @@ const INSERT_BATCH: &str = "WITH events AS (
                    claim, lease)
          RETURNING claim_token
      )
-     SELECT pg_notify($26, '') WHERE EXISTS (SELECT 1 FROM deliveries WHERE claim_token IS NULL)";
+     SELECT pg_notify($26, '') WHERE EXISTS (SELECT 1 FROM deliveries WHERE claim_token IS NULL)"
+);
 
 /// Writes `batch` in one statement, on a session that waits for the disk. Each accept's
 /// deliveries were checked to be its own before it was queued.

@@ -82,23 +82,22 @@ macro_rules! db_now {
 }
 use db_now;
 
-/// `db_now!($n) + $delay`: a due time on the database's clock, from a delay on the relay's.
-/// A time at the pause's mark ([`PAUSED_UNTIL_MS`](crate::store::PAUSED_UNTIL_MS), far in
-/// the future) is a mark, not a time: it is stored exactly, so that a resume finds every
-/// delivery a pause parked.
+/// `$time` (SQL), unless it lies within a day of the pause's mark
+/// ([`PAUSED_UNTIL_MS`](crate::store::PAUSED_UNTIL_MS), far in the future): then `$at_mark`.
+/// The mark is a mark, not a time: it is stored exactly, so that a resume finds every
+/// delivery a pause parked, whatever the clocks.
+macro_rules! at_mark_or {
+    ($time:expr, $at_mark:literal) => {
+        concat!("(CASE WHEN ", $time, " >= 7258032000000 THEN ", $at_mark, " ELSE ", $time, " END)")
+    };
+}
+use at_mark_or;
+
+/// `db_now!($n) + $delay`: a due time on the database's clock, from a delay on the relay's
+/// (the pause's mark kept exactly).
 macro_rules! db_due {
     ($n:literal, $delay:literal) => {
-        concat!(
-            "(CASE WHEN ",
-            db_now!($n),
-            " + $",
-            $delay,
-            " >= 7258032000000 THEN 7258118400000 ELSE ",
-            db_now!($n),
-            " + $",
-            $delay,
-            " END)"
-        )
+        at_mark_or!(concat!(db_now!($n), " + $", $delay), "7258118400000")
     };
 }
 use db_due;
@@ -107,17 +106,7 @@ use db_due;
 /// time near it (stored before the mark was kept exactly).
 macro_rules! db_due_up_to {
     ($n:literal, $up_to:literal) => {
-        concat!(
-            "(CASE WHEN ",
-            db_now!($n),
-            " + $",
-            $up_to,
-            " >= 7258032000000 THEN 7258204800000 ELSE ",
-            db_now!($n),
-            " + $",
-            $up_to,
-            " END)"
-        )
+        at_mark_or!(concat!(db_now!($n), " + $", $up_to), "7258204800000")
     };
 }
 

@@ -7,7 +7,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 
 use super::rows::delivery_body;
-use super::{db_due, db_now};
+use super::{at_mark_or, db_due, db_now};
 use crate::store::record::{answer_bound, cut, headers_beside, headers_json, Finished};
 use crate::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, NewDelivery, NewEvent, StoreError, MAX_STORED_BODY};
 
