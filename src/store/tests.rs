@@ -86,6 +86,7 @@ conformance!(
     accept_all_takes_every_item_or_none,
     concurrent_duplicates_accept_exactly_one,
     a_failing_write_does_not_spoil_its_batch,
+    attempts_finished_at_once_are_each_recorded_as_if_alone,
     pages_have_no_gaps_or_duplicates,
     target_breakers_hold_and_release_their_pending_deliveries,
     events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay,
@@ -668,6 +669,67 @@ async fn a_failing_write_does_not_spoil_its_batch(store: Arc<dyn Store>) {
     let mut foreign = delivery("d-stray", &event, "t", T0);
     foreign.event_id = "someone-else".into();
     assert!(matches!(store.accept(event, vec![foreign]).await, Err(StoreError::InvalidInput(_))));
+}
+
+/// Attempts that finish at the same moment (recorded together by a store that groups its
+/// writes) each get the outcome, the attempt and the answer they would get alone: a stale
+/// claim and a second finish of one claim are refused without spoiling the others.
+async fn attempts_finished_at_once_are_each_recorded_as_if_alone(store: Arc<dyn Store>) {
+    for n in 0..40 {
+        accept_one(&*store, &format!("e{n}"), "r", T0).await;
+    }
+    let claimed = store.claim_due(T0, 40, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 40);
+    let claims: std::collections::HashMap<String, i64> = claimed.iter().map(|d| (d.id.clone(), d.claim)).collect();
+    let outcome_of = |n: i64| match n % 3 {
+        0 => AttemptOutcome::Succeeded,
+        1 => AttemptOutcome::RetryAt(T0 + 1_000 + n),
+        _ => AttemptOutcome::Failed { reason: format!("gave up on {n}") },
+    };
+    let mut finishes = Vec::new();
+    for n in 0..40i64 {
+        let id = format!("d-e{n}");
+        // Every tenth names a claim it does not hold; d-e5 is finished twice under its own.
+        let claim = if n % 10 == 7 { claims[&id] + 1 } else { claims[&id] };
+        let copies = if n == 5 { 2 } else { 1 };
+        for _ in 0..copies {
+            let store = store.clone();
+            let id = id.clone();
+            let attempt = AttemptRecord { error: Some(format!("error {n}")), ..attempt(Some(500 + n as u16), true) };
+            finishes.push(tokio::spawn(async move { (n, store.finish_attempt(&id, claim, attempt, outcome_of(n), T0 + 10 + n).await) }));
+        }
+    }
+    let mut refused = Vec::new();
+    for finish in finishes {
+        let (n, result) = finish.await.unwrap();
+        match result {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => refused.push(n),
+            Err(error) => panic!("d-e{n}: {error}"),
+        }
+    }
+    refused.sort();
+    assert_eq!(refused, [5, 7, 17, 27, 37], "the stale claims and the second finish of d-e5");
+    for n in 0..40i64 {
+        let (view, attempts) = store.get_delivery(&format!("d-e{n}")).await.unwrap().unwrap();
+        if n % 10 == 7 {
+            assert_eq!((view.status, attempts.len()), (DeliveryStatus::InFlight, 0), "d-e{n}");
+            continue;
+        }
+        let (status, next_attempt_at, last_error) = match outcome_of(n) {
+            AttemptOutcome::Succeeded => (DeliveryStatus::Succeeded, None, Some(format!("error {n}"))),
+            AttemptOutcome::RetryAt(at) => (DeliveryStatus::Pending, Some(at), Some(format!("error {n}"))),
+            AttemptOutcome::Failed { reason } => (DeliveryStatus::Failed, None, Some(reason)),
+        };
+        assert_eq!((view.status, view.next_attempt_at, view.last_error), (status, next_attempt_at, last_error), "d-e{n}");
+        assert_eq!((view.attempts, view.last_status, view.updated_at), (1, Some(500 + n as u16), T0 + 10 + n), "d-e{n}");
+        assert_eq!(attempts.len(), 1, "d-e{n}");
+        assert_eq!(
+            (attempts[0].number, attempts[0].status, attempts[0].error.clone()),
+            (1, Some(500 + n as u16), Some(format!("error {n}")))
+        );
+        assert_eq!((attempts[0].request_url.as_str(), attempts[0].response_body.as_str()), ("https://t.example/hook", "ok"));
+    }
 }
 
 async fn events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay(store: Arc<dyn Store>) {

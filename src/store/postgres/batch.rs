@@ -3,12 +3,11 @@
 //! insert per table). One round trip and one WAL flush then serve dozens of webhooks. A batch that fails (a repeated id, say) is written again one accept at a
 //! time, so only the accept at fault fails.
 
-use std::sync::Arc;
-
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::at_mark_or;
+use super::group::{self, refused};
 use super::writes::storable;
 use crate::store::record::headers_json;
 use crate::store::{NewDelivery, NewEvent, StoreError};
@@ -17,8 +16,6 @@ use crate::store::{NewDelivery, NewEvent, StoreError};
 const MAX_BATCH: usize = 256;
 /// Accepts waiting beyond this make callers wait (asynchronously) to queue theirs.
 const QUEUE_CAPACITY: usize = 1024;
-/// Batches committing at once: the next batch forms while these wait on the server.
-pub(super) const WRITERS: usize = 2;
 
 struct Pending {
     event: NewEvent,
@@ -35,7 +32,12 @@ impl Batcher {
     /// a promise); with `pinned`, each event's `received_at` is its "now" (tests).
     pub(super) fn start(pool: Pool, pinned: bool) -> Batcher {
         let (queue, pending) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_batches(pool, pinned, pending));
+        // A caller that gave up (its sender got 503) is not stored behind its back.
+        let keep = |accept: &Pending| !accept.reply.is_closed();
+        tokio::spawn(group::run(pending, MAX_BATCH, keep, move |batch| {
+            let pool = pool.clone();
+            async move { commit(&pool, batch, pinned).await }
+        }));
         Batcher { queue }
     }
 
@@ -47,40 +49,12 @@ impl Batcher {
     }
 }
 
-async fn write_batches(pool: Pool, pinned: bool, mut pending: mpsc::Receiver<Pending>) {
-    let writers = Arc::new(Semaphore::new(WRITERS));
-    loop {
-        // Wait for a free writer first: accepts arriving meanwhile join the next batch.
-        let Ok(writer) = writers.clone().acquire_owned().await else { return };
-        let Some(first) = pending.recv().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match pending.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        // A caller that gave up (its sender got 503) is not stored behind its back.
-        batch.retain(|accept| !accept.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            commit(&pool, batch, pinned).await;
-            drop(writer);
-        });
-    }
-}
-
 /// Writes one batch and answers its accepts.
 async fn commit(pool: &Pool, batch: Vec<Pending>, pinned: bool) {
     match write(pool, &batch, pinned).await {
         Ok(()) => batch.into_iter().for_each(|accept| {
             let _ = accept.reply.send(Ok(()));
         }),
-        // Only a statement the database refused (a repeated id, say) is worth retrying one
-        // accept at a time; a lost connection would only fail each of them again, slowly.
         Err(error) if batch.len() > 1 && refused(&error) => {
             for accept in batch {
                 let alone = write(pool, std::slice::from_ref(&accept), pinned).await;
@@ -176,15 +150,6 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
         .await
         .map_err(|error| conflict(error, batch))?;
     Ok(())
-}
-
-/// Whether the database refused the statement (rather than the connection failing).
-fn refused(error: &StoreError) -> bool {
-    match error {
-        StoreError::Conflict(_) | StoreError::InvalidInput(_) => true,
-        StoreError::Postgres(error) => error.as_db_error().is_some(),
-        _ => false,
-    }
 }
 
 /// A repeated id, said in terms of the accept when the batch is one accept.

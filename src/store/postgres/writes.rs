@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 
-use super::rows::delivery_body;
 use super::{at_mark_or, db_due, db_now};
 use crate::store::record::{answer_bound, cut, headers_beside, headers_json, Finished};
 use crate::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, NewDelivery, NewEvent, StoreError, MAX_STORED_BODY};
@@ -182,82 +181,4 @@ pub(super) fn storable(text: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(text)
     }
-}
-
-/// Records an attempt on an in-flight delivery and applies its outcome in one statement:
-/// the attempt's number, the delivery's request (an attempt stores only what differs from
-/// it) and the error before (stored once when repeated) come from the locked row.
-const FINISH_IN_FLIGHT: &str = concat!(
-    "WITH d AS (
-         SELECT d.seq, d.req_url, d.req_headers, ",
-    delivery_body!(),
-    " AS body,
-                (SELECT COALESCE(MAX(a.number), 0) + 1 FROM hookrelay_attempts a WHERE a.delivery_seq = d.seq) AS number,
-                (SELECT a.error FROM hookrelay_attempts a WHERE a.delivery_seq = d.seq AND NOT a.error_repeats
-                 ORDER BY a.number DESC LIMIT 1) AS error_before,
-                length(d.req_headers) > 2 AND starts_with($6::text, left(d.req_headers, -1) || ',') AS adds_headers
-         FROM hookrelay_deliveries d WHERE d.id = $1 AND d.status = 'in_flight' AND d.claim_token = $21 FOR UPDATE OF d
-     ), recorded AS (
-         INSERT INTO hookrelay_attempts (delivery_seq, number, started_at, duration_ms, request_url, request_method,
-             request_headers, request_body, status, response_headers, response_body, error, error_repeats, counted,
-             request_headers_added)
-         SELECT d.seq, d.number, $2, $3, NULLIF($4::text, d.req_url), $5,
-                CASE WHEN $6::text = d.req_headers OR d.adds_headers THEN NULL ELSE $6::text END,
-                CASE WHEN $7::bytea = d.body AND length(d.body) <= $8 THEN NULL ELSE $9::bytea END,
-                $10, $11, $12,
-                CASE WHEN COALESCE($13::text = d.error_before, false) THEN NULL ELSE $13::text END,
-                COALESCE($13::text = d.error_before, false), $14,
-                -- As `headers_beside`: the delivery's headers followed by more keep only those.
-                CASE WHEN d.adds_headers THEN '[' || substr($6::text, length(d.req_headers) + 1) END
-         FROM d
-     )
-     UPDATE hookrelay_deliveries u SET status = $15, next_attempt_at = ",
-    db_due!(16, 17),
-    ", lease_until = NULL, claim_token = NULL, attempts = u.attempts + $18, updated_at = $19, last_status = $10,
-             last_error = $20
-     FROM d WHERE u.seq = d.seq"
-);
-
-/// See [`FINISH_IN_FLIGHT`]. False when no delivery with that id is in flight under `claim`.
-pub(super) async fn finish_in_flight(
-    client: &impl GenericClient,
-    delivery_id: &str,
-    claim: i64,
-    attempt: &AttemptRecord,
-    outcome: &AttemptOutcome,
-    now: i64,
-    pinned: Option<i64>,
-) -> Result<bool, StoreError> {
-    let finished = Finished::of(attempt, outcome);
-    let delay = finished.next_attempt_at.map(|at| at.saturating_sub(now));
-    let statement = client.prepare_cached(FINISH_IN_FLIGHT).await?;
-    let changed = client
-        .execute(
-            &statement,
-            &[
-                &delivery_id,
-                &attempt.started_at,
-                &attempt.duration_ms,
-                &attempt.request_url,
-                &attempt.request_method,
-                &headers_json(&attempt.request_headers)?,
-                &&attempt.request_body[..],
-                &(MAX_STORED_BODY as i32),
-                &cut(&attempt.request_body, MAX_STORED_BODY),
-                &attempt.status.map(i32::from),
-                &headers_json(&attempt.response_headers)?,
-                &cut(&attempt.response_body, answer_bound(outcome)),
-                &attempt.error.as_deref().map(storable),
-                &attempt.counted,
-                &finished.status.as_str(),
-                &pinned,
-                &delay,
-                &i32::from(attempt.counted),
-                &now,
-                &finished.last_error.as_deref().map(storable),
-                &claim,
-            ],
-        )
-        .await?;
-    Ok(changed > 0)
 }
