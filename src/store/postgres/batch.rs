@@ -6,9 +6,9 @@
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::at_mark_or;
 use super::group::{self, refused};
 use super::writes::storable;
+use super::{at_mark_or, due};
 use crate::store::record::headers_json;
 use crate::store::{NewDelivery, NewEvent, StoreError};
 
@@ -85,7 +85,7 @@ const INSERT_BATCH: &str = concat!(
              claim_token, lease_until)
          SELECT u.id, u.event_id, u.route, u.target, u.method, u.url, u.headers, u.body, u.from_event,
                 CASE WHEN u.claim IS NULL THEN 'pending' ELSE 'in_flight' END, 0, ",
-    at_mark_or!("COALESCE(u.now, hookrelay_now_ms()) + u.delay", "7258118400000"),
+    due!("COALESCE(u.now, hookrelay_now_ms()) + u.delay"),
     ",
                 u.ordered_key, u.guarded, u.created_at, u.created_at,
                 u.claim, COALESCE(u.now, hookrelay_now_ms()) + u.lease

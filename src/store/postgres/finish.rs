@@ -8,10 +8,10 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 
-use super::at_mark_or;
 use super::group::{self, refused};
 use super::rows::delivery_body;
 use super::writes::storable;
+use super::{at_mark_or, due};
 use crate::store::record::{answer_bound, cut, headers_json, Finished};
 use crate::store::{AttemptOutcome, AttemptRecord, StoreError, MAX_STORED_BODY};
 
@@ -94,10 +94,9 @@ async fn commit(pool: &Pool, mut batch: Vec<Pending>) {
 /// Records each attempt on its in-flight delivery and applies its outcome, in one
 /// statement: the attempt's number, the delivery's request (an attempt stores only what
 /// differs from it) and the error before (stored once when repeated) come from the locked
-/// row; the token alone names an in-flight claim (see the module above). Rows are locked
-/// in the batch's order, by id. Returns the
-/// positions (from 1) of the finishes it applied: a delivery finished twice in one batch is
-/// locked once, so only one of them applies.
+/// row; the token alone names an in-flight claim (see the store's module). Rows are
+/// locked in the batch's order, by id. Returns the positions (from 1) of the finishes it
+/// applied: a delivery finished twice in one batch is locked once, so only one applies.
 const FINISH_BATCH: &str = concat!(
     "WITH u AS (
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[],
@@ -136,7 +135,7 @@ const FINISH_BATCH: &str = concat!(
          FROM d
      )
      UPDATE hookrelay_deliveries x SET status = d.new_status, next_attempt_at = ",
-    at_mark_or!("COALESCE(d.pinned, hookrelay_now_ms()) + d.delay", "7258118400000"),
+    due!("COALESCE(d.pinned, hookrelay_now_ms()) + d.delay"),
     ", lease_until = NULL, claim_token = NULL, attempts = x.attempts + d.counts, updated_at = d.now,
              last_status = d.answer_status, last_error = d.last_error
      FROM d WHERE x.seq = d.seq

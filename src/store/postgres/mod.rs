@@ -14,10 +14,11 @@
 //! so finishing, releasing and renewing look a row up by id and token alone: with
 //! `status = 'in_flight'` beside them, the planner takes the status index, whose statistics
 //! count almost no deliveries in flight while under load it holds thousands of dead
-//! in-flight entries, each visited. Accepts
-//! and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once; a pause,
-//! a resume or a breaker opening `NOTIFY` [`TARGETS_CHANNEL`] so that every replica holds
-//! back at once.
+//! in-flight entries, each visited.
+//!
+//! Accepts and manual retries `NOTIFY` [`DUE_CHANNEL`] so that idle replicas look at once;
+//! a pause, a resume or a breaker opening `NOTIFY` [`TARGETS_CHANNEL`] so that every replica
+//! holds back at once.
 
 mod batch;
 mod connect;
@@ -100,11 +101,18 @@ macro_rules! at_mark_or {
 }
 use at_mark_or;
 
-/// `db_now!($n) + $delay`: a due time on the database's clock, from a delay on the relay's
-/// (the pause's mark kept exactly).
+/// The due time `$time` (SQL) as stored: the pause's mark kept exactly.
+macro_rules! due {
+    ($time:expr) => {
+        at_mark_or!($time, "7258118400000")
+    };
+}
+use due;
+
+/// `db_now!($n) + $delay`: a due time on the database's clock, from a delay on the relay's.
 macro_rules! db_due {
     ($n:literal, $delay:literal) => {
-        at_mark_or!(concat!(db_now!($n), " + $", $delay), "7258118400000")
+        due!(concat!(db_now!($n), " + $", $delay))
     };
 }
 use db_due;
@@ -226,10 +234,16 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    /// Fails once the store is closed.
+    fn open_or_closed(&self) -> Result<(), StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.open_or_closed()?;
         self.pool.get().await.map_err(|error| StoreError::Unavailable(error.to_string()))
     }
 
@@ -309,9 +323,7 @@ impl Store for PostgresStore {
         owned_by(&event, &deliveries)?;
         let ordered = deliveries.iter().any(|delivery| delivery.ordered_key.is_some());
         if !ordered && (dedupe_since.is_none() || event.delivery_id.is_none()) {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(StoreError::Closed);
-            }
+            self.open_or_closed()?;
             let committed = tokio::time::timeout(ACCEPT_TIMEOUT, self.batcher.accept(event, deliveries)).await;
             return match committed {
                 Ok(result) => result.map(|()| AcceptOutcome::Accepted),
@@ -450,9 +462,7 @@ impl Store for PostgresStore {
         outcome: AttemptOutcome,
         now: i64,
     ) -> Result<(), StoreError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
-        }
+        self.open_or_closed()?;
         if self.finisher.finish(delivery_id, claim, attempt, outcome, now, self.pinned(now)).await? {
             return Ok(());
         }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::error::SqlState;
 
-use super::{at_mark_or, db_due, db_now};
+use super::{at_mark_or, db_due, db_now, due};
 use crate::store::record::{answer_bound, cut, headers_beside, headers_json, Finished};
 use crate::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, NewDelivery, NewEvent, StoreError, MAX_STORED_BODY};
 
