@@ -1310,6 +1310,34 @@ async fn postgres_migrates_once_under_concurrent_starts_and_refuses_newer_schema
     }
 }
 
+/// The step that holds claim tokens to in-flight deliveries clears a stray token first, so
+/// that a later update of that row (a pause moving pending deliveries) cannot fail on it;
+/// from then on the database refuses a token on a delivery not in flight.
+#[tokio::test]
+async fn postgres_claim_tokens_belong_to_in_flight_deliveries_after_the_upgrade() {
+    let Some(url) = postgres_cluster::fresh_database("postgres_claim_tokens_belong_to_in_flight_deliveries_after_the_upgrade").await else {
+        return;
+    };
+    use postgres::schema::MIGRATIONS;
+    let before = PostgresStore::connect_with(&url, &MIGRATIONS[..4], true).await.unwrap();
+    accept_one(&before, "e1", "r", T0).await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.execute("UPDATE hookrelay_deliveries SET claim_token = 42 WHERE id = 'd-e1'", &[]).await.unwrap();
+
+    let store = open_postgres_at(&url).await;
+    let token: Option<i64> = client.query_one("SELECT claim_token FROM hookrelay_deliveries WHERE id = 'd-e1'", &[]).await.unwrap().get(0);
+    assert_eq!(token, None, "the stray token was cleared");
+    assert_eq!(status_of(&store, "d-e1").await.status, DeliveryStatus::Pending);
+    let stray = client.execute("UPDATE hookrelay_deliveries SET claim_token = 42 WHERE id = 'd-e1'", &[]).await;
+    let refused = stray.unwrap_err();
+    assert_eq!(refused.as_db_error().and_then(|db| db.constraint()), Some("hookrelay_deliveries_claimed_in_flight"), "{refused:?}");
+    let claimed = store.claim_due(T0, 1, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e1"]);
+    store.finish_attempt("d-e1", claimed[0].claim, attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
+    assert_eq!(status_of(&store, "d-e1").await.status, DeliveryStatus::Succeeded);
+}
+
 /// Two relays' stores claiming from one database at once: every delivery is handed out
 /// exactly once, and of an ordered key never two at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

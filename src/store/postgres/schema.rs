@@ -33,8 +33,11 @@ pub(in crate::store) const MIGRATIONS: &[Migration] = &[
 ];
 
 // A claim token names an in-flight claim, so a claim is found by its token alone (see the
-// store's module). Every release wrote rows this way; NOT VALID spares an upgrade the scan.
-const V5: &str = "ALTER TABLE hookrelay_deliveries ADD CONSTRAINT hookrelay_deliveries_claimed_in_flight
+// store's module). Every release wrote rows this way; a stray token is cleared all the same,
+// since a later update of its row (a pause moving pending deliveries) would then fail.
+// NOT VALID spares the constraint a second scan.
+const V5: &str = "UPDATE hookrelay_deliveries SET claim_token = NULL WHERE claim_token IS NOT NULL AND status <> 'in_flight';
+ALTER TABLE hookrelay_deliveries ADD CONSTRAINT hookrelay_deliveries_claimed_in_flight
     CHECK (claim_token IS NULL OR status = 'in_flight') NOT VALID;";
 
 // An event replayed by hand names the event it replays (nullable: the release before ignores it).
