@@ -636,3 +636,62 @@ async fn a_delivery_committed_after_its_request_timed_out_is_sent_at_once() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A delivery a free worker can take is sent while its event is being stored. An answer
+/// that comes within the accept's short wait is stored with the event, one that comes later
+/// by a write of its own: the log shows both the same way.
+#[tokio::test]
+async fn quick_and_slow_answers_to_a_delivery_sent_as_it_is_accepted_are_logged_alike() {
+    let sink = TestSink::scripted(vec![
+        Answer::with_body(200, r#"{"quick":true}"#),
+        Answer::with_body(200, r#"{"slow":true}"#).after(Duration::from_millis(150)),
+    ])
+    .await;
+    // Without `dedupe` (a duplicate is not sent at all, so its deliveries wait for the commit).
+    let relay = Relay::start(&config(&sink, "").replace("    dedupe: 1h\n", "")).await;
+    for (n, body) in [(1, r#"{"quick":true}"#), (2, r#"{"slow":true}"#)] {
+        let event_id = send(&relay, &format!("d-{n}")).await;
+        let delivery = finished_delivery(&relay, &event_id).await;
+        assert_eq!((delivery["status"].as_str(), delivery["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{delivery}");
+        let record = get(&relay, &format!("/api/deliveries/{}", delivery["id"].as_str().unwrap())).await;
+        let attempts = record["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{record}");
+        assert_eq!((attempts[0]["number"].as_u64(), attempts[0]["status"].as_u64()), (Some(1), Some(200)));
+        assert_eq!(attempts[0]["response_body"], body);
+        assert_eq!(attempts[0]["request_body"], r#"{"a":1}"#);
+        if n == 2 {
+            assert!(attempts[0]["duration_ms"].as_i64().unwrap() >= 150, "{record}");
+        }
+    }
+    assert_eq!(sink.seen().len(), 2);
+    assert_eq!(get(&relay, "/api/status").await["queue_depth"], 0);
+}
+
+/// The other side of sending while the event is stored: when the store then refuses the
+/// event, its sender hears 503 (and sends it again, as a new event), the receiver may
+/// already have it, and nothing of it stays in the log or holds a worker.
+#[tokio::test]
+async fn an_event_the_store_refuses_after_its_delivery_went_out_is_answered_503_and_leaves_nothing() {
+    let sink = TestSink::start().await;
+    let relay = Relay::start(&config(&sink, "").replace("    dedupe: 1h\n", "")).await;
+    let db = rusqlite::Connection::open(relay.dir.path().join("data/hookrelay.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.path = '/hooks/refused'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    for n in 0..3 {
+        let reply = relay.client.post_json(&relay.url("/hooks/refused"), &[("x-github-event", "push")], format!(r#"{{"n":{n}}}"#)).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(reply.json()["error"].is_string(), "{}", reply.text());
+    }
+    assert_eq!(sink.wait_for(3).await.len(), 3, "sent while the event was being stored");
+    assert_eq!(get(&relay, "/api/events").await["items"], json!([]));
+    assert_eq!(get(&relay, "/api/status").await["queue_depth"], 0);
+    let event_id = send(&relay, "d-after").await;
+    let delivery = finished_delivery(&relay, &event_id).await;
+    assert_eq!(delivery["status"], "succeeded");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sink.seen().len(), 4, "each refused event went out once, and was not retried");
+    assert_eq!(get(&relay, "/api/status").await["queue_depth"], 0);
+}
