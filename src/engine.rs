@@ -3,7 +3,7 @@
 //! rate-limit permit, send, record every attempt and schedule the next one. Claims are
 //! leased, so deliveries a crashed process held are sent again after a restart.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -105,6 +105,10 @@ pub struct Engine {
     /// The breaker and pause records of targets that are not plainly closed, as last read
     /// or written (few: a scan is cheaper than a map keyed by owned strings).
     targets: Mutex<Vec<TargetRecord>>,
+    /// Whether deliveries may go out while their event is committed: not after the store
+    /// failed an accept, until it commits one again, so that a failing store does not get
+    /// every webhook it refuses delivered anyway.
+    send_early: AtomicBool,
 }
 
 pub fn now_ms() -> i64 {
@@ -165,6 +169,7 @@ impl Engine {
             counting: tokio::sync::RwLock::new(()),
             feed: Feed::new(shutdown.clone()),
             targets: Mutex::new(Vec::new()),
+            send_early: AtomicBool::new(true),
         });
         engine.publish_depth();
         // A store of its own: any probe on record was this relay's, and died with it.
@@ -246,7 +251,7 @@ impl Engine {
         let now = self.clock.now_ms();
         // A batch stored whole may fail as a whole, and a duplicate is not sent at all:
         // their deliveries wait for the commit.
-        let early = !whole && self.store.takes_early_attempts();
+        let early = !whole && self.store.takes_early_attempts() && self.send_early.load(Ordering::Relaxed);
         let mut handed: Vec<Vec<Handed>> =
             events.iter_mut().map(|accepted| self.hand_off(accepted, now, early && accepted.dedupe_since.is_none())).collect();
         let handed_counts: Vec<usize> = handed.iter().map(Vec::len).collect();
@@ -316,6 +321,11 @@ impl Engine {
         }
         self.depth.fetch_sub(count - committed, Ordering::AcqRel);
         self.publish_depth();
+        if failure.is_some() {
+            self.send_early.store(false, Ordering::Relaxed);
+        } else if committed > 0 {
+            self.send_early.store(true, Ordering::Relaxed);
+        }
         for (verdict, stored) in told {
             // A worker that stopped waiting has nothing left to record.
             let _ = verdict.send(stored);

@@ -669,7 +669,8 @@ async fn quick_and_slow_answers_to_a_delivery_sent_as_it_is_accepted_are_logged_
 
 /// The other side of sending while the event is stored: when the store then refuses the
 /// event, its sender hears 503 (and sends it again, as a new event), the receiver may
-/// already have it, and nothing of it stays in the log or holds a worker.
+/// already have it, and nothing of it stays in the log or holds a worker. Once the store
+/// failed, deliveries wait for their commit again until it commits one.
 #[tokio::test]
 async fn an_event_the_store_refuses_after_its_delivery_went_out_is_answered_503_and_leaves_nothing() {
     let sink = TestSink::start().await;
@@ -685,13 +686,13 @@ async fn an_event_the_store_refuses_after_its_delivery_went_out_is_answered_503_
         assert_eq!(reply.status, 503, "{}", reply.text());
         assert!(reply.json()["error"].is_string(), "{}", reply.text());
     }
-    assert_eq!(sink.wait_for(3).await.len(), 3, "sent while the event was being stored");
+    assert_eq!(sink.wait_for(1).await.len(), 1, "sent while the event was being stored");
     assert_eq!(get(&relay, "/api/events").await["items"], json!([]));
     assert_eq!(get(&relay, "/api/status").await["queue_depth"], 0);
     let event_id = send(&relay, "d-after").await;
     let delivery = finished_delivery(&relay, &event_id).await;
     assert_eq!(delivery["status"], "succeeded");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(sink.seen().len(), 4, "each refused event went out once, and was not retried");
+    assert_eq!(sink.seen().len(), 2, "only the first refused event went out, once, and was not retried");
     assert_eq!(get(&relay, "/api/status").await["queue_depth"], 0);
 }
