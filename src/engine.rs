@@ -3,14 +3,14 @@
 //! rate-limit permit, send, record every attempt and schedule the next one. Claims are
 //! leased, so deliveries a crashed process held are sent again after a restart.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::future::{join_all, FutureExt, Shared};
+use futures_util::future::join_all;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use tokio::sync::{broadcast, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::delivery::attempt::{AttemptOf, AttemptSettings};
 use crate::delivery::breaker::{self, Gate, TargetChange, TargetResult};
@@ -23,8 +23,8 @@ use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    new_claim_token, AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, EarlyAttempt, HandOff, MadeAttempt,
-    NewDelivery, NewEvent, Store, StoreError, StoreNotice, StoredRequest, TargetRecord,
+    new_claim_token, AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, HandOff, NewDelivery, NewEvent, Store,
+    StoreError, StoreNotice, StoredRequest, TargetRecord,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
@@ -38,9 +38,6 @@ const RENEW_EVERY: Duration = Duration::from_secs(10);
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 /// How long a relay on a shared store lets wake-ups gather before it claims.
 const SHARED_CLAIM_GATHER: Duration = Duration::from_millis(25);
-/// How long an accept waits for the answers to its deliveries sent early, so that it can
-/// store them finished (one write instead of two); it adds at most this to a 202.
-const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(1);
 /// How long past its timeout a half-open target's probe keeps the others waiting.
 const PROBE_MARGIN_MS: i64 = 1_000;
 /// The longest pause between claims while the store fails.
@@ -56,24 +53,8 @@ pub enum AcceptError {
     Store(#[from] StoreError),
 }
 
-/// A delivery claimed as it is accepted, with the worker slot that will send it and, when
-/// it is sent before its event is stored, its attempt's way into the accept.
-type Handed = (OwnedSemaphorePermit, ClaimedDelivery, Option<Arc<EarlyAttempt>>);
-
-/// A delivery sent while its event's accept is still being written (see [`EarlyAttempt`]).
-struct EarlySend {
-    attempt: Arc<EarlyAttempt>,
-    /// Whether the event was committed, once its accept returned.
-    verdict: Shared<oneshot::Receiver<bool>>,
-}
-
-impl EarlySend {
-    /// Waits for the accept; nothing of a delivery whose event was not stored may be
-    /// written (there is no row to write to).
-    async fn committed(&self) -> bool {
-        self.verdict.clone().await.unwrap_or(false)
-    }
-}
+/// A delivery claimed as it is accepted, with the worker slot that will send it.
+type Handed = (OwnedSemaphorePermit, ClaimedDelivery);
 
 /// One event to commit: the event and its deliveries, with the route's dedupe window.
 pub struct Accepted {
@@ -105,10 +86,6 @@ pub struct Engine {
     /// The breaker and pause records of targets that are not plainly closed, as last read
     /// or written (few: a scan is cheaper than a map keyed by owned strings).
     targets: Mutex<Vec<TargetRecord>>,
-    /// Whether deliveries may go out while their event is committed: not after the store
-    /// failed an accept, until it commits one again, so that a failing store does not get
-    /// every webhook it refuses delivered anyway.
-    send_early: AtomicBool,
 }
 
 pub fn now_ms() -> i64 {
@@ -169,7 +146,6 @@ impl Engine {
             counting: tokio::sync::RwLock::new(()),
             feed: Feed::new(shutdown.clone()),
             targets: Mutex::new(Vec::new()),
-            send_early: AtomicBool::new(true),
         });
         engine.publish_depth();
         // A store of its own: any probe on record was this relay's, and died with it.
@@ -249,19 +225,7 @@ impl Engine {
             return Err(AcceptError::TargetFull(full));
         }
         let now = self.clock.now_ms();
-        // A batch stored whole may fail as a whole, and a duplicate is not sent at all:
-        // their deliveries wait for the commit.
-        let early = !whole && self.store.takes_early_attempts() && self.send_early.load(Ordering::Relaxed);
-        let mut handed: Vec<Vec<Handed>> =
-            events.iter_mut().map(|accepted| self.hand_off(accepted, now, early && accepted.dedupe_since.is_none())).collect();
-        let handed_counts: Vec<usize> = handed.iter().map(Vec::len).collect();
-        let early_attempts: Vec<Arc<EarlyAttempt>> = handed.iter().flatten().filter_map(|(_, _, early)| early.clone()).collect();
-        let verdicts: Vec<Option<oneshot::Sender<bool>>> = handed.iter_mut().map(|handed| self.send_early(handed)).collect();
-        if !early_attempts.is_empty() {
-            // Not for long: a receiver slower than this is finished by a write of its own.
-            let offered = join_all(early_attempts.iter().map(|early| early.offered()));
-            let _ = tokio::time::timeout(EARLY_ANSWER_WAIT, offered).await;
-        }
+        let handed: Vec<Vec<Handed>> = events.iter_mut().map(|accepted| self.hand_off(accepted, now)).collect();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut committed = 0;
         let mut failure = None;
@@ -295,20 +259,14 @@ impl Engine {
             })
             .collect();
         let mut sent_at_once = 0;
-        let mut told = Vec::new();
-        for ((((deliveries, result), targets), handed), (handed_count, verdict)) in
-            results.into_iter().zip(&per_event).zip(handed).zip(handed_counts.into_iter().zip(verdicts))
-        {
-            if let Some(verdict) = verdict {
-                told.push((verdict, matches!(result, Ok(AcceptOutcome::Accepted))));
-            }
+        for (((deliveries, result), targets), handed) in results.into_iter().zip(&per_event).zip(handed) {
             match result {
                 Ok(AcceptOutcome::Accepted) => {
                     committed += deliveries;
                     outcomes.push(AcceptOutcome::Accepted);
-                    sent_at_once += handed_count as i64;
-                    for (slot, delivery, _) in handed {
-                        self.send_claimed(slot, delivery, None);
+                    sent_at_once += handed.len() as i64;
+                    for (slot, delivery) in handed {
+                        self.send_claimed(slot, delivery);
                     }
                     continue;
                 }
@@ -321,15 +279,6 @@ impl Engine {
         }
         self.depth.fetch_sub(count - committed, Ordering::AcqRel);
         self.publish_depth();
-        if failure.is_some() {
-            self.send_early.store(false, Ordering::Relaxed);
-        } else if committed > 0 {
-            self.send_early.store(true, Ordering::Relaxed);
-        }
-        for (verdict, stored) in told {
-            // A worker that stopped waiting has nothing left to record.
-            let _ = verdict.send(stored);
-        }
         if committed > sent_at_once {
             self.wake.notify_one();
         }
@@ -341,9 +290,9 @@ impl Engine {
 
     /// Claims for free workers the deliveries of `accepted` that are due and need nothing
     /// the store decides (their order, a breaker or a pause): stored in flight, they are
-    /// sent as soon as their event commits (or, `early`, at once), without a claim through
-    /// the store. Other relays sharing the store see them leased, as if claimed there.
-    fn hand_off(&self, accepted: &mut Accepted, now: i64, early: bool) -> Vec<Handed> {
+    /// sent as soon as their event commits, without a claim through the store. Other relays
+    /// sharing the store see them leased, as if claimed there.
+    fn hand_off(&self, accepted: &mut Accepted, now: i64) -> Vec<Handed> {
         let mut handed = Vec::new();
         for delivery in &mut accepted.deliveries {
             if delivery.ordered_key.is_some()
@@ -354,9 +303,7 @@ impl Engine {
             }
             let Ok(slot) = self.slots.clone().try_acquire_owned() else { break };
             let claim = new_claim_token();
-            let early = early.then(Arc::default);
-            delivery.handed_off =
-                Some(HandOff { token: claim, lease_until: now.saturating_add(LEASE_MS), lease_ms: LEASE_MS, early: early.clone() });
+            delivery.handed_off = Some(HandOff { token: claim, lease_until: now.saturating_add(LEASE_MS), lease_ms: LEASE_MS });
             let claimed = ClaimedDelivery {
                 id: delivery.id.clone(),
                 event_id: delivery.event_id.clone(),
@@ -368,37 +315,16 @@ impl Engine {
                 guarded: Some(delivery.guarded),
                 claim,
             };
-            handed.push((slot, claimed, early));
+            handed.push((slot, claimed));
         }
         handed
     }
 
-    /// Sends at once the deliveries of one event handed off `early`, while the event is
-    /// being stored: an attempt that ends before its accept is written is stored with it,
-    /// finished (one write instead of two). The sender is to say whether the event was
-    /// committed.
-    ///
-    /// The receiver may so get a delivery whose event then fails to commit (the store
-    /// failed, the relay died): its sender was not told 202 and sends it again, as a new
-    /// event. Delivery is at least once either way.
-    fn send_early(self: &Arc<Self>, handed: &mut Vec<Handed>) -> Option<oneshot::Sender<bool>> {
-        if !handed.iter().any(|(_, _, early)| early.is_some()) {
-            return None;
-        }
-        let (verdict, told) = oneshot::channel();
-        let told = told.shared();
-        for (slot, delivery, early) in handed.drain(..) {
-            let early = early.map(|attempt| EarlySend { attempt, verdict: told.clone() });
-            self.send_claimed(slot, delivery, early);
-        }
-        Some(verdict)
-    }
-
     /// Sends a claimed delivery on a worker of its own, which gives `slot` back when done.
-    fn send_claimed(self: &Arc<Self>, slot: OwnedSemaphorePermit, delivery: ClaimedDelivery, early: Option<EarlySend>) {
+    fn send_claimed(self: &Arc<Self>, slot: OwnedSemaphorePermit, delivery: ClaimedDelivery) {
         let engine = self.clone();
         tokio::spawn(async move {
-            engine.process(delivery, early).await;
+            engine.process(delivery).await;
             drop(slot);
             // A free slot is worth a claim only if deliveries wait in the store (the count
             // can lag a change made over the admin API: the poll still finds those). Other
@@ -576,7 +502,7 @@ impl Engine {
                         backoff = POLL;
                         for delivery in claimed {
                             let Ok(slot) = self.slots.clone().acquire_owned().await else { return };
-                            self.send_claimed(slot, delivery, None);
+                            self.send_claimed(slot, delivery);
                         }
                     }
                     Err(err) => {
@@ -603,12 +529,7 @@ impl Engine {
     /// Runs `sending` while a task of its own renews the claim (without holding the send
     /// up while the store answers), so that a slow receiver (up to the target's timeout,
     /// however long) never lets the lease run out under it.
-    async fn renewing_lease<T>(
-        &self,
-        delivery: &ClaimedDelivery,
-        early: Option<&EarlySend>,
-        sending: impl std::future::Future<Output = T>,
-    ) -> T {
+    async fn renewing_lease<T>(&self, delivery: &ClaimedDelivery, sending: impl std::future::Future<Output = T>) -> T {
         tokio::pin!(sending);
         // Most sends end well within the first period: no renewal task for them.
         tokio::select! {
@@ -616,13 +537,7 @@ impl Engine {
             _ = tokio::time::sleep(RENEW_EVERY) => {}
         }
         let (store, clock, id, claim) = (self.store.clone(), self.clock, delivery.id.clone(), delivery.claim);
-        let verdict = early.map(|early| early.verdict.clone());
         let renewal = tokio::spawn(async move {
-            if let Some(verdict) = verdict {
-                if !verdict.await.unwrap_or(false) {
-                    return;
-                }
-            }
             let mut renew = tokio::time::interval(RENEW_EVERY);
             loop {
                 renew.tick().await;
@@ -644,13 +559,7 @@ impl Engine {
     /// Whether the target's breaker lets this claimed delivery go now; if not, the claim is
     /// handed back (no attempt used), due when it may go. Half-open, one delivery takes the
     /// probe (for as long as its send may take) and the others wait for its result.
-    async fn passes_breaker(
-        &self,
-        delivery: &ClaimedDelivery,
-        early: Option<&EarlySend>,
-        target: Option<&Target>,
-        timeout: Duration,
-    ) -> bool {
+    async fn passes_breaker(&self, delivery: &ClaimedDelivery, target: Option<&Target>, timeout: Duration) -> bool {
         let now = self.clock.now_ms();
         let record = self.target_record(&delivery.route, &delivery.target);
         // A breaker turned off (by a reload) no longer holds what it opened; a pause still holds.
@@ -659,14 +568,6 @@ impl Engine {
             Gate::Wait(_) | Gate::Probe if breaker_off && record.as_ref().is_some_and(|r| r.paused_at.is_none()) => Gate::Go,
             gate => gate,
         };
-        if gate == Gate::Go {
-            return true;
-        }
-        if let Some(early) = early {
-            if !early.committed().await {
-                return false;
-            }
-        }
         let wait_until = match gate {
             Gate::Go => return true,
             Gate::Wait(until) if record.as_ref().is_some_and(|r| r.probe_until == Some(until)) => until.min(now + PROBE_MARGIN_MS),
@@ -694,23 +595,17 @@ impl Engine {
         false
     }
 
-    /// One claimed delivery: permit, send, record, schedule. `early`: sent while its event
-    /// is being stored, so every write about it waits until the event was committed.
-    async fn process(&self, delivery: ClaimedDelivery, early: Option<EarlySend>) {
+    /// One claimed delivery: permit, send, record, schedule.
+    async fn process(&self, delivery: ClaimedDelivery) {
         let snapshot = self.config.load_full();
         let target = snapshot.route(&delivery.route).and_then(|route| route.targets.iter().find(|t| t.name == delivery.target));
         let settings = TargetSettings::of(target);
-        if !self.passes_breaker(&delivery, early.as_ref(), target, settings.timeout).await {
+        if !self.passes_breaker(&delivery, target, settings.timeout).await {
             return;
         }
         if let Some(limit) = &settings.rate_limit {
             // Never hold a claim while waiting: hand it back, due when the permit will be.
             if let Err(Throttled(wait)) = self.limiters.acquire(&limit.key, limit.spec, Some(Duration::ZERO)).await {
-                if let Some(early) = &early {
-                    if !early.committed().await {
-                        return;
-                    }
-                }
                 let due = self.clock.now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
                 if let Err(err) = self.store.release(&delivery.id, delivery.claim, due, self.clock.now_ms()).await {
                     tracing::warn!(delivery = %delivery.id, error = %err, "could not hand a throttled delivery back");
@@ -732,7 +627,7 @@ impl Engine {
             max_answer: MAX_RECORDED_ANSWER,
             of: Some(AttemptOf { event_id: &delivery.event_id, delivery_id: Some(&delivery.id), number: i64::from(delivery.attempts) + 1 }),
         };
-        let tried = self.renewing_lease(&delivery, early.as_ref(), send.attempt(outgoing(&delivery, target), started_at)).await;
+        let tried = self.renewing_lease(&delivery, send.attempt(outgoing(&delivery, target), started_at)).await;
         let result = &tried.answer;
         let decision = decide(delivery.attempts, delivery.created_at, result, &settings, started_at, fastrand::f64());
         if let (Some(limit), Some(pause)) = (&settings.rate_limit, decision.pause) {
@@ -786,26 +681,8 @@ impl Engine {
             last_status: result.status,
         };
         let record = AttemptRecord { counted: decision.counted, ..tried.record };
-        // Held from before the accept may store the attempt, so that no recount falls
-        // between that write and the counts below.
         let _counting = self.counting.read().await;
-        let mut unrecorded = Some(MadeAttempt { attempt: record, outcome: decision.outcome, decided_at: self.clock.now_ms() });
-        if let Some(early) = &early {
-            let back = unrecorded.take().and_then(|made| early.attempt.offer(made));
-            if !early.committed().await {
-                tracing::warn!(delivery = %delivery.id, "sent while its event was being stored, but the event was not stored: nothing recorded");
-                return;
-            }
-            unrecorded = back.or_else(|| early.attempt.unrecorded());
-        }
-        let stored = match unrecorded {
-            // The accept stored the delivery finished by this attempt.
-            None => Ok(()),
-            Some(MadeAttempt { attempt, outcome, decided_at }) => {
-                self.store.finish_attempt(&delivery.id, delivery.claim, attempt, outcome, decided_at).await
-            }
-        };
-        match stored {
+        match self.store.finish_attempt(&delivery.id, delivery.claim, record, decision.outcome, self.clock.now_ms()).await {
             Ok(()) if status.is_finished() => {
                 self.depth.fetch_sub(1, Ordering::AcqRel);
                 self.per_target.release(&delivery.route, &delivery.target, 1);

@@ -12,7 +12,6 @@
 //! only when it is sent, but the URL may carry tokens), so the admin layer redacts views
 //! before showing them. Attempt records arrive already redacted.
 
-mod early;
 pub mod ownership;
 mod postgres;
 mod record;
@@ -31,7 +30,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use early::{EarlyAttempt, MadeAttempt};
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteReader, SqliteStore};
 
@@ -110,15 +108,11 @@ pub struct NewDelivery {
 /// [`ClaimedDelivery::claim`] does, and the lease runs until `lease_until` (ms, the relay's
 /// clock). A shared store leases it as its claims do, for `lease_ms` from the database's
 /// clock, so other relays see it claimed until that lease runs out.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandOff {
     pub token: i64,
     pub lease_until: i64,
     pub lease_ms: i64,
-    /// Set when the worker sends before the accept is written: a store that
-    /// [takes early attempts](Store::takes_early_attempts) stores the delivery finished by
-    /// the attempt if it ended by then.
-    pub early: Option<Arc<EarlyAttempt>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -638,13 +632,6 @@ pub trait Store: Send + Sync {
     /// Whether other relays use this store at the same time (then leases, not a restart,
     /// hand back a dead relay's claims, and counts change under this relay's feet).
     fn shared(&self) -> bool {
-        false
-    }
-
-    /// Whether an accept looks at its handed-off deliveries' [`HandOff::early`] attempts and
-    /// stores those that ended already as finished (so the worker may send before the
-    /// accept is written).
-    fn takes_early_attempts(&self) -> bool {
         false
     }
 

@@ -24,7 +24,7 @@ use super::{cannot_cancel, owned_by, AcceptItem, CancelFilter, Reschedule, Targe
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
-    EventView, FinishedDelivery, MadeAttempt, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
+    EventView, FinishedDelivery, NewDelivery, NewEvent, Page, Store, StoreError, StoredRoute, MAX_STORED_BODY,
 };
 
 /// How long a statement waits for a lock held by another connection (another process on
@@ -263,10 +263,6 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| items.iter().map(|item| accept(conn, &item.event, &item.deliveries, item.dedupe_since)).collect())
             .await
-    }
-
-    fn takes_early_attempts(&self) -> bool {
-        true
     }
 
     async fn claim_due(&self, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
@@ -616,16 +612,7 @@ fn accept(conn: &Connection, event: &NewEvent, deliveries: &[NewDelivery], dedup
     owned_by(event, deliveries)?;
     insert_event(conn, event)?;
     for delivery in deliveries {
-        let early = delivery.handed_off.as_ref().and_then(|hand_off| hand_off.early.as_ref()).and_then(|early| early.settle());
-        match early {
-            Some(made) => {
-                let MadeAttempt { attempt, outcome, decided_at } = &*made;
-                insert_finished_delivery(conn, delivery, Some(&event.body), event.received_at, attempt, outcome, *decided_at)?;
-            }
-            None => {
-                insert_delivery(conn, delivery, Some(&event.body), event.received_at, None)?;
-            }
-        }
+        insert_delivery(conn, delivery, Some(&event.body), event.received_at, None)?;
     }
     Ok(AcceptOutcome::Accepted)
 }
@@ -636,23 +623,9 @@ fn insert_finished(conn: &Connection, finished: &FinishedDelivery, now: i64) -> 
         owned_by(event, [delivery])?;
         insert_event(conn, event)?;
     }
-    let event_body = event.as_ref().map(|event| &event.body[..]);
-    insert_finished_delivery(conn, delivery, event_body, now, attempt, outcome, now)
-}
-
-/// Inserts a delivery already finished by its first attempt, with that attempt: the rows a
-/// claim and a finish would have left.
-fn insert_finished_delivery(
-    conn: &Connection,
-    delivery: &NewDelivery,
-    event_body: Option<&[u8]>,
-    created_at: i64,
-    attempt: &AttemptRecord,
-    outcome: &AttemptOutcome,
-    decided_at: i64,
-) -> Result<(), StoreError> {
     let finished = Finished::of(attempt, outcome);
-    let headers = insert_delivery(conn, delivery, event_body, created_at, Some((attempt, &finished, decided_at)))?;
+    let event_body = event.as_ref().map(|event| &event.body[..]);
+    let headers = insert_delivery(conn, delivery, event_body, now, Some((attempt, &finished)))?;
     let request = &delivery.request;
     let stored = StoredForm { url: &request.url, headers: &headers, body: &request.body };
     insert_attempt(conn, conn.last_insert_rowid(), 1, attempt, &stored, outcome)
@@ -679,23 +652,21 @@ fn insert_event(conn: &Connection, event: &NewEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Inserts a delivery of an event whose body is `event_body` (when known): pending (or in
-/// flight, handed off), or already finished by an attempt decided at the time given.
-/// Returns its headers as stored (JSON).
+/// Inserts a delivery of an event whose body is `event_body` (when known): pending, or
+/// already finished by `attempt`. Returns its headers as stored (JSON).
 fn insert_delivery(
     conn: &Connection,
     delivery: &NewDelivery,
     event_body: Option<&[u8]>,
     created_at: i64,
-    finished: Option<(&AttemptRecord, &Finished, i64)>,
+    finished: Option<(&AttemptRecord, &Finished)>,
 ) -> Result<String, StoreError> {
     let request = &delivery.request;
     let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
     let headers = headers_json(&request.headers)?;
-    let claim = delivery.handed_off.as_ref().filter(|_| finished.is_none());
-    let updated_at = finished.map_or(created_at, |(_, _, decided_at)| decided_at);
+    let claim = delivery.handed_off.filter(|_| finished.is_none());
     let (status, attempts, next_attempt_at, last_status, last_error) = match finished {
-        Some((attempt, finished, _)) => {
+        Some((attempt, finished)) => {
             (finished.status, i64::from(attempt.counted), finished.next_attempt_at, attempt.status, finished.last_error.as_deref())
         }
         None if claim.is_some() => (DeliveryStatus::InFlight, 0, Some(delivery.next_attempt_at), None, None),
@@ -705,7 +676,7 @@ fn insert_delivery(
         "INSERT INTO deliveries (id, event_id, route, target, req_method, req_url, req_headers, req_body, status,
                                  attempts, next_attempt_at, ordered_key, created_at, updated_at, last_status,
                                  last_error, guarded, req_body_from_event, lease_until, claim_token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?20, ?14, ?15, ?16, ?17, ?18, ?19)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         delivery.id,
@@ -727,7 +698,6 @@ fn insert_delivery(
         body_from_event.then_some(1),
         claim.map(|claim| claim.lease_until),
         claim.map(|claim| claim.token),
-        updated_at,
     ])
     .map_err(|error| unique_conflict(error, || format!("delivery {} already exists", delivery.id)))?;
     Ok(headers)

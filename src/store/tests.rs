@@ -69,7 +69,6 @@ conformance!(
     accept_claim_finish_succeeded,
     a_delivery_handed_off_at_accept_is_stored_claimed,
     a_delivery_handed_off_with_a_duplicate_check_is_stored_claimed,
-    an_attempt_made_before_its_accept_is_stored_as_a_finish_would_store_it,
     retry_at_is_not_claimed_early,
     failed_then_retry_now,
     throttled_attempt_does_not_count,
@@ -284,7 +283,7 @@ async fn recover_claims_hands_back_every_in_flight_delivery() {
 async fn a_delivery_handed_off_at_accept_is_stored_claimed(store: Arc<dyn Store>) {
     let first = event("e1", "github", T0);
     let mut handed = delivery("d-e1", &first, "t", T0);
-    handed.handed_off = Some(HandOff { token: 42, lease_until: T0 + LEASE, lease_ms: LEASE, early: None });
+    handed.handed_off = Some(HandOff { token: 42, lease_until: T0 + LEASE, lease_ms: LEASE });
     store.accept(first.clone(), vec![handed, delivery("d-other", &first, "t", T0)]).await.unwrap();
     assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::InFlight);
     assert_eq!(store.current_claim("d-e1").await.unwrap(), Some(42));
@@ -296,7 +295,7 @@ async fn a_delivery_handed_off_at_accept_is_stored_claimed(store: Arc<dyn Store>
     // One handed off and lost with its process: a restart hands it back.
     let second = event("e2", "github", T0);
     let mut lost = delivery("d-e2", &second, "t", T0);
-    lost.handed_off = Some(HandOff { token: 7, lease_until: T0 + LEASE, lease_ms: LEASE, early: None });
+    lost.handed_off = Some(HandOff { token: 7, lease_until: T0 + LEASE, lease_ms: LEASE });
     store.accept(second, vec![lost]).await.unwrap();
     assert!(store.claim_due(T0 + 2, 10, LEASE).await.unwrap().is_empty(), "its lease holds");
     if store.shared() {
@@ -318,7 +317,7 @@ async fn a_delivery_handed_off_with_a_duplicate_check_is_stored_claimed(store: A
     let mut first = event("e1", "github", T0);
     first.delivery_id = Some("gh-1".into());
     let mut handed = delivery("d-e1", &first, "t", T0);
-    handed.handed_off = Some(HandOff { token: 9, lease_until: T0 + LEASE, lease_ms: LEASE, early: None });
+    handed.handed_off = Some(HandOff { token: 9, lease_until: T0 + LEASE, lease_ms: LEASE });
     let outcome = store.accept_unless_duplicate(first, vec![handed], Some(T0 - 1)).await.unwrap();
     assert!(matches!(outcome, AcceptOutcome::Accepted), "{outcome:?}");
     assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::InFlight);
@@ -326,67 +325,6 @@ async fn a_delivery_handed_off_with_a_duplicate_check_is_stored_claimed(store: A
     assert!(store.claim_due(T0 + LEASE - 1, 10, LEASE).await.unwrap().is_empty(), "its lease holds");
     store.finish_attempt("d-e1", 9, attempt(Some(200), true), AttemptOutcome::Succeeded, T0 + 1).await.unwrap();
     assert_eq!(status_of(&*store, "d-e1").await.status, DeliveryStatus::Succeeded);
-}
-
-/// A worker may send a handed-off delivery while its event is being stored. An attempt that
-/// ended by then is stored with the accept (where the store takes early attempts), leaving
-/// the rows a finish would have left; one that ends later comes back to be finished.
-async fn an_attempt_made_before_its_accept_is_stored_as_a_finish_would_store_it(store: Arc<dyn Store>) {
-    let mut failing = attempt(Some(503), true);
-    failing.error = Some("HTTP 503".into());
-    failing.response_body = Bytes::from_static(b"busy");
-    let outcomes = [
-        (attempt(Some(200), true), AttemptOutcome::Succeeded, DeliveryStatus::Succeeded),
-        (failing, AttemptOutcome::RetryAt(T0 + 5_000), DeliveryStatus::Pending),
-        (attempt(Some(400), true), AttemptOutcome::Failed { reason: "HTTP 400".into() }, DeliveryStatus::Failed),
-    ];
-    for (n, (record, outcome, status)) in outcomes.into_iter().enumerate() {
-        let made = MadeAttempt { attempt: record, outcome, decided_at: T0 + 40 };
-        // Sent early, its attempt offered before the accept.
-        let early_event = event(&format!("early-{n}"), "github", T0);
-        let mut early = delivery(&format!("d-early-{n}"), &early_event, "t", T0);
-        let attempt_made = Arc::new(EarlyAttempt::default());
-        early.handed_off = Some(HandOff { token: 5, lease_until: T0 + LEASE, lease_ms: LEASE, early: Some(attempt_made.clone()) });
-        assert_eq!(attempt_made.offer(made.clone()), None);
-        store.accept(early_event, vec![early]).await.unwrap();
-        if let Some(MadeAttempt { attempt, outcome, decided_at }) = attempt_made.unrecorded() {
-            assert!(!store.takes_early_attempts(), "a store that takes early attempts stored it");
-            assert_eq!(status_of(&*store, &format!("d-early-{n}")).await.status, DeliveryStatus::InFlight);
-            store.finish_attempt(&format!("d-early-{n}"), 5, attempt, outcome, decided_at).await.unwrap();
-        }
-        // Handed off, and finished after the accept.
-        let late_event = event(&format!("late-{n}"), "github", T0);
-        let mut late = delivery(&format!("d-late-{n}"), &late_event, "t", T0);
-        late.handed_off = Some(HandOff { token: 6, lease_until: T0 + LEASE, lease_ms: LEASE, early: None });
-        store.accept(late_event, vec![late]).await.unwrap();
-        store.finish_attempt(&format!("d-late-{n}"), 6, made.attempt.clone(), made.outcome.clone(), made.decided_at).await.unwrap();
-
-        let (mut early_view, early_attempts) = store.get_delivery(&format!("d-early-{n}")).await.unwrap().unwrap();
-        let (late_view, late_attempts) = store.get_delivery(&format!("d-late-{n}")).await.unwrap().unwrap();
-        assert_eq!(early_view.status, status);
-        assert_eq!((early_view.created_at, early_view.updated_at, early_view.attempts), (T0, T0 + 40, 1));
-        (early_view.id, early_view.event_id) = (late_view.id.clone(), late_view.event_id.clone());
-        assert_eq!(early_view, late_view);
-        assert_eq!(early_attempts, late_attempts);
-        assert_eq!(early_attempts.len(), 1);
-    }
-    assert_eq!(ids(&store.claim_due(T0 + 5_000, 10, LEASE).await.unwrap()), ["d-early-1", "d-late-1"], "both retried when due");
-
-    // Offered after the accept stored it in flight: it comes back, to be finished.
-    let event = event("after", "github", T0);
-    let mut handed = delivery("d-after", &event, "t", T0);
-    let attempt_made = Arc::new(EarlyAttempt::default());
-    handed.handed_off = Some(HandOff { token: 8, lease_until: T0 + LEASE, lease_ms: LEASE, early: Some(attempt_made.clone()) });
-    store.accept(event, vec![handed]).await.unwrap();
-    let made = MadeAttempt { attempt: attempt(Some(200), true), outcome: AttemptOutcome::Succeeded, decided_at: T0 + 3 };
-    let offered = attempt_made.offer(made.clone());
-    if store.takes_early_attempts() {
-        assert_eq!(offered, Some(made.clone()), "too late for the accept");
-    }
-    assert_eq!(offered.or_else(|| attempt_made.unrecorded()), Some(made.clone()));
-    assert_eq!(status_of(&*store, "d-after").await.status, DeliveryStatus::InFlight);
-    store.finish_attempt("d-after", 8, made.attempt, made.outcome, made.decided_at).await.unwrap();
-    assert_eq!(status_of(&*store, "d-after").await.status, DeliveryStatus::Succeeded);
 }
 
 async fn finished_deliveries_are_recorded_with_their_attempt_and_never_claimed(store: Arc<dyn Store>) {

@@ -143,8 +143,8 @@ async fn write(pool: &Pool, batch: &[Pending], pinned: bool) -> Result<(), Store
                 &deliveries.iter().map(|(d, _)| d.guarded).collect::<Vec<_>>(),
                 &deliveries.iter().map(|(_, e)| e.received_at).collect::<Vec<_>>(),
                 &super::DUE_CHANNEL,
-                &deliveries.iter().map(|(d, _)| d.handed_off.as_ref().map(|hand_off| hand_off.token)).collect::<Vec<_>>(),
-                &deliveries.iter().map(|(d, _)| d.handed_off.as_ref().map(|hand_off| hand_off.lease_ms)).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.handed_off.map(|hand_off| hand_off.token)).collect::<Vec<_>>(),
+                &deliveries.iter().map(|(d, _)| d.handed_off.map(|hand_off| hand_off.lease_ms)).collect::<Vec<_>>(),
             ],
         )
         .await

@@ -61,7 +61,7 @@ pub(super) async fn insert_delivery(
     let request = &delivery.request;
     let body_from_event = !request.body.is_empty() && event_body == Some(&request.body[..]);
     let headers = headers_json(&request.headers)?;
-    let claim = delivery.handed_off.as_ref().filter(|_| finished.is_none());
+    let claim = delivery.handed_off.filter(|_| finished.is_none());
     let (status, attempts, delay, last_status, last_error) = match finished {
         Some((attempt, finished)) => (
             finished.status,
