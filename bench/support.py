@@ -617,6 +617,30 @@ def report(work, out, meta_path):
     print("\n".join(lines))
 
 
+def relay_config(port, admin, sink, store):
+    """Prints the benchmarks' hookrelay config: listening on `port` (admin on `admin`),
+    proxying what no route takes to the sink, a sync and an async route with the same match
+    and DingTalk transform, the store given as YAML (`{ path: ... }` or `{ url: ... }`)."""
+    robot = f"http://127.0.0.1:{sink}/robot/send?access_token=x"
+    routes = ""
+    for name, respond in (("codeup-sync", "sync"), ("codeup-async", "async")):
+        routes += f"""  - name: {name}
+    source: codeup
+    respond: {respond}
+    match: {{ path: /hooks/{respond}, event: push, headers: {{ Codeup-Event: Push Hook }}, body: [ {{ path: $.ref, regex: "^refs/heads/" }} ] }}
+    forward:
+      - url: {robot}
+        body: {{ msgtype: markdown, markdown: {{ title: "push {{{{body.repository.name}}}}", text: "### {{{{body.user_name}}}} pushed {{{{len body.commits}}}} commit(s) to {{{{body.ref}}}}" }} }}
+"""
+    print(f"""listen: 127.0.0.1:{port}
+admin: {{ listen: 127.0.0.1:{admin} }}
+upstream: http://127.0.0.1:{sink}
+store: {store}
+limits: {{ queue_capacity: 1000000 }}
+routes:
+{routes}""", end="")
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     commands = {
@@ -631,6 +655,7 @@ def main():
         "fsync": fsync,
         "store": store,
         "report": report,
+        "relay_config": relay_config,
     }
     if command not in commands:
         sys.exit(f"unknown command {command}")
