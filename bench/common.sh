@@ -24,18 +24,18 @@ start_nginx() { # NAME ACCESS_LOG SERVER_BLOCK... ; sets NGINX_PID
 $user_line
 worker_processes $NGINX_WORKERS;
 daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
+pid "$dir/nginx.pid";
+error_log "$dir/error.log" warn;
 events { worker_connections 4096; }
 http {
   access_log $access_log;
   keepalive_requests 1000000;
   keepalive_timeout 60s;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
+  client_body_temp_path "$dir/tmp/body";
+  proxy_temp_path "$dir/tmp/proxy";
+  fastcgi_temp_path "$dir/tmp/fastcgi";
+  uwsgi_temp_path "$dir/tmp/uwsgi";
+  scgi_temp_path "$dir/tmp/scgi";
   $*
 }
 EOF

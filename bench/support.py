@@ -40,10 +40,12 @@ def get(url, timeout=2.0):
         return answer.status, answer.read()
 
 
-def wait(url, seconds):
-    """Waits until GET url answers 200, for at most `seconds`."""
+def wait(url, seconds, pid=None):
+    """Waits until GET url answers 200, for at most `seconds` (less if process `pid` ends)."""
     deadline = time.monotonic() + float(seconds)
     while time.monotonic() < deadline:
+        if pid is not None and not os.path.exists(f"/proc/{pid}"):
+            sys.exit(f"bench: the process that was to answer {url} ended")
         try:
             if get(url, 1.0)[0] == 200:
                 return
