@@ -25,6 +25,7 @@ pub mod relay;
 pub mod reload;
 pub mod render;
 pub mod replay;
+pub mod request_log;
 pub mod respond;
 pub mod routing;
 pub mod settings;

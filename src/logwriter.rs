@@ -59,6 +59,11 @@ impl LogWriter {
         Ok((LogWriter { shared: shared.clone() }, FlushGuard { shared, finished }))
     }
 
+    /// Adds one whole line (its newline included), as the tracing subscriber does.
+    pub fn write_line(&self, line: &[u8]) {
+        self.shared.push(line);
+    }
+
     /// Lines dropped so far because the buffer was full.
     pub fn dropped_lines(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
@@ -113,19 +118,25 @@ pub struct LineWriter<'a> {
     shared: &'a Shared,
 }
 
-impl Write for LineWriter<'_> {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut waiting = self.shared.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+impl Shared {
+    fn push(&self, line: &[u8]) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting.bytes.len() + line.len() > MAX_WAITING {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(line.len());
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         waiting.bytes.extend_from_slice(line);
         if waiting.asleep {
             waiting.asleep = false;
             drop(waiting);
-            self.shared.wake.notify_one();
+            self.wake.notify_one();
         }
+    }
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.shared.push(line);
         Ok(line.len())
     }
 

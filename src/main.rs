@@ -172,10 +172,20 @@ fn init_logs(format: LogFormat) -> anyhow::Result<(hookrelay::logwriter::FlushGu
     // webhooks, health checks and shutdown; lines past 1 MiB waiting are dropped and
     // counted (`hookrelay_log_lines_dropped_total`) instead of stopping every thread that logs.
     let (writer, guard) = hookrelay::logwriter::LogWriter::start(std::io::stderr()).context("starting the log writer")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_ansi(std::io::stderr().is_terminal());
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_ansi(ansi);
+    let line_format = match format {
+        LogFormat::Text => hookrelay::request_log::LineFormat::Text,
+        LogFormat::Json => hookrelay::request_log::LineFormat::Json,
+    };
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    // The request line, the one written per request, skips tracing's formatter; coloured
+    // lines (a terminal) are left to it.
+    if !ansi {
+        hookrelay::request_log::write_directly(writer.clone(), line_format);
     }
     Ok((guard, writer))
 }

@@ -80,10 +80,6 @@ impl Trace {
         Some(hop)
     }
 
-    pub fn id(&self) -> String {
-        format!("{:032x}", self.trace_id)
-    }
-
     pub fn trace_id(&self) -> u128 {
         self.trace_id
     }
@@ -139,7 +135,7 @@ mod tests {
     fn traceparents_are_read_as_the_specification_says() {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let trace = Trace::parse(valid).unwrap();
-        assert_eq!(trace.id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.trace_id(), 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(trace.flags, 1);
         let unknown = Trace::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff");
         assert_eq!(unknown.map(|t| t.flags), Some(1), "unknown flags go on as zero");
@@ -163,7 +159,7 @@ mod tests {
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"), "{sent}");
         assert_ne!(&sent[36..52], "00f067aa0ba902b7", "a span of its own");
         let next = Trace::parse(sent).unwrap();
-        assert_eq!((next.id(), next.parent_id()), (trace.id(), Some(trace.span_id())));
+        assert_eq!((next.trace_id(), next.parent_id()), (trace.trace_id(), Some(trace.span_id())));
         let child = trace.child();
         assert_eq!((child.trace_id(), child.parent_id()), (trace.trace_id(), Some(trace.span_id())));
         assert_ne!(child.span_id(), trace.span_id());

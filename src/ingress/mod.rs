@@ -70,19 +70,17 @@ pub async fn handle(relay: &Relay, mut request: Request<Incoming>, peer: Peer) -
         }
         span.end();
     }
-    let trace_id = trace.map(|trace| trace.id()).unwrap_or_default();
-    tracing::info!(
-        target: "hookrelay::request",
-        request_id = %String::from_utf8_lossy(id.as_bytes()),
-        trace_id = %trace_id,
-        peer = %peer.addr.ip(),
-        method = %method,
-        path = %path,
-        routes = %routes,
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        "request"
-    );
+    crate::request_log::RequestLine {
+        request_id: id.as_bytes(),
+        trace_id: trace.map(|trace| trace.trace_id()),
+        peer: peer.addr.ip(),
+        method: method.as_str(),
+        path: &path,
+        routes: &routes,
+        status: response.status().as_u16(),
+        duration: started.elapsed(),
+    }
+    .log();
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }

@@ -20,8 +20,20 @@ use crate::settings::{Limits, Upstream};
 use crate::trace::{Trace, TRACEPARENT};
 use crate::upstream_link::UpstreamLink;
 
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// End-to-end headers a sender cannot turn into hop-by-hop ones by naming them in
 /// `Connection`: the service routes on `Host`, and the body's framing is hyper's business.
@@ -29,6 +41,12 @@ const END_TO_END: [HeaderName; 2] = [http::header::HOST, http::header::CONTENT_L
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(http::header::CONNECTION) {
+        for name in &HOP_BY_HOP[1..] {
+            headers.remove(name);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -40,7 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -61,7 +79,13 @@ pub async fn forward(
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let expired = Arc::new(AtomicBool::new(false));
-    let body = Deadline { inner: body, sleep: Box::pin(tokio::time::sleep(limits.request_timeout)), done: false, expired: expired.clone() };
+    let body = Deadline {
+        inner: body,
+        deadline: tokio::time::Instant::now() + limits.request_timeout,
+        sleep: None,
+        done: false,
+        expired: expired.clone(),
+    };
     // HTTP/2 carries the host in `:authority`: the service still gets it as `Host`.
     let original_host = parts
         .headers
@@ -83,14 +107,14 @@ pub async fn forward(
     };
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
+        parts.headers.insert(X_FORWARDED_FOR, value);
     }
-    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    parts.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     // A trace the sender started goes on with a span of the relay's; none is started here,
     // so the service's own traffic reaches it as it was sent.
     let trace = parts.extensions.remove::<Trace>().or_else(|| Trace::of(&parts.headers));
@@ -100,7 +124,7 @@ pub async fn forward(
     match original_host {
         Some(host) => {
             parts.headers.insert(http::header::HOST, host.clone());
-            parts.headers.insert("x-forwarded-host", host);
+            parts.headers.insert(X_FORWARDED_HOST, host);
         }
         // The pool fills it in from the URL; the link sends what it is given.
         None if over_link.is_some() => {
@@ -140,10 +164,12 @@ pub async fn forward(
 }
 
 /// A proxied request's body, failed when it has not fully arrived by the deadline, so a
-/// sender trickling bytes cannot hold a connection and an upstream request forever.
+/// sender trickling bytes cannot hold a connection and an upstream request forever. The
+/// timer starts only when the body has to be waited for: most bodies are already in.
 struct Deadline {
     inner: Body,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     expired: Arc<AtomicBool>,
 }
@@ -154,16 +180,28 @@ impl hyper::body::Body for Deadline {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if !this.done && this.sleep.as_mut().poll(cx).is_ready() {
-            this.expired.store(true, Ordering::Release);
-            this.done = true;
-            return Poll::Ready(Some(Err("the request body did not arrive within limits.request_timeout".into())));
+        if this.done {
+            return Pin::new(&mut this.inner).poll_frame(cx);
         }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            this.done = true;
+        if tokio::time::Instant::now() < this.deadline {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame)),
+                Poll::Pending => {
+                    let deadline = this.deadline;
+                    let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
         }
-        polled
+        this.expired.store(true, Ordering::Release);
+        this.done = true;
+        Poll::Ready(Some(Err("the request body did not arrive within limits.request_timeout".into())))
     }
 
     fn is_end_stream(&self) -> bool {
