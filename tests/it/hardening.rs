@@ -113,6 +113,45 @@ async fn json_logs_parse_and_carry_the_request_id() {
     assert_eq!(request_line["fields"]["path"], "/hooks/r");
 }
 
+/// The text log's request line, as the rest of the log is formatted; `RUST_LOG` filters it
+/// like any other line.
+#[cfg(unix)]
+#[tokio::test]
+async fn text_logs_carry_one_line_per_request_and_obey_rust_log() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = dir.path().join("hookrelay.yaml");
+    std::fs::write(&path, simple(&sink, "").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))).unwrap();
+    let client = Client::new();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (rust_log, expect_line) in [("info", true), ("warn", false)] {
+        let mut child = spawn(&path, "text", &[("RUST_LOG", rust_log)]);
+        wait_up(&client, &mut child, port).await;
+        let headers = [("x-request-id", "text-me-8"), ("traceparent", traceparent)];
+        let reply = client.post_json(&format!("http://127.0.0.1:{port}/hooks/r?x=1"), &headers, "{}").await;
+        assert_eq!(reply.status, 200);
+        child.signal("TERM");
+        let (status, logs) = child.wait();
+        assert!(status.success(), "SIGTERM exits 0: {status:?}");
+        let lines: Vec<&str> = logs.lines().filter(|line| line.contains("hookrelay::request")).collect();
+        if !expect_line {
+            assert!(lines.is_empty(), "RUST_LOG=warn leaves request lines out: {logs}");
+            continue;
+        }
+        let [line] = lines.iter().filter(|line| line.contains("text-me-8")).collect::<Vec<_>>()[..] else {
+            panic!("one line for the request: {logs}")
+        };
+        let (time, rest) = line.split_at(27);
+        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.ends_with('Z'), "{line}");
+        let expected = "  INFO hookrelay::request: request request_id=text-me-8 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 \
+                        peer=127.0.0.1 method=POST path=/hooks/r routes=r status=200 duration_ms=";
+        let duration = rest.strip_prefix(expected).unwrap_or_else(|| panic!("{line}"));
+        let fraction = duration.split_once('.').map(|(_, fraction)| fraction).unwrap_or_else(|| panic!("{line}"));
+        assert!(duration.parse::<f64>().is_ok() && fraction.len() <= 3, "milliseconds to the microsecond: {line}");
+    }
+}
+
 /// SIGTERM while async events pour in: every event answered 202 before the relay stopped
 /// is delivered after a restart.
 #[cfg(unix)]

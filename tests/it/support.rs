@@ -383,8 +383,8 @@ pub mod binary {
             .arg(config)
             .current_dir(config.parent().unwrap())
             .env_clear()
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         command
