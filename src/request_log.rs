@@ -56,22 +56,11 @@ thread_local! {
 impl RequestLine<'_> {
     /// Logs the line, unless the log's filter leaves `hookrelay::request` at `info` out.
     pub fn log(&self) {
-        if !tracing::enabled!(target: "hookrelay::request", tracing::Level::INFO) {
+        if !wanted() {
             return;
         }
         let Some(direct) = DIRECT.get() else {
-            tracing::info!(
-                target: "hookrelay::request",
-                request_id = %String::from_utf8_lossy(self.request_id),
-                trace_id = %TraceIdText(self.trace_id),
-                peer = %self.peer,
-                method = %self.method,
-                path = %self.path,
-                routes = %self.routes,
-                status = self.status,
-                duration_ms = duration_ms(self.duration),
-                "request"
-            );
+            self.through_tracing();
             return;
         };
         LINE.with(|line| {
@@ -83,6 +72,21 @@ impl RequestLine<'_> {
             }
             direct.writer.write_line(&line);
         });
+    }
+
+    fn through_tracing(&self) {
+        tracing::info!(
+            target: "hookrelay::request",
+            request_id = %String::from_utf8_lossy(self.request_id),
+            trace_id = %TraceIdText(self.trace_id),
+            peer = %self.peer,
+            method = %self.method,
+            path = %self.path,
+            routes = %self.routes,
+            status = self.status,
+            duration_ms = duration_ms(self.duration),
+            "request"
+        );
     }
 
     /// `2026-12-03T15:10:03.449112Z  INFO hookrelay::request: request request_id=… duration_ms=0.864`
@@ -126,6 +130,17 @@ impl RequestLine<'_> {
         float(duration_ms(self.duration), out);
         out.extend_from_slice(b"},\"target\":\"hookrelay::request\"}\n");
     }
+}
+
+/// Whether the log's filter takes the line, asked as the event itself would ask: an event
+/// with these fields (a directive naming a field, `[{delivery}]=off`, decides by them).
+fn wanted() -> bool {
+    tracing::enabled!(
+        kind: tracing::metadata::Kind::EVENT,
+        target: "hookrelay::request",
+        tracing::Level::INFO,
+        { message, request_id, trace_id, peer, method, path, routes, status, duration_ms }
+    )
 }
 
 /// Milliseconds to the microsecond: `0.864`, not `0.8644599999999999`.
@@ -333,6 +348,42 @@ mod tests {
         }
         let first = direct(&lines()[0], LineFormat::Json);
         assert!(first.contains(r#""status":202,"duration_ms":0.864},"target":"hookrelay::request"}"#), "{first}");
+    }
+
+    /// Directives that name fields, or only a target, decide for the line exactly as they
+    /// decide for tracing's own event.
+    #[test]
+    fn the_filter_decides_as_it_does_for_tracings_event() {
+        let line = &lines()[0];
+        for directives in [
+            "info",
+            "warn",
+            "info,hookrelay::request=off",
+            "off,hookrelay::request=info",
+            "info,hookrelay[{delivery}]=off",
+            "info,[{delivery}]=off",
+            "warn,[{delivery}]=info",
+            "info,hookrelay::request[{nosuch}]=off",
+            "warn,hookrelay::request[{request_id}]=info",
+            "info,[{status}]=off",
+        ] {
+            let captured = Captured::default();
+            let writer = {
+                let captured = captured.clone();
+                move || captured.clone()
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
+                .with_writer(writer)
+                .with_ansi(false)
+                .finish();
+            let decided = tracing::subscriber::with_default(subscriber, || {
+                line.through_tracing();
+                wanted()
+            });
+            let written = !captured.0.lock().unwrap().is_empty();
+            assert_eq!(decided, written, "RUST_LOG={directives}");
+        }
     }
 
     #[test]

@@ -36,8 +36,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// End-to-end headers a sender cannot turn into hop-by-hop ones by naming them in
-/// `Connection`: the service routes on `Host`, and the body's framing is hyper's business.
-const END_TO_END: [HeaderName; 2] = [http::header::HOST, http::header::CONTENT_LENGTH];
+/// `Connection`: the service routes on `Host`, the body's framing is hyper's business, and
+/// the request id and trace are the relay's promise to pass on.
+const END_TO_END: [HeaderName; 4] =
+    [http::header::HOST, http::header::CONTENT_LENGTH, HeaderName::from_static(super::REQUEST_ID), TRACEPARENT];
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

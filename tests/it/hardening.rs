@@ -125,7 +125,7 @@ async fn text_logs_carry_one_line_per_request_and_obey_rust_log() {
     std::fs::write(&path, simple(&sink, "").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))).unwrap();
     let client = Client::new();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    for (rust_log, expect_line) in [("info", true), ("warn", false)] {
+    for (rust_log, expect_line) in [("info", true), ("warn", false), ("info,[{delivery}]=off", true), ("warn,[{delivery}]=info", false)] {
         let mut child = spawn(&path, "text", &[("RUST_LOG", rust_log)]);
         wait_up(&client, &mut child, port).await;
         let headers = [("x-request-id", "text-me-8"), ("traceparent", traceparent)];

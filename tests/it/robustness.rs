@@ -318,17 +318,28 @@ fn a_taken_port_is_reported_without_repeating_the_cause() {
     assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
 }
 
-/// `Connection: host` cannot make the proxy drop the original Host; `OPTIONS *` is
-/// answered by the relay itself.
+/// `Connection: host` cannot make the proxy drop the original Host (nor the request id or
+/// trace the relay passes on); `OPTIONS *` is answered by the relay itself.
 #[tokio::test]
 async fn connection_cannot_name_host_and_options_star_is_answered() {
     let upstream = TestSink::start().await;
     let relay = Relay::start(&sync_route(&upstream, "")).await;
     let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
-    stream.write_all(b"GET /service/x HTTP/1.1\r\nhost: app.example\r\nconnection: host, close\r\n\r\n").await.unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = format!(
+        "GET /service/x HTTP/1.1\r\nhost: app.example\r\nx-request-id: req-9\r\ntraceparent: {traceparent}\r\n\
+         x-gone: 1\r\nconnection: host, x-request-id, traceparent, x-gone, close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
     let answer = read_until_closed(&mut stream, Duration::from_secs(5)).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(upstream.wait_for(1).await[0].header("host"), Some("app.example"));
+    let seen = &upstream.wait_for(1).await[0];
+    assert_eq!(seen.header("host"), Some("app.example"));
+    // The relay's own request id and trace are passed on, whatever `Connection` names.
+    assert_eq!(seen.header("x-request-id"), Some("req-9"));
+    let passed_on = seen.header("traceparent").unwrap_or_default();
+    assert!(passed_on.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "the sender's trace goes on: {passed_on}");
+    assert_eq!(seen.header("x-gone"), None, "a header Connection names is hop-by-hop");
 
     let mut stream = TcpStream::connect(relay.running.ingress_addr).await.unwrap();
     stream.write_all(b"GET /service/x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\nconnection: close\r\n\r\n").await.unwrap();
