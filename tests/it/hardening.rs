@@ -89,14 +89,20 @@ fn spawn(config: &std::path::Path, log_format: &str, env: &[(&str, &str)]) -> Pr
     binary::spawn(config, &["--no-watch", "--log-format", log_format], env)
 }
 
-#[cfg(unix)]
-#[tokio::test]
-async fn json_logs_parse_and_carry_the_request_id() {
+/// `simple`'s config on a port known before the binary starts, in a folder of its own.
+async fn config_on_a_fixed_port() -> (TestSink, tempfile::TempDir, u16, std::path::PathBuf) {
     let sink = TestSink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = dir.path().join("hookrelay.yaml");
     std::fs::write(&path, simple(&sink, "").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))).unwrap();
+    (sink, dir, port, path)
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn json_logs_parse_and_carry_the_request_id() {
+    let (_sink, _dir, port, path) = config_on_a_fixed_port().await;
     let mut child = spawn(&path, "json", &[]);
     let client = Client::new();
     wait_up(&client, &mut child, port).await;
@@ -118,11 +124,7 @@ async fn json_logs_parse_and_carry_the_request_id() {
 #[cfg(unix)]
 #[tokio::test]
 async fn text_logs_carry_one_line_per_request_and_obey_rust_log() {
-    let sink = TestSink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let path = dir.path().join("hookrelay.yaml");
-    std::fs::write(&path, simple(&sink, "").replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))).unwrap();
+    let (_sink, _dir, port, path) = config_on_a_fixed_port().await;
     let client = Client::new();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for (rust_log, expect_line) in [("info", true), ("warn", false), ("info,[{delivery}]=off", true), ("warn,[{delivery}]=info", false)] {
