@@ -175,13 +175,15 @@ fn init_logs(format: LogFormat) -> anyhow::Result<(hookrelay::logwriter::FlushGu
     let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone()).with_ansi(ansi);
     let line_format = match format {
-        LogFormat::Text => hookrelay::request_log::LineFormat::Text,
-        LogFormat::Json => hookrelay::request_log::LineFormat::Json,
+        LogFormat::Text => {
+            builder.init();
+            hookrelay::request_log::LineFormat::Text
+        }
+        LogFormat::Json => {
+            builder.json().init();
+            hookrelay::request_log::LineFormat::Json
+        }
     };
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
     // The request line, the one written per request, skips tracing's formatter; coloured
     // lines (a terminal) are left to it.
     if !ansi {

@@ -5,7 +5,7 @@
 //! through `tracing` like every other line.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -103,7 +103,7 @@ impl RequestLine<'_> {
             out.extend_from_slice(value.as_bytes());
         }
         out.extend_from_slice(b" status=");
-        decimal(u64::from(self.status), out);
+        decimal(self.status, out);
         out.extend_from_slice(b" duration_ms=");
         float(duration_ms(self.duration), out);
         out.push(b'\n');
@@ -125,7 +125,7 @@ impl RequestLine<'_> {
             json_string(value, out);
         }
         out.extend_from_slice(b",\"status\":");
-        decimal(u64::from(self.status), out);
+        decimal(self.status, out);
         out.extend_from_slice(b",\"duration_ms\":");
         float(duration_ms(self.duration), out);
         out.extend_from_slice(b"},\"target\":\"hookrelay::request\"}\n");
@@ -161,9 +161,12 @@ impl std::fmt::Display for TraceIdText {
 }
 
 fn trace_id(id: Option<u128>, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
     if let Some(id) = id {
-        out.extend((0..32).rev().map(|nibble| HEX[((id >> (nibble * 4)) & 0xf) as usize]));
+        // 16 bytes always fit 32 hex digits.
+        if hex::encode_to_slice(id.to_be_bytes(), &mut digits).is_ok() {
+            out.extend_from_slice(&digits);
+        }
     }
 }
 
@@ -183,50 +186,21 @@ fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
         }
         out.extend_from_slice(second.1.as_bytes());
     });
-    out.push(b'.');
-    let micros = since_epoch.subsec_micros();
-    out.extend((0..6).rev().map(|place| b'0' + ((micros / 10u32.pow(place)) % 10) as u8));
-    out.push(b'Z');
+    let _ = write!(out, ".{:06}Z", since_epoch.subsec_micros());
 }
 
-fn decimal(value: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = value;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn decimal(value: u16, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
+// Writing into a `Vec` (here and below) cannot fail.
 fn ip(peer: IpAddr, out: &mut Vec<u8>) {
-    match peer {
-        IpAddr::V4(v4) => {
-            for (n, octet) in v4.octets().into_iter().enumerate() {
-                if n > 0 {
-                    out.push(b'.');
-                }
-                decimal(u64::from(octet), out);
-            }
-        }
-        IpAddr::V6(_) => {
-            let mut text = String::with_capacity(39);
-            let _ = write!(text, "{peer}");
-            out.extend_from_slice(text.as_bytes());
-        }
-    }
+    let _ = write!(out, "{peer}");
 }
 
 /// As tracing prints an `f64` field (its `Debug` form, also what JSON gets for these values).
 fn float(value: f64, out: &mut Vec<u8>) {
-    let mut text = String::with_capacity(24);
-    let _ = write!(text, "{value:?}");
-    out.extend_from_slice(text.as_bytes());
+    let _ = write!(out, "{value:?}");
 }
 
 fn json_string(value: &str, out: &mut Vec<u8>) {

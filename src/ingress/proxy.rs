@@ -43,12 +43,6 @@ const END_TO_END: [HeaderName; 4] =
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.contains_key(http::header::CONNECTION) {
-        for name in &HOP_BY_HOP[1..] {
-            headers.remove(name);
-        }
-        return;
-    }
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
