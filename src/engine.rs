@@ -23,8 +23,8 @@ use crate::metrics;
 use crate::ratelimit::{OutboundLimiters, Throttled};
 use crate::snapshot::Snapshot;
 use crate::store::{
-    new_claim_token, AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, HandOff, NewDelivery, NewEvent, Store,
-    StoreError, StoreNotice, StoredRequest, TargetRecord,
+    new_claim_token, AcceptItem, AcceptOutcome, AttemptOutcome, AttemptRecord, ClaimedDelivery, HandOff, Held, NewDelivery, NewEvent,
+    Store, StoreError, StoreNotice, StoredRequest, TargetRecord,
 };
 
 /// How often workers look for due deliveries when nothing woke them.
@@ -568,11 +568,15 @@ impl Engine {
             Gate::Wait(_) | Gate::Probe if breaker_off && record.as_ref().is_some_and(|r| r.paused_at.is_none()) => Gate::Go,
             gate => gate,
         };
-        let wait_until = match gate {
-            Gate::Go => return true,
-            Gate::Wait(until) if record.as_ref().is_some_and(|r| r.probe_until == Some(until)) => until.min(now + PROBE_MARGIN_MS),
-            Gate::Wait(until) => until,
-            Gate::Probe => {
+        let wait_until = match (gate, record) {
+            (Gate::Go, _) => return true,
+            (Gate::Wait(until), Some(record)) => {
+                let until = if record.probe_until == Some(until) { until.min(now + PROBE_MARGIN_MS) } else { until };
+                self.hand_back_held(delivery, Held { decided_on: record, until }, now).await;
+                return false;
+            }
+            (Gate::Wait(until), None) => until,
+            (Gate::Probe, _) => {
                 let probe_until = now + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 4) + PROBE_MARGIN_MS;
                 match self.store.take_probe(&delivery.route, &delivery.target, probe_until, now).await {
                     Ok(true) => {
@@ -593,6 +597,21 @@ impl Engine {
             tracing::warn!(delivery = %delivery.id, error = %err, "could not hand back a delivery its target's breaker holds");
         }
         false
+    }
+
+    /// Hands back a claim its target's record holds. This relay's copy of the record may
+    /// lag the store's (a resume through another relay moves the held deliveries, then
+    /// its notice arrives): the store decides under the target's lock, and its record is
+    /// kept here so that the next claim decides on it.
+    async fn hand_back_held(&self, delivery: &ClaimedDelivery, held: Held, now: i64) {
+        match self.store.release_held(&delivery.id, delivery.claim, held, now).await {
+            Ok(stored) => self.remember(stored.unwrap_or_else(|| TargetRecord {
+                route: delivery.route.clone(),
+                target: delivery.target.clone(),
+                ..TargetRecord::default()
+            })),
+            Err(err) => tracing::warn!(delivery = %delivery.id, error = %err, "could not hand back a delivery its target's breaker holds"),
+        }
     }
 
     /// One claimed delivery: permit, send, record, schedule.

@@ -399,6 +399,26 @@ pub struct TargetRecord {
     pub paused_reason: Option<String>,
 }
 
+impl TargetRecord {
+    /// Whether `other` holds the target's deliveries as this one does: paused, or open or
+    /// half-open until the same times (counts of failures alone hold nothing).
+    pub fn holds_as(&self, other: &TargetRecord) -> bool {
+        self.paused_at.is_some() == other.paused_at.is_some()
+            && self.blocked_until == other.blocked_until
+            && self.probe_until == other.probe_until
+            && self.opened == other.opened
+    }
+}
+
+/// A claim its target's record holds back, for [`Store::release_held`].
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The record the relay decided on (its copy may lag the stored one).
+    pub decided_on: TargetRecord,
+    /// Due then, if the stored record still holds as `decided_on` does.
+    pub until: i64,
+}
+
 /// What happens to a target's pending deliveries when its record changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reschedule {
@@ -549,6 +569,14 @@ pub trait Store: Send + Sync {
     /// `next_attempt_at`, no attempt recorded. NotFound if missing, Conflict if not in
     /// flight under `claim`.
     async fn release(&self, delivery_id: &str, claim: i64, next_attempt_at: i64, now: i64) -> Result<(), StoreError>;
+
+    /// Hands a claim back because its target's record holds it ([`Held`]). Decided under
+    /// the target's lock: when the stored record holds differently from the one the relay
+    /// decided on (another relay, or an operator, resumed, closed or paused it meanwhile),
+    /// the delivery is due at `now` instead, so a resume's move of the held deliveries can
+    /// never miss it. Returns the stored record (None: the target has none). Errors as
+    /// [`Store::release`].
+    async fn release_held(&self, delivery_id: &str, claim: i64, held: Held, now: i64) -> Result<Option<TargetRecord>, StoreError>;
 
     /// Extends the lease of a claim still on the wire to `now + lease_ms`, so that no other
     /// worker takes it over. NotFound if missing, Conflict if not in flight under `claim`.

@@ -20,7 +20,7 @@ use super::rows::delivery_body;
 use super::rows::*;
 use super::schema::{migrate, MIGRATIONS};
 use super::writer::Writer;
-use super::{cannot_cancel, owned_by, AcceptItem, CancelFilter, Reschedule, TargetRecord, TargetUpdate};
+use super::{cannot_cancel, owned_by, AcceptItem, CancelFilter, Held, Reschedule, TargetRecord, TargetUpdate};
 use super::{new_claim_token, not_claimed};
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryStatus, DeliveryView, EventFilter,
@@ -298,6 +298,27 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![next_attempt_at, seq])?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn release_held(&self, delivery_id: &str, claim: i64, held: Held, now: i64) -> Result<Option<TargetRecord>, StoreError> {
+        let id = delivery_id.to_owned();
+        // The writer runs one write at a time: the record read here is the one a resume's
+        // move of held deliveries would see.
+        self.writer
+            .write_unsynced(move |conn| {
+                let seq = claimed_seq(conn, &id, claim)?;
+                let stored = conn
+                    .prepare_cached(&format!("SELECT {TARGET_COLUMNS} FROM target_states WHERE route = ?1 AND target = ?2"))?
+                    .query_row([&held.decided_on.route, &held.decided_on.target], target_record)
+                    .optional()?;
+                let due = if stored.as_ref().is_some_and(|record| record.holds_as(&held.decided_on)) { held.until } else { now };
+                conn.prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL WHERE seq = ?2",
+                )?
+                .execute(params![due, seq])?;
+                Ok(stored)
             })
             .await
     }

@@ -89,6 +89,7 @@ conformance!(
     attempts_finished_at_once_are_each_recorded_as_if_alone,
     pages_have_no_gaps_or_duplicates,
     target_breakers_hold_and_release_their_pending_deliveries,
+    a_hold_decided_on_an_outdated_record_is_due_at_once,
     events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_replay,
     prune_keeps_events_with_unfinished_deliveries,
     kept_unmatched_requests_are_pruned_by_age_and_count,
@@ -777,6 +778,46 @@ async fn events_filter_by_time_name_glob_and_delivery_status_and_keep_what_they_
     let delivery = delivery("d-e1-again", &batched, "t", T0);
     store.accept_unless_duplicate(batched, vec![delivery], None).await.unwrap();
     assert_eq!(store.get_event("e1-again").await.unwrap().unwrap().replay_of.as_deref(), Some("e1"));
+}
+
+/// A relay that decided to hold a delivery on its copy of the target's record, after a
+/// resume through another relay had already moved the held deliveries, hands it back due
+/// at once (it would have stayed parked until the next resume); a hold decided on the
+/// record as stored stays. Either way the stored record comes back.
+async fn a_hold_decided_on_an_outdated_record_is_due_at_once(store: Arc<dyn Store>) {
+    let change = |paused: bool| TargetUpdate {
+        apply: Box::new(move |record: TargetRecord| {
+            let (paused_at, up_to, to) = if paused { (Some(T0), PAUSED_UNTIL_MS, PAUSED_UNTIL_MS) } else { (None, PAUSED_UNTIL_MS, T0) };
+            (TargetRecord { paused_at, ..record }, Reschedule::Move { up_to, to })
+        }),
+        durable: true,
+    };
+    let paused = store.update_target("r", "t", change(true), T0).await.unwrap();
+    accept_one(&*store, "e1", "r", T0).await;
+    let claimed = store.claim_due(T0, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e1"]);
+    let resumed = store.update_target("r", "t", change(false), T0).await.unwrap();
+
+    let held = Held { decided_on: paused.clone(), until: PAUSED_UNTIL_MS };
+    let stored = store.release_held("d-e1", claimed[0].claim, held, T0 + 10).await.unwrap();
+    assert_eq!(stored, Some(resumed));
+    assert_eq!(status_of(&*store, "d-e1").await.next_attempt_at, Some(T0 + 10), "due at once, not parked");
+
+    let claimed = store.claim_due(T0 + 10, 10, LEASE).await.unwrap();
+    assert_eq!(ids(&claimed), ["d-e1"]);
+    let paused_again = store.update_target("r", "t", change(true), T0 + 20).await.unwrap();
+    // Failures counted since do not change how the record holds.
+    let decided_on = TargetRecord { failures: paused_again.failures + 3, ..paused_again.clone() };
+    let held = Held { decided_on, until: PAUSED_UNTIL_MS };
+    let stored = store.release_held("d-e1", claimed[0].claim, held, T0 + 30).await.unwrap();
+    assert_eq!(stored, Some(paused_again));
+    assert_eq!(status_of(&*store, "d-e1").await.next_attempt_at, Some(PAUSED_UNTIL_MS), "parked until resumed");
+    assert!(store.claim_due(T0 + 40, 10, LEASE).await.unwrap().is_empty());
+    let held = Held { decided_on: paused, until: PAUSED_UNTIL_MS };
+    assert!(
+        matches!(store.release_held("d-e1", claimed[0].claim, held, T0 + 40).await, Err(StoreError::Conflict(_))),
+        "a claim handed back once is no longer the worker's"
+    );
 }
 
 async fn target_breakers_hold_and_release_their_pending_deliveries(store: Arc<dyn Store>) {

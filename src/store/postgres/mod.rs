@@ -43,7 +43,8 @@ use self::rows::*;
 use self::writes::{insert_attempt, insert_delivery, insert_event, storable, StoredForm};
 use super::record::{with_repeated_errors, Finished};
 use super::{
-    cannot_cancel, new_claim_token, not_claimed, not_handed_off, owned_by, AcceptItem, CancelFilter, Reschedule, TargetRecord, TargetUpdate,
+    cannot_cancel, new_claim_token, not_claimed, not_handed_off, owned_by, AcceptItem, CancelFilter, Held, Reschedule, TargetRecord,
+    TargetUpdate,
 };
 use super::{
     AcceptOutcome, AttemptOutcome, AttemptRecord, AttemptView, ClaimedDelivery, DeliveryFilter, DeliveryView, EventFilter, EventView,
@@ -472,20 +473,34 @@ impl Store for PostgresStore {
     async fn release(&self, delivery_id: &str, claim: i64, next_attempt_at: i64, now: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         let delay = next_attempt_at.saturating_sub(now);
-        let changed = client
-            .execute(
-                concat!(
-                    "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
-                    db_due!(2, 3),
-                    ", lease_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $4"
-                ),
-                &[&delivery_id, &self.pinned(now), &delay, &claim],
-            )
-            .await?;
+        let changed = client.execute(RELEASE, &[&delivery_id, &self.pinned(now), &delay, &claim]).await?;
         if changed == 0 {
             return Err(not_claimed(delivery_id, current_status(&client, delivery_id).await?));
         }
         Ok(())
+    }
+
+    async fn release_held(&self, delivery_id: &str, claim: i64, held: Held, now: i64) -> Result<Option<TargetRecord>, StoreError> {
+        let (route, target) = (&held.decided_on.route, &held.decided_on.target);
+        in_transaction!(self, |tx| {
+            // Shared with the FOR UPDATE of a change to the record: a resume committed first
+            // is seen here; one that waits for this commit moves the delivery held here.
+            let stored = tx
+                .query_opt(
+                    &format!("SELECT {TARGET_COLUMNS} FROM hookrelay_target_states WHERE route = $1 AND target = $2 FOR SHARE"),
+                    &[route, target],
+                )
+                .await?
+                .as_ref()
+                .map(target_record)
+                .transpose()?;
+            let due = if stored.as_ref().is_some_and(|record| record.holds_as(&held.decided_on)) { held.until } else { now };
+            let changed = tx.execute(RELEASE, &[&delivery_id, &self.pinned(now), &due.saturating_sub(now), &claim]).await?;
+            if changed == 0 {
+                return Err(not_claimed(delivery_id, current_status(&tx, delivery_id).await?));
+            }
+            Ok(stored)
+        })
     }
 
     async fn renew_lease(&self, delivery_id: &str, claim: i64, lease_ms: i64, now: i64) -> Result<(), StoreError> {
@@ -902,6 +917,13 @@ impl Store for PostgresStore {
         Ok(())
     }
 }
+
+/// Hands a claim back (`$1` the delivery, `$2` now, `$3` due in ms from now, `$4` the claim).
+const RELEASE: &str = concat!(
+    "UPDATE hookrelay_deliveries SET status = 'pending', next_attempt_at = ",
+    db_due!(2, 3),
+    ", lease_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $4"
+);
 
 /// Claims expired leases (`$1` now, `$2` limit, `$3` lease, `$4` the relay's now for display,
 /// `$5` the claim's token).
