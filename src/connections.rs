@@ -20,10 +20,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::delivery::client::{self, Body};
+use crate::delivery::link::UpstreamLink;
 use crate::relay::Relay;
 use crate::respond::retry_later;
 use crate::settings::Limits;
-use crate::upstream_link::UpstreamLink;
 
 /// Who sent a request, and over what.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +124,7 @@ where
                 let activity = activity.clone();
                 let link = link.clone();
                 service_fn(move |mut request: Request<Incoming>| {
+                    link.request_arrived();
                     request.extensions_mut().insert(link.clone());
                     let busy = activity.begin();
                     let answer = handle(relay.clone(), request, peer);

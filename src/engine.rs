@@ -642,6 +642,7 @@ impl Engine {
             target,
             trusted: !guarded || snapshot.settings.allow_private,
             redactions: &snapshot.redactions,
+            link: None,
             timeout: settings.timeout,
             max_answer: MAX_RECORDED_ANSWER,
             of: Some(AttemptOf { event_id: &delivery.event_id, delivery_id: Some(&delivery.id), number: i64::from(delivery.attempts) + 1 }),

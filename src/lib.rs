@@ -38,6 +38,5 @@ pub mod template;
 pub mod tls;
 pub mod trace;
 pub mod unmatched;
-pub mod upstream_link;
 pub mod values;
 pub mod verify;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::delivery::client::{header_pairs, Attempt, Outbound, MAX_RECORDED_ANSWER};
+use crate::delivery::client::{self, header_pairs, Attempt, Outbound, MAX_RECORDED_ANSWER};
+use crate::delivery::link::UpstreamLink;
 use crate::delivery::request::{OutgoingRequest, WireRequest};
 use crate::delivery::target::Target;
 use crate::redact::{redact_url, Redactions};
@@ -36,6 +37,9 @@ pub struct AttemptSettings<'a> {
     /// Whether the private-address guard is off for this delivery.
     pub trusted: bool,
     pub redactions: &'a Redactions,
+    /// The sender's connection's own upstream link, for a send made while it waits (a
+    /// sync route's).
+    pub link: Option<&'a UpstreamLink>,
     pub timeout: Duration,
     /// The answer body is read up to this many bytes (the record keeps at most 64 KiB).
     pub max_answer: usize,
@@ -68,6 +72,7 @@ impl<'a> AttemptSettings<'a> {
             target: Some(target),
             trusted: target.trusted || allow_private,
             redactions,
+            link: None,
             timeout: target.timeout,
             max_answer,
             of: None,
@@ -90,7 +95,11 @@ impl<'a> AttemptSettings<'a> {
                 (wire, Attempt::failed_before_sending("a credential of this delivery is no longer in the target's config".to_string()))
             }
             Ok(wire) => {
-                let answer = self.outbound.attempt(self.trusted, &wire, self.timeout, self.max_answer).await;
+                // Only a trusted target's: the link's connect does not pass the guard.
+                let answer = match self.link.filter(|_| self.trusted).and_then(|link| link.sending(&wire, self.timeout)) {
+                    Some(sending) => client::attempt_by(sending, self.timeout, self.max_answer).await,
+                    None => self.outbound.attempt(self.trusted, &wire, self.timeout, self.max_answer).await,
+                };
                 (wire, answer)
             }
             Err(failed) => {

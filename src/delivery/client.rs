@@ -2,6 +2,7 @@
 //! HTTP/1.1 and HTTP/2 (ALPN), rustls with the ring provider. Trusted targets (YAML routes,
 //! `upstream:`) use the plain client; untrusted ones (API routes) go through the guard.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,7 +60,7 @@ impl Outbound {
     }
 
     /// Sends one rendered request; `trusted: false` refuses private destinations.
-    pub async fn send(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
+    async fn send(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
         if trusted {
             return send_with(&self.trusted, outgoing, timeout).await;
         }
@@ -83,6 +84,18 @@ impl Outbound {
         let sent = self.send(trusted, outgoing, timeout).await;
         read_answer(sent, started, deadline, timeout, max_answer).await
     }
+}
+
+/// One attempt made by `send` (over a connection of the caller's own), its answer read as
+/// [`Outbound::attempt`] reads one.
+pub async fn attempt_by(
+    send: impl Future<Output = Result<http::Response<Incoming>, SendError>>,
+    timeout: Duration,
+    max_answer: usize,
+) -> Attempt {
+    let started = Instant::now();
+    let sent = send.await;
+    read_answer(sent, started, started + timeout, timeout, max_answer).await
 }
 
 /// Answer bodies kept for the record are cut here.

@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod client;
 pub mod credentials;
 pub mod guard;
+pub mod link;
 pub mod preset;
 pub mod queue_share;
 pub mod request;

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::config::model::Respond;
 use crate::connections::Peer;
 use crate::delivery::client::{self, Body};
+use crate::delivery::link::UpstreamLink;
 use crate::delivery::target::{OutgoingRequest, RenderError, Target};
 use crate::engine::{delivery_of, now_ms, recorded_headers, AcceptError, Accepted};
 use crate::inbound::InboundRequest;
@@ -126,7 +127,7 @@ async fn unmatched(relay: &Relay, snapshot: &Snapshot, request: Request<Body>, p
     match &snapshot.settings.upstream {
         Some(upstream) => {
             Handled::Proxied.count("");
-            let link = request.extensions().get::<Arc<crate::upstream_link::UpstreamLink>>().cloned();
+            let link = request.extensions().get::<Arc<UpstreamLink>>().cloned();
             let limits = &snapshot.settings.limits;
             proxy::forward(&relay.outbound.trusted, link.as_deref(), upstream, request, peer.addr, peer.scheme(), limits).await
         }
@@ -220,7 +221,10 @@ async fn buffered(relay: &Relay, snapshot: &Arc<Snapshot>, request: Request<Inco
         Err(refused) => return traced(refused.counted(), trace),
     };
     let body = inbound.take_body();
-    traced(accept(relay, snapshot, &inbound, body, passed, trace).await, trace)
+    // A sync route's send may go over the connection's own upstream link (HTTP/1 only: an
+    // HTTP/2 connection's requests run at once).
+    let link = parts.extensions.get::<Arc<UpstreamLink>>().filter(|_| parts.version <= http::Version::HTTP_11);
+    traced(accept(relay, snapshot, &inbound, body, passed, trace, link.map(Arc::as_ref)).await, trace)
 }
 
 /// Marks an answer with the trace its request was handled in, for its log line and its
@@ -306,6 +310,7 @@ async fn accept(
     body: Value,
     passed: Vec<RouteMatch<'_>>,
     trace: Trace,
+    link: Option<&UpstreamLink>,
 ) -> Response<Body> {
     let route_names: Vec<&str> = passed.iter().map(|m| m.route.name.as_str()).collect();
     if relay.store_lost() {
@@ -374,7 +379,7 @@ async fn accept(
     for name in &route_names {
         Handled::Forwarded.count(name);
     }
-    with_routes(sync::forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred).await, &route_names)
+    with_routes(sync::forward_sync(relay, snapshot, outgoing, target, &sync_event, deferred, link).await, &route_names)
 }
 
 /// Commits accepted events to the store, each on its own or (`whole`) all in one

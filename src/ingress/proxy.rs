@@ -16,9 +16,9 @@ use hyper::body::Frame;
 
 use super::IngressError;
 use crate::delivery::client::{error_chain, Body, BoxError, HttpClient};
+use crate::delivery::link::UpstreamLink;
 use crate::settings::{Limits, Upstream};
 use crate::trace::{Trace, TRACEPARENT};
-use crate::upstream_link::UpstreamLink;
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     http::header::CONNECTION,

@@ -7,6 +7,7 @@ use super::{proxy, IngressError};
 use crate::delivery::answers::CodeClass;
 use crate::delivery::attempt::{AttemptOf, AttemptSettings, Tried};
 use crate::delivery::client::{self, Body};
+use crate::delivery::link::UpstreamLink;
 use crate::delivery::target::{OutgoingRequest, Target};
 use crate::delivery::verdict::{Judged, TargetSettings};
 use crate::engine::{now_ms, stored};
@@ -28,6 +29,7 @@ pub(super) async fn forward_sync(
     target: &Target,
     event_id: &str,
     deferred: Option<NewEvent>,
+    link: Option<&UpstreamLink>,
 ) -> Response<Body> {
     if let Some(limit) = &target.rate_limit {
         if let Err(Throttled(wait)) = relay.outbound_limits.acquire(&limit.key, limit.spec, Some(limit.max_wait)).await {
@@ -41,6 +43,7 @@ pub(super) async fn forward_sync(
     let (route, target_name) = (outgoing.route.clone(), outgoing.target.clone());
     let send = AttemptSettings {
         of: Some(AttemptOf { event_id, delivery_id: None, number: 1 }),
+        link,
         ..AttemptSettings::for_rendered(&relay.outbound, target, snapshot.settings.allow_private, &snapshot.redactions, MAX_SYNC_ANSWER)
     };
     let Tried { answer, record, .. } = send.attempt(outgoing, started_at).await;

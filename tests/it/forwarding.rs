@@ -335,3 +335,49 @@ async fn literal_and_patterned_routes_fire_in_file_order() {
     assert_eq!(reply.status, 202);
     assert_eq!(reply.json()["routes"], json!(["p1", "l1", "rest", "l2"]));
 }
+
+/// A sender that keeps its connection open has its sync sends made over a target
+/// connection of that connection's own from its second request on; the target sees the
+/// same request either way (Host, path and query, headers, body), and a pass-through to
+/// another service on the same connection, and a sender on a fresh connection, still go
+/// where they should.
+#[tokio::test]
+async fn sync_sends_on_a_kept_alive_connection_reach_the_target_as_through_the_pool() {
+    let target = TestSink::start().await;
+    let service = TestSink::start().await;
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nupstream: {}\nroutes:\n  - name: ci\n    respond: sync\n    match: {{ path: /hooks/ci }}\n    forward:\n      - url: '{}/trigger?token=t&n={{{{body.n}}}}'\n        headers: {{ X-Run: '{{{{body.n}}}}' }}\n        body: {{ n: '{{{{json body.n}}}}' }}\n",
+        service.url(),
+        target.url()
+    ))
+    .await;
+    // One client: one kept-alive connection to the relay.
+    for n in 1..=3 {
+        let reply = relay.client.post_json(&relay.url("/hooks/ci"), &[], json!({ "n": n }).to_string()).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "{}"));
+    }
+    let proxied = relay.client.get(&relay.url("/service/path?q=1"), &[]).await;
+    assert_eq!(proxied.status, 200);
+    let last = relay.client.post_json(&relay.url("/hooks/ci"), &[], json!({ "n": 4 }).to_string()).await;
+    assert_eq!(last.status, 200);
+    let fresh = crate::support::reqwest_like::Client::new();
+    assert_eq!(fresh.post_json(&relay.url("/hooks/ci"), &[], json!({ "n": 5 }).to_string()).await.status, 200);
+
+    let seen = target.wait_for(5).await;
+    for (n, request) in (1..=5).zip(&seen) {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.uri, format!("/trigger?token=t&n={n}"));
+        assert_eq!(request.header("host"), Some(target.addr.to_string().as_str()), "request {n}");
+        assert_eq!(request.header("x-run"), Some(n.to_string().as_str()));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.header("content-length"), Some(request.body.len().to_string().as_str()));
+        assert_eq!(request.json(), json!({ "n": n }));
+    }
+    // The first request of the connection went through the pool; the next ones over one
+    // connection of its own; the fresh sender's through the pool again.
+    assert_eq!(seen[1].from, seen[2].from);
+    assert_ne!(seen[0].from, seen[1].from);
+    assert_ne!(seen[4].from, seen[1].from);
+    let service_seen = service.wait_for(1).await;
+    assert_eq!(service_seen[0].uri, "/service/path?q=1");
+}

@@ -25,6 +25,8 @@ pub struct Seen {
     pub body: Bytes,
     /// When the request was complete at the sink.
     pub at: std::time::Instant,
+    /// The address it came from: which connection carried it.
+    pub from: SocketAddr,
 }
 
 impl Seen {
@@ -125,7 +127,7 @@ impl TestSink {
         let sink = TestSink { addr, state: state.clone(), arrived: arrived.clone() };
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, from)) = listener.accept().await else { return };
                 let state = state.clone();
                 let arrived = arrived.clone();
                 match &tls {
@@ -133,12 +135,12 @@ impl TestSink {
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                serve_connection(stream, state, arrived).await;
+                                serve_connection(stream, from, state, arrived).await;
                             }
                         });
                     }
                     None => {
-                        tokio::spawn(serve_connection(stream, state, arrived));
+                        tokio::spawn(serve_connection(stream, from, state, arrived));
                     }
                 }
             }
@@ -170,7 +172,7 @@ impl TestSink {
     }
 }
 
-async fn serve_connection<S>(stream: S, state: Arc<Mutex<SinkState>>, arrived: Arc<Notify>)
+async fn serve_connection<S>(stream: S, from: SocketAddr, state: Arc<Mutex<SinkState>>, arrived: Arc<Notify>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -189,6 +191,7 @@ where
                     headers: parts.headers,
                     body,
                     at: std::time::Instant::now(),
+                    from,
                 });
                 state.script.pop_front().unwrap_or_else(|| Answer::with_body(200, "{}"))
             };

@@ -1,12 +1,16 @@
 //! One upstream connection per downstream HTTP/1 connection, driven inside that
-//! connection's own task, so a proxied request costs no hand-off between tasks, no pool
-//! lock and no spawned task. HTTP/2 senders and `https` services use the shared pool.
+//! connection's own task, so a request sent on (proxied, or a sync route's send) costs no
+//! hand-off between tasks, no pool lock and no spawned task. HTTP/2 senders, `https`
+//! services and targets use the shared pool.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::header::{HeaderValue, HOST};
+use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -15,7 +19,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::delivery::client::{Body, BoxError};
+use crate::delivery::client::{error_chain, full, Body, BoxError, SendError};
+use crate::delivery::request::WireRequest;
 
 /// As long as the shared pool waits for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,11 +37,51 @@ pub struct UpstreamLink {
     /// A connection just made, waiting for [`UpstreamLink::drive`] to take it over.
     made: Mutex<Option<Driver>>,
     made_signal: Notify,
+    /// Requests the downstream connection has carried (counted up to 2).
+    requests: AtomicU32,
 }
 
 impl UpstreamLink {
     pub fn new() -> Arc<UpstreamLink> {
         Arc::new(UpstreamLink::default())
+    }
+
+    /// Counts a request arriving on the downstream connection.
+    pub fn request_arrived(&self) {
+        if self.requests.load(Ordering::Relaxed) < 2 {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a send to `authority` may go over the link: its downstream connection has
+    /// carried more than one request (a sender that opens a connection per webhook is
+    /// better served by the pool's warm connections than by a new one each time), and the
+    /// link is not connected to another service (the proxy's, say).
+    pub fn takes(&self, authority: &str) -> bool {
+        self.requests.load(Ordering::Relaxed) > 1
+            && self.idle.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_none_or(|(connected, _)| &**connected == authority)
+    }
+
+    /// Sends a trusted target's rendered request over the link, when the link takes it (see
+    /// [`UpstreamLink::takes`]) and it is plain HTTP; None leaves it to the pool.
+    pub fn sending<'a>(
+        &'a self,
+        outgoing: &'a WireRequest,
+        timeout: Duration,
+    ) -> Option<impl Future<Output = Result<Response<Incoming>, SendError>> + 'a> {
+        let plain = PlainHttp::of(&outgoing.url).filter(|plain| self.takes(&plain.connect))?;
+        Some(async move {
+            let mut request = Request::new(full(outgoing.body.clone()));
+            *request.method_mut() = outgoing.method.clone();
+            *request.uri_mut() = plain.origin_form;
+            *request.headers_mut() = outgoing.headers.clone();
+            request.headers_mut().entry(HOST).or_insert(plain.host);
+            match tokio::time::timeout(timeout, self.send(&plain.connect, request)).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(err)) => Err(SendError::Connect(error_chain(err.as_ref()))),
+                Err(_) => Err(SendError::Timeout(timeout)),
+            }
+        })
     }
 
     /// Drives the link's upstream connection. It never ends: run it beside the downstream
@@ -111,12 +156,43 @@ impl UpstreamLink {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let driver: Driver = Box::pin(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(error = %crate::delivery::client::error_chain(&err), "upstream connection ended with an error");
+                tracing::debug!(error = %error_chain(&err), "upstream connection ended with an error");
             }
         });
         *self.made.lock().unwrap_or_else(PoisonError::into_inner) = Some(driver);
         self.made_signal.notify_one();
         Ok(sender)
+    }
+}
+
+/// A plain-HTTP URL taken apart for a link: where to connect, the request's Host and its
+/// origin-form target (as the pool would send them).
+struct PlainHttp {
+    /// `host:port`.
+    connect: String,
+    host: HeaderValue,
+    origin_form: Uri,
+}
+
+impl PlainHttp {
+    /// None for `https`, for a URL with credentials in it, or one that does not parse.
+    fn of(url: &str) -> Option<PlainHttp> {
+        let uri: Uri = url.parse().ok()?;
+        let authority = uri.authority().filter(|authority| !authority.as_str().contains('@'))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return None;
+        }
+        let (connect, host) = match authority.port_u16() {
+            Some(port) if port != 80 => (authority.as_str().to_string(), authority.as_str()),
+            port => (format!("{}:{}", authority.host(), port.unwrap_or(80)), authority.host()),
+        };
+        let host = HeaderValue::from_str(host).ok()?;
+        let mut parts = uri.into_parts();
+        parts.scheme = None;
+        parts.authority = None;
+        parts.path_and_query = Some(parts.path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        let origin_form = Uri::from_parts(parts).ok()?;
+        Some(PlainHttp { connect, host, origin_form })
     }
 }
 
@@ -140,7 +216,7 @@ impl Replayable {
     }
 
     fn request(self) -> Request<Body> {
-        let mut request = Request::new(crate::delivery::client::full(bytes::Bytes::new()));
+        let mut request = Request::new(full(bytes::Bytes::new()));
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
