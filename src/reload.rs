@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::ConfigErrors;
 use crate::relay::{Relay, ReloadOutcome};
+use crate::settings::StoreLocation;
 use crate::snapshot::Snapshot;
 
 /// Quiet time after the last change to a config file before reloading: editors and
@@ -180,7 +181,24 @@ fn sync_watches(watcher: &mut Option<RecommendedWatcher>, watched: &mut HashSet<
         let _ = watcher.unwatch(&dir);
         watched.remove(&dir);
     }
+    if added {
+        warn_if_the_store_is_watched(snapshot, watched);
+    }
     added
+}
+
+/// The kernel reports every write in a watched folder, so a store kept in one wakes the
+/// watcher at each commit (a few percent of the relay's CPU under load): say so.
+fn warn_if_the_store_is_watched(snapshot: &Snapshot, watched: &HashSet<PathBuf>) {
+    let StoreLocation::Sqlite(path) = &snapshot.settings.store else { return };
+    let Some(folder) = path.parent().and_then(|dir| std::fs::canonicalize(dir).ok()) else { return };
+    if watched.iter().any(|dir| std::fs::canonicalize(dir).is_ok_and(|dir| dir == folder)) {
+        tracing::warn!(
+            store = %path.display(),
+            "the store is in a folder watched for config changes, so each of its writes wakes the watcher; \
+             keep it in a folder of its own (the default is data/ beside the config)"
+        );
+    }
 }
 
 /// The folder part of a glob before its first wildcard: `/etc/hr/routes/*.yaml` → `/etc/hr/routes`.

@@ -121,6 +121,7 @@ async fn every_admin_change_leaves_one_audit_line() {
     assert_eq!(client.get(&admin("/api/targets"), &auth).await.status, 200);
     assert_eq!(client.post_json(&admin("/api/reload"), &[("authorization", "Bearer wrong")], "").await.status, 401);
     let logs = stop(process);
+    assert!(!logs.contains("the store is in a folder watched"), "the default store, in data/, is not watched: {logs}");
     let fingerprint = &hex::encode(Sha256::digest(b"s3cret-admin"))[..12];
     let audit: Vec<&str> = logs.lines().filter(|line| line.contains("admin change")).collect();
     assert_eq!(audit.len(), 2, "one line per change, none for reads or refused calls: {logs}");

@@ -323,6 +323,7 @@ async fn reload_applies_under_traffic_in_a_busy_folder_once_per_change() {
     let logs = stop(child);
     let reported = logs.lines().filter(|line| line.contains("config reload failed")).count();
     assert_eq!(reported, 1, "a broken config is reported once: {logs}");
+    assert_eq!(logs.lines().filter(|line| line.contains("the store is in a folder watched for config changes")).count(), 1, "{logs}");
 }
 
 /// A writer that truncates the config and writes it in two steps, again and again, never
