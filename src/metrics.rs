@@ -1,7 +1,11 @@
 //! Prometheus metrics (DESIGN §9): one process-wide recorder, rendered as text by the admin
 //! listener. The names and labels used across the crate are defined here, in one place.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
+
+use metrics::Counter;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -81,7 +85,72 @@ pub fn render() -> String {
 
 /// `hookrelay_requests_total{route,outcome}`; requests that matched no route use route "".
 pub fn count_request(route: &str, outcome: &'static str) {
-    metrics::counter!(REQUESTS, "route" => route.to_string(), "outcome" => outcome).increment(1);
+    with_route_counters(route, |counters| counters.request(route, outcome).increment(1));
+}
+
+/// The counters of one route name on this thread, so that counting a request or a delivery
+/// neither builds its key (the names copied) nor looks it up in the recorder each time.
+#[derive(Default)]
+struct RouteCounters {
+    requests: Vec<(&'static str, Counter)>,
+    deliveries: Vec<(Box<str>, &'static str, Counter)>,
+}
+
+impl RouteCounters {
+    fn request(&mut self, route: &str, outcome: &'static str) -> &Counter {
+        let index = match self.requests.iter().position(|(known, _)| *known == outcome) {
+            Some(index) => index,
+            None => {
+                let counter = metrics::counter!(REQUESTS, "route" => route.to_string(), "outcome" => outcome);
+                self.requests.push((outcome, counter));
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[index].1
+    }
+
+    fn delivery(&mut self, route: &str, target: &str, result: &'static str) -> &Counter {
+        let index = match self.deliveries.iter().position(|(known, label, _)| **known == *target && *label == result) {
+            Some(index) => index,
+            None => {
+                let counter =
+                    metrics::counter!(DELIVERIES, "route" => route.to_string(), "target" => target.to_string(), "result" => result);
+                self.deliveries.push((target.into(), result, counter));
+                self.deliveries.len() - 1
+            }
+        };
+        &self.deliveries[index].2
+    }
+}
+
+/// Route names come from the config and the admin API: a thread that has seen more than
+/// this many starts over rather than keep every name it ever saw.
+const MAX_COUNTED_ROUTES: usize = 1024;
+
+thread_local! {
+    static ROUTE_COUNTERS: RefCell<HashMap<Box<str>, RouteCounters>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `count` with the route's counters. Before the recorder is installed, counters are
+/// made each time (one kept then would count nowhere for good).
+fn with_route_counters(route: &str, count: impl FnOnce(&mut RouteCounters)) {
+    if handle_installed() {
+        ROUTE_COUNTERS.with_borrow_mut(|routes| {
+            if let Some(counters) = routes.get_mut(route) {
+                return count(counters);
+            }
+            if routes.len() >= MAX_COUNTED_ROUTES {
+                routes.clear();
+            }
+            count(routes.entry(route.into()).or_default());
+        });
+    } else {
+        count(&mut RouteCounters::default());
+    }
+}
+
+fn handle_installed() -> bool {
+    matches!(HANDLE.get(), Some(Some(_)))
 }
 
 /// `hookrelay_limited_total{limit}`: max_connections, max_body, request_timeout, ingress_limit.
@@ -121,9 +190,10 @@ impl From<&crate::store::AttemptOutcome> for DeliveryResult {
     }
 }
 
+/// `hookrelay_deliveries_total{route,target,result}`, and the attempt's duration in
+/// `hookrelay_delivery_duration_seconds`.
 pub fn count_delivery(route: &str, target: &str, result: DeliveryResult, seconds: Option<f64>) {
-    let result = result.label();
-    metrics::counter!(DELIVERIES, "route" => route.to_string(), "target" => target.to_string(), "result" => result).increment(1);
+    with_route_counters(route, |counters| counters.delivery(route, target, result.label()).increment(1));
     if let Some(seconds) = seconds {
         metrics::histogram!(DELIVERY_DURATION).record(seconds);
     }

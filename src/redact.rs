@@ -93,11 +93,21 @@ impl Redactions {
 
     /// A URL for display: [`redact_url`], and the query parameters the config marks.
     pub fn url(&self, text: &str) -> String {
-        let shown = redact_url(&self.mask_values(text));
-        if self.query_names.is_empty() {
-            return shown;
-        }
-        let Some((base, query)) = shown.split_once('?') else { return shown };
+        self.url_shown(text).0
+    }
+
+    /// [`Redactions::url`], and whether it differs from what [`redact_url`] alone shows
+    /// (the config masked something of its own, which a later config may not know to).
+    pub fn url_shown(&self, text: &str) -> (String, bool) {
+        let masked = self.mask_values(text);
+        // Most URLs hold no value the config knows: then only the query names can differ.
+        let values_found = masked != text;
+        let shown = redact_url(&masked);
+        let Some((base, query)) = shown.split_once('?').filter(|_| !self.query_names.is_empty()) else {
+            let differs = values_found && shown != redact_url(text);
+            return (shown, differs);
+        };
+        let mut named = false;
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
@@ -108,12 +118,15 @@ impl Redactions {
                             .iter()
                             .any(|secret| percent_encoding::percent_decode_str(name).decode_utf8_lossy() == *secret) =>
                 {
+                    named = true;
                     format!("{name}=***")
                 }
                 _ => pair.to_string(),
             })
             .collect();
-        format!("{base}?{}", pairs.join("&"))
+        let shown = format!("{base}?{}", pairs.join("&"));
+        let differs = named || (values_found && shown != redact_url(text));
+        (shown, differs)
     }
 
     pub fn add_field(&mut self, path: &serde_json_path::JsonPath) {
@@ -321,6 +334,24 @@ mod tests {
         );
         let untouched = bytes::Bytes::from_static(br#"{"event":"x"}"#);
         assert_eq!(redactions.body(Some("application/json"), &untouched).as_ptr(), untouched.as_ptr(), "no field, no copy");
+    }
+
+    /// Whether a URL is shown otherwise than [`redact_url`] alone would show it: exactly when
+    /// the config masked a value or a query parameter of its own.
+    #[test]
+    fn a_url_says_whether_the_config_masked_it() {
+        let none = Redactions::default();
+        let generic = "http://u:p@h/p?access_token=abc&n=1";
+        assert_eq!(none.url_shown(generic), (redact_url(generic), false));
+        let mut config = Redactions::default();
+        config.add_value("s3cr3t-value");
+        config.add_query_name("team".into());
+        assert_eq!(config.url_shown(generic), (redact_url(generic), false), "nothing of the config's in it");
+        assert_eq!(config.url_shown("http://h/s3cr3t-value/p?n=1"), ("http://h/***/p?n=1".to_string(), true));
+        assert_eq!(config.url_shown("http://h/p?team=k&n=1"), ("http://h/p?team=***&n=1".to_string(), true));
+        assert_eq!(config.url_shown("http://h/p?team=&n=1"), ("http://h/p?team=&n=1".to_string(), false), "nothing to mask");
+        let both = "http://h/p?access_token=s3cr3t-value";
+        assert_eq!(config.url_shown(both), ("http://h/p?access_token=***".to_string(), false), "masked alike either way");
     }
 
     #[test]

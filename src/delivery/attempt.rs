@@ -12,7 +12,7 @@ use crate::delivery::client::{self, header_pairs, Attempt, Outbound, MAX_RECORDE
 use crate::delivery::link::UpstreamLink;
 use crate::delivery::request::{OutgoingRequest, WireRequest};
 use crate::delivery::target::Target;
-use crate::redact::{redact_url, Redactions};
+use crate::redact::Redactions;
 use crate::store::AttemptRecord;
 use crate::telemetry::Span;
 use crate::trace::{Trace, TRACEPARENT};
@@ -133,7 +133,7 @@ impl<'a> AttemptSettings<'a> {
             // Left to the delivery's copy (masked when read back) unless the signer changed it,
             // or a value only this config knows to mask is in it: the config serving when it
             // is read may no longer know it.
-            request_url: (sent.url != delivery_url || recorded.url != redact_url(&sent.url)).then_some(recorded.url),
+            request_url: (sent.url != delivery_url || recorded.url_masked_by_config).then_some(recorded.url),
             request_method: recorded.method,
             request_headers: recorded.headers,
             request_body: recorded.body,
@@ -172,6 +172,8 @@ impl<'a> AttemptSettings<'a> {
 /// values, a signature carried in the body).
 pub struct RecordedRequest {
     pub url: String,
+    /// Whether `url` masks something only this config knows to.
+    pub url_masked_by_config: bool,
     pub method: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
@@ -184,8 +186,10 @@ impl RecordedRequest {
             None => sent.body.clone(),
         };
         let content_type = sent.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let (url, url_masked_by_config) = redactions.url_shown(&sent.url);
         RecordedRequest {
-            url: redactions.url(&sent.url),
+            url,
+            url_masked_by_config,
             method: sent.method.to_string(),
             headers: redactions.headers(&header_pairs(&sent.headers)),
             body: redactions.body(content_type, &signed_body),

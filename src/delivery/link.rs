@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::delivery::client::{error_chain, full, Body, BoxError, SendError};
+use crate::delivery::client::{error_chain, full, Body, SendError};
 use crate::delivery::request::WireRequest;
 
 /// As long as the shared pool waits for a connection.
@@ -78,7 +78,7 @@ impl UpstreamLink {
             request.headers_mut().entry(HOST).or_insert(plain.host);
             match tokio::time::timeout(timeout, self.send(&plain.connect, request)).await {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(err)) => Err(SendError::Connect(error_chain(err.as_ref()))),
+                Ok(Err(err)) => Err(SendError::Connect(err.to_string())),
                 Err(_) => Err(SendError::Timeout(timeout)),
             }
         })
@@ -106,7 +106,7 @@ impl UpstreamLink {
     /// connection, making one when there is none or it was closed. A request the reused
     /// connection could not take (the service had just closed it) goes once more over a
     /// fresh one.
-    pub async fn send(&self, authority: &str, request: Request<Body>) -> Result<Response<Incoming>, BoxError> {
+    pub async fn send(&self, authority: &str, request: Request<Body>) -> Result<Response<Incoming>, LinkError> {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).take();
         let (authority, mut sender, reused) = match idle {
             Some((connected, sender)) if &*connected == authority && !sender.is_closed() => (connected, sender, true),
@@ -132,28 +132,28 @@ impl UpstreamLink {
                         let error = err.into_error();
                         match again {
                             Some(again) if error.is_incomplete_message() || error.is_closed() => again.request(),
-                            _ => return Err(error.into()),
+                            _ => return Err(LinkError::Send(error)),
                         }
                     }
                 },
             },
             Err(_) if reused => request,
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(LinkError::Send(err)),
         };
         let mut sender = self.connect(&authority).await?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
+        sender.ready().await.map_err(LinkError::Send)?;
+        let response = sender.send_request(request).await.map_err(LinkError::Send)?;
         *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some((authority, sender));
         Ok(response)
     }
 
-    async fn connect(&self, authority: &str) -> Result<SendRequest<Body>, BoxError> {
+    async fn connect(&self, authority: &str) -> Result<SendRequest<Body>, LinkError> {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority)).await {
-            Ok(connected) => connected.map_err(|err| format!("cannot connect to {authority}: {err}"))?,
-            Err(_) => return Err(format!("cannot connect to {authority}: timed out after {CONNECT_TIMEOUT:?}").into()),
+            Ok(connected) => connected.map_err(LinkError::Connect)?,
+            Err(_) => return Err(LinkError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))),
         };
-        stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        stream.set_nodelay(true).map_err(LinkError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(LinkError::Send)?;
         let driver: Driver = Box::pin(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %error_chain(&err), "upstream connection ended with an error");
@@ -163,6 +163,16 @@ impl UpstreamLink {
         self.made_signal.notify_one();
         Ok(sender)
     }
+}
+
+/// Why a send over a link got no answer, in the words of the shared pool's errors, so that
+/// an answer or a delivery log reads the same whichever way the request went.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("client error (Connect): tcp connect error: {0}")]
+    Connect(std::io::Error),
+    #[error("client error (SendRequest): {}", error_chain(.0))]
+    Send(hyper::Error),
 }
 
 /// A plain-HTTP URL taken apart for a link: where to connect, the request's Host and its

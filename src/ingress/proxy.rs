@@ -133,7 +133,7 @@ pub async fn forward(
     let request = Request::from_parts(parts, body.boxed());
     let sent = async move {
         match over_link {
-            Some((link, authority)) => link.send(authority, request).await,
+            Some((link, authority)) => link.send(authority, request).await.map_err(BoxError::from),
             None => client.request(request).await.map_err(BoxError::from),
         }
     };

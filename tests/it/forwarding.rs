@@ -381,3 +381,21 @@ async fn sync_sends_on_a_kept_alive_connection_reach_the_target_as_through_the_p
     let service_seen = service.wait_for(1).await;
     assert_eq!(service_seen[0].uri, "/service/path?q=1");
 }
+
+/// A target that refuses connections gets the same `502` whether the send went through
+/// the pool (a connection's first request) or over the connection's own target link.
+#[tokio::test]
+async fn a_refused_sync_send_reads_the_same_over_the_pool_and_the_link() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let relay = Relay::start(&format!(
+        "listen: 127.0.0.1:0\nroutes:\n  - name: ci\n    respond: sync\n    match: {{ path: /hooks/ci }}\n    forward:\n      - url: http://{refused}/trigger\n"
+    ))
+    .await;
+    let first = relay.client.post_json(&relay.url("/hooks/ci"), &[], "{}").await;
+    let second = relay.client.post_json(&relay.url("/hooks/ci"), &[], "{}").await;
+    assert_eq!((first.status, second.status), (502, 502), "{} {}", first.text(), second.text());
+    assert_eq!(first.json(), second.json());
+    assert!(first.json()["detail"].as_str().is_some_and(|detail| detail.contains("tcp connect error")), "{}", first.text());
+}
