@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics::Counter;
-
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "hookrelay_requests_total";
