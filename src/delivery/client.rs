@@ -71,28 +71,31 @@ impl Outbound {
     /// One attempt, with the answer body read (and cut) for the record.
     /// Sends and reads the answer (up to `max_answer` bytes), all within `timeout`.
     pub async fn attempt(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration, max_answer: usize) -> Attempt {
-        let started = Instant::now();
-        let deadline = started + timeout;
         #[cfg(test)]
         if let Some(receiver) = &self.receiver {
-            let sent = match tokio::time::timeout(timeout, receiver(outgoing)).await {
-                Ok(answer) => Ok(answer.map(Full::new)),
-                Err(_) => Err(SendError::Timeout(timeout)),
+            let answered = async {
+                match tokio::time::timeout(timeout, receiver(outgoing)).await {
+                    Ok(answer) => Ok(answer.map(Full::new)),
+                    Err(_) => Err(SendError::Timeout(timeout)),
+                }
             };
-            return read_answer(sent, started, deadline, timeout, max_answer).await;
+            return attempt_by(answered, timeout, max_answer).await;
         }
-        let sent = self.send(trusted, outgoing, timeout).await;
-        read_answer(sent, started, deadline, timeout, max_answer).await
+        attempt_by(self.send(trusted, outgoing, timeout), timeout, max_answer).await
     }
 }
 
-/// One attempt made by `send` (over a connection of the caller's own), its answer read as
-/// [`Outbound::attempt`] reads one.
-pub async fn attempt_by(
-    send: impl Future<Output = Result<http::Response<Incoming>, SendError>>,
+/// One attempt made by `send` (through the pool, or over a connection of the caller's
+/// own), with the answer read within what is left of `timeout`.
+pub async fn attempt_by<B>(
+    send: impl Future<Output = Result<http::Response<B>, SendError>>,
     timeout: Duration,
     max_answer: usize,
-) -> Attempt {
+) -> Attempt
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let sent = send.await;
     read_answer(sent, started, started + timeout, timeout, max_answer).await

@@ -419,6 +419,18 @@ pub struct Held {
     pub until: i64,
 }
 
+impl Held {
+    /// When the delivery is due, given the target's record as stored: `until`, or `now`
+    /// when the record changed since the relay decided.
+    pub fn due(&self, stored: Option<&TargetRecord>, now: i64) -> i64 {
+        if stored.is_some_and(|record| record.holds_as(&self.decided_on)) {
+            self.until
+        } else {
+            now
+        }
+    }
+}
+
 /// What happens to a target's pending deliveries when its record changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reschedule {

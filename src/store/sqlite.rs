@@ -293,11 +293,7 @@ impl Store for SqliteStore {
         self.writer
             .write_unsynced(move |conn| {
                 let seq = claimed_seq(conn, &id, claim)?;
-                conn.prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL WHERE seq = ?2",
-                )?
-                .execute(params![next_attempt_at, seq])?;
-                Ok(())
+                hand_back(conn, seq, next_attempt_at)
             })
             .await
     }
@@ -313,11 +309,7 @@ impl Store for SqliteStore {
                     .prepare_cached(&format!("SELECT {TARGET_COLUMNS} FROM target_states WHERE route = ?1 AND target = ?2"))?
                     .query_row([&held.decided_on.route, &held.decided_on.target], target_record)
                     .optional()?;
-                let due = if stored.as_ref().is_some_and(|record| record.holds_as(&held.decided_on)) { held.until } else { now };
-                conn.prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL WHERE seq = ?2",
-                )?
-                .execute(params![due, seq])?;
+                hand_back(conn, seq, held.due(stored.as_ref(), now))?;
                 Ok(stored)
             })
             .await
@@ -915,6 +907,15 @@ fn first_with_delivery_id(conn: &Connection, route: &str, delivery_id: &str, sin
         .query_row(params![route, delivery_id, since], |row| row.get(0))
         .optional()?;
     Ok(id)
+}
+
+/// A claimed delivery pending again, due at `due`, its claim gone.
+fn hand_back(conn: &Connection, seq: i64, due: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, claim_token = NULL WHERE seq = ?2",
+    )?
+    .execute(params![due, seq])?;
+    Ok(())
 }
 
 /// The `seq` of the delivery in flight under `claim`; NotFound, or Conflict if it is not.

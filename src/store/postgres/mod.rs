@@ -494,7 +494,7 @@ impl Store for PostgresStore {
                 .as_ref()
                 .map(target_record)
                 .transpose()?;
-            let due = if stored.as_ref().is_some_and(|record| record.holds_as(&held.decided_on)) { held.until } else { now };
+            let due = held.due(stored.as_ref(), now);
             let changed = tx.execute(RELEASE, &[&delivery_id, &self.pinned(now), &due.saturating_sub(now), &claim]).await?;
             if changed == 0 {
                 return Err(not_claimed(delivery_id, current_status(&tx, delivery_id).await?));
