@@ -53,17 +53,12 @@ impl UpstreamLink {
         }
     }
 
-    /// Whether the downstream connection has carried more than one request: only then is a
-    /// connection of its own worth making (a sender that opens a connection per request is
-    /// better served by the pool's warm connections than by a new one each time).
-    pub fn kept_alive(&self) -> bool {
-        self.requests.load(Ordering::Relaxed) > 1
-    }
-
-    /// Whether a sync send to `authority` may go over the link: [`UpstreamLink::kept_alive`],
-    /// and the link is not connected to another service (the proxy's, say).
+    /// Whether a send to `authority` may go over the link: its downstream connection has
+    /// carried more than one request (a sender that opens a connection per webhook is
+    /// better served by the pool's warm connections than by a new one each time), and the
+    /// link is not connected to another service (the proxy's, say).
     pub fn takes(&self, authority: &str) -> bool {
-        self.kept_alive()
+        self.requests.load(Ordering::Relaxed) > 1
             && self.idle.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_none_or(|(connected, _)| &**connected == authority)
     }
 

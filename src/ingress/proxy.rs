@@ -62,8 +62,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Forwards one request to `upstream` and streams the answer back. The request body must
 /// arrive within `limits.request_timeout` (else `408`), the service's response headers
 /// within `limits.upstream_header_timeout` (else `504`); the response body is never cut.
-/// An HTTP/1 request to a plain-HTTP service goes over its connection's `link` from the
-/// connection's second request on; others over the shared pool.
+/// An HTTP/1 request to a plain-HTTP service goes over its connection's `link`; others
+/// over the shared pool.
 pub async fn forward(
     client: &HttpClient,
     link: Option<&UpstreamLink>,
@@ -90,7 +90,7 @@ pub async fn forward(
         .or_else(|| parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok()));
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     let over_link = match (link, upstream.plain_http_authority()) {
-        (Some(link), Some(authority)) if parts.version <= http::Version::HTTP_11 && link.kept_alive() => Some((link, authority)),
+        (Some(link), Some(authority)) if parts.version <= http::Version::HTTP_11 => Some((link, authority)),
         _ => None,
     };
     let target = match over_link {
