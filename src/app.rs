@@ -16,6 +16,7 @@ use crate::engine::{now_ms, Clock, Engine};
 use crate::ratelimit::OutboundLimiters;
 use crate::relay::{Relay, RelayParts};
 use crate::settings::StoreLocation;
+use crate::shards::Shards;
 use crate::snapshot::{self, Snapshot};
 use crate::store::ownership::{OwnershipError, StoreOwnership};
 use crate::store::{PostgresStore, SqliteStore, Store, StoreError};
@@ -38,6 +39,8 @@ pub enum StartError {
     Tls(rustls::Error),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("cannot start the connection threads: {0}")]
+    Shards(std::io::Error),
 }
 
 /// Opens the store with its ownership: a SQLite file is locked to this relay; a PostgreSQL
@@ -143,6 +146,9 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     ingress: tokio::task::JoinHandle<()>,
     telemetry: Option<crate::telemetry::Exporting>,
+    /// The threads serving ingress connections, stopped last: deliveries a request started
+    /// may run on them until the engine is drained.
+    shards: Arc<Shards>,
 }
 
 /// The most a stop waits past the grace for the queued log of answered sync requests.
@@ -176,6 +182,7 @@ impl Running {
         if let Some(telemetry) = self.telemetry {
             telemetry.flush(deadline).await;
         }
+        self.shards.stop();
         tracing::info!("stopped");
     }
 }
@@ -267,8 +274,14 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         false => None,
     };
     let limits = relay.snapshot().settings.limits.clone();
-    let ingress =
-        connections::Listener { listener: ingress_listener, acceptor, max_connections: limits.max_connections, limits: limits.clone() };
+    let shards = Arc::new(Shards::per_core().map_err(StartError::Shards)?);
+    let ingress = connections::Listener {
+        listener: ingress_listener,
+        acceptor,
+        max_connections: limits.max_connections,
+        limits: limits.clone(),
+        shards: Some(shards.clone()),
+    };
     let ingress = tokio::spawn(connections::serve(ingress, relay.clone(), receiver.clone(), |relay, request, peer| async move {
         crate::ingress::handle(&relay, request, peer).await
     }));
@@ -277,7 +290,7 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
             Some(tls) => Some(crate::tls::admin_acceptor(relay.current_certificate(), &tls.client_ca).map_err(StartError::Tls)?),
             None => None,
         };
-        let admin = connections::Listener { listener, acceptor: admin_tls, max_connections: ADMIN_MAX_CONNECTIONS, limits };
+        let admin = connections::Listener { listener, acceptor: admin_tls, max_connections: ADMIN_MAX_CONNECTIONS, limits, shards: None };
         tokio::spawn(connections::serve(admin, relay.clone(), receiver.clone(), |relay, request, _| async move {
             admin::handle(&relay, request).await
         }));
@@ -289,5 +302,5 @@ pub async fn start_with(path: &Path, snapshot: Snapshot, options: &StartOptions)
         tracing::warn!(warning = %warning, "config warning");
     }
     tracing::info!(%ingress_addr, admin = ?admin_addr, "hookrelay listening");
-    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress, telemetry })
+    Ok(Running { ingress_addr, admin_addr, relay, shutdown, ingress, telemetry, shards })
 }

@@ -24,6 +24,7 @@ use crate::delivery::link::UpstreamLink;
 use crate::relay::Relay;
 use crate::respond::retry_later;
 use crate::settings::Limits;
+use crate::shards::Shards;
 
 /// Who sent a request, and over what.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +69,8 @@ pub struct Listener {
     /// Connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
     pub limits: Limits,
+    /// Where connections are served: on the shards, or (none) on the runtime accepting them.
+    pub shards: Option<Arc<Shards>>,
 }
 
 /// Serves a listener until `shutdown` turns true, then stops accepting and lets in-flight
@@ -79,7 +82,7 @@ where
     H: Fn(Arc<Relay>, Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let Listener { listener, acceptor, max_connections, limits } = served;
+    let Listener { listener, acceptor, max_connections, limits, shards } = served;
     let builder = Arc::new(connection_builder(&limits));
     let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
@@ -116,7 +119,8 @@ where
         let acceptor = acceptor.clone();
         let idle_limit = limits.header_timeout;
         let handle = handle.clone();
-        tokio::spawn(async move {
+        let offload = shards.clone();
+        let connection = move |stream: TcpStream| async move {
             let peer = Peer { addr: peer, tls: acceptor.is_some() };
             let activity = Arc::new(Activity::new());
             let link = UpstreamLink::new();
@@ -127,8 +131,17 @@ where
                     link.request_arrived();
                     request.extensions_mut().insert(link.clone());
                     let busy = activity.begin();
+                    let elsewhere = offload.as_ref().and_then(|shards| shards.elsewhere_for(&request));
                     let answer = handle(relay.clone(), request, peer);
-                    async move { Ok::<_, std::convert::Infallible>(busy.until_sent(answer.await)) }
+                    async move {
+                        let answer = match elsewhere {
+                            Some(runtime) => crate::shards::run_on(&runtime, answer)
+                                .await
+                                .unwrap_or_else(|stopping| retry_later(StatusCode::SERVICE_UNAVAILABLE, &stopping.to_string(), None, 1)),
+                            None => answer.await,
+                        };
+                        Ok::<_, std::convert::Infallible>(busy.until_sent(answer))
+                    }
                 })
             };
             // The idle deadline counts from accept: a TLS handshake and the first request's
@@ -158,7 +171,19 @@ where
             }
             drop(permit);
             ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
-        });
+        };
+        match &shards {
+            Some(shards) => {
+                if let Err(err) = shards.serve(stream, connection) {
+                    // The permit went with the closure, and the socket is closed.
+                    tracing::debug!(error = %err, "an accepted connection could not be handed to a shard");
+                    ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
+                }
+            }
+            None => {
+                tokio::spawn(connection(stream));
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {

@@ -86,6 +86,9 @@ pub struct Engine {
     /// The breaker and pause records of targets that are not plainly closed, as last read
     /// or written (few: a scan is cheaper than a map keyed by owned strings).
     targets: Mutex<Vec<TargetRecord>>,
+    /// The runtime that started the engine: deliveries are sent there whichever thread
+    /// handed them out (a connection shard's, say), beside the pooled connections they use.
+    runtime: tokio::runtime::Handle,
 }
 
 pub fn now_ms() -> i64 {
@@ -146,6 +149,7 @@ impl Engine {
             counting: tokio::sync::RwLock::new(()),
             feed: Feed::new(shutdown.clone()),
             targets: Mutex::new(Vec::new()),
+            runtime: tokio::runtime::Handle::current(),
         });
         engine.publish_depth();
         // A store of its own: any probe on record was this relay's, and died with it.
@@ -323,7 +327,7 @@ impl Engine {
     /// Sends a claimed delivery on a worker of its own, which gives `slot` back when done.
     fn send_claimed(self: &Arc<Self>, slot: OwnedSemaphorePermit, delivery: ClaimedDelivery) {
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             engine.process(delivery).await;
             drop(slot);
             // A free slot is worth a claim only if deliveries wait in the store (the count

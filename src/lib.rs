@@ -29,6 +29,7 @@ pub mod request_log;
 pub mod respond;
 pub mod routing;
 pub mod settings;
+pub mod shards;
 pub mod signature;
 pub mod snapshot;
 pub mod store;

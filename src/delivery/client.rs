@@ -3,6 +3,7 @@
 //! `upstream:`) use the plain client; untrusted ones (API routes) go through the guard.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,6 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
@@ -20,8 +20,8 @@ use crate::delivery::request::WireRequest;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
-type GuardedClient = Client<HttpsConnector<HttpConnector<PublicOnly>>, Body>;
+pub type HttpClient = Client<ConnectOn<HttpsConnector<HttpConnector>>, Body>;
+type GuardedClient = Client<ConnectOn<HttpsConnector<HttpConnector<PublicOnly>>>, Body>;
 
 /// Both clients, one connection pool each.
 #[derive(Clone)]
@@ -110,7 +110,7 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-fn pooled<R>(mut http: HttpConnector<R>, tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector<R>>, Body>
+fn pooled<R>(mut http: HttpConnector<R>, tls: rustls::ClientConfig) -> Client<ConnectOn<HttpsConnector<HttpConnector<R>>>, Body>
 where
     R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name> + Clone + Send + Sync + 'static,
     R::Response: Iterator<Item = std::net::SocketAddr>,
@@ -122,7 +122,75 @@ where
     http.set_connect_timeout(Some(Duration::from_secs(10)));
     let connector =
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().enable_http2().wrap_connector(http);
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector)
+    let runtime = BuildersRuntime::current();
+    let connector = ConnectOn { connector, runtime: runtime.clone() };
+    Client::builder(runtime).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector)
+}
+
+/// Runs a pool's connections on the runtime that built the pool (the shared one), not on
+/// the thread of whichever request first asked for one: a connection every sender may get
+/// must not wait for a connection shard busy with one request, nor end with a shard.
+#[derive(Clone)]
+struct BuildersRuntime(Option<tokio::runtime::Handle>);
+
+impl BuildersRuntime {
+    fn current() -> BuildersRuntime {
+        BuildersRuntime(tokio::runtime::Handle::try_current().ok())
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for BuildersRuntime
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, work: F) {
+        match &self.0 {
+            Some(runtime) => runtime.spawn(work),
+            None => tokio::spawn(work),
+        };
+    }
+}
+
+/// Opens a pool's connections on its [`BuildersRuntime`]: a socket belongs to the reactor
+/// of the runtime it was opened on, so one opened on a connection shard would be driven by
+/// that shard's thread whichever runtime polls it.
+#[derive(Clone)]
+pub struct ConnectOn<C> {
+    connector: C,
+    runtime: BuildersRuntime,
+}
+
+impl<C> tower_service::Service<http::Uri> for ConnectOn<C>
+where
+    C: tower_service::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.connector.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, destination: http::Uri) -> Self::Future {
+        let connecting = self.connector.call(destination);
+        match &self.runtime.0 {
+            Some(runtime) => {
+                let connecting = runtime.spawn(connecting);
+                Box::pin(async move {
+                    match connecting.await {
+                        Ok(connected) => connected.map_err(Into::into),
+                        Err(stopped) => Err(Box::new(stopped) as BoxError),
+                    }
+                })
+            }
+            None => Box::pin(async move { connecting.await.map_err(Into::into) }),
+        }
+    }
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {

@@ -399,3 +399,34 @@ async fn a_refused_sync_send_reads_the_same_over_the_pool_and_the_link() {
     assert_eq!(first.json(), second.json());
     assert!(first.json()["detail"].as_str().is_some_and(|detail| detail.contains("tcp connect error")), "{}", first.text());
 }
+
+/// The shared pool's connections run on the runtime that built the pool, not on the thread
+/// of the request that happened to open one (a connection thread, which may be busy with
+/// one request or gone): a connection opened from another runtime that has since ended is
+/// still there for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_outlives_the_runtime_that_opened_it() {
+    use hookrelay::delivery::client::{full, Outbound};
+    use http_body_util::BodyExt;
+
+    let sink = TestSink::start().await;
+    let outbound = Outbound::build(&[]).unwrap();
+    let (opener, first) = (outbound.clone(), format!("{}/first", sink.url()));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let answer = opener.trusted.request(http::Request::post(first).body(full("one")).unwrap()).await.unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.into_body().collect().await.unwrap();
+        });
+        // The runtime, and every task still on it, ends here.
+    })
+    .join()
+    .unwrap();
+    let second = http::Request::post(format!("{}/second", sink.url())).body(full("two")).unwrap();
+    let answer = outbound.trusted.request(second).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = sink.wait_for(2).await;
+    assert_eq!((seen[0].uri.as_str(), seen[1].uri.as_str()), ("/first", "/second"));
+    assert_eq!(seen[0].from, seen[1].from, "the second request needed a new connection: the first ended with the runtime that opened it");
+}

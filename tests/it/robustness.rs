@@ -399,3 +399,88 @@ async fn a_log_pipe_nobody_reads_does_not_stop_the_relay() {
     let exited = tokio::time::timeout(Duration::from_secs(15), tokio::task::spawn_blocking(move || process.wait().0)).await;
     assert!(exited.is_ok_and(|status| status.is_ok_and(|status| status.success())), "SIGTERM did not stop the relay");
 }
+
+/// One HTTP/1 connection of its own, kept open (the relay serves each connection on one
+/// thread, so which requests share a connection matters here).
+async fn connection(port: u16) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (sender, driving) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(driving);
+    sender
+}
+
+async fn post(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    path: &str,
+    body: impl Into<bytes::Bytes>,
+) -> (u16, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    sender.ready().await.unwrap();
+    let request = http::Request::post(path)
+        .header("host", "relay")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body.into()))
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// A request with a large body takes time in proportion to it (parse, match, render) and
+/// is handled off the threads that serve connections: while one renders a 2.7 MB body for
+/// a long while, small requests on eight other connections (whichever threads serve them)
+/// go on being answered, each in a fraction of that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_large_body_does_not_hold_up_other_connections() {
+    let sink = TestSink::start().await;
+    let port = free_port();
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nlimits: {{ max_body: 8MiB, request_timeout: 120s }}\nroutes:\n  - name: heavy\n    match: {{ path: /hooks/heavy }}\n    respond: sync\n    forward:\n      - url: {sink}/heavy\n        body: '[{{{{#each body.items}}}}{{{{this}}}},{{{{/each}}}}0]'\n  - name: light\n    match: {{ path: /hooks/light }}\n    respond: sync\n    forward:\n      - url: {sink}/light\n",
+        sink = sink.url()
+    );
+    let folder = Folder::new(&yaml);
+    let client = Client::new();
+    let mut relay = spawn(&folder.config(), &["--no-watch"], &[]);
+    wait_up(&client, &mut relay, port).await;
+
+    // Connections are spread over the threads in turn as they are accepted: open them one
+    // after another, each answered once, so that whatever the number of threads (up to
+    // eight) another connection shares the heavy one's.
+    let mut heavy = connection(port).await;
+    assert_eq!(post(&mut heavy, "/hooks/light", "{}").await.0, 200);
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        let mut other = connection(port).await;
+        assert_eq!(post(&mut other, "/hooks/light", "{}").await.0, 200);
+        others.push(other);
+    }
+
+    let items: Vec<String> = (0..400_000).map(|n| n.to_string()).collect();
+    let body = format!("{{\"items\":[{}]}}", items.join(","));
+    let expected = format!("[{},0]", items.join(","));
+    let started = tokio::time::Instant::now();
+    let heavy = tokio::spawn(async move {
+        let answered = post(&mut heavy, "/hooks/heavy", body).await;
+        (answered, started.elapsed())
+    });
+    let mut slowest = Duration::ZERO;
+    let mut rounds = 0;
+    while !heavy.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the large request was not answered");
+        let round = tokio::time::Instant::now();
+        let answers = futures_util::future::join_all(others.iter_mut().map(|other| post(other, "/hooks/light", "{}"))).await;
+        assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+        slowest = slowest.max(round.elapsed());
+        rounds += 1;
+    }
+    let ((status, answer), took) = heavy.await.unwrap();
+    assert_eq!(status, 200, "{answer:?}");
+    let rendered = sink.seen().into_iter().find(|seen| seen.uri == "/heavy").expect("the large request was forwarded");
+    assert!(rendered.body == expected.as_bytes(), "the large request's rendered body is not what the template makes");
+    assert!(rounds >= 2, "the large request took {took:?}, too little to see the others answered beside it");
+    assert!(
+        slowest * 4 < took,
+        "a small request waited {slowest:?} while the large one took {took:?}: it was held up behind it ({rounds} rounds)"
+    );
+    drop(relay);
+}

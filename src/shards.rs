@@ -1,0 +1,123 @@
+//! Connection shards: one single-threaded runtime per core, each serving the ingress
+//! connections handed to it at accept. A connection's socket, its requests, its upstream
+//! link and the tasks its requests spawn stay on one thread, so a request costs no
+//! wake-ups of other threads. The shared runtime keeps everything else (deliveries started
+//! by the engine, the shared pools' connections, reloads, the admin listener) and the
+//! requests that may be CPU-heavy, so that one of those cannot stall the connections that
+//! share its shard's thread.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use hyper::body::Body;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// A request whose body may be larger than this is handled on the shared runtime: parsing,
+/// matching, rendering and verifying a body all cost time in proportion to its size.
+/// Webhooks are mostly a few KiB; a body of this size takes well under a millisecond.
+pub const LARGEST_BODY_ON_SHARD: u64 = 64 * 1024;
+
+/// The running shards. Dropping them stops their threads (tasks still on them are dropped).
+pub struct Shards {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+    stops: Mutex<Vec<oneshot::Sender<()>>>,
+    /// The runtime that started the shards.
+    shared: Handle,
+}
+
+impl Shards {
+    /// Starts `count` shards (at least one), each on a thread of its own; call it within
+    /// the shared runtime.
+    pub fn start(count: usize) -> std::io::Result<Shards> {
+        let shared = Handle::current();
+        let mut handles = Vec::with_capacity(count);
+        let mut stops = Vec::with_capacity(count);
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            handles.push(runtime.handle().clone());
+            stops.push(stop);
+            std::thread::Builder::new().name(format!("hookrelay-io-{index}")).spawn(move || {
+                // Runs the shard's tasks until told to stop, or until the shards are gone.
+                let _ = runtime.block_on(stopped);
+            })?;
+        }
+        Ok(Shards { handles, next: AtomicUsize::new(0), stops: Mutex::new(stops), shared })
+    }
+
+    /// One shard per thread of the shared runtime (the cores the relay was given).
+    pub fn per_core() -> std::io::Result<Shards> {
+        Shards::start(Handle::current().metrics().num_workers())
+    }
+
+    /// Serves an accepted connection on the next shard in turn: `serve` gets the socket
+    /// registered with that shard's reactor.
+    pub fn serve<S, F>(&self, stream: TcpStream, serve: S) -> std::io::Result<()>
+    where
+        S: FnOnce(TcpStream) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        // A socket belongs to the reactor that registered it: the shard gets the bare one.
+        let socket = stream.into_std()?;
+        let shard = &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()];
+        shard.spawn(async move {
+            match TcpStream::from_std(socket) {
+                Ok(stream) => serve(stream).await,
+                Err(err) => tracing::debug!(error = %err, "a connection could not move to its shard"),
+            }
+        });
+        Ok(())
+    }
+
+    /// The runtime `request` is to be handled on, when not on its connection's shard: one
+    /// whose body is larger than [`LARGEST_BODY_ON_SHARD`], or of a length not known
+    /// before it is read.
+    pub fn elsewhere_for<B: Body>(&self, request: &http::Request<B>) -> Option<Handle> {
+        let small = request.body().size_hint().upper().is_some_and(|most| most <= LARGEST_BODY_ON_SHARD);
+        (!small).then(|| self.shared.clone())
+    }
+
+    /// Stops every shard; connections still open on them are closed.
+    pub fn stop(&self) {
+        let stops = std::mem::take(&mut *self.stops.lock().unwrap_or_else(PoisonError::into_inner));
+        for stop in stops {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `work` on `runtime` and waits for it; dropping the wait cancels the work, as
+/// dropping `work` itself would have.
+pub async fn run_on<F>(runtime: &Handle, work: F) -> Result<F::Output, Cancelled>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut running = AbortOnDrop(runtime.spawn(work));
+    match (&mut running.0).await {
+        Ok(output) => Ok(output),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(Cancelled),
+    }
+}
+
+/// Work handed to the shared runtime was dropped by it: the relay is stopping.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the relay is stopping")]
+pub struct Cancelled;
