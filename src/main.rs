@@ -131,10 +131,12 @@ enum Command {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read at its start: one arena per core (not four), and freed pages
-/// handed back within a second, to keep the resident size near glibc's.
+/// handed back within a second by a thread of jemalloc's own, to keep the resident size
+/// near glibc's (without it, pages freed by a connection thread that then sits idle stay
+/// resident until that thread allocates again).
 #[cfg(not(target_env = "msvc"))]
 #[export_name = "_rjem_malloc_conf"]
-pub static JEMALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static JEMALLOC_CONF: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true\0";
 
 fn main() -> ExitCode {
     match try_main() {

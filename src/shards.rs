@@ -15,10 +15,11 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// A request whose body may be larger than this is handled on the shared runtime: parsing,
-/// matching, rendering and verifying a body all cost time in proportion to its size.
-/// Webhooks are mostly a few KiB; a body of this size takes well under a millisecond.
-pub const LARGEST_BODY_ON_SHARD: u64 = 64 * 1024;
+/// A request whose body and headers may be larger than this is handled on the shared
+/// runtime: parsing, matching, rendering and verifying a request all cost time in
+/// proportion to its size. Webhooks are mostly a few KiB; a request of this size takes
+/// well under a millisecond.
+pub const LARGEST_REQUEST_ON_SHARD: u64 = 64 * 1024;
 
 /// The running shards. Dropping them stops their threads (tasks still on them are dropped).
 pub struct Shards {
@@ -74,10 +75,16 @@ impl Shards {
     }
 
     /// The runtime `request` is to be handled on, when not on its connection's shard: one
-    /// whose body is larger than [`LARGEST_BODY_ON_SHARD`], or of a length not known
-    /// before it is read.
+    /// whose body and headers together are larger than [`LARGEST_REQUEST_ON_SHARD`], or
+    /// whose body is of a length not known before it is read. Headers count because some
+    /// work multiplies them by the body (a CloudEvents batch gives each event its own).
     pub fn elsewhere_for<B: Body>(&self, request: &http::Request<B>) -> Option<Handle> {
-        let small = request.body().size_hint().upper().is_some_and(|most| most <= LARGEST_BODY_ON_SHARD);
+        let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+        let small = request
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|most| most.saturating_add(u64::try_from(headers).unwrap_or(u64::MAX)) <= LARGEST_REQUEST_ON_SHARD);
         (!small).then(|| self.shared.clone())
     }
 
@@ -121,3 +128,29 @@ where
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the relay is stopping")]
 pub struct Cancelled;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{Full, StreamBody};
+
+    fn request(body: usize, header: usize) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(Bytes::from(vec![b'x'; body])));
+        request.headers_mut().insert("x-padding", http::HeaderValue::from_str(&"p".repeat(header)).unwrap());
+        request
+    }
+
+    #[tokio::test]
+    async fn small_requests_stay_on_their_shard_and_large_or_unsized_ones_go_to_the_shared_runtime() {
+        let shards = Shards::start(1).unwrap();
+        assert!(shards.elsewhere_for(&request(2_000, 100)).is_none(), "a webhook of a few KiB");
+        assert!(shards.elsewhere_for(&request(60 * 1024, 2 * 1024)).is_none(), "just under, headers included");
+        assert!(shards.elsewhere_for(&request(65 * 1024, 0)).is_some(), "a body over the bound");
+        assert!(shards.elsewhere_for(&request(40 * 1024, 40 * 1024)).is_some(), "body and headers together over the bound");
+        let streamed =
+            http::Request::new(StreamBody::new(futures_util::stream::empty::<Result<hyper::body::Frame<Bytes>, std::io::Error>>()));
+        assert!(shards.elsewhere_for(&streamed).is_some(), "a body of unknown length (chunked)");
+        shards.stop();
+    }
+}
