@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper::body::Body;
 use tokio::net::TcpStream;
@@ -23,7 +23,9 @@ pub const LARGEST_REQUEST_ON_SHARD: u64 = 64 * 1024;
 
 /// The running shards. Dropping them stops their threads (tasks still on them are dropped).
 pub struct Shards {
-    handles: Vec<Handle>,
+    shards: Vec<Shard>,
+    /// Where the search for the least busy shard starts, turned at each connection so that
+    /// shards equally busy take connections in turn.
     next: AtomicUsize,
     stops: Mutex<Vec<oneshot::Sender<()>>>,
     /// The runtime that started the shards.
@@ -35,19 +37,19 @@ impl Shards {
     /// the shared runtime.
     pub fn start(count: usize) -> std::io::Result<Shards> {
         let shared = Handle::current();
-        let mut handles = Vec::with_capacity(count);
+        let mut shards = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
-            handles.push(runtime.handle().clone());
+            shards.push(Shard { runtime: runtime.handle().clone(), open: Arc::new(AtomicUsize::new(0)) });
             stops.push(stop);
             std::thread::Builder::new().name(format!("hookrelay-io-{index}")).spawn(move || {
                 // Runs the shard's tasks until told to stop, or until the shards are gone.
                 let _ = runtime.block_on(stopped);
             })?;
         }
-        Ok(Shards { handles, next: AtomicUsize::new(0), stops: Mutex::new(stops), shared })
+        Ok(Shards { shards, next: AtomicUsize::new(0), stops: Mutex::new(stops), shared })
     }
 
     /// One shard per thread of the shared runtime (the cores the relay was given).
@@ -55,8 +57,9 @@ impl Shards {
         Shards::start(Handle::current().metrics().num_workers())
     }
 
-    /// Serves an accepted connection on the next shard in turn: `serve` gets the socket
-    /// registered with that shard's reactor.
+    /// Serves an accepted connection on the shard with the fewest open connections (in
+    /// turn among equals), so that long-lived connections spread over the shards whatever
+    /// order they come in: `serve` gets the socket registered with that shard's reactor.
     pub fn serve<S, F>(&self, stream: TcpStream, serve: S) -> std::io::Result<()>
     where
         S: FnOnce(TcpStream) -> F + Send + 'static,
@@ -64,8 +67,15 @@ impl Shards {
     {
         // A socket belongs to the reactor that registered it: the shard gets the bare one.
         let socket = stream.into_std()?;
-        let shard = &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()];
-        shard.spawn(async move {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.shards.len();
+        let shard = (0..count)
+            .map(|offset| &self.shards[(start + offset) % count])
+            .min_by_key(|shard| shard.open.load(Ordering::Relaxed))
+            .unwrap_or(&self.shards[0]);
+        let open = Open::count(&shard.open);
+        shard.runtime.spawn(async move {
+            let _open = open;
             match TcpStream::from_std(socket) {
                 Ok(stream) => serve(stream).await,
                 Err(err) => tracing::debug!(error = %err, "a connection could not move to its shard"),
@@ -100,6 +110,28 @@ impl Shards {
 impl Drop for Shards {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One connection thread's runtime, and how many connections it serves.
+struct Shard {
+    runtime: Handle,
+    open: Arc<AtomicUsize>,
+}
+
+/// One connection counted open on its shard until it ends (or its shard stops).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Open {
+        open.fetch_add(1, Ordering::Relaxed);
+        Open(open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -151,6 +183,45 @@ mod tests {
         let streamed =
             http::Request::new(StreamBody::new(futures_util::stream::empty::<Result<hyper::body::Frame<Bytes>, std::io::Error>>()));
         assert!(shards.elsewhere_for(&streamed).is_some(), "a body of unknown length (chunked)");
+        shards.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_goes_to_the_shard_with_the_fewest_open_ones() {
+        let shards = Shards::start(2).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (served_on, mut threads) = tokio::sync::mpsc::unbounded_channel();
+        let mut clients = Vec::new();
+        let mut holds = Vec::new();
+        // Long-lived, short-lived, long-lived: taken in turn, both long-lived ones would
+        // share a thread while the other idles.
+        for long_lived in [true, false, true] {
+            clients.push(TcpStream::connect(address).await.unwrap());
+            let (stream, _) = listener.accept().await.unwrap();
+            let (hold, held) = oneshot::channel::<()>();
+            holds.push(hold);
+            let served_on = served_on.clone();
+            shards
+                .serve(stream, move |stream| async move {
+                    served_on.send(std::thread::current().name().unwrap_or_default().to_owned()).unwrap();
+                    if long_lived {
+                        let _ = held.await;
+                    }
+                    drop(stream);
+                })
+                .unwrap();
+            let open = if long_lived { clients.len().div_ceil(2) } else { 1 };
+            for _ in 0..500 {
+                if shards.shards.iter().map(|shard| shard.open.load(Ordering::Relaxed)).sum::<usize>() == open {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+        let served: Vec<String> = [threads.recv().await.unwrap(), threads.recv().await.unwrap(), threads.recv().await.unwrap()].into();
+        assert_ne!(served[0], served[2], "both long-lived connections on one thread: {served:?}");
+        drop(holds);
         shards.stop();
     }
 }

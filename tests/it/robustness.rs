@@ -443,9 +443,9 @@ async fn a_request_with_a_large_body_does_not_hold_up_other_connections() {
     let mut relay = spawn(&folder.config(), &["--no-watch"], &[]);
     wait_up(&client, &mut relay, port).await;
 
-    // Connections are spread over the threads in turn as they are accepted: open them one
-    // after another, each answered once, so that whatever the number of threads (up to
-    // eight) another connection shares the heavy one's.
+    // Connections are spread evenly over the threads as they are accepted: open them one
+    // after another, each answered once, so that with up to four threads (one per core)
+    // other connections share the heavy one's.
     let mut heavy = connection(port).await;
     assert_eq!(post(&mut heavy, "/hooks/light", "{}").await.0, 200);
     let mut others = Vec::new();
