@@ -423,6 +423,9 @@ async fn a_pooled_connection_outlives_the_runtime_that_opened_it() {
     })
     .join()
     .unwrap();
+    // The pool takes a connection back on a task of its own once its answer is read: let
+    // that task run (a loaded machine gave it the race), as a sender's next request would.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let second = http::Request::post(format!("{}/second", sink.url())).body(full("two")).unwrap();
     let answer = outbound.trusted.request(second).await.unwrap();
     assert_eq!(answer.status(), 200);
