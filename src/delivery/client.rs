@@ -44,8 +44,8 @@ impl Outbound {
     pub fn build(extra_roots: &[CertificateDer<'static>]) -> Result<Outbound, ClientError> {
         let tls = crate::tls::client_config(extra_roots)?;
         Ok(Outbound {
-            trusted: pooled(HttpConnector::new(), tls.clone()),
-            guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls),
+            trusted: pooled(HttpConnector::new(), tls.clone(), POOL_IDLE_TIMEOUT),
+            guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls, POOL_IDLE_TIMEOUT),
             #[cfg(test)]
             receiver: None,
         })
@@ -110,7 +110,14 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-fn pooled<R>(mut http: HttpConnector<R>, tls: rustls::ClientConfig) -> Client<ConnectOn<HttpsConnector<HttpConnector<R>>>, Body>
+/// How long a pooled connection may sit unused before the pool closes it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn pooled<R>(
+    mut http: HttpConnector<R>,
+    tls: rustls::ClientConfig,
+    idle_timeout: Duration,
+) -> Client<ConnectOn<HttpsConnector<HttpConnector<R>>>, Body>
 where
     R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name> + Clone + Send + Sync + 'static,
     R::Response: Iterator<Item = std::net::SocketAddr>,
@@ -124,7 +131,13 @@ where
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().enable_http2().wrap_connector(http);
     let runtime = BuildersRuntime::current();
     let connector = ConnectOn { connector, runtime: runtime.clone() };
-    Client::builder(runtime).pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256).build(connector)
+    // Without a timer the pool only drops an expired connection when the same destination
+    // is asked for again: connections to a target nobody sends to any more stayed open.
+    Client::builder(runtime)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 /// Runs a pool's connections on the runtime that built the pool (the shared one), not on
@@ -331,4 +344,37 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pooled_connection_left_idle_is_closed_by_the_pool() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (closed, connection_ended) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let answer = service_fn(|_| async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok")))) });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), answer).await;
+            let _ = closed.send(());
+        });
+        let client = pooled(HttpConnector::new(), crate::tls::client_config(&[]).unwrap(), Duration::from_millis(200));
+        let request = http::Request::post(format!("http://{address}/")).body(full("hello")).unwrap();
+        let answer = client.request(request).await.unwrap();
+        assert_eq!(answer.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+        // The client stays alive and unused: only the pool's own timer can close the connection.
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection_ended).await;
+        assert!(ended.is_ok(), "the idle pooled connection was still open 5 s after its last use");
+        drop(client);
+    }
 }
