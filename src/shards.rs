@@ -89,7 +89,7 @@ impl Shards {
     /// whose body is of a length not known before it is read. Headers count because some
     /// work multiplies them by the body (a CloudEvents batch gives each event its own).
     pub fn elsewhere_for<B: Body>(&self, request: &http::Request<B>) -> Option<Handle> {
-        let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+        let headers = crate::inbound::header_bytes(request.headers());
         let small = request
             .body()
             .size_hint()

@@ -27,6 +27,8 @@ const BATCH: &str = "application/cloudevents-batch+json";
 /// hold the server's threads for long.
 pub const MAX_ENTRIES: usize = 1000;
 const STRUCTURED: &str = "application/cloudevents+json";
+/// A batch's events store at most this many times `limits.max_body` of headers in all.
+pub const STORED_HEADERS_PER_MAX_BODY: u64 = 4;
 
 pub fn is_batch(headers: &HeaderMap) -> bool {
     crate::inbound::media_type(headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok())) == BATCH
@@ -40,6 +42,14 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     };
     if entries.len() > MAX_ENTRIES {
         return IngressError::BadBody(format!("a batch of {} events; at most {MAX_ENTRIES} are taken at once", entries.len())).answer("");
+    }
+    // Each stored event keeps the batch's headers: without a bound, 1,000 tiny entries under
+    // 64 KiB of headers would store 64 MB from a request of about 130 KB.
+    let header_bytes = crate::inbound::header_bytes(&batch.headers) as u64;
+    let most_header_bytes = snapshot.settings.limits.max_body.saturating_mul(STORED_HEADERS_PER_MAX_BODY);
+    let stored_header_bytes = header_bytes.saturating_mul(entries.len() as u64);
+    if stored_header_bytes > most_header_bytes {
+        return IngressError::BatchHeadersTooLarge { entries: entries.len(), header_bytes, most: most_header_bytes }.answer("");
     }
     if let Some(problem) = entries
         .iter()

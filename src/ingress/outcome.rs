@@ -25,6 +25,9 @@ pub enum IngressError {
     BuffersFull,
     #[error("request body too large")]
     TooLarge { max_body: u64 },
+    /// A CloudEvents batch whose events would store its headers too many times over.
+    #[error("a CloudEvents batch's headers would be stored too many times")]
+    BatchHeadersTooLarge { entries: usize, header_bytes: u64, most: u64 },
     #[error("could not read the request body")]
     BadBody(String),
     #[error("rate limit exceeded")]
@@ -60,7 +63,7 @@ impl IngressError {
             IngressError::AmbiguousHost(_) | IngressError::BadBody(_) => StatusCode::BAD_REQUEST,
             IngressError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::Unmatched => StatusCode::NOT_FOUND,
-            IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::TooLarge { .. } | IngressError::BatchHeadersTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::Render(_) | IngressError::SyncBatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -82,7 +85,7 @@ impl IngressError {
             IngressError::RequestTimeout(_) => "timeout",
             IngressError::Unmatched => "unmatched",
             IngressError::BuffersFull => "busy",
-            IngressError::TooLarge { .. } => "too_large",
+            IngressError::TooLarge { .. } | IngressError::BatchHeadersTooLarge { .. } => "too_large",
             IngressError::RateLimited { .. } => "rate_limited",
             IngressError::Unauthorized => "unauthorized",
             IngressError::StoreLost | IngressError::StoreFailed => "store_error",
@@ -100,7 +103,7 @@ impl IngressError {
             IngressError::RequestTimeout(_) => Some("request_timeout"),
             IngressError::UpstreamTimeout(_) => Some("upstream_header_timeout"),
             IngressError::BuffersFull => Some("max_buffered_bytes"),
-            IngressError::TooLarge { .. } => Some("max_body"),
+            IngressError::TooLarge { .. } | IngressError::BatchHeadersTooLarge { .. } => Some("max_body"),
             _ => None,
         }
     }
@@ -121,6 +124,12 @@ impl IngressError {
         match self {
             IngressError::RequestTimeout(limit) => Some(json!(format!("the request did not complete within {limit:?}"))),
             IngressError::TooLarge { max_body } => Some(json!({ "max_body": max_body })),
+            IngressError::BatchHeadersTooLarge { entries, header_bytes, most } => Some(json!({
+                "entries": entries,
+                "header_bytes": header_bytes,
+                "most": most,
+                "hint": "each event of a batch is stored with the batch's headers; send fewer events per batch, or fewer headers"
+            })),
             IngressError::BadBody(detail) | IngressError::TargetUnavailable { detail, .. } | IngressError::Upstream(detail) => {
                 Some(json!(detail))
             }

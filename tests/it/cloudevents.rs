@@ -333,3 +333,49 @@ routes:
     assert!(reply.text().contains("binary mode cannot carry"), "{}", reply.text());
     assert_eq!(sink.seen().len(), 1);
 }
+
+#[tokio::test]
+async fn a_batch_that_would_store_its_headers_too_many_times_is_refused_whole() {
+    let sink = TestSink::start().await;
+    // 4 × max_body = 64 KiB of headers in all for a batch's events.
+    let relay = Relay::start(&format!(
+        r#"listen: 127.0.0.1:0
+limits: {{ max_body: 16KiB }}
+routes:
+  - name: batched
+    source: cloudevents
+    match: {{ path: /hooks/batch }}
+    forward:
+      - url: {}/got
+        body: {{ id: "{{{{ce.id}}}}" }}
+"#,
+        sink.url()
+    ))
+    .await;
+    let body = |first: usize| {
+        let entries: Vec<Value> = (first..first + 100)
+            .map(|id| json!({"specversion": "1.0", "id": id.to_string(), "source": "/s", "type": "com.example.a"}))
+            .collect();
+        serde_json::to_vec(&entries).unwrap()
+    };
+    let post = |padding: usize, body: Vec<u8>| {
+        let url = relay.url("/hooks/batch");
+        let client = relay.client.clone();
+        let padding = "p".repeat(padding);
+        async move { client.send("POST", &url, &[("content-type", "application/cloudevents-batch+json"), ("x-padding", &padding)], body).await }
+    };
+    // 100 entries × at least 700 bytes of headers: over 64 KiB.
+    let refused = post(700, body(0)).await;
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    let detail = &refused.json()["detail"];
+    assert_eq!(detail["entries"], 100, "{}", refused.text());
+    assert_eq!(detail["most"], 4 * 16 * 1024, "{}", refused.text());
+    assert!(detail["header_bytes"].as_u64().unwrap() > 700, "{}", refused.text());
+    // The same number of entries under fewer header bytes is taken.
+    let taken = post(300, body(100)).await;
+    assert_eq!(taken.status, 202, "{}", taken.text());
+    let seen = sink.wait_for(100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.seen().len(), 100, "nothing of the refused batch was stored or sent");
+    assert!(seen.iter().all(|s| s.json()["id"].as_str().unwrap().parse::<usize>().unwrap() >= 100));
+}
