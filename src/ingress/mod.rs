@@ -38,10 +38,13 @@ pub mod proxy;
 mod sync;
 pub use outcome::{Handled, IngressError};
 
-/// The request id: the sender's `X-Request-Id` if it gave a sane one, else a new one.
-/// It is passed on to targets and the upstream service and returned to the sender.
+/// The request id: the sender's `X-Request-Id` if it gave a sane one (1 to 128 visible
+/// ASCII characters), else a new one. It is passed on to targets and the upstream service
+/// and returned to the sender. The text log writes it as it is: a space in it would let a
+/// sender add fields of its own to the request's line.
 fn request_id(request: &mut Request<Incoming>) -> HeaderValue {
-    let given = request.headers().get(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).cloned();
+    let sane = |id: &HeaderValue| !id.is_empty() && id.len() <= 128 && id.as_bytes().iter().all(u8::is_ascii_graphic);
+    let given = request.headers().get(REQUEST_ID).filter(|id| sane(id)).cloned();
     let id =
         given.unwrap_or_else(|| HeaderValue::from_str(&ulid::Ulid::generate().to_string()).unwrap_or(HeaderValue::from_static("unknown")));
     request.headers_mut().insert(REQUEST_ID, id.clone());

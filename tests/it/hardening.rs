@@ -83,6 +83,13 @@ async fn request_ids_are_kept_passed_on_and_returned() {
     let made = reply.headers.get("x-request-id").unwrap().to_str().unwrap().to_string();
     assert_eq!(made.len(), 26, "a ULID: {made}");
     assert_eq!(sink.wait_for(2).await[1].header("x-request-id"), Some(made.as_str()));
+    // An id that would add fields to the text log's line, or that is not ASCII, is replaced.
+    for odd in ["req-43 status=500 path=/admin", "req-\u{e9}t\u{e9}", &"x".repeat(129)] {
+        let reply = relay.client.post_json(&relay.url("/hooks/r"), &[("x-request-id", odd)], "{}").await;
+        let made = reply.headers.get("x-request-id").unwrap().to_str().unwrap().to_string();
+        assert_eq!(made.len(), 26, "a ULID instead of {odd:?}: {made}");
+    }
+    assert_eq!(sink.wait_for(5).await[4].header("x-request-id").map(str::len), Some(26));
 }
 
 fn spawn(config: &std::path::Path, log_format: &str, env: &[(&str, &str)]) -> Process {
