@@ -20,9 +20,12 @@ use crate::delivery::link::UpstreamLink;
 use crate::settings::{Limits, Upstream};
 use crate::trace::{Trace, TRACEPARENT};
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Proxy-Connection` is no standard's but old clients still send it (RFC 9110, 7.6.1: a
+/// proxy removes it), and some services read it as `Connection`.
+const HOP_BY_HOP: [HeaderName; 9] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     http::header::PROXY_AUTHENTICATE,
     http::header::PROXY_AUTHORIZATION,
     http::header::TE,

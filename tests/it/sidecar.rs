@@ -27,7 +27,13 @@ async fn put_with_query_passes_through_and_418_comes_back() {
         .send(
             "PUT",
             &relay.url("/api/items/42?force=true&tag=a%20b"),
-            &[("content-type", "text/plain"), ("x-custom", "kept"), ("connection", "keep-alive, x-hop"), ("x-hop", "dropped")],
+            &[
+                ("content-type", "text/plain"),
+                ("x-custom", "kept"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "dropped"),
+                ("proxy-connection", "keep-alive"),
+            ],
             "body bytes \u{1F680}",
         )
         .await;
@@ -42,6 +48,7 @@ async fn put_with_query_passes_through_and_418_comes_back() {
     assert_eq!(request.header("x-custom"), Some("kept"));
     assert_eq!(request.header("content-type"), Some("text/plain"));
     assert_eq!(request.header("x-hop"), None, "headers named by Connection are hop-by-hop");
+    assert_eq!(request.header("proxy-connection"), None);
     assert_eq!(request.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(request.header("x-forwarded-proto"), Some("http"));
     assert_eq!(request.header("x-forwarded-host"), Some(relay.running.ingress_addr.to_string().as_str()));
