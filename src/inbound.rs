@@ -18,13 +18,13 @@ pub enum ParsedBody {
     Invalid,
 }
 
-/// A content type's media type without its parameters, lower-case (`""` when there is none):
-/// `application/json; charset=utf-8` is `application/json`.
 /// The bytes of `headers` as sent: each name and value (framing not counted).
 pub fn header_bytes(headers: &HeaderMap) -> usize {
     headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum()
 }
 
+/// A content type's media type without its parameters, lower-case (`""` when there is none):
+/// `application/json; charset=utf-8` is `application/json`.
 pub fn media_type(content_type: Option<&str>) -> String {
     content_type.and_then(|ct| ct.split(';').next()).map(|ct| ct.trim().to_ascii_lowercase()).unwrap_or_default()
 }

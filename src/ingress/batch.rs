@@ -28,7 +28,7 @@ const BATCH: &str = "application/cloudevents-batch+json";
 pub const MAX_ENTRIES: usize = 1000;
 const STRUCTURED: &str = "application/cloudevents+json";
 /// A batch's events store at most this many times `limits.max_body` of headers in all.
-pub const STORED_HEADERS_PER_MAX_BODY: u64 = 4;
+const STORED_HEADERS_PER_MAX_BODY: u64 = 4;
 
 pub fn is_batch(headers: &HeaderMap) -> bool {
     crate::inbound::media_type(headers.get(http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok())) == BATCH
