@@ -44,12 +44,13 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
         return IngressError::BadBody(format!("a batch of {} events; at most {MAX_ENTRIES} are taken at once", entries.len())).answer("");
     }
     // Each stored event keeps the batch's headers: without a bound, 1,000 tiny entries under
-    // 64 KiB of headers would store 64 MB from a request of about 130 KB.
-    let header_bytes = crate::inbound::header_bytes(&batch.headers) as u64;
-    let most_header_bytes = snapshot.settings.limits.max_body.saturating_mul(STORED_HEADERS_PER_MAX_BODY);
-    let stored_header_bytes = header_bytes.saturating_mul(entries.len() as u64);
-    if stored_header_bytes > most_header_bytes {
-        return IngressError::BatchHeadersTooLarge { entries: entries.len(), header_bytes, most: most_header_bytes }.answer("");
+    // 64 KiB of headers would store 64 MB from a request of about 130 KB. Each entry is
+    // matched with a copy of them, so the bound is first held against entries × header
+    // bytes, before that work, then against what the matched events would store.
+    let most = snapshot.settings.limits.max_body.saturating_mul(STORED_HEADERS_PER_MAX_BODY);
+    let copied = (crate::inbound::header_bytes(&batch.headers) as u64).saturating_mul(entries.len() as u64);
+    if copied > most {
+        return IngressError::BatchHeadersTooLarge { entries: entries.len(), header_bytes: copied, most }.answer("");
     }
     if let Some(problem) = entries
         .iter()
@@ -94,6 +95,11 @@ pub async fn accept(relay: &Relay, snapshot: &Arc<Snapshot>, batch: &InboundRequ
     // An empty batch included: no entry matched.
     if entry_events.iter().all(Vec::is_empty) {
         return IngressError::Unmatched.answer("");
+    }
+    // Every route an entry fires stores an event of its own, with the headers as JSON.
+    let stored: u64 = events.iter().map(|accepted| crate::store::stored_headers_len(&accepted.event.headers) as u64).sum();
+    if stored > most {
+        return IngressError::BatchHeadersTooLarge { entries: entry_events.len(), header_bytes: stored, most }.answer("");
     }
     let route_names: Vec<String> = entry_events.iter().flatten().map(|(route, _)| route.clone()).collect();
     let names: Vec<&str> = route_names.iter().map(String::as_str).collect();

@@ -25,7 +25,8 @@ pub enum IngressError {
     BuffersFull,
     #[error("request body too large")]
     TooLarge { max_body: u64 },
-    /// A CloudEvents batch whose events would store its headers too many times over.
+    /// A CloudEvents batch whose events would store its headers too many times over:
+    /// `header_bytes` of them in all, where at most `most` are taken.
     #[error("a CloudEvents batch's headers would be stored too many times")]
     BatchHeadersTooLarge { entries: usize, header_bytes: u64, most: u64 },
     #[error("could not read the request body")]
@@ -128,7 +129,7 @@ impl IngressError {
                 "entries": entries,
                 "header_bytes": header_bytes,
                 "most": most,
-                "hint": "each event of a batch is stored with the batch's headers; send fewer events per batch, or fewer headers"
+                "hint": "each event of a batch (one per entry and route it fires) is stored with the batch's headers; send fewer events per batch, or fewer headers"
             })),
             IngressError::BadBody(detail) | IngressError::TargetUnavailable { detail, .. } | IngressError::Upstream(detail) => {
                 Some(json!(detail))

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use postgres::PostgresStore;
+pub use record::stored_headers_len;
 pub use sqlite::{SqliteReader, SqliteStore};
 
 /// Request and response bodies of an attempt are cut to this many bytes before storing.

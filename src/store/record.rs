@@ -24,6 +24,24 @@ pub(super) fn headers_json(headers: &[(String, String)]) -> Result<String, Store
     serde_json::to_string(headers).map_err(|error| StoreError::InvalidInput(format!("headers: {error}")))
 }
 
+/// The bytes [`headers_json`] makes of `headers`, counted without building the text.
+pub fn stored_headers_len(headers: &[(String, String)]) -> usize {
+    struct Counted(usize);
+    impl std::io::Write for Counted {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counted = Counted(0);
+    // Writing strings into a counter cannot fail; were it to, the count so far still stands.
+    let _ = serde_json::to_writer(&mut counted, headers);
+    counted.0
+}
+
 /// An attempt's request headers (JSON) as stored beside its delivery's `stored` ones:
 /// `(None, None)` when they are the same; `(None, Some(added))` when they are the
 /// delivery's followed by more (the credential or signature a target adds at send time,

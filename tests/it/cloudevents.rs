@@ -336,8 +336,10 @@ routes:
 
 #[tokio::test]
 async fn a_batch_that_would_store_its_headers_too_many_times_is_refused_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let sink = TestSink::start().await;
-    // 4 × max_body = 64 KiB of headers in all for a batch's events.
+    // 4 × max_body = 64 KiB of headers in all for a batch's events; two routes take each entry.
     let relay = Relay::start(&format!(
         r#"listen: 127.0.0.1:0
 limits: {{ max_body: 16KiB }}
@@ -346,14 +348,20 @@ routes:
     source: cloudevents
     match: {{ path: /hooks/batch }}
     forward:
-      - url: {}/got
+      - url: {url}/got
+        body: {{ id: "{{{{ce.id}}}}" }}
+  - name: batched-too
+    source: cloudevents
+    match: {{ path: /hooks/batch }}
+    forward:
+      - url: {url}/too
         body: {{ id: "{{{{ce.id}}}}" }}
 "#,
-        sink.url()
+        url = sink.url()
     ))
     .await;
-    let body = |first: usize| {
-        let entries: Vec<Value> = (first..first + 100)
+    let body = |first: usize, count: usize| {
+        let entries: Vec<Value> = (first..first + count)
             .map(|id| json!({"specversion": "1.0", "id": id.to_string(), "source": "/s", "type": "com.example.a"}))
             .collect();
         serde_json::to_vec(&entries).unwrap()
@@ -364,18 +372,48 @@ routes:
         let padding = "p".repeat(padding);
         async move { client.send("POST", &url, &[("content-type", "application/cloudevents-batch+json"), ("x-padding", &padding)], body).await }
     };
-    // 100 entries × at least 700 bytes of headers: over 64 KiB.
-    let refused = post(700, body(0)).await;
+    let most = 4 * 16 * 1024;
+    // 100 entries × at least 700 bytes of headers: over 64 KiB before any entry is matched.
+    let refused = post(700, body(0, 100)).await;
     assert_eq!(refused.status, 413, "{}", refused.text());
     let detail = &refused.json()["detail"];
-    assert_eq!(detail["entries"], 100, "{}", refused.text());
-    assert_eq!(detail["most"], 4 * 16 * 1024, "{}", refused.text());
-    assert!(detail["header_bytes"].as_u64().unwrap() > 700, "{}", refused.text());
-    // The same number of entries under fewer header bytes is taken.
-    let taken = post(300, body(100)).await;
+    assert_eq!((detail["entries"].as_u64(), detail["most"].as_u64()), (Some(100), Some(most)), "{}", refused.text());
+    assert!(detail["header_bytes"].as_u64().unwrap() > 100 * 700, "{}", refused.text());
+    // 100 × about 450 bytes is under the bound, but each entry fires two routes: 200 events
+    // would store them.
+    let twice = post(300, body(100, 100)).await;
+    assert_eq!(twice.status, 413, "{}", twice.text());
+    assert!(twice.json()["detail"]["header_bytes"].as_u64().unwrap() > most, "{}", twice.text());
+    // A header value that is not UTF-8 is stored with three bytes for each of its own: 40
+    // entries under 300 such bytes would store about 84 KB, under 300 ASCII ones about 36 KB.
+    let raw = |padding: u8| {
+        let batch = body(200 + usize::from(padding == b'p') * 100, 40);
+        let mut request = format!(
+            "POST /hooks/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents-batch+json\r\ncontent-length: {}\r\nx-padding: ",
+            batch.len()
+        )
+        .into_bytes();
+        request.extend(std::iter::repeat_n(padding, 300));
+        request.extend_from_slice(b"\r\n\r\n");
+        request.extend_from_slice(&batch);
+        let address = relay.running.ingress_addr;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+            let mut answer = vec![0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.expect("answered").unwrap();
+            String::from_utf8_lossy(&answer[..read]).into_owned()
+        }
+    };
+    let not_utf8 = raw(0xff).await;
+    assert!(not_utf8.starts_with("HTTP/1.1 413"), "{not_utf8}");
+    let ascii = raw(b'p').await;
+    assert!(ascii.starts_with("HTTP/1.1 202"), "{ascii}");
+    // Fewer header bytes: both routes' events are taken.
+    let taken = post(50, body(400, 100)).await;
     assert_eq!(taken.status, 202, "{}", taken.text());
-    let seen = sink.wait_for(100).await;
+    let seen = sink.wait_for(280).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sink.seen().len(), 100, "nothing of the refused batch was stored or sent");
-    assert!(seen.iter().all(|s| s.json()["id"].as_str().unwrap().parse::<usize>().unwrap() >= 100));
+    assert_eq!(sink.seen().len(), 280, "nothing of the refused batches was stored or sent");
+    assert!(seen.iter().all(|s| s.json()["id"].as_str().unwrap().parse::<usize>().unwrap() >= 300));
 }
