@@ -367,25 +367,24 @@ impl Target {
                 }
                 Ok((Bytes::from(text), Some(content_header(kind))))
             }
-            (BodySpec::Structured(tree), kind) => {
-                let value = render_structured(tree, engine, context).map_err(|message| fail("body", message))?;
-                let bytes = if kind == ContentKind::Form {
-                    let Value::Object(fields) = &value else {
-                        return Err(fail("body", "a form body must be a mapping".to_string()));
-                    };
-                    let mut form = form_urlencoded::Serializer::new(String::new());
-                    for (name, field) in fields {
-                        match field {
-                            Value::String(text) => form.append_pair(name, text),
-                            Value::Null => form.append_pair(name, ""),
-                            other => form.append_pair(name, &other.to_string()),
-                        };
-                    }
-                    Bytes::from(form.finish())
-                } else {
-                    Bytes::from(serde_json::to_vec(&value).map_err(|err| fail("body", err.to_string()))?)
+            (BodySpec::Structured(tree), ContentKind::Form) => {
+                let Value::Object(fields) = render_structured(tree, engine, context).map_err(|message| fail("body", message))? else {
+                    return Err(fail("body", "a form body must be a mapping".to_string()));
                 };
-                Ok((bytes, Some(content_header(kind))))
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                for (name, field) in &fields {
+                    match field {
+                        Value::String(text) => form.append_pair(name, text),
+                        Value::Null => form.append_pair(name, ""),
+                        other => form.append_pair(name, &other.to_string()),
+                    };
+                }
+                Ok((Bytes::from(form.finish()), Some(content_header(ContentKind::Form))))
+            }
+            (BodySpec::Structured(tree), kind) => {
+                let mut json = Vec::with_capacity(256);
+                write_structured(tree, engine, context, &mut json).map_err(|message| fail("body", message))?;
+                Ok((Bytes::from(json), Some(content_header(kind))))
             }
         }
     }
@@ -450,6 +449,41 @@ fn render_structured(tree: &Structured, engine: &TemplateEngine, context: &Conte
             fields.iter().map(|(k, v)| Ok((k.clone(), render_structured(v, engine, context)?))).collect::<Result<_, String>>()?,
         ),
     })
+}
+
+/// Writes `tree` rendered as compact JSON into `out`: the bytes `serde_json::to_vec` makes
+/// of [`render_structured`]'s value, without building that value first.
+fn write_structured(tree: &Structured, engine: &TemplateEngine, context: &Context, out: &mut Vec<u8>) -> Result<(), String> {
+    let written = match tree {
+        Structured::Literal(value) => serde_json::to_writer(&mut *out, value),
+        Structured::Text(id) => serde_json::to_writer(&mut *out, &engine.render(id, context).map_err(|e| e.to_string())?),
+        Structured::Typed(_) => serde_json::to_writer(&mut *out, &render_structured(tree, engine, context)?),
+        Structured::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_structured(item, engine, context, out)?;
+            }
+            out.push(b']');
+            Ok(())
+        }
+        Structured::Object(fields) => {
+            out.push(b'{');
+            for (index, (name, field)) in fields.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, name).map_err(|err| err.to_string())?;
+                out.push(b':');
+                write_structured(field, engine, context, out)?;
+            }
+            out.push(b'}');
+            Ok(())
+        }
+    };
+    written.map_err(|err| err.to_string())
 }
 
 #[cfg(test)]

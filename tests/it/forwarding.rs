@@ -229,6 +229,50 @@ async fn hostile_text_survives_a_json_string_template_exactly() {
     assert_eq!(sink.seen().len(), 1);
 }
 
+/// A `body:` written as YAML reaches the target as compact JSON with the mapping's order:
+/// strings escaped, single-expression leaves keeping their JSON type, literals as written.
+#[tokio::test]
+async fn a_structured_body_reaches_the_target_as_these_exact_bytes() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"listen: 127.0.0.1:0
+routes:
+  - name: shaped
+    match: {{ path: /hooks/shaped }}
+    respond: sync
+    forward:
+      - url: {}/shaped
+        body:
+          text: "say {{{{body.msg}}}}"
+          n: "{{{{body.n}}}}"
+          whole: "{{{{json body.o}}}}"
+          list: [1, two, "{{{{body.msg}}}}", {{ deep: "{{{{body.msg}}}}", "quo\"ted key": x }}, null, true, 2.5]
+          empty: {{}}
+          none: []
+          missing: "{{{{body.nope}}}}"
+"#,
+        sink.url()
+    );
+    let relay = Relay::start(&yaml).await;
+    let hostile = "quo\"te \\ back\nline\ttab \u{1} \u{7f} 🚀 中文 </script> \u{2028}";
+    let body = json!({ "msg": hostile, "n": 12.5, "o": { "z": 1, "a": [true, null, "s"] } });
+    let reply = relay.client.post_json(&relay.url("/hooks/shaped"), &[], body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let expected = json!({
+        "text": format!("say {hostile}"),
+        "n": 12.5,
+        "whole": { "z": 1, "a": [true, null, "s"] },
+        "list": [1, "two", hostile, { "deep": hostile, "quo\"ted key": "x" }, null, true, 2.5],
+        "empty": {},
+        "none": [],
+        // A leaf that is only an expression keeps its JSON type: a missing value is null.
+        "missing": null,
+    });
+    let seen = sink.wait_for(1).await;
+    assert_eq!(String::from_utf8_lossy(&seen[0].body), serde_json::to_string(&expected).unwrap());
+    assert_eq!(seen[0].header("content-type"), Some("application/json"));
+}
+
 #[tokio::test]
 async fn fan_out_when_and_final() {
     let sink = TestSink::start().await;
