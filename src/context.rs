@@ -38,8 +38,12 @@ pub fn base(request: &InboundRequest, body: Value, received_at: DateTime<Utc>, i
 fn headers_object(headers: &http::HeaderMap) -> Map<String, Value> {
     let mut out = Map::new();
     for name in headers.keys() {
-        let joined =
-            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>().join(", ");
+        let mut values = headers.get_all(name).iter();
+        let mut joined = values.next().map(|first| String::from_utf8_lossy(first.as_bytes()).into_owned()).unwrap_or_default();
+        for more in values {
+            joined.push_str(", ");
+            joined.push_str(&String::from_utf8_lossy(more.as_bytes()));
+        }
         out.insert(name.as_str().to_string(), Value::String(joined));
     }
     out
@@ -58,4 +62,20 @@ pub fn set_route(context: &mut Context, matched: &RouteMatch<'_>, event_id: &str
     root.insert("event".into(), matched.info.event.clone().map(Value::String).unwrap_or(Value::Null));
     root.insert("delivery_id".into(), matched.info.delivery_id.clone().map(Value::String).unwrap_or(Value::Null));
     root.insert("vars".into(), matched.route.vars.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_see_each_header_once_with_repeats_joined() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-one", http::HeaderValue::from_static("a"));
+        headers.append("x-many", http::HeaderValue::from_static("b"));
+        headers.append("x-many", http::HeaderValue::from_static("c, d"));
+        headers.append("x-many", http::HeaderValue::from_bytes(b"\xffe").unwrap());
+        let seen = headers_object(&headers);
+        assert_eq!(Value::Object(seen), serde_json::json!({ "x-one": "a", "x-many": "b, c, d, \u{fffd}e" }));
+    }
 }
