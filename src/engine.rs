@@ -753,7 +753,7 @@ pub fn stored(request: &OutgoingRequest, target: &Target) -> StoredRequest {
     StoredRequest {
         method: request.method.to_string(),
         url: credentials.to_markers(&request.url),
-        headers: header_pairs(&request.headers).into_iter().map(|(name, value)| (name, credentials.to_markers(&value))).collect(),
+        headers: header_pairs(&request.headers).into_iter().map(|(name, value)| (name, credentials.into_markers(value))).collect(),
         body: request.body.clone(),
     }
 }
@@ -775,7 +775,7 @@ pub fn delivery_of(event_id: &str, outgoing: &OutgoingRequest, target: &Target, 
 
 /// Header pairs of an incoming request, credentials redacted (the event record is for people).
 pub fn recorded_headers(headers: &HeaderMap, redactions: &crate::redact::Redactions) -> Vec<(String, String)> {
-    redactions.headers(&header_pairs(headers))
+    redactions.mask_headers(header_pairs(headers))
 }
 
 #[cfg(test)]

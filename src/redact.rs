@@ -64,12 +64,23 @@ impl Redactions {
         }
     }
 
+    /// Whether `text` holds a configured secret value or a stored credential marker.
+    fn has_values(&self, text: &str) -> bool {
+        text.contains('\u{1}') || (!self.values.is_empty() && self.finder().is_some_and(|finder| finder.is_match(text)))
+    }
+
+    fn finder(&self) -> Option<&aho_corasick::AhoCorasick> {
+        self.finder
+            .get_or_init(|| {
+                // Longest first, so that a secret containing another is masked whole.
+                aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostLongest).build(&self.values).ok()
+            })
+            .as_ref()
+    }
+
     /// `text` with configured secret values and stored credential markers as `***`.
     pub fn mask_values(&self, text: &str) -> String {
-        let finder = self.finder.get_or_init(|| {
-            // Longest first, so that a secret containing another is masked whole.
-            aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostLongest).build(&self.values).ok()
-        });
+        let finder = self.finder();
         let mut out = String::with_capacity(text.len());
         match finder {
             Some(finder) if !self.values.is_empty() => finder.replace_all_with(text, &mut out, |_, _, dst| {
@@ -141,10 +152,20 @@ impl Redactions {
 
     /// Header pairs with every credential value replaced by `[redacted]`.
     pub fn headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        self.mask_headers(headers.to_vec())
+    }
+
+    /// [`Redactions::headers`] of pairs the caller owns: a value with nothing to mask is kept
+    /// as it is, not copied.
+    pub fn mask_headers(&self, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+        for (name, value) in &mut headers {
+            if self.is_secret_header(name) {
+                *value = REDACTED.to_string();
+            } else if self.has_values(value) {
+                *value = self.mask_values(value);
+            }
+        }
         headers
-            .iter()
-            .map(|(name, value)| (name.clone(), if self.is_secret_header(name) { REDACTED.to_string() } else { self.mask_values(value) }))
-            .collect()
     }
 
     /// A body with credential fields replaced by `[redacted]`: JSON by path, a form by the

@@ -191,7 +191,7 @@ impl RecordedRequest {
             url,
             url_masked_by_config,
             method: sent.method.to_string(),
-            headers: redactions.headers(&header_pairs(&sent.headers)),
+            headers: redactions.mask_headers(header_pairs(&sent.headers)),
             body: redactions.body(content_type, &signed_body),
         }
     }

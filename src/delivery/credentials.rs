@@ -69,7 +69,12 @@ impl EnvCredentials {
 
     /// `text` with every secret value replaced by the marker of its variable (for the store).
     pub fn to_markers(&self, text: &str) -> String {
-        let mut out = text.to_string();
+        self.into_markers(text.to_string())
+    }
+
+    /// [`EnvCredentials::to_markers`] of text the caller owns: no copy when it holds none.
+    pub fn into_markers(&self, text: String) -> String {
+        let mut out = text;
         for (name, value) in &self.encoded_values {
             if out.contains(value.as_str()) {
                 out = out.replace(value.as_str(), &encoded_marker(name));
