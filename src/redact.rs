@@ -110,8 +110,8 @@ impl Redactions {
     /// [`Redactions::url`], and whether it differs from what [`redact_url`] alone shows
     /// (the config masked something of its own, which a later config may not know to).
     pub fn url_shown(&self, text: &str) -> (String, bool) {
-        let masked = self.mask_values(text);
         // Most URLs hold no value the config knows: then only the query names can differ.
+        let masked = if self.has_values(text) { std::borrow::Cow::Owned(self.mask_values(text)) } else { std::borrow::Cow::Borrowed(text) };
         let values_found = masked != text;
         let shown = redact_url(&masked);
         let Some((base, query)) = shown.split_once('?').filter(|_| !self.query_names.is_empty()) else {
@@ -258,15 +258,19 @@ pub fn redact_url(text: &str) -> String {
         None => base.to_string(),
     };
     if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, value)) if !value.is_empty() && !is_template(value) && is_secret_name(name) => format!("{name}=***"),
-                _ => pair.to_string(),
-            })
-            .collect();
         out.push('?');
-        out.push_str(&pairs.join("&"));
+        for (index, pair) in query.split('&').enumerate() {
+            if index > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, value)) if !value.is_empty() && !is_template(value) && is_secret_name(name) => {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
     }
     out
 }
@@ -383,6 +387,8 @@ mod tests {
         );
         assert_eq!(redact_url("upstream:/a/b"), "upstream:/a/b");
         assert_eq!(redact_url("http://h/p"), "http://h/p");
+        assert_eq!(redact_url("http://h/p?"), "http://h/p?");
+        assert_eq!(redact_url("http://h/p?a&&token=t&=x&b="), "http://h/p?a&&token=***&=x&b=");
         let headers = vec![("Authorization".to_string(), "Basic x".to_string()), ("x-env".to_string(), "prod".to_string())];
         assert_eq!(
             redact_headers(&headers),
