@@ -27,7 +27,6 @@ pub struct Shards {
     /// Where the search for the least busy shard starts, turned at each connection so that
     /// shards equally busy take connections in turn.
     next: AtomicUsize,
-    stops: Mutex<Vec<oneshot::Sender<()>>>,
     /// The runtime that started the shards.
     shared: Handle,
 }
@@ -38,18 +37,16 @@ impl Shards {
     pub fn start(count: usize) -> std::io::Result<Shards> {
         let shared = Handle::current();
         let mut shards = Vec::with_capacity(count);
-        let mut stops = Vec::with_capacity(count);
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
-            shards.push(Shard { runtime: runtime.handle().clone(), open: Arc::new(AtomicUsize::new(0)) });
-            stops.push(stop);
+            shards.push(Shard { runtime: runtime.handle().clone(), open: Arc::new(AtomicUsize::new(0)), stop: Mutex::new(Some(stop)) });
             std::thread::Builder::new().name(format!("hookrelay-io-{index}")).spawn(move || {
                 // Runs the shard's tasks until told to stop, or until the shards are gone.
                 let _ = runtime.block_on(stopped);
             })?;
         }
-        Ok(Shards { shards, next: AtomicUsize::new(0), stops: Mutex::new(stops), shared })
+        Ok(Shards { shards, next: AtomicUsize::new(0), shared })
     }
 
     /// One shard per thread of the shared runtime (the cores the relay was given).
@@ -100,9 +97,10 @@ impl Shards {
 
     /// Stops every shard; connections still open on them are closed.
     pub fn stop(&self) {
-        let stops = std::mem::take(&mut *self.stops.lock().unwrap_or_else(PoisonError::into_inner));
-        for stop in stops {
-            let _ = stop.send(());
+        for shard in &self.shards {
+            if let Some(stop) = shard.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = stop.send(());
+            }
         }
     }
 }
@@ -113,10 +111,11 @@ impl Drop for Shards {
     }
 }
 
-/// One connection thread's runtime, and how many connections it serves.
+/// One connection thread's runtime, how many connections it serves, and what stops it.
 struct Shard {
     runtime: Handle,
     open: Arc<AtomicUsize>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 /// One connection counted open on its shard until it ends (or its shard stops).
