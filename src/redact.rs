@@ -58,9 +58,14 @@ impl Redactions {
     }
 
     pub fn add_value(&mut self, value: &str) {
-        if !value.is_empty() && !self.values.iter().any(|v| v == value) {
-            self.values.push(value.to_string());
-            self.finder = std::sync::OnceLock::new();
+        // A value with a quote, a backslash or a control character reads otherwise inside
+        // a JSON string (a body rendered from it): that form is masked too.
+        let escaped = serde_json::to_string(value).ok().and_then(|quoted| quoted.get(1..quoted.len() - 1).map(str::to_owned));
+        for form in [Some(value.to_string()), escaped].into_iter().flatten() {
+            if !form.is_empty() && !self.values.contains(&form) {
+                self.values.push(form);
+                self.finder = std::sync::OnceLock::new();
+            }
         }
     }
 
@@ -359,6 +364,15 @@ mod tests {
         );
         let untouched = bytes::Bytes::from_static(br#"{"event":"x"}"#);
         assert_eq!(redactions.body(Some("application/json"), &untouched).as_ptr(), untouched.as_ptr(), "no field, no copy");
+    }
+
+    #[test]
+    fn a_secret_is_masked_in_a_json_body_as_json_writes_it() {
+        let mut config = Redactions::default();
+        config.add_value("SECRET\"q\\z");
+        let body = bytes::Bytes::from(serde_json::to_vec(&serde_json::json!({ "echo": "SECRET\"q\\z", "n": 1 })).unwrap());
+        assert_eq!(config.shown_body(Some("application/json"), &body), r#"{"echo":"***","n":1}"#);
+        assert_eq!(config.mask_values("x SECRET\"q\\z"), "x ***", "and as it is, in a header");
     }
 
     /// Whether a URL is shown otherwise than [`redact_url`] alone would show it: exactly when
