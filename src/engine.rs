@@ -202,6 +202,11 @@ impl Engine {
     /// request is still waiting for it (its sender hung up, its timeout fired), and the
     /// queue's counts and the sends of its deliveries must follow it.
     async fn accept_detached(self: &Arc<Self>, events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {
+        // Nothing to commit (a request whose only delivery is a sync one): no task, and no
+        // refusal for a queue it adds nothing to.
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let engine = self.clone();
         match tokio::spawn(async move { engine.accept_events(events, whole).await }).await {
             Ok(accepted) => accepted,

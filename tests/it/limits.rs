@@ -151,3 +151,45 @@ async fn full_queue_answers_503_with_retry_after_instead_of_dropping() {
     assert_eq!(refused.json(), json!({ "error": "delivery queue is full" }));
     assert_eq!(accepted, 3, "the queue holds exactly its capacity");
 }
+
+/// A request whose only delivery is a sync one adds nothing to the delivery queue: a queue
+/// over its capacity (a restart with a lower `queue_capacity` than the deliveries it holds)
+/// refuses async events but still lets it through.
+#[tokio::test]
+async fn a_queue_over_its_capacity_does_not_refuse_a_sync_route() {
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = black_hole.accept().await {
+            held.push(stream);
+        }
+    });
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    let db = dir.path().join("data").join("hookrelay.db");
+    let yaml = |capacity: usize| {
+        format!(
+            "listen: 127.0.0.1:0\nstore: {{ path: '{}' }}\nlimits: {{ queue_capacity: {capacity}, shutdown_grace: 1s }}\nroutes:\n  - name: slow\n    match: {{ path: /hooks/slow }}\n    forward:\n      - url: http://{hole}/x\n        timeout: 20s\n        max_queued: 100%\n  - name: now\n    respond: sync\n    match: {{ path: /hooks/now }}\n    forward:\n      - url: {}/now\n",
+            db.display(),
+            sink.url()
+        )
+    };
+    std::fs::write(&config, yaml(3)).unwrap();
+    let first = hookrelay::app::start(&config).await.unwrap();
+    let client = crate::support::reqwest_like::Client::new();
+    for _ in 0..3 {
+        assert_eq!(client.post_json(&format!("http://{}/hooks/slow", first.ingress_addr), &[], "{}").await.status, 202);
+    }
+    first.shutdown().await;
+
+    std::fs::write(&config, yaml(1)).unwrap();
+    let relay = Relay::attach(hookrelay::app::start(&config).await.unwrap());
+    let refused = relay.client.post_json(&relay.url("/hooks/slow"), &[], "{}").await;
+    assert_eq!(refused.status, 503, "three deliveries held, a capacity of one: {}", refused.text());
+    let answered = relay.client.post_json(&relay.url("/hooks/now"), &[], r#"{"n":1}"#).await;
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    let seen = sink.wait_for(1).await;
+    assert_eq!(&seen[0].body[..], br#"{"n":1}"#);
+}
