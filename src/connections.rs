@@ -110,8 +110,7 @@ where
             tokio::spawn(refuse_busy(stream));
             continue;
         };
-        ::metrics::counter!(crate::metrics::CONNECTIONS).increment(1);
-        ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).increment(1.0);
+        crate::metrics::connection_opened();
         let relay = relay.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -170,14 +169,14 @@ where
                 tracing::debug!(error = %client::error_chain(err.as_ref()), "connection ended with an error");
             }
             drop(permit);
-            ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
+            crate::metrics::connection_closed();
         };
         match &shards {
             Some(shards) => {
                 if let Err(err) = shards.serve(stream, connection) {
                     // The permit went with the closure, and the socket is closed.
                     tracing::debug!(error = %err, "an accepted connection could not be handed to a shard");
-                    ::metrics::gauge!(crate::metrics::CONNECTIONS_OPEN).decrement(1.0);
+                    crate::metrics::connection_closed();
                 }
             }
             None => {

@@ -183,7 +183,7 @@ impl Engine {
     }
 
     fn publish_depth(&self) {
-        ::metrics::gauge!(metrics::QUEUE_DEPTH).set(self.depth() as f64);
+        metrics::set_queue_depth(self.depth());
     }
 
     /// Commits every event with its deliveries; only after this returns may the sender be

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use metrics::Counter;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "hookrelay_requests_total";
@@ -194,7 +194,39 @@ impl From<&crate::store::AttemptOutcome> for DeliveryResult {
 pub fn count_delivery(route: &str, target: &str, result: DeliveryResult, seconds: Option<f64>) {
     with_route_counters(route, |counters| counters.delivery(route, target, result.label()).increment(1));
     if let Some(seconds) = seconds {
-        metrics::histogram!(DELIVERY_DURATION).record(seconds);
+        static DURATIONS: OnceLock<Histogram> = OnceLock::new();
+        with_unlabelled(&DURATIONS, || metrics::histogram!(DELIVERY_DURATION), |durations| durations.record(seconds));
+    }
+}
+
+/// `hookrelay_queue_depth`.
+pub fn set_queue_depth(depth: i64) {
+    static DEPTH: OnceLock<Gauge> = OnceLock::new();
+    with_unlabelled(&DEPTH, || metrics::gauge!(QUEUE_DEPTH), |gauge| gauge.set(depth as f64));
+}
+
+/// A connection accepted: `hookrelay_connections_total` and `hookrelay_connections_open`.
+pub fn connection_opened() {
+    static ACCEPTED: OnceLock<Counter> = OnceLock::new();
+    with_unlabelled(&ACCEPTED, || metrics::counter!(CONNECTIONS), |accepted| accepted.increment(1));
+    with_unlabelled(&OPEN_CONNECTIONS, || metrics::gauge!(CONNECTIONS_OPEN), |open| open.increment(1.0));
+}
+
+/// An accepted connection closed (or never served).
+pub fn connection_closed() {
+    with_unlabelled(&OPEN_CONNECTIONS, || metrics::gauge!(CONNECTIONS_OPEN), |open| open.decrement(1.0));
+}
+
+static OPEN_CONNECTIONS: OnceLock<Gauge> = OnceLock::new();
+
+/// Runs `count` with a metric that has no labels, looked up in the recorder once it is
+/// installed rather than at each count; before, it is looked up each time (one kept then
+/// would count nowhere for good).
+fn with_unlabelled<M>(kept: &'static OnceLock<M>, lookup: impl FnOnce() -> M, count: impl FnOnce(&M)) {
+    if handle_installed() {
+        count(kept.get_or_init(lookup));
+    } else {
+        count(&lookup());
     }
 }
 
@@ -207,5 +239,32 @@ pub fn set_target_state(route: &str, target: &str, state: &str) {
     for each in TARGET_STATES {
         let value = if each == state { 1.0 } else { 0.0 };
         ::metrics::gauge!(TARGET_STATE, "route" => route.to_string(), "target" => target.to_string(), "state" => each).set(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample's value in the exposition (0 when absent); other tests in this process may
+    /// count too, so callers compare with at-least.
+    fn sample(name: &str) -> f64 {
+        render().lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    }
+
+    #[test]
+    fn metrics_without_labels_count_every_time_once_kept() {
+        assert!(handle().is_some(), "the recorder installs");
+        let (accepted, durations) = (sample(CONNECTIONS), sample("hookrelay_delivery_duration_seconds_count"));
+        for _ in 0..2 {
+            connection_opened();
+            connection_closed();
+            count_delivery("route", "target", DeliveryResult::Succeeded, Some(0.02));
+        }
+        assert!(sample(CONNECTIONS) >= accepted + 2.0);
+        assert!(sample("hookrelay_delivery_duration_seconds_count") >= durations + 2.0);
+        assert!(render().contains(CONNECTIONS_OPEN));
+        set_queue_depth(3);
+        assert!(render().contains(QUEUE_DEPTH));
     }
 }
