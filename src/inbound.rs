@@ -1,6 +1,7 @@
 //! One received webhook as the relay sees it after buffering: method, path, query,
 //! headers, the raw bytes and the body parsed by Content-Type (DESIGN §2).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -25,8 +26,13 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
 
 /// A content type's media type without its parameters, lower-case (`""` when there is none):
 /// `application/json; charset=utf-8` is `application/json`.
-pub fn media_type(content_type: Option<&str>) -> String {
-    content_type.and_then(|ct| ct.split(';').next()).map(|ct| ct.trim().to_ascii_lowercase()).unwrap_or_default()
+pub fn media_type(content_type: Option<&str>) -> Cow<'_, str> {
+    let essence = content_type.and_then(|ct| ct.split(';').next()).map_or("", str::trim);
+    // Asked several times a request: most senders write it in lower case, so no copy.
+    match essence.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        true => Cow::Owned(essence.to_ascii_lowercase()),
+        false => Cow::Borrowed(essence),
+    }
 }
 
 /// Whether a media type (as [`media_type`] gives it) is JSON: `application/json` or `…+json`.
@@ -122,6 +128,15 @@ impl InboundRequest {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn media_types_without_parameters_in_lower_case() {
+        assert_eq!(media_type(Some("application/json; charset=utf-8")), "application/json");
+        assert_eq!(media_type(Some(" Application/JSON ;charset=UTF-8")), "application/json");
+        assert!(matches!(media_type(Some("text/plain")), Cow::Borrowed("text/plain")), "lower case is not copied");
+        assert_eq!(media_type(Some(";x=y")), "");
+        assert_eq!(media_type(None), "");
+    }
 
     #[test]
     fn bodies_by_content_type() {

@@ -178,7 +178,7 @@ impl Redactions {
     /// returned as it is (without a copy).
     pub fn body(&self, content_type: Option<&str>, body: &bytes::Bytes) -> bytes::Bytes {
         let media_type = crate::inbound::media_type(content_type);
-        let cloudevents = matches!(media_type.as_str(), "application/cloudevents+json" | "application/cloudevents-batch+json");
+        let cloudevents = matches!(&*media_type, "application/cloudevents+json" | "application/cloudevents-batch+json");
         if (self.fields.is_empty() && !cloudevents) || body.is_empty() {
             return body.clone();
         }

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use crate::delivery::client::{full, Body};
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+    // A `Value` always serialises (its keys are strings); straight into bytes, not through `Display`.
+    let mut response = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
     *response.status_mut() = status;
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
