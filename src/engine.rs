@@ -202,8 +202,8 @@ impl Engine {
     /// request is still waiting for it (its sender hung up, its timeout fired), and the
     /// queue's counts and the sends of its deliveries must follow it.
     async fn accept_detached(self: &Arc<Self>, events: Vec<Accepted>, whole: bool) -> Result<Vec<AcceptOutcome>, AcceptError> {
-        // Nothing to commit (a request whose only delivery is a sync one): no task, and no
-        // refusal for a queue it adds nothing to.
+        // Nothing to commit (a request whose only delivery is a sync one, a replay that
+        // found nothing): no task.
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -218,7 +218,9 @@ impl Engine {
         let _counting = self.counting.read().await;
         let count: i64 = events.iter().map(|e| e.deliveries.len() as i64).sum();
         let depth = self.depth.fetch_add(count, Ordering::AcqRel) + count;
-        if depth > self.capacity {
+        // Events without a delivery (a sync route's, kept for its `dedupe`; one whose
+        // targets `when` all skipped) add nothing to the queue: never refused for it.
+        if count > 0 && depth > self.capacity {
             self.depth.fetch_sub(count, Ordering::AcqRel);
             return Err(AcceptError::Full);
         }

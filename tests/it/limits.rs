@@ -152,9 +152,10 @@ async fn full_queue_answers_503_with_retry_after_instead_of_dropping() {
     assert_eq!(accepted, 3, "the queue holds exactly its capacity");
 }
 
-/// A request whose only delivery is a sync one adds nothing to the delivery queue: a queue
-/// over its capacity (a restart with a lower `queue_capacity` than the deliveries it holds)
-/// refuses async events but still lets it through.
+/// A request that adds no delivery to the queue (a sync route's, with `dedupe` or without;
+/// an event whose targets `when` all skipped) and a replay that finds nothing: a queue over
+/// its capacity (a restart with a lower `queue_capacity` than the deliveries it holds)
+/// refuses async events but still lets them through.
 #[tokio::test]
 async fn a_queue_over_its_capacity_does_not_refuse_a_sync_route() {
     let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -171,9 +172,9 @@ async fn a_queue_over_its_capacity_does_not_refuse_a_sync_route() {
     let db = dir.path().join("data").join("hookrelay.db");
     let yaml = |capacity: usize| {
         format!(
-            "listen: 127.0.0.1:0\nstore: {{ path: '{}' }}\nlimits: {{ queue_capacity: {capacity}, shutdown_grace: 1s }}\nroutes:\n  - name: slow\n    match: {{ path: /hooks/slow }}\n    forward:\n      - url: http://{hole}/x\n        timeout: 20s\n        max_queued: 100%\n  - name: now\n    respond: sync\n    match: {{ path: /hooks/now }}\n    forward:\n      - url: {}/now\n",
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0, token: t0ken }}\nstore: {{ path: '{}' }}\nlimits: {{ queue_capacity: {capacity}, shutdown_grace: 1s }}\nroutes:\n  - name: slow\n    match: {{ path: /hooks/slow }}\n    forward:\n      - url: http://{hole}/x\n        timeout: 20s\n        max_queued: 100%\n  - name: now\n    respond: sync\n    match: {{ path: /hooks/now }}\n    forward:\n      - url: {sink}/now\n  - name: once\n    respond: sync\n    match: {{ path: /hooks/once }}\n    id_from: X-Id\n    dedupe: 1h\n    forward:\n      - url: {sink}/once\n  - name: skipped\n    match: {{ path: /hooks/skipped }}\n    forward:\n      - {{ url: '{sink}/never', when: '{{{{#if body.flag}}}}true{{{{/if}}}}' }}\n",
             db.display(),
-            sink.url()
+            sink = sink.url()
         )
     };
     std::fs::write(&config, yaml(3)).unwrap();
@@ -190,6 +191,21 @@ async fn a_queue_over_its_capacity_does_not_refuse_a_sync_route() {
     assert_eq!(refused.status, 503, "three deliveries held, a capacity of one: {}", refused.text());
     let answered = relay.client.post_json(&relay.url("/hooks/now"), &[], r#"{"n":1}"#).await;
     assert_eq!(answered.status, 200, "{}", answered.text());
-    let seen = sink.wait_for(1).await;
-    assert_eq!(&seen[0].body[..], br#"{"n":1}"#);
+    let once = relay.client.post_json(&relay.url("/hooks/once"), &[("x-id", "a1")], r#"{"n":2}"#).await;
+    assert_eq!(once.status, 200, "{}", once.text());
+    let skipped = relay.client.post_json(&relay.url("/hooks/skipped"), &[], r#"{"flag":false}"#).await;
+    assert_eq!(skipped.status, 202, "{}", skipped.text());
+    let seen = sink.wait_for(2).await;
+    let bodies: Vec<&[u8]> = seen.iter().map(|seen| &seen.body[..]).collect();
+    assert_eq!(bodies, [&br#"{"n":1}"#[..], br#"{"n":2}"#]);
+    let nothing = relay
+        .client
+        .post_json(
+            &relay.admin_url("/api/replay"),
+            &[("authorization", "Bearer t0ken")],
+            r#"{"route":"now","since":"2099-01-01T00:00:00Z"}"#,
+        )
+        .await;
+    assert_eq!(nothing.status, 200, "{}", nothing.text());
+    assert_eq!(nothing.json()["replayed"], 0);
 }
