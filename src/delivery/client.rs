@@ -1,9 +1,12 @@
 //! The pooled HTTP(S) clients shared by every target and by the sidecar proxy: keep-alive,
 //! HTTP/1.1 and HTTP/2 (ALPN), rustls with the ring provider. Trusted targets (YAML routes,
-//! `upstream:`) use the plain client; untrusted ones (API routes) go through the guard.
+//! `upstream:`) use the plain client (from a connection thread, that thread's own pool of
+//! it); untrusted ones (API routes) go through the guard.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,11 +26,15 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<ConnectOn<HttpsConnector<HttpConnector>>, Body>;
 type GuardedClient = Client<ConnectOn<HttpsConnector<HttpConnector<PublicOnly>>>, Body>;
 
-/// Both clients, one connection pool each.
+/// Both clients, one connection pool each; and, for trusted sends made on a connection
+/// thread, a pool of that thread's own (see [`Outbound::this_threads`]).
 #[derive(Clone)]
 pub struct Outbound {
     pub trusted: HttpClient,
     guarded: GuardedClient,
+    tls: rustls::ClientConfig,
+    /// Tells this relay's thread pools from another's (tests run several in one process).
+    owner: Arc<()>,
     /// In the engine's paused-time tests, an in-process receiver answers instead of the
     /// network (real sockets would let tokio's paused clock run ahead of them).
     #[cfg(test)]
@@ -44,8 +51,10 @@ impl Outbound {
     pub fn build(extra_roots: &[CertificateDer<'static>]) -> Result<Outbound, ClientError> {
         let tls = crate::tls::client_config(extra_roots)?;
         Ok(Outbound {
-            trusted: pooled(HttpConnector::new(), tls.clone(), POOL_IDLE_TIMEOUT),
-            guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls, POOL_IDLE_TIMEOUT),
+            trusted: pooled(HttpConnector::new(), tls.clone(), POOL_IDLE_TIMEOUT, SHARED_IDLE_PER_HOST),
+            guarded: pooled(HttpConnector::new_with_resolver(PublicOnly::default()), tls.clone(), POOL_IDLE_TIMEOUT, SHARED_IDLE_PER_HOST),
+            tls,
+            owner: Arc::new(()),
             #[cfg(test)]
             receiver: None,
         })
@@ -62,7 +71,10 @@ impl Outbound {
     /// Sends one rendered request; `trusted: false` refuses private destinations.
     async fn send(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
         if trusted {
-            return send_with(&self.trusted, outgoing, timeout).await;
+            return match self.this_threads() {
+                Some(pool) => send_with(&pool, outgoing, timeout).await,
+                None => send_with(&self.trusted, outgoing, timeout).await,
+            };
         }
         check_literal_host(&outgoing.url).map_err(|refused| SendError::Refused(refused.to_string()))?;
         send_with(&self.guarded, outgoing, timeout).await
@@ -82,6 +94,37 @@ impl Outbound {
             return attempt_by(answered, timeout, max_answer).await;
         }
         attempt_by(self.send(trusted, outgoing, timeout), timeout, max_answer).await
+    }
+}
+
+thread_local! {
+    /// A connection thread's own pools, one per relay (its [`Outbound`]).
+    static THREAD_POOLS: RefCell<Vec<(Weak<()>, HttpClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Outbound {
+    /// On a connection thread (a single-threaded runtime), a pool of this thread's own for
+    /// trusted sends: its connections are opened and driven here, so a sync route's send
+    /// from a connection with no target connection of its own yet (a sender that opens one
+    /// per webhook) does not hop to the shared runtime and back. None elsewhere: the shared
+    /// runtime's sends use the shared pool.
+    fn this_threads(&self) -> Option<HttpClient> {
+        let here = tokio::runtime::Handle::try_current().ok()?;
+        if here.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        THREAD_POOLS
+            .try_with(|pools| {
+                let mut pools = pools.borrow_mut();
+                pools.retain(|(owner, _)| owner.strong_count() > 0);
+                if let Some((_, pool)) = pools.iter().find(|(owner, _)| owner.as_ptr() == Arc::as_ptr(&self.owner)) {
+                    return pool.clone();
+                }
+                let pool = pooled(HttpConnector::new(), self.tls.clone(), POOL_IDLE_TIMEOUT, THREAD_IDLE_PER_HOST);
+                pools.push((Arc::downgrade(&self.owner), pool.clone()));
+                pool
+            })
+            .ok()
     }
 }
 
@@ -112,11 +155,17 @@ pub enum ClientError {
 
 /// How long a pooled connection may sit unused before the pool closes it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections the shared pools keep per destination.
+const SHARED_IDLE_PER_HOST: usize = 256;
+/// Idle connections a connection thread's pool keeps per destination: it serves only the
+/// sends of connections that have no target connection of their own yet.
+const THREAD_IDLE_PER_HOST: usize = 16;
 
 fn pooled<R>(
     mut http: HttpConnector<R>,
     tls: rustls::ClientConfig,
     idle_timeout: Duration,
+    idle_per_host: usize,
 ) -> Client<ConnectOn<HttpsConnector<HttpConnector<R>>>, Body>
 where
     R: tower_service::Service<hyper_util::client::legacy::connect::dns::Name> + Clone + Send + Sync + 'static,
@@ -136,7 +185,7 @@ where
     Client::builder(runtime)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(idle_per_host)
         .build(connector)
 }
 
@@ -367,7 +416,8 @@ mod tests {
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), answer).await;
             let _ = closed.send(());
         });
-        let client = pooled(HttpConnector::new(), crate::tls::client_config(&[]).unwrap(), Duration::from_millis(200));
+        let client =
+            pooled(HttpConnector::new(), crate::tls::client_config(&[]).unwrap(), Duration::from_millis(200), SHARED_IDLE_PER_HOST);
         let request = http::Request::post(format!("http://{address}/")).body(full("hello")).unwrap();
         let answer = client.request(request).await.unwrap();
         assert_eq!(answer.into_body().collect().await.unwrap().to_bytes(), "ok");
@@ -376,5 +426,63 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(5), connection_ended).await;
         assert!(ended.is_ok(), "the idle pooled connection was still open 5 s after its last use");
         drop(client);
+    }
+
+    /// Trusted sends made on a connection thread (a single-threaded runtime) go through that
+    /// thread's own pool: one connection for consecutive sends, opened and driven on that
+    /// thread, so it ends with the thread's runtime. Sends from the shared runtime keep
+    /// using the shared pool, whose connections outlive any connection thread.
+    #[test]
+    fn sends_from_a_connection_thread_use_its_own_pool() {
+        let shared = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (outbound, address, mut ended) = shared.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (ended, ended_now) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let ended = ended.clone();
+                    tokio::spawn(async move {
+                        let answer =
+                            service_fn(|_| async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok")))) });
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), answer).await;
+                        let _ = ended.send(());
+                    });
+                }
+            });
+            (Outbound::build(&[]).unwrap(), address, ended_now)
+        });
+        let wire = WireRequest::bare(crate::delivery::request::OutgoingRequest {
+            route: "r".into(),
+            target: "t".into(),
+            ordered_key: None,
+            method: http::Method::POST,
+            url: format!("http://{address}/"),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(b"hello"),
+        });
+        let connection_thread = {
+            let (outbound, wire) = (outbound.clone(), wire.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    for _ in 0..3 {
+                        let answered = outbound.attempt(true, &wire, Duration::from_secs(5), 1024).await;
+                        assert_eq!((answered.status, &answered.answer[..]), (Some(200), &b"ok"[..]), "{:?}", answered.error);
+                    }
+                });
+            })
+        };
+        connection_thread.join().unwrap();
+        shared.block_on(async {
+            let first = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await;
+            assert!(first.is_ok(), "the connection thread's connection outlived its runtime");
+            // Three sends, one connection: no other one ends.
+            assert!(tokio::time::timeout(Duration::from_millis(200), ended.recv()).await.is_err());
+            // From the shared runtime: the shared pool, whose connection stays open.
+            let answered = outbound.attempt(true, &wire, Duration::from_secs(5), 1024).await;
+            assert_eq!(answered.status, Some(200), "{:?}", answered.error);
+            assert!(tokio::time::timeout(Duration::from_millis(200), ended.recv()).await.is_err());
+        });
     }
 }
