@@ -71,7 +71,8 @@ impl Outbound {
     /// Sends one rendered request; `trusted: false` refuses private destinations.
     async fn send(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
         if trusted {
-            return match self.this_threads() {
+            // Plain HTTP only: a TLS handshake would hold up the connections on the thread.
+            return match self.this_threads().filter(|_| outgoing.url.starts_with("http://")) {
                 Some(pool) => send_with(&pool, outgoing, timeout).await,
                 None => send_with(&self.trusted, outgoing, timeout).await,
             };
@@ -104,7 +105,7 @@ thread_local! {
 
 impl Outbound {
     /// On a connection thread (a single-threaded runtime), a pool of this thread's own for
-    /// trusted sends: its connections are opened and driven here, so a sync route's send
+    /// trusted plain-HTTP sends: its connections are opened and driven here, so a sync route's send
     /// from a connection with no target connection of its own yet (a sender that opens one
     /// per webhook) does not hop to the shared runtime and back. None elsewhere: the shared
     /// runtime's sends use the shared pool.
