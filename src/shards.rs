@@ -1,6 +1,7 @@
 //! Connection shards: one single-threaded runtime per core, each serving the ingress
 //! connections handed to it at accept. A connection's socket, its requests, its upstream
-//! link and the tasks its requests spawn stay on one thread, so a request costs no
+//! link, the thread's own target pool (see `delivery::client`) and the tasks its requests
+//! spawn stay on one thread, so a request costs no
 //! wake-ups of other threads. The shared runtime keeps everything else (deliveries started
 //! by the engine, the shared pools' connections, reloads, the admin listener) and the
 //! requests that may be CPU-heavy, so that one of those cannot stall the connections that
@@ -42,6 +43,7 @@ impl Shards {
             let (stop, stopped) = oneshot::channel::<()>();
             shards.push(Shard { runtime: runtime.handle().clone(), open: Arc::new(AtomicUsize::new(0)), stop: Mutex::new(Some(stop)) });
             std::thread::Builder::new().name(format!("hookrelay-io-{index}")).spawn(move || {
+                crate::delivery::client::serve_connections_here();
                 // Runs the shard's tasks until told to stop, or until the shards are gone.
                 let _ = runtime.block_on(stopped);
             })?;

@@ -3,7 +3,7 @@
 //! `upstream:`) use the plain client (from a connection thread, that thread's own pool of
 //! it); untrusted ones (API routes) go through the guard.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -72,7 +72,8 @@ impl Outbound {
     async fn send(&self, trusted: bool, outgoing: &WireRequest, timeout: Duration) -> Result<http::Response<Incoming>, SendError> {
         if trusted {
             // Plain HTTP only: a TLS handshake would hold up the connections on the thread.
-            return match self.this_threads().filter(|_| outgoing.url.starts_with("http://")) {
+            let this_threads = if outgoing.url.starts_with("http://") { self.this_threads() } else { None };
+            return match this_threads {
                 Some(pool) => send_with(&pool, outgoing, timeout).await,
                 None => send_with(&self.trusted, outgoing, timeout).await,
             };
@@ -99,28 +100,36 @@ impl Outbound {
 }
 
 thread_local! {
-    /// A connection thread's own pools, one per relay (its [`Outbound`]).
+    /// A connection thread's own pools, one per relay (its [`Outbound`]); empty elsewhere.
     static THREAD_POOLS: RefCell<Vec<(Weak<()>, HttpClient)>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread is a connection thread (see [`serve_connections_here`]).
+    static CONNECTION_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as a connection thread: its trusted plain-HTTP sends go
+/// through a pool of its own. Called by each connection shard's thread as it starts.
+pub fn serve_connections_here() {
+    CONNECTION_THREAD.set(true);
 }
 
 impl Outbound {
-    /// On a connection thread (a single-threaded runtime), a pool of this thread's own for
-    /// trusted plain-HTTP sends: its connections are opened and driven here, so a sync route's send
-    /// from a connection with no target connection of its own yet (a sender that opens one
-    /// per webhook) does not hop to the shared runtime and back. None elsewhere: the shared
-    /// runtime's sends use the shared pool.
+    /// On a connection thread, a pool of this thread's own for trusted plain-HTTP sends: its
+    /// connections are opened and driven here, so a sync route's send from a connection with
+    /// no target connection of its own yet (a sender that opens one per webhook) does not
+    /// hop to the shared runtime and back. None elsewhere: the shared runtime's sends use
+    /// the shared pool.
     fn this_threads(&self) -> Option<HttpClient> {
-        let here = tokio::runtime::Handle::try_current().ok()?;
-        if here.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        if !CONNECTION_THREAD.try_with(Cell::get).unwrap_or(false) {
             return None;
         }
         THREAD_POOLS
             .try_with(|pools| {
                 let mut pools = pools.borrow_mut();
-                pools.retain(|(owner, _)| owner.strong_count() > 0);
                 if let Some((_, pool)) = pools.iter().find(|(owner, _)| owner.as_ptr() == Arc::as_ptr(&self.owner)) {
                     return pool.clone();
                 }
+                // A relay stopped in this process (tests run several) leaves its pool behind.
+                pools.retain(|(owner, _)| owner.strong_count() > 0);
                 let pool = pooled(HttpConnector::new(), self.tls.clone(), POOL_IDLE_TIMEOUT, THREAD_IDLE_PER_HOST);
                 pools.push((Arc::downgrade(&self.owner), pool.clone()));
                 pool
@@ -429,7 +438,7 @@ mod tests {
         drop(client);
     }
 
-    /// Trusted sends made on a connection thread (a single-threaded runtime) go through that
+    /// Trusted sends made on a connection thread go through that
     /// thread's own pool: one connection for consecutive sends, opened and driven on that
     /// thread, so it ends with the thread's runtime. Sends from the shared runtime keep
     /// using the shared pool, whose connections outlive any connection thread.
@@ -465,6 +474,7 @@ mod tests {
         let connection_thread = {
             let (outbound, wire) = (outbound.clone(), wire.clone());
             std::thread::spawn(move || {
+                serve_connections_here();
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 runtime.block_on(async {
                     for _ in 0..3 {
